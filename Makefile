@@ -1,0 +1,64 @@
+# FaaS Appliance: the commands a user and CI run.
+#   make up      start the appliance on 127.0.0.1 with the hello example deployed
+#   make test    run the whole test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FAAS := $(VENV)/bin/faas
+HOST ?= 127.0.0.1
+EDGE_PORT ?= 8080
+API_PORT ?= 8081
+DATA_DIR ?= .faas
+PYTEST_ARGS ?=
+
+.PHONY: venv up test test-unit test-integration test-runtimes test-cluster test-ops bench doctor clean system-deps
+
+venv: $(VENV)/.installed
+
+# The virtualenv is rebuilt when requirements.txt changes. The appliance package is put on the
+# venv's path with a .pth file and the `faas` command is a two-line wrapper, so no packaging
+# metadata is needed beside the fixed top-level layout.
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/faas-appliance.pth"
+	printf '#!/bin/sh\nexec "%s" -m appliance "$$@"\n' "$(abspath $(PY))" > $(FAAS)
+	chmod +x $(FAAS)
+	touch $@
+
+# Debian packages the sandbox, the benchmarks and the operations tests use. Installed only when
+# missing and only when we may (root); otherwise the appliance says what is missing at start.
+system-deps:
+	@bash .ci/system-deps
+
+up: venv system-deps
+	$(FAAS) up --host $(HOST) --edge-port $(EDGE_PORT) --api-port $(API_PORT) --data-dir $(DATA_DIR) --example examples/hello
+
+test: venv system-deps
+	$(PY) -m pytest -c tests/pytest.ini tests $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -c tests/pytest.ini tests/unit $(PYTEST_ARGS)
+
+test-integration: venv system-deps
+	$(PY) -m pytest -c tests/pytest.ini tests/integration $(PYTEST_ARGS)
+
+test-runtimes: venv
+	$(PY) -m pytest -c tests/pytest.ini tests/runtimes $(PYTEST_ARGS)
+
+test-cluster: venv system-deps
+	$(PY) -m pytest -c tests/pytest.ini tests/cluster $(PYTEST_ARGS)
+
+test-ops: venv system-deps
+	$(PY) -m pytest -c tests/pytest.ini tests/ops $(PYTEST_ARGS)
+
+bench: venv system-deps
+	$(PY) -m bench $(BENCH_ARGS)
+
+doctor: venv
+	$(FAAS) doctor
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache

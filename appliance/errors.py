@@ -1,0 +1,179 @@
+"""Errors with stable codes, and the one table that turns them into HTTP statuses.
+
+Every failure a client can see is an :class:`ApplianceError` with a dotted ``code`` that never
+changes once published (clients and tests key on it) and an HTTP ``status``. Entry points turn an
+error into a response with :func:`to_response_body`; no other module picks a status code.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error the platform reports to a client."""
+
+    code = "Internal.Error"
+    status = 500
+    #: Seconds a client should wait before retrying (adds a ``Retry-After`` header), or None.
+    retry_after: int | None = None
+
+    def __init__(self, message: str, *, field: str | None = None, detail: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.detail = detail or {}
+
+    def to_body(self, request_id: str | None = None) -> dict:
+        err: dict = {"code": self.code, "message": self.message}
+        if self.field:
+            err["field"] = self.field
+        if self.detail:
+            err.update(self.detail)
+        if request_id:
+            err["requestId"] = request_id
+        return {"error": err}
+
+
+class ValidationError(ApplianceError):
+    code = "Request.Invalid"
+    status = 400
+
+
+class UnsafeCode(ValidationError):
+    """A code package we refuse to unpack (traversal, links, bombs, oversize, not a zip)."""
+
+    code = "Code.Unsafe"
+
+
+class PayloadTooLarge(ValidationError):
+    code = "Request.TooLarge"
+    status = 413
+
+
+class NotFound(ApplianceError):
+    code = "Resource.NotFound"
+    status = 404
+
+
+class FunctionNotFound(NotFound):
+    code = "Function.NotFound"
+
+
+class RouteNotFound(NotFound):
+    code = "Trigger.NotFound"
+
+
+class MethodNotAllowed(ApplianceError):
+    code = "Trigger.MethodNotAllowed"
+    status = 405
+
+
+class Conflict(ApplianceError):
+    code = "Resource.Conflict"
+    status = 409
+
+
+class RevisionConflict(Conflict):
+    """A check-and-set write lost against a concurrent writer; re-read and try again."""
+
+    code = "Resource.RevisionConflict"
+
+
+class CodeNotFound(NotFound):
+    code = "Code.NotFound"
+
+
+class QueueFull(ApplianceError):
+    """Too many requests are already waiting for an instance of this function."""
+
+    code = "Activation.QueueFull"
+    status = 429
+    retry_after = 1
+
+
+class ColdStartTimeout(ApplianceError):
+    """No instance became free before the request's queue deadline."""
+
+    code = "Activation.Timeout"
+    status = 503
+    retry_after = 1
+
+
+class PlacementFailed(ApplianceError):
+    """The scheduler could not start an instance (no capacity, spawn failure, Nomad said no)."""
+
+    code = "Instance.PlacementFailed"
+    status = 503
+    retry_after = 2
+
+
+class SchedulerUnavailable(ApplianceError):
+    code = "Scheduler.Unavailable"
+    status = 503
+    retry_after = 2
+
+
+class RegistryUnavailable(ApplianceError):
+    code = "Registry.Unavailable"
+    status = 503
+    retry_after = 2
+
+
+class InstanceCrashed(ApplianceError):
+    """The instance died or dropped the connection while running the request.
+
+    The request may have run, so it is not retried.
+    """
+
+    code = "Instance.Crashed"
+    status = 502
+
+
+class FunctionError(ApplianceError):
+    """The function itself failed; ``detail`` carries the runtime's structured error."""
+
+    code = "Function.Error"
+    status = 502
+
+    def __init__(self, error: dict, *, status: int | None = None):
+        error_type = error.get("errorType") or "Function.Error"
+        super().__init__(error.get("errorMessage") or error_type, detail={"function": error})
+        self.error = error
+        self.code = error_type
+        if status is not None:
+            self.status = status
+
+
+class FunctionTimeout(FunctionError):
+    code = "Function.Timeout"
+    status = 504
+
+
+class Unauthorized(ApplianceError):
+    code = "Auth.Unauthorized"
+    status = 401
+
+
+#: errorType reported by a runtime -> HTTP status at the edge. Anything else is a 502.
+RUNTIME_ERROR_STATUS = {
+    "Function.Timeout": 504,
+    "Runtime.InvalidEvent": 400,
+}
+
+
+def function_error(error: dict) -> FunctionError:
+    """Wrap a runtime's structured error in the matching platform error."""
+    error_type = error.get("errorType", "")
+    if error_type == "Function.Timeout":
+        return FunctionTimeout(error)
+    return FunctionError(error, status=RUNTIME_ERROR_STATUS.get(error_type, 502))
+
+
+def to_response_body(exc: BaseException, request_id: str | None = None) -> tuple[int, dict, dict]:
+    """(status, headers, body) for any exception; unknown ones become a 500 without details."""
+    if isinstance(exc, ApplianceError):
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return exc.status, headers, exc.to_body(request_id)
+    internal = ApplianceError("internal error; the appliance log has the details")
+    return 500, {}, internal.to_body(request_id)

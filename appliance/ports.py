@@ -1,0 +1,79 @@
+"""The four interfaces the core owns; backends implement them and ``wiring`` picks which.
+
+They are kept narrow on purpose: the core must be able to run against the embedded backends
+(processes on this host, an in-memory registry, files, SQLite) and the cluster ones (Nomad,
+Consul, S3, Consul KV) without knowing which.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from .model import Instance, InstanceSpec
+
+
+class Scheduler(Protocol):
+    """Places and removes instances. The only part of the platform that starts processes."""
+
+    def start(self, spec: InstanceSpec, deadline: float) -> Instance:
+        """Start one instance and return it once it answers ``/_/ready``.
+
+        Blocks until then or until ``deadline`` (``time.monotonic()`` seconds). Raises
+        :class:`~appliance.errors.FunctionError` when the code fails to load (the runtime's
+        structured error), :class:`~appliance.errors.PlacementFailed` when no instance can be
+        placed, :class:`~appliance.errors.SchedulerUnavailable` when the scheduler cannot be reached.
+        A started instance is already registered when this returns.
+        """
+
+    def stop(self, instance: Instance, *, graceful: bool = True) -> None:
+        """Stop an instance; graceful lets in-flight work finish (SIGTERM), else kill."""
+
+    def instances(self, function: str | None = None) -> list[Instance]:
+        """The instances this scheduler has placed and believes alive."""
+
+    def exit_cause(self, instance_id: str) -> str | None:
+        """Why a gone instance ended (``"oom"``, ``"crashed"``, ``"timeout"``, ``"drained"``), if known."""
+
+
+class Registry(Protocol):
+    """Where ready instances are listed: the warm-instance cache's source of truth."""
+
+    def ready(self, function: str) -> list[Instance]:
+        """Instances of ``function`` that passed their readiness check."""
+
+    def forget(self, instance_id: str) -> None:
+        """Drop an instance now (it refused as draining, or its connection failed)."""
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(function)`` whenever that function's ready set may have changed."""
+
+
+class BlobStore(Protocol):
+    """Code packages, addressed by the sha256 of their bytes."""
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Store ``data`` under ``digest``; durable once this returns. Idempotent."""
+
+    def get(self, digest: str) -> bytes:
+        """The bytes stored under ``digest``; raises CodeNotFound."""
+
+    def exists(self, digest: str) -> bool: ...
+
+    def delete(self, digest: str) -> None: ...
+
+
+class MetadataStore(Protocol):
+    """A small document store with check-and-set, for function settings, versions and triggers.
+
+    ``revision`` is an opaque, increasing integer per key (a SQLite counter, Consul's ModifyIndex).
+    ``expected_revision=0`` means "must not exist yet"; ``None`` writes unconditionally.
+    """
+
+    def get(self, key: str) -> tuple[dict, int] | None: ...
+
+    def list(self, prefix: str) -> list[tuple[str, dict, int]]: ...
+
+    def put(self, key: str, doc: dict, expected_revision: int | None = None) -> int:
+        """Write ``doc``; returns the new revision; raises RevisionConflict when CAS fails."""
+
+    def delete(self, key: str, expected_revision: int | None = None) -> None: ...
