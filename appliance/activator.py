@@ -1,0 +1,323 @@
+"""The activator: which instance serves a request, and when to start another.
+
+Per function, this edge keeps a :class:`FunctionPool` of slots (ready instances with this edge's
+count of requests in flight on each). A request takes a free slot (a warm start) or joins a
+bounded FIFO queue; joining the queue starts exactly as many instances as the queue needs, up to
+``max_instances`` (a cold start is single-flight: fifty requests to a cold function with
+concurrency 1 and max_instances 5 start five instances, not fifty). When a slot frees, or a new
+instance becomes ready, it is handed to the oldest waiter directly, so waiters are served in
+arrival order and none is skipped. A waiter that is not served by its deadline leaves the queue
+with :class:`ColdStartTimeout`; a full queue refuses at once with :class:`QueueFull`.
+
+The pool never opens sockets itself: instances come from the ``Scheduler`` and the ``Registry``
+(instances started by another edge appear through the registry), and the invoker reports back
+how each request ended (``release``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .errors import ApplianceError, ColdStartTimeout, FunctionError, PlacementFailed, QueueFull
+from .model import Instance, InstanceSpec
+from .ports import Registry, Scheduler
+
+log = logging.getLogger("appliance.activator")
+
+#: How long a version whose code failed to load answers with that error without trying again.
+#: Stops a broken function from costing a process start per request.
+INIT_FAILURE_TTL_S = 2.0
+#: How long a slot the instance refused for capacity (another edge filled it) is skipped.
+REFUSED_BACKOFF_S = 0.05
+
+
+class ColdCause:
+    NO_INSTANCE = "no-instance"
+    ALL_BUSY = "all-busy"
+    NEW_VERSION = "new-version"
+    AFTER_CRASH = "after-crash"
+
+
+@dataclass
+class Slot:
+    """An instance as this edge tracks it."""
+
+    instance: Instance
+    inflight: int = 0
+    last_used: float = 0.0
+    #: Being drained by the reaper: takes no new requests.
+    draining: bool = False
+    #: The instance refused for capacity at this time; skip it briefly.
+    refused_at: float = -1.0
+    reserved: bool = False
+
+
+@dataclass
+class Lease:
+    """One request's hold on one slot."""
+
+    slot: Slot
+    cold: bool
+    cause: str | None = None
+    queue_ms: float = 0.0
+    #: Cold-start phases (ms) of the instance, when this request waited for its start.
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def instance(self) -> Instance:
+        return self.slot.instance
+
+
+class _Waiter:
+    __slots__ = ("event", "lease", "error", "enqueued", "cause")
+
+    def __init__(self, enqueued: float, cause: str):
+        self.event = threading.Event()
+        self.lease: Lease | None = None
+        self.error: BaseException | None = None
+        self.enqueued = enqueued
+        self.cause = cause
+
+
+class FunctionPool:
+    """Slots, starts and waiters of one function at this edge. ``lock`` guards all of them."""
+
+    def __init__(self, name: str, activator: Activator):
+        self.name = name
+        self.a = activator
+        self.lock = threading.Lock()
+        self.slots: dict[str, Slot] = {}
+        self.starting = 0
+        self.waiters: deque[_Waiter] = deque()
+        self.spec: InstanceSpec | None = None
+        self.max_instances = 1
+        self.max_queue = activator.max_queue
+        self.last_crash_at = -math.inf
+        self.init_failure: tuple[int, float, BaseException] | None = None  # (version, at, error)
+
+    # -- picking ----------------------------------------------------------------------
+
+    def _pick(self, version: int, now: float) -> Slot | None:
+        """The most recently used slot of ``version`` with room: packing requests onto few
+        instances lets the others go idle and be reclaimed."""
+        best = None
+        for s in self.slots.values():
+            if (s.instance.version != version or s.draining or s.inflight >= s.instance.concurrency
+                    or now - s.refused_at < REFUSED_BACKOFF_S):
+                continue
+            if best is None or s.last_used > best.last_used:
+                best = s
+        return best
+
+    def _cause(self, version: int) -> str:
+        current = [s for s in self.slots.values() if s.instance.version == version and not s.draining]
+        if current or self.starting:
+            return ColdCause.ALL_BUSY
+        if any(s.instance.version != version for s in self.slots.values()):
+            return ColdCause.NEW_VERSION
+        if self.a.clock() - self.last_crash_at < 60:
+            return ColdCause.AFTER_CRASH
+        return ColdCause.NO_INSTANCE
+
+    # -- starting ---------------------------------------------------------------------
+
+    def _live_count(self) -> int:
+        return sum(1 for s in self.slots.values() if not s.draining) + self.starting
+
+    def _scale_for_waiters(self) -> None:
+        """Start as many instances as the queue needs, given those already starting. Lock held."""
+        spec = self.spec
+        if spec is None or not self.waiters:
+            return
+        coming = self.starting * spec.concurrency
+        need = math.ceil(max(0, len(self.waiters) - coming) / spec.concurrency)
+        allowed = self.max_instances - self._live_count()
+        for _ in range(max(0, min(need, allowed))):
+            self._start(spec, reserved=False)
+
+    def _start(self, spec: InstanceSpec, *, reserved: bool) -> None:
+        self.starting += 1
+        threading.Thread(target=self._run_start, args=(spec, reserved), daemon=True,
+                         name=f"start-{spec.function}").start()
+
+    def _run_start(self, spec: InstanceSpec, reserved: bool) -> None:
+        a = self.a
+        t0 = a.clock()
+        try:
+            instance = a.scheduler.start(spec, deadline=t0 + a.start_timeout_s)
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiters
+            log.warning("event=cold_start_failed function=%s version=%s error=%s message=%r",
+                        spec.function, spec.version, getattr(exc, "code", type(exc).__name__), str(exc))
+            with self.lock:
+                self.starting -= 1
+                if isinstance(exc, FunctionError):
+                    self.init_failure = (spec.version, a.clock(), exc)
+                if not isinstance(exc, ApplianceError):
+                    exc = PlacementFailed(f"could not start an instance of {spec.function!r}: {exc}")
+                # Fail the waiters that no instance, running or starting, will serve.
+                capacity = self.starting * spec.concurrency + sum(
+                    s.instance.concurrency for s in self.slots.values()
+                    if s.instance.version == spec.version and not s.draining)
+                while len(self.waiters) > capacity:
+                    w = self.waiters.pop()
+                    w.error = exc
+                    w.event.set()
+                for slot in list(self.slots.values()):
+                    self._hand_off(slot, cold=False)
+            return
+        instance.phases.setdefault("placement", round((a.clock() - t0) * 1000, 3))
+        with self.lock:
+            self.starting -= 1
+            # The registry may already have told us about it (it registers before start returns).
+            slot = self.slots.get(instance.id)
+            if slot is None:
+                slot = self.slots[instance.id] = Slot(instance=instance, last_used=a.clock())
+            slot.reserved = slot.reserved or reserved
+            slot.instance.phases.update(instance.phases)
+            self.init_failure = None
+            self._hand_off(slot, cold=True)
+            if self.waiters:
+                self._scale_for_waiters()
+
+    # -- handing out --------------------------------------------------------------------
+
+    def _hand_off(self, slot: Slot, *, cold: bool) -> None:
+        """Give free room on ``slot`` to the oldest waiters. Lock held."""
+        now = self.a.clock()
+        while self.waiters and not slot.draining and slot.inflight < slot.instance.concurrency:
+            if self.spec is not None and slot.instance.version != self.spec.version:
+                return
+            w = self.waiters.popleft()
+            slot.inflight += 1
+            slot.last_used = now
+            w.lease = Lease(slot=slot, cold=cold, cause=w.cause if cold else None,
+                            queue_ms=round((now - w.enqueued) * 1000, 3),
+                            phases=dict(slot.instance.phases) if cold else {})
+            w.event.set()
+
+
+class Activator:
+    """Hands out instances for requests; see the module docstring."""
+
+    def __init__(self, scheduler: Scheduler, registry: Registry, *, max_queue: int = 100,
+                 start_timeout_s: float = 30.0, clock=time.monotonic):
+        self.scheduler = scheduler
+        self.registry = registry
+        #: Requests that may wait per function (Knative's breaker queue depth, per function).
+        self.max_queue = max_queue
+        #: Longest a scheduler may take to make one instance ready.
+        self.start_timeout_s = start_timeout_s
+        self.clock = clock
+        self._lock = threading.Lock()  # guards _pools
+        self._pools: dict[str, FunctionPool] = {}
+        registry.subscribe(self._registry_changed)
+
+    def pool(self, name: str) -> FunctionPool:
+        with self._lock:
+            p = self._pools.get(name)
+            if p is None:
+                p = self._pools[name] = FunctionPool(name, self)
+            return p
+
+    def pools(self) -> list[FunctionPool]:
+        with self._lock:
+            return list(self._pools.values())
+
+    def acquire(self, spec: InstanceSpec, *, max_instances: int, deadline: float) -> Lease:
+        """A lease on a slot of ``spec.version``, waiting up to ``deadline`` (monotonic)."""
+        p = self.pool(spec.function)
+        now = self.clock()
+        with p.lock:
+            p.spec = spec
+            p.max_instances = max_instances
+            slot = p._pick(spec.version, now)
+            if slot is not None:
+                slot.inflight += 1
+                slot.last_used = now
+                return Lease(slot=slot, cold=False)
+            failure = p.init_failure
+            if failure and failure[0] == spec.version and now - failure[1] < INIT_FAILURE_TTL_S and not p.starting:
+                raise failure[2]
+            if len(p.waiters) >= p.max_queue:
+                raise QueueFull(f"{len(p.waiters)} requests are already waiting for an instance of "
+                                f"{spec.function!r} (max_instances={max_instances}); retry later or raise max_instances")
+            w = _Waiter(now, p._cause(spec.version))
+            p.waiters.append(w)
+            p._scale_for_waiters()
+        w.event.wait(max(0.0, deadline - now))
+        with p.lock:
+            if w.lease is not None:
+                return w.lease
+            if w.error is not None:
+                raise w.error
+            try:
+                p.waiters.remove(w)
+            except ValueError:
+                pass
+        raise ColdStartTimeout(f"no instance of {spec.function!r} became free within the queue deadline; "
+                               "retry, or raise max_instances or concurrency")
+
+    def release(self, lease: Lease, *, outcome: str = "ok") -> None:
+        """Return a lease. ``outcome``: ok | refused-capacity | gone | crashed."""
+        slot = lease.slot
+        p = self.pool(slot.instance.function)
+        now = self.clock()
+        with p.lock:
+            slot.inflight = max(0, slot.inflight - 1)
+            slot.last_used = now
+            if outcome in ("gone", "crashed"):
+                if outcome == "crashed":
+                    p.last_crash_at = now
+                p.slots.pop(slot.instance.id, None)
+                slot.draining = True
+                p._scale_for_waiters()
+                return
+            if outcome == "refused-capacity":
+                slot.refused_at = now
+                return
+            p._hand_off(slot, cold=False)
+
+    def forget(self, instance_id: str, function: str) -> None:
+        """Drop a slot (its instance went away) and start replacements for waiters."""
+        p = self.pool(function)
+        with p.lock:
+            slot = p.slots.pop(instance_id, None)
+            if slot is not None:
+                slot.draining = True
+            p._scale_for_waiters()
+
+    def _registry_changed(self, function: str) -> None:
+        """Sync slots with the registry: adopt instances other edges started, drop gone ones."""
+        p = self.pool(function)
+        ready = {i.id: i for i in self.registry.ready(function)}
+        with p.lock:
+            for iid in list(p.slots):
+                if iid not in ready:
+                    p.slots.pop(iid).draining = True
+            for iid, inst in ready.items():
+                if iid not in p.slots:
+                    slot = p.slots[iid] = Slot(instance=inst, last_used=self.clock())
+                    # While this edge is starting instances, the new one is probably its own:
+                    # leave the hand-off to the start, which labels those requests cold.
+                    if not p.starting:
+                        p._hand_off(slot, cold=False)
+            p._scale_for_waiters()
+
+    # -- reserved instances and reaping support ------------------------------------------
+
+    def ensure_min(self, spec: InstanceSpec, *, min_instances: int, max_instances: int) -> int:
+        """Start instances of ``spec.version`` until ``min_instances`` are running or starting."""
+        p = self.pool(spec.function)
+        with p.lock:
+            p.spec = spec
+            p.max_instances = max_instances
+            have = sum(1 for s in p.slots.values() if s.instance.version == spec.version and not s.draining)
+            missing = max(0, min(min_instances, max_instances) - have - p.starting)
+            for _ in range(missing):
+                p._start(spec, reserved=True)
+            return missing

@@ -1,0 +1,1 @@
+"""Adapters behind the core's ports. Only ``appliance.wiring`` chooses among them."""

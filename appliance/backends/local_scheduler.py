@@ -1,0 +1,235 @@
+"""Embedded-mode scheduler: instances are runtime processes on this host.
+
+A start is: make sure the code is unpacked (once per digest, into a read-only cache), launch the
+runtime's bootstrap through a :class:`Launcher`, wait for it to report its port and then to answer
+``/_/ready``, register it. Each process has a watcher thread that deregisters it when it exits and
+remembers why it ended (drained, killed, out of memory, crashed), so a request that lost its
+instance can say which.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import codepkg
+from ..errors import CodeNotFound, PlacementFailed, function_error
+from ..instance_client import InstanceClient, InstanceUnreachable
+from ..model import Instance, InstanceSpec
+from ..ports import BlobStore
+from .local_registry import LocalRegistry
+from .process_launcher import Launcher, LaunchRequest
+
+log = logging.getLogger("appliance.scheduler")
+
+READY_POLL_S = 0.002
+
+
+@dataclass
+class _Proc:
+    instance: Instance
+    handle: object          # launcher handle: has .pid, .wait(), .returncode, .signal(sig)
+    spec: InstanceSpec
+    stopping: str | None = None    # why we stop it, when we do
+
+
+class CodeCache:
+    """Unpacked packages by digest, fetched from the BlobStore at most once each."""
+
+    def __init__(self, root: Path, blobs: BlobStore, limits: codepkg.Limits):
+        self.root = Path(root)
+        self.blobs = blobs
+        self.limits = limits
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.fetches = 0
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest
+
+    def ensure(self, digest: str) -> tuple[Path, bool]:
+        """(directory, fetched now?)"""
+        dest = self.path(digest)
+        if dest.exists():
+            return dest, False
+        with self._guard:
+            lock = self._locks.setdefault(digest, threading.Lock())
+        with lock:
+            if dest.exists():
+                return dest, False
+            data = self.blobs.get(digest)
+            codepkg.unpack(data, dest, self.limits)
+            self.fetches += 1
+            return dest, True
+
+
+class LocalScheduler:
+    def __init__(self, *, registry: LocalRegistry, blobs: BlobStore, code_cache: CodeCache, launcher: Launcher,
+                 client: InstanceClient, host: str = "127.0.0.1"):
+        self.registry = registry
+        self.blobs = blobs
+        self.code = code_cache
+        self.launcher = launcher
+        self.client = client
+        self.host = host
+        self._lock = threading.Lock()   # guards _procs and _exit_causes
+        self._procs: dict[str, _Proc] = {}
+        self._exit_causes: dict[str, str] = {}
+        self._closed = False
+
+    # -- Scheduler port -----------------------------------------------------------------
+
+    def prepare(self, spec: InstanceSpec) -> float:
+        """Unpack and byte-compile the code ahead of the first start (deploy-time pre-warm)."""
+        t0 = time.monotonic()
+        self.code.ensure(spec.digest)
+        return (time.monotonic() - t0) * 1000
+
+    def start(self, spec: InstanceSpec, deadline: float) -> Instance:
+        if self._closed:
+            raise PlacementFailed("the appliance is shutting down")
+        phases: dict[str, float] = {}
+        t0 = time.monotonic()
+        try:
+            code_dir, fetched = self.code.ensure(spec.digest)
+        except CodeNotFound as exc:
+            raise PlacementFailed(f"code of {spec.function!r} version {spec.version} is missing: {exc}") from None
+        phases["code_fetch"] = round((time.monotonic() - t0) * 1000, 3)
+        instance_id = f"{spec.function}-{spec.version}-{uuid.uuid4().hex[:8]}"
+        req = LaunchRequest(spec=spec, code_dir=code_dir, instance_id=instance_id, host=self.host)
+        t1 = time.monotonic()
+        try:
+            handle, address, launch_phases = self.launcher.launch(req, deadline)
+        except PlacementFailed:
+            raise
+        except OSError as exc:
+            raise PlacementFailed(f"could not launch the {spec.runtime} runtime: {exc}") from None
+        phases.update(launch_phases)
+        phases.setdefault("runtime_init", round((time.monotonic() - t1) * 1000, 3))
+        instance = Instance(id=instance_id, function=spec.function, version=spec.version, address=address,
+                            concurrency=spec.concurrency, node="local", phases=phases)
+        proc = _Proc(instance=instance, handle=handle, spec=spec)
+        with self._lock:
+            self._procs[instance_id] = proc
+        threading.Thread(target=self._watch, args=(proc,), daemon=True, name=f"watch-{instance_id}").start()
+        # Wait for the handler to load.
+        t2 = time.monotonic()
+        while True:
+            try:
+                status, body = self.client.ready(instance)
+            except InstanceUnreachable:
+                status, body = 0, {}
+            if status == 200:
+                break
+            if status == 500 and body.get("state") == "failed":
+                self._kill(proc, "init-failed")
+                raise function_error(body.get("error") or {"errorType": "Runtime.InitError",
+                                                           "errorMessage": "the code failed to load"})
+            if handle.returncode is not None:
+                raise PlacementFailed(f"the {spec.runtime} runtime exited with status {handle.returncode} "
+                                      f"before it was ready; see the instance log of {instance_id}")
+            if time.monotonic() > deadline:
+                self._kill(proc, "start-timeout")
+                raise PlacementFailed(f"instance {instance_id} was not ready before the start deadline")
+            time.sleep(READY_POLL_S)
+        phases["user_init"] = round(body.get("initMs", (time.monotonic() - t2) * 1000), 3)
+        self.registry.add(instance)
+        log.info("event=instance_ready instance=%s function=%s version=%s address=%s phases=%s",
+                 instance_id, spec.function, spec.version, address, json.dumps(phases, separators=(",", ":")))
+        return instance
+
+    def stop(self, instance: Instance, *, graceful: bool = True) -> None:
+        with self._lock:
+            proc = self._procs.get(instance.id)
+        if proc is None:
+            return
+        if graceful:
+            proc.stopping = proc.stopping or "stopped"
+            proc.handle.signal(signal.SIGTERM)
+        else:
+            self._kill(proc, "killed")
+
+    def instances(self, function: str | None = None) -> list[Instance]:
+        with self._lock:
+            return [p.instance for p in self._procs.values() if function in (None, p.instance.function)]
+
+    def exit_cause(self, instance_id: str, wait_s: float = 1.0) -> str | None:
+        """Why an instance ended; waits briefly for its process to be reaped."""
+        end = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                cause = self._exit_causes.get(instance_id)
+                alive = instance_id in self._procs
+            if cause or not alive or time.monotonic() > end:
+                return cause
+            time.sleep(0.005)
+
+    def mark_stopping(self, instance_id: str, why: str) -> None:
+        """Tell the watcher an exit is expected (drained, timed out), so it is not a crash."""
+        with self._lock:
+            proc = self._procs.get(instance_id)
+            if proc is not None:
+                proc.stopping = proc.stopping or why
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop every instance: SIGTERM, then SIGKILL what is left after ``timeout_s``."""
+        self._closed = True
+        with self._lock:
+            procs = list(self._procs.values())
+        for p in procs:
+            p.stopping = p.stopping or "shutdown"
+            p.handle.signal(signal.SIGTERM)
+        end = time.monotonic() + timeout_s
+        for p in procs:
+            remaining = max(0.0, end - time.monotonic())
+            if p.handle.wait(remaining) is None:
+                p.handle.signal(signal.SIGKILL)
+                p.handle.wait(2.0)
+        self.launcher.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _kill(self, proc: _Proc, why: str) -> None:
+        proc.stopping = proc.stopping or why
+        proc.handle.signal(signal.SIGKILL)
+
+    def _watch(self, proc: _Proc) -> None:
+        rc = proc.handle.wait(None)
+        if proc.stopping:
+            cause = proc.stopping
+        elif rc == -signal.SIGKILL or rc == 128 + signal.SIGKILL or self.launcher.oom_killed(proc.handle):
+            cause = "oom"
+        elif rc == 0:
+            cause = "exited"
+        else:
+            cause = "crashed"
+        with self._lock:
+            self._procs.pop(proc.instance.id, None)
+            self._exit_causes[proc.instance.id] = cause
+            if len(self._exit_causes) > 10000:
+                for k in list(self._exit_causes)[:5000]:
+                    del self._exit_causes[k]
+        self.registry.forget(proc.instance.id)
+        self.client.close(proc.instance.address)
+        level = logging.INFO if cause in ("drained", "stopped", "shutdown", "exited", "timeout", "init-failed") else logging.WARNING
+        log.log(level, "event=instance_exit instance=%s function=%s returncode=%s cause=%s",
+                proc.instance.id, proc.instance.function, rc, cause)
+
+
+def bootstrap_path(runtimes_dir: Path, runtime: str) -> list[str]:
+    """The command that runs a runtime's bootstrap."""
+    if runtime.startswith("python"):
+        return [os.environ.get("APPLIANCE_PYTHON", "python3"), "-X", "frozen_modules=on",
+                str(runtimes_dir / "python" / "bootstrap.py")]
+    if runtime.startswith("nodejs"):
+        return [os.environ.get("APPLIANCE_NODE", "node"), str(runtimes_dir / "node" / "bootstrap.js")]
+    raise PlacementFailed(f"no bootstrap for runtime {runtime!r}")
+
+

@@ -1,0 +1,327 @@
+"""The ``faas`` command: run the appliance and manage functions.
+
+Every command talks to the control-plane API (``--api`` or ``FAAS_API``), except ``up`` and
+``serve``, which run it. Errors print as one line, ``error: <code>: <message>``, and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from .client import DEFAULT_API, ApiError, ApplianceClient, read_function_json
+from .config import Settings
+from .errors import ApplianceError
+
+
+def _client(ctx) -> ApplianceClient:
+    return ApplianceClient(ctx.obj["api"])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Turns API and validation errors into one clear line and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            where = f" (field: {exc.field})" if exc.field else ""
+            _fail(f"{exc.code}: {exc.message}{where}")
+        except ApplianceError as exc:
+            _fail(f"{exc.code}: {exc.message}")
+
+
+@click.group(cls=_Group)
+@click.option("--api", default=DEFAULT_API, show_default=True, envvar="FAAS_API", help="Control-plane API URL.")
+@click.pass_context
+def main(ctx, api):
+    """FaaS Appliance: deploy functions, bind HTTP triggers, call them."""
+    ctx.ensure_object(dict)
+    ctx.obj["api"] = api
+
+
+# -- running the appliance -------------------------------------------------------------------
+
+def _run(settings: Settings, roles, example: str | None) -> None:
+    from . import logs
+    from .server import Appliance
+
+    logs.setup(settings.log_level)
+    app = Appliance(settings, roles=roles)
+    app.install_signal_handlers()
+    app.start()
+    edge = f"http://{settings.host}:{app.ports['edge']}" if "edge" in app.ports else None
+    api = f"http://{settings.host}:{app.ports['control']}" if "control" in app.ports else None
+    click.echo(f"FaaS Appliance is up ({settings.mode} mode). Edge router: {edge or '-'}  API: {api or '-'}")
+    if example and api:
+        try:
+            ex = _deploy_example(ApplianceClient(api), Path(example))
+            if ex and edge:
+                click.echo(f"Example deployed. Try:  curl {edge}{ex}")
+        except ApiError as exc:
+            click.echo(f"error: the example did not deploy: {exc.code}: {exc.message}", err=True)
+    click.echo("Stop with Ctrl-C.")
+    app.wait()
+
+
+def _deploy_example(api: ApplianceClient, directory: Path) -> str | None:
+    cfg = read_function_json(directory)
+    name = cfg.pop("name", directory.name)
+    triggers = cfg.pop("triggers", [])
+    api.deploy(name, directory, **cfg)
+    path = None
+    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
+    for t in triggers:
+        if (t["method"].upper(), t["path"]) not in existing:
+            api.add_trigger(name, t["method"], t["path"])
+        path = path or t["path"]
+    return path
+
+
+def _settings(host, edge_port, api_port, data_dir) -> Settings:
+    try:
+        return Settings.from_env(host=host, edge_port=edge_port, api_port=api_port, data_dir=data_dir)
+    except ApplianceError as exc:
+        _fail(exc.message)
+        raise
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [127.0.0.1].")
+@click.option("--edge-port", type=int, default=None, help="Edge router port [8080].")
+@click.option("--api-port", type=int, default=None, help="Control-plane API port [8081].")
+@click.option("--data-dir", default=None, help="Where state is kept [.faas].")
+@click.option("--example", default=None, help="A function directory to deploy once up (e.g. examples/hello).")
+def up(host, edge_port, api_port, data_dir, example):
+    """Run the appliance (edge router + API) in the foreground."""
+    _run(_settings(host, edge_port, api_port, data_dir), ("edge", "control"), example)
+
+
+@main.command()
+@click.option("--role", type=click.Choice(["edge", "control", "all"]), default="all", show_default=True)
+@click.option("--host", default=None)
+@click.option("--edge-port", type=int, default=None)
+@click.option("--api-port", type=int, default=None)
+@click.option("--data-dir", default=None)
+def serve(role, host, edge_port, api_port, data_dir):
+    """Run one role of the appliance (for systemd units and Nomad jobs)."""
+    roles = ("edge", "control") if role == "all" else (role,)
+    _run(_settings(host, edge_port, api_port, data_dir), roles, None)
+
+
+# -- functions ---------------------------------------------------------------------------
+
+def _parse_env(pairs) -> dict:
+    env = {}
+    for p in pairs:
+        if "=" not in p:
+            _fail(f"--env takes NAME=value, got {p!r}")
+        k, _, v = p.partition("=")
+        env[k] = v
+    return env
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@click.option("--name", help="Function name [function.json's, or the directory name].")
+@click.option("--runtime", help="python3.11 or nodejs20.")
+@click.option("--handler", help="module.function [index.handler].")
+@click.option("--memory", "memory_mb", type=int, help="Memory in MB (128..10240).")
+@click.option("--timeout", "timeout_s", type=int, help="Timeout in seconds (1..900).")
+@click.option("--concurrency", type=int, help="Requests one instance serves at once.")
+@click.option("--max-instances", type=int)
+@click.option("--min-instances", type=int)
+@click.option("--keep-alive", "keep_alive_s", type=int, help="Seconds an idle instance is kept.")
+@click.option("--env", "env", multiple=True, help="NAME=value (repeatable).")
+@click.option("--description")
+@click.pass_context
+def deploy(ctx, source, name, env, **opts):
+    """Create or update a function from a directory, a zip or one source file."""
+    cfg = read_function_json(source)
+    triggers = cfg.pop("triggers", [])
+    name = name or cfg.pop("name", None) or Path(source).resolve().name.removesuffix(".zip")
+    cfg.pop("name", None)
+    cfg.update({k: v for k, v in opts.items() if v is not None})
+    if env:
+        cfg["environment"] = {**cfg.get("environment", {}), **_parse_env(env)}
+    api = _client(ctx)
+    click.echo(f"Packaging {source} ...", err=True)
+    t0 = time.monotonic()
+    out = api.deploy(name, source, **cfg)
+    v = out["version"]
+    click.echo(f"Deployed {name} version {v['version']} ({v['size']} bytes, {v['files']} files, "
+               f"sha256 {v['digest'][:12]}) in {time.monotonic() - t0:.1f}s", err=True)
+    for w in out.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
+    for t in triggers:
+        if (t["method"].upper(), t["path"]) not in existing:
+            api.add_trigger(name, t["method"], t["path"])
+            click.echo(f"Trigger {t['method'].upper()} {t['path']} -> {name}", err=True)
+    click.echo(json.dumps(out["function"], indent=2))
+
+
+@main.group()
+def trigger():
+    """HTTP triggers: bind METHOD PATH to a function."""
+
+
+@trigger.command("add")
+@click.argument("function")
+@click.argument("method")
+@click.argument("path")
+@click.pass_context
+def trigger_add(ctx, function, method, path):
+    t = _client(ctx).add_trigger(function, method, path)
+    click.echo(f"{t['method']} {t['path']} -> {t['function']}")
+
+
+@trigger.command("ls")
+@click.argument("function", required=False)
+@click.pass_context
+def trigger_ls(ctx, function):
+    for t in _client(ctx).list_triggers(function):
+        click.echo(f"{t['method']:7} {t['path']:40} {t['function']}")
+
+
+@trigger.command("rm")
+@click.argument("method")
+@click.argument("path")
+@click.pass_context
+def trigger_rm(ctx, method, path):
+    t = _client(ctx).remove_trigger(method, path)["deleted"]
+    click.echo(f"removed {t['method']} {t['path']}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data", default=None, help="The event as JSON [{}].")
+@click.option("--verbose", "-v", is_flag=True, help="Also print request id, cold start and timing.")
+@click.pass_context
+def invoke(ctx, name, data, verbose):
+    """Invoke a function directly and print its result."""
+    event = {}
+    if data:
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            _fail(f"--data is not valid JSON: {exc}")
+    resp = _client(ctx).invoke_raw(name, event)
+    if verbose:
+        click.echo(f"request id: {resp.headers.get('X-Request-Id')}  cold: {resp.headers.get('X-Faas-Cold-Start')}  "
+                   f"timing: {resp.headers.get('Server-Timing')}", err=True)
+    body = resp.json()
+    if resp.status_code >= 400:
+        err = body.get("error", {})
+        fn = err.get("function") or {}
+        _fail(f"{err.get('code')}: {err.get('message')}" + (f"\n{''.join(fn.get('stackTrace') or [])}".rstrip()
+                                                              if fn.get("stackTrace") else ""))
+    click.echo(json.dumps(body) if not isinstance(body, str) else body)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations.")
+@click.option("--since", type=float, default=None, help="Seconds ago (e.g. 300) to start from.")
+@click.option("--status", default=None, help="ok, error, timeout, throttled or unavailable.")
+@click.option("--limit", type=int, default=100)
+@click.pass_context
+def logs(ctx, name, follow, since, status, limit):
+    """Print a function's invocations with their log lines and cold-start phases."""
+    api = _client(ctx)
+    params = {"limit": limit}
+    if since is not None:
+        params["since"] = -abs(since)
+    if status:
+        params["status"] = status
+    out = api.logs(name, **params)
+    for line in out["lines"]:
+        click.echo(line["line"])
+    after = out["next"]
+    while follow:
+        time.sleep(1.0)
+        out = api.logs(name, after=after, limit=1000, **({"status": status} if status else {}))
+        for line in out["lines"]:
+            click.echo(line["line"])
+        after = out["next"] or after
+
+
+@main.command("ls")
+@click.pass_context
+def list_functions(ctx):
+    """List functions."""
+    fns = _client(ctx).list_functions()
+    click.echo(f"{'NAME':24} {'RUNTIME':11} {'VERSION':7} {'MEMORY':6} {'TIMEOUT':7} HANDLER")
+    for f in fns:
+        click.echo(f"{f['name']:24} {f['runtime']:11} {f['version']:<7} {f['memory_mb']:<6} {f['timeout_s']:<7} {f['handler']}")
+
+
+@main.command()
+@click.argument("name")
+@click.pass_context
+def describe(ctx, name):
+    """Show a function's settings, triggers, instances and scaling state."""
+    click.echo(json.dumps(_client(ctx).get_function(name), indent=2))
+
+
+@main.command()
+@click.argument("name")
+@click.pass_context
+def rm(ctx, name):
+    """Delete a function, its triggers and its instances."""
+    _client(ctx).delete_function(name)
+    click.echo(f"deleted {name}")
+
+
+@main.command()
+@click.option("--since", type=float, default=None, help="Seconds ago.")
+@click.pass_context
+def usage(ctx, since):
+    """Invocations, errors, cold starts and GB-seconds per function."""
+    rows = _client(ctx).usage(**({"since": -abs(since)} if since else {}))
+    click.echo(f"{'FUNCTION':24} {'INVOCATIONS':>11} {'ERRORS':>6} {'COLD':>5} {'GB-SECONDS':>12}")
+    for r in rows:
+        click.echo(f"{r['function']:24} {r['invocations']:>11} {r['errors']:>6} {r['cold_starts']:>5} {r['gb_seconds']:>12.6f}")
+
+
+@main.command()
+@click.pass_context
+def doctor(ctx):
+    """Check this machine and the appliance: runtimes, sandbox, API."""
+    import shutil
+    import subprocess
+
+    ok = True
+
+    def check(label, good, detail=""):
+        nonlocal ok
+        ok = ok and good
+        click.echo(f"[{'ok' if good else 'FAIL'}] {label}{': ' + detail if detail else ''}")
+
+    check("python3", bool(shutil.which("python3")), sys.version.split()[0])
+    node = shutil.which("node")
+    ver = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else ""
+    check("node (nodejs20 runtime)", bool(node), ver or "not found: apt-get install nodejs")
+    bwrap = shutil.which("bwrap")
+    check("bubblewrap (instance sandbox)", bool(bwrap), bwrap or "not found: apt-get install bubblewrap")
+    try:
+        h = _client(ctx).health()
+        check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")
+    except ApiError as exc:
+        check("control API", False, exc.message)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,135 @@
+"""Settings: one validated, frozen object built from ``APPLIANCE_*`` variables.
+
+Each field maps to one variable, ``APPLIANCE_<FIELD>`` (``edge_port`` -> ``APPLIANCE_EDGE_PORT``).
+``APPLIANCE_SETTINGS`` may name a ``KEY=VALUE`` file read first; the environment overrides it.
+Invalid values stop start-up with a message naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: local (embedded: processes on this host, SQLite, files) or cluster (Nomad, Consul, S3).
+    mode: str = "local"
+    #: Address the edge router and the control-plane API listen on.
+    host: str = "127.0.0.1"
+    edge_port: int = 8080
+    api_port: int = 8081
+    #: Where the embedded mode keeps its databases, code packages, unpacked code and logs.
+    data_dir: str = ".faas"
+    runtimes_dir: str = str(REPO_ROOT / "runtimes")
+    #: Longest a request waits for an instance (free slot or cold start) before 503 + Retry-After.
+    queue_timeout_s: float = 10.0
+    #: Requests that may wait per function before 429.
+    max_queue: int = 100
+    #: Longest one instance may take from placement to ready.
+    start_timeout_s: float = 30.0
+    max_code_bytes: int = 50 << 20
+    max_unpacked_bytes: int = 250 << 20
+    max_files: int = 5000
+    #: Largest request body an HTTP trigger or invoke accepts (Lambda's synchronous limit).
+    max_event_bytes: int = 6 << 20
+    #: Seconds between keep-alive sweeps (idle instance reclaiming, min_instances upkeep).
+    reap_interval_s: float = 1.0
+    #: Seconds function settings and routes may be served from cache (other control planes' writes).
+    metadata_cache_s: float = 1.0
+    #: Invocation records kept per edge.
+    records_retention: int = 100_000
+    #: auto (sandbox when bubblewrap is present), on (required), off.
+    sandbox: str = "auto"
+    log_level: str = "info"
+    # -- cluster mode --
+    nomad_addr: str = "http://127.0.0.1:4646"
+    nomad_token: str = ""
+    consul_addr: str = "http://127.0.0.1:8500"
+    consul_token: str = ""
+    s3_endpoint: str = ""
+    s3_bucket: str = "faas-code"
+    s3_region: str = "us-east-1"
+    node_name: str = ""
+
+    def validate(self) -> Settings:
+        def bad(name: str, what: str):
+            return ValidationError(f"APPLIANCE_{name.upper()}={getattr(self, name)!r} is invalid: {what}", field=name)
+
+        if self.mode not in ("local", "cluster"):
+            raise bad("mode", "use local or cluster")
+        for port in ("edge_port", "api_port"):
+            if not 0 <= getattr(self, port) <= 65535:
+                raise bad(port, "use a TCP port from 0 to 65535 (0 picks a free one)")
+        for name in ("queue_timeout_s", "start_timeout_s", "reap_interval_s"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "use a positive number of seconds")
+        for name in ("max_queue", "max_code_bytes", "max_unpacked_bytes", "max_files", "max_event_bytes",
+                     "records_retention"):
+            if getattr(self, name) < 1:
+                raise bad(name, "use a positive integer")
+        if self.sandbox not in ("auto", "on", "off"):
+            raise bad("sandbox", "use auto, on or off")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise bad("log_level", "use debug, info, warning or error")
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        settings_file = environ.get("APPLIANCE_SETTINGS")
+        if settings_file:
+            values.update(read_env_file(Path(settings_file)))
+        values.update({k: v for k, v in environ.items() if k.startswith("APPLIANCE_")})
+        kwargs = {}
+        for f in fields(cls):
+            key = f"APPLIANCE_{f.name.upper()}"
+            if key in values:
+                kwargs[f.name] = _coerce(f, values[key], key)
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs).validate()
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _coerce(f, raw: str, key: str):
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ValidationError(f"{key}={raw!r} is invalid: use {kind}", field=f.name) from None
+    return raw
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValidationError(f"APPLIANCE_SETTINGS names {path}, which cannot be read: {exc}",
+                              field="settings") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        k, _, v = line.partition("=")
+        out[k.strip().removeprefix("export ").strip()] = v.strip().strip('"').strip("'")
+    return out

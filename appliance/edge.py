@@ -1,0 +1,104 @@
+"""The edge router: HTTP triggers in, function results out.
+
+``create_edge_app`` builds a Flask app whose catch-all route matches the trigger table, builds the
+AWS HTTP API 2.0 event, invokes through the core and maps the result by the Lambda proxy rules.
+Platform paths live under ``/_/`` (health, readiness, stats); everything else is a trigger.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask, Response, request
+
+from .errors import ApplianceError, PayloadTooLarge, to_response_body
+from .events import build_event, to_http_response
+from .http_common import error_response, install_error_handlers, json_response, request_id
+from .invoker import encode_event
+from .wiring import Components
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
+              "proxy-authenticate", "content-length"}
+
+
+def create_edge_app(c: Components) -> Flask:
+    app = Flask("appliance.edge")
+    app.config["MAX_CONTENT_LENGTH"] = c.settings.max_event_bytes
+    install_error_handlers(app)
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+    @app.get("/_/health")
+    def health():
+        return json_response({"status": "ok", "role": "edge", "mode": c.settings.mode})
+
+    @app.get("/_/ready")
+    def ready():
+        return json_response({"status": "ready"})
+
+    @app.get("/_/stats")
+    def stats():
+        out = {}
+        for pool in c.activator.pools():
+            with pool.lock:
+                out[pool.name] = {"inflight": sum(s.inflight for s in pool.slots.values()),
+                                  "instances": len(pool.slots), "starting": pool.starting,
+                                  "waiting": len(pool.waiters)}
+        return json_response({"functions": out})
+
+    @app.route("/", defaults={"path": ""}, methods=methods)
+    @app.route("/<path:path>", methods=methods)
+    def trigger(path: str):
+        rid = request_id()
+        raw_path = request.path
+        match = c.store.routes().match(request.method, raw_path)
+        body = request.get_data(cache=False)
+        if len(body) > c.settings.max_event_bytes:
+            raise PayloadTooLarge(f"the request body is {len(body)} bytes; the limit is {c.settings.max_event_bytes}")
+        event = build_event(
+            method=request.method, raw_path=raw_path,
+            raw_query=request.query_string.decode("latin-1"), headers=list(request.headers.items()), body=body,
+            route_key=match.route_key, path_params=match.params, request_id=rid,
+            source_ip=request.remote_addr or "", domain=request.host.split(":")[0])
+        outcome = c.invoker.invoke(match.trigger.function, encode_event(event), request_id=rid,
+                                   trigger=match.route_key)
+        if outcome.error is not None:
+            resp = error_response(outcome.error)
+        else:
+            try:
+                mapped = to_http_response(outcome.result)
+            except ApplianceError as exc:
+                resp = error_response(exc)
+            else:
+                resp = Response(mapped.body if request.method != "HEAD" else b"", status=mapped.status)
+                for k, v in mapped.headers:
+                    lk = k.lower()
+                    if lk == "content-type":
+                        resp.headers["Content-Type"] = v
+                    elif lk not in HOP_BY_HOP:
+                        resp.headers.add(k, v)
+        resp.headers["X-Request-Id"] = rid
+        resp.headers["Server-Timing"] = outcome.server_timing()
+        return resp
+
+    return app
+
+
+def invoke_response(c: Components, function: str, body: bytes) -> Response:
+    """Direct invoke (control API): the result as JSON, or the structured error."""
+    rid = request_id()
+    if body.strip():
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            from .errors import ValidationError
+            raise ValidationError(f"the request body must be the event as JSON: {exc}", field="body") from None
+    else:
+        body = b"{}"
+    outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None)
+    headers = {"X-Request-Id": rid, "Server-Timing": outcome.server_timing(),
+               "X-Faas-Cold-Start": "1" if outcome.record.cold else "0"}
+    if outcome.error is not None:
+        status, extra, payload = to_response_body(outcome.error, rid)
+        headers.update(extra)
+        return json_response(payload, status, headers)
+    return json_response(outcome.result, 200, headers)

@@ -1,0 +1,206 @@
+"""Invocation records: what ran, how long, how it ended, what it printed, what it cost.
+
+Records are written by a background thread in batches, so the request path only appends to a
+queue. Each edge router keeps its own database; in cluster mode the control plane merges queries
+across edges. ``billed_gb_s`` follows Lambda: memory in GB times the run duration rounded up to
+the next millisecond.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ValidationError
+
+log = logging.getLogger("appliance.records")
+
+STATUSES = ("ok", "error", "timeout", "throttled", "unavailable")
+
+
+def billed_gb_seconds(memory_mb: int, duration_ms: float) -> float:
+    return round(memory_mb / 1024 * math.ceil(max(duration_ms, 0.0)) / 1000, 9)
+
+
+@dataclass
+class InvocationRecord:
+    request_id: str
+    function: str
+    version: int
+    started_at: float                 # epoch seconds
+    duration_ms: float = 0.0          # end to end at the edge
+    run_ms: float = 0.0               # the handler's own run time, as the runtime measured it
+    billed_gb_s: float = 0.0
+    memory_mb: int = 128
+    cold: bool = False
+    cold_cause: str | None = None
+    init_ms: float = 0.0              # cold start time this request waited for (placement to ready)
+    status: str = "ok"                # ok | error | timeout | throttled | unavailable
+    http_status: int = 200
+    error_type: str | None = None
+    error_message: str | None = None
+    instance_id: str | None = None
+    trigger: str | None = None        # "GET /hello/serverless" or "api"
+    phases: dict[str, float] = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
+
+    def to_api(self) -> dict:
+        return asdict(self)
+
+
+_COLUMNS = ("request_id", "function", "version", "started_at", "duration_ms", "run_ms", "billed_gb_s", "memory_mb",
+            "cold", "cold_cause", "init_ms", "status", "http_status", "error_type", "error_message", "instance_id",
+            "trigger", "phases", "logs")
+
+
+class RecordStore:
+    def __init__(self, path: Path, *, retention: int = 100_000):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention = retention
+        self._q: queue.Queue = queue.Queue(maxsize=100_000)
+        self._db_lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS invocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         f"{', '.join(c + ' TEXT' if c in ('phases', 'logs') else c for c in _COLUMNS)})")
+        self._db.execute("CREATE INDEX IF NOT EXISTS inv_fn ON invocations (function, started_at)")
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS inv_rid ON invocations (request_id)")
+        self._written = threading.Condition()
+        self._pending = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._writer, daemon=True, name="records-writer")
+        self._thread.start()
+        self.dropped = 0
+
+    def add(self, record: InvocationRecord) -> None:
+        with self._written:
+            self._pending += 1
+        try:
+            self._q.put_nowait(record)
+        except queue.Full:
+            with self._written:
+                self._pending -= 1
+            self.dropped += 1
+            log.warning("event=record_dropped request_id=%s reason=queue-full", record.request_id)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every record added so far is in the database."""
+        with self._written:
+            return self._written.wait_for(lambda: self._pending == 0, timeout_s)
+
+    def _writer(self) -> None:
+        while not self._stop.is_set() or not self._q.empty():
+            try:
+                first = self._q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            rows = []
+            for r in batch:
+                d = asdict(r)
+                d["phases"] = json.dumps(d["phases"])
+                d["logs"] = json.dumps(d["logs"])
+                d["cold"] = int(d["cold"])
+                rows.append(tuple(d[c] for c in _COLUMNS))
+            try:
+                with self._db_lock:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        f"INSERT OR REPLACE INTO invocations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                        rows)
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.error("event=record_write_failed count=%d error=%r", len(rows), str(exc))
+            with self._written:
+                self._pending -= len(batch)
+                self._written.notify_all()
+
+    def prune(self) -> int:
+        with self._db_lock:
+            row = self._db.execute("SELECT max(seq) FROM invocations").fetchone()
+            if not row or row[0] is None:
+                return 0
+            cur = self._db.execute("DELETE FROM invocations WHERE seq <= ?", (row[0] - self.retention,))
+            return cur.rowcount
+
+    def query(self, function: str | None = None, *, since: float | None = None, status: str | None = None,
+              limit: int = 100, after_seq: int | None = None, request_id: str | None = None) -> list[dict]:
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"status must be one of {', '.join(STATUSES)}; got {status!r}", field="status")
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be from 1 to 1000, got {limit}", field="limit")
+        where, args = [], []
+        if function is not None:
+            where.append("function = ?")
+            args.append(function)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if after_seq is not None:
+            where.append("seq > ?")
+            args.append(after_seq)
+        if request_id is not None:
+            where.append("request_id = ?")
+            args.append(request_id)
+        sql = f"SELECT seq, {', '.join(_COLUMNS)} FROM invocations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        # Newest first, unless following (after_seq): then oldest first so output stays in order.
+        sql += " ORDER BY seq " + ("ASC" if after_seq is not None else "DESC") + " LIMIT ?"
+        args.append(limit)
+        with self._db_lock:
+            rows = self._db.execute(sql, args).fetchall()
+        out = []
+        for row in rows:
+            d = dict(zip(("seq",) + _COLUMNS, row))
+            d["phases"] = json.loads(d["phases"] or "{}")
+            d["logs"] = json.loads(d["logs"] or "[]")
+            d["cold"] = bool(d["cold"])
+            out.append(d)
+        return out
+
+    def usage(self, function: str | None = None, *, since: float | None = None) -> list[dict]:
+        where, args = [], []
+        if function is not None:
+            where.append("function = ?")
+            args.append(function)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        sql = ("SELECT function, count(*), sum(billed_gb_s), sum(cold), sum(status != 'ok'), avg(duration_ms) "
+               "FROM invocations")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " GROUP BY function ORDER BY function"
+        with self._db_lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [{"function": f, "invocations": n, "gb_seconds": round(gb or 0.0, 6), "cold_starts": cold or 0,
+                 "errors": errs or 0, "avg_duration_ms": round(avg or 0.0, 3)} for f, n, gb, cold, errs, avg in rows]
+
+    def close(self) -> None:
+        self.flush(5.0)
+        self._stop.set()
+        self._thread.join(5.0)
+        with self._db_lock:
+            self._db.close()
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,98 @@
+"""Runs the appliance's HTTP servers in one process: the edge router and/or the control API.
+
+Waitress serves each Flask app with its own thread pool: an edge request holds its thread for
+the whole invocation (including any cold start it waits for), so the edge gets many threads.
+Once listening, the server writes ``<data_dir>/appliance.json`` with the actual ports (port 0
+picks free ones), which the CLI and the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import waitress
+
+from .config import Settings
+from .wiring import Components, build
+
+log = logging.getLogger("appliance.server")
+
+EDGE_THREADS = 128
+CONTROL_THREADS = 16
+
+
+class Appliance:
+    def __init__(self, settings: Settings, roles=("edge", "control")):
+        self.settings = settings
+        self.roles = tuple(roles)
+        self.components: Components = build(settings)
+        self._servers = []
+        self._threads: list[threading.Thread] = []
+        self.ports: dict[str, int] = {}
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        from .control_api import create_control_app
+        from .edge import create_edge_app
+
+        c = self.components
+        s = self.settings
+        common = dict(host=s.host, ident="faas-appliance", connection_limit=2000, backlog=1024,
+                      channel_timeout=max(120, 900 + 30), cleanup_interval=30, clear_untrusted_proxy_headers=True)
+        if "edge" in self.roles:
+            server = waitress.create_server(create_edge_app(c), port=s.edge_port, threads=EDGE_THREADS, **common)
+            self.ports["edge"] = server.effective_port
+            self._servers.append(server)
+        if "control" in self.roles:
+            server = waitress.create_server(create_control_app(c), port=s.api_port, threads=CONTROL_THREADS,
+                                            max_request_body_size=s.max_code_bytes + (1 << 20), **common)
+            self.ports["control"] = server.effective_port
+            self._servers.append(server)
+        for server in self._servers:
+            t = threading.Thread(target=server.run, daemon=True, name="http")
+            t.start()
+            self._threads.append(t)
+        c.start()
+        info = {"pid": os.getpid(), "host": s.host, "mode": s.mode,
+                "edge_url": f"http://{s.host}:{self.ports['edge']}" if "edge" in self.ports else None,
+                "api_url": f"http://{s.host}:{self.ports['control']}" if "control" in self.ports else None}
+        path = s.data_path / "appliance.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)
+        log.info("event=listening mode=%s edge=%s api=%s data_dir=%s", s.mode, info["edge_url"], info["api_url"],
+                 s.data_path)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("event=stopping")
+        for server in self._servers:
+            server.close()
+        self.components.close()
+        try:
+            (self.settings.data_path / "appliance.json").unlink()
+        except FileNotFoundError:
+            pass
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum, frame):
+            threading.Thread(target=self.stop, daemon=True).start()
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+
+def read_info(data_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(data_dir) / "appliance.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
