@@ -116,7 +116,8 @@ class FunctionConfig:
                 f"min_instances ({min_instances}) cannot exceed max_instances ({max_instances}); "
                 "lower min_instances or raise max_instances", field="min_instances")
         keep_alive_s = _int_field(d, "keep_alive_s", 90, KEEP_ALIVE_S)
-        env = d.get("environment") or {}
+        env = d.get("environment")
+        env = {} if env is None else env
         if not isinstance(env, dict):
             raise ValidationError("environment must be an object of NAME: value strings", field="environment")
         size = 0

@@ -1,0 +1,173 @@
+import threading
+import time
+
+import pytest
+
+from appliance.activator import Activator, ColdCause
+from appliance.backends.local_registry import LocalRegistry
+from appliance.errors import ColdStartTimeout, FunctionError, PlacementFailed, QueueFull
+
+from .fakes import FakeScheduler, spec
+
+
+@pytest.fixture
+def parts():
+    registry = LocalRegistry()
+    scheduler = FakeScheduler(registry)
+    return scheduler, Activator(scheduler, registry, max_queue=100, start_timeout_s=5)
+
+
+def far():
+    return time.monotonic() + 10
+
+
+def test_a_cold_function_starts_one_instance_and_the_request_is_labelled_cold(parts):
+    scheduler, a = parts
+    lease = a.acquire(spec(), max_instances=5, deadline=far())
+    assert lease.cold and lease.cause == ColdCause.NO_INSTANCE
+    assert len(scheduler.started) == 1
+    a.release(lease)
+    again = a.acquire(spec(), max_instances=5, deadline=far())
+    assert not again.cold and again.instance.id == lease.instance.id
+
+
+def test_a_burst_on_a_cold_function_starts_at_most_max_instances_and_serves_everyone(parts):
+    scheduler, a = parts
+    scheduler.gate.clear()
+    results, errors = [], []
+
+    def one():
+        try:
+            lease = a.acquire(spec(), max_instances=5, deadline=far())
+            results.append(lease.instance.id)
+            a.release(lease)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        assert scheduler.starts_entered.acquire(timeout=5)
+    scheduler.gate.set()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    assert len(results) == 50
+    assert len(scheduler.started) == 5
+    assert set(results) == {i.id for i in scheduler.started}
+
+
+def test_concurrency_above_one_needs_fewer_instances(parts):
+    scheduler, a = parts
+    scheduler.gate.clear()
+    leases = []
+    threads = [threading.Thread(target=lambda: leases.append(a.acquire(spec(concurrency=4), max_instances=10,
+                                                                         deadline=far()))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert scheduler.starts_entered.acquire(timeout=5)
+    assert scheduler.starts_entered.acquire(timeout=5)
+    scheduler.gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(leases) == 8 and len(scheduler.started) == 2
+
+
+def test_waiters_are_served_in_arrival_order(parts):
+    scheduler, a = parts
+    first = a.acquire(spec(), max_instances=1, deadline=far())
+    order = []
+    threads = []
+    for i in range(5):
+        def wait(i=i):
+            lease = a.acquire(spec(), max_instances=1, deadline=far())
+            order.append(i)
+            a.release(lease)
+        t = threading.Thread(target=wait)
+        t.start()
+        threads.append(t)
+        # each waiter is queued before the next arrives
+        deadline = time.monotonic() + 5
+        while len(a.pool("f").waiters) < i + 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    a.release(first)
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_a_full_queue_refuses_at_once(parts):
+    scheduler, a = parts
+    a.max_queue = 2
+    a.pool("f").max_queue = 2
+    held = a.acquire(spec(), max_instances=1, deadline=far())
+    waiting = [threading.Thread(target=lambda: a.release(a.acquire(spec(), max_instances=1, deadline=far())))
+               for _ in range(2)]
+    for t in waiting:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(a.pool("f").waiters) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    with pytest.raises(QueueFull):
+        a.acquire(spec(), max_instances=1, deadline=far())
+    a.release(held)
+    for t in waiting:
+        t.join(5)
+
+
+def test_a_waiter_gives_up_at_its_deadline_and_leaves_the_queue(parts):
+    scheduler, a = parts
+    held = a.acquire(spec(), max_instances=1, deadline=far())
+    with pytest.raises(ColdStartTimeout):
+        a.acquire(spec(), max_instances=1, deadline=time.monotonic() + 0.05)
+    assert len(a.pool("f").waiters) == 0
+    a.release(held)
+
+
+def test_a_failed_start_fails_the_requests_waiting_for_it(parts):
+    scheduler, a = parts
+    scheduler.fail_with = PlacementFailed("no room")
+    with pytest.raises(PlacementFailed):
+        a.acquire(spec(), max_instances=1, deadline=far())
+    assert a.pool("f").starting == 0
+
+
+def test_code_that_fails_to_load_is_not_retried_for_every_request(parts):
+    scheduler, a = parts
+    scheduler.fail_with = FunctionError({"errorType": "Runtime.ImportModuleError", "errorMessage": "No module"})
+    for _ in range(3):
+        with pytest.raises(FunctionError):
+            a.acquire(spec(), max_instances=1, deadline=far())
+    assert scheduler.starts_entered._value == 1  # one start, then the cached error
+
+
+def test_a_new_version_does_not_use_old_instances(parts):
+    scheduler, a = parts
+    old = a.acquire(spec(version=1), max_instances=2, deadline=far())
+    a.release(old)
+    new = a.acquire(spec(version=2), max_instances=2, deadline=far())
+    assert new.cold and new.cause == ColdCause.NEW_VERSION
+    assert new.instance.version == 2
+
+
+def test_a_gone_instance_is_replaced_for_the_next_request(parts):
+    scheduler, a = parts
+    lease = a.acquire(spec(), max_instances=1, deadline=far())
+    a.release(lease, outcome="crashed")
+    again = a.acquire(spec(), max_instances=1, deadline=far())
+    assert again.cold and again.cause == ColdCause.AFTER_CRASH
+    assert again.instance.id != lease.instance.id
+
+
+def test_min_instances_are_started_without_requests(parts):
+    scheduler, a = parts
+    assert a.ensure_min(spec(), min_instances=2, max_instances=3) == 2
+    deadline = time.monotonic() + 5
+    while len(a.pool("f").slots) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert all(s.reserved for s in a.pool("f").slots.values())
+    assert a.ensure_min(spec(), min_instances=2, max_instances=3) == 0

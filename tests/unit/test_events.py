@@ -1,0 +1,79 @@
+import base64
+import json
+
+import pytest
+
+from appliance.errors import FunctionError
+from appliance.events import build_event, to_http_response
+
+
+def event(**kw):
+    args = dict(method="POST", raw_path="/users/7", raw_query="a=1&a=2&b=", headers=[
+        ("Content-Type", "application/json"), ("X-Multi", "1"), ("x-multi", "2"), ("Cookie", "s=1; t=2"),
+        ("User-Agent", "curl/8")], body=b'{"k": 1}', route_key="POST /users/{id}", path_params={"id": "7"},
+        request_id="rid", source_ip="127.0.0.1", domain="localhost", now=1700000000.0)
+    args.update(kw)
+    return build_event(**args)
+
+
+def test_http_api_v2_event_fields():
+    e = event()
+    assert e["version"] == "2.0"
+    assert e["routeKey"] == "POST /users/{id}"
+    assert e["rawPath"] == "/users/7"
+    assert e["rawQueryString"] == "a=1&a=2&b="
+    assert e["queryStringParameters"] == {"a": "1,2", "b": ""}
+    assert e["pathParameters"] == {"id": "7"}
+    assert e["headers"]["x-multi"] == "1,2"
+    assert "cookie" not in e["headers"] and e["cookies"] == ["s=1", "t=2"]
+    assert e["body"] == '{"k": 1}' and e["isBase64Encoded"] is False
+    http = e["requestContext"]["http"]
+    assert http == {"method": "POST", "path": "/users/7", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+                    "userAgent": "curl/8"}
+    assert e["requestContext"]["requestId"] == "rid"
+    assert e["requestContext"]["timeEpoch"] == 1700000000000
+
+
+def test_binary_bodies_are_base64_encoded():
+    e = event(headers=[("Content-Type", "image/png")], body=b"\x89PNG\x00")
+    assert e["isBase64Encoded"] is True
+    assert base64.b64decode(e["body"]) == b"\x89PNG\x00"
+
+
+def test_no_body_and_no_query_leave_the_keys_out():
+    e = event(body=b"", raw_query="", path_params={})
+    assert "body" not in e and "queryStringParameters" not in e and "pathParameters" not in e
+
+
+def test_a_string_result_is_a_plain_text_200():
+    r = to_http_response("Hello Serverless")
+    assert (r.status, r.body) == (200, b"Hello Serverless")
+    assert ("Content-Type", "text/plain; charset=utf-8") in r.headers
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [1, 2], 3, None, True])
+def test_other_values_are_json(value):
+    r = to_http_response(value)
+    assert r.status == 200 and json.loads(r.body) == value
+    assert ("Content-Type", "application/json") in r.headers
+
+
+def test_a_proxy_response_sets_status_headers_cookies_and_body():
+    r = to_http_response({"statusCode": 201, "headers": {"X-A": "1", "Content-Type": "text/csv"},
+                          "cookies": ["a=1", "b=2"], "body": "x,y"})
+    assert r.status == 201 and r.body == b"x,y"
+    assert ("X-A", "1") in r.headers and ("Content-Type", "text/csv") in r.headers
+    assert [v for k, v in r.headers if k == "Set-Cookie"] == ["a=1", "b=2"]
+
+
+def test_base64_bodies_are_decoded():
+    r = to_http_response({"statusCode": 200, "body": base64.b64encode(b"\x00\x01").decode(), "isBase64Encoded": True})
+    assert r.body == b"\x00\x01"
+
+
+@pytest.mark.parametrize("bad", [{"statusCode": 99}, {"statusCode": "abc"}, {"statusCode": 200, "body": "!!",
+                                                                              "isBase64Encoded": True}])
+def test_malformed_proxy_responses_are_a_function_error(bad):
+    with pytest.raises(FunctionError) as err:
+        to_http_response(bad)
+    assert err.value.code == "Function.InvalidResponse" and err.value.status == 502

@@ -1,0 +1,55 @@
+import pytest
+
+from appliance.errors import ValidationError
+from appliance.records import InvocationRecord, RecordStore, billed_gb_seconds
+
+
+def test_billing_rounds_the_duration_up_to_the_millisecond():
+    assert billed_gb_seconds(1024, 1.0) == 0.001
+    assert billed_gb_seconds(1024, 1.2) == 0.002
+    assert billed_gb_seconds(128, 100.0) == pytest.approx(0.0125)
+    assert billed_gb_seconds(128, 0.0) == 0.0
+
+
+@pytest.fixture
+def records(tmp_path):
+    r = RecordStore(tmp_path / "inv.db")
+    yield r
+    r.close()
+
+
+def rec(i, status="ok", fn="f", t=1000.0):
+    return InvocationRecord(request_id=f"r{i}", function=fn, version=1, started_at=t + i, status=status,
+                            billed_gb_s=0.001, cold=i == 0, logs=[f"line {i}"])
+
+
+def test_records_are_written_and_filtered(records):
+    for i in range(5):
+        records.add(rec(i, status="error" if i % 2 else "ok"))
+    records.add(rec(9, fn="g"))
+    assert records.flush()
+    assert [r["request_id"] for r in records.query("f", limit=2)] == ["r4", "r3"]
+    assert [r["request_id"] for r in records.query("f", status="error")] == ["r3", "r1"]
+    assert [r["request_id"] for r in records.query("f", since=1003.0)] == ["r4", "r3"]
+    first = records.query("f", limit=1000)[-1]
+    assert first["cold"] is True and first["logs"] == ["line 0"]
+    usage = {u["function"]: u for u in records.usage()}
+    assert usage["f"]["invocations"] == 5 and usage["f"]["errors"] == 2 and usage["f"]["cold_starts"] == 1
+    assert usage["f"]["gb_seconds"] == pytest.approx(0.005)
+
+
+def test_following_returns_newer_records_oldest_first(records):
+    for i in range(3):
+        records.add(rec(i))
+    records.flush()
+    newest = records.query("f", limit=1)[0]["seq"]
+    for i in range(3, 6):
+        records.add(rec(i))
+    records.flush()
+    assert [r["request_id"] for r in records.query("f", after_seq=newest)] == ["r3", "r4", "r5"]
+
+
+@pytest.mark.parametrize("kw", [{"status": "weird"}, {"limit": 0}, {"limit": 5000}])
+def test_bad_filters_are_refused(records, kw):
+    with pytest.raises(ValidationError):
+        records.query("f", **kw)
