@@ -86,8 +86,11 @@ def inspect_zip(data: bytes, limits: Limits) -> PackageInfo:
         if key in seen:
             raise UnsafeCode(f"zip entry {name!r} appears twice; rebuild the zip", field="code")
         seen.add(key)
+        # Unix zips keep st_mode in the high bits; a file type other than regular or directory
+        # (symlink, device, fifo) is refused. Permission-only modes (no type bits) are fine.
         mode = info.external_attr >> 16
-        if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+        ftype = stat.S_IFMT(mode)
+        if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
             raise UnsafeCode(f"zip entry {name!r} is {kind}; packages may hold only files and directories",
                              field="code")

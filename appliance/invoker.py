@@ -93,6 +93,10 @@ class Invoker:
         try:
             outcome.result, lease = self._call(spec, fn.config.max_instances, fn.config.timeout_s, body, request_id,
                                                t0, rec)
+        except FunctionError as exc:
+            # Errors from a failed cold start are shared by every request that waited for it.
+            outcome.error = function_error({**exc.error, "requestId": request_id}) \
+                if exc.error.get("requestId") != request_id else exc
         except ApplianceError as exc:
             outcome.error = exc
         rec.duration_ms = round((self.clock() - t0) * 1000, 3)

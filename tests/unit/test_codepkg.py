@@ -115,3 +115,16 @@ def test_unpack_of_an_unsafe_zip_leaves_nothing_behind(tmp_path):
     with pytest.raises(UnsafeCode):
         codepkg.unpack(make_zip([regular("../x.py")]), tmp_path / "abc", LIMITS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_entries_with_permission_bits_only_are_regular_files():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("index.py", "x = 1\n")     # external_attr = 0o600 << 16, no file type bits
+    assert codepkg.inspect_zip(buf.getvalue(), LIMITS).files == 1
+
+
+@pytest.mark.parametrize("ftype", [stat.S_IFCHR, stat.S_IFIFO, stat.S_IFBLK])
+def test_device_files_and_fifos_are_refused(ftype):
+    with pytest.raises(UnsafeCode, match="special file"):
+        codepkg.inspect_zip(make_zip([("dev", b"", ftype | 0o644)]), LIMITS)

@@ -1,0 +1,82 @@
+"""User code that fails to import, raises, hangs or eats memory: a clear error, others unharmed."""
+
+import threading
+
+import pytest
+import requests
+
+from .conftest import HELLO, wait_for
+
+
+def invoke(r, name, event=None, timeout=30):
+    return requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=timeout)
+
+
+@pytest.mark.parametrize("files, handler, error_type", [
+    ({"index.py": "import not_a_module_anywhere\n"}, "index.handler", "Runtime.ImportModuleError"),
+    ({"index.py": "def handler(event, context)\n    return 1\n"}, "index.handler", "Runtime.UserCodeSyntaxError"),
+    ({"index.py": "def other(event, context):\n    return 1\n"}, "index.handler", "Runtime.HandlerNotFound"),
+    ({"main.py": HELLO}, "index.handler", "Runtime.ImportModuleError"),
+    ({"index.py": "raise RuntimeError('init failed')\n"}, "index.handler", "Runtime.ImportModuleError"),
+])
+def test_code_that_fails_to_load_gets_a_structured_error(appliance, files, handler, error_type):
+    name = appliance.deploy(files, handler=handler)
+    resp = invoke(appliance, name)
+    assert resp.status_code == 502, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == error_type
+    fn = err["function"]
+    assert fn["errorType"] == error_type and fn["errorMessage"] and fn["requestId"] == resp.headers["X-Request-Id"]
+    assert isinstance(fn["stackTrace"], list)
+
+
+def test_an_exception_in_the_handler_is_a_function_error_with_its_trace(appliance):
+    name = appliance.deploy({"index.py": "def handler(event, context):\n    raise ValueError('bad input')\n"})
+    resp = invoke(appliance, name)
+    assert resp.status_code == 502
+    fn = resp.json()["error"]["function"]
+    assert fn["errorType"] == "Function.Error" and "ValueError" in fn["errorMessage"] and "bad input" in fn["errorMessage"]
+    assert any("index.py" in line for line in fn["stackTrace"])
+    assert not any("bootstrap.py" in line for line in fn["stackTrace"])
+    # the instance survives a handler exception
+    before = [i["id"] for i in appliance.instances(name)]
+    invoke(appliance, name)
+    assert [i["id"] for i in appliance.instances(name)] == before
+
+
+def test_a_hanging_handler_times_out_and_its_instance_is_replaced(appliance):
+    src = ("import time\ndef handler(event, context):\n    if event.get('hang'):\n        while True:\n"
+           "            time.sleep(0.01)\n    return 'ok'\n")
+    name = appliance.deploy({"index.py": src}, timeout_s=1)
+    assert invoke(appliance, name).json() == "ok"
+    first = appliance.instances(name)[0]["id"]
+    resp = invoke(appliance, name, {"hang": True})
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "Function.Timeout"
+    wait_for(lambda: first not in [i["id"] for i in appliance.instances(name)], 10, message="the instance to go")
+    resp = invoke(appliance, name)
+    assert resp.status_code == 200 and resp.headers["X-Faas-Cold-Start"] == "1"
+
+
+def test_a_memory_hog_gets_out_of_memory_and_others_keep_serving(appliance):
+    hog = appliance.deploy({"index.py": "def handler(event, context):\n    x = bytearray(2 << 30)\n    return len(x)\n"},
+                           memory_mb=128)
+    hello = appliance.deploy()
+    resp = invoke(appliance, hog)
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "Function.OutOfMemory"
+    assert invoke(appliance, hello).json() == "Hello Serverless"
+
+
+def test_a_busy_broken_function_does_not_stop_a_healthy_one(appliance):
+    broken = appliance.deploy({"index.py": "import time\ndef handler(e, c):\n    time.sleep(0.3)\n    raise KeyError('x')\n"},
+                              max_instances=2)
+    hello = appliance.deploy()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(invoke(appliance, broken).status_code)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        assert invoke(appliance, hello).status_code == 200
+    for t in threads:
+        t.join(30)
+    assert results == [502] * 6
