@@ -1,0 +1,71 @@
+"""The `faas` command as a user types it."""
+
+import json
+import subprocess
+import sys
+
+import requests
+
+from .conftest import REPO
+
+
+def faas(r, *args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "appliance", "--api", r.api_url, *args], cwd=str(REPO),
+                          capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_deploy_trigger_invoke_logs_ls_describe_rm(appliance, tmp_path):
+    src = tmp_path / "greeter"
+    src.mkdir()
+    (src / "index.py").write_text("def handler(event, context):\n    print('greeting', event.get('name'))\n"
+                                  "    return {'greeting': 'hi ' + event.get('name', 'there')}\n")
+    out = faas(appliance, "deploy", str(src), "--name", "greeter", "--memory", "256", "--timeout", "5",
+               "--concurrency", "2", "--env", "MODE=test")
+    fn = json.loads(out.stdout)
+    assert (fn["name"], fn["memory_mb"], fn["timeout_s"], fn["concurrency"], fn["version"]) == ("greeter", 256, 5, 2, 1)
+    assert fn["environment"] == {"MODE": "test"}
+    assert "Deployed greeter version 1" in out.stderr
+    assert faas(appliance, "trigger", "add", "greeter", "GET", "/greet").stdout.strip() == "GET /greet -> greeter"
+    assert requests.get(appliance.edge + "/greet", timeout=10).json() == {"greeting": "hi there"}
+    out = faas(appliance, "invoke", "greeter", "--data", '{"name": "cli"}')
+    assert json.loads(out.stdout) == {"greeting": "hi cli"}
+    logs = faas(appliance, "logs", "greeter").stdout
+    assert "greeting cli" in logs and "START RequestId" in logs and "END RequestId" in logs
+    assert "greeter" in faas(appliance, "ls").stdout
+    described = json.loads(faas(appliance, "describe", "greeter").stdout)
+    assert described["triggers"][0]["path"] == "/greet" and described["scaling"]["ready"] >= 1
+    assert "greeter" in faas(appliance, "usage").stdout
+    # a second deploy is an update with a new version
+    (src / "index.py").write_text("def handler(event, context):\n    return 'v2'\n")
+    assert json.loads(faas(appliance, "deploy", str(src), "--name", "greeter").stdout)["version"] == 2
+    assert faas(appliance, "invoke", "greeter").stdout.strip() == "v2"
+    assert faas(appliance, "rm", "greeter").stdout.strip() == "deleted greeter"
+    assert requests.get(appliance.edge + "/greet", timeout=10).status_code == 404
+
+
+def test_a_single_file_deploys(appliance, tmp_path):
+    f = tmp_path / "index.py"
+    f.write_text("def handler(event, context):\n    return 'single'\n")
+    faas(appliance, "deploy", str(f), "--name", "single")
+    assert faas(appliance, "invoke", "single").stdout.strip() == "single"
+
+
+def test_errors_are_one_clear_line_and_a_non_zero_exit(appliance, tmp_path):
+    proc = faas(appliance, "describe", "ghost", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: Function.NotFound: function 'ghost' does not exist"]
+    proc = faas(appliance, "deploy", str(tmp_path), "--name", "Bad_Name", check=False)
+    assert proc.returncode == 1 and "(field: name)" in proc.stderr.strip().splitlines()[-1]
+    proc = faas(appliance, "invoke", "ghost", "--data", "{not json", check=False)
+    assert proc.returncode == 1 and "--data is not valid JSON" in proc.stderr
+
+
+def test_an_unreachable_api_says_how_to_start_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "appliance", "--api", "http://127.0.0.1:9", "ls"], cwd=str(REPO),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: Client.Unreachable") and "make up" in line
