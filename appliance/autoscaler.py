@@ -170,6 +170,11 @@ class Observation:
     in_flight: float = 0.0
     #: Requests waiting at the activator for an instance now (sum over routers).
     queued: int = 0
+    #: Since when the samples cover the function (monotonic s): the earliest first record of the
+    #: routers' windows. While that span is shorter than a window, averages divide by the span, so
+    #: a function's first seconds are not diluted by seconds nobody measured (Knative does the
+    #: same). None: the samples cover every window in full.
+    observed_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -216,19 +221,24 @@ class Decision:
 # --------------------------------------------------------------------------------------------
 
 
-def window_average(samples: Iterable[tuple[float, float]], now: float, window_s: float) -> float:
+def window_average(samples: Iterable[tuple[float, float]], now: float, window_s: float,
+                   since: float | None = None) -> float:
     """Average in flight over the ``window_s`` seconds before ``now``.
 
     Samples are per-second averages stamped with the end of their second, so the window holds
     the samples with ``now - window_s < t <= now``; seconds without a sample count as zero (a
-    router that saw nothing sends nothing).
+    router that saw nothing sends nothing). With ``since``, seconds before it were not measured
+    and do not count: the sum is divided by the measured part of the window (at least 1 s).
     """
     start = now - window_s
     total = 0.0
     for t, value in samples:
         if start < t <= now:
             total += value
-    return total / window_s
+    span = window_s
+    if since is not None:
+        span = min(window_s, max(1.0, now - math.floor(since)))
+    return total / span
 
 
 class ConcurrencyWindow:
@@ -250,11 +260,17 @@ class ConcurrencyWindow:
         self._buckets: deque[list] = deque()
         self._last_t: float | None = None   # time of the last record (monotonic s)
         self._value = 0.0                   # in flight since _last_t
+        self._first_t: float | None = None  # time of the first record (monotonic s)
 
     @property
     def value(self) -> float:
         """In flight as of the last record."""
         return self._value
+
+    @property
+    def since(self) -> float | None:
+        """Time of the first record: what :attr:`Observation.observed_since` wants."""
+        return self._first_t
 
     def record(self, now: float, value: float) -> None:
         """From ``now`` on, ``value`` requests are in flight. ``now`` must not go backwards."""
@@ -268,6 +284,8 @@ class ConcurrencyWindow:
                     self._buckets[-1][1] += amount
                 else:
                     self._buckets.append([k, amount])
+        else:
+            self._first_t = now
         self._last_t = now
         self._value = float(value)
         oldest = math.floor(now) - self._horizon - 1
@@ -309,7 +327,7 @@ class ConcurrencyWindow:
 
     def average(self, now: float, window_s: float) -> float:
         """Average in flight over the complete seconds in the ``window_s`` before ``now``."""
-        return window_average(self.samples(now), math.floor(now), window_s)
+        return window_average(self.samples(now), math.floor(now), window_s, self._first_t)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,14 +345,16 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
     p = policy
     current = max(0, observed.instances)
     base = max(1, current)                      # rates and ratios are relative to at least one
-    stable_avg = window_average(observed.samples, now, p.stable_window_s)
-    panic_avg = window_average(observed.samples, now, p.panic_window_s)
+    stable_avg = window_average(observed.samples, now, p.stable_window_s, observed.observed_since)
+    panic_avg = window_average(observed.samples, now, p.panic_window_s, observed.observed_since)
     present = max(0.0, observed.in_flight) + max(0, observed.queued)   # requests here now
 
     stable_want = _ceil(stable_avg / p.instance_target)
     panic_want = _ceil(panic_avg / p.instance_target)
-    # Requests that are here now need slots now; no utilisation headroom for known requests.
-    queue_want = _ceil(present / p.target_concurrency)
+    # Queued requests need slots now, beside the ones running; no utilisation headroom for
+    # requests we know about. Without a queue, running requests already have their instances.
+    queue_need = present / p.target_concurrency if observed.queued > 0 else 0.0
+    queue_want = _ceil(queue_need)
 
     # Demand bookkeeping: the latest second anything ran, or now if something runs or waits.
     last_demand = state.last_demand_at
@@ -345,14 +365,24 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
         last_demand = now
 
     # Panic bookkeeping (Knative: enter at threshold, extend while over it, leave a stable
-    # window after the last time it held).
-    pressure = max(panic_avg / p.instance_target, present / p.target_concurrency) / base
+    # window after the last time it held). Two additions keep the count from swinging:
+    # * While panicking the instances are already sized for the burst, so "over" compared with
+    #   them would end the panic between bursts that come back every few seconds. A panic is
+    #   also extended while the panic window asks for threshold x what the stable window asks.
+    # * Knative leaves panic once "the surge has made its way into the stable metric", which a
+    #   stable window guarantees for a step but not for a ramp that is still climbing: leaving
+    #   then would drop to the lagging stable count. A panic ends only once the stable window
+    #   asks for at least what the panic window asks.
+    pressure = max(panic_avg / p.instance_target, queue_need) / base
     over = pressure >= p.panic_threshold
     started, last_trigger, peak = state.panic_started_at, state.panic_last_trigger_at, state.panic_peak
-    if over:
+    recurring = (started is not None and not over
+                 and max(panic_want, queue_want) >= p.panic_threshold * max(1, stable_want))
+    if over or recurring:
         started = now if started is None else started
         last_trigger = now
-    elif started is not None and last_trigger is not None and now - last_trigger >= p.stable_window_s:
+    elif (started is not None and last_trigger is not None and now - last_trigger >= p.stable_window_s
+          and stable_want >= panic_want):
         started, last_trigger, peak = None, None, 0
     idle_for = math.inf if last_demand is None else now - last_demand
     idle_limit = p.keep_alive_s + p.scale_to_zero_grace_s
@@ -373,15 +403,20 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
     queue_text = (f"{observed.queued} queued + {present - observed.queued:g} in flight need {queue_want} "
                   f"instances at {p.target_concurrency:g} per instance")
     if panicking:
-        want = max(limited(stable_want), limited(panic_want), limited(queue_want), current)
-        if want < peak:
-            notes.append(f"no scale-down while panicking (holding the peak of {peak})")
-        desired = max(want, peak)
+        want = max(limited(stable_want), limited(panic_want), limited(queue_want))
+        desired = max(want, current, peak)
+        if want < desired:
+            notes.append(f"no scale-down while panicking (holding {desired})")
         capacity = base * p.instance_target
-        if not over:
+        if recurring:
+            lead = (f"panic: since {now - started:.0f} s; {panic_avg:.1f} in flight over "
+                    f"{p.panic_window_s:g} s still asks for {panic_want}, {p.panic_threshold:g}x or more "
+                    f"of the {stable_want} the stable window asks for")
+        elif not over:
             lead = (f"panic: since {now - started:.0f} s, ends {p.stable_window_s:g} s after the last "
-                    f"trigger ({now - last_trigger:.0f} s ago); {panic_avg:.1f} in flight over "
-                    f"{p.panic_window_s:g} s asks for {panic_want}")
+                    f"trigger ({now - last_trigger:.0f} s ago) once the stable window asks for as many as "
+                    f"the panic window; {panic_avg:.1f} in flight over {p.panic_window_s:g} s asks for "
+                    f"{panic_want}, over {p.stable_window_s:g} s for {stable_want}")
         elif queue_leads:
             lead = (f"panic: {queue_text}, {pressure:.1f}x the {current} instances' target capacity "
                     f"(threshold {p.panic_threshold:g}x)")
