@@ -78,9 +78,7 @@ def create_control_app(c: Components) -> Flask:
         prepare = getattr(c.scheduler, "prepare", None)
         if prepare:
             prepare(InstanceSpec.of(record))
-        if record.config.min_instances:
-            c.activator.ensure_min(InstanceSpec.of(record, reserved=True), min_instances=record.config.min_instances,
-                                   max_instances=record.config.max_instances)
+        c.scaler.prewarm(record)
 
     @app.get("/v1/health")
     @app.get("/_/health")
@@ -108,8 +106,11 @@ def create_control_app(c: Components) -> Flask:
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         pool = c.activator.pool(name)
         with pool.lock:
+            d = pool.last_decision
             out["scaling"] = {"ready": len(pool.slots), "starting": pool.starting, "waiting": len(pool.waiters),
-                              "inflight": sum(s.inflight for s in pool.slots.values())}
+                              "inflight": sum(s.inflight for s in pool.slots.values()),
+                              "current": pool._live_count(), "desired": d.desired if d else None,
+                              "mode": d.mode if d else None, "reason": d.reason if d else "no traffic seen yet"}
         return json_response(out)
 
     @app.route("/v1/functions/<name>", methods=["PUT", "PATCH"])
@@ -122,7 +123,7 @@ def create_control_app(c: Components) -> Flask:
     @app.delete("/v1/functions/<name>")
     def delete_function(name: str):
         record = store.delete(ensure_name(name))
-        c.keepalive.remove_function(name)
+        c.scaler.remove_function(name)
         return json_response({"deleted": record.name})
 
     # -- code ----------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from .errors import ValidationError
 from .function_store import FunctionStore
 from .instance_client import InstanceClient
 from .invoker import Invoker
-from .keepalive import KeepAliveLoop
 from .records import RecordStore
+from .scaler import PolicyCache, Scaler
 
 log = logging.getLogger("appliance.wiring")
 
@@ -34,15 +34,15 @@ class Components:
     client: InstanceClient
     records: RecordStore
     invoker: Invoker
-    keepalive: KeepAliveLoop
+    scaler: Scaler
     notes: list[str] = field(default_factory=list)
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
-        self.keepalive.start()
+        self.scaler.start()
 
     def close(self) -> None:
-        self.keepalive.stop()
+        self.scaler.stop()
         for close in reversed(self._closers):
             try:
                 close()
@@ -87,9 +87,11 @@ def _build_local(settings: Settings) -> Components:
                                client=client, host="127.0.0.1")
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
-    invoker = Invoker(store, activator, client, scheduler, registry, records, queue_timeout_s=settings.queue_timeout_s)
-    keepalive = KeepAliveLoop(activator, store, scheduler, registry, client, interval_s=settings.reap_interval_s)
+    policies = PolicyCache()
+    invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
+                      queue_timeout_s=settings.queue_timeout_s)
+    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
-                       client=client, records=records, invoker=invoker, keepalive=keepalive, notes=notes)
+                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
     return comps

@@ -171,3 +171,29 @@ def test_min_instances_are_started_without_requests(parts):
         time.sleep(0.001)
     assert all(s.reserved for s in a.pool("f").slots.values())
     assert a.ensure_min(spec(), min_instances=2, max_instances=3) == 0
+
+
+def test_with_a_policy_a_cold_burst_starts_what_the_policy_asks_not_n_and_not_one(parts):
+    from appliance.autoscaler import ScalingPolicy
+
+    scheduler, a = parts
+    scheduler.gate.clear()
+    policy = ScalingPolicy(target_concurrency=1, max_instances=100, max_scale_up_rate=10)
+    leases = []
+    threads = [threading.Thread(target=lambda: leases.append(
+        a.acquire(spec(), max_instances=100, deadline=far(), policy=policy))) for _ in range(50)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(a.pool("f").waiters) < 50:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    started_while_cold = a.pool("f").starting
+    reason = a.pool("f").last_decision.reason
+    scheduler.gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(leases) == 50
+    # ceil(50 queued / 1 per instance) = 50, limited to 10x one instance per decision
+    assert started_while_cold == 10
+    assert "50 queued" in reason and "-> 10" in reason
