@@ -108,9 +108,10 @@ class FunctionPool:
         self.last_decision: Decision | None = None
 
     def _inflight_changed(self, delta: int, now: float) -> None:
-        """Lock held."""
+        """Lock held. The clock is read again here, under the lock, so records never go back in
+        time when threads that read ``now`` earlier take the lock in another order."""
         self.inflight = max(0, self.inflight + delta)
-        self.window.record(now, self.inflight)
+        self.window.record(self.a.clock(), self.inflight)
 
     def observe(self, now: float) -> Observation:
         """What the autoscaler needs from this edge. Lock held.
@@ -347,8 +348,10 @@ class Activator:
     def _registry_changed(self, function: str) -> None:
         """Sync slots with the registry: adopt instances other edges started, drop gone ones."""
         p = self.pool(function)
-        ready = {i.id: i for i in self.registry.ready(function)}
         with p.lock:
+            # Read the registry under the pool lock: a snapshot taken before it could predate an
+            # instance a start has just added, and would drop that fresh slot.
+            ready = {i.id: i for i in self.registry.ready(function)}
             for iid in list(p.slots):
                 if iid not in ready:
                     p.slots.pop(iid).draining = True
