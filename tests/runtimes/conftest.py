@@ -170,11 +170,12 @@ def _read_ready_line(fd, proc, timeout):
 @pytest.fixture
 def start_runtime(tmp_path):
     """Factory: ``start_runtime(runtime, code_files, env=None, *, handler="index.handler", pool=False,
-    unix_socket=False, preexec_fn=None, wait_loaded=True)`` -> :class:`RuntimeProcess`."""
+    unix_socket=False, preexec_fn=None, wait_loaded=True, command=None)`` -> :class:`RuntimeProcess`.
+    ``command`` replaces the bootstrap's command line (for example a zygote that forks it)."""
     started = []
 
     def start(runtime, code_files=None, env=None, *, handler="index.handler", pool=False, unix_socket=False,
-              preexec_fn=None, wait_loaded=True):
+              preexec_fn=None, wait_loaded=True, command=None):
         if runtime == "nodejs20" and not shutil.which("node"):
             pytest.skip("node is not installed (make system-deps installs it)")
         code_dir = tmp_path / f"code{len(started)}"
@@ -195,7 +196,7 @@ def start_runtime(tmp_path):
         else:
             full_env.update({"FAAS_HANDLER": handler, "FAAS_CODE_DIR": str(code_dir)})
         full_env.update(env or {})
-        proc = subprocess.Popen(BOOTSTRAPS[runtime], env=full_env, pass_fds=(w,), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(command or BOOTSTRAPS[runtime], env=full_env, pass_fds=(w,), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn,
                                 cwd=str(tmp_path))
         os.close(w)
