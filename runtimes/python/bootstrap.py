@@ -514,11 +514,15 @@ class _Instance:
                         return
                     if len(buf) < n and headers.get("expect", "").lower() == "100-continue":
                         sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    while len(buf) < n:
-                        data = recv(max(65536, n - len(buf)))
-                        if not data:
-                            return
-                        buf += data
+                    if len(buf) < n:  # collect the rest in chunks of at most 1 MiB, joined once
+                        parts, have = [buf], len(buf)
+                        while have < n:
+                            data = recv(min(n - have, 1 << 20))
+                            if not data:
+                                return
+                            parts.append(data)
+                            have += len(data)
+                        buf = b"".join(parts)
                     body, buf = buf[:n], buf[n:]
                 out = self._dispatch(method, target, headers, body, sock, conn, keep)
                 if out is None:  # the watchdog answered this invocation (timeout); the process is exiting
