@@ -189,8 +189,10 @@ class InstanceClient:
         refused = hdrs.get("x-faas-refused") if status == 503 else None
         return InvokeReply(status=status, body=parsed, refused=refused, exiting=hdrs.get("x-faas-exiting") == "1")
 
-    def ready(self, instance: Instance) -> tuple[int, dict]:
-        status, _, data = self._request(instance, "GET", "/_/ready", timeout=2.0)
+    def ready(self, instance: Instance, wait_ms: int = 0) -> tuple[int, dict]:
+        """Readiness; with ``wait_ms`` the runtime holds the answer until its code has loaded."""
+        path = f"/_/ready?waitMs={int(wait_ms)}" if wait_ms > 0 else "/_/ready"
+        status, _, data = self._request(instance, "GET", path, timeout=2.0 + wait_ms / 1000)
         try:
             return status, json.loads(data or b"{}")
         except ValueError:
