@@ -31,16 +31,20 @@ log = logging.getLogger("appliance.scaler")
 
 
 class PolicyCache:
-    """ScalingPolicy per function, rebuilt only when the function's settings change."""
+    """ScalingPolicy per function, rebuilt only when the function's settings change.
 
-    def __init__(self) -> None:
+    ``overrides`` are the operator's cluster-wide policy settings (windows, utilisation, rates).
+    """
+
+    def __init__(self, **overrides: float) -> None:
+        self._overrides = overrides
         self._cache: dict[str, tuple[object, ScalingPolicy]] = {}
 
     def get(self, record: FunctionRecord) -> ScalingPolicy:
         hit = self._cache.get(record.name)
         if hit is not None and hit[0] is record.config:
             return hit[1]
-        policy = ScalingPolicy.for_function(record.config)
+        policy = ScalingPolicy.for_function(record.config, **self._overrides)
         self._cache[record.name] = (record.config, policy)
         return policy
 

@@ -55,6 +55,11 @@ def limits(settings: Settings) -> codepkg.Limits:
                           max_files=settings.max_files)
 
 
+def policy_cache(settings: Settings) -> PolicyCache:
+    return PolicyCache(stable_window_s=settings.stable_window_s, panic_window_s=settings.panic_window_s,
+                       target_utilisation=settings.target_utilisation, max_scale_up_rate=settings.max_scale_up_rate)
+
+
 def build(settings: Settings) -> Components:
     if settings.mode == "cluster":
         raise ValidationError("APPLIANCE_MODE=cluster needs the cluster backends, which this build does not "
@@ -87,7 +92,7 @@ def _build_local(settings: Settings) -> Components:
                                client=client, host="127.0.0.1")
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
-    policies = PolicyCache()
+    policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
                       queue_timeout_s=settings.queue_timeout_s)
     scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
