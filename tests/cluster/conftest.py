@@ -63,4 +63,15 @@ def nomad_double(make_nomad_double) -> NomadDouble:
     return make_nomad_double()
 
 
+TINY_SERVER = os.path.join(os.path.dirname(__file__), "doubles", "tiny_server.py")
+
+
+@pytest.fixture
+def tiny_server() -> list[str]:
+    """Command line of a tiny real HTTP server for allocations: ``[python, tiny_server.py]``.
+    It binds ``NOMAD_IP_http:NOMAD_PORT_http`` (or ``FAAS_HOST:FAAS_PORT``) and serves
+    ``/_/health``, ``/_/ready`` and ``/env``; see doubles/tiny_server.py for its knobs."""
+    return [sys.executable, TINY_SERVER]
+
+
 __all__ = ["ConsulDouble", "NomadDouble", "FakeNode"]

@@ -176,6 +176,7 @@ class ConsulDouble:
         self.max_wait = max_wait
         self._tick = tick
         self._cond = threading.Condition()
+        self.blocked_queries = 0  # requests waiting in a blocking query right now
         self._gen = 0  # bumped when the server goes down: cuts blocking queries in flight
         self.default_node = node
         self._reset_state(node, node_address)
@@ -297,14 +298,25 @@ class ConsulDouble:
                 wait = min(wait, self.max_wait)
                 gen = self._gen
                 deadline = time.monotonic() + wait
-                while want > 0 and index_fn() <= want:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                    if self._gen != gen:
-                        raise ConnectionAbortedError("consul double went down")
+                blocked = want > 0 and index_fn() <= want
+                if blocked:
+                    self.blocked_queries += 1
+                    self._cond.notify_all()
+                try:
+                    self._wait_index(want, index_fn, deadline, gen)
+                finally:
+                    if blocked:
+                        self.blocked_queries -= 1
             return max(1, index_fn())
+
+    def _wait_index(self, want, index_fn, deadline, gen) -> None:
+        while want > 0 and index_fn() <= want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+            if self._gen != gen:
+                raise ConnectionAbortedError("consul double went down")
 
     def _headers(self, index: int) -> dict:
         return {"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true",
@@ -556,6 +568,25 @@ class ConsulDouble:
     @staticmethod
     def _service_view(svc: dict) -> dict:
         return {k: v for k, v in svc.items() if not k.startswith("_")}
+
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
+        """Waits on the state's condition variable until ``predicate()`` is truthy (returned);
+        ``TimeoutError`` at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                v = predicate()
+                if v:
+                    return v
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out waiting for {what}")
+                self._cond.wait(min(left, 0.2))
+
+    def check_status(self, check_id: str) -> str | None:
+        with self._cond:
+            c = self.checks.get(check_id)
+            return c.status if c else None
 
     # Convenience reads for tests (no HTTP).
     def passing_instances(self, name: str) -> list[dict]:

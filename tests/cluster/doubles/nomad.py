@@ -404,6 +404,7 @@ class NomadDouble:
                  consul_sync_interval: float = 30.0, port_range: tuple[int, int] = (20000, 32000),
                  max_wait: float = 300.0, placement: str = "binpack", tick: float = 0.02):
         self._cond = threading.Condition(threading.RLock())
+        self.blocked_queries = 0  # requests waiting in a blocking query right now
         self.index = 10
         self.nodes: dict[str, FakeNode] = {}
         with self._cond:
@@ -523,15 +524,27 @@ class NomadDouble:
                 except ValueError:
                     raise HTTPError(400, "Invalid wait time")
                 wait = min(wait, self.max_wait)
+                gen = None
                 deadline = time.monotonic() + wait
-                while want > 0 and index_fn() <= want:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self.server.is_down:
-                        break
-                    self._cond.wait(left)
-                if self.server.is_down:
-                    raise ConnectionAbortedError("nomad double went down")
+                blocked = want > 0 and index_fn() <= want
+                if blocked:
+                    self.blocked_queries += 1
+                    self._cond.notify_all()
+                try:
+                    self._wait_index(want, index_fn, deadline, gen)
+                finally:
+                    if blocked:
+                        self.blocked_queries -= 1
             return max(1, index_fn())
+
+    def _wait_index(self, want, index_fn, deadline, gen) -> None:
+        while want > 0 and index_fn() <= want:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.server.is_down:
+                break
+            self._cond.wait(left)
+        if self.server.is_down:
+            raise ConnectionAbortedError("nomad double went down")
 
     @staticmethod
     def _read_headers(index: int) -> dict:
