@@ -1391,14 +1391,15 @@ class NomadDouble:
         """Waits (on the state condition variable, no polling sleep) until ``predicate()``
         returns a truthy value, which is returned. Raises ``TimeoutError`` at the deadline."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                v = predicate()
-                if v:
-                    return v
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"timed out waiting for {what}")
+        while True:
+            # The predicate runs without the lock, so it may call the double over HTTP.
+            v = predicate()
+            if v:
+                return v
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out waiting for {what}")
+            with self._cond:
                 self._cond.wait(min(left, 0.2))
 
     def allocations(self, job_id: str) -> list[dict]:
