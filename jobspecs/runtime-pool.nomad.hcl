@@ -83,9 +83,12 @@ job "runtime-pool" {
     }
 
     # Read by the service name and the environment below; group meta, not job meta, because
-    # each group is one runtime.
+    # each group is one runtime. Nomad only accepts RFC 1123 service names (letters, digits,
+    # dashes, at most 63), so the service is named from the runtime id with every other
+    # character turned into "-": python3.11 -> faas-pool-python3-11.
     meta {
-      runtime = "python3.11"
+      runtime             = "python3.11"
+      pool_service_suffix = "python3-11"
     }
 
     network {
@@ -131,7 +134,7 @@ job "runtime-pool" {
       # generic instance. Whether an instance is still free is the claim in Consul KV, not this
       # check.
       service {
-        name     = "faas-pool-${NOMAD_META_runtime}"
+        name     = "faas-pool-${NOMAD_META_pool_service_suffix}"
         port     = "http"
         provider = "consul"
         tags     = ["faas", "pool", "runtime=${NOMAD_META_runtime}", "instance=${NOMAD_ALLOC_ID}"]
@@ -161,7 +164,8 @@ job "runtime-pool" {
     }
 
     meta {
-      runtime = "nodejs20"
+      runtime             = "nodejs20"
+      pool_service_suffix = "nodejs20"
     }
 
     network {
@@ -202,7 +206,7 @@ job "runtime-pool" {
       kill_timeout = var.kill_timeout
 
       service {
-        name     = "faas-pool-${NOMAD_META_runtime}"
+        name     = "faas-pool-${NOMAD_META_pool_service_suffix}"
         port     = "http"
         provider = "consul"
         tags     = ["faas", "pool", "runtime=${NOMAD_META_runtime}", "instance=${NOMAD_ALLOC_ID}"]

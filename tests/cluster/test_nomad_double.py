@@ -87,6 +87,16 @@ def test_validation_failures_are_500_and_python_nomad_raises_base_exception(noma
     assert r.status_code == 500 and "greater than maximum count in scaling policy" in r.text
 
 
+def test_service_names_must_be_rfc1123_after_placeholder_substitution(nomad_double, tiny_server):
+    job = service_job(tiny_server)
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{"Name": "pool-python3.11"}]
+    r = post(nomad_double, "/v1/jobs", {"Job": job})
+    assert r.status_code == 500
+    assert 'Service name must be valid per RFC 1123 and can contain only alphanumeric characters or dashes: "pool-python3.11"' in r.text
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{"Name": "fn-${NOMAD_META_function}"}]
+    assert post(nomad_double, "/v1/jobs", {"Job": job}).status_code == 200
+
+
 def test_unknown_route_and_wrong_method(nomad_double):
     assert get(nomad_double, "/v1/nope").status_code == 404
     r = requests.delete(nomad_double.url + "/v1/jobs", timeout=10)
@@ -622,6 +632,48 @@ def test_registration_waits_while_consul_is_down(nomad_double, n, consul_double,
     assert "later" not in {s["Service"] for s in consul_double.services.values()}
     consul_double.up()
     consul_double.wait_for(lambda: consul_double.passing_instances("later"), what="registered once up")
+
+
+def test_service_is_deregistered_before_the_task_is_signalled(nomad_double, n, consul_double, tiny_server):
+    job = service_job(tiny_server)
+    t = job["TaskGroups"][0]["Tasks"][0]
+    t["Services"] = [{**SERVICE, "Name": "slow"}]
+    t["ShutdownDelay"] = 600 * NS
+    n.jobs.register_job({"Job": job})
+    consul_double.wait_for(lambda: consul_double.passing_instances("slow"), what="passing")
+    proc = nomad_double.processes()[0]
+    n.job.deregister_job("svc")
+    consul_double.wait_for(lambda: "slow" not in {s["Service"] for s in consul_double.services.values()},
+                           what="deregistered")
+    assert proc.poll() is None  # still serving during the shutdown delay
+
+
+def test_registration_through_the_consul_agent_http_api(make_nomad_double, consul_double, tiny_server):
+    d = make_nomad_double(consul=consul_double.url)
+    n = nomad.Nomad(host=d.host, port=d.port, timeout=30)
+    job = service_job(tiny_server)
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{**SERVICE, "Name": "viahttp"}]
+    n.jobs.register_job({"Job": job})
+    consul_double.wait_for(lambda: consul_double.passing_instances("viahttp"), what="passing")
+    assert ("PUT", "/v1/agent/service/register") in consul_double.requests
+    n.job.deregister_job("svc")
+    consul_double.wait_for(lambda: not consul_double.passing_instances("viahttp"), what="deregistered")
+    assert any(p.startswith("/v1/agent/service/deregister/_nomad-task-") for _, p in consul_double.requests)
+
+
+def test_node_exec_prefix_wraps_task_commands(make_nomad_double, tiny_server):
+    d = make_nomad_double(nodes=[FakeNode("wrapped", exec_prefix=["env", "WRAPPED_BY=prefix"])])
+    n = nomad.Nomad(host=d.host, port=d.port, timeout=30)
+    n.jobs.register_job({"Job": service_job(tiny_server)})
+    stub = d.wait_for(lambda: allocs_of(d, "svc", "running"), what="running")[0]
+    port = n.allocation.get_allocation(stub["ID"])["AllocatedResources"]["Shared"]["Ports"][0]
+    env = d.wait_for(lambda: _get_env(port), what="server up")
+    assert env["WRAPPED_BY"] == "prefix"
+
+
+def test_unknown_job_404_still_carries_the_index(nomad_double):
+    r = get(nomad_double, "/v1/job/ghost")
+    assert r.status_code == 404 and int(r.headers["X-Nomad-Index"]) >= 1
 
 
 # --------------------------------------------------------------------------- several hosts, clean-up

@@ -16,10 +16,11 @@ from werkzeug.wrappers import Request, Response
 class HTTPError(Exception):
     """An error answered as a plain-text body (reference §1 and §15: errors are not JSON)."""
 
-    def __init__(self, status: int, message: str = ""):
+    def __init__(self, status: int, message: str = "", headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def text(status: int, message: str, headers: dict | None = None) -> Response:
@@ -197,7 +198,7 @@ class App:
             try:
                 response = r.handler(request, *m.groups())
             except HTTPError as e:
-                response = text(e.status, e.message)
+                response = text(e.status, e.message, e.headers)
             break
         if response is None:
             response = self.method_not_allowed(request.method) if allowed else text(404, self.not_found_body)

@@ -485,9 +485,10 @@ class ConsulDouble:
         try:
             if c.http:
                 try:
+                    headers = {"User-Agent": "Consul Health Check", "Accept": "text/plain, text/*, */*"}
+                    headers.update({k: (v[0] if isinstance(v, list) else v) for k, v in c.header.items()})
                     r = requests.request(c.method, c.http, timeout=c.timeout, data=c.body or None,
-                                         headers={k: (v[0] if isinstance(v, list) else v)
-                                                  for k, v in c.header.items()})
+                                         headers=headers)
                     body = r.text[:c.output_max]
                     out = f"HTTP {c.method} {c.http}: {r.status_code} {r.reason} Output: {body}"
                     if 200 <= r.status_code < 300:

@@ -65,6 +65,7 @@ Submission IdPrefixTemplate JobID Target Message Error DrainSpec Deadline Ignore
 MarkEligible NodeID Eligibility Limit Grace IgnoreWarnings
 """.split()
 _CANON = {n.lower(): n for n in _FIELD_NAMES}
+_INTERP = re.compile(r"\$\{([^}]+)\}")
 # Values under these keys are free-form maps: their keys are kept verbatim.
 _FREE = {"Config", "Env", "Meta", "GetterOptions", "GetterHeaders", "Policy", "Header", "Target",
          "Volumes", "TaggedAddresses", "CanaryMeta"}
@@ -188,6 +189,9 @@ def _canon_service(svc: dict) -> None:
         c["OnUpdate"] = c.get("OnUpdate") or "require_healthy"
 
 
+_SERVICE_NAME = re.compile(r"^(?i:[a-z0-9]|[a-z0-9][a-z0-9\-]{0,61}[a-z0-9])$")
+
+
 def validate(job: dict) -> list[str]:
     """Job validation failures (§2: answered with 500 and a multi-error body)."""
     errs = []
@@ -233,6 +237,10 @@ def validate(job: dict) -> list[str]:
             where = f'Task group {gname} validation failed: Service {svc.get("Name")!r}'
             if not svc.get("Name"):
                 errs.append(f"Task group {gname} validation failed: service name must be set")
+            elif not _SERVICE_NAME.match(_INTERP.sub("ENV-VAR", svc["Name"])):
+                # Interpolations are replaced by a placeholder before the RFC 1123 check.
+                errs.append(f"Task group {gname} validation failed: Service name must be valid per RFC 1123 and "
+                            f"can contain only alphanumeric characters or dashes: {svc['Name']!r}".replace("'", '"'))
             if svc.get("PortLabel") and not svc["PortLabel"].isdigit() and svc["PortLabel"] not in labels:
                 errs.append(f'{where} port label {svc["PortLabel"]!r} not found in group networks')
             for c in svc.get("Checks") or []:
@@ -257,8 +265,12 @@ class FakeNode:
 
     def __init__(self, name: str, address: str = "127.0.0.1", node_class: str = "",
                  datacenter: str = "dc1", meta: dict | None = None, attributes: dict | None = None,
-                 cpu_mhz: int = 16000, memory_mb: int = 16384, drivers=("raw_exec", "exec")):
+                 cpu_mhz: int = 16000, memory_mb: int = 16384, drivers=("raw_exec", "exec"),
+                 exec_prefix: list[str] | None = None):
         self.id = str(uuid.uuid4())
+        # Prepended to every task command on this node, e.g. ["ip", "netns", "exec", "h1"] to run
+        # the node's allocations inside a network namespace. Ports are then not probed from here.
+        self.exec_prefix = list(exec_prefix or [])
         self.name = name
         self.address = address
         self.node_class = node_class
@@ -384,9 +396,6 @@ class _Alloc:
         return v
 
 
-_INTERP = re.compile(r"\$\{([^}]+)\}")
-
-
 class NomadDouble:
     """In-memory Nomad server + clients with an HTTP face (``url``).
 
@@ -431,6 +440,7 @@ class NomadDouble:
         self._svc_registered: set[str] = set()
         self._svc_dirty = threading.Event()
         self._stop = threading.Event()
+        self._closing = threading.Event()
         self.server = DoubleServer(self._build_app(), host, port)
         self._loop = None
         self._sync = None
@@ -468,6 +478,7 @@ class NomadDouble:
 
     def close(self) -> None:
         """Stops every process the double started, then the server."""
+        self._closing.set()
         with self._cond:
             for a in self.allocs.values():
                 if not a.terminal:
@@ -871,7 +882,7 @@ class NomadDouble:
                               "HostIP": node.address, "_dynamic": False})
                 used.add(p["Value"])
             for p in net["DynamicPorts"]:
-                value = self._free_port(node.address, used)
+                value = self._free_port(node.address, used, probe=not node.exec_prefix)
                 if value is None:
                     return None
                 used.add(value)
@@ -879,13 +890,15 @@ class NomadDouble:
                               "HostIP": node.address, "_dynamic": True})
         return ports
 
-    def _free_port(self, address: str, used: set) -> int | None:
+    def _free_port(self, address: str, used: set, probe: bool = True) -> int | None:
         lo, hi = self.port_range
         start = int.from_bytes(os.urandom(2), "big") % (hi - lo + 1)
         for k in range(hi - lo + 1):
             candidate = lo + (start + k) % (hi - lo + 1)
             if candidate in used:
                 continue
+            if not probe:
+                return candidate
             with socket.socket() as s:
                 try:
                     s.bind((address, candidate))
@@ -1017,6 +1030,13 @@ class NomadDouble:
         sig_name = task.get("KillSignal") or "SIGINT"
         sig = getattr(signal, sig_name, signal.SIGINT)
         timeout = (task.get("KillTimeout") or 0) / 1e9
+        # Services are removed from Consul before the task is signalled, then ShutdownDelay
+        # gives clients time to notice (Nomad's pre-kill hook).
+        with self._cond:
+            self._deregister_services(a, task)
+        shutdown_delay = (task.get("ShutdownDelay") or 0) / 1e9
+        if shutdown_delay:
+            self._closing.wait(shutdown_delay)  # cut short when the double shuts down
         with self._cond:
             self._event(a, task["Name"], "Killing",
                         f"Sent interrupt. Waiting {format_go_duration(timeout)} before force killing",
@@ -1171,7 +1191,7 @@ class NomadDouble:
                 out = open(os.path.join(a.dir, "alloc", "logs", f"{name}.stdout.0"), "ab")
                 err = open(os.path.join(a.dir, "alloc", "logs", f"{name}.stderr.0"), "ab")
                 try:
-                    proc = subprocess.Popen([command] + args, env=env, cwd=config.get("work_dir") or task_dir,
+                    proc = subprocess.Popen(a.node.exec_prefix + [command] + args, env=env, cwd=config.get("work_dir") or task_dir,
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                             start_new_session=True)
                 finally:
@@ -1513,7 +1533,7 @@ class NomadDouble:
             with d._cond:
                 a = d.allocs.get(aid)
                 if a is None:
-                    raise HTTPError(404, "alloc not found")
+                    raise HTTPError(404, "alloc not found", d._read_headers(idx))
                 return as_json(a.full(), headers=d._read_headers(idx))
 
         @app.route(["PUT", "POST"], "/v1/allocation/([^/]+)/stop")
@@ -1630,7 +1650,7 @@ class NomadDouble:
                     with d._cond:
                         j = d.jobs.get(job_id)
                         if j is None:
-                            raise HTTPError(404, "job not found")
+                            raise HTTPError(404, "job not found", d._read_headers(idx))
                         return as_json(d._job_view(j), headers=d._read_headers(idx))
                 if m == "DELETE":
                     res = d._deregister(job_id, bool_arg(request, "purge"))
