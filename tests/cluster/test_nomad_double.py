@@ -99,6 +99,7 @@ def test_service_names_must_be_rfc1123_after_placeholder_substitution(nomad_doub
 
 def test_unknown_route_and_wrong_method(nomad_double):
     assert get(nomad_double, "/v1/nope").status_code == 404
+    assert get(nomad_double, '/v1/jobs?filter=Status=="running"').status_code == 400  # not implemented here
     r = requests.delete(nomad_double.url + "/v1/jobs", timeout=10)
     assert (r.status_code, r.text) == (405, "Invalid method")
 

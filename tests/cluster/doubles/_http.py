@@ -170,6 +170,9 @@ class App:
 
     def __init__(self):
         self.routes: list[Route] = []
+        # Query parameters the double does not implement: answered 400 rather than ignored, so a
+        # test never silently gets unfiltered results.
+        self.unsupported_params: tuple[str, ...] = ("filter",)
 
     def route(self, methods, pattern):
         def deco(fn):
@@ -187,6 +190,10 @@ class App:
         request = Request(environ)
         path = request.path
         response = None
+        for name in self.unsupported_params:
+            if name in request.args:
+                return self.decorate(request, text(400, f"query parameter {name!r} is not supported by this API double"))(
+                    environ, start_response)
         allowed = False
         for r in self.routes:
             m = r.regex.match(path)

@@ -430,6 +430,7 @@ class NomadDouble:
         self._tick = tick
         self.jobs: dict[str, dict] = {}
         self.allocs: dict[str, _Alloc] = {}
+        self._by_job: dict[str, list[_Alloc]] = {}  # job ID -> its allocations, oldest first
         self.evals: dict[str, dict] = {}
         self.jobs_index = self.index
         self.job_alloc_index: dict[str, int] = {}
@@ -605,7 +606,7 @@ class NomadDouble:
     def _job_status(self, job: dict) -> str:
         if job.get("ParameterizedJob") and not job.get("Dispatched") or job.get("Periodic"):
             return "dead" if job["Stop"] else "running"
-        allocs = [a for a in self.allocs.values() if a.job["ID"] == job["ID"]]
+        allocs = self._by_job.get(job["ID"], [])
         if any(not a.terminal for a in allocs):
             return "running"
         if job["Stop"]:
@@ -775,8 +776,8 @@ class NomadDouble:
     def _slots(self, job: dict) -> dict[tuple[str, int], _Alloc]:
         """Latest allocation per (group, index) slot."""
         latest: dict[tuple[str, int], _Alloc] = {}
-        for a in self.allocs.values():
-            if a.job["ID"] != job["ID"] or a.gen != job["_gen"]:
+        for a in self._by_job.get(job["ID"], []):
+            if a.gen != job["_gen"]:
                 continue
             key = (a.group["Name"], a.index)
             if key not in latest or a.create_index > latest[key].create_index:
@@ -999,6 +1000,7 @@ class NomadDouble:
         idx = self._bump()
         a.create_index = a.modify_index = idx
         self.allocs[a.id] = a
+        self._by_job.setdefault(job["ID"], []).append(a)
         self.allocs_index = idx
         self.job_alloc_index[job["ID"]] = idx
         a.dir = os.path.join(self.data_dir, "alloc", a.id)
@@ -1391,8 +1393,9 @@ class NomadDouble:
     def _scheduler_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
+                blocked = {e["JobID"] for e in self.evals.values() if e["Status"] == "blocked"}
                 for job in list(self.jobs.values()):
-                    if self._missing_slots(job) or self._blocked_eval(job):
+                    if job["ID"] in blocked or self._missing_slots(job):
                         self._reconcile(job)
                 self._drain_step()
             self._stop.wait(self._tick)
@@ -1436,7 +1439,7 @@ class NomadDouble:
 
     def allocations(self, job_id: str) -> list[dict]:
         with self._cond:
-            return [a.full() for a in self.allocs.values() if a.job["ID"] == job_id]
+            return [a.full() for a in self._by_job.get(job_id, [])]
 
     def processes(self) -> list[subprocess.Popen]:
         with self._cond:
