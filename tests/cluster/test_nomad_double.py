@@ -8,6 +8,7 @@ import os
 import re
 import threading
 
+import consul
 import nomad
 import pytest
 import requests
@@ -690,6 +691,34 @@ def test_allocations_bind_on_their_node_address(make_nomad_double, tiny_server):
         env = d.wait_for(lambda: _get_env(port), what="server up")
         seen[a["NodeName"]] = (port["HostIP"], env["NOMAD_IP_http"])
     assert seen == {"h1": ("127.0.0.2", "127.0.0.2"), "h2": ("127.0.0.3", "127.0.0.3")}
+
+
+def test_node_down_loses_allocations_and_consul_marks_its_services_critical(make_nomad_double, consul_double,
+                                                                            tiny_server):
+    d = make_nomad_double(nodes=[FakeNode("h1", "127.0.0.2"), FakeNode("h2", "127.0.0.3")], placement="spread")
+    n = nomad.Nomad(host=d.host, port=d.port, timeout=30)
+    job = service_job(tiny_server, count=2)
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{**SERVICE, "Name": "web"}]
+    n.jobs.register_job({"Job": job})
+    consul_double.wait_for(lambda: len(consul_double.passing_instances("web")) == 2, what="2 passing")
+    victim = [p for a in d.allocs.values() if a.node.name == "h1" for p in a.procs.values()][0]
+    d.node_down("h1")
+    assert victim.wait(30) == -9
+    lost = d.wait_for(lambda: allocs_of(d, "svc", "lost"), what="lost")[0]
+    assert lost["NodeName"] == "h1" and lost["ClientDescription"] == "alloc is lost since its node is down"
+    d.wait_for(lambda: [a for a in allocs_of(d, "svc", "running") if a["PreviousAllocation"] == lost["ID"]],
+               what="replacement on h2")
+    assert {a["NodeName"] for a in allocs_of(d, "svc", "running")} == {"h2"}
+    assert n.node.get_node(d.node_by_name("h1").id)["Status"] == "down"
+    # The dead host's service is still in the catalog, but no longer passing.
+    _, entries = consul.Consul(host=consul_double.host, port=consul_double.port).health.service("web")
+    on_h1 = [e for e in entries if e["Node"]["Node"] == "h1"]
+    assert on_h1 and {c["Status"] for c in on_h1[0]["Checks"] if c["CheckID"] == "serfHealth"} == {"critical"}
+    consul_double.wait_for(lambda: len(consul_double.passing_instances("web")) == 2, what="2 passing again")
+    assert all(e["Address"] == "127.0.0.3" for e in consul_double.passing_instances("web"))
+    d.node_up("h1")
+    consul_double.wait_for(lambda: not [s for s in consul_double.services.values() if s["_node"] == "h1"],
+                           what="lost services cleaned up")
 
 
 def test_close_stops_every_process(make_nomad_double, tiny_server):

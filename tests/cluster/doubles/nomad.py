@@ -342,6 +342,7 @@ class _Alloc:
         self.next_allocation = ""
         self.previous_allocation = ""
         self.not_before = 0.0
+        self.lost = False
         self.dir = ""
 
     @property
@@ -1067,7 +1068,9 @@ class NomadDouble:
     def _refresh_alloc(self, a: _Alloc) -> None:
         states = a.task_states.values()
         before = a.client_status
-        if any(ts["Failed"] for ts in states) and all(ts["State"] == "dead" for ts in states):
+        if a.lost:
+            a.client_status, a.client_description = "lost", "alloc is lost since its node is down"
+        elif any(ts["Failed"] for ts in states) and all(ts["State"] == "dead" for ts in states):
             a.client_status, a.client_description = "failed", "Failed tasks"
         elif all(ts["State"] == "dead" for ts in states):
             a.client_status, a.client_description = "complete", "All tasks have completed"
@@ -1215,8 +1218,13 @@ class NomadDouble:
                         threading.Thread(target=self._kill, args=(a, task, proc), daemon=True).start()
                 rc = proc.wait()
                 with self._cond:
-                    self._deregister_services(a, task)
+                    if not a.lost:  # a dead node cannot deregister anything
+                        self._deregister_services(a, task)
             with self._cond:
+                if a.lost:
+                    ts["State"] = "dead"
+                    self._refresh_alloc(a)
+                    return
                 if a.stop_event.is_set():
                     self._event(a, name, "Killed", "Task successfully killed")
                     ts["State"] = "dead"
@@ -1420,6 +1428,45 @@ class NomadDouble:
                 node.drain_strategy = None
                 node.last_drain = {**(node.last_drain or {}), "Status": "complete", "UpdatedAt": _rfc3339()}
                 self._touch_node(node)
+
+    # ------------------------------------------------------------------ host failures
+    def node_down(self, name: str) -> None:
+        """The host ``name`` dies: its processes are SIGKILLed, its allocations become ``lost``
+        and are replaced elsewhere, the node's status is ``down``. Its services stay in Consul
+        (its agent died with it) with the node's serfHealth critical, as after a real crash."""
+        with self._cond:
+            node = self.node_by_name(name)
+            node.status = "down"
+            self._touch_node(node)
+            for a in self._allocs_on(node):
+                a.lost = True
+                a.desired_status, a.desired_description, a.migrate = "stop", "alloc is lost since its node is down", True
+                a.stop_event.set()
+                for p in a.procs.values():
+                    if p.poll() is None:
+                        _killpg(p, signal.SIGKILL)
+                if all(ts["State"] == "dead" for ts in a.task_states.values()):
+                    self._refresh_alloc(a)
+                self._touch_alloc(a)
+        if self.consul is not None and not isinstance(self.consul, str):
+            self.consul.set_node_health(name, "critical")
+
+    def node_up(self, name: str) -> None:
+        """The host comes back: status ``ready``; the services of its lost allocations are removed
+        from Consul (the Nomad client cleans up after itself) and serfHealth passes again."""
+        with self._cond:
+            node = self.node_by_name(name)
+            node.status = "ready"
+            self._touch_node(node)
+            for sid, (_body, n) in list(self._svc_desired.items()):
+                if n is node and any(a.lost and sid.startswith(f"_nomad-task-{a.id}-") for a in self.allocs.values()):
+                    del self._svc_desired[sid]
+            self._svc_dirty.set()
+        if self.consul is not None and not isinstance(self.consul, str):
+            self.consul.set_node_health(name, "passing")
+
+    def _allocs_on(self, node: FakeNode) -> list[_Alloc]:
+        return [a for a in self.allocs.values() if a.node is node and not a.terminal]
 
     # ------------------------------------------------------------------ test conveniences
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
