@@ -376,13 +376,14 @@ class _Alloc:
         }
 
     def resources(self) -> dict:
+        """``AllocatedResources`` (§6: only on the allocation read, not on stubs)."""
+        def port(p):
+            return {"Label": p["Label"], "Value": p["Value"], "To": p["To"], "HostNetwork": "default"}
         return {
-            "Shared": {"DiskMB": 300, "Networks": [{"Mode": "host", "IP": self.node.address,
-                                                    "DynamicPorts": [p for p in self.ports if p.get("_dynamic")] and
-                                                    [{"Label": p["Label"], "Value": p["Value"], "To": p["To"],
-                                                      "HostNetwork": "default"} for p in self.ports if p.get("_dynamic")],
-                                                    "ReservedPorts": [{"Label": p["Label"], "Value": p["Value"], "To": p["To"],
-                                                                       "HostNetwork": "default"} for p in self.ports if not p.get("_dynamic")]}],
+            "Shared": {"DiskMB": 300,
+                       "Networks": [{"Mode": "host", "IP": self.node.address,
+                                     "DynamicPorts": [port(p) for p in self.ports if p["_dynamic"]],
+                                     "ReservedPorts": [port(p) for p in self.ports if not p["_dynamic"]]}],
                        "Ports": [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.ports]},
             "Tasks": {t["Name"]: {"Cpu": {"CpuShares": t["Resources"].get("CPU", 100)},
                                   "Memory": {"MemoryMB": t["Resources"].get("MemoryMB", 300),
