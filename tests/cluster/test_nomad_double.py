@@ -566,6 +566,8 @@ def test_drain_cancel_and_mark_eligible(nomad_double, n, tiny_server):
     assert r.status_code == 400
     r = requests.post(nomad_double.url + f"/v1/node/{node_id}/drain", timeout=10)
     assert (r.status_code, r.text) == (400, "Request body is empty")
+    with pytest.raises(BadRequestNomadException):  # the legacy client call sends no body (§10)
+        n.node.drain_node(node_id, True)
 
 
 def test_ineligible_node_gets_nothing_and_a_blocked_eval_waits(nomad_double, n, tiny_server):
@@ -743,6 +745,8 @@ def test_nomad_down_refuses_connections_and_python_nomad_raises(nomad_double, n)
 
 def test_status_leader_and_allocations_list(nomad_double, n, tiny_server):
     assert get(nomad_double, "/v1/status/leader").json() == "127.0.0.1:4647"
+    assert n.agent.get_agent()["config"]["Region"] == "global"
+    assert n.regions.get_regions() == ["global"]
     n.jobs.register_job({"Job": service_job(tiny_server)})
     nomad_double.wait_for(lambda: allocs_of(nomad_double, "svc"), what="alloc")
     listed = get(nomad_double, "/v1/allocations?resources=true").json()

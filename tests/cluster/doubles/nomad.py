@@ -1528,6 +1528,18 @@ class NomadDouble:
         def leader(request):
             return as_json("127.0.0.1:4647")
 
+        @app.route(["GET"], "/v1/regions")
+        def regions(request):
+            return as_json(["global"])
+
+        @app.route(["GET"], "/v1/agent/self")
+        def agent_self(request):
+            return as_json({"config": {"Region": "global", "Datacenter": "dc1", "Version": {"Version": "2.0.5"},
+                                       "Server": {"Enabled": True}, "Client": {"Enabled": True}},
+                            "member": {"Name": "nomad-double.global", "Addr": "127.0.0.1", "Port": 4648,
+                                       "Status": "alive", "Tags": {"region": "global", "dc": "dc1", "role": "nomad"}},
+                            "stats": {"nomad": {"leader": "true", "known_regions": "1"}}})
+
         @app.route(["GET", "PUT", "POST"], "/v1/jobs")
         def jobs(request):
             if request.method == "GET":
