@@ -6,7 +6,7 @@ blocking queries through one condition variable. HTTP and TCP checks are really 
 the registered address; TTL checks expire; services whose check stays critical are reaped after
 ``DeregisterCriticalServiceAfter``; sessions expire and release or delete their locks.
 
-Simplified (documented in the report): one datacenter, no ACLs, no jitter on blocking waits,
+Simplified (see README.md in this directory): one datacenter, no ACLs, no jitter on blocking waits,
 the first probe of an interval check runs at once instead of after a random stagger, output-only
 changes of a check do not bump the index (as the agent's deferred sync), script/gRPC checks keep
 their initial status.

@@ -11,7 +11,7 @@ dispatched children of a parameterized job run their allocations once. Services 
 tasks are registered in a Consul double with Nomad's IDs (§13) and deregistered when the task
 stops.
 
-Simplified (see the report): one region and namespace ``default``; no ACLs; no deployments or
+Simplified (see README.md in this directory): one region and namespace ``default``; no ACLs; no deployments or
 canaries; evaluations are processed synchronously and stored already complete (a placement
 failure leaves a ``blocked`` eval that is retried when capacity changes); the ``exec`` driver runs
 like ``raw_exec`` (no chroot or cgroups); artifacts and templates are not fetched or rendered;
