@@ -36,6 +36,8 @@ class Components:
     invoker: Invoker
     scaler: Scaler
     notes: list[str] = field(default_factory=list)
+    #: Ports actually listened on, by role ("edge", "control"), once the server has started.
+    ports: dict[str, int] = field(default_factory=dict)
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
