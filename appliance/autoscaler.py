@@ -11,7 +11,9 @@ windows answer the two complaints users have about FaaS scaling at once:
   short window (``panic_window_s``, 6 s). When the short window asks for ``panic_threshold``
   times (2x) the instances we have, we panic: scale up on the short window and never scale down
   until a whole stable window has passed without panic conditions, so the burst has made its way
-  into the stable average before anything is removed.
+  into the stable average before anything is removed. Two additions to Knative's rule keep the
+  count from swinging: bursts that keep coming extend the panic, and a panic does not end while
+  the load is still climbing faster than the stable window can follow (see :func:`decide`).
 
 Requests queued at the activator (no instance to run them yet) are demand too, counted as what
 they are: N known requests need ``ceil(N / target_concurrency)`` instances, not N (that would

@@ -517,43 +517,56 @@ def format_table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Cold-start rate against idle instance-hours, one line per stable window, labelled by keep-alive."""
+    """Three panels: cold-start rate against idle instance-hours (the trade-off, one line per
+    stable window, points labelled by keep-alive), then mean queueing delay and instance starts
+    by keep-alive. The p99 delay is in the table and the JSON: it equals the start latency in
+    every setting, so a plot of it would be a flat line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for stable, marker in zip(STABLE_WINDOWS_S, ("o", "s")):
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.8))
+    for stable, marker, offset in zip(STABLE_WINDOWS_S, ("o", "s"), ((-12, 8), (6, -12))):
         rows = sorted((r for r in report["results"] if r["stable_window_s"] == stable),
                       key=lambda r: r["keep_alive_s"])
         if not rows:
             continue
+        label = f"stable window {stable:g} s"
         xs = [r["idle_instance_hours"] for r in rows]
         ys = [100 * r["cold_start_rate"] for r in rows]
-        ax1.plot(xs, ys, marker=marker, label=f"stable window {stable:g} s")
+        ax1.plot(xs, ys, marker=marker, label=label)
         for r, x, y in zip(rows, xs, ys):
-            ax1.annotate(f"{r['keep_alive_s']:g} s", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        ax2.plot([r["keep_alive_s"] for r in rows], [r["p99_queue_delay_ms"] for r in rows], marker=marker,
-                 label=f"p99, stable {stable:g} s")
-        ax2.plot([r["keep_alive_s"] for r in rows], [r["mean_queue_delay_ms"] for r in rows], marker=marker,
-                 linestyle="--", label=f"mean, stable {stable:g} s")
+            ax1.annotate(f"{r['keep_alive_s']:g} s", (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+        keep = [r["keep_alive_s"] for r in rows]
+        ax2.plot(keep, [r["mean_queue_delay_ms"] for r in rows], marker=marker, label=label)
+        ax3.plot(keep, [r["instances_started"] for r in rows], marker=marker, label=label)
     ax1.set_xlabel("idle instance-hours per simulated day")
     ax1.set_ylabel("cold-start rate (% of requests)")
-    ax1.set_title("Keep-alive: cold starts against idle capacity")
-    ax1.grid(True, alpha=0.3)
-    ax1.legend()
-    ax2.set_xlabel("keep-alive (s)")
-    ax2.set_ylabel("queueing delay (ms)")
-    ax2.set_xscale("log")
-    ax2.set_title("Queueing delay by keep-alive (panic window 6 s)")
-    ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8)
+    ax1.set_title("Cold starts against idle capacity, by keep-alive")
+    ax2.set_ylabel("mean queueing delay (ms)")
+    ax2.set_title("Mean wait for an instance")
+    ax3.set_ylabel("instances started")
+    ax3.set_title("Instance starts (churn)")
+    for ax in (ax2, ax3):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(list(KEEP_ALIVES_S)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{k:g}" for k in KEEP_ALIVES_S])
+        ax.set_xlabel("keep-alive (s)")
+        ax.set_ylim(bottom=0)
+    for ax in (ax1, ax2, ax3):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
     trace = report["trace"]
+    model = report["model"]
     fig.suptitle(f"{trace['functions']} functions, {trace['invocations']} invocations over "
-                 f"{trace['horizon_s'] / 3600:g} h, seed {trace['seed']}", fontsize=10)
+                 f"{trace['horizon_s'] / 3600:g} h (seed {trace['seed']}); start latency "
+                 f"{model['start_latency_s']:g} s, tick {model['tick_s']:g} s, panic window {PANIC_WINDOW_S:g} s",
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
