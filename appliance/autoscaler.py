@@ -403,8 +403,8 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
     #   stable window guarantees for a step but not for a ramp that is still climbing: leaving
     #   then would drop to the lagging stable count. A panic ends only once the stable window
     #   asks for at least what the panic window asks.
-    pressure = max(panic_avg / per_instance, queue_need) / base
-    over = pressure >= p.panic_threshold
+    pressure = max(panic_avg / per_instance, queue_need) / base    # for the reason
+    over = max(panic_want, queue_want) >= p.panic_threshold * base
     started, last_trigger, peak = state.panic_started_at, state.panic_last_trigger_at, state.panic_peak
     recurring = (started is not None and not over
                  and max(panic_want, queue_want) >= p.panic_threshold * max(1, stable_want))
@@ -480,12 +480,11 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
         elif lead == "queue" and not panicking:
             text = f"stable: {queue_text}"
         elif lead == "queue":
-            text = (f"panic: {queue_text}, {pressure:.1f}x the {current} instances' target capacity "
-                    f"(threshold {p.panic_threshold:g}x)")
+            text = f"panic: {queue_text}, at least {p.panic_threshold:g}x of {base}"
         elif lead == "burst":
             text = (f"panic: {panic_avg:.1f} in flight over {p.panic_window_s:g} s is {pressure:.1f}x the "
-                    f"{current} instances' target capacity ({base * p.instance_target:.1f}; threshold "
-                    f"{p.panic_threshold:g}x) and asks for {panic_want}")
+                    f"{current} instances' target capacity ({base * p.instance_target:.1f}) and asks for "
+                    f"{panic_want}, at least {p.panic_threshold:g}x of {base}")
         elif lead == "recurring":
             text = (f"panic: since {now - started:.0f} s; {panic_avg:.1f} in flight over "
                     f"{p.panic_window_s:g} s still asks for {panic_want}, {p.panic_threshold:g}x or more "
