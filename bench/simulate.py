@@ -58,7 +58,6 @@ age and go. Nothing is ever dropped: at the end of the horizon every request has
 from __future__ import annotations
 
 import argparse
-import bisect
 import heapq
 import json
 import math
