@@ -443,7 +443,7 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
         elif max(stable_want, panic_want, queue_want) > up_limit:
             notes.append(("up-limited", up_limit))
     else:
-        if queue_leads and queue_want > stable_want:
+        if queue_want > stable_want:
             want, lead = queue_want, "queue"
         else:
             want, lead = stable_want, "stable"

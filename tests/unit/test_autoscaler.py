@@ -319,6 +319,16 @@ def test_queued_requests_add_to_the_requests_already_running():
     assert d.desired == 5            # (4 + 5) / 2 = 4.5
 
 
+def test_a_queued_request_gets_an_instance_even_when_the_panic_window_asks_for_more_but_not_2x():
+    policy = ScalingPolicy(max_instances=100)
+    # Stable window asks for 2, panic window for 5 (under 2x of 3), the queue for 3 + 1 = 4.
+    samples = steady(1.0, 0, 114) + steady(3.0, 114, 120)
+    d = decide(Observation(samples, instances=3, in_flight=3, queued=1), policy, ScalerState(), 120.0)
+    assert d.mode == STABLE
+    assert d.desired == 4
+    assert d.reason.startswith("stable: 1 queued + 3 in flight need 4 instances")
+
+
 def test_a_single_request_to_a_cold_function_starts_one_instance_in_stable_mode():
     d = decide(Observation((), instances=0, queued=1), ScalingPolicy(), ScalerState(), 0.0)
     assert (d.desired, d.mode) == (1, STABLE)
