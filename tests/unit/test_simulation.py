@@ -54,6 +54,13 @@ def test_idle_time_is_never_negative_and_never_more_than_the_time_instances_exis
             assert min(stats.delays, default=0.0) >= 0
 
 
+def test_no_request_waits_for_more_than_one_instance_start_below_max_instances(tiny_runs):
+    start = PlatformModel().start_latency_s
+    for stats_list in tiny_runs.values():
+        for stats in stats_list:
+            assert max(stats.delays, default=0.0) <= start + 1e-9
+
+
 def test_a_longer_keep_alive_never_raises_the_cold_start_count_on_the_same_trace(tiny_runs, tiny_trace):
     for window in (30.0, 60.0):
         for i, fn in enumerate(tiny_trace):
