@@ -11,7 +11,9 @@ windows answer the two complaints users have about FaaS scaling at once:
   short window (``panic_window_s``, 6 s). When the short window asks for ``panic_threshold``
   times (2x) the instances we have, we panic: scale up on the short window and never scale down
   until a whole stable window has passed without panic conditions, so the burst has made its way
-  into the stable average before anything is removed.
+  into the stable average before anything is removed. Two additions to Knative's rule keep the
+  count from swinging: bursts that keep coming extend the panic, and a panic does not end while
+  the load is still climbing faster than the stable window can follow (see :func:`decide`).
 
 Requests queued at the activator (no instance to run them yet) are demand too, counted as what
 they are: N known requests need ``ceil(N / target_concurrency)`` instances, not N (that would
@@ -34,10 +36,11 @@ and ``bench/simulate.py`` drive these functions with a simulated clock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .errors import ValidationError
 from .model import FunctionConfig
@@ -51,7 +54,8 @@ PANIC = "panic"
 
 
 def _ceil(x: float) -> int:
-    return max(0, math.ceil(x - _EPSILON))
+    """Ceiling of a non-negative ratio, forgiving float error just above an integer."""
+    return math.ceil(x - _EPSILON)
 
 
 def _is_number(value: object) -> bool:
@@ -206,9 +210,16 @@ class Decision:
     desired: int                  # instances wanted (ready + starting), already clamped
     state: ScalerState            # pass back into the next decide()
     mode: str                     # "stable" or "panic"
-    reason: str                   # one sentence for `faas describe` and the API
     stable_concurrency: float     # average in flight over the stable window
     panic_concurrency: float      # average in flight over the panic window
+    #: Builds the reason on first use (see :attr:`reason`).
+    explain: Callable[[], str] = dataclasses.field(default=lambda: "", repr=False, compare=False)
+
+    @functools.cached_property
+    def reason(self) -> str:
+        """One sentence for `faas describe` and the API: what drove the count, then each limit
+        that changed it, then ``-> desired (now current)``."""
+        return self.explain()
 
     def to_dict(self) -> dict:
         return {"desired": self.desired, "mode": self.mode, "reason": self.reason,
@@ -268,6 +279,11 @@ class ConcurrencyWindow:
         return self._value
 
     @property
+    def last_record(self) -> float | None:
+        """Time of the latest record."""
+        return self._last_t
+
+    @property
     def since(self) -> float | None:
         """Time of the first record: what :attr:`Observation.observed_since` wants."""
         return self._first_t
@@ -315,15 +331,16 @@ class ConcurrencyWindow:
         """
         end = math.floor(now)
         first = end - self._horizon
-        totals: dict[int, float] = {}
-        for k, amount in self._buckets:
-            if first <= k < end:
-                totals[k] = amount
+        # Buckets only ever hold positive amounts, in increasing second order.
+        out = [(float(k + 1), amount) for k, amount in self._buckets if first <= k < end]
         if self._last_t is not None:
             for k, amount in self._spread(self._last_t, min(now, end), self._value):
                 if first <= k < end:
-                    totals[k] = totals.get(k, 0.0) + amount
-        return tuple((float(k + 1), amount) for k, amount in sorted(totals.items()) if amount > 0)
+                    if out and out[-1][0] == k + 1:
+                        out[-1] = (out[-1][0], out[-1][1] + amount)
+                    else:
+                        out.append((float(k + 1), amount))
+        return tuple(out)
 
     def average(self, now: float, window_s: float) -> float:
         """Average in flight over the complete seconds in the ``window_s`` before ``now``."""
@@ -345,22 +362,35 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
     p = policy
     current = max(0, observed.instances)
     base = max(1, current)                      # rates and ratios are relative to at least one
-    stable_avg = window_average(observed.samples, now, p.stable_window_s, observed.observed_since)
-    panic_avg = window_average(observed.samples, now, p.panic_window_s, observed.observed_since)
+    # One pass over the samples for both windows and the last second anything ran (this runs
+    # every tick for every function, so it is written for speed; window_average is the spec).
+    stable_start, panic_start = now - p.stable_window_s, now - p.panic_window_s
+    stable_total = panic_total = 0.0
+    last_demand = state.last_demand_at
+    for t, value in observed.samples:
+        if t <= now:
+            if t > stable_start:
+                stable_total += value
+                if t > panic_start:
+                    panic_total += value
+            if value > 0 and (last_demand is None or t > last_demand):
+                last_demand = t
+    stable_span, panic_span = p.stable_window_s, p.panic_window_s
+    if observed.observed_since is not None:
+        measured = max(1.0, now - math.floor(observed.observed_since))
+        stable_span, panic_span = min(stable_span, measured), min(panic_span, measured)
+    stable_avg, panic_avg = stable_total / stable_span, panic_total / panic_span
     present = max(0.0, observed.in_flight) + max(0, observed.queued)   # requests here now
 
-    stable_want = _ceil(stable_avg / p.instance_target)
-    panic_want = _ceil(panic_avg / p.instance_target)
+    per_instance = p.target_concurrency * p.target_utilisation
+    stable_want = _ceil(stable_avg / per_instance)
+    panic_want = _ceil(panic_avg / per_instance)
     # Queued requests need slots now, beside the ones running; no utilisation headroom for
     # requests we know about. Without a queue, running requests already have their instances.
     queue_need = present / p.target_concurrency if observed.queued > 0 else 0.0
     queue_want = _ceil(queue_need)
 
     # Demand bookkeeping: the latest second anything ran, or now if something runs or waits.
-    last_demand = state.last_demand_at
-    for t, value in observed.samples:
-        if value > 0 and t <= now and (last_demand is None or t > last_demand):
-            last_demand = t
     if present > 0:
         last_demand = now
 
@@ -373,8 +403,8 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
     #   stable window guarantees for a step but not for a ramp that is still climbing: leaving
     #   then would drop to the lagging stable count. A panic ends only once the stable window
     #   asks for at least what the panic window asks.
-    pressure = max(panic_avg / p.instance_target, queue_need) / base
-    over = pressure >= p.panic_threshold
+    pressure = max(panic_avg / per_instance, queue_need) / base    # for the reason
+    over = max(panic_want, queue_want) >= p.panic_threshold * base
     started, last_trigger, peak = state.panic_started_at, state.panic_last_trigger_at, state.panic_peak
     recurring = (started is not None and not over
                  and max(panic_want, queue_want) >= p.panic_threshold * max(1, stable_want))
@@ -398,72 +428,89 @@ def decide(observed: Observation, policy: ScalingPolicy, state: ScalerState, now
     def limited(want: int) -> int:
         return max(min(want, up_limit), down_limit) if not panicking else min(want, up_limit)
 
-    notes: list[str] = []
+    # Notes are (kind, number) pairs turned into words only if someone reads the reason: the
+    # loop runs this for every function every tick, and the reason is read far less often.
+    notes: list[tuple[str, float]] = []
     queue_leads = queue_want > 0 and queue_want >= max(stable_want, panic_want)
-    queue_text = (f"{observed.queued} queued + {present - observed.queued:g} in flight need {queue_want} "
-                  f"instances at {p.target_concurrency:g} per instance")
     if panicking:
         want = max(limited(stable_want), limited(panic_want), limited(queue_want))
         desired = max(want, current, peak)
         if want < desired:
-            notes.append(f"no scale-down while panicking (holding {desired})")
-        capacity = base * p.instance_target
-        if recurring:
-            lead = (f"panic: since {now - started:.0f} s; {panic_avg:.1f} in flight over "
-                    f"{p.panic_window_s:g} s still asks for {panic_want}, {p.panic_threshold:g}x or more "
-                    f"of the {stable_want} the stable window asks for")
-        elif not over:
-            lead = (f"panic: since {now - started:.0f} s, ends {p.stable_window_s:g} s after the last "
-                    f"trigger ({now - last_trigger:.0f} s ago) once the stable window asks for as many as "
-                    f"the panic window; {panic_avg:.1f} in flight over {p.panic_window_s:g} s asks for "
-                    f"{panic_want}, over {p.stable_window_s:g} s for {stable_want}")
-        elif queue_leads:
-            lead = (f"panic: {queue_text}, {pressure:.1f}x the {current} instances' target capacity "
-                    f"(threshold {p.panic_threshold:g}x)")
-        else:
-            lead = (f"panic: {panic_avg:.1f} in flight over {p.panic_window_s:g} s is {pressure:.1f}x the "
-                    f"{current} instances' target capacity ({capacity:.1f}; threshold "
-                    f"{p.panic_threshold:g}x) and asks for {panic_want}")
+            notes.append(("hold", desired))
+        lead = "recurring" if recurring else "holding" if not over else "queue" if queue_leads else "burst"
         if desired > up_limit:
-            notes.append(f"above the scale-up limit of {up_limit} only to hold the peak")
+            notes.append(("peak-above-limit", up_limit))
         elif max(stable_want, panic_want, queue_want) > up_limit:
-            notes.append(f"scale-up limited to {up_limit} ({p.max_scale_up_rate:g}x of {base} per tick)")
+            notes.append(("up-limited", up_limit))
     else:
-        if queue_leads and queue_want > stable_want:
-            want, lead = queue_want, f"stable: {queue_text}"
+        if queue_want > stable_want:
+            want, lead = queue_want, "queue"
         else:
-            want, lead = stable_want, (
-                f"stable: {stable_avg:.1f} in flight on average over {p.stable_window_s:g} s needs "
-                f"{stable_want} instances at {p.instance_target:.2g} per instance "
-                f"({p.target_concurrency:g} x {p.target_utilisation:g})")
+            want, lead = stable_want, "stable"
         desired = limited(want)
         if desired < want:
-            notes.append(f"scale-up limited to {desired} ({p.max_scale_up_rate:g}x of {base} per tick)")
+            notes.append(("up-limited", desired))
         elif desired > want:
-            notes.append(f"scale-down limited to {desired} (at most 1/{p.max_scale_down_rate:g} per tick)")
+            notes.append(("down-limited", desired))
 
     if not panicking and present == 0 and idle_for >= idle_limit:
         if desired > 0 or current > 0:
-            since = "no demand seen" if last_demand is None else f"no demand for {idle_for:.0f} s"
-            notes.append(f"{since} (keep-alive {idle_limit:g} s): scale to zero")
+            notes.append(("to-zero", idle_for))
         desired = 0
     elif desired == 0 and current > 0:
         desired = 1
-        notes.append(f"last instance kept: idle {idle_for:.0f} s of {idle_limit:g} s keep-alive")
+        notes.append(("kept", idle_for))
     if desired < p.min_instances:
         desired = p.min_instances
-        notes.append(f"raised to min_instances {p.min_instances}")
+        notes.append(("min", p.min_instances))
     if desired > p.max_instances:
         desired = p.max_instances
-        notes.append(f"capped at max_instances {p.max_instances}")
+        notes.append(("max", p.max_instances))
     if panicking:
         peak = desired
 
-    reason = "; ".join([lead, *notes]) + f" -> {desired} (now {current})"
+    def explain() -> str:
+        queued = observed.queued
+        queue_text = (f"{queued} queued + {present - queued:g} in flight need {queue_want} "
+                      f"instances at {p.target_concurrency:g} per instance")
+        if lead == "stable":
+            text = (f"stable: {stable_avg:.1f} in flight on average over {p.stable_window_s:g} s needs "
+                    f"{stable_want} instances at {p.instance_target:.2g} per instance "
+                    f"({p.target_concurrency:g} x {p.target_utilisation:g})")
+        elif lead == "queue" and not panicking:
+            text = f"stable: {queue_text}"
+        elif lead == "queue":
+            text = f"panic: {queue_text}, at least {p.panic_threshold:g}x of {base}"
+        elif lead == "burst":
+            text = (f"panic: {panic_avg:.1f} in flight over {p.panic_window_s:g} s is {pressure:.1f}x the "
+                    f"{current} instances' target capacity ({base * p.instance_target:.1f}) and asks for "
+                    f"{panic_want}, at least {p.panic_threshold:g}x of {base}")
+        elif lead == "recurring":
+            text = (f"panic: since {now - started:.0f} s; {panic_avg:.1f} in flight over "
+                    f"{p.panic_window_s:g} s still asks for {panic_want}, {p.panic_threshold:g}x or more "
+                    f"of the {stable_want} the stable window asks for")
+        else:
+            text = (f"panic: since {now - started:.0f} s, ends {p.stable_window_s:g} s after the last "
+                    f"trigger ({now - last_trigger:.0f} s ago) once the stable window asks for as many as "
+                    f"the panic window; {panic_avg:.1f} in flight over {p.panic_window_s:g} s asks for "
+                    f"{panic_want}, over {p.stable_window_s:g} s for {stable_want}")
+        words = {
+            "hold": lambda n: f"no scale-down while panicking (holding {n:g})",
+            "peak-above-limit": lambda n: f"above the scale-up limit of {n:g} only to hold the peak",
+            "up-limited": lambda n: f"scale-up limited to {n:g} ({p.max_scale_up_rate:g}x of {base} per tick)",
+            "down-limited": lambda n: f"scale-down limited to {n:g} (at most 1/{p.max_scale_down_rate:g} per tick)",
+            "to-zero": lambda s: ("no demand seen" if last_demand is None else f"no demand for {s:.0f} s")
+            + f" (keep-alive {idle_limit:g} s): scale to zero",
+            "kept": lambda s: f"last instance kept: idle {s:.0f} s of {idle_limit:g} s keep-alive",
+            "min": lambda n: f"raised to min_instances {n:g}",
+            "max": lambda n: f"capped at max_instances {n:g}",
+        }
+        return "; ".join([text, *(words[kind](n) for kind, n in notes)]) + f" -> {desired} (now {current})"
+
     new_state = ScalerState(panic_started_at=started, panic_last_trigger_at=last_trigger,
                             panic_peak=peak if panicking else 0, last_demand_at=last_demand)
     return Decision(desired=desired, state=new_state, mode=PANIC if panicking else STABLE,
-                    reason=reason, stable_concurrency=stable_avg, panic_concurrency=panic_avg)
+                    stable_concurrency=stable_avg, panic_concurrency=panic_avg, explain=explain)
 
 
 # --------------------------------------------------------------------------------------------

@@ -143,23 +143,25 @@ def test_the_panic_reason_reads_as_a_sentence_with_the_numbers_that_drove_it():
     policy = ScalingPolicy(target_concurrency=4, max_instances=100)
     samples = steady(38.0, 114, 120)
     d = decide(Observation(samples, instances=5, in_flight=38), policy, ScalerState(), 120.0)
-    assert d.reason.startswith("panic: 38.0 in flight over 6 s is 2.7x the 5 instances' target capacity (14.0")
+    assert d.reason.startswith("panic: 38.0 in flight over 6 s is 2.7x the 5 instances' target capacity (14.0) "
+                               "and asks for 14, at least 2x of 5")
     assert d.reason.endswith("-> 14 (now 5)")
 
 
 def test_below_the_threshold_a_rise_is_handled_in_stable_mode():
     policy = ScalingPolicy(max_instances=100)
-    samples = steady(2.8, 0, 114) + steady(5.5, 114, 120)   # panic window asks 8, 2x of 4 would be 8.0
-    d = decide(Observation(samples, instances=4, in_flight=5.5), policy, ScalerState(), 120.0)
+    samples = steady(2.8, 0, 114) + steady(4.9, 114, 120)   # 4.9 / 0.7 = 7 instances, under 2x of 4
+    d = decide(Observation(samples, instances=4, in_flight=4.9), policy, ScalerState(), 120.0)
     assert d.mode == STABLE
-    samples = steady(2.8, 0, 114) + steady(5.6, 114, 120)   # 5.6 / 0.7 = 8 = 2x of 4: panic
-    d = decide(Observation(samples, instances=4, in_flight=5.6), policy, ScalerState(), 120.0)
+    samples = steady(2.8, 0, 114) + steady(5.0, 114, 120)   # 5.0 / 0.7 = 7.1: 8 instances, 2x of 4
+    d = decide(Observation(samples, instances=4, in_flight=5.0), policy, ScalerState(), 120.0)
     assert d.mode == PANIC
+    assert "asks for 8, at least 2x of 4" in d.reason
 
 
 def test_no_scale_down_while_panicking_even_when_the_burst_stops():
     policy = ScalingPolicy(max_instances=100)
-    decisions = drive(policy, lambda t: 20.0 if 100 <= t < 110 else 1.0, until=300, instances=2,
+    decisions = drive(policy, lambda t: 20.0 if 100 <= t < 110 else 1.0, until=300, instances=2, warmup=60,
                       state=ScalerState(last_demand_at=0.0))
     panicking = [(t, d) for t, d in decisions if d.mode == PANIC]
     assert panicking[0][0] == 102    # the second from 100 to 101 is complete at the tick after 100
@@ -170,7 +172,7 @@ def test_no_scale_down_while_panicking_even_when_the_burst_stops():
 
 def test_panic_ends_one_stable_window_after_the_last_trigger_and_then_scales_down():
     policy = ScalingPolicy(max_instances=100)
-    decisions = drive(policy, lambda t: 20.0 if 100 <= t < 110 else 1.0, until=400, instances=2,
+    decisions = drive(policy, lambda t: 20.0 if 100 <= t < 110 else 1.0, until=400, instances=2, warmup=60,
                       state=ScalerState(last_demand_at=0.0))
     last_trigger = max(d.state.panic_last_trigger_at for _, d in decisions if d.mode == PANIC)
     first_stable_after = next(t for t, d in decisions if t > 100 and d.mode == STABLE)
@@ -315,6 +317,16 @@ def test_queued_requests_add_to_the_requests_already_running():
     policy = ScalingPolicy(target_concurrency=2, max_instances=100)
     d = decide(Observation(steady(4.0, 0, 120), instances=2, in_flight=4, queued=5), policy, ScalerState(), 120.0)
     assert d.desired == 5            # (4 + 5) / 2 = 4.5
+
+
+def test_a_queued_request_gets_an_instance_even_when_the_panic_window_asks_for_more_but_not_2x():
+    policy = ScalingPolicy(max_instances=100)
+    # Stable window asks for 2, panic window for 5 (under 2x of 3), the queue for 3 + 1 = 4.
+    samples = steady(1.0, 0, 114) + steady(3.0, 114, 120)
+    d = decide(Observation(samples, instances=3, in_flight=3, queued=1), policy, ScalerState(), 120.0)
+    assert d.mode == STABLE
+    assert d.desired == 4
+    assert d.reason.startswith("stable: 1 queued + 3 in flight need 4 instances")
 
 
 def test_a_single_request_to_a_cold_function_starts_one_instance_in_stable_mode():

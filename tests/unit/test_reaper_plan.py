@@ -53,6 +53,13 @@ def test_never_below_min_instances_of_the_current_version():
     assert plan_reaping(instances, policies(f={"min_instances": 5}), NOW) == []
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_a_function_with_fewer_instances_than_min_instances_loses_none(count):
+    instances = [inst(str(i), idle=1000) for i in range(count)]
+    assert plan_reaping(instances, policies(f={"min_instances": 5}), NOW) == []
+    assert plan_reaping(instances, policies(f={"min_instances": 5}), NOW, {"f": 0}) == []
+
+
 def test_busy_instances_count_toward_min_instances():
     instances = [inst("busy", inflight=1), inst("idle1", idle=1000), inst("idle2", idle=2000)]
     assert plan_reaping(instances, policies(f={"min_instances": 2}), NOW) == ["idle2"]
