@@ -59,6 +59,7 @@ PRIVATE_IP = "10.77.0.5"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(900),  # the first session may have to run debootstrap
     pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and the chroot connection need root"),
 ]
 
@@ -114,6 +115,9 @@ def cached_debian_root_tar() -> pathlib.Path:
         run(["chroot", str(build / "root"), "apt-get", "clean"])
         run(["tar", "-C", str(build / "root"), "--numeric-owner", "-cf", str(build / "root.tar"), "."])
         os.replace(build / "root.tar", tar)  # atomic: a concurrent or interrupted build never leaves half a cache
+        for stale in cache.glob(f"debootstrap-{suite}-*.tar"):
+            if stale != tar:
+                stale.unlink()  # built for another package list or mirror
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return tar
@@ -212,8 +216,8 @@ def inventory(tmp_path_factory, debian_root, standin_binaries):
     return d
 
 
-def ansible_playbook(inventory_dir: pathlib.Path, playbook: str) -> dict:
-    env = dict(
+def ansible_env(inventory_dir: pathlib.Path) -> dict[str, str]:
+    return dict(
         os.environ,
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
@@ -223,6 +227,10 @@ def ansible_playbook(inventory_dir: pathlib.Path, playbook: str) -> dict:
         ANSIBLE_RETRY_FILES_ENABLED="0",
         ANSIBLE_COLLECTIONS_PATH="",  # only the collections that ship in the pinned `ansible` package
     )
+
+
+def ansible_playbook(inventory_dir: pathlib.Path, playbook: str) -> dict:
+    env = ansible_env(inventory_dir)
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_dir / "hosts.json"), str(REPO / "playbooks" / playbook)],
         cwd=REPO, env=env, text=True, capture_output=True, timeout=600,
@@ -292,6 +300,21 @@ def test_first_run_changes_the_host_and_skips_services(first_run):
     assert "Make sure the Nomad agent is running and starts at boot." in skipped
     assert "Make sure the edge router and the control plane are running and start at boot." in skipped
     assert "Register the appliance's jobs with Nomad." in skipped
+
+
+def test_service_manager_is_not_systemd_in_the_chroot(inventory):
+    """Without `faas_manage_services`, the roles decide from the service_mgr fact: in a chroot it is
+    not systemd, so the default would skip the service tasks as well."""
+    env = dict(ansible_env(inventory), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible"), "-i", str(inventory / "hosts.json"), HOST, "-m", "ansible.builtin.setup",
+         "-a", "filter=ansible_service_mgr", "-o"],
+        cwd=REPO, env=env, text=True, capture_output=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = re.search(r'"ansible_service_mgr":\s*"([^"]+)"', proc.stdout)
+    assert m, proc.stdout
+    assert m.group(1) != "systemd", m.group(1)
 
 
 def test_users_and_directories_exist(first_run, debian_root):
