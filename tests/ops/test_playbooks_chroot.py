@@ -229,10 +229,11 @@ def ansible_env(inventory_dir: pathlib.Path) -> dict[str, str]:
     )
 
 
-def ansible_playbook(inventory_dir: pathlib.Path, playbook: str) -> dict:
+def ansible_playbook(inventory_dir: pathlib.Path, playbook: str, *args: str, expect_failure: bool = False) -> dict:
     env = ansible_env(inventory_dir)
     proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_dir / "hosts.json"), str(REPO / "playbooks" / playbook)],
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_dir / "hosts.json"), *args,
+         str(REPO / "playbooks" / playbook)],
         cwd=REPO, env=env, text=True, capture_output=True, timeout=600,
     )
     try:
@@ -240,6 +241,9 @@ def ansible_playbook(inventory_dir: pathlib.Path, playbook: str) -> dict:
     except json.JSONDecodeError:
         pytest.fail(f"ansible-playbook printed no JSON report (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     stats = report["stats"].get(HOST, {})
+    if expect_failure:
+        assert proc.returncode != 0 and stats.get("failures"), "the run was expected to fail"
+        return report
     if proc.returncode != 0 or stats.get("failures") or stats.get("unreachable"):
         pytest.fail(f"ansible-playbook failed (rc={proc.returncode}):\n" + "\n".join(failed_tasks(report)) + "\n" + proc.stderr[-4000:])
     return report
@@ -414,6 +418,18 @@ def test_runtimes_and_kernel_settings_are_in_place(first_run, debian_root):
             == (REPO / "runtimes" / "README.md").read_bytes())
     assert "user.max_user_namespaces = 28633" in chroot_path(debian_root, "/etc/sysctl.d/61-faas-runtimes.conf").read_text()
     assert "net.core.somaxconn = 4096" in chroot_path(debian_root, "/etc/sysctl.d/60-faas-appliance.conf").read_text()
+
+
+def test_a_bad_setting_stops_the_role_before_it_changes_anything(first_run, inventory, debian_root):
+    config = chroot_path(debian_root, "/etc/nomad.d/agent.hcl")
+    before = config.read_text()
+    report = ansible_playbook(inventory, "servers.yml", "-e", '{"nomad_install_method": "docker"}',
+                              expect_failure=True)
+    failed = failed_tasks(report)
+    assert len(failed) == 1 and failed[0].startswith("Check the install method.:"), failed
+    assert "nomad_install_method must be apt or binary" in failed[0]
+    assert report["stats"][HOST]["changed"] == 0
+    assert config.read_text() == before
 
 
 def test_second_run_changes_nothing(first_run, inventory):
