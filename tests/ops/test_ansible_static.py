@@ -40,6 +40,14 @@ def run_tool(argv, tmp_path, cwd=REPO, **env) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=240)
 
 
+def test_ansible_core_is_the_pinned_series():
+    """The roles are written and tested for ansible-core 2.19 (from the pinned `ansible` package)."""
+    proc = subprocess.run([str(VENV_BIN / "ansible"), "--version"], text=True, capture_output=True, check=True)
+    version = proc.stdout.split("[core ", 1)[1].split("]", 1)[0]
+    assert tuple(int(x) for x in version.split(".")[:2]) == (2, 19), version
+    assert "ansible==12." in (REPO / "requirements.txt").read_text()
+
+
 def test_every_tier_has_a_playbook_and_site_imports_them():
     assert {"site.yml", "servers.yml", "clients.yml", "edge.yml"} <= set(PLAYBOOKS)
     site = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
