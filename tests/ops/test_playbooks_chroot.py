@@ -421,15 +421,14 @@ def test_runtimes_and_kernel_settings_are_in_place(first_run, debian_root):
 
 
 def test_a_bad_setting_stops_the_role_before_it_changes_anything(first_run, inventory, debian_root):
-    config = chroot_path(debian_root, "/etc/nomad.d/agent.hcl")
-    before = config.read_text()
-    report = ansible_playbook(inventory, "servers.yml", "-e", '{"nomad_install_method": "docker"}',
+    localtime = chroot_path(debian_root, "/etc/localtime")
+    report = ansible_playbook(inventory, "servers.yml", "-e", '{"common_timezone": "Europe/No such zone"}',
                               expect_failure=True)
     failed = failed_tasks(report)
-    assert len(failed) == 1 and failed[0].startswith("Check the install method.:"), failed
-    assert "nomad_install_method must be apt or binary" in failed[0]
+    assert len(failed) == 1 and failed[0].startswith("Check that the time zone is a zoneinfo name.:"), failed
+    assert "common_timezone must be a zoneinfo name" in failed[0]
     assert report["stats"][HOST]["changed"] == 0
-    assert config.read_text() == before
+    assert os.readlink(localtime) == "/usr/share/zoneinfo/Etc/UTC"
 
 
 def test_second_run_changes_nothing(first_run, inventory):
