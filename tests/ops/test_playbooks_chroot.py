@@ -2,7 +2,10 @@
 
 What is real here: the Debian root (made with debootstrap from the apt mirror this machine uses),
 every role of playbooks/site.yml with its real modules (apt, user, template, copy, get_url,
-unarchive, pip), the appliance's virtualenv, and a second run that must report changed=0.
+unarchive, pip), the appliance's virtualenv, the installed units checked by `systemd-analyze verify`
+inside the root, and a second run that must report changed=0. The root is debootstrapped with the
+packages the roles ask for, so their apt tasks install nothing (they may refresh the package index
+from the same mirror when it is more than a day old).
 
 What stands in, and why:
 
@@ -15,8 +18,9 @@ What stands in, and why:
   kernel settings, and the Nomad job registration are skipped. The test checks they were skipped,
   not failed. Unit files, configs, users and directories are still written and checked.
 - The virtualenv is built from a one-line requirements file (click, at the version pinned in
-  requirements.txt) installed from a wheelhouse made on this machine (`appliance_pip_wheelhouse`,
-  which makes pip run with `--no-index`). The role's code path is the same as with the full
+  requirements.txt) installed from a wheelhouse on this machine (`appliance_pip_wheelhouse`, which
+  makes pip in the chroot run with `--no-index`; the wheel is fetched with `pip download` once and
+  cached beside the Debian root). The role's code path is the same as with the full
   requirements.txt; installing all of it (boto3, moto, ansible...) inside the chroot would only
   add minutes.
 
@@ -48,8 +52,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VENV_BIN = pathlib.Path(sys.executable).parent
 SUITE_FALLBACK = ("bookworm", "http://deb.debian.org/debian")
-# Everything the roles install, so that their apt tasks find the packages present and the run
-# does not depend on downloads (python3-apt and python3-packaging are what the apt and pip modules need).
+# Everything the roles install, so that their apt tasks find the packages present (python3-apt and
+# python3-packaging are what Ansible's apt and pip modules need on the target).
 DEBOOTSTRAP_PACKAGES = [
     "python3", "python3-venv", "python3-packaging", "python3-apt", "systemd", "ca-certificates", "curl", "unzip",
     "iproute2", "procps", "tzdata", "chrony", "bubblewrap", "nodejs",
