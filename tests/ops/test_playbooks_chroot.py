@@ -200,6 +200,7 @@ def inventory(tmp_path_factory, debian_root, standin_binaries):
         "faas_private_ip": PRIVATE_IP,
         "faas_manage_services": False,
         "faas_credentials_dir": str(d / "credentials"),
+        "consul_acl_enabled": True,  # renders the optional ACL block too
         "consul_install_method": "binary",
         "consul_binary_src": standin_binaries["consul_url"],
         "consul_binary_checksum": "sha256:" + standin_binaries["consul_sha256"],
@@ -358,6 +359,11 @@ def test_consul_config_is_a_single_server_with_gossip_encryption(first_run, debi
     # The key is generated once and kept beside the inventory, so the next run writes the same one.
     kept = (inventory / "credentials" / "consul_gossip_key").read_text().split()[0]
     assert base64.b64decode(config["encrypt"]).decode() == kept
+    acl = config["acl"][0]
+    assert acl["enabled"] is True and acl["default_policy"] == "deny"
+    tokens = acl["tokens"][0]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", tokens["initial_management"])
+    assert tokens["agent"] == tokens["initial_management"]
 
 
 def test_nomad_config_is_server_and_client_with_drivers_and_code_cache(first_run, debian_root):
