@@ -619,12 +619,14 @@ class NodeAutoscaler:
                   "function_instances": len(snap.instances.get(node.name, [])),
                   "allocated_memory_mb": node.view.allocated_memory_mb},
                  self.cloud.plan_terminate(node.instance_id)]
-        for step in steps:
-            self._plan(report, **step)
         if self.dry_run:
+            for step in steps:
+                self._plan(report, **step)
             return
+        # Live, each step is reported as it is taken; the terminate step when it happens.
         meta = {"drained_by": DRAINED_BY, "instance_id": node.instance_id,
                 "started_unix": f"{self.wall():.3f}", "deadline_s": f"{deadline:g}"}
+        self._plan(report, **steps[0])
         try:
             self.nomad.set_eligible(node.id, False)
             self._event("node_ineligible", node=node.id, name=node.name, instance=node.instance_id)
@@ -632,6 +634,7 @@ class NodeAutoscaler:
             self._error(report, "mark_ineligible", _describe(exc), node=node.id)
             self._restore(node, report)
             return
+        self._plan(report, **steps[1])
         try:
             self.nomad.drain(node.id, deadline, meta)
             self._event("node_drain_started", node=node.id, deadline_s=f"{deadline:g}")
@@ -639,6 +642,7 @@ class NodeAutoscaler:
             self._error(report, "drain", _describe(exc), node=node.id)
             self._restore(node, report)
             return
+        self._plan(report, **steps[2])
         report.decision = decision
         report.retiring.append(node.id)
         node.retiring = meta
