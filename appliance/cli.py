@@ -350,16 +350,18 @@ def node_autoscaler(once, dry_run, interval, print_user_data):
     except ApplianceError as exc:
         _fail(f"{exc.code}: {exc.message}")
         raise
+
+    def stop(signum, _frame):
+        # The step in progress finishes; a drain in progress lives on in Nomad.
+        scaler.stop()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
     if once:
         report = scaler.run_once(wait=True)
         for line in report.errors:
             click.echo(f"error: {line}", err=True)
         sys.exit(0 if report.ok else 1)
-
-    def stop(signum, _frame):
-        scaler.stop()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     scaler.run(settings.node_autoscaler_interval_s)
 
 

@@ -64,7 +64,7 @@ class Settings:
     s3_bucket: str = "faas-code"
     s3_region: str = "us-east-1"
     node_name: str = ""
-    # -- node autoscaler (cluster mode; docs/autoscaling.md, "Node autoscaler") --
+    # -- node autoscaler (cluster mode; docs/node-autoscaler.md) --
     #: Seconds between two looks at the cluster. A scale-in in progress is advanced on each tick.
     node_autoscaler_interval_s: float = 30.0
     #: Print the plan, change nothing (no Nomad writes, no cloud writes).

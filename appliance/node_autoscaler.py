@@ -742,7 +742,10 @@ class NodeAutoscaler:
                     target=getattr(self.cloud, "kind", "?"))
         while not self._stop.is_set():
             started = self.clock()
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a bug in one tick must not end the loop
+                log.exception("event=node_autoscaler_tick_failed")
             self._stop.wait(max(0.0, interval_s - (self.clock() - started)))
         self._event("node_autoscaler_stopped")
 

@@ -2,7 +2,7 @@
 #
 # A service job with exactly one allocation: two autoscalers would fight over the same Auto
 # Scaling group. It talks to Nomad (node list, drain) and to the cloud API through boto3 with the
-# node's instance profile (no keys in this file). Settings: docs/autoscaling.md, "Node autoscaler".
+# node's instance profile (no keys in this file). Settings: docs/node-autoscaler.md.
 
 variable "datacenters" {
   type    = list(string)

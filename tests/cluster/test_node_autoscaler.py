@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 import boto3
 import hcl2
@@ -461,6 +462,24 @@ def test_cli_once_dry_run_reads_the_environment(cluster_of, aws, monkeypatch):
     monkeypatch.delenv("APPLIANCE_NODE_ASG_NAME")
     result = CliRunner().invoke(cli, ["node-autoscaler", "--once"])
     assert result.exit_code == 1 and "APPLIANCE_NODE_ASG_NAME" in result.output
+
+
+def test_the_loop_ticks_until_stopped(cluster_of, aws):
+    cluster, _ = cluster_of(1)
+    policy = NodePolicy(min_nodes=2, max_nodes=5, cooldown_out_s=600, cooldown_in_s=600, target_headroom_slots=0,
+                        **SLOT)
+    scaler = scaler_for(cluster, aws, policy)
+    loop = threading.Thread(target=scaler.run, args=(0.05,), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: aws.group()["desired"] == 2, message="the loop to scale out")
+        wait_for(lambda: len([r for r in cluster.nomad.requests if r == ("GET", "/v1/nodes")]) >= 3,
+                 message="more ticks")
+    finally:
+        scaler.stop()
+        loop.join(30)
+    assert not loop.is_alive()
+    assert len(aws.called("SetDesiredCapacity")) == 1, "the cooldown holds between ticks"
 
 
 # --------------------------------------------------------------------------- transient errors
