@@ -8,6 +8,7 @@ runs), the Nomad double goes down, a stray Consul registration outlives a drain.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -529,7 +530,6 @@ def test_launch_template_target_runs_instances_with_join_user_data(cluster_of, a
     (new,) = report.scaled_out["instances"].split(",")
     (call,) = aws.called("RunInstances")
     assert call["LaunchTemplate"] == {"LaunchTemplateName": TEMPLATE, "Version": "$Latest"}
-    import base64
     sent = base64.b64decode(aws.ec2.describe_instance_attribute(InstanceId=new, Attribute="userData")
                             ["UserData"]["Value"]).decode()
     assert sent == user_data
