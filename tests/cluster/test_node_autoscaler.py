@@ -9,6 +9,7 @@ runs), the Nomad double goes down, a stray Consul registration outlives a drain.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -536,6 +537,28 @@ def test_launch_template_target_runs_instances_with_join_user_data(cluster_of, a
     assert 'retry_join = ["10.0.0.10", "10.0.0.11"]' in sent and 'servers    = ["10.0.0.10:4647"]' in sent
     assert 'instance_id = "${instance_id}"' in sent and "{{" not in sent
     assert actuator.describe().members == {new: "running"}
+
+
+def test_launch_template_target_terminates_only_the_drained_tagged_instance(make_nomad_double, consul_double,
+                                                                           tiny_server, aws):
+    actuator = na.LaunchTemplateActuator(aws.ec2, TEMPLATE, "#!/bin/sh\n", group_tag="workers-test", retry=FAST_RETRY)
+    r = aws.ec2.run_instances(LaunchTemplate={"LaunchTemplateName": TEMPLATE, "Version": "$Latest"}, MinCount=2,
+                              MaxCount=2, TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                                  {"Key": na.GROUP_TAG_KEY, "Value": "workers-test"}]}])
+    i_a, i_b = sorted(i["InstanceId"] for i in r["Instances"])
+    untagged = aws.ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    cluster = Cluster(make_nomad_double, consul_double, [i_a, i_b, untagged], tiny_server)
+    cluster.dispatch_on("node-a")
+    scaler = na.NodeAutoscaler(na.NomadNodes(cluster.nomad.url, retry=FAST_RETRY),
+                               na.ConsulInstances(cluster.consul.url, retry=FAST_RETRY), actuator,
+                               dataclasses.replace(SCALE_IN_POLICY, cooldown_in_s=0))
+    report = scaler.run_once(wait=True, poll_s=0.05, timeout_s=30)
+    # node-c (untagged, empty) is capacity but not this target's to remove; b is the emptiest of a, b.
+    assert report.terminated == [i_b], report.errors
+    assert aws.called("TerminateInstances") == [{"InstanceIds": [i_b]}]
+    assert {i: aws.state(i) for i in (i_a, i_b, untagged)} == {i_a: "running", i_b: "terminated",
+                                                               untagged: "running"}
+    assert actuator.describe().members == {i_a: "running"}
 
 
 def test_user_data_needs_a_consul_address_and_refuses_shell_characters():
