@@ -323,5 +323,47 @@ def doctor(ctx):
     sys.exit(0 if ok else 1)
 
 
+# -- cluster: node autoscaler ---------------------------------------------------------------
+
+@main.command("node-autoscaler")
+@click.option("--once", is_flag=True, help="One tick, then exit; a scale-in it starts is followed to its end.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, one line per step; change nothing "
+              "[APPLIANCE_NODE_AUTOSCALER_DRY_RUN].")
+@click.option("--interval", type=float, default=None, help="Seconds between ticks [APPLIANCE_NODE_AUTOSCALER_INTERVAL_S].")
+@click.option("--print-user-data", is_flag=True, help="Print the user data a new host needs (for the Auto "
+              "Scaling group's launch template) and exit.")
+def node_autoscaler(once, dry_run, interval, print_user_data):
+    """Add and remove cluster hosts through the cloud API (settings: APPLIANCE_NODE_*)."""
+    import signal
+
+    from . import logs
+    from . import node_autoscaler as na
+
+    try:
+        settings = Settings.from_env(node_autoscaler_dry_run=dry_run or None, node_autoscaler_interval_s=interval)
+        if print_user_data:
+            click.echo(na.user_data_from_settings(settings), nl=False)
+            return
+        logs.setup(settings.log_level)
+        dry = settings.node_autoscaler_dry_run
+        scaler = na.build(settings, echo=click.echo if (dry or once) else None)
+    except ApplianceError as exc:
+        _fail(f"{exc.code}: {exc.message}")
+        raise
+
+    def stop(signum, _frame):
+        # The step in progress finishes; a drain in progress lives on in Nomad.
+        scaler.stop()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    if once:
+        report = scaler.run_once(wait=True)
+        for line in report.errors:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(0 if report.ok else 1)
+    scaler.run(settings.node_autoscaler_interval_s)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -64,6 +64,52 @@ class Settings:
     s3_bucket: str = "faas-code"
     s3_region: str = "us-east-1"
     node_name: str = ""
+    # -- node autoscaler (cluster mode; docs/node-autoscaler.md) --
+    #: Seconds between two looks at the cluster. A scale-in in progress is advanced on each tick.
+    node_autoscaler_interval_s: float = 30.0
+    #: Print the plan, change nothing (no Nomad writes, no cloud writes).
+    node_autoscaler_dry_run: bool = False
+    #: Scale-out target, one of the two: an Auto Scaling group (set_desired_capacity; the group's
+    #: launch template carries the user data), or a launch template (EC2 run_instances with the
+    #: rendered user data; instances tagged ``faas:node-group=<node_group_tag>``).
+    node_asg_name: str = ""
+    node_launch_template: str = ""
+    node_launch_template_version: str = "$Latest"
+    node_group_tag: str = "faas-workers"
+    #: AWS region and endpoint of the Auto Scaling / EC2 APIs ("" = boto3's default chain).
+    node_aws_region: str = ""
+    node_aws_endpoint: str = ""
+    #: Policy (appliance/node_autoscaler_policy.py, NodePolicy): host limits, cooldowns, the free
+    #: warm slots to keep and the utilisation under which a host may go.
+    node_min_nodes: int = 1
+    node_max_nodes: int = 10
+    node_cooldown_out_s: float = 300.0
+    node_cooldown_in_s: float = 600.0
+    node_headroom_slots: int = 8
+    node_scale_in_utilisation: float = 0.5
+    #: The reference instance a warm slot stands for: jobspecs/function-instance.nomad.hcl's
+    #: reservation (memory_mb, cpu_mhz).
+    node_slot_memory_mb: int = 256
+    node_slot_cpu_mhz: int = 200
+    #: Nomad's drain deadline for a host being removed (force-stop after it), and the extra time
+    #: given to its instances to leave Consul before the removal is abandoned and the host made
+    #: eligible again.
+    node_drain_deadline_s: float = 900.0
+    node_drain_grace_s: float = 120.0
+    #: Transient cloud / Nomad / Consul errors: attempts per call and the exponential backoff
+    #: (first wait, longest wait) between them.
+    node_retry_attempts: int = 5
+    node_retry_initial_s: float = 0.5
+    node_retry_max_s: float = 20.0
+    #: What the user data of a new host joins: Consul addresses or a cloud auto-join string for
+    #: ``retry_join`` (comma-separated), Nomad server addresses (comma-separated; empty = find
+    #: them through Consul), and the Nomad datacenter / node class of the new client.
+    node_consul_join: str = ""
+    node_nomad_servers: str = ""
+    node_datacenter: str = "dc1"
+    node_class: str = ""
+    #: The user data template ("" = appliance/templates/node-user-data.sh).
+    node_user_data_template: str = ""
 
     def validate(self) -> Settings:
         def bad(name: str, what: str):
@@ -89,6 +135,26 @@ class Settings:
             raise bad("max_scale_up_rate", "use a factor greater than 1")
         if self.sandbox not in ("auto", "on", "off"):
             raise bad("sandbox", "use auto, on or off")
+        for name in ("node_autoscaler_interval_s", "node_drain_deadline_s", "node_retry_initial_s",
+                     "node_retry_max_s"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "use a positive number of seconds")
+        for name in ("node_cooldown_out_s", "node_cooldown_in_s", "node_drain_grace_s"):
+            if getattr(self, name) < 0:
+                raise bad(name, "use zero or a positive number of seconds")
+        if self.node_min_nodes < 0:
+            raise bad("node_min_nodes", "use zero or a positive integer")
+        if self.node_max_nodes < max(1, self.node_min_nodes):
+            raise bad("node_max_nodes", f"use at least 1 and at least APPLIANCE_NODE_MIN_NODES ({self.node_min_nodes})")
+        if self.node_headroom_slots < 0:
+            raise bad("node_headroom_slots", "use zero or a positive integer")
+        if not 0 < self.node_scale_in_utilisation <= 1:
+            raise bad("node_scale_in_utilisation", "use a fraction greater than 0 and at most 1")
+        for name in ("node_slot_memory_mb", "node_slot_cpu_mhz", "node_retry_attempts"):
+            if getattr(self, name) < 1:
+                raise bad(name, "use a positive integer")
+        if self.node_asg_name and self.node_launch_template:
+            raise bad("node_launch_template", "set either APPLIANCE_NODE_ASG_NAME or APPLIANCE_NODE_LAUNCH_TEMPLATE, not both")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
         return self

@@ -99,6 +99,9 @@ class NodeView:
     allocated_cpu_mhz: int        # CPU reserved by running allocations (MHz)
     instances: int                # function instances running on it
     draining: bool = False        # a drain is in progress (Nomad's Drain flag)
+    #: The actuator can remove this host (it maps to a cloud instance of the scaled group and is
+    #: not the autoscaler's own host). Other hosts count as capacity but are never chosen.
+    removable: bool = True
 
     @property
     def schedulable(self) -> bool:
@@ -168,8 +171,9 @@ def utilisation(nodes: Sequence[NodeView]) -> float:
 
 
 def emptiest(nodes: Sequence[NodeView]) -> NodeView | None:
-    """The schedulable node with the fewest function instances, then the least allocated, then by id."""
-    candidates = [n for n in nodes if n.schedulable]
+    """The removable schedulable node with the fewest function instances, then the least
+    allocated, then by id."""
+    candidates = [n for n in nodes if n.schedulable and n.removable]
     if not candidates:
         return None
     return min(candidates, key=lambda n: (n.instances, utilisation([n]), n.id))
@@ -241,7 +245,7 @@ def decide_nodes(observed: NodeObservation, policy: NodePolicy, state: NodeScale
         return none("evaluations are blocked: no scale-in")
     candidate = emptiest(live)
     if candidate is None:
-        return none("no schedulable host to remove")
+        return none("no removable schedulable host")
     remaining = [n for n in schedulable if n.id != candidate.id]
     after = headroom - free_slots(candidate, p) - candidate.instances
     moved = dataclasses.replace(candidate, memory_mb=0, cpu_mhz=0)  # its allocations move, its room goes

@@ -159,6 +159,18 @@ def test_the_emptiest_node_is_chosen_by_instances_then_allocation_then_id():
     assert emptiest([node("x", status="down")]) is None
 
 
+def test_a_host_the_actuator_cannot_remove_counts_as_capacity_but_is_never_chosen():
+    static = dataclasses.replace(node("static", used_slots=0), removable=False)
+    quiet = node("quiet", used_slots=1)
+    assert emptiest([static, quiet]).id == "quiet"
+    assert emptiest([static]) is None
+    d = decide([static, quiet, node("busy", used_slots=4)], policy=dataclasses.replace(POLICY, max_nodes=10))
+    assert (d.action, d.node_id) == (SCALE_IN, "quiet")
+    other = dataclasses.replace(node("other", used_slots=1), removable=False)
+    d = decide([static, other, dataclasses.replace(quiet, removable=False)])
+    assert d.action == NONE and d.reason.startswith("no removable schedulable host")
+
+
 def test_no_scale_in_when_the_headroom_would_fall_below_the_target():
     # Two hosts with 4 and 6 free: removing either leaves fewer than 8 + its instances.
     d = decide([node("a", used_slots=28), node("b", used_slots=26)])

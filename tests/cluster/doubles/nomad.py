@@ -439,6 +439,7 @@ class NomadDouble:
         self.allocs_index = self.index
         self.evals_index = self.index
         self.nodes_index = self.index
+        self.requests: list[tuple[str, str]] = []  # (method, path) log, for tests of clients
         self._svc_desired: dict[str, tuple[dict, FakeNode]] = {}
         self._svc_registered: set[str] = set()
         self._svc_dirty = threading.Event()
@@ -1523,6 +1524,11 @@ class NomadDouble:
         def method_not_allowed(method):
             return text(405, "Invalid method")
         app.method_not_allowed = method_not_allowed
+
+        def decorate(request, response):
+            d.requests.append((request.method, request.path))
+            return response
+        app.decorate = decorate
 
         @app.route(["GET"], "/v1/status/leader")
         def leader(request):
