@@ -1,0 +1,202 @@
+# function-instance: the slow path of a cold start, and the pool's refill.
+#
+# A parameterized batch job. The appliance registers it once (POST /v1/jobs/parse with
+# Variables, then POST /v1/jobs) and dispatches one child job per instance it needs:
+#
+#   POST /v1/job/function-instance/dispatch?idempotency_token=<uuid>
+#   {"Meta": {"function": "resize", "version": "7", "digest": "sha256-...", "runtime": "python3.11",
+#             "handler": "index.handler", "memory": "256", "timeout": "3", "concurrency": "1"}}
+#
+# Each child gets one allocation: a runtime instance serving that function on a dynamic port,
+# registered by Nomad in Consul as the service "fn-<function>" (see the service block). The Consul
+# service name is the contract with ConsulRegistry: ready instances of function F are the passing
+# entries of "fn-F"; tags and meta carry the version and the instance (allocation) id.
+
+# --- variables: everything that differs between clusters, declared first -------------------
+
+variable "job_id" {
+  type        = string
+  default     = "function-instance"
+  description = "Job ID. Nomad cannot size resources from dispatch meta, so a cluster that wants several memory classes registers this file once per class (job_id = function-instance-512, memory_mb = 512)."
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["*"]
+}
+
+variable "driver" {
+  type        = string
+  default     = "raw_exec"
+  description = "raw_exec (unisolated, needs plugin raw_exec enabled on the clients) or exec (chroot + cgroups, Nomad as root; the venv and code cache must then be in the client's chroot_env)."
+}
+
+variable "instance_command" {
+  type        = string
+  default     = "/opt/faas/venv/bin/python"
+  description = "Interpreter of the installed appliance virtualenv."
+}
+
+variable "instance_args" {
+  type        = list(string)
+  default     = ["-m", "appliance", "instance"]
+  description = "Launcher: makes sure the code of FAAS_CODE_DIGEST is in FAAS_CODE_CACHE_DIR (fetched once per digest per node), then execs the bootstrap of FAAS_RUNTIME with the runtime contract's environment."
+}
+
+variable "code_cache_dir" {
+  type        = string
+  default     = "/var/lib/faas/code"
+  description = "Per-node, content-addressed cache of unpacked code: <dir>/<digest>/ is read-only once written."
+}
+
+variable "memory_mb" {
+  type        = number
+  default     = 256
+  description = "Memory Nomad reserves for the instance. The function's own limit is FAAS_MEMORY_MB, enforced by the runtime."
+}
+
+variable "cpu_mhz" {
+  type    = number
+  default = 200
+}
+
+variable "kill_timeout" {
+  type        = string
+  default     = "35s"
+  description = "Time between SIGTERM and SIGKILL: longer than the longest function timeout, so in-flight invocations finish (runtime contract section 5)."
+}
+
+variable "check_interval" {
+  type    = string
+  default = "2s"
+}
+
+variable "check_timeout" {
+  type    = string
+  default = "1s"
+}
+
+variable "consul_http_addr" {
+  type        = string
+  default     = "http://127.0.0.1:8500"
+  description = "The node's Consul agent (instances never talk to a remote Consul)."
+}
+
+job "function-instance" {
+  # The label is a literal in HCL; the ID comes from a variable so size classes can coexist.
+  id          = var.job_id
+  type        = "batch"
+  datacenters = var.datacenters
+
+  # Dispatch contract. function/version/digest identify exactly which code runs; the rest has
+  # defaults below. No payload: events go to the instance over HTTP, never through Nomad.
+  parameterized {
+    payload       = "forbidden"
+    meta_required = ["function", "version", "digest"]
+    meta_optional = ["handler", "runtime", "memory", "timeout", "concurrency"]
+  }
+
+  # Defaults of the optional dispatch keys. Dispatch meta is merged into the *job* meta, so these
+  # are overridden by the dispatch. They must stay at job level: a group or task meta key with the
+  # same name would shadow the dispatched value.
+  meta {
+    handler     = "index.handler"
+    runtime     = "python3.11"
+    memory      = "128"
+    timeout     = "3"
+    concurrency = "1"
+  }
+
+  group "instance" {
+    count = 1
+
+    # One dynamic host port per instance; the runtime binds it on the node's address.
+    # No "to": in host mode with raw_exec, NOMAD_PORT_http must be the host port.
+    network {
+      port "http" {}
+    }
+
+    # An instance that dies is not restarted in place nor rescheduled: the allocation fails,
+    # waiting requests get Instance.PlacementFailed with Nomad's reason, and the activator decides
+    # whether to start another one.
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
+    task "runtime" {
+      driver = var.driver
+
+      config {
+        command = var.instance_command
+        args    = var.instance_args
+      }
+
+      # The runtime contract (runtimes/README.md). FAAS_POOL is unset: this instance is born
+      # specialised. Nomad interpolates the NOMAD_* values when it starts the task.
+      env {
+        FAAS_FUNCTION_NAME    = "${NOMAD_META_function}"
+        FAAS_FUNCTION_VERSION = "${NOMAD_META_version}"
+        FAAS_CODE_DIGEST      = "${NOMAD_META_digest}"
+        FAAS_RUNTIME          = "${NOMAD_META_runtime}"
+        FAAS_HANDLER          = "${NOMAD_META_handler}"
+        FAAS_MEMORY_MB        = "${NOMAD_META_memory}"
+        FAAS_TIMEOUT_S        = "${NOMAD_META_timeout}"
+        FAAS_MAX_INFLIGHT     = "${NOMAD_META_concurrency}"
+        FAAS_CODE_CACHE_DIR   = var.code_cache_dir
+        FAAS_CODE_DIR         = "${var.code_cache_dir}/${NOMAD_META_digest}"
+        FAAS_HOST             = "${NOMAD_IP_http}"
+        FAAS_PORT             = "${NOMAD_PORT_http}"
+        FAAS_INSTANCE_ID      = "${NOMAD_ALLOC_ID}"
+        CONSUL_HTTP_ADDR      = var.consul_http_addr
+      }
+
+      # Reservation for the scheduler (see variable memory_mb).
+      resources {
+        cpu    = var.cpu_mhz
+        memory = var.memory_mb
+      }
+
+      # Draining: SIGTERM makes the runtime refuse new work and finish what is in flight
+      # (Nomad's default signal would be SIGINT); kill_timeout bounds how long that may take.
+      kill_signal  = "SIGTERM"
+      kill_timeout = var.kill_timeout
+
+      # The warm-instance cache entry. Nomad registers it when the task runs and removes it when
+      # the task stops; Consul marks it passing once /_/ready answers 200 (code loaded, not draining).
+      service {
+        name     = "fn-${NOMAD_META_function}"
+        port     = "http"
+        provider = "consul"
+        tags = [
+          "faas",
+          "function=${NOMAD_META_function}",
+          "version=${NOMAD_META_version}",
+          "instance=${NOMAD_ALLOC_ID}",
+          "source=dispatch",
+        ]
+        meta {
+          function    = "${NOMAD_META_function}"
+          version     = "${NOMAD_META_version}"
+          digest      = "${NOMAD_META_digest}"
+          runtime     = "${NOMAD_META_runtime}"
+          instance_id = "${NOMAD_ALLOC_ID}"
+          job_id      = "${NOMAD_JOB_ID}"
+        }
+
+        check {
+          name     = "ready"
+          type     = "http"
+          path     = "/_/ready"
+          interval = var.check_interval
+          timeout  = var.check_timeout
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,224 @@
+# runtime-pool: generic runtime instances started ahead of need (the fast path of a cold start).
+#
+# A service job with one group per runtime. Each allocation runs the runtime's bootstrap with
+# FAAS_POOL=1: the runtime is loaded, no function code yet. A cold start claims one of them
+# (atomic claim in Consul KV, keyed by the instance id) and POSTs /_/specialize with the
+# function's code; the instance then registers itself under "fn-<function>" through the node's
+# Consul agent. When a specialised instance is reclaimed it exits; Nomad restarts it in the same
+# allocation as a fresh generic instance, so the pool refills itself. The appliance changes the
+# pool size with POST /v1/job/runtime-pool/scale (Target.Group = the runtime group).
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["*"]
+}
+
+variable "driver" {
+  type        = string
+  default     = "raw_exec"
+  description = "raw_exec or exec, as for function-instance."
+}
+
+variable "instance_command" {
+  type    = string
+  default = "/opt/faas/venv/bin/python"
+}
+
+variable "instance_args" {
+  type        = list(string)
+  default     = ["-m", "appliance", "instance"]
+  description = "Same launcher as function-instance; with FAAS_POOL=1 it starts the runtime without code."
+}
+
+variable "code_cache_dir" {
+  type    = string
+  default = "/var/lib/faas/code"
+}
+
+variable "python_count" {
+  type        = number
+  default     = 2
+  description = "Generic python3.11 instances kept per cluster."
+}
+
+variable "node_count" {
+  type        = number
+  default     = 1
+  description = "Generic nodejs20 instances kept per cluster."
+}
+
+variable "pool_max" {
+  type        = number
+  default     = 50
+  description = "Upper bound the scale endpoint accepts per runtime group."
+}
+
+variable "memory_mb" {
+  type    = number
+  default = 256
+}
+
+variable "kill_timeout" {
+  type    = string
+  default = "35s"
+}
+
+variable "consul_http_addr" {
+  type    = string
+  default = "http://127.0.0.1:8500"
+}
+
+job "runtime-pool" {
+  type        = "service"
+  datacenters = var.datacenters
+
+  group "python3.11" {
+    count = var.python_count
+
+    # Bounds for POST /v1/job/runtime-pool/scale; 0 allowed (pool off for this runtime).
+    scaling {
+      enabled = true
+      min     = 0
+      max     = var.pool_max
+    }
+
+    # Read by the service name and the environment below; group meta, not job meta, because
+    # each group is one runtime.
+    meta {
+      runtime = "python3.11"
+    }
+
+    network {
+      port "http" {}
+    }
+
+    # A generic instance that exits (after serving a specialised function, or by crashing) is
+    # restarted quickly in place: that is how the pool refills.
+    restart {
+      attempts = 10
+      interval = "5m"
+      delay    = "1s"
+      mode     = "delay"
+    }
+
+    task "runtime" {
+      driver = var.driver
+
+      config {
+        command = var.instance_command
+        args    = var.instance_args
+      }
+
+      env {
+        FAAS_POOL           = "1"
+        FAAS_RUNTIME        = "${NOMAD_META_runtime}"
+        FAAS_CODE_CACHE_DIR = var.code_cache_dir
+        FAAS_HOST           = "${NOMAD_IP_http}"
+        FAAS_PORT           = "${NOMAD_PORT_http}"
+        FAAS_INSTANCE_ID    = "${NOMAD_ALLOC_ID}"
+        CONSUL_HTTP_ADDR    = var.consul_http_addr
+      }
+
+      resources {
+        cpu    = 200
+        memory = var.memory_mb
+      }
+
+      kill_signal  = "SIGTERM"
+      kill_timeout = var.kill_timeout
+
+      # Pool membership. The check is liveness (/_/health): by contract /_/ready is 503 for a
+      # generic instance. Whether an instance is still free is the claim in Consul KV, not this
+      # check.
+      service {
+        name     = "faas-pool-${NOMAD_META_runtime}"
+        port     = "http"
+        provider = "consul"
+        tags     = ["faas", "pool", "runtime=${NOMAD_META_runtime}", "instance=${NOMAD_ALLOC_ID}"]
+        meta {
+          runtime     = "${NOMAD_META_runtime}"
+          instance_id = "${NOMAD_ALLOC_ID}"
+        }
+
+        check {
+          name     = "alive"
+          type     = "http"
+          path     = "/_/health"
+          interval = "2s"
+          timeout  = "1s"
+        }
+      }
+    }
+  }
+
+  group "nodejs20" {
+    count = var.node_count
+
+    scaling {
+      enabled = true
+      min     = 0
+      max     = var.pool_max
+    }
+
+    meta {
+      runtime = "nodejs20"
+    }
+
+    network {
+      port "http" {}
+    }
+
+    restart {
+      attempts = 10
+      interval = "5m"
+      delay    = "1s"
+      mode     = "delay"
+    }
+
+    task "runtime" {
+      driver = var.driver
+
+      config {
+        command = var.instance_command
+        args    = var.instance_args
+      }
+
+      env {
+        FAAS_POOL           = "1"
+        FAAS_RUNTIME        = "${NOMAD_META_runtime}"
+        FAAS_CODE_CACHE_DIR = var.code_cache_dir
+        FAAS_HOST           = "${NOMAD_IP_http}"
+        FAAS_PORT           = "${NOMAD_PORT_http}"
+        FAAS_INSTANCE_ID    = "${NOMAD_ALLOC_ID}"
+        CONSUL_HTTP_ADDR    = var.consul_http_addr
+      }
+
+      resources {
+        cpu    = 200
+        memory = var.memory_mb
+      }
+
+      kill_signal  = "SIGTERM"
+      kill_timeout = var.kill_timeout
+
+      service {
+        name     = "faas-pool-${NOMAD_META_runtime}"
+        port     = "http"
+        provider = "consul"
+        tags     = ["faas", "pool", "runtime=${NOMAD_META_runtime}", "instance=${NOMAD_ALLOC_ID}"]
+        meta {
+          runtime     = "${NOMAD_META_runtime}"
+          instance_id = "${NOMAD_ALLOC_ID}"
+        }
+
+        check {
+          name     = "alive"
+          type     = "http"
+          path     = "/_/health"
+          interval = "2s"
+          timeout  = "1s"
+        }
+      }
+    }
+  }
+}
