@@ -573,14 +573,15 @@ class ConsulDouble:
         """Waits on the state's condition variable until ``predicate()`` is truthy (returned);
         ``TimeoutError`` at the deadline."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                v = predicate()
-                if v:
-                    return v
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"timed out waiting for {what}")
+        while True:
+            # The predicate runs without the lock, so it may call the double over HTTP.
+            v = predicate()
+            if v:
+                return v
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out waiting for {what}")
+            with self._cond:
                 self._cond.wait(min(left, 0.2))
 
     def check_status(self, check_id: str) -> str | None:

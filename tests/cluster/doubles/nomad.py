@@ -1226,6 +1226,18 @@ class NomadDouble:
                     ts["LastRestart"] = _rfc3339()
                     ts["State"] = "pending"
                     self._refresh_alloc(a)
+                elif policy.get("Mode") == "delay" and attempts > 0:
+                    # Mode "delay": wait until the interval is over, then start counting again.
+                    delay = max(0.0, interval - (now - restarts[0])) if restarts else interval
+                    restarts.clear()
+                    reason = "Exceeded allowed attempts, applying a delay"
+                    self._event(a, name, "Restarting", f"Task restarting in {format_go_duration(delay)}",
+                                {"restart_reason": reason, "start_delay": str(int(delay * NS))},
+                                RestartReason=reason, StartDelay=int(delay * NS))
+                    ts["Restarts"] += 1
+                    ts["LastRestart"] = _rfc3339()
+                    ts["State"] = "pending"
+                    self._refresh_alloc(a)
                 else:
                     reason = ("Policy allows no restarts" if attempts == 0 else
                               f'Exceeded allowed attempts {attempts} in interval {format_go_duration(interval)} '
@@ -1391,14 +1403,15 @@ class NomadDouble:
         """Waits (on the state condition variable, no polling sleep) until ``predicate()``
         returns a truthy value, which is returned. Raises ``TimeoutError`` at the deadline."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                v = predicate()
-                if v:
-                    return v
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"timed out waiting for {what}")
+        while True:
+            # The predicate runs without the lock, so it may call the double over HTTP.
+            v = predicate()
+            if v:
+                return v
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out waiting for {what}")
+            with self._cond:
                 self._cond.wait(min(left, 0.2))
 
     def allocations(self, job_id: str) -> list[dict]:
