@@ -120,6 +120,14 @@ def serve(role, host, edge_port, api_port, data_dir):
     _run(_settings(host, edge_port, api_port, data_dir), roles, None)
 
 
+@main.command(hidden=True)
+def instance():
+    """Run one function instance under Nomad (fetch code by digest, then exec the runtime)."""
+    from .instance_launcher import main as launch
+
+    launch()
+
+
 # -- functions ---------------------------------------------------------------------------
 
 def _parse_env(pairs) -> dict:

@@ -7,6 +7,7 @@ Scheduler, Registry, BlobStore and MetadataStore from here.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from . import codepkg
 from .activator import Activator
 from .config import Settings
-from .errors import ValidationError
+from .errors import ApplianceError, ValidationError
 from .function_store import FunctionStore
 from .instance_client import InstanceClient
 from .invoker import Invoker
@@ -57,9 +58,61 @@ def limits(settings: Settings) -> codepkg.Limits:
 
 def build(settings: Settings) -> Components:
     if settings.mode == "cluster":
-        raise ValidationError("APPLIANCE_MODE=cluster needs the cluster backends, which this build does not "
-                              "include yet; use APPLIANCE_MODE=local", field="mode")
+        return _build_cluster(settings)
     return _build_local(settings)
+
+
+def nomad_job_vars(settings: Settings) -> str:
+    """The HCL2 variable file sent with the jobspecs (empty: the jobspecs' defaults)."""
+    if not settings.nomad_vars_file:
+        return ""
+    try:
+        return Path(settings.nomad_vars_file).read_text()
+    except OSError as exc:
+        raise ValidationError(f"APPLIANCE_NOMAD_VARS_FILE={settings.nomad_vars_file!r} cannot be read: {exc}",
+                              field="nomad_vars_file") from None
+
+
+def _build_cluster(settings: Settings) -> Components:
+    """Nomad places instances, Consul lists them and holds metadata, S3 holds code. Only the
+    invocation records stay on this edge's disk; nothing else lives in one process, so several
+    edges and control planes can run against the same cluster."""
+    import socket
+
+    from .backends.consul_kv import ConsulMetadataStore
+    from .backends.consul_registry import ConsulRegistry
+    from .backends.nomad_scheduler import NomadScheduler
+    from .backends.s3_blob import S3BlobStore
+
+    data = settings.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    blobs = S3BlobStore.from_settings(settings)
+    try:
+        blobs.ensure_bucket()
+    except ApplianceError as exc:  # the edge can serve warm instances without S3; say so
+        notes.append(exc.message)
+        log.warning("event=s3_unavailable error=%r", exc.message)
+    meta = ConsulMetadataStore(settings.consul_addr, token=settings.consul_token)
+    store = FunctionStore(meta, blobs, limits(settings), cache_ttl_s=settings.metadata_cache_s)
+    registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token,
+                              stale_limit_s=settings.consul_stale_limit_s)
+    client = InstanceClient()
+    edge_id = f"{settings.node_name or socket.gethostname()}-{os.getpid()}"
+    scheduler = NomadScheduler(
+        nomad_addr=settings.nomad_addr, nomad_token=settings.nomad_token, consul_addr=settings.consul_addr,
+        consul_token=settings.consul_token, registry=registry, blobs=blobs, client=client,
+        jobspecs_dir=settings.jobspecs_dir, job_vars=nomad_job_vars(settings), code_url_ttl_s=settings.code_url_ttl_s,
+        pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
+        retry_s=settings.nomad_retry_s, edge_id=edge_id)
+    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
+    records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    invoker = Invoker(store, activator, client, scheduler, registry, records, queue_timeout_s=settings.queue_timeout_s)
+    keepalive = KeepAliveLoop(activator, store, scheduler, registry, client, interval_s=settings.reap_interval_s)
+    comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
+                       client=client, records=records, invoker=invoker, keepalive=keepalive, notes=notes)
+    comps._closers = [records.close, client.close_all, scheduler.close, registry.close]
+    return comps
 
 
 def _build_local(settings: Settings) -> Components:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -139,6 +140,11 @@ class NomadScheduler:
                     "warm instances keep serving") from None
             if _transient(exc):
                 raise SchedulerUnavailable(f"Nomad at {self.nomad_addr} kept failing ({what}): {_body(exc)}") from None
+            if isinstance(exc, nomad_exc.URLNotFoundNomadException):
+                raise
+            if isinstance(exc, nomad_exc.BaseNomadException):
+                raise PlacementFailed(f"Nomad refused {what}: {_body(exc)}",
+                                      detail={"reason": _body(exc)}) from None
             raise
 
     def _session_request(self, method: str, path: str, *, params=None, json_body=None, timeout=10.0):
@@ -159,9 +165,10 @@ class NomadScheduler:
         out = []
         for name in ("function-instance", "runtime-pool"):
             hcl = (self.jobspecs_dir / f"{name}.nomad.hcl").read_text()
+            variables = vars_for(hcl, self.job_vars)
             job = self._call(f"parse {name}", lambda: self._session_request(
                 "POST", "/v1/jobs/parse", json_body={"JobHCL": hcl, "Canonicalize": True,
-                                                     "Variables": self.job_vars}).json())
+                                                     "Variables": variables}).json())
             self._call(f"register {job['ID']}",
                        lambda: self.n.jobs.register_job({"Job": job, "PreserveCounts": True}))
             out.append(job["ID"])
@@ -439,6 +446,18 @@ class NomadScheduler:
                 log.info("event=pool_scaled group=%s from=%d to=%d free=%d", group, g["Desired"], want, free)
                 scaled[group] = want
         return scaled
+
+
+def vars_for(hcl: str, var_file: str) -> str:
+    """The assignments of ``var_file`` that ``hcl`` declares: Nomad refuses a var-file that assigns
+    a variable the job does not declare, and one file serves both jobs. One assignment per line."""
+    declared = set(re.findall(r'^variable\s+"([^"]+)"', hcl, re.M))
+    keep = []
+    for line in var_file.splitlines():
+        m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=", line)
+        if m and m.group(1) in declared:
+            keep.append(line)
+    return "\n".join(keep) + ("\n" if keep else "")
 
 
 def failure_reason(alloc: dict) -> str:
