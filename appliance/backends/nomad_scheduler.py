@@ -97,7 +97,7 @@ class NomadScheduler:
                  registry: ConsulRegistry, blobs, client, function_job: str = "function-instance",
                  pool_job: str = "runtime-pool", jobspecs_dir: str | Path = "jobspecs", job_vars: str = "",
                  code_url_ttl_s: int = 900, pool_target_free: int = 1, pool_refill_s: float = 5.0,
-                 retry_s: float = 5.0, edge_id: str = ""):
+                 retry_s: float = 5.0, edge_id: str = "", maintain: bool = True):
         self.nomad_addr = nomad_addr.rstrip("/")
         self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
@@ -119,8 +119,9 @@ class NomadScheduler:
         self._stop = threading.Event()
         self._jobs_ready = False
         self.stats = {"pool_starts": 0, "dispatch_starts": 0, "claim_failures": 0}
-        self._maint = threading.Thread(target=self._maintain, daemon=True, name="nomad-pool")
-        self._maint.start()
+        self._ensure_lock = threading.Lock()
+        if maintain:
+            threading.Thread(target=self._maintain, daemon=True, name="nomad-pool").start()
 
     # -- Nomad plumbing ------------------------------------------------------------------------
 
@@ -162,6 +163,10 @@ class NomadScheduler:
 
     def ensure_jobs(self) -> list[str]:
         """Parse (with our Variables) and register the jobs the scheduler needs; returns their IDs."""
+        with self._ensure_lock:
+            return self._ensure_jobs()
+
+    def _ensure_jobs(self) -> list[str]:
         out = []
         for name in ("function-instance", "runtime-pool"):
             hcl = (self.jobspecs_dir / f"{name}.nomad.hcl").read_text()
@@ -433,6 +438,8 @@ class NomadScheduler:
             "GET", f"/v1/job/{self.pool_job}/scale").json())
         scaled = {}
         for group, g in (status.get("TaskGroups") or {}).items():
+            if g["Desired"] == 0:
+                continue  # registered with count 0: the pool is off for this runtime
             if g["Running"] < g["Desired"]:
                 continue  # instances are still starting: wait, or we would overshoot
             _, entries = self.consul.health.service(POOL_SERVICE_PREFIX + group, passing=True)
