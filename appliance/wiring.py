@@ -93,7 +93,8 @@ def _build_cluster(settings: Settings) -> Components:
     except ApplianceError as exc:  # the edge can serve warm instances without S3; say so
         notes.append(exc.message)
         log.warning("event=s3_unavailable error=%r", exc.message)
-    meta = ConsulMetadataStore(settings.consul_addr, token=settings.consul_token)
+    meta = ConsulMetadataStore(settings.consul_addr, token=settings.consul_token,
+                               stale_limit_s=settings.consul_stale_limit_s)
     store = FunctionStore(meta, blobs, limits(settings), cache_ttl_s=settings.metadata_cache_s)
     registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token,
                               stale_limit_s=settings.consul_stale_limit_s)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 import uuid
 
 import consul
@@ -49,10 +51,20 @@ def consul_client(addr: str, token: str = "", timeout_s: float | None = None) ->
 
 
 class ConsulMetadataStore:
-    def __init__(self, addr: str, *, token: str = "", prefix: str = "faas/meta/", timeout_s: float = 10.0):
+    """See the module docstring. Reads that fail because Consul does not answer are served from the
+    last answer to the same read for up to ``stale_limit_s`` seconds of outage, so an edge keeps
+    routing to warm instances through a Consul restart; writes always need Consul."""
+
+    def __init__(self, addr: str, *, token: str = "", prefix: str = "faas/meta/", timeout_s: float = 10.0,
+                 stale_limit_s: float = 60.0, clock=time.monotonic):
         self.addr = addr
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.stale_limit_s = stale_limit_s
+        self.clock = clock
         self._c = consul_client(addr, token, timeout_s)
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], object] = {}
+        self._down_since: float | None = None
 
     def _k(self, key: str) -> str:
         return self.prefix + key.lstrip("/")
@@ -60,20 +72,35 @@ class ConsulMetadataStore:
     def _down(self, exc: Exception) -> MetadataUnavailable:
         return MetadataUnavailable(f"Consul at {self.addr} did not answer a metadata request: {exc}")
 
-    def get(self, key: str) -> tuple[dict, int] | None:
+    def _read(self, op: str, key: str, fn):
         try:
-            _, item = self._c.kv.get(self._k(key))
+            value = fn()
         except (requests.RequestException, consul.ConsulException) as exc:
+            now = self.clock()
+            with self._lock:
+                if self._down_since is None:
+                    self._down_since = now
+                    log.warning("event=metadata_unreachable address=%s error=%r", self.addr, str(exc)[:200])
+                fresh_enough = now - self._down_since < self.stale_limit_s
+                hit = (op, key) in self._last
+                value = self._last.get((op, key))
+            if fresh_enough and hit:
+                log.info("event=metadata_stale_read op=%s key=%s", op, key)
+                return value
             raise self._down(exc) from None
+        with self._lock:
+            self._down_since = None
+            self._last[(op, key)] = value
+        return value
+
+    def get(self, key: str) -> tuple[dict, int] | None:
+        _, item = self._read("get", key, lambda: self._c.kv.get(self._k(key)))
         if item is None or item.get("Value") is None:
             return None
         return _decode(item["Value"]), int(item["ModifyIndex"])
 
     def list(self, prefix: str) -> list[tuple[str, dict, int]]:
-        try:
-            _, items = self._c.kv.get(self._k(prefix), recurse=True)
-        except (requests.RequestException, consul.ConsulException) as exc:
-            raise self._down(exc) from None
+        _, items = self._read("list", prefix, lambda: self._c.kv.get(self._k(prefix), recurse=True))
         out = []
         for item in items or []:
             if item.get("Value") is None:

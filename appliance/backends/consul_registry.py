@@ -143,10 +143,20 @@ class ConsulRegistry:
                 self._cond.wait(min(left, 0.5))
 
     def require_available(self) -> None:
-        """Raise Registry.Unavailable while Consul does not answer (cold starts need it)."""
+        """Raise Registry.Unavailable while Consul does not answer (cold starts need it).
+
+        The flag is set by a watcher whose query failed; it may be stale (the watcher is in its
+        backoff while Consul is back), so a set flag is confirmed with a quick direct request."""
         with self._lock:
             since, err = self._down_wall, self._down_error
         if since is not None:
+            try:
+                self._c.status.leader()
+            except (requests.RequestException, consul.ConsulException) as exc:
+                err = f"{type(exc).__name__}: {str(exc)[:200]}"
+            else:
+                self._reachable()
+                return
             raise RegistryUnavailable(
                 f"Consul at {self.addr} is unreachable since {_iso(since)} ({err}); new instances cannot be "
                 "started or registered until it answers again; warm instances keep serving")
