@@ -328,6 +328,16 @@ def doctor(ctx):
         check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")
     except ApiError as exc:
         check("control API", False, exc.message)
+    try:
+        settings = Settings.from_env()
+    except ApplianceError as exc:
+        check("settings", False, exc.message)
+        settings = None
+    if settings is not None and settings.mode == "cluster":
+        from .cluster_doctor import cluster_checks
+
+        for label, good, detail in cluster_checks(settings):
+            check(label, good, detail)
     sys.exit(0 if ok else 1)
 
 
