@@ -226,3 +226,23 @@ def test_pool_top_up_scales_the_runtime_group(make_cluster, consul_double, nomad
     assert s.refill_pool() == {"python3.11": 2}
     pool_ready(consul_double, 1)
     assert s.refill_pool() == {}  # one free again: nothing to do
+
+
+def test_exit_cause_and_reason_come_from_task_events(make_cluster, nomad_double):
+    """A crashed dispatched instance: its cause is read back from Nomad's allocation."""
+    import os
+    import signal
+
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    inst = s.start(c.deploy(), time.monotonic() + 30)
+    assert s.exit_cause(inst.id) is None  # still running
+    (proc,) = [p for p in nomad_double.processes() if p.poll() is None]
+    os.kill(proc.pid, signal.SIGSEGV)
+    wait_until(lambda: s.exit_cause(inst.id) == "crashed", 15, "the crash to show in the allocation")
+    from appliance.backends.nomad_scheduler import cause_from_alloc
+    oom = {"ClientStatus": "failed", "DesiredStatus": "run", "TaskStates": {"runtime": {"Events": [
+        {"Type": "Terminated", "DisplayMessage": "Exit Code: 137, Exit Message: \"OOM Killed\"",
+         "Details": {"oom_killed": "true", "exit_code": "137"}}]}}}
+    assert cause_from_alloc(oom) == "oom"
