@@ -12,8 +12,7 @@ from tests.integration.conftest import start_appliance, stop_appliance
 FAIL_AT_IMPORT = "import os\nos._exit(3)\n"
 
 
-@pytest.fixture
-def cluster_appliance(consul_double, nomad_double, moto_s3, tmp_path):
+def cluster_env(consul_double, nomad_double, moto_s3, tmp_path) -> dict:
     vars_file = tmp_path / "jobs.vars.hcl"
     vars_file.write_text(job_vars(consul_double.url, str(tmp_path / "code"), python_count=1))
     env = {
@@ -31,7 +30,12 @@ def cluster_appliance(consul_double, nomad_double, moto_s3, tmp_path):
         "APPLIANCE_REAP_INTERVAL_S": "0.2",
         "APPLIANCE_METADATA_CACHE_S": "0.2",
     }
-    r = start_appliance(tmp_path, env)
+    return env
+
+
+@pytest.fixture
+def cluster_appliance(consul_double, nomad_double, moto_s3, tmp_path):
+    r = start_appliance(tmp_path, cluster_env(consul_double, nomad_double, moto_s3, tmp_path))
     # The edge registers the jobs when it starts; the pool's one generic instance comes up.
     wait_until(lambda: consul_double.passing_instances("faas-pool-python3.11"), 30, "a free pool instance")
     yield r
@@ -135,3 +139,30 @@ def test_consul_outage_and_restart_and_nomad_unreachable(cluster_appliance, cons
     finally:
         nomad_double.up()
     assert r.get("/later").text == "Hello Serverless"
+
+
+def test_two_appliances_share_one_cluster(consul_double, nomad_double, moto_s3, tmp_path):
+    """No state lives in one process: what one control plane deploys, another edge serves, and an
+    edge adopts the warm instance another edge started instead of starting its own."""
+    env = cluster_env(consul_double, nomad_double, moto_s3, tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_appliance(tmp_path / "a", env)
+    b = start_appliance(tmp_path / "b", env)
+    try:
+        wait_until(lambda: consul_double.passing_instances("faas-pool-python3.11"), 30, "a free pool instance")
+        a.deploy(name="shared", trigger=("GET", "/shared"), keep_alive_s=600)
+        assert a.get("/shared").text == "Hello Serverless"
+        started = last_record(a, "shared")
+        assert started["cold"] is True
+        wait_until(lambda: b.get("/_/stats").json()["functions"].get("shared", {}).get("instances") == 1, 15,
+                   "edge b to adopt the instance edge a started")
+        assert b.get("/shared").text == "Hello Serverless"
+        seen = last_record(b, "shared")
+        assert seen["cold"] is False and seen["instance_id"] == started["instance_id"]
+        # Deployed through b's control plane, served by a's edge.
+        b.deploy(name="from-b", trigger=("GET", "/from-b"), keep_alive_s=600)
+        assert a.get("/from-b").text == "Hello Serverless"
+    finally:
+        stop_appliance(b)
+        stop_appliance(a)
