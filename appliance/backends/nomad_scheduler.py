@@ -97,7 +97,7 @@ class NomadScheduler:
                  registry: ConsulRegistry, blobs, client, function_job: str = "function-instance",
                  pool_job: str = "runtime-pool", jobspecs_dir: str | Path = "jobspecs", job_vars: str = "",
                  code_url_ttl_s: int = 900, pool_target_free: int = 1, pool_refill_s: float = 5.0,
-                 retry_s: float = 5.0, edge_id: str = "", maintain: bool = True):
+                 retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0):
         self.nomad_addr = nomad_addr.rstrip("/")
         self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
@@ -112,6 +112,8 @@ class NomadScheduler:
         self.pool_target_free = pool_target_free
         self.pool_refill_s = pool_refill_s
         self.retry_s = retry_s
+        #: Age after which a claim on a still-generic pool instance is taken as abandoned.
+        self.claim_ttl_s = claim_ttl_s
         self.edge_id = edge_id or f"edge-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
         self._jobs: dict[str, str] = {}           # instance id -> dispatched child job id
@@ -265,7 +267,11 @@ class NomadScheduler:
 
     def _start_from_pool(self, spec: InstanceSpec, deadline: float) -> Instance | None:
         _, entries = self.consul.health.service(POOL_SERVICE_PREFIX + spec.runtime, passing=True)
-        entries = list(entries or [])
+        # An instance claimed a moment ago still passes its pool check until the next probe: skip
+        # those known to be claimed, so the tries go to instances that are probably free.
+        _, claimed = self.consul.kv.get(CLAIM_PREFIX, keys=True)
+        claimed = {k[len(CLAIM_PREFIX):] for k in claimed or []}
+        entries = [e for e in entries or [] if (e["Service"].get("Meta") or {}).get("instance_id") not in claimed]
         random.shuffle(entries)  # edges starting at once spread over the pool instead of racing
         for entry in entries[:CLAIM_TRIES]:
             svc, node = entry["Service"], entry["Node"]
@@ -418,6 +424,22 @@ class NomadScheduler:
 
     # -- keeping the pool topped up ------------------------------------------------------------
 
+    def _clear_stale_claims(self, passing_entries: list) -> int:
+        """A claim on an instance that still passes its pool check long after the claim was made
+        belongs to a starter that died between claim and specialise: free the instance again
+        (check-and-set on the claim's index, so a fresh claim is never removed)."""
+        cleared = 0
+        for e in passing_entries:
+            alloc_id = (e["Service"].get("Meta") or {}).get("instance_id")
+            if not alloc_id:
+                continue
+            _, item = self.consul.kv.get(CLAIM_PREFIX + alloc_id)
+            if item is not None and _claim_age(item) > self.claim_ttl_s:
+                if self.consul.kv.delete(CLAIM_PREFIX + alloc_id, cas=item["ModifyIndex"]):
+                    cleared += 1
+                    log.warning("event=stale_claim_cleared alloc=%s age_s=%.0f", alloc_id, _claim_age(item))
+        return cleared
+
     def _maintain(self) -> None:
         """Off the request path: register the jobs when Nomad answers, then keep the pool's free
         instances at ``pool_target_free`` per runtime (scale = free target + specialised ones)."""
@@ -443,6 +465,7 @@ class NomadScheduler:
             if g["Running"] < g["Desired"]:
                 continue  # instances are still starting: wait, or we would overshoot
             _, entries = self.consul.health.service(POOL_SERVICE_PREFIX + group, passing=True)
+            self._clear_stale_claims(entries or [])
             free = len(entries or [])
             want = max(0, g["Desired"] - free + self.pool_target_free)
             if want != g["Desired"]:
@@ -453,6 +476,13 @@ class NomadScheduler:
                 log.info("event=pool_scaled group=%s from=%d to=%d free=%d", group, g["Desired"], want, free)
                 scaled[group] = want
         return scaled
+
+
+def _claim_age(item: dict) -> float:
+    try:
+        return time.time() - float(json.loads(item["Value"])["at"])
+    except (KeyError, TypeError, ValueError):
+        return float("inf")
 
 
 def vars_for(hcl: str, var_file: str) -> str:

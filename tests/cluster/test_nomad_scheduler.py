@@ -75,7 +75,8 @@ def make_cluster(consul_double, nomad_double, moto_s3, tmp_path):
 
 
 def pool_ready(consul, n):
-    return wait_until(lambda: len(consul.passing_instances("faas-pool-python3.11")) == n, 30, f"{n} free pool instances")
+    return wait_until(lambda: len(e := consul.passing_instances("faas-pool-python3.11")) == n and e, 30,
+                      f"{n} free pool instances")
 
 
 def test_ensure_jobs_registers_both_jobs_with_variables(make_cluster, nomad_double):
@@ -246,3 +247,22 @@ def test_exit_cause_and_reason_come_from_task_events(make_cluster, nomad_double)
         {"Type": "Terminated", "DisplayMessage": "Exit Code: 137, Exit Message: \"OOM Killed\"",
          "Details": {"oom_killed": "true", "exit_code": "137"}}]}}}
     assert cause_from_alloc(oom) == "oom"
+
+
+def test_an_abandoned_claim_is_cleared_and_the_instance_reused(make_cluster, consul_double):
+    """A starter that died between claim and specialise leaves a claim on a generic instance;
+    top-up frees it once it is older than the claim TTL."""
+    c = make_cluster(python_count=1)
+    s = c.scheduler(claim_ttl_s=30)
+    s.ensure_jobs()
+    (entry,) = pool_ready(consul_double, 1)
+    alloc = entry["Meta"]["instance_id"]
+    old = json.dumps({"function": "x", "at": time.time() - 60})
+    requests.put(f"{consul_double.url}/v1/kv/{CLAIM_PREFIX}{alloc}?cas=0", data=old, timeout=5)
+    spec = c.deploy()
+    inst = s.start(spec, time.monotonic() + 30)
+    assert "." not in inst.id  # the only pool instance looked claimed: dispatched
+    s.refill_pool()
+    assert requests.get(f"{consul_double.url}/v1/kv/{CLAIM_PREFIX}{alloc}", timeout=5).status_code == 404
+    again = s.start(c.deploy(function="other"), time.monotonic() + 30)
+    assert again.id.startswith(alloc + ".")
