@@ -89,9 +89,12 @@ job "runtime-pool" {
     }
 
     # Read by the service name and the environment below; group meta, not job meta, because
-    # each group is one runtime.
+    # each group is one runtime. Nomad only accepts RFC 1123 service names (letters, digits,
+    # dashes, at most 63), so the service is named from the runtime id with every other
+    # character turned into "-": python3.11 -> faas-pool-python3-11.
     meta {
-      runtime = "python3.11"
+      runtime             = "python3.11"
+      pool_service_suffix = "python3-11"
     }
 
     network {
@@ -138,7 +141,7 @@ job "runtime-pool" {
       # has been specialised, so passing entries are the free instances. A claim in Consul KV
       # (faas/pool/claims/<alloc id>, created with cas=0) decides which starter gets one.
       service {
-        name     = "faas-pool-${NOMAD_META_runtime}"
+        name     = "faas-pool-${NOMAD_META_pool_service_suffix}"
         port     = "http"
         provider = "consul"
         tags     = ["faas", "pool", "runtime=${NOMAD_META_runtime}", "instance=${NOMAD_ALLOC_ID}"]
@@ -168,7 +171,8 @@ job "runtime-pool" {
     }
 
     meta {
-      runtime = "nodejs20"
+      runtime             = "nodejs20"
+      pool_service_suffix = "nodejs20"
     }
 
     network {
@@ -210,7 +214,7 @@ job "runtime-pool" {
       kill_timeout = var.kill_timeout
 
       service {
-        name     = "faas-pool-${NOMAD_META_runtime}"
+        name     = "faas-pool-${NOMAD_META_pool_service_suffix}"
         port     = "http"
         provider = "consul"
         tags     = ["faas", "pool", "runtime=${NOMAD_META_runtime}", "instance=${NOMAD_ALLOC_ID}"]

@@ -63,6 +63,12 @@ class _Transient(Exception):
     """A Nomad call failed in a way that may succeed when repeated."""
 
 
+def pool_service(runtime: str) -> str:
+    """Consul name of a runtime's pool (RFC 1123: python3.11 -> faas-pool-python3-11), as the
+    runtime-pool jobspec names it."""
+    return POOL_SERVICE_PREFIX + re.sub(r"[^a-z0-9-]", "-", runtime.lower())
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return True
@@ -266,7 +272,7 @@ class NomadScheduler:
     # -- fast path: the pool -------------------------------------------------------------------
 
     def _start_from_pool(self, spec: InstanceSpec, deadline: float) -> Instance | None:
-        _, entries = self.consul.health.service(POOL_SERVICE_PREFIX + spec.runtime, passing=True)
+        _, entries = self.consul.health.service(pool_service(spec.runtime), passing=True)
         # An instance claimed a moment ago still passes its pool check until the next probe: skip
         # those known to be claimed, so the tries go to instances that are probably free.
         _, claimed = self.consul.kv.get(CLAIM_PREFIX, keys=True)
@@ -464,7 +470,7 @@ class NomadScheduler:
                 continue  # registered with count 0: the pool is off for this runtime
             if g["Running"] < g["Desired"]:
                 continue  # instances are still starting: wait, or we would overshoot
-            _, entries = self.consul.health.service(POOL_SERVICE_PREFIX + group, passing=True)
+            _, entries = self.consul.health.service(pool_service(group), passing=True)
             self._clear_stale_claims(entries or [])
             free = len(entries or [])
             want = max(0, g["Desired"] - free + self.pool_target_free)

@@ -469,3 +469,26 @@ def test_json_bodies_are_real_json(consul_double, c):
     r = get(consul_double, "/v1/health/service/j")
     assert r.headers["Content-Type"] == "application/json"
     assert json.loads(r.text)[0]["Service"]["Address"] == ""  # empty: use Node.Address (§18)
+
+
+def test_tagged_addresses_must_be_objects(consul_double, c):
+    with pytest.raises(consul.ConsulException):
+        c.agent.service.register("ta", tagged_addresses={"lan": "10.0.0.1"})
+    assert c.agent.service.register("ta", tagged_addresses={"lan": {"Address": "10.0.0.1", "Port": 80}})
+
+
+def test_agent_local_health_status_codes(consul_double, c):
+    c.agent.service.register("al", service_id="al1", check={"TTL": "30s"})
+    assert get(consul_double, "/v1/agent/health/service/id/al1").status_code == 503
+    c.agent.check.ttl_warn("service:al1")
+    assert get(consul_double, "/v1/agent/health/service/id/al1").status_code == 429
+    c.agent.check.ttl_pass("service:al1")
+    r = get(consul_double, "/v1/agent/health/service/name/al?format=text")
+    assert (r.status_code, r.text) == (200, "passing")
+    assert get(consul_double, "/v1/agent/health/service/id/zz").status_code == 404
+
+
+def test_kv_value_size_limit(consul_double):
+    r = put(consul_double, "/v1/kv/big", data=b"x" * (512 * 1024 + 1))
+    assert r.status_code == 413
+    assert put(consul_double, "/v1/kv/big", data=b"x" * (512 * 1024)).text == "true"

@@ -37,7 +37,7 @@ def cluster_env(consul_double, nomad_double, moto_s3, tmp_path) -> dict:
 def cluster_appliance(consul_double, nomad_double, moto_s3, tmp_path):
     r = start_appliance(tmp_path, cluster_env(consul_double, nomad_double, moto_s3, tmp_path))
     # The edge registers the jobs when it starts; the pool's one generic instance comes up.
-    wait_until(lambda: consul_double.passing_instances("faas-pool-python3.11"), 30, "a free pool instance")
+    wait_until(lambda: consul_double.passing_instances("faas-pool-python3-11"), 30, "a free pool instance")
     yield r
     stop_appliance(r)
 
@@ -150,7 +150,7 @@ def test_two_appliances_share_one_cluster(consul_double, nomad_double, moto_s3, 
     a = start_appliance(tmp_path / "a", env)
     b = start_appliance(tmp_path / "b", env)
     try:
-        wait_until(lambda: consul_double.passing_instances("faas-pool-python3.11"), 30, "a free pool instance")
+        wait_until(lambda: consul_double.passing_instances("faas-pool-python3-11"), 30, "a free pool instance")
         a.deploy(name="shared", trigger=("GET", "/shared"), keep_alive_s=600)
         assert a.get("/shared").text == "Hello Serverless"
         started = last_record(a, "shared")

@@ -117,7 +117,8 @@ def test_runtime_pool_fields(nomad_double):
         (t,) = tg["Tasks"]
         assert t["Env"]["FAAS_POOL"] == "1"
         (svc,) = t["Services"]
-        assert svc["Name"] == "faas-pool-${NOMAD_META_runtime}"
+        assert svc["Name"] == "faas-pool-${NOMAD_META_pool_service_suffix}"
+        assert tg["Meta"]["pool_service_suffix"] == re.sub(r"[^a-z0-9-]", "-", name)
         assert svc["Checks"][0]["Path"] == "/_/pool"
 
 
@@ -201,13 +202,13 @@ def test_runtime_pool_end_to_end_and_scale(nomad_double, consul_double, tiny_ser
     variables = f'instance_command = "{tiny_server[0]}"\ninstance_args = {hcl_list(tiny_server[1:])}\n' \
                 'python_count = 2\nnode_count = 0'
     n.jobs.register_job({"Job": parse_json(nomad_double, "runtime-pool", variables)})
-    pool = consul_double.wait_for(lambda: len(consul_double.passing_instances("faas-pool-python3.11")) == 2
-                                  and consul_double.passing_instances("faas-pool-python3.11"), what="2 pooled")
+    pool = consul_double.wait_for(lambda: len(consul_double.passing_instances("faas-pool-python3-11")) == 2
+                                  and consul_double.passing_instances("faas-pool-python3-11"), what="2 pooled")
     env = requests.get(f"http://{pool[0]['Address']}:{pool[0]['Port']}/env", timeout=10).json()
     assert env["FAAS_POOL"] == "1" and env["FAAS_RUNTIME"] == "python3.11"
     r = n.job.request("runtime-pool", "scale", method="post", json={"Count": 1, "Target": {"Group": "python3.11"}})
     assert r.status_code == 200
-    consul_double.wait_for(lambda: len(consul_double.passing_instances("faas-pool-python3.11")) == 1, what="scaled in")
+    consul_double.wait_for(lambda: len(consul_double.passing_instances("faas-pool-python3-11")) == 1, what="scaled in")
     r = requests.post(nomad_double.url + "/v1/job/runtime-pool/scale",
                       json={"Count": 51, "Target": {"Group": "python3.11"}}, timeout=10)
     assert r.status_code == 400  # above the scaling block's max

@@ -142,9 +142,9 @@ def test_edge_and_two_hosts_in_separate_network_namespaces(namespaces, tmp_path)
             info = wait_until(lambda: (data / "appliance.json").exists() and json.loads((data / "appliance.json")
                               .read_text()), 30, "the edge to listen in its namespace")
             assert info["edge_url"].startswith(f"http://{ADDR['edge']}:")
-            wait_until(lambda: len(consul.passing_instances("faas-pool-python3.11")) == 2, 60,
+            wait_until(lambda: len(consul.passing_instances("faas-pool-python3-11")) == 2, 60,
                        "a generic pool instance on each host")
-            pool_addrs = sorted(e["Address"] for e in consul.passing_instances("faas-pool-python3.11"))
+            pool_addrs = sorted(e["Address"] for e in consul.passing_instances("faas-pool-python3-11"))
             assert pool_addrs == [ADDR["h1"], ADDR["h2"]]
 
             from appliance.client import ApplianceClient

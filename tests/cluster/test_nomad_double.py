@@ -8,6 +8,7 @@ import os
 import re
 import threading
 
+import consul
 import nomad
 import pytest
 import requests
@@ -87,8 +88,19 @@ def test_validation_failures_are_500_and_python_nomad_raises_base_exception(noma
     assert r.status_code == 500 and "greater than maximum count in scaling policy" in r.text
 
 
+def test_service_names_must_be_rfc1123_after_placeholder_substitution(nomad_double, tiny_server):
+    job = service_job(tiny_server)
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{"Name": "pool-python3.11"}]
+    r = post(nomad_double, "/v1/jobs", {"Job": job})
+    assert r.status_code == 500
+    assert 'Service name must be valid per RFC 1123 and can contain only alphanumeric characters or dashes: "pool-python3.11"' in r.text
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{"Name": "fn-${NOMAD_META_function}"}]
+    assert post(nomad_double, "/v1/jobs", {"Job": job}).status_code == 200
+
+
 def test_unknown_route_and_wrong_method(nomad_double):
     assert get(nomad_double, "/v1/nope").status_code == 404
+    assert get(nomad_double, '/v1/jobs?filter=Status=="running"').status_code == 400  # not implemented here
     r = requests.delete(nomad_double.url + "/v1/jobs", timeout=10)
     assert (r.status_code, r.text) == (405, "Invalid method")
 
@@ -554,6 +566,8 @@ def test_drain_cancel_and_mark_eligible(nomad_double, n, tiny_server):
     assert r.status_code == 400
     r = requests.post(nomad_double.url + f"/v1/node/{node_id}/drain", timeout=10)
     assert (r.status_code, r.text) == (400, "Request body is empty")
+    with pytest.raises(BadRequestNomadException):  # the legacy client call sends no body (§10)
+        n.node.drain_node(node_id, True)
 
 
 def test_ineligible_node_gets_nothing_and_a_blocked_eval_waits(nomad_double, n, tiny_server):
@@ -624,6 +638,48 @@ def test_registration_waits_while_consul_is_down(nomad_double, n, consul_double,
     consul_double.wait_for(lambda: consul_double.passing_instances("later"), what="registered once up")
 
 
+def test_service_is_deregistered_before_the_task_is_signalled(nomad_double, n, consul_double, tiny_server):
+    job = service_job(tiny_server)
+    t = job["TaskGroups"][0]["Tasks"][0]
+    t["Services"] = [{**SERVICE, "Name": "slow"}]
+    t["ShutdownDelay"] = 600 * NS
+    n.jobs.register_job({"Job": job})
+    consul_double.wait_for(lambda: consul_double.passing_instances("slow"), what="passing")
+    proc = nomad_double.processes()[0]
+    n.job.deregister_job("svc")
+    consul_double.wait_for(lambda: "slow" not in {s["Service"] for s in consul_double.services.values()},
+                           what="deregistered")
+    assert proc.poll() is None  # still serving during the shutdown delay
+
+
+def test_registration_through_the_consul_agent_http_api(make_nomad_double, consul_double, tiny_server):
+    d = make_nomad_double(consul=consul_double.url)
+    n = nomad.Nomad(host=d.host, port=d.port, timeout=30)
+    job = service_job(tiny_server)
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{**SERVICE, "Name": "viahttp"}]
+    n.jobs.register_job({"Job": job})
+    consul_double.wait_for(lambda: consul_double.passing_instances("viahttp"), what="passing")
+    assert ("PUT", "/v1/agent/service/register") in consul_double.requests
+    n.job.deregister_job("svc")
+    consul_double.wait_for(lambda: not consul_double.passing_instances("viahttp"), what="deregistered")
+    assert any(p.startswith("/v1/agent/service/deregister/_nomad-task-") for _, p in consul_double.requests)
+
+
+def test_node_exec_prefix_wraps_task_commands(make_nomad_double, tiny_server):
+    d = make_nomad_double(nodes=[FakeNode("wrapped", exec_prefix=["env", "WRAPPED_BY=prefix"])])
+    n = nomad.Nomad(host=d.host, port=d.port, timeout=30)
+    n.jobs.register_job({"Job": service_job(tiny_server)})
+    stub = d.wait_for(lambda: allocs_of(d, "svc", "running"), what="running")[0]
+    port = n.allocation.get_allocation(stub["ID"])["AllocatedResources"]["Shared"]["Ports"][0]
+    env = d.wait_for(lambda: _get_env(port), what="server up")
+    assert env["WRAPPED_BY"] == "prefix"
+
+
+def test_unknown_job_404_still_carries_the_index(nomad_double):
+    r = get(nomad_double, "/v1/job/ghost")
+    assert r.status_code == 404 and int(r.headers["X-Nomad-Index"]) >= 1
+
+
 # --------------------------------------------------------------------------- several hosts, clean-up
 def test_allocations_bind_on_their_node_address(make_nomad_double, tiny_server):
     d = make_nomad_double(nodes=[FakeNode("h1", "127.0.0.2"), FakeNode("h2", "127.0.0.3")], placement="spread")
@@ -637,6 +693,34 @@ def test_allocations_bind_on_their_node_address(make_nomad_double, tiny_server):
         env = d.wait_for(lambda: _get_env(port), what="server up")
         seen[a["NodeName"]] = (port["HostIP"], env["NOMAD_IP_http"])
     assert seen == {"h1": ("127.0.0.2", "127.0.0.2"), "h2": ("127.0.0.3", "127.0.0.3")}
+
+
+def test_node_down_loses_allocations_and_consul_marks_its_services_critical(make_nomad_double, consul_double,
+                                                                            tiny_server):
+    d = make_nomad_double(nodes=[FakeNode("h1", "127.0.0.2"), FakeNode("h2", "127.0.0.3")], placement="spread")
+    n = nomad.Nomad(host=d.host, port=d.port, timeout=30)
+    job = service_job(tiny_server, count=2)
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = [{**SERVICE, "Name": "web"}]
+    n.jobs.register_job({"Job": job})
+    consul_double.wait_for(lambda: len(consul_double.passing_instances("web")) == 2, what="2 passing")
+    victim = [p for a in d.allocs.values() if a.node.name == "h1" for p in a.procs.values()][0]
+    d.node_down("h1")
+    assert victim.wait(30) == -9
+    lost = d.wait_for(lambda: allocs_of(d, "svc", "lost"), what="lost")[0]
+    assert lost["NodeName"] == "h1" and lost["ClientDescription"] == "alloc is lost since its node is down"
+    d.wait_for(lambda: [a for a in allocs_of(d, "svc", "running") if a["PreviousAllocation"] == lost["ID"]],
+               what="replacement on h2")
+    assert {a["NodeName"] for a in allocs_of(d, "svc", "running")} == {"h2"}
+    assert n.node.get_node(d.node_by_name("h1").id)["Status"] == "down"
+    # The dead host's service is still in the catalog, but no longer passing.
+    _, entries = consul.Consul(host=consul_double.host, port=consul_double.port).health.service("web")
+    on_h1 = [e for e in entries if e["Node"]["Node"] == "h1"]
+    assert on_h1 and {c["Status"] for c in on_h1[0]["Checks"] if c["CheckID"] == "serfHealth"} == {"critical"}
+    consul_double.wait_for(lambda: len(consul_double.passing_instances("web")) == 2, what="2 passing again")
+    assert all(e["Address"] == "127.0.0.3" for e in consul_double.passing_instances("web"))
+    d.node_up("h1")
+    consul_double.wait_for(lambda: not [s for s in consul_double.services.values() if s["_node"] == "h1"],
+                           what="lost services cleaned up")
 
 
 def test_close_stops_every_process(make_nomad_double, tiny_server):
@@ -661,6 +745,8 @@ def test_nomad_down_refuses_connections_and_python_nomad_raises(nomad_double, n)
 
 def test_status_leader_and_allocations_list(nomad_double, n, tiny_server):
     assert get(nomad_double, "/v1/status/leader").json() == "127.0.0.1:4647"
+    assert n.agent.get_agent()["config"]["Region"] == "global"
+    assert n.regions.get_regions() == ["global"]
     n.jobs.register_job({"Job": service_job(tiny_server)})
     nomad_double.wait_for(lambda: allocs_of(nomad_double, "svc"), what="alloc")
     listed = get(nomad_double, "/v1/allocations?resources=true").json()

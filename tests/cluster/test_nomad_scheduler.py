@@ -75,7 +75,7 @@ def make_cluster(consul_double, nomad_double, moto_s3, tmp_path):
 
 
 def pool_ready(consul, n):
-    return wait_until(lambda: len(e := consul.passing_instances("faas-pool-python3.11")) == n and e, 30,
+    return wait_until(lambda: len(e := consul.passing_instances("faas-pool-python3-11")) == n and e, 30,
                       f"{n} free pool instances")
 
 
@@ -125,7 +125,7 @@ def test_pool_path_claims_and_specialises(make_cluster, consul_double):
         consul_double.kv[CLAIM_PREFIX + alloc]["Value"], (bytes, str)) else b"{}")
     assert claim["function"] == "hello"
     # Specialised, it left the pool: the pool check fails.
-    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3.11"), what="left the pool")
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="left the pool")
 
 
 def test_two_starters_racing_for_one_pool_instance(make_cluster, consul_double):
@@ -223,7 +223,7 @@ def test_pool_top_up_scales_the_runtime_group(make_cluster, consul_double, nomad
     s.ensure_jobs()
     pool_ready(consul_double, 1)
     s.start(c.deploy(), time.monotonic() + 30)  # takes the only free instance
-    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3.11"), what="pool empty")
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty")
     assert s.refill_pool() == {"python3.11": 2}
     pool_ready(consul_double, 1)
     assert s.refill_pool() == {}  # one free again: nothing to do

@@ -16,10 +16,11 @@ from werkzeug.wrappers import Request, Response
 class HTTPError(Exception):
     """An error answered as a plain-text body (reference §1 and §15: errors are not JSON)."""
 
-    def __init__(self, status: int, message: str = ""):
+    def __init__(self, status: int, message: str = "", headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def text(status: int, message: str, headers: dict | None = None) -> Response:
@@ -169,6 +170,9 @@ class App:
 
     def __init__(self):
         self.routes: list[Route] = []
+        # Query parameters the double does not implement: answered 400 rather than ignored, so a
+        # test never silently gets unfiltered results.
+        self.unsupported_params: tuple[str, ...] = ("filter",)
 
     def route(self, methods, pattern):
         def deco(fn):
@@ -186,6 +190,10 @@ class App:
         request = Request(environ)
         path = request.path
         response = None
+        for name in self.unsupported_params:
+            if name in request.args:
+                return self.decorate(request, text(400, f"query parameter {name!r} is not supported by this API double"))(
+                    environ, start_response)
         allowed = False
         for r in self.routes:
             m = r.regex.match(path)
@@ -197,7 +205,7 @@ class App:
             try:
                 response = r.handler(request, *m.groups())
             except HTTPError as e:
-                response = text(e.status, e.message)
+                response = text(e.status, e.message, e.headers)
             break
         if response is None:
             response = self.method_not_allowed(request.method) if allowed else text(404, self.not_found_body)

@@ -6,7 +6,7 @@ blocking queries through one condition variable. HTTP and TCP checks are really 
 the registered address; TTL checks expire; services whose check stays critical are reaped after
 ``DeregisterCriticalServiceAfter``; sessions expire and release or delete their locks.
 
-Simplified (documented in the report): one datacenter, no ACLs, no jitter on blocking waits,
+Simplified (see README.md in this directory): one datacenter, no ACLs, no jitter on blocking waits,
 the first probe of an interval check runs at once instead of after a random stagger, output-only
 changes of a check do not bump the index (as the agent's deferred sync), script/gRPC checks keep
 their initial status.
@@ -195,6 +195,7 @@ class ConsulDouble:
                                                  "wan": node_address, "wan_ipv4": node_address},
                              "Meta": {"consul-network-segment": ""},
                              "CreateIndex": 1, "ModifyIndex": 1}}
+        self.node_health: dict[str, str] = {}  # node -> serfHealth status (default passing)
         self.services: dict[str, dict] = {}
         self.checks: dict[str, _Check] = {}
         self.kv: dict[str, dict] = {}
@@ -436,6 +437,24 @@ class ConsulDouble:
                 if c.id in s["NodeChecks"] or c.id in [x["ID"] for x in s["ServiceChecks"]]:
                     self._invalidate_session(sid)
 
+    def set_node_health(self, node: str, status: str) -> None:
+        """serfHealth of a node (a host that died or came back). Critical also invalidates the
+        sessions bound to it (§20: the default NodeChecks is serfHealth)."""
+        with self._cond:
+            if node not in self.nodes:
+                self.nodes[node] = {"ID": str(uuid.uuid4()), "Node": node, "Address": "127.0.0.1",
+                                    "Datacenter": self.datacenter, "TaggedAddresses": {"lan": "127.0.0.1"},
+                                    "Meta": {}, "CreateIndex": self.index, "ModifyIndex": self.index}
+            self.node_health[node] = status
+            names = {s["Service"] for s in self.services.values() if s["_node"] == node}
+            for name in names:
+                self._touch_service(name)
+            self._bump()
+            if status == CRITICAL:
+                for sid, sess in list(self.sessions.items()):
+                    if sess["Node"] == node and "serfHealth" in sess["NodeChecks"]:
+                        self._invalidate_session(sid)
+
     def update_ttl(self, check_id: str, status: str, output: str = "") -> None:
         """pass/warn/fail/update of a TTL check (§17); also resets the TTL timer."""
         with self._cond:
@@ -485,9 +504,10 @@ class ConsulDouble:
         try:
             if c.http:
                 try:
+                    headers = {"User-Agent": "Consul Health Check", "Accept": "text/plain, text/*, */*"}
+                    headers.update({k: (v[0] if isinstance(v, list) else v) for k, v in c.header.items()})
                     r = requests.request(c.method, c.http, timeout=c.timeout, data=c.body or None,
-                                         headers={k: (v[0] if isinstance(v, list) else v)
-                                                  for k, v in c.header.items()})
+                                         headers=headers)
                     body = r.text[:c.output_max]
                     out = f"HTTP {c.method} {c.http}: {r.status_code} {r.reason} Output: {body}"
                     if 200 <= r.status_code < 300:
@@ -554,8 +574,10 @@ class ConsulDouble:
             if tags and not all(t in svc["Tags"] for t in tags):
                 continue
             node = self.nodes[svc["_node"]]
+            serf = self.node_health.get(node["Node"], PASSING)
             checks = [{"Node": node["Node"], "CheckID": "serfHealth", "Name": "Serf Health Status",
-                       "Status": PASSING, "Notes": "", "Output": "Agent alive and reachable",
+                       "Status": serf, "Notes": "",
+                       "Output": "Agent alive and reachable" if serf == PASSING else "Agent not live or unreachable",
                        "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "",
                        "Interval": "", "Timeout": "", "ExposedPort": 0, "Definition": {},
                        "CreateIndex": node["CreateIndex"], "ModifyIndex": node["CreateIndex"]}]

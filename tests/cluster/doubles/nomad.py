@@ -11,7 +11,7 @@ dispatched children of a parameterized job run their allocations once. Services 
 tasks are registered in a Consul double with Nomad's IDs (§13) and deregistered when the task
 stops.
 
-Simplified (see the report): one region and namespace ``default``; no ACLs; no deployments or
+Simplified (see README.md in this directory): one region and namespace ``default``; no ACLs; no deployments or
 canaries; evaluations are processed synchronously and stored already complete (a placement
 failure leaves a ``blocked`` eval that is retried when capacity changes); the ``exec`` driver runs
 like ``raw_exec`` (no chroot or cgroups); artifacts and templates are not fetched or rendered;
@@ -65,6 +65,7 @@ Submission IdPrefixTemplate JobID Target Message Error DrainSpec Deadline Ignore
 MarkEligible NodeID Eligibility Limit Grace IgnoreWarnings
 """.split()
 _CANON = {n.lower(): n for n in _FIELD_NAMES}
+_INTERP = re.compile(r"\$\{([^}]+)\}")
 # Values under these keys are free-form maps: their keys are kept verbatim.
 _FREE = {"Config", "Env", "Meta", "GetterOptions", "GetterHeaders", "Policy", "Header", "Target",
          "Volumes", "TaggedAddresses", "CanaryMeta"}
@@ -188,6 +189,9 @@ def _canon_service(svc: dict) -> None:
         c["OnUpdate"] = c.get("OnUpdate") or "require_healthy"
 
 
+_SERVICE_NAME = re.compile(r"^(?i:[a-z0-9]|[a-z0-9][a-z0-9\-]{0,61}[a-z0-9])$")
+
+
 def validate(job: dict) -> list[str]:
     """Job validation failures (§2: answered with 500 and a multi-error body)."""
     errs = []
@@ -233,6 +237,10 @@ def validate(job: dict) -> list[str]:
             where = f'Task group {gname} validation failed: Service {svc.get("Name")!r}'
             if not svc.get("Name"):
                 errs.append(f"Task group {gname} validation failed: service name must be set")
+            elif not _SERVICE_NAME.match(_INTERP.sub("ENV-VAR", svc["Name"])):
+                # Interpolations are replaced by a placeholder before the RFC 1123 check.
+                errs.append(f"Task group {gname} validation failed: Service name must be valid per RFC 1123 and "
+                            f"can contain only alphanumeric characters or dashes: {svc['Name']!r}".replace("'", '"'))
             if svc.get("PortLabel") and not svc["PortLabel"].isdigit() and svc["PortLabel"] not in labels:
                 errs.append(f'{where} port label {svc["PortLabel"]!r} not found in group networks')
             for c in svc.get("Checks") or []:
@@ -257,8 +265,12 @@ class FakeNode:
 
     def __init__(self, name: str, address: str = "127.0.0.1", node_class: str = "",
                  datacenter: str = "dc1", meta: dict | None = None, attributes: dict | None = None,
-                 cpu_mhz: int = 16000, memory_mb: int = 16384, drivers=("raw_exec", "exec")):
+                 cpu_mhz: int = 16000, memory_mb: int = 16384, drivers=("raw_exec", "exec"),
+                 exec_prefix: list[str] | None = None):
         self.id = str(uuid.uuid4())
+        # Prepended to every task command on this node, e.g. ["ip", "netns", "exec", "h1"] to run
+        # the node's allocations inside a network namespace. Ports are then not probed from here.
+        self.exec_prefix = list(exec_prefix or [])
         self.name = name
         self.address = address
         self.node_class = node_class
@@ -330,6 +342,7 @@ class _Alloc:
         self.next_allocation = ""
         self.previous_allocation = ""
         self.not_before = 0.0
+        self.lost = False
         self.dir = ""
 
     @property
@@ -363,13 +376,14 @@ class _Alloc:
         }
 
     def resources(self) -> dict:
+        """``AllocatedResources`` (§6: only on the allocation read, not on stubs)."""
+        def port(p):
+            return {"Label": p["Label"], "Value": p["Value"], "To": p["To"], "HostNetwork": "default"}
         return {
-            "Shared": {"DiskMB": 300, "Networks": [{"Mode": "host", "IP": self.node.address,
-                                                    "DynamicPorts": [p for p in self.ports if p.get("_dynamic")] and
-                                                    [{"Label": p["Label"], "Value": p["Value"], "To": p["To"],
-                                                      "HostNetwork": "default"} for p in self.ports if p.get("_dynamic")],
-                                                    "ReservedPorts": [{"Label": p["Label"], "Value": p["Value"], "To": p["To"],
-                                                                       "HostNetwork": "default"} for p in self.ports if not p.get("_dynamic")]}],
+            "Shared": {"DiskMB": 300,
+                       "Networks": [{"Mode": "host", "IP": self.node.address,
+                                     "DynamicPorts": [port(p) for p in self.ports if p["_dynamic"]],
+                                     "ReservedPorts": [port(p) for p in self.ports if not p["_dynamic"]]}],
                        "Ports": [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.ports]},
             "Tasks": {t["Name"]: {"Cpu": {"CpuShares": t["Resources"].get("CPU", 100)},
                                   "Memory": {"MemoryMB": t["Resources"].get("MemoryMB", 300),
@@ -382,9 +396,6 @@ class _Alloc:
         v.update({"Job": copy.deepcopy(self.job), "AllocatedResources": self.resources(),
                   "NodeName": self.node.name})
         return v
-
-
-_INTERP = re.compile(r"\$\{([^}]+)\}")
 
 
 class NomadDouble:
@@ -421,6 +432,7 @@ class NomadDouble:
         self._tick = tick
         self.jobs: dict[str, dict] = {}
         self.allocs: dict[str, _Alloc] = {}
+        self._by_job: dict[str, list[_Alloc]] = {}  # job ID -> its allocations, oldest first
         self.evals: dict[str, dict] = {}
         self.jobs_index = self.index
         self.job_alloc_index: dict[str, int] = {}
@@ -431,6 +443,7 @@ class NomadDouble:
         self._svc_registered: set[str] = set()
         self._svc_dirty = threading.Event()
         self._stop = threading.Event()
+        self._closing = threading.Event()
         self.server = DoubleServer(self._build_app(), host, port)
         self._loop = None
         self._sync = None
@@ -468,6 +481,7 @@ class NomadDouble:
 
     def close(self) -> None:
         """Stops every process the double started, then the server."""
+        self._closing.set()
         with self._cond:
             for a in self.allocs.values():
                 if not a.terminal:
@@ -594,7 +608,7 @@ class NomadDouble:
     def _job_status(self, job: dict) -> str:
         if job.get("ParameterizedJob") and not job.get("Dispatched") or job.get("Periodic"):
             return "dead" if job["Stop"] else "running"
-        allocs = [a for a in self.allocs.values() if a.job["ID"] == job["ID"]]
+        allocs = self._by_job.get(job["ID"], [])
         if any(not a.terminal for a in allocs):
             return "running"
         if job["Stop"]:
@@ -764,8 +778,8 @@ class NomadDouble:
     def _slots(self, job: dict) -> dict[tuple[str, int], _Alloc]:
         """Latest allocation per (group, index) slot."""
         latest: dict[tuple[str, int], _Alloc] = {}
-        for a in self.allocs.values():
-            if a.job["ID"] != job["ID"] or a.gen != job["_gen"]:
+        for a in self._by_job.get(job["ID"], []):
+            if a.gen != job["_gen"]:
                 continue
             key = (a.group["Name"], a.index)
             if key not in latest or a.create_index > latest[key].create_index:
@@ -871,7 +885,7 @@ class NomadDouble:
                               "HostIP": node.address, "_dynamic": False})
                 used.add(p["Value"])
             for p in net["DynamicPorts"]:
-                value = self._free_port(node.address, used)
+                value = self._free_port(node.address, used, probe=not node.exec_prefix)
                 if value is None:
                     return None
                 used.add(value)
@@ -879,13 +893,15 @@ class NomadDouble:
                               "HostIP": node.address, "_dynamic": True})
         return ports
 
-    def _free_port(self, address: str, used: set) -> int | None:
+    def _free_port(self, address: str, used: set, probe: bool = True) -> int | None:
         lo, hi = self.port_range
         start = int.from_bytes(os.urandom(2), "big") % (hi - lo + 1)
         for k in range(hi - lo + 1):
             candidate = lo + (start + k) % (hi - lo + 1)
             if candidate in used:
                 continue
+            if not probe:
+                return candidate
             with socket.socket() as s:
                 try:
                     s.bind((address, candidate))
@@ -986,6 +1002,7 @@ class NomadDouble:
         idx = self._bump()
         a.create_index = a.modify_index = idx
         self.allocs[a.id] = a
+        self._by_job.setdefault(job["ID"], []).append(a)
         self.allocs_index = idx
         self.job_alloc_index[job["ID"]] = idx
         a.dir = os.path.join(self.data_dir, "alloc", a.id)
@@ -1017,6 +1034,13 @@ class NomadDouble:
         sig_name = task.get("KillSignal") or "SIGINT"
         sig = getattr(signal, sig_name, signal.SIGINT)
         timeout = (task.get("KillTimeout") or 0) / 1e9
+        # Services are removed from Consul before the task is signalled, then ShutdownDelay
+        # gives clients time to notice (Nomad's pre-kill hook).
+        with self._cond:
+            self._deregister_services(a, task)
+        shutdown_delay = (task.get("ShutdownDelay") or 0) / 1e9
+        if shutdown_delay:
+            self._closing.wait(shutdown_delay)  # cut short when the double shuts down
         with self._cond:
             self._event(a, task["Name"], "Killing",
                         f"Sent interrupt. Waiting {format_go_duration(timeout)} before force killing",
@@ -1045,7 +1069,9 @@ class NomadDouble:
     def _refresh_alloc(self, a: _Alloc) -> None:
         states = a.task_states.values()
         before = a.client_status
-        if any(ts["Failed"] for ts in states) and all(ts["State"] == "dead" for ts in states):
+        if a.lost:
+            a.client_status, a.client_description = "lost", "alloc is lost since its node is down"
+        elif any(ts["Failed"] for ts in states) and all(ts["State"] == "dead" for ts in states):
             a.client_status, a.client_description = "failed", "Failed tasks"
         elif all(ts["State"] == "dead" for ts in states):
             a.client_status, a.client_description = "complete", "All tasks have completed"
@@ -1171,7 +1197,7 @@ class NomadDouble:
                 out = open(os.path.join(a.dir, "alloc", "logs", f"{name}.stdout.0"), "ab")
                 err = open(os.path.join(a.dir, "alloc", "logs", f"{name}.stderr.0"), "ab")
                 try:
-                    proc = subprocess.Popen([command] + args, env=env, cwd=config.get("work_dir") or task_dir,
+                    proc = subprocess.Popen(a.node.exec_prefix + [command] + args, env=env, cwd=config.get("work_dir") or task_dir,
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                             start_new_session=True)
                 finally:
@@ -1193,8 +1219,13 @@ class NomadDouble:
                         threading.Thread(target=self._kill, args=(a, task, proc), daemon=True).start()
                 rc = proc.wait()
                 with self._cond:
-                    self._deregister_services(a, task)
+                    if not a.lost:  # a dead node cannot deregister anything
+                        self._deregister_services(a, task)
             with self._cond:
+                if a.lost:
+                    ts["State"] = "dead"
+                    self._refresh_alloc(a)
+                    return
                 if a.stop_event.is_set():
                     self._event(a, name, "Killed", "Task successfully killed")
                     ts["State"] = "dead"
@@ -1371,8 +1402,9 @@ class NomadDouble:
     def _scheduler_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
+                blocked = {e["JobID"] for e in self.evals.values() if e["Status"] == "blocked"}
                 for job in list(self.jobs.values()):
-                    if self._missing_slots(job) or self._blocked_eval(job):
+                    if job["ID"] in blocked or self._missing_slots(job):
                         self._reconcile(job)
                 self._drain_step()
             self._stop.wait(self._tick)
@@ -1398,6 +1430,45 @@ class NomadDouble:
                 node.last_drain = {**(node.last_drain or {}), "Status": "complete", "UpdatedAt": _rfc3339()}
                 self._touch_node(node)
 
+    # ------------------------------------------------------------------ host failures
+    def node_down(self, name: str) -> None:
+        """The host ``name`` dies: its processes are SIGKILLed, its allocations become ``lost``
+        and are replaced elsewhere, the node's status is ``down``. Its services stay in Consul
+        (its agent died with it) with the node's serfHealth critical, as after a real crash."""
+        with self._cond:
+            node = self.node_by_name(name)
+            node.status = "down"
+            self._touch_node(node)
+            for a in self._allocs_on(node):
+                a.lost = True
+                a.desired_status, a.desired_description, a.migrate = "stop", "alloc is lost since its node is down", True
+                a.stop_event.set()
+                for p in a.procs.values():
+                    if p.poll() is None:
+                        _killpg(p, signal.SIGKILL)
+                if all(ts["State"] == "dead" for ts in a.task_states.values()):
+                    self._refresh_alloc(a)
+                self._touch_alloc(a)
+        if self.consul is not None and not isinstance(self.consul, str):
+            self.consul.set_node_health(name, "critical")
+
+    def node_up(self, name: str) -> None:
+        """The host comes back: status ``ready``; the services of its lost allocations are removed
+        from Consul (the Nomad client cleans up after itself) and serfHealth passes again."""
+        with self._cond:
+            node = self.node_by_name(name)
+            node.status = "ready"
+            self._touch_node(node)
+            for sid, (_body, n) in list(self._svc_desired.items()):
+                if n is node and any(a.lost and sid.startswith(f"_nomad-task-{a.id}-") for a in self.allocs.values()):
+                    del self._svc_desired[sid]
+            self._svc_dirty.set()
+        if self.consul is not None and not isinstance(self.consul, str):
+            self.consul.set_node_health(name, "passing")
+
+    def _allocs_on(self, node: FakeNode) -> list[_Alloc]:
+        return [a for a in self.allocs.values() if a.node is node and not a.terminal]
+
     # ------------------------------------------------------------------ test conveniences
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
         """Waits (on the state condition variable, no polling sleep) until ``predicate()``
@@ -1416,7 +1487,7 @@ class NomadDouble:
 
     def allocations(self, job_id: str) -> list[dict]:
         with self._cond:
-            return [a.full() for a in self.allocs.values() if a.job["ID"] == job_id]
+            return [a.full() for a in self._by_job.get(job_id, [])]
 
     def processes(self) -> list[subprocess.Popen]:
         with self._cond:
@@ -1456,6 +1527,18 @@ class NomadDouble:
         @app.route(["GET"], "/v1/status/leader")
         def leader(request):
             return as_json("127.0.0.1:4647")
+
+        @app.route(["GET"], "/v1/regions")
+        def regions(request):
+            return as_json(["global"])
+
+        @app.route(["GET"], "/v1/agent/self")
+        def agent_self(request):
+            return as_json({"config": {"Region": "global", "Datacenter": "dc1", "Version": {"Version": "2.0.5"},
+                                       "Server": {"Enabled": True}, "Client": {"Enabled": True}},
+                            "member": {"Name": "nomad-double.global", "Addr": "127.0.0.1", "Port": 4648,
+                                       "Status": "alive", "Tags": {"region": "global", "dc": "dc1", "role": "nomad"}},
+                            "stats": {"nomad": {"leader": "true", "known_regions": "1"}}})
 
         @app.route(["GET", "PUT", "POST"], "/v1/jobs")
         def jobs(request):
@@ -1513,7 +1596,7 @@ class NomadDouble:
             with d._cond:
                 a = d.allocs.get(aid)
                 if a is None:
-                    raise HTTPError(404, "alloc not found")
+                    raise HTTPError(404, "alloc not found", d._read_headers(idx))
                 return as_json(a.full(), headers=d._read_headers(idx))
 
         @app.route(["PUT", "POST"], "/v1/allocation/([^/]+)/stop")
@@ -1630,7 +1713,7 @@ class NomadDouble:
                     with d._cond:
                         j = d.jobs.get(job_id)
                         if j is None:
-                            raise HTTPError(404, "job not found")
+                            raise HTTPError(404, "job not found", d._read_headers(idx))
                         return as_json(d._job_view(j), headers=d._read_headers(idx))
                 if m == "DELETE":
                     res = d._deregister(job_id, bool_arg(request, "purge"))

@@ -1,0 +1,1 @@
+"""Cluster-mode tests (a package, so test module names cannot clash with other suites)."""
