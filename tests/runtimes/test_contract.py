@@ -472,3 +472,19 @@ def test_node_callback_error(node):
 def test_node_es_module(node):
     inst = node("index.handler", {"index.mjs": "export const handler = async (event) => ({ esm: event.v });\n"})
     assert ok_result(inst.invoke({"v": 2})) == {"esm": 2}
+
+
+def test_chunked_and_expect_continue_bodies(runtime, start_runtime):
+    inst = start_runtime(runtime, code(runtime), handler="index.kinds")
+    conn = inst.connection()
+    try:
+        conn.request("POST", "/_/invoke", body=iter([b'{"kind":', b' "dict"}']), encode_chunked=True,
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["result"] == {"a": 1, "nested": [1, 2]}
+        big = json.dumps({"kind": "string", "pad": "x" * 200_000}).encode()
+        conn.request("POST", "/_/invoke", body=big, headers={"Expect": "100-continue"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["result"] == "text"
+    finally:
+        conn.close()
