@@ -160,9 +160,10 @@ def test_two_appliances_share_one_cluster(consul_double, nomad_double, moto_s3, 
         assert b.get("/shared").text == "Hello Serverless"
         seen = last_record(b, "shared")
         assert seen["cold"] is False and seen["instance_id"] == started["instance_id"]
-        # Deployed through b's control plane, served by a's edge.
+        # Deployed through b's control plane, served by a's edge once a's metadata cache
+        # (APPLIANCE_METADATA_CACHE_S) has expired.
         b.deploy(name="from-b", trigger=("GET", "/from-b"), keep_alive_s=600)
-        assert a.get("/from-b").text == "Hello Serverless"
+        wait_until(lambda: a.get("/from-b").text == "Hello Serverless", 15, "edge a to serve what b deployed")
     finally:
         stop_appliance(b)
         stop_appliance(a)
