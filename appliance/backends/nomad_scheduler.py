@@ -99,6 +99,11 @@ def _body(exc: BaseException) -> str:
 
 
 class NomadScheduler:
+    """The Scheduler port over Nomad + Consul (see the module docstring for the two paths).
+
+    ``registry`` is the edge's ConsulRegistry: a start returns only once the new instance is a
+    passing entry there, so the activator and the registry agree on what is ready."""
+
     def __init__(self, *, nomad_addr: str, nomad_token: str = "", consul_addr: str, consul_token: str = "",
                  registry: ConsulRegistry, blobs, client, function_job: str = "function-instance",
                  pool_job: str = "runtime-pool", jobspecs_dir: str | Path = "jobspecs", job_vars: str = "",
@@ -211,16 +216,20 @@ class NomadScheduler:
         except FunctionError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the fast path falls back to dispatch
-            self.stats["claim_failures"] += 1
+            self._count("claim_failures")
             log.warning("event=pool_start_failed function=%s error=%r fallback=dispatch", spec.function, str(exc)[:300])
             inst = None
         if inst is None:
             inst = self._start_by_dispatch(spec, deadline)
-            self.stats["dispatch_starts"] += 1
+            self._count("dispatch_starts")
         else:
-            self.stats["pool_starts"] += 1
+            self._count("pool_starts")
         inst.phases["placement"] = round((time.monotonic() - t0) * 1000, 3)
         return inst
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.stats[what] += 1
 
     def stop(self, instance: Instance, *, graceful: bool = True) -> None:
         with self._lock:

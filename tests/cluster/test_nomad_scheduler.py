@@ -266,3 +266,17 @@ def test_an_abandoned_claim_is_cleared_and_the_instance_reused(make_cluster, con
     assert requests.get(f"{consul_double.url}/v1/kv/{CLAIM_PREFIX}{alloc}", timeout=5).status_code == 404
     again = s.start(c.deploy(function="other"), time.monotonic() + 30)
     assert again.id.startswith(alloc + ".")
+
+
+def test_pool_cold_starts_work_while_nomad_is_down(make_cluster, consul_double, nomad_double):
+    """The fast path needs only Consul and the pooled instance."""
+    c = make_cluster(python_count=1)
+    s = c.scheduler()
+    s.ensure_jobs()
+    pool_ready(consul_double, 1)
+    nomad_double.down()
+    try:
+        inst = s.start(c.deploy(), time.monotonic() + 30)
+        assert "." in inst.id and c.invoke(inst)["result"] == "Hello Serverless"
+    finally:
+        nomad_double.up()
