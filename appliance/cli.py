@@ -334,7 +334,7 @@ def doctor(ctx):
         check("settings", False, exc.message)
         settings = None
     if settings is not None and settings.mode == "cluster":
-        from .cluster_doctor import cluster_checks
+        from .wiring import cluster_checks
 
         for label, good, detail in cluster_checks(settings):
             check(label, good, detail)

@@ -63,6 +63,8 @@ def instance_from_entry(entry: dict) -> Instance | None:
 
 
 class _Watch:
+    """One function's view: the passing instances its watcher thread last saw."""
+
     def __init__(self, function: str):
         self.function = function
         self.instances: dict[str, Instance] = {}
@@ -72,6 +74,11 @@ class _Watch:
 
 
 class ConsulRegistry:
+    """The Registry port over Consul's health API (see the module docstring).
+
+    ``stale_limit_s``: how long the last view is served while Consul does not answer.
+    ``removal_grace_s``: how long an entry that stopped passing is kept (Consul restart blips)."""
+
     def __init__(self, addr: str, *, token: str = "", wait_s: float = 30.0, stale_limit_s: float = 60.0,
                  removal_grace_s: float = 2.0, clock=time.monotonic):
         self.addr = addr
