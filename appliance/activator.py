@@ -23,6 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .autoscaler import ConcurrencyWindow, Decision, Observation, ScalerState, ScalingPolicy, decide
 from .errors import ApplianceError, ColdStartTimeout, FunctionError, PlacementFailed, QueueFull
 from .model import Instance, InstanceSpec
 from .ports import Registry, Scheduler
@@ -99,6 +100,40 @@ class FunctionPool:
         self.max_queue = activator.max_queue
         self.last_crash_at = -math.inf
         self.init_failure: tuple[int, float, BaseException] | None = None  # (version, at, error)
+        #: Requests in flight on this edge, and its per-second history for the autoscaler.
+        self.inflight = 0
+        self.window = ConcurrencyWindow(horizon_s=600)
+        self.policy: ScalingPolicy | None = None
+        self.state = ScalerState()
+        self.last_decision: Decision | None = None
+
+    def _inflight_changed(self, delta: int, now: float) -> None:
+        """Lock held. The clock is read again here, under the lock, so records never go back in
+        time when threads that read ``now`` earlier take the lock in another order."""
+        self.inflight = max(0, self.inflight + delta)
+        self.window.record(self.a.clock(), self.inflight)
+
+    def observe(self, now: float) -> Observation:
+        """What the autoscaler needs from this edge. Lock held.
+
+        ``instances`` counts ready instances only: the policy's scale-up rate is relative to what
+        already serves, so a burst arriving while instances start cannot compound it request by
+        request.
+        """
+        version = self.spec.version if self.spec is not None else None
+        ready = sum(1 for s in self.slots.values()
+                    if not s.draining and (version is None or s.instance.version == version))
+        return Observation(samples=self.window.samples(now), instances=ready, in_flight=self.inflight,
+                           queued=len(self.waiters), observed_since=self.window.since)
+
+    def decide(self, now: float) -> Decision | None:
+        """Run the autoscaler's decision on this edge's view and keep its state. Lock held."""
+        if self.policy is None:
+            return None
+        d = decide(self.observe(now), self.policy, self.state, now)
+        self.state = d.state
+        self.last_decision = d
+        return d
 
     # -- picking ----------------------------------------------------------------------
 
@@ -127,17 +162,30 @@ class FunctionPool:
     # -- starting ---------------------------------------------------------------------
 
     def _live_count(self) -> int:
-        return sum(1 for s in self.slots.values() if not s.draining) + self.starting
+        """Instances of the current version ready or starting (starts are always current)."""
+        version = self.spec.version if self.spec is not None else None
+        return sum(1 for s in self.slots.values()
+                   if not s.draining and (version is None or s.instance.version == version)) + self.starting
 
     def _scale_for_waiters(self) -> None:
-        """Start as many instances as the queue needs, given those already starting. Lock held."""
+        """Start the instances the queue needs, as the autoscaling policy sizes them. Lock held.
+
+        The policy counts queued requests as demand (ceil((in flight + queued) / concurrency)),
+        limited by its scale-up rate and max_instances: a burst of N starts neither N nor 1. Never
+        more than the queue itself can use, and at least one when nothing is running or starting.
+        """
         spec = self.spec
         if spec is None or not self.waiters:
             return
+        live = self._live_count()
         coming = self.starting * spec.concurrency
         need = math.ceil(max(0, len(self.waiters) - coming) / spec.concurrency)
-        allowed = self.max_instances - self._live_count()
-        for _ in range(max(0, min(need, allowed))):
+        d = self.decide(self.a.clock())
+        wanted = (d.desired - live) if d is not None else need
+        if live == 0 and need > 0:
+            wanted = max(wanted, 1)
+        allowed = self.max_instances - live
+        for _ in range(max(0, min(wanted, need, allowed))):
             self._start(spec, reserved=False)
 
     def _start(self, spec: InstanceSpec, *, reserved: bool) -> None:
@@ -195,6 +243,7 @@ class FunctionPool:
             w = self.waiters.popleft()
             slot.inflight += 1
             slot.last_used = now
+            self._inflight_changed(+1, now)
             w.lease = Lease(slot=slot, cold=cold, cause=w.cause if cold else None,
                             queue_ms=round((now - w.enqueued) * 1000, 3),
                             phases=dict(slot.instance.phases) if cold else {})
@@ -228,17 +277,21 @@ class Activator:
         with self._lock:
             return list(self._pools.values())
 
-    def acquire(self, spec: InstanceSpec, *, max_instances: int, deadline: float) -> Lease:
+    def acquire(self, spec: InstanceSpec, *, max_instances: int, deadline: float,
+                policy: ScalingPolicy | None = None) -> Lease:
         """A lease on a slot of ``spec.version``, waiting up to ``deadline`` (monotonic)."""
         p = self.pool(spec.function)
         now = self.clock()
         with p.lock:
             p.spec = spec
             p.max_instances = max_instances
+            if policy is not None:
+                p.policy = policy
             slot = p._pick(spec.version, now)
             if slot is not None:
                 slot.inflight += 1
                 slot.last_used = now
+                p._inflight_changed(+1, now)
                 return Lease(slot=slot, cold=False)
             failure = p.init_failure
             if failure and failure[0] == spec.version and now - failure[1] < INIT_FAILURE_TTL_S and not p.starting:
@@ -270,6 +323,7 @@ class Activator:
         with p.lock:
             slot.inflight = max(0, slot.inflight - 1)
             slot.last_used = now
+            p._inflight_changed(-1, now)
             if outcome in ("gone", "crashed"):
                 if outcome == "crashed":
                     p.last_crash_at = now
@@ -294,8 +348,10 @@ class Activator:
     def _registry_changed(self, function: str) -> None:
         """Sync slots with the registry: adopt instances other edges started, drop gone ones."""
         p = self.pool(function)
-        ready = {i.id: i for i in self.registry.ready(function)}
         with p.lock:
+            # Read the registry under the pool lock: a snapshot taken before it could predate an
+            # instance a start has just added, and would drop that fresh slot.
+            ready = {i.id: i for i in self.registry.ready(function)}
             for iid in list(p.slots):
                 if iid not in ready:
                     p.slots.pop(iid).draining = True

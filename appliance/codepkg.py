@@ -48,7 +48,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_name(name: str) -> str:
+def check_entry_name(name: str) -> str:
     if not name or "\x00" in name:
         raise UnsafeCode("the zip has an entry with an empty or NUL-containing name; rebuild the zip", field="code")
     if "\\" in name:
@@ -81,7 +81,7 @@ def inspect_zip(data: bytes, limits: Limits) -> PackageInfo:
     total = 0
     names = []
     for info in infos:
-        name = _check_name(info.filename)
+        name = check_entry_name(info.filename)
         key = name.rstrip("/")
         if key in seen:
             raise UnsafeCode(f"zip entry {name!r} appears twice; rebuild the zip", field="code")
@@ -128,7 +128,7 @@ def inspect_zip(data: bytes, limits: Limits) -> PackageInfo:
 
 def zip_single_file(filename: str, source: bytes) -> bytes:
     """A deterministic one-file zip (fixed timestamp), so the same source gets the same digest."""
-    name = _check_name(filename)
+    name = check_entry_name(filename)
     if "/" in name or not name.endswith(SOURCE_SUFFIXES):
         raise ValidationError(f"filename {filename!r} must be a plain file name ending in one of "
                               f"{', '.join(SOURCE_SUFFIXES)}", field="filename")
@@ -179,7 +179,7 @@ def unpack(data: bytes, dest: Path, limits: Limits, *, compile_python: bool = Tr
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             for info in zf.infolist():
-                target = tmp / _check_name(info.filename)
+                target = tmp / check_entry_name(info.filename)
                 if not target.resolve().is_relative_to(tmp.resolve()):
                     raise UnsafeCode(f"zip entry {info.filename!r} escapes the package", field="code")
                 if info.is_dir():

@@ -41,6 +41,13 @@ class Settings:
     max_event_bytes: int = 6 << 20
     #: Seconds between keep-alive sweeps (idle instance reclaiming, min_instances upkeep).
     reap_interval_s: float = 1.0
+    #: Autoscaling (docs/autoscaling.md): seconds of history averaged in stable mode and to detect
+    #: a burst, the share of each instance's concurrency to fill, and the largest scale-up factor
+    #: per decision. Per-function settings (concurrency, min/max, keep-alive) come from the function.
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    target_utilisation: float = 0.7
+    max_scale_up_rate: float = 10.0
     #: Seconds function settings and routes may be served from cache (other control planes' writes).
     metadata_cache_s: float = 1.0
     #: Invocation records kept per edge.
@@ -98,6 +105,12 @@ class Settings:
         for name in ("pool_target_free", "pool_refill_s"):
             if getattr(self, name) < 0:
                 raise bad(name, "use zero or a positive number")
+        if not 1 <= self.panic_window_s <= self.stable_window_s:
+            raise bad("panic_window_s", f"use from 1 to APPLIANCE_STABLE_WINDOW_S ({self.stable_window_s:g}) seconds")
+        if not 0 < self.target_utilisation <= 1:
+            raise bad("target_utilisation", "use a fraction greater than 0 and at most 1")
+        if self.max_scale_up_rate <= 1:
+            raise bad("max_scale_up_rate", "use a factor greater than 1")
         if self.sandbox not in ("auto", "on", "off"):
             raise bad("sandbox", "use auto, on or off")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -6,12 +6,15 @@ is an ApplianceError rendered by ``http_common.error_response``.
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
+from pathlib import Path
 
-from flask import Flask, Response, request
+from flask import Flask, Response, redirect, request, send_from_directory
 
-from .codepkg import zip_single_file
+from .codepkg import check_entry_name
 from .edge import invoke_response
 from .errors import NotFound, ValidationError
 from .function_store import ensure_name
@@ -20,6 +23,9 @@ from .model import FunctionConfig, InstanceSpec
 from .wiring import Components
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+#: Files the online editor shows: text, at most this size each.
+EDITABLE_MAX_BYTES = 256 << 10
 
 
 def _json_body() -> dict:
@@ -78,14 +84,24 @@ def create_control_app(c: Components) -> Flask:
         prepare = getattr(c.scheduler, "prepare", None)
         if prepare:
             prepare(InstanceSpec.of(record))
-        if record.config.min_instances:
-            c.activator.ensure_min(InstanceSpec.of(record, reserved=True), min_instances=record.config.min_instances,
-                                   max_instances=record.config.max_instances)
+        c.scaler.prewarm(record)
 
     @app.get("/v1/health")
     @app.get("/_/health")
     def health():
-        return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes})
+        return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes,
+                              "edge_port": c.ports.get("edge")})
+
+    # -- web console (static; it uses the API below) -----------------------------------
+
+    @app.get("/")
+    def root():
+        return redirect("/console/", code=302)
+
+    @app.get("/console/")
+    @app.get("/console/<path:filename>")
+    def console(filename: str = "index.html"):
+        return send_from_directory(CONSOLE_DIR, filename, max_age=0)
 
     # -- functions -----------------------------------------------------------------------
 
@@ -108,8 +124,11 @@ def create_control_app(c: Components) -> Flask:
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         pool = c.activator.pool(name)
         with pool.lock:
+            d = pool.last_decision
             out["scaling"] = {"ready": len(pool.slots), "starting": pool.starting, "waiting": len(pool.waiters),
-                              "inflight": sum(s.inflight for s in pool.slots.values())}
+                              "inflight": sum(s.inflight for s in pool.slots.values()),
+                              "current": pool._live_count(), "desired": d.desired if d else None,
+                              "mode": d.mode if d else None, "reason": d.reason if d else "no traffic seen yet"}
         return json_response(out)
 
     @app.route("/v1/functions/<name>", methods=["PUT", "PATCH"])
@@ -122,7 +141,7 @@ def create_control_app(c: Components) -> Flask:
     @app.delete("/v1/functions/<name>")
     def delete_function(name: str):
         record = store.delete(ensure_name(name))
-        c.keepalive.remove_function(name)
+        c.scaler.remove_function(name)
         return json_response({"deleted": record.name})
 
     # -- code ----------------------------------------------------------------------------
@@ -168,6 +187,28 @@ def create_control_app(c: Components) -> Flask:
         return Response(store.code(v.digest), mimetype="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{name}-v{version}.zip"',
                                  "X-Code-Sha256": v.digest})
+
+    @app.get("/v1/functions/<name>/files")
+    def files(name: str):
+        """The text files of a version, for the online editor (binary and large files left out)."""
+        record = store.get(ensure_name(name), fresh=True)
+        version = _int_arg("version", record.version)
+        if not version:
+            return json_response({"version": 0, "files": {}, "omitted": []})
+        v = store.version(name, version)
+        out, omitted = {}, []
+        with zipfile.ZipFile(io.BytesIO(store.code(v.digest))) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                if info.file_size > EDITABLE_MAX_BYTES:
+                    omitted.append(info.filename)
+                    continue
+                try:
+                    out[info.filename] = zf.read(info).decode("utf-8")
+                except UnicodeDecodeError:
+                    omitted.append(info.filename)
+        return json_response({"version": version, "files": out, "omitted": omitted})
 
     @app.get("/v1/functions/<name>/versions")
     def versions(name: str):
@@ -272,7 +313,7 @@ def _zip_files(files: dict) -> bytes:
         for path, source in sorted(files.items()):
             if not isinstance(path, str) or not isinstance(source, str):
                 raise ValidationError("files must map file paths to source text", field="files")
-            zip_single_file(path.rsplit("/", 1)[-1], b"")  # validates the file name's form
+            check_entry_name(path)
             info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED

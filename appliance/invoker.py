@@ -66,7 +66,7 @@ class Outcome:
 
 class Invoker:
     def __init__(self, store: FunctionStore, activator: Activator, client: InstanceClient, scheduler: Scheduler,
-                 registry: Registry, records: RecordStore, *, queue_timeout_s: float = 10.0, max_attempts: int = 5,
+                 registry: Registry, records: RecordStore, policies, *, queue_timeout_s: float = 10.0, max_attempts: int = 5,
                  clock=time.monotonic):
         self.store = store
         self.activator = activator
@@ -74,6 +74,7 @@ class Invoker:
         self.scheduler = scheduler
         self.registry = registry
         self.records = records
+        self.policies = policies
         #: How long a request may wait for an instance (a free slot or a cold start) before 503.
         self.queue_timeout_s = queue_timeout_s
         self.max_attempts = max_attempts
@@ -92,7 +93,7 @@ class Invoker:
         lease: Lease | None = None
         try:
             outcome.result, lease = self._call(spec, fn.config.max_instances, fn.config.timeout_s, body, request_id,
-                                               t0, rec)
+                                               t0, rec, self.policies.get(fn))
         except FunctionError as exc:
             # Errors from a failed cold start are shared by every request that waited for it.
             outcome.error = function_error({**exc.error, "requestId": request_id}) \
@@ -108,10 +109,10 @@ class Invoker:
         return outcome
 
     def _call(self, spec: InstanceSpec, max_instances: int, timeout_s: int, body: bytes, request_id: str,
-              t0: float, rec: InvocationRecord):
+              t0: float, rec: InvocationRecord, policy):
         deadline = t0 + self.queue_timeout_s
         for _ in range(self.max_attempts):
-            lease = self.activator.acquire(spec, max_instances=max_instances, deadline=deadline)
+            lease = self.activator.acquire(spec, max_instances=max_instances, deadline=deadline, policy=policy)
             inst = lease.instance
             rec.instance_id = inst.id
             if lease.cold:

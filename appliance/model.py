@@ -15,7 +15,9 @@ from typing import Any
 from .errors import ValidationError
 
 RUNTIMES = ("python3.11", "nodejs20")
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+#: Functions become Consul/Nomad service names ("fn-<name>"): RFC 1123 labels of at most 63
+#: characters, so names are 1-60 characters and do not end with '-'.
+NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIXES = ("FAAS_", "NOMAD_", "AWS_LAMBDA_")
@@ -46,7 +48,8 @@ def _int_field(data: dict, name: str, default: int | None, bounds: tuple[int, in
 def validate_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ValidationError(
-            f"name must be 1-63 characters of lowercase letters, digits and '-', starting with a letter; got {name!r}",
+            f"name must be 1-60 characters of lowercase letters, digits and '-', starting with a letter and not "
+            f"ending with '-'; got {name!r}",
             field="name",
         )
     return name

@@ -39,7 +39,11 @@ class Registry(Protocol):
     """Where ready instances are listed: the warm-instance cache's source of truth."""
 
     def ready(self, function: str) -> list[Instance]:
-        """Instances of ``function`` that passed their readiness check."""
+        """Instances of ``function`` that passed their readiness check.
+
+        Called under the data plane's per-function lock: it must answer from memory (a cached
+        view kept fresh in the background), never wait on the network.
+        """
 
     def forget(self, instance_id: str) -> None:
         """Drop an instance now (it refused as draining, or its connection failed)."""

@@ -104,6 +104,8 @@ class RecordStore:
             except queue.Empty:
                 continue
             batch = [first]
+            # Linger briefly so one transaction carries many records under load.
+            self._stop.wait(0.05)
             while len(batch) < 500:
                 try:
                     batch.append(self._q.get_nowait())

@@ -53,6 +53,7 @@ class Appliance:
                                             max_request_body_size=s.max_code_bytes + (1 << 20), **common)
             self.ports["control"] = server.effective_port
             self._servers.append(server)
+        c.ports.update(self.ports)
         for server in self._servers:
             t = threading.Thread(target=server.run, daemon=True, name="http")
             t.start()

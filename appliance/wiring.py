@@ -19,8 +19,8 @@ from .errors import ApplianceError, ValidationError
 from .function_store import FunctionStore
 from .instance_client import InstanceClient
 from .invoker import Invoker
-from .keepalive import KeepAliveLoop
 from .records import RecordStore
+from .scaler import PolicyCache, Scaler
 
 log = logging.getLogger("appliance.wiring")
 
@@ -35,15 +35,17 @@ class Components:
     client: InstanceClient
     records: RecordStore
     invoker: Invoker
-    keepalive: KeepAliveLoop
+    scaler: Scaler
     notes: list[str] = field(default_factory=list)
+    #: Ports actually listened on, by role ("edge", "control"), once the server has started.
+    ports: dict[str, int] = field(default_factory=dict)
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
-        self.keepalive.start()
+        self.scaler.start()
 
     def close(self) -> None:
-        self.keepalive.stop()
+        self.scaler.stop()
         for close in reversed(self._closers):
             try:
                 close()
@@ -54,6 +56,11 @@ class Components:
 def limits(settings: Settings) -> codepkg.Limits:
     return codepkg.Limits(max_zip_bytes=settings.max_code_bytes, max_unpacked_bytes=settings.max_unpacked_bytes,
                           max_files=settings.max_files)
+
+
+def policy_cache(settings: Settings) -> PolicyCache:
+    return PolicyCache(stable_window_s=settings.stable_window_s, panic_window_s=settings.panic_window_s,
+                       target_utilisation=settings.target_utilisation, max_scale_up_rate=settings.max_scale_up_rate)
 
 
 def build(settings: Settings) -> Components:
@@ -108,10 +115,12 @@ def _build_cluster(settings: Settings) -> Components:
         retry_s=settings.nomad_retry_s, edge_id=edge_id)
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
-    invoker = Invoker(store, activator, client, scheduler, registry, records, queue_timeout_s=settings.queue_timeout_s)
-    keepalive = KeepAliveLoop(activator, store, scheduler, registry, client, interval_s=settings.reap_interval_s)
+    policies = policy_cache(settings)
+    invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
+                      queue_timeout_s=settings.queue_timeout_s)
+    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
-                       client=client, records=records, invoker=invoker, keepalive=keepalive, notes=notes)
+                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes)
     comps._closers = [records.close, client.close_all, scheduler.close, registry.close]
     return comps
 
@@ -141,10 +150,12 @@ def _build_local(settings: Settings) -> Components:
                                client=client, host="127.0.0.1")
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
-    invoker = Invoker(store, activator, client, scheduler, registry, records, queue_timeout_s=settings.queue_timeout_s)
-    keepalive = KeepAliveLoop(activator, store, scheduler, registry, client, interval_s=settings.reap_interval_s)
+    policies = policy_cache(settings)
+    invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
+                      queue_timeout_s=settings.queue_timeout_s)
+    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
-                       client=client, records=records, invoker=invoker, keepalive=keepalive, notes=notes)
+                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
     return comps
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import codepkg
 from ..errors import CodeNotFound, PlacementFailed, function_error
-from ..instance_client import InstanceClient, InstanceUnreachable
+from ..instance_client import InstanceClient, InstanceLost, InstanceUnreachable
 from ..model import Instance, InstanceSpec
 from ..ports import BlobStore
 from .local_registry import LocalRegistry
@@ -122,9 +122,10 @@ class LocalScheduler:
         # Wait for the handler to load.
         t2 = time.monotonic()
         while True:
+            wait_ms = int(max(0.0, min(deadline - time.monotonic(), 10.0)) * 1000)
             try:
-                status, body = self.client.ready(instance)
-            except InstanceUnreachable:
+                status, body = self.client.ready(instance, wait_ms=wait_ms)
+            except (InstanceUnreachable, InstanceLost):
                 status, body = 0, {}
             if status == 200:
                 break
@@ -139,7 +140,7 @@ class LocalScheduler:
                 self._kill(proc, "start-timeout")
                 raise PlacementFailed(f"instance {instance_id} was not ready before the start deadline")
             time.sleep(READY_POLL_S)
-        phases["user_init"] = round(body.get("initMs", (time.monotonic() - t2) * 1000), 3)
+        phases["user_init"] = round((time.monotonic() - t2) * 1000, 3)
         self.registry.add(instance)
         log.info("event=instance_ready instance=%s function=%s version=%s address=%s phases=%s",
                  instance_id, spec.function, spec.version, address, json.dumps(phases, separators=(",", ":")))

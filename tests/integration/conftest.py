@@ -18,20 +18,9 @@ import pytest
 import requests
 
 from appliance.client import ApplianceClient
+from tests.waiting import wait_for  # noqa: F401 - re-exported for the tests here
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(predicate, timeout_s=20.0, interval_s=0.01, message="condition"):
-    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
-        time.sleep(interval_s)
 
 
 @dataclass

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from tests.waiting import wait_for
 from pathlib import Path
 
 import pytest
@@ -34,14 +36,7 @@ START_TIMEOUT_S = 20.0
 
 def wait_until(predicate, timeout=10.0, interval=0.005, what="condition"):
     """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -7,6 +7,8 @@ from appliance.activator import Activator, ColdCause
 from appliance.backends.local_registry import LocalRegistry
 from appliance.errors import ColdStartTimeout, FunctionError, PlacementFailed, QueueFull
 
+from tests.waiting import wait_for
+
 from .fakes import FakeScheduler, spec
 
 
@@ -88,10 +90,7 @@ def test_waiters_are_served_in_arrival_order(parts):
         t.start()
         threads.append(t)
         # each waiter is queued before the next arrives
-        deadline = time.monotonic() + 5
-        while len(a.pool("f").waiters) < i + 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        wait_for(lambda i=i: len(a.pool("f").waiters) >= i + 1, 5, 0.001, "the waiter to queue")
     a.release(first)
     for t in threads:
         t.join(5)
@@ -107,10 +106,7 @@ def test_a_full_queue_refuses_at_once(parts):
                for _ in range(2)]
     for t in waiting:
         t.start()
-    deadline = time.monotonic() + 5
-    while len(a.pool("f").waiters) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_for(lambda: len(a.pool("f").waiters) >= 2, 5, 0.001)
     with pytest.raises(QueueFull):
         a.acquire(spec(), max_instances=1, deadline=far())
     a.release(held)
@@ -165,9 +161,29 @@ def test_a_gone_instance_is_replaced_for_the_next_request(parts):
 def test_min_instances_are_started_without_requests(parts):
     scheduler, a = parts
     assert a.ensure_min(spec(), min_instances=2, max_instances=3) == 2
-    deadline = time.monotonic() + 5
-    while len(a.pool("f").slots) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_for(lambda: len(a.pool("f").slots) >= 2, 5, 0.001)
     assert all(s.reserved for s in a.pool("f").slots.values())
     assert a.ensure_min(spec(), min_instances=2, max_instances=3) == 0
+
+
+def test_with_a_policy_a_cold_burst_starts_what_the_policy_asks_not_n_and_not_one(parts):
+    from appliance.autoscaler import ScalingPolicy
+
+    scheduler, a = parts
+    scheduler.gate.clear()
+    policy = ScalingPolicy(target_concurrency=1, max_instances=100, max_scale_up_rate=10)
+    leases = []
+    threads = [threading.Thread(target=lambda: leases.append(
+        a.acquire(spec(), max_instances=100, deadline=far(), policy=policy))) for _ in range(50)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(a.pool("f").waiters) >= 50, 5, 0.001)
+    started_while_cold = a.pool("f").starting
+    reason = a.pool("f").last_decision.reason
+    scheduler.gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(leases) == 50
+    # ceil(50 queued / 1 per instance) = 50, limited to 10x one instance per decision
+    assert started_while_cold == 10
+    assert "50 queued" in reason and "-> 10" in reason

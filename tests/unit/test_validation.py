@@ -12,7 +12,9 @@ def test_defaults_match_the_documented_ones():
 
 @pytest.mark.parametrize("body, field, fragment", [
     ({"name": "Hello"}, "name", "lowercase"),
-    ({"name": ""}, "name", "1-63"),
+    ({"name": ""}, "name", "1-60"),
+    ({"name": "trailing-"}, "name", "not ending"),
+    ({"name": "a" * 61}, "name", "1-60"),
     ({}, "name", "name must be"),
     ({"name": "f", "runtime": "ruby"}, "runtime", "python3.11"),
     ({"name": "f", "handler": "index"}, "handler", "module.function"),

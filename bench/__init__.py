@@ -1,0 +1,1 @@
+"""Benchmarks and simulations of the appliance; results are written under bench/results/."""

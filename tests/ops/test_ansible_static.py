@@ -1,0 +1,149 @@
+"""Static checks of the operations files: yamllint, ansible-lint (production profile),
+`ansible-playbook --syntax-check` of every playbook against every inventory, inventory shape,
+and `vagrant validate` of the Vagrantfile.
+
+Every tool runs from the repository's virtualenv (the pinned `ansible` package ships the
+collections the roles use), offline: no Ansible Galaxy.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+VENV_BIN = pathlib.Path(sys.executable).parent
+PLAYBOOKS = sorted(p.name for p in (REPO / "playbooks").glob("*.yml"))
+INVENTORIES = sorted(p.name for p in (REPO / "inventory").iterdir() if p.is_dir())
+ROLES = ["common", "consul", "nomad", "appliance", "runtimes"]
+
+
+def tool_env(tmp_path: pathlib.Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+        ANSIBLE_NOCOLOR="1",
+        NO_COLOR="1",
+        ANSIBLE_COLLECTIONS_PATH="",
+    )
+
+
+def run_tool(argv, tmp_path, cwd=REPO, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=cwd, env={**tool_env(tmp_path), **env}, text=True,
+                          capture_output=True, timeout=240)
+
+
+def test_ansible_core_is_the_pinned_series():
+    """The roles are written and tested for ansible-core 2.19 (from the pinned `ansible` package)."""
+    proc = subprocess.run([str(VENV_BIN / "ansible"), "--version"], text=True, capture_output=True, check=True)
+    version = proc.stdout.split("[core ", 1)[1].split("]", 1)[0]
+    assert tuple(int(x) for x in version.split(".")[:2]) == (2, 19), version
+    assert "ansible==12." in (REPO / "requirements.txt").read_text()
+
+
+def test_every_tier_has_a_playbook_and_site_imports_them():
+    assert {"site.yml", "servers.yml", "clients.yml", "edge.yml"} <= set(PLAYBOOKS)
+    site = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
+    assert [p["ansible.builtin.import_playbook"] for p in site] == ["servers.yml", "clients.yml", "edge.yml"]
+    for role in ROLES:
+        for part in ("defaults/main.yml", "tasks/main.yml", "tasks/asserts.yml", "handlers/main.yml", "meta/main.yml"):
+            assert (REPO / "playbooks" / "roles" / role / part).is_file(), f"{role}/{part} missing"
+
+
+def test_yamllint(tmp_path):
+    proc = run_tool([str(VENV_BIN / "yamllint"), "--strict", "-c", str(REPO / "tests/ops/yamllint.yml"),
+                     "playbooks", "inventory"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ansible_lint_production_profile(tmp_path):
+    proc = run_tool([str(VENV_BIN / "ansible-lint"), "--offline", "--strict", "--profile", "production",
+                     "playbooks", "inventory"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
+
+
+def test_ansible_lint_rejects_a_sloppy_task(tmp_path):
+    """The lint test above can fail: the same command flags a task without FQCN, name or changed_when."""
+    project = tmp_path / "project"
+    (project / "playbooks").mkdir(parents=True)
+    (project / "playbooks" / "bad.yml").write_text(
+        "---\n- name: Bad\n  hosts: all\n  tasks:\n    - command: echo hello\n")
+    proc = run_tool([str(VENV_BIN / "ansible-lint"), "--offline", "--strict", "--profile", "production",
+                     "--project-dir", str(project), "playbooks"], tmp_path, cwd=project)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "fqcn" in out and "name[missing]" in out and "no-changed-when" in out
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_syntax_check(tmp_path, inventory, playbook):
+    proc = run_tool([str(VENV_BIN / "ansible-playbook"), "--syntax-check", "-i", f"inventory/{inventory}",
+                     f"playbooks/{playbook}"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def role_defaults() -> set[str]:
+    names: set[str] = set()
+    for role in ROLES:
+        names |= set(yaml.safe_load((REPO / "playbooks/roles" / role / "defaults/main.yml").read_text()))
+    return names
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_inventory_sets_only_variables_the_roles_define(inventory):
+    """A misspelt role variable in group_vars would be silently ignored; catch it here."""
+    known = role_defaults()
+    prefixes = tuple(f"{role}_" for role in ROLES)
+    for path in (REPO / "inventory" / inventory / "group_vars").glob("*.yml"):
+        for name in yaml.safe_load(path.read_text()) or {}:
+            if name.startswith(prefixes):
+                assert name in known, f"{path.relative_to(REPO)}: {name} is not a role default"
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_inventory_has_the_three_tiers(inventory):
+    children = yaml.safe_load((REPO / "inventory" / inventory / "hosts.yml").read_text())["all"]["children"]
+    assert {"servers", "clients", "edge"} <= set(children)
+    servers = children["servers"]["hosts"]
+    assert len(servers) % 2 == 1, "Consul and Nomad need an odd number of servers"
+
+
+def test_vagrant_inventory_is_one_server_and_edge_plus_two_clients():
+    children = yaml.safe_load((REPO / "inventory/vagrant/hosts.yml").read_text())["all"]["children"]
+    assert list(children["servers"]["hosts"]) == ["node1"]
+    assert list(children["edge"]["hosts"]) == ["node1"]
+    assert list(children["clients"]["hosts"]) == ["node2", "node3"]
+    ips = [v["faas_private_ip"] for g in ("servers", "clients") for v in children[g]["hosts"].values()]
+    assert len(set(ips)) == 3 and len({ip.rsplit(".", 1)[0] for ip in ips}) == 1, "one private /24 network"
+
+
+def vagrant(tmp_path, *args, **env) -> subprocess.CompletedProcess:
+    assert shutil.which("vagrant"), "vagrant is missing: run `make system-deps` (installs the Debian vagrant package)"
+    return run_tool(["vagrant", *args], tmp_path,
+                    VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"), VAGRANT_CHECKPOINT_DISABLE="1",
+                    VAGRANT_NO_COLOR="1", **env)
+
+
+def test_vagrant_validate(tmp_path):
+    proc = vagrant(tmp_path, "validate", "--ignore-provider")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    for node in ("node1", "node2", "node3"):
+        assert f"{node}:" in out
+    assert "validated successfully" in out
+
+
+def test_vagrantfile_rejects_a_bad_memory_setting(tmp_path):
+    """The VM sizes really come from the environment: a non-number stops Vagrant with a clear message."""
+    proc = vagrant(tmp_path, "validate", "--ignore-provider", FAAS_VM_MEMORY_NODE2="lots")
+    assert proc.returncode != 0
+    assert 'FAAS_VM_MEMORY: expected a whole number, was: "lots"' in proc.stdout + proc.stderr

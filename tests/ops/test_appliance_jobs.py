@@ -1,0 +1,167 @@
+"""The appliance role's Nomad job registration, run for real by Ansible against a small stand-in
+of the three Nomad endpoints it calls (the real Nomad binary cannot run here).
+
+The stand-in follows the Nomad HTTP API on the points the role relies on:
+- `POST /v1/jobs/parse` takes `JobHCL`, `Variables` (HCL2 var-file text) and `Canonicalize`, and
+  answers with the bare Job object;
+- `POST /v1/job/<id>/plan` with `Diff: true` answers `{"Diff": {"Type": "Added"|"Edited"|"None"}}`,
+  comparing with the registered job;
+- `POST /v1/jobs` takes `{"Job": ...}` and stores it.
+The test proves that jobs are registered once, that an unchanged run registers nothing
+(changed=0), and that a changed variable re-registers exactly that job.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import threading
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+
+class FakeNomad(http.server.ThreadingHTTPServer):
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), NomadHandler)
+        self.jobs: dict[str, dict] = {}
+        self.registrations: list[str] = []
+        self.parse_bodies: list[dict] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class NomadHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeNomad
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status: int, body) -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if not isinstance(body, str) else "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/v1/jobs/parse":
+            self.server.parse_bodies.append(body)
+            if not body.get("JobHCL"):
+                return self.reply(400, "Job spec is empty")
+            m = re.search(r'^job\s+"([^"]+)"', body["JobHCL"], re.M)
+            if not m:
+                return self.reply(400, "Failed to parse job: no job block")
+            return self.reply(200, {"ID": m.group(1), "Name": m.group(1), "Type": "service",
+                                    "Meta": {"variables": body.get("Variables", "")}})
+        m = re.fullmatch(r"/v1/job/([^/]+)/plan", self.path)
+        if m:
+            job = body["Job"]
+            if job["ID"] != m.group(1):
+                return self.reply(400, "Job ID does not match")
+            old = self.server.jobs.get(job["ID"])
+            diff = "Added" if old is None else ("None" if old == job else "Edited")
+            return self.reply(200, {"Diff": {"Type": diff, "ID": job["ID"]}, "Annotations": {}})
+        if self.path == "/v1/jobs":
+            job = body["Job"]
+            self.server.jobs[job["ID"]] = job
+            self.server.registrations.append(job["ID"])
+            return self.reply(200, {"EvalID": "", "JobModifyIndex": len(self.server.registrations)})
+        return self.reply(404, "Not found")
+
+
+@pytest.fixture
+def nomad():
+    server = FakeNomad()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    thread.join()
+
+
+def run_registration(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict], files: list[dict]):
+    source = tmp_path / "src"
+    (source / "jobspecs").mkdir(parents=True, exist_ok=True)
+    for job in files:
+        (source / "jobspecs" / job["file"]).write_text(
+            f'variable "image" {{\n  type = string\n}}\n\njob "{job["name"]}" {{\n  type = "service"\n}}\n')
+    playbook = tmp_path / "register.yml"
+    playbook.write_text(
+        "- name: Register the appliance's jobs\n"
+        "  hosts: localhost\n"
+        "  connection: local\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - name: Run the appliance role's job registration.\n"
+        "      ansible.builtin.include_role:\n"
+        "        name: appliance\n"
+        "        tasks_from: jobs.yml\n")
+    extra = {
+        "ansible_python_interpreter": sys.executable,
+        "appliance_source_dir": str(source),
+        "appliance_nomad_addr": nomad.url,
+        "appliance_nomad_jobs": jobs,
+    }
+    env = dict(
+        os.environ,
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        ANSIBLE_ROLES_PATH=str(REPO / "playbooks" / "roles"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+        ANSIBLE_COLLECTIONS_PATH="",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+    )
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-e", json.dumps(extra), str(playbook)],
+        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120,
+    )
+
+
+def register_jobs(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict]) -> dict:
+    proc = run_registration(tmp_path, nomad, jobs, files=jobs)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return json.loads(proc.stdout)["stats"]["localhost"]
+
+
+def test_jobs_are_registered_once_and_again_only_when_they_change(tmp_path, nomad):
+    jobs = [
+        {"name": "runtime-pool", "file": "runtime-pool.nomad.hcl", "variables": {"image": "python3", "count": 2}},
+        {"name": "function-instance", "file": "function-instance.nomad.hcl", "variables": {}},
+    ]
+    first = register_jobs(tmp_path, nomad, jobs)
+    assert nomad.registrations == ["runtime-pool", "function-instance"]
+    assert first["changed"] == 2
+    # Variables reach Nomad as var-file text, one HCL assignment per line.
+    assert nomad.parse_bodies[0]["Variables"].splitlines() == ['count = 2', 'image = "python3"']
+    assert nomad.parse_bodies[0]["Canonicalize"] is True
+
+    second = register_jobs(tmp_path, nomad, jobs)
+    assert nomad.registrations == ["runtime-pool", "function-instance"], "unchanged jobs were registered again"
+    assert second["changed"] == 0
+
+    jobs[0]["variables"]["count"] = 3
+    third = register_jobs(tmp_path, nomad, jobs)
+    assert nomad.registrations[2:] == ["runtime-pool"]
+    assert third["changed"] == 1
+
+
+def test_a_missing_job_file_stops_the_run_before_any_registration(tmp_path, nomad):
+    present = {"name": "runtime-pool", "file": "runtime-pool.nomad.hcl", "variables": {}}
+    missing = {"name": "edge-router", "file": "edge-router.nomad.hcl", "variables": {}}
+    proc = run_registration(tmp_path, nomad, [present, missing], files=[present])
+    assert proc.returncode != 0
+    assert re.search(r"job edge-router: no file \S*/jobspecs/edge-router.nomad.hcl", proc.stdout), proc.stdout[-4000:]
+    assert nomad.registrations == []
