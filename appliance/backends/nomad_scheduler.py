@@ -174,12 +174,16 @@ class NomadScheduler:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def ensure_jobs(self) -> list[str]:
-        """Parse (with our Variables) and register the jobs the scheduler needs; returns their IDs."""
-        with self._ensure_lock:
-            return self._ensure_jobs()
+    def ensure_jobs(self, *, replace: bool = False) -> list[str]:
+        """Make sure the jobs the scheduler needs exist; returns their IDs.
 
-    def _ensure_jobs(self) -> list[str]:
+        A missing job is parsed (with our Variables) and registered. An existing one is left as it
+        is unless ``replace``: in a deployed cluster the operator registers the jobs with their own
+        variables (the Ansible role does), and an edge starting up must not overwrite them."""
+        with self._ensure_lock:
+            return self._ensure_jobs(replace)
+
+    def _ensure_jobs(self, replace: bool) -> list[str]:
         out = []
         for name in ("function-instance", "runtime-pool"):
             hcl = (self.jobspecs_dir / f"{name}.nomad.hcl").read_text()
@@ -187,9 +191,17 @@ class NomadScheduler:
             job = self._call(f"parse {name}", lambda: self._session_request(
                 "POST", "/v1/jobs/parse", json_body={"JobHCL": hcl, "Canonicalize": True,
                                                      "Variables": variables}).json())
+            out.append(job["ID"])
+            if not replace:
+                try:
+                    current = self._call(f"read job {job['ID']}", lambda: self.n.job.get_job(job["ID"]))
+                except nomad_exc.URLNotFoundNomadException:
+                    current = None
+                if current is not None and not current.get("Stop"):
+                    log.info("event=job_present job=%s version=%s", job["ID"], current.get("Version"))
+                    continue
             self._call(f"register {job['ID']}",
                        lambda: self.n.jobs.register_job({"Job": job, "PreserveCounts": True}))
-            out.append(job["ID"])
             log.info("event=job_registered job=%s", job["ID"])
         self._jobs_ready = True
         return out

@@ -280,3 +280,17 @@ def test_pool_cold_starts_work_while_nomad_is_down(make_cluster, consul_double, 
         assert "." in inst.id and c.invoke(inst)["result"] == "Hello Serverless"
     finally:
         nomad_double.up()
+
+
+def test_ensure_jobs_leaves_jobs_the_operator_registered(make_cluster, nomad_double):
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    c.vars = c.vars.replace("python_count = 0", "python_count = 3")
+    other = c.scheduler()
+    other.ensure_jobs()  # present: untouched
+    pool = requests.get(f"{nomad_double.url}/v1/job/runtime-pool", timeout=5).json()
+    assert pool["Version"] == 0 and pool["TaskGroups"][0]["Count"] == 0
+    other.ensure_jobs(replace=True)
+    pool = requests.get(f"{nomad_double.url}/v1/job/runtime-pool", timeout=5).json()
+    assert pool["Version"] == 1
