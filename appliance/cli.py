@@ -120,6 +120,14 @@ def serve(role, host, edge_port, api_port, data_dir):
     _run(_settings(host, edge_port, api_port, data_dir), roles, None)
 
 
+@main.command(hidden=True)
+def instance():
+    """Run one function instance under Nomad (fetch code by digest, then exec the runtime)."""
+    from .instance_launcher import main as launch
+
+    launch()
+
+
 # -- functions ---------------------------------------------------------------------------
 
 def _parse_env(pairs) -> dict:
@@ -320,6 +328,16 @@ def doctor(ctx):
         check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")
     except ApiError as exc:
         check("control API", False, exc.message)
+    try:
+        settings = Settings.from_env()
+    except ApplianceError as exc:
+        check("settings", False, exc.message)
+        settings = None
+    if settings is not None and settings.mode == "cluster":
+        from .wiring import cluster_checks
+
+        for label, good, detail in cluster_checks(settings):
+            check(label, good, detail)
     sys.exit(0 if ok else 1)
 
 

@@ -55,15 +55,33 @@ class Settings:
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     log_level: str = "info"
-    # -- cluster mode --
+    # -- cluster mode (docs/cluster.md) --
     nomad_addr: str = "http://127.0.0.1:4646"
     nomad_token: str = ""
     consul_addr: str = "http://127.0.0.1:8500"
     consul_token: str = ""
+    #: S3 endpoint URL; empty means AWS S3 itself. Any S3 API works (MinIO: path-style addressing).
     s3_endpoint: str = ""
     s3_bucket: str = "faas-code"
     s3_region: str = "us-east-1"
+    #: S3 credentials; empty means boto3's chain (AWS_ACCESS_KEY_ID/..., profile, instance role).
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
     node_name: str = ""
+    #: Directory of the Nomad jobspecs the scheduler registers (function-instance, runtime-pool).
+    jobspecs_dir: str = str(REPO_ROOT / "jobspecs")
+    #: HCL2 variable file sent with the jobspecs to /v1/jobs/parse (instance_command, code_cache_dir, ...).
+    nomad_vars_file: str = ""
+    #: Seconds a Nomad call is retried on transient errors before Scheduler.Unavailable.
+    nomad_retry_s: float = 5.0
+    #: Seconds an edge keeps serving its last view of Consul while Consul does not answer.
+    consul_stale_limit_s: float = 60.0
+    #: Generic instances kept free per runtime in the runtime pool (0: no top-up).
+    pool_target_free: int = 1
+    #: Seconds between pool top-up passes (0: never top up; the pool keeps its registered size).
+    pool_refill_s: float = 5.0
+    #: Lifetime of the presigned code URLs handed to instances.
+    code_url_ttl_s: int = 900
     # -- node autoscaler (cluster mode; docs/node-autoscaler.md) --
     #: Seconds between two looks at the cluster. A scale-in in progress is advanced on each tick.
     node_autoscaler_interval_s: float = 30.0
@@ -127,6 +145,12 @@ class Settings:
                      "records_retention"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
+        for name in ("nomad_retry_s", "consul_stale_limit_s", "code_url_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "use a positive number")
+        for name in ("pool_target_free", "pool_refill_s"):
+            if getattr(self, name) < 0:
+                raise bad(name, "use zero or a positive number")
         if not 1 <= self.panic_window_s <= self.stable_window_s:
             raise bad("panic_window_s", f"use from 1 to APPLIANCE_STABLE_WINDOW_S ({self.stable_window_s:g}) seconds")
         if not 0 < self.target_utilisation <= 1:

@@ -29,7 +29,13 @@ def create_edge_app(c: Components) -> Flask:
 
     @app.get("/_/health")
     def health():
-        return json_response({"status": "ok", "role": "edge", "mode": c.settings.mode})
+        body = {"status": "ok", "role": "edge", "mode": c.settings.mode}
+        registry_status = getattr(c.registry, "status", None)  # cluster mode: is Consul answering?
+        if registry_status is not None:
+            body["registry"] = registry_status()
+            if body["registry"].get("consul") != "ok":
+                body["status"] = "degraded"
+        return json_response(body)
 
     @app.get("/_/ready")
     def ready():

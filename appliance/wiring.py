@@ -7,6 +7,7 @@ Scheduler, Registry, BlobStore and MetadataStore from here.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from . import codepkg
 from .activator import Activator
 from .config import Settings
-from .errors import ValidationError
+from .errors import ApplianceError, ValidationError
 from .function_store import FunctionStore
 from .instance_client import InstanceClient
 from .invoker import Invoker
@@ -64,9 +65,64 @@ def policy_cache(settings: Settings) -> PolicyCache:
 
 def build(settings: Settings) -> Components:
     if settings.mode == "cluster":
-        raise ValidationError("APPLIANCE_MODE=cluster needs the cluster backends, which this build does not "
-                              "include yet; use APPLIANCE_MODE=local", field="mode")
+        return _build_cluster(settings)
     return _build_local(settings)
+
+
+def nomad_job_vars(settings: Settings) -> str:
+    """The HCL2 variable file sent with the jobspecs (empty: the jobspecs' defaults)."""
+    if not settings.nomad_vars_file:
+        return ""
+    try:
+        return Path(settings.nomad_vars_file).read_text()
+    except OSError as exc:
+        raise ValidationError(f"APPLIANCE_NOMAD_VARS_FILE={settings.nomad_vars_file!r} cannot be read: {exc}",
+                              field="nomad_vars_file") from None
+
+
+def _build_cluster(settings: Settings) -> Components:
+    """Nomad places instances, Consul lists them and holds metadata, S3 holds code. Only the
+    invocation records stay on this edge's disk; nothing else lives in one process, so several
+    edges and control planes can run against the same cluster."""
+    import socket
+
+    from .backends.consul_kv import ConsulMetadataStore
+    from .backends.consul_registry import ConsulRegistry
+    from .backends.nomad_scheduler import NomadScheduler
+    from .backends.s3_blob import S3BlobStore
+
+    data = settings.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    blobs = S3BlobStore.from_settings(settings)
+    try:
+        blobs.ensure_bucket()
+    except ApplianceError as exc:  # the edge can serve warm instances without S3; say so
+        notes.append(exc.message)
+        log.warning("event=s3_unavailable error=%r", exc.message)
+    meta = ConsulMetadataStore(settings.consul_addr, token=settings.consul_token,
+                               stale_limit_s=settings.consul_stale_limit_s)
+    store = FunctionStore(meta, blobs, limits(settings), cache_ttl_s=settings.metadata_cache_s)
+    registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token,
+                              stale_limit_s=settings.consul_stale_limit_s)
+    client = InstanceClient()
+    edge_id = f"{settings.node_name or socket.gethostname()}-{os.getpid()}"
+    scheduler = NomadScheduler(
+        nomad_addr=settings.nomad_addr, nomad_token=settings.nomad_token, consul_addr=settings.consul_addr,
+        consul_token=settings.consul_token, registry=registry, blobs=blobs, client=client,
+        jobspecs_dir=settings.jobspecs_dir, job_vars=nomad_job_vars(settings), code_url_ttl_s=settings.code_url_ttl_s,
+        pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
+        retry_s=settings.nomad_retry_s, edge_id=edge_id)
+    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
+    records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    policies = policy_cache(settings)
+    invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
+                      queue_timeout_s=settings.queue_timeout_s)
+    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
+    comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
+                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes)
+    comps._closers = [records.close, client.close_all, scheduler.close, registry.close]
+    return comps
 
 
 def _build_local(settings: Settings) -> Components:
@@ -102,3 +158,53 @@ def _build_local(settings: Settings) -> Components:
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
     return comps
+
+
+def cluster_checks(settings: Settings) -> list[tuple[str, bool, str]]:
+    """``faas doctor`` in cluster mode: (label, ok, detail) per check; never raises.
+
+    Each check builds the same client the appliance builds from the same settings, so a pass
+    means the appliance's own calls reach Nomad, Consul and S3 and find its jobs registered."""
+    import consul
+    import requests
+
+    from .backends.consul_kv import consul_client
+    from .backends.consul_registry import ConsulRegistry
+    from .backends.nomad_scheduler import NomadScheduler
+    from .backends.s3_blob import S3BlobStore
+
+    out: list[tuple[str, bool, str]] = []
+    try:
+        r = requests.get(f"{settings.nomad_addr.rstrip('/')}/v1/status/leader", timeout=5,
+                         headers={"X-Nomad-Token": settings.nomad_token} if settings.nomad_token else {})
+        r.raise_for_status()
+        out.append(("Nomad", True, f"{settings.nomad_addr} (leader {r.json()})"))
+        nomad_ok = True
+    except (requests.RequestException, ValueError) as exc:
+        out.append(("Nomad", False, f"{settings.nomad_addr} does not answer: {exc}"))
+        nomad_ok = False
+    try:
+        leader = consul_client(settings.consul_addr, settings.consul_token, 5).status.leader()
+        out.append(("Consul", True, f"{settings.consul_addr} (leader {leader})"))
+    except (requests.RequestException, consul.ConsulException) as exc:
+        out.append(("Consul", False, f"{settings.consul_addr} does not answer: {exc}"))
+    try:
+        detail = S3BlobStore.from_settings(settings).check()
+        out.append(("S3 code store", True, detail))
+    except ApplianceError as exc:
+        out.append(("S3 code store", False, exc.message))
+    if nomad_ok:
+        registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token)
+        sched = NomadScheduler(nomad_addr=settings.nomad_addr, nomad_token=settings.nomad_token,
+                               consul_addr=settings.consul_addr, consul_token=settings.consul_token,
+                               registry=registry, blobs=None, client=None, retry_s=1.0, maintain=False)
+        try:
+            for job, status in sched.jobs_status().items():
+                good = status != "missing"
+                out.append((f"Nomad job {job}", good, status if good else
+                            "not registered: start an edge (it registers the jobs) or submit jobspecs/"))
+        except ApplianceError as exc:
+            out.append(("Nomad jobs", False, exc.message))
+        finally:
+            registry.close()
+    return out

@@ -63,6 +63,12 @@ variable "kill_timeout" {
   default = "35s"
 }
 
+variable "check_interval" {
+  type        = string
+  default     = "2s"
+  description = "Interval of the pool check and of the check a specialised instance registers for itself."
+}
+
 variable "consul_http_addr" {
   type    = string
   default = "http://127.0.0.1:8500"
@@ -120,6 +126,7 @@ job "runtime-pool" {
         FAAS_PORT           = "${NOMAD_PORT_http}"
         FAAS_INSTANCE_ID    = "${NOMAD_ALLOC_ID}"
         CONSUL_HTTP_ADDR    = var.consul_http_addr
+        FAAS_CHECK_INTERVAL = var.check_interval
       }
 
       resources {
@@ -130,9 +137,9 @@ job "runtime-pool" {
       kill_signal  = "SIGTERM"
       kill_timeout = var.kill_timeout
 
-      # Pool membership. The check is liveness (/_/health): by contract /_/ready is 503 for a
-      # generic instance. Whether an instance is still free is the claim in Consul KV, not this
-      # check.
+      # Pool membership. The check is /_/pool: 200 while the instance is generic, 503 once it
+      # has been specialised, so passing entries are the free instances. A claim in Consul KV
+      # (faas/pool/claims/<alloc id>, created with cas=0) decides which starter gets one.
       service {
         name     = "faas-pool-${NOMAD_META_pool_service_suffix}"
         port     = "http"
@@ -144,10 +151,10 @@ job "runtime-pool" {
         }
 
         check {
-          name     = "alive"
+          name     = "free"
           type     = "http"
-          path     = "/_/health"
-          interval = "2s"
+          path     = "/_/pool"
+          interval = var.check_interval
           timeout  = "1s"
         }
       }
@@ -195,6 +202,7 @@ job "runtime-pool" {
         FAAS_PORT           = "${NOMAD_PORT_http}"
         FAAS_INSTANCE_ID    = "${NOMAD_ALLOC_ID}"
         CONSUL_HTTP_ADDR    = var.consul_http_addr
+        FAAS_CHECK_INTERVAL = var.check_interval
       }
 
       resources {
@@ -216,10 +224,10 @@ job "runtime-pool" {
         }
 
         check {
-          name     = "alive"
+          name     = "free"
           type     = "http"
-          path     = "/_/health"
-          interval = "2s"
+          path     = "/_/pool"
+          interval = var.check_interval
           timeout  = "1s"
         }
       }

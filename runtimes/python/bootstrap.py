@@ -355,6 +355,7 @@ class _Instance:
         return s
 
     def _close(self):
+        _cluster_deregister(self)
         try:
             self.listener.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -583,7 +584,9 @@ class _Instance:
             return self._drain(body, close)
         if path == "/_/specialize" and method == "POST":
             return self._specialize(body, close)
-        if path in ("/_/health", "/_/ready", "/_/drain", "/_/specialize"):
+        if path == "/_/pool" and method == "GET":
+            return _cluster_pool_status(self, close)
+        if path in ("/_/health", "/_/ready", "/_/drain", "/_/specialize", "/_/pool"):
             return _json_response(405, {"error": f"method {method} not allowed on {path}"}, close=close)
         return _json_response(404, {"error": f"no such path: {path}"}, close=close)
 
@@ -652,16 +655,27 @@ class _Instance:
                       "timeout_s": float(s.get("timeoutS") or self.cfg["timeout_s"]),
                       "max_inflight": max(1, int(s.get("maxInflight") or 1))}
             env = {str(k): str(v) for k, v in env.items()}
+            if s.get("instanceId"):
+                update["instance_id"] = str(s["instanceId"])
         except (ValueError, TypeError, AttributeError):
             return _json_response(400, {"error": "body must be a JSON object: {function, version, handler, codeDir, "
                                                  "memoryMb, timeoutS, maxInflight, env}"}, close=close)
         with self.lock:
             if self.state != POOL:
                 return _json_response(409, {"error": "already specialized", "state": self.state}, close=close)
+            self._set_state(STARTING)  # from here on the instance has left the pool (accepted once)
+        if not update["code_dir"] and s.get("codeSha256"):
+            try:
+                update["code_dir"] = _cluster_fetch_code(s.get("codeUrl"), s.get("codeSha256"))
+            except Exception as e:  # noqa: BLE001 - any fetch failure: leave, let the platform start elsewhere
+                with self.lock:
+                    self._set_state(DRAINING)
+                self._post(self._finish)
+                return _json_response(502, {"error": f"code fetch failed: {type(e).__name__}: {e}"}, close=True)
+        with self.lock:
             self.cfg.update(update)
             self.max_inflight, self.timeout_s = update["max_inflight"], update["timeout_s"]
             os.environ.update(env)
-            self._set_state(STARTING)
         self._post(self._load)
         with self.lock:
             self.state_changed.wait_for(lambda: self.state != STARTING)
@@ -669,6 +683,15 @@ class _Instance:
                    "version": self.cfg["function_version"], "initDurationMs": self.init_ms}
             if self.state == FAILED:
                 out["error"], out["logs"] = self.init_error, self.init_logs
+        if out["state"] == READY:
+            try:
+                out["registered"] = _cluster_register(self)
+            except Exception as e:  # noqa: BLE001 - unlisted, it would serve nobody: leave
+                with self.lock:
+                    self._set_state(DRAINING)
+                self._post(self._finish)
+                return _json_response(502, {"error": f"Consul registration failed: {type(e).__name__}: {e}"},
+                                      close=True)
         return _json_response(200, out, close=close)
 
     def _invoke(self, headers, body, sock, conn, close):
@@ -794,6 +817,122 @@ class _Instance:
             inv.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+# --- cluster mode (runtimes/README.md section 6): pool readiness, code fetch, Consul registration ---
+#
+# Kept apart from the server above: none of it runs unless the platform asks for it (a GET of
+# /_/pool, a /_/specialize with codeSha256, CONSUL_HTTP_ADDR in the environment).
+
+CODE_MAX_ZIP = 50 << 20
+CODE_MAX_UNPACKED = 250 << 20
+
+
+def _cluster_pool_status(inst, close):
+    """The pool service's check: 200 while generic and unclaimed, 503 once specialised."""
+    with inst.lock:
+        state = inst.state
+    return _json_response(200 if state == POOL else 503, {"state": state}, close=close)
+
+
+def _cluster_fetch_code(url, digest):
+    """Fetch, verify and unpack a code package into ``$FAAS_CODE_CACHE_DIR/<digest>`` once per node.
+
+    The file lock is the one ``python -m appliance instance`` takes, so pooled and dispatched
+    instances on one node never fetch the same digest twice."""
+    import fcntl, hashlib, io, re, stat, tempfile, urllib.request, zipfile  # noqa: E401
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError("codeSha256 must be 64 lowercase hex digits")
+    cache = os.environ.get("FAAS_CODE_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "faas-code")
+    dest = os.path.join(cache, digest)
+    if os.path.isdir(dest):
+        return dest
+    if not url:
+        raise ValueError("the code is not cached on this node and no codeUrl was given")
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, f".{digest}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(dest):
+            return dest
+        t0 = time.monotonic()
+        with urllib.request.urlopen(url, timeout=60) as r:
+            data = r.read(CODE_MAX_ZIP + 1)
+        if len(data) > CODE_MAX_ZIP:
+            raise ValueError(f"the package is larger than {CODE_MAX_ZIP} bytes")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError("the downloaded package does not match codeSha256")
+        tmp = tempfile.mkdtemp(prefix=f".{digest}.", dir=cache)
+        total = 0
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                parts = name.split("/")
+                if name.startswith("/") or "\\" in name or ":" in name or ".." in parts:
+                    raise ValueError(f"unsafe entry name {name!r}")
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise ValueError(f"entry {name!r} is a symbolic link")
+                target = os.path.join(tmp, *[p for p in parts if p])
+                if info.is_dir():
+                    os.makedirs(target, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with zf.open(info) as src, open(target, "xb") as out:
+                    while True:
+                        chunk = src.read(1 << 16)
+                        if not chunk:
+                            break
+                        total += len(chunk)
+                        if total > CODE_MAX_UNPACKED:
+                            raise ValueError(f"the package unpacks to more than {CODE_MAX_UNPACKED} bytes")
+                        out.write(chunk)
+        os.rename(tmp, dest)
+        print(f"[faas] event=code_fetched digest={digest} bytes={len(data)} ms={(time.monotonic() - t0) * 1000:.1f}",
+              file=sys.__stderr__, flush=True)
+    return dest
+
+
+def _cluster_consul(method, path, body=None):
+    import urllib.request
+    addr = os.environ["CONSUL_HTTP_ADDR"]
+    addr = addr if "://" in addr else "http://" + addr
+    req = urllib.request.Request(addr.rstrip("/") + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    token = os.environ.get("CONSUL_HTTP_TOKEN")
+    if token:
+        req.add_header("X-Consul-Token", token)
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status
+
+
+def _cluster_register(inst):
+    """A specialised pool instance lists itself as ``fn-<function>`` through the node's Consul agent,
+    with an HTTP check on /_/ready; returns the service ID, or None outside cluster mode."""
+    if not os.environ.get("CONSUL_HTTP_ADDR"):
+        return None
+    cfg = inst.cfg
+    host, port = cfg["host"], inst.listener.getsockname()[1]
+    name, version, iid = cfg["function_name"], cfg["function_version"], cfg["instance_id"]
+    sid = f"fn-{name}-{iid}"
+    _cluster_consul("PUT", "/v1/agent/service/register", {
+        "ID": sid, "Name": f"fn-{name}", "Address": host, "Port": port,
+        "Tags": ["faas", f"function={name}", f"version={version}", f"instance={iid}", "source=pool"],
+        "Meta": {"function": name, "version": version, "instance_id": iid, "runtime": RUNTIME,
+                 "concurrency": str(inst.max_inflight), "source": "pool"},
+        "Check": {"CheckID": f"{sid}-ready", "Name": "ready", "HTTP": f"http://{host}:{port}/_/ready",
+                  "Interval": os.environ.get("FAAS_CHECK_INTERVAL") or "2s", "Timeout": "1s",
+                  "DeregisterCriticalServiceAfter": "1m"}})
+    inst.consul_service_id = sid
+    return sid
+
+
+def _cluster_deregister(inst):
+    sid = getattr(inst, "consul_service_id", None)
+    if not sid:
+        return
+    try:
+        _cluster_consul("PUT", f"/v1/agent/service/deregister/{sid}")
+    except Exception:  # noqa: BLE001 - Consul reaps it after DeregisterCriticalServiceAfter
+        pass
 
 
 def main():

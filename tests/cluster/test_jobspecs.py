@@ -73,7 +73,7 @@ def test_function_instance_fields(nomad_double):
     assert job["ID"] == "function-instance" and job["Type"] == "batch"
     pj = job["ParameterizedJob"]
     assert pj["MetaRequired"] == ["function", "version", "digest"]
-    assert set(pj["MetaOptional"]) == {"handler", "runtime", "memory", "timeout", "concurrency"}
+    assert set(pj["MetaOptional"]) == {"handler", "runtime", "memory", "timeout", "concurrency", "code_url"}
     assert pj["Payload"] == "forbidden"
     # Optional meta defaults live at job level so the dispatch can override them.
     assert set(job["Meta"]) == set(pj["MetaOptional"])
@@ -119,7 +119,7 @@ def test_runtime_pool_fields(nomad_double):
         (svc,) = t["Services"]
         assert svc["Name"] == "faas-pool-${NOMAD_META_pool_service_suffix}"
         assert tg["Meta"]["pool_service_suffix"] == re.sub(r"[^a-z0-9-]", "-", name)
-        assert svc["Checks"][0]["Path"] == "/_/health"
+        assert svc["Checks"][0]["Path"] == "/_/pool"
 
 
 @pytest.mark.parametrize("name, args", [

@@ -31,6 +31,8 @@ def main() -> None:
         def do_GET(self):
             if self.path == "/_/health":
                 self._send(200, {"state": "ready", "pid": os.getpid()})
+            elif self.path == "/_/pool":  # a generic pool instance, for runtime-pool's check
+                self._send(200 if os.environ.get("FAAS_POOL") == "1" else 503, {"state": "pool"})
             elif self.path == "/_/ready":
                 status = int(os.environ.get("TINY_READY_STATUS", "200"))
                 f = os.environ.get("TINY_READY_FILE")

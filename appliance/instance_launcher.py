@@ -1,0 +1,102 @@
+"""``python -m appliance instance``: what a Nomad task runs to become a function instance.
+
+Nomad starts this with the runtime contract's environment (runtimes/README.md) plus:
+
+* ``FAAS_RUNTIME``: which bootstrap to run (``python3.11``, ``nodejs20``);
+* ``FAAS_CODE_DIGEST``, ``FAAS_CODE_CACHE_DIR``, ``FAAS_CODE_URL``: the code to serve, the node's
+  content-addressed cache, and where to fetch the package from (a presigned S3 URL, so nodes need
+  no S3 credentials);
+* ``FAAS_POOL=1`` for a generic pool instance (no code yet).
+
+It makes sure ``<cache>/<digest>/`` holds the unpacked code (fetched at most once per digest per
+node: a file lock serialises instances starting together, the check after taking it skips the
+fetch), verifies the sha256, unpacks with :func:`appliance.codepkg.unpack` (all of its safety
+checks), then replaces itself with the runtime's bootstrap (``os.execv``), so Nomad's signals and
+exit status are the runtime's own. A pool instance starting afresh first clears a claim left on its
+allocation by an earlier incarnation (Nomad restarts a drained pool instance in place).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from . import codepkg
+from .config import REPO_ROOT
+
+CLAIM_PREFIX = "faas/pool/claims/"
+
+
+def _say(event: str, **kv) -> None:
+    fields = " ".join(f"{k}={v}" for k, v in kv.items())
+    print(f"[faas-instance] event={event} {fields}".rstrip(), file=sys.stderr, flush=True)
+
+
+def bootstrap_command(runtime: str, runtimes_dir: Path) -> list[str]:
+    if runtime.startswith("python"):
+        return [sys.executable, "-X", "frozen_modules=on", str(runtimes_dir / "python" / "bootstrap.py")]
+    if runtime.startswith("nodejs"):
+        return [os.environ.get("APPLIANCE_NODE", "/usr/bin/node"), str(runtimes_dir / "node" / "bootstrap.js")]
+    raise SystemExit(f"faas instance: unknown runtime {runtime!r}")
+
+
+def ensure_code(digest: str, cache_dir: Path, url: str, limits: codepkg.Limits) -> tuple[Path, bool]:
+    """(directory of the unpacked code, fetched now?)."""
+    dest = cache_dir / digest
+    if dest.is_dir():
+        return dest, False
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.is_dir():
+            return dest, False
+        if not url:
+            raise SystemExit(f"faas instance: code {digest} is not cached in {cache_dir} and FAAS_CODE_URL is empty")
+        t0 = time.monotonic()
+        with urllib.request.urlopen(url, timeout=60) as r:
+            data = r.read(limits.max_zip_bytes + 1)
+        if len(data) > limits.max_zip_bytes:
+            raise SystemExit(f"faas instance: package {digest} is larger than {limits.max_zip_bytes} bytes")
+        got = hashlib.sha256(data).hexdigest()
+        if got != digest:
+            raise SystemExit(f"faas instance: downloaded package hashes to {got}, expected {digest}; refusing it")
+        codepkg.unpack(data, dest, limits)
+        _say("code_fetched", digest=digest, bytes=len(data), ms=f"{(time.monotonic() - t0) * 1000:.1f}")
+        return dest, True
+
+
+def clear_stale_claim(consul_addr: str, alloc_id: str) -> None:
+    addr = consul_addr if "://" in consul_addr else f"http://{consul_addr}"
+    req = urllib.request.Request(f"{addr.rstrip('/')}/v1/kv/{CLAIM_PREFIX}{alloc_id}", method="DELETE")
+    token = os.environ.get("CONSUL_HTTP_TOKEN")
+    if token:
+        req.add_header("X-Consul-Token", token)
+    try:
+        urllib.request.urlopen(req, timeout=5).close()
+    except OSError as exc:
+        _say("claim_clear_failed", alloc=alloc_id, error=repr(str(exc)))
+
+
+def main(environ=None) -> None:
+    env = dict(os.environ if environ is None else environ)
+    runtime = env.get("FAAS_RUNTIME") or "python3.11"
+    runtimes_dir = Path(env.get("APPLIANCE_RUNTIMES_DIR") or REPO_ROOT / "runtimes")
+    if env.get("FAAS_POOL") in ("1", "true", "yes"):
+        alloc = env.get("FAAS_INSTANCE_ID") or env.get("NOMAD_ALLOC_ID")
+        if alloc and env.get("CONSUL_HTTP_ADDR"):
+            clear_stale_claim(env["CONSUL_HTTP_ADDR"], alloc)
+    else:
+        digest = env.get("FAAS_CODE_DIGEST") or ""
+        if not digest:
+            raise SystemExit("faas instance: FAAS_CODE_DIGEST is not set")
+        cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas/code")
+        code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
+        env["FAAS_CODE_DIR"] = str(code_dir)
+    cmd = bootstrap_command(runtime, runtimes_dir)
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    os.execve(cmd[0], cmd, env)

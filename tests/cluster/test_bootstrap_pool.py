@@ -1,0 +1,136 @@
+"""The Python bootstrap's cluster additions (runtimes/README.md section 6), on real processes:
+the /_/pool check, code fetched by URL and verified, unsafe packages refused, one fetch per digest
+per node, and self-registration in Consul as fn-<function>."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+
+import pytest
+import requests
+
+from helpers import HELLO, ROOT, free_port, package, wait_until
+
+BOOTSTRAP = os.path.join(ROOT, "runtimes", "python", "bootstrap.py")
+
+
+class Files:
+    """Serves byte strings over HTTP and counts the GETs per path."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.gets: dict[str, int] = {}
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.gets[self.path] = outer.gets.get(self.path, 0) + 1
+                data = outer.files.get(self.path)
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def add(self, name: str, data: bytes) -> str:
+        self.files[f"/{name}"] = data
+        return f"http://127.0.0.1:{self.srv.server_address[1]}/{name}"
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture
+def files():
+    f = Files()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def pool_instance(consul_double, tmp_path):
+    procs = []
+
+    def start(instance_id="alloc-1"):
+        port = free_port()
+        env = {**os.environ, "FAAS_POOL": "1", "FAAS_PORT": str(port), "FAAS_INSTANCE_ID": instance_id,
+               "FAAS_CODE_CACHE_DIR": str(tmp_path / "cache"), "CONSUL_HTTP_ADDR": consul_double.url,
+               "FAAS_CHECK_INTERVAL": "1s"}
+        p = subprocess.Popen([sys.executable, BOOTSTRAP], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(p)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(url + "/_/health", timeout=1).ok, 15, "the pool instance to listen")
+        return p, url
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def specialize(url, **body):
+    base = {"function": "hello", "version": "2", "handler": "index.handler", "maxInflight": 3}
+    return requests.post(url + "/_/specialize", json={**base, **body}, timeout=30)
+
+
+def test_pool_check_fetch_and_self_registration(pool_instance, files, consul_double, tmp_path):
+    p, url = pool_instance()
+    assert requests.get(url + "/_/pool", timeout=5).status_code == 200
+    data = package(HELLO)
+    digest = hashlib.sha256(data).hexdigest()
+    r = specialize(url, instanceId="alloc-1.abcd", codeUrl=files.add("pkg.zip", data), codeSha256=digest)
+    assert r.status_code == 200 and r.json()["state"] == "ready", r.text
+    assert r.json()["registered"] == "fn-hello-alloc-1.abcd"
+    assert requests.get(url + "/_/pool", timeout=5).status_code == 503  # left the pool
+    assert (tmp_path / "cache" / digest / "index.py").read_text() == HELLO
+    entry = wait_until(lambda: consul_double.passing_instances("fn-hello"), 15, "registered and passing")[0]
+    assert entry["Meta"] == {"function": "hello", "version": "2", "instance_id": "alloc-1.abcd",
+                             "runtime": "python3.11", "concurrency": "3", "source": "pool"}
+    assert entry["Port"] == int(url.rsplit(":", 1)[1])
+    assert requests.post(url + "/_/invoke", data=b"{}", timeout=5).json()["result"] == "Hello Serverless"
+    assert requests.post(url + "/_/drain", json={}, timeout=5).json() == {"drained": True}
+    assert p.wait(15) == 0
+    assert "fn-hello-alloc-1.abcd" not in consul_double.services  # deregistered on exit
+
+
+def test_a_digest_is_fetched_once_per_node(pool_instance, files):
+    data = package(HELLO)
+    digest = hashlib.sha256(data).hexdigest()
+    link = files.add("once.zip", data)
+    for i in range(2):
+        _, url = pool_instance(f"alloc-{i}")
+        assert specialize(url, instanceId=f"a{i}", codeUrl=link, codeSha256=digest).json()["state"] == "ready"
+    assert files.gets["/once.zip"] == 1
+
+
+@pytest.mark.parametrize("entry", ["../evil.py", "/abs.py", "a/../../evil.py"])
+def test_unsafe_packages_are_refused(pool_instance, files, tmp_path, entry):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("index.py", HELLO)
+        zf.writestr(entry, "x = 1\n")
+    data = buf.getvalue()
+    p, url = pool_instance()
+    r = specialize(url, codeUrl=files.add("bad.zip", data), codeSha256=hashlib.sha256(data).hexdigest())
+    assert r.status_code == 502 and "unsafe entry name" in r.json()["error"]
+    assert p.wait(15) == 0  # it leaves; the platform starts the function elsewhere
+    assert not (tmp_path / "evil.py").exists() and not (tmp_path / "cache" / hashlib.sha256(data).hexdigest()).exists()
+
+
+def test_a_package_that_does_not_match_its_digest_is_refused(pool_instance, files):
+    p, url = pool_instance()
+    r = specialize(url, codeUrl=files.add("x.zip", package(HELLO)), codeSha256="0" * 64)
+    assert r.status_code == 502 and "does not match codeSha256" in r.json()["error"]
+    assert p.wait(15) == 0

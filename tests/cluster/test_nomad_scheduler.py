@@ -1,0 +1,296 @@
+"""NomadScheduler against the Nomad and Consul doubles, with moto's S3 and real runtime processes
+(the jobspecs' instance_command is this venv's python running ``-m appliance instance``)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from appliance.backends.consul_registry import ConsulRegistry
+from appliance.backends.nomad_scheduler import CLAIM_PREFIX, NomadScheduler
+from appliance.backends.s3_blob import S3BlobStore
+from appliance.errors import FunctionError, PlacementFailed, SchedulerUnavailable
+from appliance.instance_client import InstanceClient
+from appliance.model import InstanceSpec
+from helpers import HELLO, FaultyProxy, alloc_logs, job_vars, moto_s3, package, wait_until  # noqa: F401
+
+
+class Cluster:
+    def __init__(self, consul, nomad, s3_url, tmp_path, python_count, nomad_url=None):
+        self.consul, self.nomad = consul, nomad
+        self.blobs = S3BlobStore(bucket=f"code-{id(self)}", endpoint_url=s3_url, access_key="testing",
+                                 secret_key="testing")
+        self.blobs.ensure_bucket()
+        self.client = InstanceClient()
+        self.registries, self.schedulers = [], []
+        self.vars = job_vars(consul.url, str(tmp_path / "code"), python_count=python_count)
+        self.nomad_url = nomad_url or nomad.url
+
+    def scheduler(self, **kw) -> NomadScheduler:
+        reg = ConsulRegistry(self.consul.url, removal_grace_s=0.2)
+        self.registries.append(reg)
+        kw.setdefault("nomad_addr", self.nomad_url)
+        s = NomadScheduler(consul_addr=self.consul.url, registry=reg, blobs=self.blobs, client=self.client,
+                           jobspecs_dir="jobspecs", job_vars=self.vars, pool_refill_s=0, retry_s=2.0,
+                           maintain=False, **kw)
+        self.schedulers.append(s)
+        return s
+
+    def deploy(self, source=HELLO, function="hello", version=1, concurrency=1) -> InstanceSpec:
+        data = package(source)
+        digest = hashlib.sha256(data).hexdigest()
+        self.blobs.put(digest, data)
+        return InstanceSpec(function=function, version=version, digest=digest, runtime="python3.11",
+                            handler="index.handler", memory_mb=128, timeout_s=3, concurrency=concurrency,
+                            environment={"GREETING": "hi"})
+
+    def invoke(self, inst) -> dict:
+        reply = self.client.invoke(inst, b"{}", request_id="r1", deadline_ms=int((time.time() + 5) * 1000),
+                                   read_timeout_s=5)
+        return reply.body
+
+    def close(self):
+        for s in self.schedulers:
+            s.close()
+        for r in self.registries:
+            r.close()
+        self.client.close_all()
+
+
+@pytest.fixture
+def make_cluster(consul_double, nomad_double, moto_s3, tmp_path):
+    made = []
+
+    def make(python_count=0, nomad_url=None) -> Cluster:
+        c = Cluster(consul_double, nomad_double, moto_s3.url, tmp_path, python_count, nomad_url)
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.close()
+
+
+def pool_ready(consul, n):
+    return wait_until(lambda: len(e := consul.passing_instances("faas-pool-python3-11")) == n and e, 30,
+                      f"{n} free pool instances")
+
+
+def test_ensure_jobs_registers_both_jobs_with_variables(make_cluster, nomad_double):
+    c = make_cluster()
+    s = c.scheduler()
+    assert s.ensure_jobs() == ["function-instance", "runtime-pool"]
+    job = requests.get(f"{nomad_double.url}/v1/job/function-instance", timeout=5).json()
+    assert job["TaskGroups"][0]["Tasks"][0]["Config"]["args"] == ["-m", "appliance", "instance"]
+    status = s.jobs_status()
+    assert set(status) == {"function-instance", "runtime-pool"} and "missing" not in status.values()
+    requests.delete(f"{nomad_double.url}/v1/job/runtime-pool?purge=true", timeout=5)
+    assert s.jobs_status()["runtime-pool"] == "missing"
+
+
+def test_dispatch_path_and_code_fetched_once_per_node(make_cluster, consul_double, nomad_double):
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    spec = c.deploy()
+    a = s.start(spec, time.monotonic() + 30)
+    assert "." not in a.id and a.concurrency == 1
+    assert c.invoke(a)["result"] == "Hello Serverless"
+    (entry,) = consul_double.passing_instances("fn-hello")
+    assert "source=dispatch" in entry["Tags"] and entry["Meta"]["concurrency"] == "1"
+    b = s.start(spec, time.monotonic() + 30)
+    assert b.id != a.id and c.invoke(b)["result"] == "Hello Serverless"
+    assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
+    assert s.stats["dispatch_starts"] == 2 and s.stats["pool_starts"] == 0
+    s.stop(a)
+    wait_until(lambda: len(consul_double.passing_instances("fn-hello")) == 1, what="stopped instance deregistered")
+
+
+def test_pool_path_claims_and_specialises(make_cluster, consul_double):
+    c = make_cluster(python_count=1)
+    s = c.scheduler()
+    s.ensure_jobs()
+    pool_ready(consul_double, 1)
+    spec = c.deploy(source="import os\ndef handler(e, c):\n    return os.environ['GREETING']\n")
+    inst = s.start(spec, time.monotonic() + 30)
+    assert "." in inst.id and s.stats["pool_starts"] == 1
+    assert c.invoke(inst)["result"] == "hi"
+    (entry,) = consul_double.passing_instances("fn-hello")
+    assert "source=pool" in entry["Tags"] and entry["Meta"]["instance_id"] == inst.id
+    alloc = inst.id.split(".")[0]
+    claim = json.loads(consul_double.kv[CLAIM_PREFIX + alloc]["Value"] if isinstance(
+        consul_double.kv[CLAIM_PREFIX + alloc]["Value"], (bytes, str)) else b"{}")
+    assert claim["function"] == "hello"
+    # Specialised, it left the pool: the pool check fails.
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="left the pool")
+
+
+def test_two_starters_racing_for_one_pool_instance(make_cluster, consul_double):
+    c = make_cluster(python_count=1)
+    s1, s2 = c.scheduler(), c.scheduler()
+    s1.ensure_jobs()
+    pool_ready(consul_double, 1)
+    spec = c.deploy()
+    out, errors = [], []
+
+    def go(s):
+        try:
+            out.append(s.start(spec, time.monotonic() + 30))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in (s1, s2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted("." in i.id for i in out) == [False, True]  # one claimed the pool instance, one dispatched
+    for i in out:
+        assert c.invoke(i)["result"] == "Hello Serverless"
+
+
+def test_code_that_fails_to_load_is_a_function_error(make_cluster):
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    spec = c.deploy(source="import nothing_such\n")
+    with pytest.raises(FunctionError) as e:
+        s.start(spec, time.monotonic() + 30)
+    assert e.value.code == "Runtime.ImportModuleError"
+
+
+def test_failed_allocation_is_placement_failed_with_nomads_reason(make_cluster):
+    c = make_cluster(python_count=0)
+    c.vars += 'instance_args = ["-c", "import sys; sys.exit(3)"]\n'
+    s = c.scheduler()
+    s.ensure_jobs()
+    with pytest.raises(PlacementFailed) as e:
+        s.start(c.deploy(), time.monotonic() + 30)
+    assert "Exit Code: 3" in e.value.message and "Not Restarting" in e.value.message
+    assert "Exit Code: 3" in e.value.detail["reason"]
+
+
+def test_nomad_unreachable_is_scheduler_unavailable(make_cluster, nomad_double):
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    spec = c.deploy()
+    nomad_double.down()
+    with pytest.raises(SchedulerUnavailable, match="is unreachable"):
+        s.start(spec, time.monotonic() + 30)
+    nomad_double.up()
+    assert c.invoke(s.start(spec, time.monotonic() + 30))["result"] == "Hello Serverless"
+
+
+def test_transient_errors_are_retried_and_dispatch_stays_idempotent(make_cluster, nomad_double):
+    proxy = FaultyProxy(nomad_double.url, match="/dispatch?")
+    try:
+        c = make_cluster(python_count=0, nomad_url=proxy.url)
+        s = c.scheduler()
+        s.ensure_jobs()
+        # First attempt: Nomad dispatches but the answer is lost; second: a leader election.
+        proxy.plan = [("forward_then", 502, "bad gateway"), ("reply", 500, "No cluster leader")]
+        inst = s.start(c.deploy(), time.monotonic() + 30)
+        assert c.invoke(inst)["result"] == "Hello Serverless"
+        assert proxy.count("/dispatch?") == 3
+        children = [j for j in requests.get(f"{nomad_double.url}/v1/jobs", timeout=5).json()
+                    if j["ParentID"] == "function-instance"]
+        assert len(children) == 1, "the retried dispatch reused its idempotency token"
+    finally:
+        proxy.close()
+
+
+def test_validation_errors_are_not_retried(make_cluster, nomad_double):
+    proxy = FaultyProxy(nomad_double.url, match="/dispatch?")
+    try:
+        c = make_cluster(python_count=0, nomad_url=proxy.url)
+        s = c.scheduler(function_job="runtime-pool")  # not parameterized: Nomad answers 500
+        s.ensure_jobs()
+        with pytest.raises(PlacementFailed, match="not a parameterized job"):
+            s.start(c.deploy(), time.monotonic() + 30)
+        assert proxy.count("/dispatch?") == 1
+    finally:
+        proxy.close()
+
+
+def test_pool_top_up_scales_the_runtime_group(make_cluster, consul_double, nomad_double):
+    c = make_cluster(python_count=1)
+    s = c.scheduler()
+    s.ensure_jobs()
+    pool_ready(consul_double, 1)
+    s.start(c.deploy(), time.monotonic() + 30)  # takes the only free instance
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty")
+    assert s.refill_pool() == {"python3.11": 2}
+    pool_ready(consul_double, 1)
+    assert s.refill_pool() == {}  # one free again: nothing to do
+
+
+def test_exit_cause_and_reason_come_from_task_events(make_cluster, nomad_double):
+    """A crashed dispatched instance: its cause is read back from Nomad's allocation."""
+    import os
+    import signal
+
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    inst = s.start(c.deploy(), time.monotonic() + 30)
+    assert s.exit_cause(inst.id) is None  # still running
+    (proc,) = [p for p in nomad_double.processes() if p.poll() is None]
+    os.kill(proc.pid, signal.SIGSEGV)
+    wait_until(lambda: s.exit_cause(inst.id) == "crashed", 15, "the crash to show in the allocation")
+    from appliance.backends.nomad_scheduler import cause_from_alloc
+    oom = {"ClientStatus": "failed", "DesiredStatus": "run", "TaskStates": {"runtime": {"Events": [
+        {"Type": "Terminated", "DisplayMessage": "Exit Code: 137, Exit Message: \"OOM Killed\"",
+         "Details": {"oom_killed": "true", "exit_code": "137"}}]}}}
+    assert cause_from_alloc(oom) == "oom"
+
+
+def test_an_abandoned_claim_is_cleared_and_the_instance_reused(make_cluster, consul_double):
+    """A starter that died between claim and specialise leaves a claim on a generic instance;
+    top-up frees it once it is older than the claim TTL."""
+    c = make_cluster(python_count=1)
+    s = c.scheduler(claim_ttl_s=30)
+    s.ensure_jobs()
+    (entry,) = pool_ready(consul_double, 1)
+    alloc = entry["Meta"]["instance_id"]
+    old = json.dumps({"function": "x", "at": time.time() - 60})
+    requests.put(f"{consul_double.url}/v1/kv/{CLAIM_PREFIX}{alloc}?cas=0", data=old, timeout=5)
+    spec = c.deploy()
+    inst = s.start(spec, time.monotonic() + 30)
+    assert "." not in inst.id  # the only pool instance looked claimed: dispatched
+    s.refill_pool()
+    assert requests.get(f"{consul_double.url}/v1/kv/{CLAIM_PREFIX}{alloc}", timeout=5).status_code == 404
+    again = s.start(c.deploy(function="other"), time.monotonic() + 30)
+    assert again.id.startswith(alloc + ".")
+
+
+def test_pool_cold_starts_work_while_nomad_is_down(make_cluster, consul_double, nomad_double):
+    """The fast path needs only Consul and the pooled instance."""
+    c = make_cluster(python_count=1)
+    s = c.scheduler()
+    s.ensure_jobs()
+    pool_ready(consul_double, 1)
+    nomad_double.down()
+    try:
+        inst = s.start(c.deploy(), time.monotonic() + 30)
+        assert "." in inst.id and c.invoke(inst)["result"] == "Hello Serverless"
+    finally:
+        nomad_double.up()
+
+
+def test_ensure_jobs_leaves_jobs_the_operator_registered(make_cluster, nomad_double):
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    c.vars = c.vars.replace("python_count = 0", "python_count = 3")
+    other = c.scheduler()
+    other.ensure_jobs()  # present: untouched
+    pool = requests.get(f"{nomad_double.url}/v1/job/runtime-pool", timeout=5).json()
+    assert pool["Version"] == 0 and pool["TaskGroups"][0]["Count"] == 0
+    other.ensure_jobs(replace=True)
+    pool = requests.get(f"{nomad_double.url}/v1/job/runtime-pool", timeout=5).json()
+    assert pool["Version"] == 1
