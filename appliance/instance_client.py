@@ -70,7 +70,7 @@ class _UnixPool(urllib3.HTTPConnectionPool):
 def _make_pool(address: str, maxsize: int) -> urllib3.HTTPConnectionPool:
     kw = dict(maxsize=max(1, maxsize), block=False, retries=False, timeout=urllib3.Timeout(connect=2.0, read=None))
     if address.startswith("unix:"):
-        return _UnixPool("localhost", conn_kw={"socket_path": address[5:]}, **kw)
+        return _UnixPool("localhost", socket_path=address[5:], **kw)  # extra keywords go to each connection
     host, _, port = address.rpartition(":")
     pool = urllib3.HTTPConnectionPool(host, int(port), **kw)
     # Small request/response pairs: Nagle would add 40 ms delays to keep-alive round trips.

@@ -1,0 +1,220 @@
+"""The runtime zygote: a process that has imported the Python bootstrap and forks sandboxed instances.
+
+Run by ``appliance/backends/zygote_launcher.py`` as ``python -u -s -B zygote.py SOCKET BOOTSTRAP``, with
+only the standard library: it loads ``sandbox.py`` and the bootstrap by path under private module names,
+so nothing of the appliance (Flask, its settings, its open files) is ever in an instance's memory, and a
+user file named ``bootstrap.py`` or ``sandbox.py`` cannot be shadowed by ours.
+
+Protocol: one SOCK_SEQPACKET connection per launch. The launcher sends one JSON message
+``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null}`` with two file descriptors
+attached (the instance's ready pipe and its log file), and gets ``{"pid": N}`` (the instance's host pid)
+or ``{"error": "..."}``; the connection then stays open and, when the instance ends, carries
+``{"exit": returncode}`` (negative: killed by that signal) before it closes. If the zygote dies the
+connection closes without that message, which is how the launcher notices.
+
+The zygote never runs user code: it is single-threaded, only accepts, forks and reaps. Each child
+enters its sandbox (``sandbox.enter``) and then either calls ``bootstrap.serve`` in the preloaded
+interpreter (Python) or ``execve``s another runtime (Node.js) inside the sandbox. The zygote is a child
+subreaper, so the confined grandchild becomes its child and its exit status comes back here.
+"""
+
+import importlib.util
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+READY_FD = 3
+REPORT_TIMEOUT_S = 10.0
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_report(fd):
+    """The first child's report: b"P" + pid, or b"E" + message."""
+    data = b""
+    end = time.monotonic() + REPORT_TIMEOUT_S
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return b"Ethe sandboxed child did not report in time"
+        r, _, _ = select_one(fd, left)
+        if not r:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data or b"Ethe sandboxed child exited without a report"
+        data += chunk
+
+
+def select_one(fd, timeout):
+    import select
+    return select.select([fd], [], [], timeout)
+
+
+class Zygote:
+    def __init__(self, sock_path, bootstrap_path):
+        self.sandbox = _load("_faas_sandbox", os.path.join(HERE, "sandbox.py"))
+        self.bootstrap = _load("_faas_bootstrap", bootstrap_path) if bootstrap_path else None
+        if self.bootstrap is not None:
+            self.bootstrap.preload()
+        sys.path[:] = [p for p in sys.path if p not in (HERE, "")]
+        self.sandbox.set_child_subreaper()
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(sock_path)
+        os.chmod(sock_path, 0o600)
+        self.listener.listen(128)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.waiting = {}  # instance pid -> its launcher connection
+
+    def run(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ, "accept")
+        sel.register(self.wake_r, selectors.EVENT_READ, "reap")
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        while True:
+            for key, _ in sel.select():
+                if key.data == "accept":
+                    conn, _ = self.listener.accept()
+                    try:
+                        self.launch(conn)
+                    except Exception as exc:  # noqa: BLE001 - one bad request must not end the zygote
+                        self._send(conn, {"error": f"zygote: {type(exc).__name__}: {exc}"})
+                        conn.close()
+                else:
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+
+    @staticmethod
+    def _send(conn, obj):
+        try:
+            conn.send(json.dumps(obj).encode())
+        except OSError:
+            pass
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.waiting.pop(pid, None)
+            if conn is not None:
+                self._send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                conn.close()
+
+    def launch(self, conn):
+        conn.settimeout(5.0)
+        msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 4)
+        req = json.loads(msg)
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError(f"expected 2 file descriptors (ready pipe, log), got {len(fds)}")
+        ready_fd, log_fd = fds
+        report_r, report_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # first child: never returns
+            os.close(report_r)
+            self._child(req, ready_fd, log_fd, report_w)
+        os.close(report_w)
+        os.close(ready_fd)
+        os.close(log_fd)
+        try:
+            report = _read_report(report_r)
+        finally:
+            os.close(report_r)
+            os.waitpid(pid, 0)
+        if report[:1] == b"P" and len(report) == 5:
+            child = struct.unpack("i", report[1:])[0]
+            self.waiting[child] = conn
+            self._send(conn, {"pid": child})
+            # It may already have ended (a zombie we have not reaped yet): the next SIGCHLD pass reports it.
+            self.reap()
+        else:
+            self._send(conn, {"error": report[1:].decode(errors="replace")})
+            conn.close()
+
+    def _child(self, req, ready_fd, log_fd, report_w):
+        out = ready_fd
+        try:
+            self.listener.close()
+            signal.set_wakeup_fd(-1)
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+            for c in self.waiting.values():
+                c.close()
+            self.sandbox.enter(req["profile"], report_w)
+            # -- now confined: pid 1 of a new pid namespace, unprivileged, in the assembled root --
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            if ready_fd != READY_FD:
+                os.dup2(ready_fd, READY_FD)
+            out = READY_FD
+            os.closerange(READY_FD + 1, 1 << 16)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            os.write(READY_FD, (json.dumps({"sandboxAt": time.monotonic()}) + "\n").encode())
+            env = dict(req["env"], FAAS_READY_FD=str(READY_FD))
+            if req.get("exec"):
+                argv = req["exec"]
+                os.execve(argv[0], argv, env)
+            self._serve(env)
+        except BaseException as exc:  # noqa: B902 - report whatever stopped the start, then go
+            try:
+                os.write(out, (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
+            except OSError:
+                pass
+        os._exit(70)
+
+    def _serve(self, env):
+        os.environ.clear()
+        os.environ.update(env)
+        sys.dont_write_bytecode = True  # the code directory is read-only and byte-compiled at deploy time
+        sys.argv = [self.bootstrap.__file__]
+        bootstrap = self.bootstrap
+        for name in ("_faas_sandbox", "_faas_bootstrap"):
+            sys.modules.pop(name, None)
+        code = bootstrap.serve(bootstrap.config_from_env(env))
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def main():
+    Zygote(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "").run()
+
+
+if __name__ == "__main__":
+    main()
