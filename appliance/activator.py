@@ -91,6 +91,8 @@ class FunctionPool:
         self.name = name
         self.a = activator
         self.lock = threading.Lock()
+        #: Notified whenever a start ends (ready or failed); see Activator.wait_ready.
+        self.started = threading.Condition(self.lock)
         self.slots: dict[str, Slot] = {}
         self.starting = 0
         self.waiters: deque[_Waiter] = deque()
@@ -169,6 +171,7 @@ class FunctionPool:
                     w.event.set()
                 for slot in list(self.slots.values()):
                     self._hand_off(slot, cold=False)
+                self.started.notify_all()
             return
         instance.phases.setdefault("placement", round((a.clock() - t0) * 1000, 3))
         with self.lock:
@@ -180,6 +183,7 @@ class FunctionPool:
             slot.reserved = slot.reserved or reserved
             slot.instance.phases.update(instance.phases)
             self.init_failure = None
+            self.started.notify_all()
             self._hand_off(slot, cold=True)
             if self.waiters:
                 self._scale_for_waiters()
@@ -314,10 +318,25 @@ class Activator:
         """Start instances of ``spec.version`` until ``min_instances`` are running or starting."""
         p = self.pool(spec.function)
         with p.lock:
-            p.spec = spec
+            # ``spec`` may be a version that does not take traffic yet (pre-warming a deploy): the spec
+            # requests wait for, which decides what their starts launch, stays the one they asked for.
+            if p.spec is None:
+                p.spec = spec
             p.max_instances = max_instances
             have = sum(1 for s in p.slots.values() if s.instance.version == spec.version and not s.draining)
             missing = max(0, min(min_instances, max_instances) - have - p.starting)
             for _ in range(missing):
                 p._start(spec, reserved=True)
             return missing
+
+    def wait_ready(self, function: str, version: int, count: int, timeout_s: float) -> int:
+        """Wait until ``count`` instances of ``version`` are ready, or no start of it is under way,
+        or ``timeout_s`` passes; returns how many are ready."""
+        p = self.pool(function)
+
+        def ready() -> int:
+            return sum(1 for s in p.slots.values() if s.instance.version == version and not s.draining)
+
+        with p.lock:
+            p.started.wait_for(lambda: ready() >= count or not p.starting, timeout_s)
+            return ready()

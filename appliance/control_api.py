@@ -82,6 +82,23 @@ def create_control_app(c: Components) -> Flask:
             c.activator.ensure_min(InstanceSpec.of(record, reserved=True), min_instances=record.config.min_instances,
                                    max_instances=record.config.max_instances)
 
+    def _prewarm(pending) -> str | None:
+        """Before a new version takes traffic: unpack and byte-compile it, and start its min_instances
+        (bounded by the start timeout; the version is published either way)."""
+        prepare = getattr(c.scheduler, "prepare", None)
+        if prepare:
+            prepare(InstanceSpec.of(pending))
+        want = min(pending.config.min_instances, pending.config.max_instances)
+        if not want:
+            return None
+        c.activator.ensure_min(InstanceSpec.of(pending, reserved=True), min_instances=want,
+                               max_instances=pending.config.max_instances)
+        ready = c.activator.wait_ready(pending.name, pending.version, want, c.settings.start_timeout_s)
+        if ready < want:
+            return (f"only {ready} of {want} min_instances of version {pending.version} were ready before it "
+                    "started taking traffic; see the function's logs")
+        return None
+
     @app.get("/v1/health")
     @app.get("/_/health")
     def health():
@@ -154,7 +171,7 @@ def create_control_app(c: Components) -> Flask:
             if filename is None and ctype not in ZIP_TYPES and ctype and not data[:4] == b"PK\x03\x04":
                 raise ValidationError(f"Content-Type {ctype!r} is not a zip: send application/zip, multipart "
                                       "form data, or a source file with ?filename=index.py", field="code")
-        record, version, warnings = store.upload_code(name, data, filename=filename)
+        record, version, warnings = store.upload_code(name, data, filename=filename, before_publish=_prewarm)
         _after_code_change(name)
         return json_response({"function": record.to_api(), "version": version.to_dict(), "warnings": warnings}, 201)
 

@@ -36,7 +36,7 @@ def plan(slots: list[SlotView], *, current_version: int | None, keep_alive_s: fl
          now: float) -> list[tuple[str, float]]:
     """(instance id, minimum idle seconds the instance must confirm) for each one to drain.
 
-    Old versions go as soon as they are idle. Of the current version, instances idle for
+    Old versions go as soon as they are idle; newer ones (being pre-warmed by a deploy) stay. Of the current version, instances idle for
     ``keep_alive_s`` go, least recently used first, keeping ``min_instances`` (the most recently
     used ones). A deleted function (``current_version`` None) loses all idle instances.
     """
@@ -47,8 +47,10 @@ def plan(slots: list[SlotView], *, current_version: int | None, keep_alive_s: fl
             if s.version == current_version:
                 current.append(s)
             continue
-        if current_version is None or s.version != current_version:
+        if current_version is None or s.version < current_version:
             out.append((s.id, 0.0))
+        elif s.version > current_version:
+            continue  # a deploy pre-warming its version before it takes traffic
         else:
             current.append(s)
     current.sort(key=lambda s: s.last_used)  # least recently used first

@@ -92,6 +92,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
            f"mount {source} on {target}")
 
 
+def umount(target: str) -> None:
+    _check(_libc.umount2(_b(target), ctypes.c_int(MNT_DETACH)), f"umount {target}")
+
+
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), f"unshare(0x{flags:x})")
 

@@ -12,6 +12,10 @@ or ``{"error": "..."}``; the connection then stays open and, when the instance e
 ``{"exit": returncode}`` (negative: killed by that signal) before it closes. If the zygote dies the
 connection closes without that message, which is how the launcher notices.
 
+The zygote's stdin is a pipe from the appliance: when it reads EOF (the appliance ended, even by
+SIGKILL) it kills the instances it started and exits, so nothing outlives the platform that tracks it.
+A zygote that dies on its own leaves its instances running; the appliance still tracks them.
+
 The zygote never runs user code: it is single-threaded, only accepts, forks and reaps. Each child
 enters its sandbox (``sandbox.enter``) and then either calls ``bootstrap.serve`` in the preloaded
 interpreter (Python) or ``execve``s another runtime (Node.js) inside the sandbox. The zygote is a child
@@ -90,11 +94,15 @@ class Zygote:
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "accept")
         sel.register(self.wake_r, selectors.EVENT_READ, "reap")
+        sel.register(sys.stdin, selectors.EVENT_READ, "parent")
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         while True:
             for key, _ in sel.select():
-                if key.data == "accept":
+                if key.data == "parent":  # EOF: the appliance is gone; its instances go with it
+                    if not os.read(sys.stdin.fileno(), 512):
+                        self.shutdown()
+                elif key.data == "accept":
                     conn, _ = self.listener.accept()
                     try:
                         self.launch(conn)
@@ -108,6 +116,14 @@ class Zygote:
                     except BlockingIOError:
                         pass
                     self.reap()
+
+    def shutdown(self):
+        for pid in list(self.waiting):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(0)
 
     @staticmethod
     def _send(conn, obj):

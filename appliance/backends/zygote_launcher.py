@@ -55,6 +55,8 @@ PIDS_MAX = 256
 OPEN_FILES = 1024
 #: Size cap of an instance's private /tmp (its pages also count against the memory cgroup).
 TMP_MB = 512
+#: Size of the instance's socket directory (/run/faas inside), its only writable path besides /tmp.
+SOCKET_DIR_KB = 16
 #: Host uids handed to instances, one per live instance; nothing on the host owns files with them.
 UID_BASE, UID_COUNT = 420000, 60000
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -183,15 +185,21 @@ class Zygote:
             proc = subprocess.Popen(
                 [self.python, "-u", "-s", "-B", "-X", "frozen_modules=on", str(ZYGOTE_PY), str(self.sock_path),
                  str(self.bootstrap or "")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, cwd="/", start_new_session=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd="/", start_new_session=True,
                 env={"PATH": SANDBOX_PATH, "LANG": os.environ.get("LANG", "C.UTF-8")})
         r, _, _ = select.select([proc.stdout], [], [], ZYGOTE_START_TIMEOUT_S)
         line = proc.stdout.readline() if r else b""
         if line != b"ready\n":
             proc.kill()
             proc.wait()
+            proc.stdin.close()
+            proc.stdout.close()
             raise PlacementFailed(f"the runtime zygote did not start (status {proc.returncode}); "
                                   f"see {self.log_path}")
+        if self.proc is not None:  # the previous one's pipes
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if not pipe.closed:
+                    pipe.close()
         self.proc = proc
         self.starts += 1
         log.info("event=zygote_started pid=%s python=%s", proc.pid, self.python)
@@ -221,16 +229,18 @@ class Zygote:
         raise PlacementFailed("the runtime zygote did not answer a launch request twice; see " + str(self.log_path))
 
     def close(self) -> None:
+        """Closing its stdin makes the zygote kill the instances it started and exit."""
         with self._lock:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            if self.proc is not None and self.proc.stdout:
-                self.proc.stdout.close()
+            proc = self.proc
+            if proc is None:
+                return
+            proc.stdin.close()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
 
 class ZygoteLauncher:
@@ -313,7 +323,10 @@ class ZygoteLauncher:
         cg: InstanceCgroup | None = None
         try:
             sock_dir.mkdir(mode=0o700)
-            os.chown(sock_dir, uid, uid)
+            # The one writable host directory an instance has: a tiny tmpfs of its own, so it cannot
+            # fill the host's disk through it.
+            sandbox.mount("tmpfs", str(sock_dir), "tmpfs", sandbox.MS_NOSUID | sandbox.MS_NODEV | sandbox.MS_NOEXEC,
+                          f"size={SOCKET_DIR_KB}k,nr_inodes=8,mode=0700,uid={uid},gid={uid}")
             if self.cgroups is not None:
                 cg = self.cgroups.create(key, memory_mb << 20, PIDS_MAX)
             limits = {"CORE": 0, "NOFILE": OPEN_FILES, "NPROC": PIDS_MAX}
@@ -359,6 +372,10 @@ class ZygoteLauncher:
     def _release(self, uid: int, sock_dir: Path, cg: InstanceCgroup | None) -> None:
         if cg is not None and not cg.remove():
             log.warning("event=cgroup_busy dirs=%s", cg.dirs)
+        try:
+            sandbox.umount(str(sock_dir))
+        except sandbox.SandboxError:
+            pass  # not mounted: the start failed before
         shutil.rmtree(sock_dir, ignore_errors=True)
         self._uids.release(uid)
 
