@@ -65,6 +65,23 @@ LOST_STATUS = 255
 ZYGOTE_START_TIMEOUT_S = 20.0
 
 
+WORK_PREFIX = "faas-sbx-"
+
+
+def _remove_stale_workdirs() -> None:
+    """Work directories of appliances that died without closing (their pid is gone): unmount and remove."""
+    for d in Path(tempfile.gettempdir()).glob(WORK_PREFIX + "*-*"):
+        pid = d.name[len(WORK_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        for sub in (d / "run").glob("*"):
+            try:
+                sandbox.umount(str(sub))
+            except sandbox.SandboxError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)
+
+
 class _Uids:
     def __init__(self, base: int, count: int):
         self._next, self._base, self._count = 0, base, count
@@ -256,7 +273,8 @@ class ZygoteLauncher:
         #: Host directories bound read-only at their own path besides /usr: the interpreter's prefix.
         self.extra_ro = [prefix] if not prefix.startswith("/usr/") else []
         # Short paths: a Unix socket path must fit in 108 bytes, and the data directory may be deep.
-        self.work = Path(tempfile.mkdtemp(prefix="faas-sbx-"))
+        _remove_stale_workdirs()
+        self.work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
         os.chmod(self.work, 0o711)
         self.root_dir = self.work / "root"
         self.root_dir.mkdir()

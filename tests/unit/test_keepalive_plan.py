@@ -36,3 +36,9 @@ def test_a_deleted_function_loses_every_idle_instance():
     got = plan(views(("a", 1, 0, 999.0), ("b", 1, 1, 999.0)), current_version=None, keep_alive_s=90,
                min_instances=3, now=1000)
     assert got == [("a", 0.0)]
+
+
+def test_a_newer_version_being_prewarmed_is_kept_while_the_old_one_serves():
+    got = plan(views(("v1", 1, 0, 999.0), ("v2", 2, 0, 0.0)), current_version=1, keep_alive_s=90, min_instances=1,
+               now=1000)
+    assert got == []   # v2 is not the current version yet, but it is not old either
