@@ -147,6 +147,24 @@ class CgroupManager:
                 pass
 
 
+def _remove_stale(parent: Path) -> None:
+    """Instance cgroups left by an appliance that died without closing (its pid is gone)."""
+    for base in parent.glob("faas-*"):
+        pid = base.name[5:]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        for child in base.iterdir():
+            if child.is_dir():
+                try:
+                    child.rmdir()
+                except OSError:
+                    pass
+        try:
+            base.rmdir()
+        except OSError:
+            pass
+
+
 def detect(root: Path = ROOT, proc_cgroup: str | None = None) -> tuple[CgroupManager | None, str]:
     """A manager for this host's cgroups, or None and why not."""
     if proc_cgroup is None:
@@ -159,10 +177,12 @@ def detect(root: Path = ROOT, proc_cgroup: str | None = None) -> tuple[CgroupMan
     if "memory" in own and (root / "memory").is_dir():
         try:
             mem = root / "memory" / own["memory"].lstrip("/") / name
+            _remove_stale(mem.parent)
             mem.mkdir(exist_ok=True)
             bases = [mem]
             if "pids" in own and (root / "pids").is_dir():
                 pids = root / "pids" / own["pids"].lstrip("/") / name
+                _remove_stale(pids.parent)
                 pids.mkdir(exist_ok=True)
                 bases.append(pids)
             return CgroupManager(1, bases), ""
@@ -191,6 +211,7 @@ def detect(root: Path = ROOT, proc_cgroup: str | None = None) -> tuple[CgroupMan
                     pass
             _write(own_dir / "cgroup.subtree_control", wanted)
         base = own_dir / name
+        _remove_stale(own_dir)
         base.mkdir(exist_ok=True)
         _write(base / "cgroup.subtree_control", wanted)
         return CgroupManager(2, [base]), ""

@@ -135,8 +135,11 @@ class InstanceClient:
         return InvokeReply(status=resp.status, body=parsed, refused=refused,
                            exiting=resp.headers.get("X-Faas-Exiting") == "1")
 
-    def ready(self, instance: Instance) -> tuple[int, dict]:
-        resp = self._request(instance, "GET", "/_/ready", timeout=2.0)
+    def ready(self, instance: Instance, wait_ms: int = 0) -> tuple[int, dict]:
+        """``/_/ready``; with ``wait_ms`` the runtime holds the answer while the code loads (a runtime
+        that ignores the parameter answers at once, and the caller polls)."""
+        path = f"/_/ready?waitMs={int(wait_ms)}" if wait_ms else "/_/ready"
+        resp = self._request(instance, "GET", path, timeout=2.0 + wait_ms / 1000)
         try:
             return resp.status, json.loads(resp.data or b"{}")
         except ValueError:

@@ -30,6 +30,8 @@ from .process_launcher import Launcher, LaunchRequest
 log = logging.getLogger("appliance.scheduler")
 
 READY_POLL_S = 0.002
+#: Longest one ``/_/ready?waitMs=`` call holds while the handler loads (the runtime answers as soon as it is loaded).
+READY_WAIT_S = 1.0
 
 
 @dataclass
@@ -123,7 +125,8 @@ class LocalScheduler:
         t2 = time.monotonic()
         while True:
             try:
-                status, body = self.client.ready(instance)
+                wait_ms = int(max(0.0, min(READY_WAIT_S, deadline - time.monotonic())) * 1000)
+                status, body = self.client.ready(instance, wait_ms=wait_ms)
             except InstanceUnreachable:
                 status, body = 0, {}
             if status == 200:
