@@ -54,8 +54,12 @@ def test_a_burst_on_a_cold_function_starts_at_most_max_instances_and_serves_ever
         t.join(10)
     assert errors == []
     assert len(results) == 50
+    # Four instances may serve all fifty before the fifth start thread gets past the gate: let it finish.
+    end = time.monotonic() + 10
+    while len(scheduler.started) < 5 and time.monotonic() < end:
+        time.sleep(0.001)
     assert len(scheduler.started) == 5
-    assert set(results) == {i.id for i in scheduler.started}
+    assert set(results) <= {i.id for i in scheduler.started}
 
 
 def test_concurrency_above_one_needs_fewer_instances(parts):
