@@ -13,11 +13,17 @@ from flask import Flask, Response, request
 
 from .codepkg import zip_single_file
 from .edge import invoke_response
-from .errors import NotFound, ValidationError
+from .errors import NotFound, Unauthorized, ValidationError
 from .function_store import ensure_name
 from .http_common import install_error_handlers, json_response, request_id
 from .model import FunctionConfig, InstanceSpec
+from .peercred import from_instance
 from .wiring import Components
+
+class InstanceForbidden(Unauthorized):
+    code = "Auth.Forbidden"
+    status = 403
+
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
 
@@ -98,6 +104,12 @@ def create_control_app(c: Components) -> Flask:
             return (f"only {ready} of {want} min_instances of version {pending.version} were ready before it "
                     "started taking traffic; see the function's logs")
         return None
+
+    @app.before_request
+    def refuse_function_instances():
+        """Functions with network access share the host's loopback; they must not drive the platform."""
+        if c.settings.sandbox != "off" and from_instance(request.environ):
+            raise InstanceForbidden("the control API does not answer function instances")
 
     @app.get("/v1/health")
     @app.get("/_/health")

@@ -61,6 +61,8 @@ TASK_DIR = "/var/task"
 RUNTIME_DIR = "/var/runtime"
 SOCKET_DIR = "/run/faas"
 INNER_UID = 1000
+#: Host uids handed to instances, one per live instance; nothing on the host owns files with them.
+UID_BASE, UID_COUNT = 420000, 60000
 DEVICES = ("null", "zero", "full", "random", "urandom")
 #: /etc entries a runtime needs to resolve names, find libraries and check TLS certificates; nothing else
 #: of /etc (no shadow, no ssl/private, no appliance settings) is visible.

@@ -66,8 +66,7 @@ OPEN_FILES = 1024
 TMP_MB = 512
 #: Size of the instance's socket directory (/run/faas inside), its only writable path besides /tmp.
 SOCKET_DIR_KB = 16
-#: Host uids handed to instances, one per live instance; nothing on the host owns files with them.
-UID_BASE, UID_COUNT = 420000, 60000
+UID_BASE, UID_COUNT = sandbox.UID_BASE, sandbox.UID_COUNT
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Exit status reported when the instance outlived its zygote and nobody could read its real one.
 LOST_STATUS = 255

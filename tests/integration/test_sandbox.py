@@ -52,6 +52,13 @@ def handler(event, context):
             s.close()
             return True
         return _try(connect)
+    if op == "http":
+        import urllib.error, urllib.request
+        try:
+            with urllib.request.urlopen(arg, timeout=5) as resp:
+                return {"status": resp.status, "body": resp.read(200).decode("latin-1")}
+        except urllib.error.HTTPError as e:
+            return {"status": e.code, "body": e.read(200).decode("latin-1")}
     if op == "whoami":
         return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "hostname": socket.gethostname(),
                 "env": dict(os.environ), "cwd": os.getcwd(),
@@ -197,6 +204,15 @@ def test_network_none_cannot_connect_to_a_host_listener(appliance, probe):
         assert listener.got == [b"hello from the sandbox"]
     finally:
         listener.sock.close()
+
+
+def test_functions_cannot_use_the_control_api_to_read_other_functions_code(appliance, probe):
+    other = appliance.deploy({"index.py": "SECRET = 'api-secret'\ndef handler(e, c):\n    return SECRET\n"})
+    url = f"{appliance.api_url}/v1/functions/{other}/code"
+    assert requests.get(url, timeout=5).status_code == 200   # the API serves the code to the host...
+    got = call(appliance, probe, "http", url)                # ...and refuses the same request from a function
+    assert got["status"] == 403 and "Auth.Forbidden" in got["body"], got
+    assert call(appliance, probe, "http", f"{appliance.api_url}/v1/functions")["status"] == 403
 
 
 FORK_BOMB = r'''
