@@ -12,12 +12,14 @@ that head start away. (``appliance/backends/zygote_launcher.py`` has the measure
 :func:`enter` runs in the forked child (the zygote's child, still host root) and returns in a second
 child that is pid 1 of a new pid namespace and already confined:
 
-1. join the instance's cgroups (memory, pids) while still root, so every later process is charged;
-2. ``unshare`` mount, pid, ipc, uts and cgroup namespaces, and the network namespace when the
-   function's ``network`` is ``none`` (a fresh namespace holds only a downed loopback);
-3. fork: the first child reports the second's host pid and exits; the zygote, a child subreaper,
-   inherits the second and reaps it, so no helper process stays per instance;
-4. in the second child: make every mount private, mount a small tmpfs as the new root and put in it
+1. ``unshare`` mount, pid, ipc and uts namespaces, and the network namespace when the function's
+   ``network`` is ``none`` (a fresh namespace holds only a downed loopback) (:func:`detach`);
+2. fork: the first child reports the second's host pid and exits; the zygote, a child subreaper,
+   inherits the second and reaps it, so no helper process stays per instance. The zygote keeps one
+   such detached child ready per network profile, so a cold start usually begins at step 3;
+3. join the instance's cgroups (memory, pids) while still root, so every later process is charged,
+   and enter a cgroup namespace rooted there (:func:`confine`);
+4. make every mount private, mount a small tmpfs as the new root and put in it
    read-only binds of the host parts a runtime needs (``/usr``, the interpreter's prefix, a few ``/etc``
    files, the runtime directory), the instance's own code read-only at ``/var/task``, a size-capped
    private tmpfs at ``/tmp``, the instance's socket directory at ``/run/faas``, a few device nodes,
@@ -50,7 +52,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE, MS_SHARED = 32, 4096, 16384, 1 << 18, 1 << 20
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
@@ -168,19 +170,18 @@ def profile(*, root: str, code_dir: str, runtime_dir: str | None, socket_dir: st
 
 # -- entering it (in the forked child) ------------------------------------------------------------------
 
-def enter(prof: dict, report_fd: int) -> None:
-    """Confine the calling process as ``prof`` says; returns only in the confined grandchild.
+def detach(network: bool, report_fd: int) -> None:
+    """Fork into new mount, pid, ipc, uts (and, without ``network``, net) namespaces.
 
-    The direct child writes ``b"P"`` and the grandchild's host pid (4 bytes), or ``b"E"`` and an error
-    message, to ``report_fd`` and exits. A failure in the grandchild (mounts, ids) raises there; the
-    caller reports it on the instance's ready pipe. The caller must be single-threaded and root.
+    Returns only in the grandchild, pid 1 of the new pid namespace, still root and still seeing the
+    host's mounts: :func:`confine` finishes the job. The direct child writes ``b"P"`` and the
+    grandchild's host pid (4 bytes), or ``b"E"`` and an error message, to ``report_fd`` and exits.
+    The caller must be single-threaded and root. Split from :func:`confine` so the zygote can keep a
+    detached child ready for the next cold start.
     """
     try:
-        for procs in prof["cgroup_procs"]:
-            with open(procs, "w") as f:
-                f.write("0")  # "0" is the writing process itself
-        flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
-        if not prof["network"]:
+        flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+        if not network:
             flags |= CLONE_NEWNET
         unshare(flags)
         pid = os.fork()
@@ -191,7 +192,21 @@ def enter(prof: dict, report_fd: int) -> None:
         os.write(report_fd, b"P" + struct.pack("i", pid))
         os._exit(0)
     os.close(report_fd)
+
+
+def confine(prof: dict) -> None:
+    """In a detached process: join the instance's cgroups, then build and enter its sandbox."""
+    for procs in prof["cgroup_procs"]:
+        with open(procs, "w") as f:
+            f.write("0")  # "0" is the writing process itself
+    unshare(CLONE_NEWCGROUP)  # after joining, so its own cgroup is the root it sees
     _setup(prof)
+
+
+def enter(prof: dict, report_fd: int) -> None:
+    """:func:`detach` then :func:`confine`: returns only in the confined grandchild."""
+    detach(prof["network"], report_fd)
+    confine(prof)
 
 
 def _make_target(path: str, like: str) -> None:

@@ -94,6 +94,7 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.waiting = {}  # instance pid -> its launcher connection
+        self.spares = {}   # network (bool) -> (pid, socket) of a detached child ready for the next launch
 
     def run(self):
         sel = selectors.DefaultSelector()
@@ -123,7 +124,7 @@ class Zygote:
                     self.reap()
 
     def shutdown(self):
-        for pid in list(self.waiting):
+        for pid in list(self.waiting) + [pid for pid, _ in self.spares.values()]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -145,6 +146,10 @@ class Zygote:
                 return
             if pid == 0:
                 return
+            for network, (spare, sock) in list(self.spares.items()):
+                if spare == pid:  # a spare died before it was used
+                    del self.spares[network]
+                    sock.close()
             conn = self.waiting.pop(pid, None)
             if conn is not None:
                 self._send(conn, {"exit": os.waitstatus_to_exitcode(status)})
@@ -158,41 +163,102 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
             raise ValueError(f"expected 2 file descriptors (ready pipe, log), got {len(fds)}")
-        ready_fd, log_fd = fds
+        network = bool(req["profile"]["network"])
+        spare = self.spares.pop(network, None)
+        child = None
+        if spare is not None:  # a child detached ahead of time: hand it the request and its files
+            pid, sock = spare
+            try:
+                socket.send_fds(sock, [msg], fds)
+                child = pid
+            except OSError:
+                pass  # it died meanwhile; the SIGCHLD pass reaps it
+            sock.close()
+        if child is None:
+            report_r, report_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # first child: never returns
+                os.close(report_r)
+                self._child(req, fds, report_w)
+            os.close(report_w)
+            try:
+                report = _read_report(report_r)
+            finally:
+                os.close(report_r)
+            # The first child is reaped by the SIGCHLD pass, not here: its exit (unmapping a copy of this
+            # process) would otherwise delay every reply by about a millisecond.
+            if report[:1] == b"P" and len(report) == 5:
+                child = struct.unpack("i", report[1:])[0]
+            else:
+                self._send(conn, {"error": report[1:].decode(errors="replace")})
+                conn.close()
+        for fd in fds:
+            os.close(fd)
+        if child is not None:
+            self.waiting[child] = conn
+            self._send(conn, {"pid": child})
+        self._make_spare(network)   # after replying: off this start's path, ready for the next one
+        self.reap()  # a child may already have ended (a zombie not yet reaped)
+
+    def _make_spare(self, network):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         report_r, report_w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # first child: never returns
+        if pid == 0:
             os.close(report_r)
-            self._child(req, ready_fd, log_fd, report_w)
+            mine.close()
+            self._spare(network, theirs, report_w)
+        theirs.close()
         os.close(report_w)
-        os.close(ready_fd)
-        os.close(log_fd)
         try:
             report = _read_report(report_r)
         finally:
             os.close(report_r)
-        # The first child is reaped by the SIGCHLD pass, not here: its exit (unmapping a copy of this
-        # process) would otherwise delay every reply by about a millisecond.
         if report[:1] == b"P" and len(report) == 5:
-            child = struct.unpack("i", report[1:])[0]
-            self.waiting[child] = conn
-            self._send(conn, {"pid": child})
-            # It may already have ended (a zombie we have not reaped yet): the next SIGCHLD pass reports it.
-            self.reap()
+            self.spares[network] = (struct.unpack("i", report[1:])[0], mine)
         else:
-            self._send(conn, {"error": report[1:].decode(errors="replace")})
-            conn.close()
+            mine.close()
+            sys.stderr.write(f"zygote: could not prepare a spare child: {report[1:].decode(errors='replace')}\n")
 
-    def _child(self, req, ready_fd, log_fd, report_w):
+    def _close_inherited(self):
+        self.listener.close()
+        signal.set_wakeup_fd(-1)
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)
+        for c in self.waiting.values():
+            c.close()
+        for _, sock in self.spares.values():
+            sock.close()
+
+    def _spare(self, network, sock, report_w):
+        """A detached child waiting for its instance (see ``sandbox.detach``); never returns."""
+        try:
+            self._close_inherited()
+            self.sandbox.detach(network, report_w)
+            # now pid 1 of a new pid namespace, still root: wait for the launch, or go when the zygote does
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        except BaseException:  # noqa: B902 - nothing to report to: no launch is waiting for this child
+            os._exit(70)
+        if not msg or len(fds) != 2:
+            os._exit(0)
+        sock.close()
+        self._instance(json.loads(msg), fds)
+
+    def _child(self, req, fds, report_w):
+        """The path without a spare: detach now, then the same as a spare."""
+        try:
+            self._close_inherited()
+        except BaseException:  # noqa: B902
+            os._exit(70)
+        self.sandbox.detach(req["profile"]["network"], report_w)
+        self._instance(req, fds)
+
+    def _instance(self, req, fds):
+        """Confine this detached process as the request says, then serve or exec; never returns."""
+        ready_fd, log_fd = fds
         out = ready_fd
         try:
-            self.listener.close()
-            signal.set_wakeup_fd(-1)
-            for fd in (self.wake_r, self.wake_w):
-                os.close(fd)
-            for c in self.waiting.values():
-                c.close()
-            self.sandbox.enter(req["profile"], report_w)
+            self.sandbox.confine(req["profile"])
             # -- now confined: pid 1 of a new pid namespace, unprivileged, in the assembled root --
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)

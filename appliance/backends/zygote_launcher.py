@@ -82,12 +82,17 @@ def _remove_stale_workdirs() -> None:
         pid = d.name[len(WORK_PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
             continue
-        for sub in (d / "run").glob("*"):
-            try:
-                sandbox.umount(str(sub))
-            except sandbox.SandboxError:
-                pass
-        shutil.rmtree(d, ignore_errors=True)
+        _remove_workdir(d)
+
+
+def _remove_workdir(d: Path) -> None:
+    run = d / "run"
+    for path in [*run.glob("*"), run]:
+        try:
+            sandbox.umount(str(path))
+        except sandbox.SandboxError:
+            pass
+    shutil.rmtree(d, ignore_errors=True)
 
 
 class _Uids:
@@ -288,6 +293,10 @@ class ZygoteLauncher:
         self.root_dir.mkdir()
         self.run_dir = self.work / "run"
         self.run_dir.mkdir()
+        # A shared mount: the per-instance socket tmpfs mounted here later also appears in the
+        # namespaces of children the zygote detached before it (its spares).
+        sandbox.mount(str(self.run_dir), str(self.run_dir), None, sandbox.MS_BIND)
+        sandbox.mount(None, str(self.run_dir), None, sandbox.MS_SHARED)
         self._uids = _Uids(UID_BASE, UID_COUNT)
         self._closing = False
         self.zygote = Zygote(self.python, self.runtimes_dir / "python" / "bootstrap.py", self.work / "zygote.sock",
@@ -337,7 +346,7 @@ class ZygoteLauncher:
         self.zygote.close()
         if self.cgroups is not None:
             self.cgroups.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+        _remove_workdir(self.work)
 
     # -- internals ---------------------------------------------------------------------------------
 
