@@ -91,8 +91,6 @@ class FunctionPool:
         self.name = name
         self.a = activator
         self.lock = threading.Lock()
-        #: Notified whenever a start ends (ready or failed); see Activator.wait_ready.
-        self.started = threading.Condition(self.lock)
         self.slots: dict[str, Slot] = {}
         self.starting = 0
         self.waiters: deque[_Waiter] = deque()
@@ -171,7 +169,6 @@ class FunctionPool:
                     w.event.set()
                 for slot in list(self.slots.values()):
                     self._hand_off(slot, cold=False)
-                self.started.notify_all()
             return
         instance.phases.setdefault("placement", round((a.clock() - t0) * 1000, 3))
         with self.lock:
@@ -183,7 +180,6 @@ class FunctionPool:
             slot.reserved = slot.reserved or reserved
             slot.instance.phases.update(instance.phases)
             self.init_failure = None
-            self.started.notify_all()
             self._hand_off(slot, cold=True)
             if self.waiters:
                 self._scale_for_waiters()
@@ -298,8 +294,10 @@ class Activator:
     def _registry_changed(self, function: str) -> None:
         """Sync slots with the registry: adopt instances other edges started, drop gone ones."""
         p = self.pool(function)
-        ready = {i.id: i for i in self.registry.ready(function)}
         with p.lock:
+            # Read under the pool lock: a snapshot taken before a start added its slot would drop
+            # that slot here, and the pool would start more than max_instances.
+            ready = {i.id: i for i in self.registry.ready(function)}
             for iid in list(p.slots):
                 if iid not in ready:
                     p.slots.pop(iid).draining = True
@@ -328,15 +326,3 @@ class Activator:
             for _ in range(missing):
                 p._start(spec, reserved=True)
             return missing
-
-    def wait_ready(self, function: str, version: int, count: int, timeout_s: float) -> int:
-        """Wait until ``count`` instances of ``version`` are ready, or no start of it is under way,
-        or ``timeout_s`` passes; returns how many are ready."""
-        p = self.pool(function)
-
-        def ready() -> int:
-            return sum(1 for s in p.slots.values() if s.instance.version == version and not s.draining)
-
-        with p.lock:
-            p.started.wait_for(lambda: ready() >= count or not p.starting, timeout_s)
-            return ready()

@@ -8,6 +8,10 @@ tmpfs, and the kernel kills it when it goes over ``memory_mb``; the kill is reco
 tells "killed for memory" from any other SIGKILL. A pids cgroup stops a fork bomb at a fixed number of
 tasks whatever uid they run as.
 
+Moving a process into a cgroup v1 waits for an RCU grace period (5-15 ms here), so the launcher
+creates the cgroup of the *next* instance ahead of time and the zygote's spare child joins it while
+it waits (``set_limits`` is applied when the instance is known); a cold start then pays nothing for it.
+
 Layout: ``<the appliance's own cgroup>/faas-<pid>/<instance>`` in each hierarchy. On v1 the memory and
 pids controllers are separate hierarchies; on v2 one directory holds both, and since v2 forbids
 processes in a cgroup that delegates controllers, the appliance first moves itself into a leaf
@@ -73,6 +77,22 @@ class InstanceCgroup:
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
+    def set_limits(self, memory_bytes: int, pids_max: int | None) -> None:
+        if self.version == 1:
+            mem = self.dirs[0]
+            _write(mem / "memory.limit_in_bytes", str(memory_bytes))
+            if (mem / "memory.memsw.limit_in_bytes").exists():  # no escape into swap
+                _write(mem / "memory.memsw.limit_in_bytes", str(memory_bytes))
+            if len(self.dirs) > 1 and pids_max is not None:
+                _write(self.dirs[1] / "pids.max", str(pids_max))
+        else:
+            d = self.dirs[0]
+            _write(d / "memory.max", str(memory_bytes))
+            if (d / "memory.swap.max").exists():
+                _write(d / "memory.swap.max", "0")
+            if (d / "pids.max").exists() and pids_max is not None:
+                _write(d / "pids.max", str(pids_max))
+
     def oom_killed(self) -> bool:
         """Whether the kernel killed a task of this cgroup for going over its memory limit."""
         mem = self.dirs[0]
@@ -113,31 +133,21 @@ class CgroupManager:
     def describe(self) -> str:
         return f"cgroup v{self.version} at {', '.join(str(b) for b in self.bases)}"
 
-    def create(self, name: str, memory_bytes: int, pids_max: int) -> InstanceCgroup:
+    def create(self, name: str, memory_bytes: int | None = None, pids_max: int | None = None) -> InstanceCgroup:
+        """New instance cgroups; limits now, or later with ``set_limits`` (before anything runs in it)."""
         dirs = []
         try:
             for base in self.bases:
                 d = base / name
                 d.mkdir()
                 dirs.append(d)
-            if self.version == 1:
-                mem = dirs[0]
-                _write(mem / "memory.limit_in_bytes", str(memory_bytes))
-                if (mem / "memory.memsw.limit_in_bytes").exists():  # no escape into swap
-                    _write(mem / "memory.memsw.limit_in_bytes", str(memory_bytes))
-                if len(dirs) > 1:
-                    _write(dirs[1] / "pids.max", str(pids_max))
-            else:
-                d = dirs[0]
-                _write(d / "memory.max", str(memory_bytes))
-                if (d / "memory.swap.max").exists():
-                    _write(d / "memory.swap.max", "0")
-                if (d / "pids.max").exists():
-                    _write(d / "pids.max", str(pids_max))
+            cg = InstanceCgroup(self.version, dirs)
+            if memory_bytes is not None:
+                cg.set_limits(memory_bytes, pids_max)
         except OSError:
             InstanceCgroup(self.version, dirs).remove(0)
             raise
-        return InstanceCgroup(self.version, dirs)
+        return cg
 
     def close(self) -> None:
         for base in self.bases:

@@ -194,11 +194,16 @@ def detach(network: bool, report_fd: int) -> None:
     os.close(report_fd)
 
 
-def confine(prof: dict) -> None:
-    """In a detached process: join the instance's cgroups, then build and enter its sandbox."""
-    for procs in prof["cgroup_procs"]:
+def join_cgroups(procs_files) -> None:
+    for procs in procs_files:
         with open(procs, "w") as f:
             f.write("0")  # "0" is the writing process itself
+
+
+def confine(prof: dict) -> None:
+    """In a detached process: join the instance's cgroups (unless it sits in them already), then
+    build and enter its sandbox."""
+    join_cgroups(prof["cgroup_procs"])
     unshare(CLONE_NEWCGROUP)  # after joining, so its own cgroup is the root it sees
     _setup(prof)
 

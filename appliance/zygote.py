@@ -6,7 +6,7 @@ so nothing of the appliance (Flask, its settings, its open files) is ever in an 
 user file named ``bootstrap.py`` or ``sandbox.py`` cannot be shadowed by ours.
 
 Protocol: one SOCK_SEQPACKET connection per launch. The launcher sends one JSON message
-``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null}`` with two file descriptors
+``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null, "next_cgroup": [...]}`` with two file descriptors
 attached (the instance's ready pipe and its log file), and gets ``{"pid": N}`` (the instance's host pid)
 or ``{"error": "..."}``; the connection then stays open and, when the instance ends, carries
 ``{"exit": returncode}`` (negative: killed by that signal) before it closes. If the zygote dies the
@@ -124,7 +124,7 @@ class Zygote:
                     self.reap()
 
     def shutdown(self):
-        for pid in list(self.waiting) + [pid for pid, _ in self.spares.values()]:
+        for pid in list(self.waiting) + [spare[0] for spare in self.spares.values()]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -146,7 +146,7 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            for network, (spare, sock) in list(self.spares.items()):
+            for network, (spare, sock, _) in list(self.spares.items()):
                 if spare == pid:  # a spare died before it was used
                     del self.spares[network]
                     sock.close()
@@ -167,7 +167,7 @@ class Zygote:
         spare = self.spares.pop(network, None)
         child = None
         if spare is not None:  # a child detached ahead of time: hand it the request and its files
-            pid, sock = spare
+            pid, sock, _ = spare
             try:
                 socket.send_fds(sock, [msg], fds)
                 child = pid
@@ -197,17 +197,17 @@ class Zygote:
         if child is not None:
             self.waiting[child] = conn
             self._send(conn, {"pid": child})
-        self._make_spare(network)   # after replying: off this start's path, ready for the next one
+        self._make_spare(network, req.get("next_cgroup") or [])   # after replying: ready for the next one
         self.reap()  # a child may already have ended (a zombie not yet reaped)
 
-    def _make_spare(self, network):
+    def _make_spare(self, network, cgroup_procs):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         report_r, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(report_r)
             mine.close()
-            self._spare(network, theirs, report_w)
+            self._spare(network, cgroup_procs, theirs, report_w)
         theirs.close()
         os.close(report_w)
         try:
@@ -215,7 +215,7 @@ class Zygote:
         finally:
             os.close(report_r)
         if report[:1] == b"P" and len(report) == 5:
-            self.spares[network] = (struct.unpack("i", report[1:])[0], mine)
+            self.spares[network] = (struct.unpack("i", report[1:])[0], mine, tuple(cgroup_procs))
         else:
             mine.close()
             sys.stderr.write(f"zygote: could not prepare a spare child: {report[1:].decode(errors='replace')}\n")
@@ -227,22 +227,34 @@ class Zygote:
             os.close(fd)
         for c in self.waiting.values():
             c.close()
-        for _, sock in self.spares.values():
+        for _, sock, _ in self.spares.values():
             sock.close()
 
-    def _spare(self, network, sock, report_w):
-        """A detached child waiting for its instance (see ``sandbox.detach``); never returns."""
+    def _spare(self, network, cgroup_procs, sock, report_w):
+        """A detached child waiting for its instance (see ``sandbox.detach``); never returns. It joins the
+        next instance's cgroups now, since joining one costs an RCU grace period (see appliance/cgroups.py)."""
         try:
             self._close_inherited()
             self.sandbox.detach(network, report_w)
-            # now pid 1 of a new pid namespace, still root: wait for the launch, or go when the zygote does
-            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
         except BaseException:  # noqa: B902 - nothing to report to: no launch is waiting for this child
+            os._exit(70)
+        # now pid 1 of a new pid namespace, still root
+        try:
+            self.sandbox.join_cgroups(cgroup_procs)
+            joined = list(cgroup_procs)
+        except OSError:
+            joined = None  # gone meanwhile: the instance joins its own as if there were no spare
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)  # the launch, or EOF when the zygote goes
+        except BaseException:  # noqa: B902
             os._exit(70)
         if not msg or len(fds) != 2:
             os._exit(0)
         sock.close()
-        self._instance(json.loads(msg), fds)
+        req = json.loads(msg)
+        if joined and req["profile"]["cgroup_procs"] == joined:
+            req["profile"]["cgroup_procs"] = []  # already in them
+        self._instance(req, fds)
 
     def _child(self, req, fds, report_w):
         """The path without a spare: detach now, then the same as a spare."""

@@ -298,6 +298,9 @@ class ZygoteLauncher:
         sandbox.mount(str(self.run_dir), str(self.run_dir), None, sandbox.MS_BIND)
         sandbox.mount(None, str(self.run_dir), None, sandbox.MS_SHARED)
         self._uids = _Uids(UID_BASE, UID_COUNT)
+        self._cg_lock = threading.Lock()
+        self._spare_cg: dict[bool, InstanceCgroup] = {}   # network profile -> cgroups its spare child is in
+        self._unused_cg: list[InstanceCgroup] = []
         self._closing = False
         self.zygote = Zygote(self.python, self.runtimes_dir / "python" / "bootstrap.py", self.work / "zygote.sock",
                              self.log_dir / "zygote-python.log")
@@ -344,6 +347,11 @@ class ZygoteLauncher:
     def close(self) -> None:
         self._closing = True
         self.zygote.close()
+        with self._cg_lock:
+            for cg in [*self._spare_cg.values(), *self._unused_cg]:
+                cg.remove()
+            self._spare_cg.clear()
+            self._unused_cg.clear()
         if self.cgroups is not None:
             self.cgroups.close()
         _remove_workdir(self.work)
@@ -363,7 +371,12 @@ class ZygoteLauncher:
             sandbox.mount("tmpfs", str(sock_dir), "tmpfs", sandbox.MS_NOSUID | sandbox.MS_NODEV | sandbox.MS_NOEXEC,
                           f"size={SOCKET_DIR_KB}k,nr_inodes=8,mode=0700,uid={uid},gid={uid}")
             if self.cgroups is not None:
-                cg = self.cgroups.create(key, memory_mb << 20, PIDS_MAX)
+                # The cgroups the zygote's spare child already sits in, if any (see appliance/cgroups.py).
+                with self._cg_lock:
+                    cg = self._spare_cg.pop(network, None)
+                if cg is None:
+                    cg = self.cgroups.create(key)
+                cg.set_limits(memory_mb << 20, PIDS_MAX)
             limits = {"CORE": 0, "NOFILE": OPEN_FILES, "NPROC": PIDS_MAX}
             if python:  # Node bounds its heap with --max-old-space-size; V8 reserves address space freely
                 limits["AS"] = (memory_mb + AS_HEADROOM_MB) << 20
@@ -374,11 +387,14 @@ class ZygoteLauncher:
         except BaseException:
             self._release(uid, sock_dir, cg)
             raise
+        next_cg = self._next_cgroup(network)
         r, w = os.pipe()
         log_path = self.log_dir / f"{instance_id}.log"
         try:
             with open(log_path, "ab") as out:
-                conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv}, [w, out.fileno()])
+                conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv,
+                                                   "next_cgroup": next_cg.procs_files if next_cg else []},
+                                                  [w, out.fileno()])
         except BaseException:
             os.close(r)
             self._release(uid, sock_dir, cg)
@@ -403,6 +419,23 @@ class ZygoteLauncher:
             handle.signal(signal.SIGKILL)
             raise
         return handle, lines
+
+    def _next_cgroup(self, network: bool) -> InstanceCgroup | None:
+        """Fresh cgroups for the spare child the zygote makes after this launch; it joins them while it
+        waits, and the next launch of this network profile gets them with its limits set."""
+        if self.cgroups is None:
+            return None
+        try:
+            cg = self.cgroups.create("spare-" + uuid.uuid4().hex[:12])
+        except OSError as exc:
+            log.warning("event=cgroup_create_failed error=%r", str(exc))
+            return None
+        with self._cg_lock:
+            old = self._spare_cg.pop(network, None)
+            self._spare_cg[network] = cg
+            if old is not None:  # two launches raced: a spare may still join it, so it goes at close
+                self._unused_cg.append(old)
+        return cg
 
     def _release(self, uid: int, sock_dir: Path, cg: InstanceCgroup | None) -> None:
         if cg is not None and not cg.remove():
