@@ -48,7 +48,7 @@ def wait_ready(client: InstanceClient, address: str, deadline: float) -> None:
     inst = Instance(id="m", function="hello", version=1, address=address)
     while time.monotonic() < deadline:
         try:
-            if client.ready(inst)[0] == 200:
+            if client.ready(inst, wait_ms=int(max(1, deadline - time.monotonic()) * 1000))[0] == 200:
                 client.close(address)
                 return
         except InstanceUnreachable:

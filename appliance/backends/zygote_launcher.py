@@ -8,22 +8,27 @@ loopback the edge could reach.
 
 How fork and sandbox combine, measured on the 2-core build machine (python3.11 hello function, time from
 the launcher's call to the instance answering ``/_/ready``, p50 of 30 runs, ``tools/coldstart.py``; the
-machine was shared with other work, so absolute figures wander by a few ms between runs, the ratios hold):
+machine was shared with other work (load 3-6), so absolute figures wander by several ms between runs;
+the ratios hold):
 
-* plain process (``ProcessLauncher``, no isolation):                 41 ms (p90 46)
-* ``bwrap`` per instance, then a fresh interpreter:                   46 ms (p90 50)
-* zygote fork, then unshare + mounts in the child (this module):      9.6 ms (p90 17)
+* plain process (``ProcessLauncher``, no isolation):                 41-51 ms (min 40)
+* ``bwrap`` per instance, then a fresh interpreter:                   46-54 ms (min 42)
+* zygote fork, then unshare + mounts in the child (this module):      9.5 ms (min 6)
 
-Through the edge router, first request of a freshly deployed function: 13 ms p50 sandboxed (this path)
-against 49 ms with plain processes. An idle instance forked from the zygote has a USS of about 3.4 MB
+Through the edge router, first request of a freshly deployed function: 12 ms p50 sandboxed (this path)
+against 48 ms with plain processes. An idle instance forked from the zygote has a USS of about 3.4 MB
 (PSS 5.3 MB) against 10 MB for a plain interpreter, since it shares the zygote's pages.
 
-Where the ~9 ms go: the zygote round trip with the fork, the namespaces (about 0.2 ms each, 0.5 ms for
-the network one) and the second fork is about 3.5 ms; the mounts, pivot and user namespace in the
-child about 2 ms; the bootstrap binding its socket about 1-2 ms; importing the handler about 1 ms.
+Where the time went, and what was done about it: the fork, the namespaces (about 0.2 ms each, 0.5 ms for
+the network one) and the second fork cost about 3 ms, so the zygote keeps one child per network profile
+already detached into its namespaces (``sandbox.detach``) and hands the next launch to it; moving a
+process into a cgroup v1 waits for an RCU grace period (5-15 ms, the largest single cost), so that spare
+child joins the *next* instance's cgroups while it waits and the limits are written when the instance
+is known. What is left on the path: mounts, pivot and user namespace about 2 ms, the bootstrap binding
+its socket 1-2 ms, importing the handler about 1 ms, and the round trips.
 
 Why not bubblewrap itself: it can only wrap a new ``exec``, which throws away the preloaded interpreter
-(the 41 -> 46 ms row above). A zygote living inside one bwrap sandbox per profile was the other
+(the plain and bwrap rows above cost the same). A zygote living inside one bwrap sandbox per profile was the other
 candidate: it would still need a mount namespace, a pid namespace and /tmp per child (so the
 same unshare and mounts in the child), a way to hide every other function's code from that shared
 view, and it could not join a per-instance cgroup without extra file descriptors passed in. Doing the
