@@ -6,8 +6,8 @@ so nothing of the appliance (Flask, its settings, its open files) is ever in an 
 user file named ``bootstrap.py`` or ``sandbox.py`` cannot be shadowed by ours.
 
 Protocol: one SOCK_SEQPACKET connection per launch. The launcher sends one JSON message
-``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null, "next_cgroup": [...]}`` with two file descriptors
-attached (the instance's ready pipe and its log file), and gets ``{"pid": N}`` (the instance's host pid)
+``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null, "next_cgroup": [...]}`` with two
+file descriptors attached (the instance's ready pipe and its log file), and gets ``{"pid": N}`` (the instance's host pid)
 or ``{"error": "..."}``; the connection then stays open and, when the instance ends, carries
 ``{"exit": returncode}`` (negative: killed by that signal) before it closes. If the zygote dies the
 connection closes without that message, which is how the launcher notices.
@@ -17,9 +17,14 @@ SIGKILL) it kills the instances it started and exits, so nothing outlives the pl
 A zygote that dies on its own leaves its instances running; the appliance still tracks them.
 
 The zygote never runs user code: it is single-threaded, only accepts, forks and reaps. Each child
-enters its sandbox (``sandbox.enter``) and then either calls ``bootstrap.serve`` in the preloaded
+detaches into new namespaces (``sandbox.detach``), confines itself (``sandbox.confine``) and then calls ``bootstrap.serve`` in the preloaded
 interpreter (Python) or ``execve``s another runtime (Node.js) inside the sandbox. The zygote is a child
 subreaper, so the confined grandchild becomes its child and its exit status comes back here.
+
+Spares: after each launch the zygote forks one child per network profile that detaches at once, joins
+the cgroups named by ``next_cgroup`` and then blocks on a socket pair; the next launch of that profile
+is handed to it (message and descriptors), which takes the fork, the namespaces and the cgroup move
+(an RCU grace period on cgroup v1) off the cold start. A spare exits when the zygote goes.
 """
 
 import gc
