@@ -370,7 +370,10 @@ class Activator:
         """Start instances of ``spec.version`` until ``min_instances`` are running or starting."""
         p = self.pool(spec.function)
         with p.lock:
-            p.spec = spec
+            # ``spec`` may be a version that does not take traffic yet (pre-warming a deploy): the spec
+            # requests wait for, which decides what their starts launch, stays the one they asked for.
+            if p.spec is None:
+                p.spec = spec
             p.max_instances = max_instances
             have = sum(1 for s in p.slots.values() if s.instance.version == spec.version and not s.draining)
             missing = max(0, min(min_instances, max_instances) - have - p.starting)

@@ -321,11 +321,25 @@ def doctor(ctx):
     node = shutil.which("node")
     ver = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else ""
     check("node (nodejs20 runtime)", bool(node), ver or "not found: apt-get install nodejs")
+    from .wiring import sandbox_unavailable
+    reason = sandbox_unavailable()
+    check("instance sandbox (namespaces, read-only root, own uid per instance)", reason is None,
+          reason or "available; instances fork from a runtime zygote")
+    if reason is None:
+        from . import cgroups
+        mgr, why = cgroups.detect()
+        click.echo(f"[{'ok' if mgr else 'warn'}] memory and pids cgroups: "
+                   f"{mgr.describe() if mgr else why + '; instance memory is bounded by rlimits only'}")
+        if mgr is not None:
+            mgr.close()
     bwrap = shutil.which("bwrap")
-    check("bubblewrap (instance sandbox)", bool(bwrap), bwrap or "not found: apt-get install bubblewrap")
+    click.echo(f"[info] bubblewrap: {bwrap or 'not found'} (not needed by the sandbox, which makes the same "
+               "namespaces itself; tools/coldstart.py compares against it)")
     try:
         h = _client(ctx).health()
         check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")
+        for note in h.get("notes") or []:
+            click.echo(f"[note] {note}")
     except ApiError as exc:
         check("control API", False, exc.message)
     try:

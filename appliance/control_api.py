@@ -16,11 +16,17 @@ from flask import Flask, Response, redirect, request, send_from_directory
 
 from .codepkg import check_entry_name
 from .edge import invoke_response
-from .errors import NotFound, ValidationError
+from .errors import NotFound, Unauthorized, ValidationError
 from .function_store import ensure_name
 from .http_common import install_error_handlers, json_response, request_id
 from .model import FunctionConfig, InstanceSpec
+from .peercred import from_instance
 from .wiring import Components
+
+class InstanceForbidden(Unauthorized):
+    code = "Auth.Forbidden"
+    status = 403
+
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
@@ -85,6 +91,41 @@ def create_control_app(c: Components) -> Flask:
         if prepare:
             prepare(InstanceSpec.of(record))
         c.scaler.prewarm(record)
+
+    def _wait_ready(name: str, version: int, want: int, timeout_s: float) -> int:
+        """Ready instances of ``version``, once ``want`` are or no start is under way (or at the timeout)."""
+        pool = c.activator.pool(name)
+        end = time.monotonic() + timeout_s
+        while True:
+            with pool.lock:
+                ready = sum(1 for s in pool.slots.values() if s.instance.version == version and not s.draining)
+                starting = pool.starting
+            if ready >= want or not starting or time.monotonic() > end:
+                return ready
+            time.sleep(0.005)  # a deploy, not a request: a short poll of the pool is cheap enough
+
+    def _prewarm(pending) -> str | None:
+        """Before a new version takes traffic: unpack and byte-compile it, and start its min_instances
+        (bounded by the start timeout; the version is published either way)."""
+        prepare = getattr(c.scheduler, "prepare", None)
+        if prepare:
+            prepare(InstanceSpec.of(pending))
+        want = min(pending.config.min_instances, pending.config.max_instances)
+        if not want:
+            return None
+        c.activator.ensure_min(InstanceSpec.of(pending, reserved=True), min_instances=want,
+                               max_instances=pending.config.max_instances)
+        ready = _wait_ready(pending.name, pending.version, want, c.settings.start_timeout_s)
+        if ready < want:
+            return (f"only {ready} of {want} min_instances of version {pending.version} were ready before it "
+                    "started taking traffic; see the function's logs")
+        return None
+
+    @app.before_request
+    def refuse_function_instances():
+        """Functions with network access share the host's loopback; they must not drive the platform."""
+        if c.settings.sandbox != "off" and from_instance(request.environ):
+            raise InstanceForbidden("the control API does not answer function instances")
 
     @app.get("/v1/health")
     @app.get("/_/health")
@@ -173,7 +214,7 @@ def create_control_app(c: Components) -> Flask:
             if filename is None and ctype not in ZIP_TYPES and ctype and not data[:4] == b"PK\x03\x04":
                 raise ValidationError(f"Content-Type {ctype!r} is not a zip: send application/zip, multipart "
                                       "form data, or a source file with ?filename=index.py", field="code")
-        record, version, warnings = store.upload_code(name, data, filename=filename)
+        record, version, warnings = store.upload_code(name, data, filename=filename, before_publish=_prewarm)
         _after_code_change(name)
         return json_response({"function": record.to_api(), "version": version.to_dict(), "warnings": warnings}, 201)
 

@@ -135,8 +135,15 @@ class FunctionStore:
 
     # -- code ----------------------------------------------------------------------------
 
-    def upload_code(self, name: str, data: bytes, *, filename: str | None = None) -> tuple[FunctionRecord, CodeVersion, list[str]]:
-        """Store a package and make it the function's newest version. Returns warnings too."""
+    def upload_code(self, name: str, data: bytes, *, filename: str | None = None,
+                    before_publish=None) -> tuple[FunctionRecord, CodeVersion, list[str]]:
+        """Store a package and make it the function's newest version. Returns warnings too.
+
+        ``before_publish(record)``, if given, is called with the record as it will be once published,
+        after the code and the version are stored and before the function points at them: the
+        pre-warm hook, which starts the new version's instances while the old one still takes traffic.
+        It may return a warning (str) for the caller.
+        """
         record = self.get(name, fresh=True)
         if filename is not None:
             data = codepkg.zip_single_file(filename, data)
@@ -162,7 +169,14 @@ class FunctionStore:
                 continue
         else:
             raise Conflict(f"function {name!r} is receiving concurrent uploads; try again")
-        # 3. point the function at it
+        # 3. warm it up while the previous version still serves
+        if before_publish is not None:
+            pending = FunctionRecord(config=record.config, version=number, digest=info.digest,
+                                     created_at=record.created_at, updated_at=time.time())
+            note = before_publish(pending)
+            if note:
+                warnings.append(note)
+        # 4. point the function at it
         for _ in range(CAS_ATTEMPTS):
             record = self.get(name, fresh=True)
             if record.version >= number:

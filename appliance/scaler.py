@@ -110,7 +110,9 @@ class Scaler:
                 pool._start(spec, reserved=False)
             views = [InstanceView(id=s.instance.id, function=name, version=s.instance.version,
                                   current_version_of_function=record.version, inflight=s.inflight,
-                                  last_used=s.last_used) for s in pool.slots.values() if not s.draining]
+                                  last_used=s.last_used) for s in pool.slots.values()
+                     # A newer version is a deploy pre-warming before it takes traffic: not ours to reap.
+                     if not s.draining and s.instance.version <= record.version]
             ids = plan_reaping(views, {name: policy}, now, {name: d.desired})
             chosen = []
             for iid in ids:

@@ -35,6 +35,7 @@ class Appliance:
         self._threads: list[threading.Thread] = []
         self.ports: dict[str, int] = {}
         self._stopped = threading.Event()
+        self._closed = threading.Event()
 
     def start(self) -> None:
         from .control_api import create_control_app
@@ -74,16 +75,21 @@ class Appliance:
             return
         self._stopped.set()
         log.info("event=stopping")
-        for server in self._servers:
-            server.close()
-        self.components.close()
         try:
-            (self.settings.data_path / "appliance.json").unlink()
-        except FileNotFoundError:
-            pass
+            for server in self._servers:
+                server.close()
+            self.components.close()
+            try:
+                (self.settings.data_path / "appliance.json").unlink()
+            except FileNotFoundError:
+                pass
+        finally:
+            self._closed.set()
 
     def wait(self) -> None:
+        """Until stop() has finished closing everything (instances, zygotes, cgroups), not just begun."""
         self._stopped.wait()
+        self._closed.wait()
 
     def install_signal_handlers(self) -> None:
         def handle(signum, frame):

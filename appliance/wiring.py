@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,11 +124,63 @@ def _build_cluster(settings: Settings) -> Components:
     return comps
 
 
+def sandbox_unavailable() -> str | None:
+    """Why this host cannot run the instance sandbox, or None when it can (cheap checks only)."""
+    import sys
+    if not sys.platform.startswith("linux"):
+        return "the instance sandbox needs Linux namespaces"
+    if os.geteuid() != 0:
+        return ("the instance sandbox needs root: it creates namespaces, mounts and per-instance cgroups, and "
+                "runs each instance as its own unprivileged uid")
+    return None
+
+
+def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
+    """The sandboxed zygote launcher, or the plain one when the sandbox is off or cannot work here.
+
+    ``sandbox=on`` refuses to start without it; ``auto`` falls back to plain processes and says so in
+    ``notes`` (shown by ``/v1/health``) and in the log.
+    """
+    from .backends.process_launcher import ProcessLauncher
+
+    runtimes = Path(settings.runtimes_dir)
+    if settings.sandbox == "off":
+        notes.append("sandbox off (APPLIANCE_SANDBOX=off): instances run as plain processes with rlimits only")
+        return ProcessLauncher(runtimes, log_dir)
+    reason = sandbox_unavailable()
+    launcher = None
+    if reason is None:
+        from . import cgroups
+        from .backends.zygote_launcher import ZygoteLauncher
+        cg, cg_reason = cgroups.detect()
+        try:
+            launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg)
+            launcher.check()
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means no sandbox
+            reason = f"the instance sandbox does not work on this host: {exc}"
+            if launcher is not None:
+                launcher.close()
+            if cg is not None:
+                cg.close()
+            launcher = None
+        else:
+            if cg is None:
+                notes.append(f"no memory cgroup ({cg_reason}): instance memory is bounded by rlimits only")
+                log.warning("event=no_memory_cgroup reason=%r", cg_reason)
+            log.info("event=sandbox_ready launcher=zygote cgroups=%r", cg.describe() if cg else None)
+            return launcher
+    if settings.sandbox == "on":
+        raise ValidationError(f"APPLIANCE_SANDBOX=on but {reason}; fix that or set APPLIANCE_SANDBOX=off",
+                              field="sandbox")
+    notes.append(f"sandbox unavailable, instances run as plain processes: {reason}")
+    log.warning("event=sandbox_unavailable fallback=process reason=%r", reason)
+    return ProcessLauncher(runtimes, log_dir)
+
+
 def _build_local(settings: Settings) -> Components:
     from .backends.local_blob import LocalBlobStore
     from .backends.local_registry import LocalRegistry
     from .backends.local_scheduler import CodeCache, LocalScheduler
-    from .backends.process_launcher import ProcessLauncher
     from .backends.sqlite_meta import SqliteMetadataStore
 
     data = settings.data_path
@@ -141,10 +192,7 @@ def _build_local(settings: Settings) -> Components:
     store = FunctionStore(meta, blobs, lim, cache_ttl_s=settings.metadata_cache_s)
     registry = LocalRegistry()
     client = InstanceClient()
-    launcher = ProcessLauncher(Path(settings.runtimes_dir), data / "logs" / "instances")
-    if settings.sandbox == "on" and not shutil.which("bwrap"):
-        raise ValidationError("APPLIANCE_SANDBOX=on but bubblewrap (bwrap) is not installed: "
-                              "apt-get install bubblewrap", field="sandbox")
+    launcher = _launcher(settings, data / "logs" / "instances", notes)
     code_cache = CodeCache(data / "code", blobs, lim)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
                                client=client, host="127.0.0.1")

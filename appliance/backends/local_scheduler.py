@@ -30,6 +30,8 @@ from .process_launcher import Launcher, LaunchRequest
 log = logging.getLogger("appliance.scheduler")
 
 READY_POLL_S = 0.002
+#: Longest one ``/_/ready?waitMs=`` call holds while the handler loads (the runtime answers as soon as it is loaded).
+READY_WAIT_S = 1.0
 
 
 @dataclass
@@ -122,8 +124,8 @@ class LocalScheduler:
         # Wait for the handler to load.
         t2 = time.monotonic()
         while True:
-            wait_ms = int(max(0.0, min(deadline - time.monotonic(), 10.0)) * 1000)
             try:
+                wait_ms = int(max(0.0, min(READY_WAIT_S, deadline - time.monotonic())) * 1000)
                 status, body = self.client.ready(instance, wait_ms=wait_ms)
             except (InstanceUnreachable, InstanceLost):
                 status, body = 0, {}
@@ -140,7 +142,10 @@ class LocalScheduler:
                 self._kill(proc, "start-timeout")
                 raise PlacementFailed(f"instance {instance_id} was not ready before the start deadline")
             time.sleep(READY_POLL_S)
-        phases["user_init"] = round((time.monotonic() - t2) * 1000, 3)
+        # The runtime's own measure of loading the handler when it reports one; else what we waited.
+        init_ms = body.get("initDurationMs")
+        phases["user_init"] = round(float(init_ms) if isinstance(init_ms, (int, float)) else
+                                    (time.monotonic() - t2) * 1000, 3)
         self.registry.add(instance)
         log.info("event=instance_ready instance=%s function=%s version=%s address=%s phases=%s",
                  instance_id, spec.function, spec.version, address, json.dumps(phases, separators=(",", ":")))
@@ -203,9 +208,12 @@ class LocalScheduler:
 
     def _watch(self, proc: _Proc) -> None:
         rc = proc.handle.wait(None)
+        # True/False when the launcher knows (a memory cgroup records its kills); None when it cannot
+        # tell, and then an unexplained SIGKILL is most likely the kernel's OOM killer.
+        oom = self.launcher.oom_killed(proc.handle)
         if proc.stopping:
             cause = proc.stopping
-        elif rc == -signal.SIGKILL or rc == 128 + signal.SIGKILL or self.launcher.oom_killed(proc.handle):
+        elif oom or (oom is None and rc in (-signal.SIGKILL, 128 + signal.SIGKILL)):
             cause = "oom"
         elif rc == 0:
             cause = "exited"

@@ -41,7 +41,8 @@ class LaunchRequest:
 class Launcher(Protocol):
     def launch(self, req: LaunchRequest, deadline: float) -> tuple[object, str, dict[str, float]]: ...
 
-    def oom_killed(self, handle: object) -> bool: ...
+    def oom_killed(self, handle: object) -> bool | None:
+        """Whether the instance was killed for memory; None when the launcher cannot tell."""
 
     def close(self) -> None: ...
 
@@ -170,8 +171,8 @@ class ProcessLauncher:
         phases = {"sandbox": 0.0, "runtime_init": round((time.monotonic() - t0) * 1000, 3)}
         return handle, f"{req.host}:{ready['port']}", phases
 
-    def oom_killed(self, handle) -> bool:
-        return False
+    def oom_killed(self, handle) -> bool | None:
+        return None  # no memory cgroup here: the scheduler reads an unexplained SIGKILL as OOM
 
     def close(self) -> None:
         pass

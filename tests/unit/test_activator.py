@@ -56,8 +56,12 @@ def test_a_burst_on_a_cold_function_starts_at_most_max_instances_and_serves_ever
         t.join(10)
     assert errors == []
     assert len(results) == 50
+    # Four instances may serve all fifty before the fifth start thread gets past the gate: let it finish.
+    end = time.monotonic() + 10
+    while len(scheduler.started) < 5 and time.monotonic() < end:
+        time.sleep(0.001)
     assert len(scheduler.started) == 5
-    assert set(results) == {i.id for i in scheduler.started}
+    assert set(results) <= {i.id for i in scheduler.started}
 
 
 def test_concurrency_above_one_needs_fewer_instances(parts):
@@ -161,8 +165,8 @@ def test_a_gone_instance_is_replaced_for_the_next_request(parts):
 def test_min_instances_are_started_without_requests(parts):
     scheduler, a = parts
     assert a.ensure_min(spec(), min_instances=2, max_instances=3) == 2
-    wait_for(lambda: len(a.pool("f").slots) >= 2, 5, 0.001)
-    assert all(s.reserved for s in a.pool("f").slots.values())
+    # A slot may appear through the registry a moment before its start marks it reserved.
+    wait_for(lambda: len(a.pool("f").slots) >= 2 and all(s.reserved for s in a.pool("f").slots.values()), 5, 0.001)
     assert a.ensure_min(spec(), min_instances=2, max_instances=3) == 0
 
 

@@ -127,3 +127,19 @@ def test_trigger_conflicts_name_the_existing_route(store):
 def test_triggers_need_an_existing_function(store):
     with pytest.raises(FunctionNotFound):
         store.add_trigger("ghost", "GET", "/x")
+
+
+def test_before_publish_sees_the_stored_code_while_the_function_still_points_at_the_old_version(store):
+    store.create(cfg())
+    store.upload_code("f", SRC, filename="index.py")
+    seen = {}
+
+    def prewarm(pending):
+        seen["pending"] = (pending.version, pending.digest)
+        seen["current"] = store.get("f", fresh=True).version
+        seen["code"] = store.code(pending.digest)   # code first: it is already readable
+        return "only 0 of 1 ready"
+
+    record, version, warnings = store.upload_code("f", SRC + b"# v2\n", filename="index.py", before_publish=prewarm)
+    assert seen["pending"] == (2, version.digest) and seen["current"] == 1 and seen["code"]
+    assert record.version == 2 and "only 0 of 1 ready" in warnings

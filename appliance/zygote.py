@@ -1,0 +1,325 @@
+"""The runtime zygote: a process that has imported the Python bootstrap and forks sandboxed instances.
+
+Run by ``appliance/backends/zygote_launcher.py`` as ``python -u -s -B zygote.py SOCKET BOOTSTRAP``, with
+only the standard library: it loads ``sandbox.py`` and the bootstrap by path under private module names,
+so nothing of the appliance (Flask, its settings, its open files) is ever in an instance's memory, and a
+user file named ``bootstrap.py`` or ``sandbox.py`` cannot be shadowed by ours.
+
+Protocol: one SOCK_SEQPACKET connection per launch. The launcher sends one JSON message
+``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null, "next_cgroup": [...]}`` with two
+file descriptors attached (the instance's ready pipe and its log file), and gets ``{"pid": N}`` (the instance's host pid)
+or ``{"error": "..."}``; the connection then stays open and, when the instance ends, carries
+``{"exit": returncode}`` (negative: killed by that signal) before it closes. If the zygote dies the
+connection closes without that message, which is how the launcher notices.
+
+The zygote's stdin is a pipe from the appliance: when it reads EOF (the appliance ended, even by
+SIGKILL) it kills the instances it started and exits, so nothing outlives the platform that tracks it.
+A zygote that dies on its own leaves its instances running; the appliance still tracks them.
+
+The zygote never runs user code: it is single-threaded, only accepts, forks and reaps. Each child
+detaches into new namespaces (``sandbox.detach``), confines itself (``sandbox.confine``) and then calls ``bootstrap.serve`` in the preloaded
+interpreter (Python) or ``execve``s another runtime (Node.js) inside the sandbox. The zygote is a child
+subreaper, so the confined grandchild becomes its child and its exit status comes back here.
+
+Spares: after each launch the zygote forks one child per network profile that detaches at once, joins
+the cgroups named by ``next_cgroup`` and then blocks on a socket pair; the next launch of that profile
+is handed to it (message and descriptors), which takes the fork, the namespaces and the cgroup move
+(an RCU grace period on cgroup v1) off the cold start. A spare exits when the zygote goes.
+"""
+
+import gc
+import importlib.util
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+READY_FD = 3
+REPORT_TIMEOUT_S = 10.0
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_report(fd):
+    """The first child's report: b"P" + pid, or b"E" + message."""
+    data = b""
+    end = time.monotonic() + REPORT_TIMEOUT_S
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return b"Ethe sandboxed child did not report in time"
+        r, _, _ = select_one(fd, left)
+        if not r:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data or b"Ethe sandboxed child exited without a report"
+        data += chunk
+
+
+def select_one(fd, timeout):
+    import select
+    return select.select([fd], [], [], timeout)
+
+
+class Zygote:
+    def __init__(self, sock_path, bootstrap_path):
+        self.sandbox = _load("_faas_sandbox", os.path.join(HERE, "sandbox.py"))
+        self.bootstrap = _load("_faas_bootstrap", bootstrap_path) if bootstrap_path else None
+        if self.bootstrap is not None:
+            self.bootstrap.preload()
+        # Everything imported so far is shared with every child; keep the collector from walking
+        # (and so copying) those pages in each of them.
+        gc.collect()
+        gc.freeze()
+        sys.path[:] = [p for p in sys.path if p not in (HERE, "")]
+        self.sandbox.set_child_subreaper()
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(sock_path)
+        os.chmod(sock_path, 0o600)
+        self.listener.listen(128)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.waiting = {}  # instance pid -> its launcher connection
+        self.spares = {}   # network (bool) -> (pid, socket) of a detached child ready for the next launch
+
+    def run(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ, "accept")
+        sel.register(self.wake_r, selectors.EVENT_READ, "reap")
+        sel.register(sys.stdin, selectors.EVENT_READ, "parent")
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        while True:
+            for key, _ in sel.select():
+                if key.data == "parent":  # EOF: the appliance is gone; its instances go with it
+                    if not os.read(sys.stdin.fileno(), 512):
+                        self.shutdown()
+                elif key.data == "accept":
+                    conn, _ = self.listener.accept()
+                    try:
+                        self.launch(conn)
+                    except Exception as exc:  # noqa: BLE001 - one bad request must not end the zygote
+                        self._send(conn, {"error": f"zygote: {type(exc).__name__}: {exc}"})
+                        conn.close()
+                else:
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+
+    def shutdown(self):
+        for pid in list(self.waiting) + [spare[0] for spare in self.spares.values()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(0)
+
+    @staticmethod
+    def _send(conn, obj):
+        try:
+            conn.send(json.dumps(obj).encode())
+        except OSError:
+            pass
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for network, (spare, sock, _) in list(self.spares.items()):
+                if spare == pid:  # a spare died before it was used
+                    del self.spares[network]
+                    sock.close()
+            conn = self.waiting.pop(pid, None)
+            if conn is not None:
+                self._send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                conn.close()
+
+    def launch(self, conn):
+        conn.settimeout(5.0)
+        msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 4)
+        req = json.loads(msg)
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError(f"expected 2 file descriptors (ready pipe, log), got {len(fds)}")
+        network = bool(req["profile"]["network"])
+        spare = self.spares.pop(network, None)
+        child = None
+        if spare is not None:  # a child detached ahead of time: hand it the request and its files
+            pid, sock, _ = spare
+            try:
+                socket.send_fds(sock, [msg], fds)
+                child = pid
+            except OSError:
+                pass  # it died meanwhile; the SIGCHLD pass reaps it
+            sock.close()
+        if child is None:
+            report_r, report_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # first child: never returns
+                os.close(report_r)
+                self._child(req, fds, report_w)
+            os.close(report_w)
+            try:
+                report = _read_report(report_r)
+            finally:
+                os.close(report_r)
+            # The first child is reaped by the SIGCHLD pass, not here: its exit (unmapping a copy of this
+            # process) would otherwise delay every reply by about a millisecond.
+            if report[:1] == b"P" and len(report) == 5:
+                child = struct.unpack("i", report[1:])[0]
+            else:
+                self._send(conn, {"error": report[1:].decode(errors="replace")})
+                conn.close()
+        for fd in fds:
+            os.close(fd)
+        if child is not None:
+            self.waiting[child] = conn
+            self._send(conn, {"pid": child})
+        self._make_spare(network, req.get("next_cgroup") or [])   # after replying: ready for the next one
+        self.reap()  # a child may already have ended (a zombie not yet reaped)
+
+    def _make_spare(self, network, cgroup_procs):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        report_r, report_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_r)
+            mine.close()
+            self._spare(network, cgroup_procs, theirs, report_w)
+        theirs.close()
+        os.close(report_w)
+        try:
+            report = _read_report(report_r)
+        finally:
+            os.close(report_r)
+        if report[:1] == b"P" and len(report) == 5:
+            self.spares[network] = (struct.unpack("i", report[1:])[0], mine, tuple(cgroup_procs))
+        else:
+            mine.close()
+            sys.stderr.write(f"zygote: could not prepare a spare child: {report[1:].decode(errors='replace')}\n")
+
+    def _close_inherited(self):
+        self.listener.close()
+        signal.set_wakeup_fd(-1)
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)
+        for c in self.waiting.values():
+            c.close()
+        for _, sock, _ in self.spares.values():
+            sock.close()
+
+    def _spare(self, network, cgroup_procs, sock, report_w):
+        """A detached child waiting for its instance (see ``sandbox.detach``); never returns. It joins the
+        next instance's cgroups now, since joining one costs an RCU grace period (see appliance/cgroups.py)."""
+        try:
+            self._close_inherited()
+            self.sandbox.detach(network, report_w)
+        except BaseException:  # noqa: B902 - nothing to report to: no launch is waiting for this child
+            os._exit(70)
+        # now pid 1 of a new pid namespace, still root
+        try:
+            self.sandbox.join_cgroups(cgroup_procs)
+            joined = list(cgroup_procs)
+        except OSError:
+            joined = None  # gone meanwhile: the instance joins its own as if there were no spare
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)  # the launch, or EOF when the zygote goes
+        except BaseException:  # noqa: B902
+            os._exit(70)
+        if not msg or len(fds) != 2:
+            os._exit(0)
+        sock.close()
+        req = json.loads(msg)
+        if joined and req["profile"]["cgroup_procs"] == joined:
+            req["profile"]["cgroup_procs"] = []  # already in them
+        self._instance(req, fds)
+
+    def _child(self, req, fds, report_w):
+        """The path without a spare: detach now, then the same as a spare."""
+        try:
+            self._close_inherited()
+        except BaseException:  # noqa: B902
+            os._exit(70)
+        self.sandbox.detach(req["profile"]["network"], report_w)
+        self._instance(req, fds)
+
+    def _instance(self, req, fds):
+        """Confine this detached process as the request says, then serve or exec; never returns."""
+        ready_fd, log_fd = fds
+        out = ready_fd
+        try:
+            self.sandbox.confine(req["profile"])
+            # -- now confined: pid 1 of a new pid namespace, unprivileged, in the assembled root --
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            if ready_fd != READY_FD:
+                os.dup2(ready_fd, READY_FD)
+            out = READY_FD
+            os.closerange(READY_FD + 1, 1 << 16)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            os.write(READY_FD, (json.dumps({"sandboxAt": time.monotonic()}) + "\n").encode())
+            env = dict(req["env"], FAAS_READY_FD=str(READY_FD))
+            if req.get("exec"):
+                argv = req["exec"]
+                os.execve(argv[0], argv, env)
+            self._serve(env)
+        except BaseException as exc:  # noqa: B902 - report whatever stopped the start, then go
+            try:
+                os.write(out, (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
+            except OSError:
+                pass
+        os._exit(70)
+
+    def _serve(self, env):
+        os.environ.clear()
+        os.environ.update(env)
+        sys.dont_write_bytecode = True  # the code directory is read-only and byte-compiled at deploy time
+        sys.argv = [self.bootstrap.__file__]
+        bootstrap = self.bootstrap
+        for name in ("_faas_sandbox", "_faas_bootstrap"):
+            sys.modules.pop(name, None)
+        code = bootstrap.serve(bootstrap.config_from_env(env))
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def main():
+    Zygote(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "").run()
+
+
+if __name__ == "__main__":
+    main()
