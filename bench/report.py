@@ -29,7 +29,10 @@ def render(doc: dict) -> str:
     env = doc["environment"]
     out.append(f"{env['cpus']} CPUs ({env.get('cpu_model') or '?'}), Linux {env['kernel']}, Python {env['python']}, "
                f"node {env.get('node') or '-'}, load by {env.get('wrk') or 'the Python client'}; "
-               f"cold samples per peer: {doc['plan']['cold_runs']}, measured runs {doc['plan']['warm_s']:.0f} s each.")
+               f"cold samples per peer: {doc['plan']['cold_runs']}; load: {doc['plan']['rounds']} interleaved rounds of "
+               f"{doc['plan']['round_s']:.0f} s per peer and concurrency. Load average before/after the run: "
+               f"{env.get('loadavg_before', ['?'])[0]} / {env.get('loadavg_after', ['?'])[0]} (other work on the "
+               f"machine shows up as noise; ratios are measured side by side to limit it).")
     out += ["", "## Figures", ""]
     rows = []
     for n in names:

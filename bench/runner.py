@@ -1,10 +1,11 @@
 """Runs the phases against each peer, one peer at a time, and gathers the figures.
 
-Per peer: start -> cold phase (discarded warm-up cold starts, then ``cold_runs`` samples) ->
-warm phases with the user-facing options (restart if the cold phase needed special ones) ->
-c=1 warm-up, c=1 measured run (latency and throughput) -> idle memory -> (appliance: router
-overhead) -> c=16 warm-up, c=16 measured run -> stop. Only one peer runs at a time, so peers do
-not compete for the two cores.
+All peers start together (cold-phase options), then: cold samples, peer after peer in each
+iteration (the first ``cold_discard`` iterations are discarded) -> switch to the user-facing
+options (restart where the cold phase needed special ones) -> c=1 warm-up, c=1 measured rounds
+(latency, throughput) -> idle memory -> appliance router overhead -> c=16 warm-up, c=16 measured
+rounds -> stop. Only one peer is driven at a time; rounds interleave the peers so background
+load on the machine is shared out evenly instead of landing on whichever peer ran at that moment.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Plan:
     cold_runs: int = 30
     cold_discard: int = 2
     cold_budget_s: float = 120.0
-    warm_s: float = 10.0
+    warm_s: float = 9.0
+    rounds: int = 3
     warmup_s: float = 3.0
     overhead_rounds: int = 6
     overhead_n: int = 300
@@ -47,12 +49,16 @@ class Plan:
 
     @classmethod
     def make(cls, quick: bool, **over) -> Plan:
-        p = cls(quick=True, cold_runs=10, cold_discard=1, cold_budget_s=30.0, warm_s=3.0, warmup_s=1.0,
+        p = cls(quick=True, cold_runs=10, cold_discard=1, cold_budget_s=40.0, warm_s=4.0, rounds=2, warmup_s=1.0,
                 overhead_rounds=4, overhead_n=150) if quick else cls()
         for k, v in over.items():
             if v is not None:
                 setattr(p, k, v)
         return p
+
+    @property
+    def round_s(self) -> float:
+        return max(1.0, round(self.warm_s / self.rounds))
 
 
 class Ctx:
@@ -63,83 +69,139 @@ class Ctx:
         self.log = log
 
 
-def run_peer(name: str, ctx: Ctx, plan: Plan) -> dict:
-    log = ctx.log
-    cls = PEERS[name]
-    out: dict = {"label": cls.label, "cold_means": cls.cold_means}
-    peer = cls(ctx)
-    out["describe"] = peer.describe
-    t_peer = time.monotonic()
-    try:
-        # -- cold ----------------------------------------------------------------------------
-        log(f"[{name}] starting")
-        peer.start(cold_phase=True)
-        peer.first_request()
-        samples: list[float] = []
-        t0 = time.monotonic()
-        for i in range(plan.cold_discard + plan.cold_runs):
-            if i >= plan.cold_discard + 5 and time.monotonic() - t0 > plan.cold_budget_s:
-                out.setdefault("notes", []).append(
-                    f"cold phase stopped after {len(samples)} samples (budget {plan.cold_budget_s:.0f} s)")
-                break
-            ms = peer.cold_once()
-            if i >= plan.cold_discard:
-                samples.append(ms)
-        out["cold_ms"] = summarize(samples)
-        out["cold_ms"]["samples"] = [round(x, 3) for x in samples]
-        log(f"[{name}] cold p50 {out['cold_ms']['p50']:.1f} ms p99 {out['cold_ms']['p99']:.1f} ms "
-            f"({len(samples)} samples, {time.monotonic() - t0:.0f} s)")
-        if isinstance(peer, Appliance):
-            out["cold_phases_p50_ms"] = _phase_medians(peer.cold_timings)
-            peer.set_keep_alive(600)
-        if peer.restart_for_warm:
-            peer.stop()
-            peer.start(cold_phase=False)
-            peer.first_request()
+class PeerRun:
+    """One peer's state across the phases; a peer that fails is stopped and left out of later phases."""
 
-        # -- warm, c=1 -----------------------------------------------------------------------
-        t = peer.target
-        wrk.run(t, concurrency=1, duration_s=plan.warmup_s, use_wrk=plan.use_wrk)
-        out["c1"] = wrk.run(t, concurrency=1, duration_s=plan.warm_s, use_wrk=plan.use_wrk)
-        log(f"[{name}] c=1: {out['c1']['rps']:.0f} req/s, p50 {out['c1']['p50_ms']:.2f} ms, "
-            f"p99 {out['c1']['p99_ms']:.2f} ms ({out['c1']['tool']})")
+    def __init__(self, name: str, ctx: Ctx):
+        cls = PEERS[name]
+        self.name = name
+        self.peer = cls(ctx)
+        self.out: dict = {"label": cls.label, "cold_means": cls.cold_means, "describe": self.peer.describe}
+        self.cold: list[float] = []
+        self.rounds: dict[int, list[dict]] = {}
+        self.failed = False
 
-        # -- idle memory ---------------------------------------------------------------------
-        httpc.once(t)
-        time.sleep(0.5)
-        out["memory"] = peer.memory()
-        inst = out["memory"].get("instance") or {}
-        log(f"[{name}] idle instance USS {_f(inst.get('uss_mb'))} MB PSS {_f(inst.get('pss_mb'))} MB "
-            f"({inst.get('instances', 0)} instance(s))")
+    def fail(self, exc: BaseException, log) -> None:
+        self.failed = True
+        self.out["error"] = f"{exc.__class__.__name__}: {exc}"
+        self.out["traceback"] = traceback.format_exc()
+        log(f"[{self.name}] FAILED: {self.out['error']} (log: {self.peer.log})")
+        self.peer.stop()
 
-        # -- router overhead (appliance) ----------------------------------------------------
-        if isinstance(peer, Appliance):
-            out["router"] = router_overhead(peer, plan)
-            log(f"[{name}] router overhead p50 {out['router']['overhead_p50_ms']:.3f} ms "
-                f"(edge {out['router']['edge']['p50']:.3f} ms, direct {out['router']['direct']['p50']:.3f} ms)")
 
-        # -- warm, c=16 ----------------------------------------------------------------------
-        for c in plan.concurrency:
-            if c == 1:
-                continue
-            wrk.run(t, concurrency=c, duration_s=plan.warmup_s, use_wrk=plan.use_wrk)
-            r = wrk.run(t, concurrency=c, duration_s=plan.warm_s, use_wrk=plan.use_wrk)
-            out[f"c{c}"] = r
-            log(f"[{name}] c={c}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-                f"{r['errors']} errors")
-            if isinstance(peer, Appliance):
-                out[f"instances_after_c{c}"] = len(peer.instances())
-        out.update(peer.extra)
-    except (KeyboardInterrupt, procs.Interrupted):
-        raise
-    except Exception as exc:  # noqa: BLE001 - one failing peer must not lose the others' figures
-        out["error"] = f"{exc.__class__.__name__}: {exc}"
-        out["traceback"] = traceback.format_exc()
-        log(f"[{name}] FAILED: {out['error']} (log: {peer.log})")
-    finally:
-        peer.stop()
-    out["seconds"] = round(time.monotonic() - t_peer, 1)
+def _each(runs: list[PeerRun], log, fn) -> None:
+    for r in runs:
+        if r.failed:
+            continue
+        try:
+            fn(r)
+        except (KeyboardInterrupt, procs.Interrupted):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failing peer must not lose the others' figures
+            r.fail(exc, log)
+
+
+def merge_rounds(parts: list[dict]) -> dict:
+    """One figure from interleaved rounds: total requests over total time; latency percentiles are the
+    request-weighted mean of each round's percentile."""
+    n = sum(p["requests"] for p in parts)
+    dur = sum(p["duration_s"] for p in parts)
+    ok = sum(p["rps"] * p["duration_s"] for p in parts)
+    out = {"tool": parts[0]["tool"], "rounds": len(parts), "requests": n,
+           "errors": sum(p["errors"] for p in parts), "duration_s": dur, "rps": ok / dur if dur else 0.0}
+    for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+        vals = [(p[k], p["requests"]) for p in parts if p.get(k) is not None]
+        w = sum(c for _, c in vals)
+        out[k] = sum(v * c for v, c in vals) / w if w else None
+    out["per_round"] = [{k: p[k] for k in ("rps", "p50_ms", "p99_ms")} for p in parts]
     return out
+
+
+def run_all(names: list[str], ctx: Ctx, plan: Plan) -> dict:
+    """Every peer runs at once (idle ones cost nothing measurable); the phases interleave the peers
+    round by round, so a change in the machine's background load hits all of them alike."""
+    log = ctx.log
+    runs = [PeerRun(n, ctx) for n in names]
+    try:
+        # -- cold: start in cold mode, then interleave the samples ---------------------------------
+        def start_cold(r: PeerRun):
+            log(f"[{r.name}] starting")
+            r.peer.start(cold_phase=True)
+            r.peer.first_request()
+        _each(runs, log, start_cold)
+        t0 = time.monotonic()
+        total = plan.cold_discard + plan.cold_runs
+        for i in range(total):
+            if i >= plan.cold_discard + 5 and time.monotonic() - t0 > plan.cold_budget_s:
+                for r in runs:
+                    r.out.setdefault("notes", []).append(
+                        f"cold phase stopped after {len(r.cold)} samples (budget {plan.cold_budget_s:.0f} s)")
+                break
+
+            def sample(r: PeerRun, keep=i >= plan.cold_discard):
+                ms = r.peer.cold_once()
+                if keep:
+                    r.cold.append(ms)
+            _each(runs, log, sample)
+            if (i + 1) % 10 == 0:
+                log(f"cold samples {i + 1}/{total} ({time.monotonic() - t0:.0f} s)")
+        for r in runs:
+            if r.failed:
+                continue
+            r.out["cold_ms"] = summarize(r.cold)
+            r.out["cold_ms"]["samples"] = [round(x, 3) for x in r.cold]
+            log(f"[{r.name}] cold p50 {r.out['cold_ms']['p50']:.1f} ms p99 {r.out['cold_ms']['p99']:.1f} ms "
+                f"({len(r.cold)} samples)")
+
+        def to_warm(r: PeerRun):
+            if isinstance(r.peer, Appliance):
+                r.out["cold_phases_p50_ms"] = _phase_medians(r.peer.cold_timings)
+                r.peer.set_keep_alive(600)
+            if r.peer.restart_for_warm:
+                r.peer.stop()
+                r.peer.start(cold_phase=False)
+                r.peer.first_request()
+        _each(runs, log, to_warm)
+
+        # -- warm: c=1 (latency, throughput), idle memory, router overhead, then c=16 -------------
+        for c in plan.concurrency:
+            _each(runs, log, lambda r: wrk.run(r.peer.target, concurrency=c, duration_s=plan.warmup_s,
+                                               use_wrk=plan.use_wrk))
+            for _ in range(plan.rounds):
+                def measure(r: PeerRun):
+                    r.rounds.setdefault(c, []).append(
+                        wrk.run(r.peer.target, concurrency=c, duration_s=plan.round_s, use_wrk=plan.use_wrk))
+                _each(runs, log, measure)
+            for r in runs:
+                if r.failed:
+                    continue
+                m = r.out[f"c{c}"] = merge_rounds(r.rounds[c])
+                log(f"[{r.name}] c={c}: {m['rps']:.0f} req/s, p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, "
+                    f"{m['errors']} errors ({m['tool']}, {m['rounds']} rounds)")
+                if c > 1 and isinstance(r.peer, Appliance):
+                    r.out[f"instances_after_c{c}"] = len(r.peer.instances())
+            if c == 1:
+                def mem(r: PeerRun):
+                    httpc.once(r.peer.target)
+                    time.sleep(0.3)
+                    r.out["memory"] = r.peer.memory()
+                    inst = r.out["memory"].get("instance") or {}
+                    log(f"[{r.name}] idle instance USS {_f(inst.get('uss_mb'))} MB PSS {_f(inst.get('pss_mb'))} MB "
+                        f"({inst.get('instances', 0)} instance(s))")
+                _each(runs, log, mem)
+
+                def router(r: PeerRun):
+                    if isinstance(r.peer, Appliance):
+                        ro = r.out["router"] = router_overhead(r.peer, plan)
+                        log(f"[{r.name}] router overhead p50 {ro['overhead_p50_ms']:.3f} ms (edge "
+                            f"{ro['edge']['p50']:.3f} ms, direct {ro['direct']['p50']:.3f} ms)")
+                _each(runs, log, router)
+        for r in runs:
+            r.out.update(r.peer.extra)
+    finally:
+        for r in runs:
+            r.peer.stop()
+    return {r.name: r.out for r in runs}
 
 
 def router_overhead(peer: Appliance, plan: Plan) -> dict:
