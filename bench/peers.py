@@ -67,13 +67,15 @@ class Peer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = ctx.run_dir / "logs" / f"{self.name}.log"
         self.extra: dict = {}
+        #: descendants that outlived this peer's server process and had to be ended by the bench
+        self.orphans = 0
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self, *, cold_phase: bool = False) -> None:
         raise NotImplementedError
 
     def stop(self) -> None:
-        procs.stop(self.proc)
+        self.orphans += procs.stop(self.proc)
         self.proc = None
 
     def first_request(self, timeout_s: float = 60.0) -> httpc.Reply:

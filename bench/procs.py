@@ -1,8 +1,10 @@
 """Processes the benchmark starts, and stopping all of them whatever happens.
 
 Every server is started in its own session (process group), so stopping it also stops what it
-spawned (gunicorn workers, serverless-offline's Python children, appliance instances). ``stop_all``
-runs from ``finally``, from ``atexit`` and on SIGTERM/SIGINT.
+spawned in that group (gunicorn workers, serverless-offline's Python children). Children that put
+themselves in a session of their own (the appliance starts each instance with ``setsid``) are
+found as descendants just before the stop and ended too if they outlive their parent.
+``stop_all`` runs from ``finally``, from ``atexit`` and on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 _lock = threading.Lock()
 _started: list[subprocess.Popen] = []
@@ -38,10 +42,47 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def stop(p: subprocess.Popen | None, timeout_s: float = 5.0) -> None:
-    """SIGTERM the process group, SIGKILL it after ``timeout_s``; also kills stragglers of the group."""
+def _descendants(p: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        return psutil.Process(p.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _end_survivors(kids: list[psutil.Process], timeout_s: float = 3.0) -> int:
+    """Terminate, then kill, descendants that outlived their parent; how many there were."""
+    alive = []
+    for k in kids:
+        try:
+            if k.is_running() and k.status() != psutil.STATUS_ZOMBIE:
+                alive.append(k)
+        except psutil.Error:
+            pass
+    for k in alive:
+        try:
+            k.terminate()
+        except psutil.Error:
+            pass
+    _, still = psutil.wait_procs(alive, timeout=timeout_s)
+    for k in still:
+        try:
+            k.kill()
+        except psutil.Error:
+            pass
+    return len(alive)
+
+
+#: Processes that outlived the server that started them (see bench README: appliance shutdown).
+orphans_ended = 0
+
+
+def stop(p: subprocess.Popen | None, timeout_s: float = 5.0) -> int:
+    """SIGTERM the process group, SIGKILL it after ``timeout_s``; then end descendants that left the
+    group and outlived it."""
+    global orphans_ended
     if p is None:
-        return
+        return 0
+    kids = _descendants(p)
     if p.poll() is None:
         _signal_group(p, signal.SIGTERM)
         try:
@@ -54,14 +95,18 @@ def stop(p: subprocess.Popen | None, timeout_s: float = 5.0) -> None:
         p.wait(2.0)
     except subprocess.TimeoutExpired:
         pass
+    left = _end_survivors(kids)
+    orphans_ended += left
     with _lock:
         if p in _started:
             _started.remove(p)
+    return left
 
 
 def stop_all() -> None:
     with _lock:
         procs = list(_started)
+    kids = [k for p in procs for k in _descendants(p)]
     for p in procs:
         if p.poll() is None:
             _signal_group(p, signal.SIGTERM)
@@ -77,6 +122,7 @@ def stop_all() -> None:
             p.wait(1.0)
         except subprocess.TimeoutExpired:
             pass
+    _end_survivors(kids)
     with _lock:
         _started.clear()
 

@@ -74,6 +74,11 @@ def render(doc: dict) -> str:
                    ", ".join(f"{k} {v:.3f}" for k, v in a["cold_phases_p50_ms"].items()) + ".")
     if a.get("instances_after_c16") is not None:
         out.append(f"- Instances after the c=16 run: {a['instances_after_c16']}.")
+    left = {res[n]["label"]: res[n].get("orphans_ended_after_stop") for n in names
+            if res[n].get("orphans_ended_after_stop")}
+    if left:
+        out.append("- Processes still running after their server exited on SIGTERM (ended by the bench): " +
+                   ", ".join(f"{k}: {v}" for k, v in left.items()) + ".")
     mem_rows = []
     for n in names:
         m = res[n].get("memory") or {}

@@ -201,6 +201,7 @@ def run_all(names: list[str], ctx: Ctx, plan: Plan) -> dict:
     finally:
         for r in runs:
             r.peer.stop()
+            r.out["orphans_ended_after_stop"] = r.peer.orphans
     return {r.name: r.out for r in runs}
 
 
