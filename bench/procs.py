@@ -139,3 +139,5 @@ def install_handlers() -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    # Ctrl-C raises KeyboardInterrupt even where SIGINT was inherited as ignored (background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
