@@ -54,7 +54,10 @@ test-cluster: venv system-deps
 test-ops: venv system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests/ops $(PYTEST_ARGS)
 
+# Installs the peers under ~/.cache/faas-appliance/bench and writes bench/results/latest.{json,md}.
+#   make bench BENCH_ARGS=--quick
 bench: venv system-deps
+	@bash bench/system-deps
 	$(PY) -m bench $(BENCH_ARGS)
 
 doctor: venv

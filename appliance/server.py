@@ -43,7 +43,9 @@ class Appliance:
 
         c = self.components
         s = self.settings
-        common = dict(host=s.host, ident="faas-appliance", connection_limit=2000, backlog=1024,
+        # poll() rather than select(): select() cannot watch descriptors above 1023, and past that
+        # many connections waitress's IO thread would die and the server stop answering.
+        common = dict(host=s.host, ident="faas-appliance", connection_limit=2000, backlog=1024, asyncore_use_poll=True,
                       channel_timeout=max(120, 900 + 30), cleanup_interval=30, clear_untrusted_proxy_headers=True)
         if "edge" in self.roles:
             server = waitress.create_server(create_edge_app(c), port=s.edge_port, threads=EDGE_THREADS, **common)
