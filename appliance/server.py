@@ -38,6 +38,7 @@ class Appliance:
         self._closed = threading.Event()
 
     def start(self) -> None:
+        raise_open_files_limit()
         from .control_api import create_control_app
         from .edge import create_edge_app
 
@@ -98,6 +99,21 @@ class Appliance:
             threading.Thread(target=self.stop, daemon=True).start()
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one: every client connection and every
+    pooled connection to an instance is a descriptor, and 1024 is a common default."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft
+    return want
 
 
 def read_info(data_dir: Path) -> dict | None:

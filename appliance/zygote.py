@@ -69,8 +69,12 @@ def _read_report(fd):
 
 
 def select_one(fd, timeout):
+    """([fd],) when fd is readable within timeout, else ([],): poll(), which has no 1024 limit."""
     import select
-    return select.select([fd], [], [], timeout)
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    ready = p.poll(None if timeout is None else max(0, int(timeout * 1000)))
+    return ([fd] if ready else [], [], [])
 
 
 class Zygote:

@@ -97,6 +97,17 @@ class ProcessHandle:
             pass
 
 
+def wait_readable(fd, timeout: float | None) -> bool:
+    """Whether ``fd`` (an int or a file object) became readable within ``timeout`` seconds.
+
+    poll(), not select(): the appliance holds a descriptor per client connection, and select()
+    fails outright on descriptors above 1023.
+    """
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
 def read_ready_line(fd: int, deadline: float, handle) -> dict:
     """Read the bootstrap's ``{"port": N}`` line from the ready pipe, up to ``deadline``."""
     buf = b""
@@ -106,8 +117,7 @@ def read_ready_line(fd: int, deadline: float, handle) -> dict:
             if remaining <= 0:
                 handle.signal(signal.SIGKILL)
                 raise PlacementFailed("the runtime did not start listening before the start deadline")
-            r, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-            if not r:
+            if not wait_readable(fd, min(remaining, 0.5)):
                 if handle.returncode is not None:
                     raise PlacementFailed(f"the runtime exited with status {handle.returncode} while starting; "
                                           "see the instance log")

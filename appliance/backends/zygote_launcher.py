@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import socket
@@ -59,7 +58,7 @@ from pathlib import Path
 from .. import sandbox
 from ..cgroups import CgroupManager, InstanceCgroup
 from ..errors import PlacementFailed
-from .process_launcher import AS_HEADROOM_MB, LaunchRequest, runtime_env
+from .process_launcher import AS_HEADROOM_MB, LaunchRequest, runtime_env, wait_readable
 
 log = logging.getLogger("appliance.sandbox")
 
@@ -181,7 +180,7 @@ class ZygoteHandle:
             self._conn.close()
         if rc is None:  # the zygote died: wait for the process itself, its status is lost
             if self._pidfd is not None:
-                select.select([self._pidfd], [], [])
+                wait_readable(self._pidfd, None)
             rc = LOST_STATUS
             log.warning("event=instance_status_lost pid=%s reason=zygote-gone", self.pid)
         try:
@@ -222,8 +221,7 @@ class Zygote:
                  str(self.bootstrap or "")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd="/", start_new_session=True,
                 env={"PATH": SANDBOX_PATH, "LANG": os.environ.get("LANG", "C.UTF-8")})
-        r, _, _ = select.select([proc.stdout], [], [], ZYGOTE_START_TIMEOUT_S)
-        line = proc.stdout.readline() if r else b""
+        line = proc.stdout.readline() if wait_readable(proc.stdout, ZYGOTE_START_TIMEOUT_S) else b""
         if line != b"ready\n":
             proc.kill()
             proc.wait()
@@ -472,8 +470,7 @@ class ZygoteLauncher:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise PlacementFailed("the runtime did not start listening before the start deadline")
-                r, _, _ = select.select([fd], [], [], min(left, 0.5))
-                if not r:
+                if not wait_readable(fd, min(left, 0.5)):
                     continue
                 chunk = os.read(fd, 4096)
                 if not chunk:
