@@ -94,7 +94,7 @@ def main(environ=None) -> None:
         digest = env.get("FAAS_CODE_DIGEST") or ""
         if not digest:
             raise SystemExit("faas instance: FAAS_CODE_DIGEST is not set")
-        cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas/code")
+        cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas-appliance/code-cache")
         code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
         env["FAAS_CODE_DIR"] = str(code_dir)
     cmd = bootstrap_command(runtime, runtimes_dir)

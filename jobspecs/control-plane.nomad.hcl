@@ -10,7 +10,7 @@ variable "datacenters" {
 
 variable "python" {
   type    = string
-  default = "/opt/faas/venv/bin/python"
+  default = "/opt/faas-appliance/venv/bin/python"
 }
 
 variable "control_count" {
@@ -20,7 +20,7 @@ variable "control_count" {
 
 variable "data_dir" {
   type    = string
-  default = "/var/lib/faas/control"
+  default = "/var/lib/faas-appliance/control"
 }
 
 variable "nomad_addr" {

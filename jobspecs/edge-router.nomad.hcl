@@ -11,7 +11,7 @@ variable "datacenters" {
 
 variable "python" {
   type        = string
-  default     = "/opt/faas/venv/bin/python"
+  default     = "/opt/faas-appliance/venv/bin/python"
   description = "Interpreter of the installed appliance virtualenv."
 }
 
@@ -28,7 +28,7 @@ variable "http_port" {
 
 variable "data_dir" {
   type        = string
-  default     = "/var/lib/faas/edge"
+  default     = "/var/lib/faas-appliance/edge"
   description = "Where the edge keeps its invocation records."
 }
 

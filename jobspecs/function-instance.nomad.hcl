@@ -34,7 +34,7 @@ variable "driver" {
 
 variable "instance_command" {
   type        = string
-  default     = "/opt/faas/venv/bin/python"
+  default     = "/opt/faas-appliance/venv/bin/python"
   description = "Interpreter of the installed appliance virtualenv."
 }
 
@@ -46,7 +46,7 @@ variable "instance_args" {
 
 variable "code_cache_dir" {
   type        = string
-  default     = "/var/lib/faas/code"
+  default     = "/var/lib/faas-appliance/code-cache"
   description = "Per-node, content-addressed cache of unpacked code: <dir>/<digest>/ is read-only once written."
 }
 

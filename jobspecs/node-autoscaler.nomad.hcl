@@ -11,7 +11,7 @@ variable "datacenters" {
 
 variable "python" {
   type    = string
-  default = "/opt/faas/venv/bin/python"
+  default = "/opt/faas-appliance/venv/bin/python"
 }
 
 variable "nomad_addr" {

@@ -21,7 +21,7 @@ variable "driver" {
 
 variable "instance_command" {
   type    = string
-  default = "/opt/faas/venv/bin/python"
+  default = "/opt/faas-appliance/venv/bin/python"
 }
 
 variable "instance_args" {
@@ -32,7 +32,7 @@ variable "instance_args" {
 
 variable "code_cache_dir" {
   type    = string
-  default = "/var/lib/faas/code"
+  default = "/var/lib/faas-appliance/code-cache"
 }
 
 variable "python_count" {

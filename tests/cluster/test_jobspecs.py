@@ -86,7 +86,7 @@ def test_function_instance_fields(nomad_double):
     env = t["Env"]
     assert "FAAS_POOL" not in env
     assert env["FAAS_HANDLER"] == "${NOMAD_META_handler}"
-    assert env["FAAS_CODE_DIR"] == "/var/lib/faas/code/${NOMAD_META_digest}"
+    assert env["FAAS_CODE_DIR"] == "/var/lib/faas-appliance/code-cache/${NOMAD_META_digest}"
     assert env["FAAS_PORT"] == "${NOMAD_PORT_http}" and env["FAAS_INSTANCE_ID"] == "${NOMAD_ALLOC_ID}"
     (svc,) = t["Services"]
     assert svc["Name"] == "fn-${NOMAD_META_function}" and svc["PortLabel"] == "http"
@@ -189,7 +189,7 @@ def test_function_instance_end_to_end(nomad_double, consul_double, tiny_server):
     assert env["FAAS_FUNCTION_NAME"] == "hello" and env["FAAS_FUNCTION_VERSION"] == "7"
     assert env["FAAS_HANDLER"] == "index.handler"  # job-level default of an optional key
     assert env["FAAS_MEMORY_MB"] == "512"  # dispatch meta wins over the default
-    assert env["FAAS_CODE_DIR"] == "/var/lib/faas/code/sha256-abc"
+    assert env["FAAS_CODE_DIR"] == "/var/lib/faas-appliance/code-cache/sha256-abc"
     assert env["FAAS_PORT"] == str(entry["Port"]) and env["FAAS_INSTANCE_ID"] == stub["ID"]
     assert "FAAS_POOL" not in env
     n.job.deregister_job(child)
