@@ -134,6 +134,11 @@ class Invoker:
                                                        "its instance was stopped"}) from None
             except InstanceLost:
                 cause = self.scheduler.exit_cause(inst.id)
+                if cause == "drained":
+                    # It had accepted a drain (nothing in flight, refusing new work) before this
+                    # request reached it, so the request cannot have run: send it elsewhere.
+                    self.activator.release(lease, outcome="gone")
+                    continue
                 self.activator.release(lease, outcome="crashed")
                 if cause == "oom":
                     raise function_error({"errorType": "Function.OutOfMemory", "requestId": request_id,

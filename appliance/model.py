@@ -243,10 +243,12 @@ class Instance:
     started_at: float = field(default_factory=time.time)
     #: Cold-start phases in ms measured by whoever started it (placement, code_fetch, sandbox, runtime_init, user_init).
     phases: dict[str, float] = field(default_factory=dict)
+    #: Process id on its node, when the scheduler knows it (operators' tools, memory accounting).
+    pid: int | None = None
 
     def to_api(self) -> dict:
         return {"id": self.id, "function": self.function, "version": self.version, "address": self.address,
-                "concurrency": self.concurrency, "node": self.node, "started_at": self.started_at}
+                "concurrency": self.concurrency, "node": self.node, "started_at": self.started_at, "pid": self.pid}
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,8 @@ class Scaler:
                 drained += 1
                 with pool.lock:
                     pool.slots.pop(inst.id, None)
+                # Closing our connections lets the instance exit now instead of after its grace.
+                self.client.close(inst.address)
                 self.registry.forget(inst.id)
                 mark = getattr(self.scheduler, "mark_stopping", None)
                 if mark:

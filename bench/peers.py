@@ -337,25 +337,18 @@ class Appliance(Peer):
         self.api.update_function("hello", keep_alive_s=seconds)
 
     def is_instance(self, p):
-        cmd = p.cmdline()
-        return any(c.endswith("bootstrap.py") or c.endswith("bootstrap.js") for c in cmd) and self._listens(p)
+        # Instances are forked from a runtime zygote and share its command line, so the API's
+        # host pids say which processes are instances (the zygote and its spare child are not).
+        return p.pid in self._instance_pids()
 
-    @staticmethod
-    def _listens(p) -> bool:
+    def _instance_pids(self) -> set[int]:
         try:
-            return any(c.status == psutil.CONN_LISTEN for c in p.net_connections("inet")) or \
-                any(c.laddr for c in p.net_connections("unix"))
-        except (psutil.AccessDenied, psutil.NoSuchProcess):
-            return True
+            return {i["pid"] for i in self.api.get_function("hello")["instances"] if i.get("pid")}
+        except Exception:  # noqa: BLE001 - the appliance is starting or stopping
+            return set()
 
     def _instance_processes(self) -> int:
-        try:
-            return sum(1 for p in psutil.Process(self.proc.pid).children(recursive=True)
-                       if any("bootstrap" in c for c in p.cmdline()))
-        except psutil.NoSuchProcess:
-            return 0
-        except psutil.ZombieProcess:
-            return 1
+        return sum(1 for pid in self._instance_pids() if psutil.pid_exists(pid))
 
     def cold_once(self) -> float:
         end = time.monotonic() + 30

@@ -116,7 +116,8 @@ class LocalScheduler:
         phases.update(launch_phases)
         phases.setdefault("runtime_init", round((time.monotonic() - t1) * 1000, 3))
         instance = Instance(id=instance_id, function=spec.function, version=spec.version, address=address,
-                            concurrency=spec.concurrency, node="local", phases=phases)
+                            concurrency=spec.concurrency, node="local", phases=phases,
+                            pid=getattr(handle, "pid", None))
         proc = _Proc(instance=instance, handle=handle, spec=spec)
         with self._lock:
             self._procs[instance_id] = proc
