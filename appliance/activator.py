@@ -33,6 +33,8 @@ log = logging.getLogger("appliance.activator")
 #: How long a version whose code failed to load answers with that error without trying again.
 #: Stops a broken function from costing a process start per request.
 INIT_FAILURE_TTL_S = 2.0
+#: Seconds of concurrency history kept per function: the default stable window and a margin.
+WINDOW_HORIZON_S = 62.0
 #: How long a slot the instance refused for capacity (another edge filled it) is skipped.
 REFUSED_BACKOFF_S = 0.05
 
@@ -102,7 +104,8 @@ class FunctionPool:
         self.init_failure: tuple[int, float, BaseException] | None = None  # (version, at, error)
         #: Requests in flight on this edge, and its per-second history for the autoscaler.
         self.inflight = 0
-        self.window = ConcurrencyWindow(horizon_s=600)
+        self.window_horizon = WINDOW_HORIZON_S
+        self.window = ConcurrencyWindow(horizon_s=WINDOW_HORIZON_S)
         self.policy: ScalingPolicy | None = None
         self.state = ScalerState()
         self.last_decision: Decision | None = None
@@ -130,6 +133,10 @@ class FunctionPool:
         """Run the autoscaler's decision on this edge's view and keep its state. Lock held."""
         if self.policy is None:
             return None
+        if self.policy.stable_window_s + 2 > self.window_horizon:
+            # An operator chose a longer stable window: keep enough history for it.
+            self.window_horizon = self.policy.stable_window_s + 2
+            self.window = ConcurrencyWindow(horizon_s=self.window_horizon)
         d = decide(self.observe(now), self.policy, self.state, now)
         self.state = d.state
         self.last_decision = d
@@ -178,13 +185,15 @@ class FunctionPool:
         if spec is None or not self.waiters:
             return
         live = self._live_count()
+        allowed = self.max_instances - live
         coming = self.starting * spec.concurrency
         need = math.ceil(max(0, len(self.waiters) - coming) / spec.concurrency)
+        if allowed <= 0 or need <= 0:
+            return  # nothing could start: spare the decision (this runs for every queued request)
         d = self.decide(self.a.clock())
         wanted = (d.desired - live) if d is not None else need
-        if live == 0 and need > 0:
+        if live == 0:
             wanted = max(wanted, 1)
-        allowed = self.max_instances - live
         for _ in range(max(0, min(wanted, need, allowed))):
             self._start(spec, reserved=False)
 

@@ -334,7 +334,7 @@ def doctor(ctx):
             mgr.close()
     bwrap = shutil.which("bwrap")
     click.echo(f"[info] bubblewrap: {bwrap or 'not found'} (not needed by the sandbox, which makes the same "
-               "namespaces itself; tools/coldstart.py compares against it)")
+               "namespaces itself; bench/coldstart.py compares against it)")
     try:
         h = _client(ctx).health()
         check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")

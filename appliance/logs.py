@@ -6,7 +6,10 @@ level and logger so every line stands alone for grep and log shippers.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 
@@ -24,11 +27,23 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
 def setup(level: str = "info", stream=None) -> None:
+    """Log lines are formatted and written by one background thread: request threads only enqueue
+    a record, so they never wait on each other for the stream's lock or its write."""
+    global _listener
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
+    if _listener is not None:
+        _listener.stop()
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(q, handler, respect_handler_level=False)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(q)]
     root.setLevel(level.upper())
     # Waitress reports every client disconnect at INFO; keep its warnings only.
     logging.getLogger("waitress").setLevel(logging.WARNING)

@@ -7,7 +7,7 @@ serves on a Unix socket in a directory bound into the sandbox, since an instance
 loopback the edge could reach.
 
 How fork and sandbox combine, measured on the 2-core build machine (python3.11 hello function, time from
-the launcher's call to the instance answering ``/_/ready``, p50 of 30 runs, ``tools/coldstart.py``; the
+the launcher's call to the instance answering ``/_/ready``, p50 of 30 runs, ``bench/coldstart.py``; the
 machine was shared with other work (load 3-6), so absolute figures wander by several ms between runs;
 the ratios hold):
 

@@ -1,6 +1,6 @@
 """Cold start of one Python hello instance, three ways, measured side by side on this host.
 
-    .venv/bin/python tools/coldstart.py [--runs 30]
+    .venv/bin/python -m bench.coldstart [--runs 30]
 
 For each way, the time from asking for an instance to its ``/_/ready`` answering 200 (the handler is
 loaded), then the instance is stopped; p50 and p90 over ``--runs`` starts:
