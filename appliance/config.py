@@ -68,6 +68,9 @@ class Settings:
     s3_access_key: str = ""
     s3_secret_key: str = ""
     node_name: str = ""
+    #: Address other hosts reach this process's edge router on (cluster mode lists it in Consul as
+    #: faas-edge); empty: the listening address, or this host's name when listening on all addresses.
+    advertise_addr: str = ""
     #: Directory of the Nomad jobspecs the scheduler registers (function-instance, runtime-pool).
     jobspecs_dir: str = str(REPO_ROOT / "jobspecs")
     #: HCL2 variable file sent with the jobspecs to /v1/jobs/parse (instance_command, code_cache_dir, ...).

@@ -20,6 +20,7 @@ from .errors import NotFound, Unauthorized, ValidationError
 from .function_store import ensure_name
 from .http_common import install_error_handlers, json_response, request_id
 from .model import FunctionConfig, InstanceSpec
+from .records_view import decode_cursor, encode_cursor
 from .peercred import from_instance
 from .wiring import Components
 
@@ -265,20 +266,19 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/v1/functions/<name>/invocations")
     def invocations(name: str):
         store.get(ensure_name(name))
-        c.records.flush(2.0)
-        rows = c.records.query(name, since=_since(), status=request.args.get("status") or None,
-                               limit=_int_arg("limit", 50), request_id=request.args.get("request_id") or None)
+        c.records_view.flush(2.0)
+        rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
+                                    limit=_int_arg("limit", 50), request_id=request.args.get("request_id") or None)
         return json_response({"invocations": rows})
 
     @app.get("/v1/functions/<name>/logs")
     def logs(name: str):
         store.get(ensure_name(name))
-        c.records.flush(2.0)
-        after = request.args.get("after")
-        rows = c.records.query(name, since=_since(), status=request.args.get("status") or None,
-                               limit=_int_arg("limit", 100),
-                               after_seq=int(after) if after and after.isdigit() else None)
-        if after is None:
+        c.records_view.flush(2.0)
+        cursor = decode_cursor(request.args.get("after"))
+        rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
+                                    limit=_int_arg("limit", 100), after=cursor)
+        if cursor is None:
             rows.reverse()  # oldest first reads naturally
         lines = []
         for r in rows:
@@ -292,8 +292,10 @@ def create_control_app(c: Components) -> Flask:
                     + f" Duration: {r['duration_ms']:.2f} ms Billed GB-s: {r['billed_gb_s']:.6f}"
                     + " Phases: " + " ".join(f"{k}={v:.2f}" for k, v in r["phases"].items()))
             lines.append({"seq": r["seq"], "request_id": r["request_id"], "ts": r["started_at"], "line": tail})
-        last = max((r["seq"] for r in rows), default=int(after) if after and after.isdigit() else 0)
-        return json_response({"lines": lines, "next": last})
+        nxt = dict(cursor or {})
+        for r in rows:
+            nxt[r["edge"]] = max(nxt.get(r["edge"], 0), r["seq"])
+        return json_response({"lines": lines, "next": encode_cursor(nxt)})
 
     @app.get("/v1/functions/<name>/instances")
     def instances(name: str):
@@ -302,8 +304,8 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/usage")
     def usage():
-        c.records.flush(2.0)
-        return json_response({"usage": c.records.usage(request.args.get("function") or None, since=_since())})
+        c.records_view.flush(2.0)
+        return json_response({"usage": c.records_view.usage(request.args.get("function") or None, since=_since())})
 
     # -- triggers ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import json
 
 from flask import Flask, Response, request
 
-from .errors import ApplianceError, PayloadTooLarge, to_response_body
+from .errors import ApplianceError, PayloadTooLarge, ValidationError, to_response_body
 from .events import build_event, to_http_response
 from .http_common import error_response, install_error_handlers, json_response, request_id
 from .invoker import encode_event
@@ -50,6 +50,26 @@ def create_edge_app(c: Components) -> Flask:
                                   "instances": len(pool.slots), "starting": pool.starting,
                                   "waiting": len(pool.waiters)}
         return json_response({"functions": out})
+
+    @app.get("/_/invocations")
+    def records():
+        """This edge's invocation records, for the control plane to merge (see records_view)."""
+        a = request.args
+        after = a.get("after")
+        try:
+            rows = c.records.query(a.get("function") or None, since=float(a["since"]) if a.get("since") else None,
+                                   status=a.get("status") or None, limit=int(a.get("limit") or 100),
+                                   after_seq=int(after) if after not in (None, "") else None,
+                                   request_id=a.get("request_id") or None)
+        except ValueError:
+            raise ValidationError("since, limit and after must be numbers", field="query") from None
+        return json_response({"invocations": rows})
+
+    @app.get("/_/usage")
+    def usage():
+        a = request.args
+        return json_response({"usage": c.records.usage(a.get("function") or None,
+                                                       since=float(a["since"]) if a.get("since") else None)})
 
     @app.route("/", defaults={"path": ""}, methods=methods)
     @app.route("/<path:path>", methods=methods)

@@ -30,18 +30,25 @@ class KeyValueFormatter(logging.Formatter):
 _listener: logging.handlers.QueueListener | None = None
 
 
+def _stop() -> None:
+    """Write out what is queued and stop the writer thread (at exit, or before a new setup)."""
+    if _listener is not None and _listener._thread is not None:
+        _listener.stop()
+
+
 def setup(level: str = "info", stream=None) -> None:
     """Log lines are formatted and written by one background thread: request threads only enqueue
     a record, so they never wait on each other for the stream's lock or its write."""
     global _listener
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
-    if _listener is not None:
-        _listener.stop()
+    if _listener is None:
+        atexit.register(_stop)
+    else:
+        _stop()
     q: queue.SimpleQueue = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(q, handler, respect_handler_level=False)
     _listener.start()
-    atexit.register(_listener.stop)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(q)]
     root.setLevel(level.upper())

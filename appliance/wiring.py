@@ -19,6 +19,7 @@ from .function_store import FunctionStore
 from .instance_client import InstanceClient
 from .invoker import Invoker
 from .records import RecordStore
+from .records_view import RecordsView
 from .scaler import PolicyCache, Scaler
 
 log = logging.getLogger("appliance.wiring")
@@ -38,6 +39,10 @@ class Components:
     notes: list[str] = field(default_factory=list)
     #: Ports actually listened on, by role ("edge", "control"), once the server has started.
     ports: dict[str, int] = field(default_factory=dict)
+    #: Invocation records as the control API reads them: this process's, and other edges' in cluster mode.
+    records_view: RecordsView | None = None
+    #: Cluster mode: where edges list themselves so control planes can find their records.
+    edge_directory: object | None = None
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
@@ -85,6 +90,7 @@ def _build_cluster(settings: Settings) -> Components:
     edges and control planes can run against the same cluster."""
     import socket
 
+    from .backends.consul_edges import EdgeDirectory
     from .backends.consul_kv import ConsulMetadataStore
     from .backends.consul_registry import ConsulRegistry
     from .backends.nomad_scheduler import NomadScheduler
@@ -105,6 +111,7 @@ def _build_cluster(settings: Settings) -> Components:
     registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token,
                               stale_limit_s=settings.consul_stale_limit_s)
     client = InstanceClient()
+    edges = EdgeDirectory(settings.consul_addr, token=settings.consul_token)
     edge_id = f"{settings.node_name or socket.gethostname()}-{os.getpid()}"
     scheduler = NomadScheduler(
         nomad_addr=settings.nomad_addr, nomad_token=settings.nomad_token, consul_addr=settings.consul_addr,
@@ -119,8 +126,10 @@ def _build_cluster(settings: Settings) -> Components:
                       queue_timeout_s=settings.queue_timeout_s)
     scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
-                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes)
-    comps._closers = [records.close, client.close_all, scheduler.close, registry.close]
+                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
+                       records_view=RecordsView(records, edges.edges), edge_directory=edges)
+    comps._closers = [records.close, client.close_all, scheduler.close, registry.close, comps.records_view.close,
+                      edges.deregister]
     return comps
 
 
@@ -203,8 +212,9 @@ def _build_local(settings: Settings) -> Components:
                       queue_timeout_s=settings.queue_timeout_s)
     scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
-                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes)
-    comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
+                       client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
+                       records_view=RecordsView(records))
+    comps._closers = [meta.close, records.close, client.close_all, scheduler.close, comps.records_view.close]
     return comps
 
 
