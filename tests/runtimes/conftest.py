@@ -172,7 +172,7 @@ def start_runtime(tmp_path):
     def start(runtime, code_files=None, env=None, *, handler="index.handler", pool=False, unix_socket=False,
               preexec_fn=None, wait_loaded=True, command=None):
         if runtime == "nodejs20" and not shutil.which("node"):
-            pytest.skip("node is not installed (make system-deps installs it)")
+            pytest.fail("node is not installed (make system-deps installs it)")
         code_dir = tmp_path / f"code{len(started)}"
         code_dir.mkdir()
         for name, text in (code_files or {}).items():

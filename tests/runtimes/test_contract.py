@@ -456,7 +456,7 @@ def test_unix_socket(runtime, start_runtime):
 @pytest.fixture
 def node(start_runtime):
     if "nodejs20" not in RUNTIMES:
-        pytest.skip("no Node.js runtime")
+        pytest.fail("no Node.js runtime: make system-deps installs it")
     return lambda handler, files=None: start_runtime("nodejs20", files or code("nodejs20"), handler=handler)
 
 

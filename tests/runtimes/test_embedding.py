@@ -55,7 +55,7 @@ def python_config(env):
 
 def node_config(env):
     if not shutil.which("node"):
-        pytest.skip("node is not installed")
+        pytest.fail("node is not installed: make system-deps installs it")
     script = f"process.stdout.write(JSON.stringify(require({json.dumps(str(ROOT / 'runtimes/node/bootstrap.js'))})" \
              f".configFromEnv({json.dumps(env)})))"
     out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=30, check=True).stdout

@@ -57,9 +57,7 @@ def test_a_burst_on_a_cold_function_starts_at_most_max_instances_and_serves_ever
     assert errors == []
     assert len(results) == 50
     # Four instances may serve all fifty before the fifth start thread gets past the gate: let it finish.
-    end = time.monotonic() + 10
-    while len(scheduler.started) < 5 and time.monotonic() < end:
-        time.sleep(0.001)
+    wait_for(lambda: len(scheduler.started) >= 5, 10, 0.001, "the fifth start to finish")
     assert len(scheduler.started) == 5
     assert set(results) <= {i.id for i in scheduler.started}
 
