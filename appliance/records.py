@@ -23,6 +23,8 @@ from .errors import ValidationError
 log = logging.getLogger("appliance.records")
 
 STATUSES = ("ok", "error", "timeout", "throttled", "unavailable")
+#: Records written between two prunes down to the retention.
+PRUNE_EVERY = 1000
 
 
 def billed_gb_seconds(memory_mb: int, duration_ms: float) -> float:
@@ -77,6 +79,7 @@ class RecordStore:
         self._written = threading.Condition()
         self._pending = 0
         self._stop = threading.Event()
+        self._since_prune = 0
         self._thread = threading.Thread(target=self._writer, daemon=True, name="records-writer")
         self._thread.start()
         self.dropped = 0
@@ -127,6 +130,13 @@ class RecordStore:
                     self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 log.error("event=record_write_failed count=%d error=%r", len(rows), str(exc))
+            self._since_prune += len(batch)
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                try:
+                    self.prune()
+                except sqlite3.Error as exc:
+                    log.error("event=record_prune_failed error=%r", str(exc))
             with self._written:
                 self._pending -= len(batch)
                 self._written.notify_all()
@@ -145,25 +155,8 @@ class RecordStore:
             raise ValidationError(f"status must be one of {', '.join(STATUSES)}; got {status!r}", field="status")
         if not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be from 1 to 1000, got {limit}", field="limit")
-        where, args = [], []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if since is not None:
-            where.append("started_at >= ?")
-            args.append(since)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if after_seq is not None:
-            where.append("seq > ?")
-            args.append(after_seq)
-        if request_id is not None:
-            where.append("request_id = ?")
-            args.append(request_id)
-        sql = f"SELECT seq, {', '.join(_COLUMNS)} FROM invocations"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, args = _filtered(f"SELECT seq, {', '.join(_COLUMNS)} FROM invocations", function=function, since=since,
+                              status=status, after_seq=after_seq, request_id=request_id)
         # Newest first, unless following (after_seq): then oldest first so output stays in order.
         sql += " ORDER BY seq " + ("ASC" if after_seq is not None else "DESC") + " LIMIT ?"
         args.append(limit)
@@ -179,17 +172,8 @@ class RecordStore:
         return out
 
     def usage(self, function: str | None = None, *, since: float | None = None) -> list[dict]:
-        where, args = [], []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if since is not None:
-            where.append("started_at >= ?")
-            args.append(since)
-        sql = ("SELECT function, count(*), sum(billed_gb_s), sum(cold), sum(status != 'ok'), avg(duration_ms) "
-               "FROM invocations")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, args = _filtered("SELECT function, count(*), sum(billed_gb_s), sum(cold), sum(status != 'ok'), "
+                              "avg(duration_ms) FROM invocations", function=function, since=since)
         sql += " GROUP BY function ORDER BY function"
         with self._db_lock:
             rows = self._db.execute(sql, args).fetchall()
@@ -202,6 +186,18 @@ class RecordStore:
         self._thread.join(5.0)
         with self._db_lock:
             self._db.close()
+
+
+def _filtered(select: str, **filters) -> tuple[str, list]:
+    """``select`` with a WHERE clause for the filters given (None = not filtered), and its arguments."""
+    conditions = {"function": "function = ?", "since": "started_at >= ?", "status": "status = ?",
+                  "after_seq": "seq > ?", "request_id": "request_id = ?"}
+    where, args = [], []
+    for name, value in filters.items():
+        if value is not None:
+            where.append(conditions[name])
+            args.append(value)
+    return (select + (" WHERE " + " AND ".join(where) if where else "")), args
 
 
 def now() -> float:

@@ -53,3 +53,20 @@ def test_following_returns_newer_records_oldest_first(records):
 def test_bad_filters_are_refused(records, kw):
     with pytest.raises(ValidationError):
         records.query("f", **kw)
+
+
+def test_old_records_are_pruned_to_the_retention(tmp_path, monkeypatch):
+    import appliance.records as records_module
+
+    monkeypatch.setattr(records_module, "PRUNE_EVERY", 10)
+    r = RecordStore(tmp_path / "inv.db", retention=25)
+    try:
+        for i in range(60):
+            r.add(rec(i))
+            if i % 10 == 9:
+                assert r.flush()
+        kept = r.query("f", limit=1000)
+        assert 25 <= len(kept) <= 35
+        assert kept[0]["request_id"] == "r59"
+    finally:
+        r.close()
