@@ -12,7 +12,7 @@ API_PORT ?= 8081
 DATA_DIR ?= .faas
 PYTEST_ARGS ?=
 
-.PHONY: venv up test test-unit test-integration test-runtimes test-cluster test-ops bench doctor clean system-deps
+.PHONY: runtime-deps venv up test test-unit test-integration test-runtimes test-cluster test-ops bench doctor clean system-deps
 
 venv: $(VENV)/.installed
 
@@ -33,7 +33,10 @@ $(VENV)/.installed: requirements.txt
 system-deps:
 	@bash .ci/system-deps
 
-up: venv system-deps
+runtime-deps:
+	@bash .ci/system-deps runtime
+
+up: venv runtime-deps
 	$(FAAS) up --host $(HOST) --edge-port $(EDGE_PORT) --api-port $(API_PORT) --data-dir $(DATA_DIR) --example examples/hello
 
 test: venv system-deps
