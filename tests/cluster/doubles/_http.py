@@ -212,6 +212,44 @@ class App:
         return self.decorate(request, response)(environ, start_response)
 
 
+
+class BlockingQueries:
+    """The blocking-query behaviour Nomad (§9) and Consul (§21) share: with ``index`` > 0, hold the
+    read until the watched index moves past it or ``wait`` (a Go duration, capped at ``max_wait``)
+    runs out. A double using it has ``_cond``, ``max_wait`` and ``blocked_queries``, and implements
+    ``_wait_index(want, index_fn, deadline, token)``; ``_block_token()`` lets it tell a wait that the
+    server went down meanwhile."""
+
+    def _block_token(self):
+        return None
+
+    def _block(self, request, index_fn) -> int:
+        raw = request.args.get("index")
+        with self._cond:
+            if raw not in (None, ""):
+                try:
+                    want = int(raw)
+                except ValueError:
+                    raise HTTPError(400, "Invalid index")
+                wait_raw = request.args.get("wait")
+                try:
+                    wait = parse_go_duration(wait_raw) if wait_raw else 300.0
+                except ValueError:
+                    raise HTTPError(400, "Invalid wait time")
+                wait = min(wait, self.max_wait)
+                token = self._block_token()
+                deadline = time.monotonic() + wait
+                blocked = want > 0 and index_fn() <= want
+                if blocked:
+                    self.blocked_queries += 1
+                    self._cond.notify_all()
+                try:
+                    self._wait_index(want, index_fn, deadline, token)
+                finally:
+                    if blocked:
+                        self.blocked_queries -= 1
+            return max(1, index_fn())
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 import requests
 
-from ._http import App, DoubleServer, HTTPError, as_json, format_go_duration, parse_go_duration, text
+from ._http import App, BlockingQueries, DoubleServer, HTTPError, as_json, format_go_duration, parse_go_duration, text
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
 _STATUSES = (PASSING, WARNING, CRITICAL)
@@ -154,7 +154,7 @@ class _Check:
         }
 
 
-class ConsulDouble:
+class ConsulDouble(BlockingQueries):
     """In-memory Consul with an HTTP face. ``url`` is where clients connect.
 
     Knobs that real Consul hard-codes are constructor arguments so tests stay short; their
@@ -282,33 +282,9 @@ class ConsulDouble:
         self.service_index[name] = idx
         return idx
 
-    def _block(self, request, index_fn) -> int:
-        """Blocking query (§21): wait while ``index_fn() <= index`` up to ``wait``."""
-        raw = request.args.get("index")
-        with self._cond:
-            if raw not in (None, ""):
-                try:
-                    want = int(raw)
-                except ValueError:
-                    raise HTTPError(400, "Invalid index")
-                wait_raw = request.args.get("wait")
-                try:
-                    wait = parse_go_duration(wait_raw) if wait_raw else 300.0
-                except ValueError:
-                    raise HTTPError(400, "Invalid wait time")
-                wait = min(wait, self.max_wait)
-                gen = self._gen
-                deadline = time.monotonic() + wait
-                blocked = want > 0 and index_fn() <= want
-                if blocked:
-                    self.blocked_queries += 1
-                    self._cond.notify_all()
-                try:
-                    self._wait_index(want, index_fn, deadline, gen)
-                finally:
-                    if blocked:
-                        self.blocked_queries -= 1
-            return max(1, index_fn())
+    def _block_token(self):
+        """A blocking query in flight is cut when the double goes down (its generation changes)."""
+        return self._gen
 
     def _wait_index(self, want, index_fn, deadline, gen) -> None:
         while want > 0 and index_fn() <= want:

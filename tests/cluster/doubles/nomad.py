@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 
 import requests
 
-from ._http import App, DoubleServer, HTTPError, as_json, format_go_duration, parse_go_duration, text
+from ._http import App, BlockingQueries, DoubleServer, HTTPError, as_json, format_go_duration, text
 from .hcl import HCLError, hcl_to_job
 
 NS = 1_000_000_000
@@ -398,7 +398,7 @@ class _Alloc:
         return v
 
 
-class NomadDouble:
+class NomadDouble(BlockingQueries):
     """In-memory Nomad server + clients with an HTTP face (``url``).
 
     ``nodes``: the fake client nodes (default one node ``node-1`` on 127.0.0.1).
@@ -522,35 +522,6 @@ class NomadDouble:
         job = self.jobs.get(a.job["ID"])
         if job is not None:
             job["_summary_index"] = idx
-
-    def _block(self, request, index_fn) -> int:
-        """Blocking query (§9): only when ``index`` > 0; returns when the watched index moves
-        past it or when ``wait`` (Go duration, capped at 300 s) expires."""
-        raw = request.args.get("index")
-        with self._cond:
-            if raw not in (None, ""):
-                try:
-                    want = int(raw)
-                except ValueError:
-                    raise HTTPError(400, "Invalid index")
-                wait_raw = request.args.get("wait")
-                try:
-                    wait = parse_go_duration(wait_raw) if wait_raw else 300.0
-                except ValueError:
-                    raise HTTPError(400, "Invalid wait time")
-                wait = min(wait, self.max_wait)
-                gen = None
-                deadline = time.monotonic() + wait
-                blocked = want > 0 and index_fn() <= want
-                if blocked:
-                    self.blocked_queries += 1
-                    self._cond.notify_all()
-                try:
-                    self._wait_index(want, index_fn, deadline, gen)
-                finally:
-                    if blocked:
-                        self.blocked_queries -= 1
-            return max(1, index_fn())
 
     def _wait_index(self, want, index_fn, deadline, gen) -> None:
         while want > 0 and index_fn() <= want:
