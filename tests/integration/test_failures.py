@@ -53,8 +53,12 @@ def test_a_hanging_handler_times_out_and_its_instance_is_replaced(appliance):
     resp = invoke(appliance, name, {"hang": True})
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "Function.Timeout"
     wait_for(lambda: first not in [i["id"] for i in appliance.instances(name)], 10, message="the instance to go")
+    # the replacement is started either by this request (a cold start) or ahead of it by the scaler,
+    # which still wants one instance for the recent traffic: either way a new instance serves it
     resp = invoke(appliance, name)
-    assert resp.status_code == 200 and resp.headers["X-Faas-Cold-Start"] == "1"
+    assert resp.status_code == 200 and resp.json() == "ok"
+    now = [i["id"] for i in appliance.instances(name)]
+    assert now and first not in now
 
 
 def test_a_memory_hog_gets_out_of_memory_and_others_keep_serving(appliance):
