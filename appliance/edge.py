@@ -74,37 +74,41 @@ def create_edge_app(c: Components) -> Flask:
     @app.route("/", defaults={"path": ""}, methods=methods)
     @app.route("/<path:path>", methods=methods)
     def trigger(path: str):
+        req = request._get_current_object()  # one proxy lookup instead of one per attribute
         rid = request_id()
-        raw_path = request.path
-        match = c.store.routes().match(request.method, raw_path)
-        body = request.get_data(cache=False)
+        raw_path = req.path
+        method = req.method
+        match = c.store.routes().match(method, raw_path)
+        body = req.get_data(cache=False)
         if len(body) > c.settings.max_event_bytes:
             raise PayloadTooLarge(f"the request body is {len(body)} bytes; the limit is {c.settings.max_event_bytes}")
         event = build_event(
-            method=request.method, raw_path=raw_path,
-            raw_query=request.query_string.decode("latin-1"), headers=list(request.headers.items()), body=body,
+            method=method, raw_path=raw_path,
+            raw_query=req.query_string.decode("latin-1"), headers=list(req.headers.items()), body=body,
             route_key=match.route_key, path_params=match.params, request_id=rid,
-            source_ip=request.remote_addr or "", domain=request.host.split(":")[0])
+            source_ip=req.remote_addr or "", domain=req.host.split(":")[0])
         outcome = c.invoker.invoke(match.trigger.function, encode_event(event), request_id=rid,
                                    trigger=match.route_key)
         if outcome.error is not None:
             resp = error_response(outcome.error)
-        else:
-            try:
-                mapped = to_http_response(outcome.result)
-            except ApplianceError as exc:
-                resp = error_response(exc)
-            else:
-                resp = Response(mapped.body if request.method != "HEAD" else b"", status=mapped.status)
-                for k, v in mapped.headers:
-                    lk = k.lower()
-                    if lk == "content-type":
-                        resp.headers["Content-Type"] = v
-                    elif lk not in HOP_BY_HOP:
-                        resp.headers.add(k, v)
-        resp.headers["X-Request-Id"] = rid
-        resp.headers["Server-Timing"] = outcome.server_timing()
-        return resp
+            resp.headers["Server-Timing"] = outcome.server_timing()
+            return resp
+        try:
+            mapped = to_http_response(outcome.result)
+        except ApplianceError as exc:
+            resp = error_response(exc)
+            resp.headers["Server-Timing"] = outcome.server_timing()
+            return resp
+        headers = [("X-Request-Id", rid), ("Server-Timing", outcome.server_timing())]
+        content_type = None
+        for k, v in mapped.headers:
+            lk = k.lower()
+            if lk == "content-type":
+                content_type = v
+            elif lk not in HOP_BY_HOP:
+                headers.append((k, v))
+        return Response(mapped.body if method != "HEAD" else b"", status=mapped.status, headers=headers,
+                        content_type=content_type)
 
     return app
 

@@ -7,10 +7,10 @@ level and logger so every line stands alone for grep and log shippers.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
-import logging.handlers
-import queue
 import sys
+import threading
 import time
 
 
@@ -27,30 +27,79 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
-_listener: logging.handlers.QueueListener | None = None
+class _BatchingHandler(logging.Handler):
+    """Appends records to a deque; one writer thread formats and writes them every ``interval_s``.
+
+    Request threads must not pay for logging: the stock QueueHandler formats and copies each
+    record, and its queue wakes the writer thread on every put (a futex call while holding the
+    GIL). Together that was about a fifth of the edge's Python time per warm request. A deque
+    append wakes nobody; the writer drains in batches, so a line appears within ``interval_s``.
+    """
+
+    def __init__(self, target: logging.Handler, interval_s: float = 0.05):
+        super().__init__()
+        self._target = target
+        self._interval_s = interval_s
+        self._buf: collections.deque = collections.deque()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: deque.append is atomic. The message is merged now, while its
+        # arguments still hold the values they had at the call.
+        record.msg = record.getMessage()
+        record.args = None
+        self._buf.append(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does it
+        self.handle(record)
+
+    def _drain(self) -> None:
+        buf = self._buf
+        while buf:
+            self._target.handle(buf.popleft())
+        self._target.flush()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            try:
+                self._drain()
+            except Exception:  # a broken stream must not end logging for good
+                pass
+        self._drain()
+
+    def close(self) -> None:
+        """Write out what is queued and stop the writer."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            self._thread.join(timeout=5)
+        super().close()
+
+
+_handler: _BatchingHandler | None = None
 
 
 def _stop() -> None:
     """Write out what is queued and stop the writer thread (at exit, or before a new setup)."""
-    if _listener is not None and _listener._thread is not None:
-        _listener.stop()
+    if _handler is not None:
+        _handler.close()
 
 
 def setup(level: str = "info", stream=None) -> None:
     """Log lines are formatted and written by one background thread: request threads only enqueue
     a record, so they never wait on each other for the stream's lock or its write."""
-    global _listener
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    if _listener is None:
+    global _handler
+    stream_handler = logging.StreamHandler(stream or sys.stderr)
+    stream_handler.setFormatter(KeyValueFormatter())
+    if _handler is None:
         atexit.register(_stop)
     else:
         _stop()
-    q: queue.SimpleQueue = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(q, handler, respect_handler_level=False)
-    _listener.start()
+    _handler = _BatchingHandler(stream_handler)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(q)]
+    root.handlers[:] = [_handler]
     root.setLevel(level.upper())
     # Waitress reports every client disconnect at INFO; keep its warnings only.
     logging.getLogger("waitress").setLevel(logging.WARNING)

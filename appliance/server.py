@@ -1,7 +1,9 @@
 """Runs the appliance's HTTP servers in one process: the edge router and/or the control API.
 
-Waitress serves each Flask app with its own thread pool: an edge request holds its thread for
-the whole invocation (including any cold start it waits for), so the edge gets many threads.
+The edge (the data plane) is served by Granian's Rust HTTP engine (see :mod:`.http_server` for
+the measurements); the control API, where requests are few and uploads large, by waitress with
+its own thread pool. An edge request holds a Python thread for the whole invocation (including
+any cold start it waits for), so the edge gets many threads.
 Once listening, the server writes ``<data_dir>/appliance.json`` with the actual ports (port 0
 picks free ones), which the CLI and the tests read.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import waitress
 
 from .config import Settings
+from .http_server import GranianServer
 from .wiring import Components, build
 
 log = logging.getLogger("appliance.server")
@@ -49,10 +52,11 @@ class Appliance:
         # many connections waitress's IO thread would die and the server stop answering.
         common = dict(host=s.host, ident="faas-appliance", connection_limit=2000, backlog=1024, asyncore_use_poll=True,
                       channel_timeout=max(120, 900 + 30), cleanup_interval=30, clear_untrusted_proxy_headers=True)
+        edge = None
         if "edge" in self.roles:
-            server = waitress.create_server(create_edge_app(c), port=s.edge_port, threads=EDGE_THREADS, **common)
-            self.ports["edge"] = server.effective_port
-            self._servers.append(server)
+            edge = GranianServer(create_edge_app(c), s.host, s.edge_port, threads=EDGE_THREADS)
+            self.ports["edge"] = edge.effective_port
+            self._servers.append(edge)
         if "control" in self.roles:
             server = waitress.create_server(create_control_app(c), port=s.api_port, threads=CONTROL_THREADS,
                                             max_request_body_size=s.max_code_bytes + (1 << 20), **common)
@@ -60,6 +64,9 @@ class Appliance:
             self._servers.append(server)
         c.ports.update(self.ports)
         for server in self._servers:
+            if server is edge:
+                edge.start()
+                continue
             t = threading.Thread(target=server.run, daemon=True, name="http")
             t.start()
             self._threads.append(t)
