@@ -105,7 +105,7 @@ class Scaler:
         self.leadership = leadership if leadership is not None else SoleLeader(edge_id)
         #: Cluster mode: the other edges' loads (PeerLoads); None: this edge is all the traffic.
         self.peers = peers
-        self._leading = False
+        self._leading: bool | None = None  # unknown until the first tick, which logs the role
         self._lock = threading.Lock()  # guards the two maps below
         self._states: dict[str, ScalerState] = {}
         self._decisions: dict[str, ScalingRecord] = {}

@@ -10,9 +10,12 @@ the TTL. The others hold a blocking query on the key and try again whenever it c
 * **Leader dies:** its session is invalidated once the TTL passes without a renewal (Consul reaps
   within 2 x TTL), which deletes the key (``Behavior=delete``: no stale identity is left behind);
   after the session's lock-delay another edge acquires.
-* **No split brain in practice:** an edge believes it leads only until one TTL after the start of
-  its last successful renewal, which is before Consul can invalidate the session and hand the key
-  to someone else. If it cannot reach Consul it stops leading by itself.
+* **Leader's session invalidated** (a failed node check, an operator's destroy): the key is
+  deleted, which wakes the leader's own blocking query on it; it steps down at once, well within
+  the lock-delay that keeps the others from taking the key.
+* **Leader cut off from Consul:** it believes it leads only until one TTL after the start of its
+  last successful renewal, which is before Consul can expire the session and hand the key to
+  someone else; then it stops leading by itself.
 
 Consul errors are retried with tenacity's exponential backoff; while Consul is unreachable no edge
 leads, so nothing scales ahead of traffic or reaps (requests still start what they wait for).
@@ -40,6 +43,9 @@ TTL_S = 15
 #: release). Short: a second leader for a moment costs at most a few extra starts or a refused
 #: drain (instances refuse to drain while busy), while every second here is a second without one.
 LOCK_DELAY_S = 2
+
+#: Shortest time between two blocking queries on the key.
+MIN_QUERY_GAP_S = 0.05
 
 _TRANSIENT = (consul.ConsulException, requests.RequestException)
 
@@ -156,16 +162,15 @@ class ConsulLeaderLock:
                 if self._leader_until < t0:
                     log.info("event=leader_elected key=%s edge=%s session=%s", self.key, self._edge(), self._session)
                 self._leader_until = t0 + self.ttl_s
-                leading = True
             else:
                 self._lose("held by another edge")
-                leading = False
-        wait_s = self.ttl_s / 3
-        if leading:
-            self._stop.wait(wait_s)
-        else:
-            # Until the key changes (released, deleted, taken) or it is time to renew our session.
-            self._c.kv.get(self.key, index=self._index or None, wait=f"{int(wait_s)}s")
+        # Leader and followers alike wait until the key changes (released, deleted, taken) or it is
+        # time to renew the session. A leader whose session Consul invalidates sees its key deleted
+        # at once and steps down on the next step, well within the lock-delay.
+        started = self.clock()
+        self._c.kv.get(self.key, index=self._index or None, wait=f"{int(self.ttl_s / 3)}s")
+        if self.clock() - started < MIN_QUERY_GAP_S:  # Consul's client rule: rate-limit the loop
+            self._stop.wait(MIN_QUERY_GAP_S)
 
     def _lose(self, reason: str) -> None:
         """Lock held."""
