@@ -85,6 +85,9 @@ class Settings:
     pool_refill_s: float = 5.0
     #: Lifetime of the presigned code URLs handed to instances.
     code_url_ttl_s: int = 900
+    #: TTL of the Consul session behind the scaling leader's lock (10-86400 s): how long a dead
+    #: leader's lock outlives it (Consul reaps within twice this, docs/autoscaling.md).
+    leader_ttl_s: int = 15
     # -- node autoscaler (cluster mode; docs/node-autoscaler.md) --
     #: Seconds between two looks at the cluster. A scale-in in progress is advanced on each tick.
     node_autoscaler_interval_s: float = 30.0
@@ -154,6 +157,8 @@ class Settings:
         for name in ("pool_target_free", "pool_refill_s"):
             if getattr(self, name) < 0:
                 raise bad(name, "use zero or a positive number")
+        if not 10 <= self.leader_ttl_s <= 86400:
+            raise bad("leader_ttl_s", "use from 10 to 86400 seconds (Consul's session TTL bounds)")
         if not 1 <= self.panic_window_s <= self.stable_window_s:
             raise bad("panic_window_s", f"use from 1 to APPLIANCE_STABLE_WINDOW_S ({self.stable_window_s:g}) seconds")
         if not 0 < self.target_utilisation <= 1:

@@ -165,12 +165,13 @@ def create_control_app(c: Components) -> Flask:
         out["triggers"] = [t.to_dict() for t in store.triggers(function=name)]
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         pool = c.activator.pool(name)
-        with pool.lock:
-            d = pool.last_decision
-            out["scaling"] = {"ready": len(pool.slots), "starting": pool.starting, "waiting": len(pool.waiters),
-                              "inflight": sum(s.inflight for s in pool.slots.values()),
-                              "current": pool._live_count(), "desired": d.desired if d else None,
-                              "mode": d.mode if d else None, "reason": d.reason if d else "no traffic seen yet"}
+        with pool.lock:  # what this process sees; the decision below is the deciding edge's
+            here = {"ready": len(pool.slots), "starting": pool.starting, "waiting": len(pool.waiters),
+                    "inflight": sum(s.inflight for s in pool.slots.values()), "current": pool._live_count()}
+        decision = c.scaling_view.get(name)
+        if decision.get("current") is None:
+            decision.pop("current")
+        out["scaling"] = {**here, **decision}
         return json_response(out)
 
     @app.route("/v1/functions/<name>", methods=["PUT", "PATCH"])

@@ -51,6 +51,19 @@ def create_edge_app(c: Components) -> Flask:
                                   "waiting": len(pool.waiters)}
         return json_response({"functions": out})
 
+    @app.get("/_/concurrency")
+    def concurrency():
+        """This edge's in-flight samples per function, in wall-clock seconds, for the elected edge
+        to sum (see appliance/cluster_load.py)."""
+        return json_response(c.scaler.report().to_json())
+
+    @app.get("/_/scaling/<name>")
+    def scaling(name: str):
+        """This edge's latest decision for a function: the cluster's when this edge leads."""
+        record = c.scaler.decision(name)
+        return json_response({"scaling": record.to_dict() if record else None, "edge": c.scaler.edge_id,
+                              "leader": c.scaler.leadership.is_leader()})
+
     @app.get("/_/invocations")
     def records():
         """This edge's invocation records, for the control plane to merge (see records_view)."""

@@ -12,6 +12,18 @@ Draining is two-phase so no request is lost: the slot is marked draining under t
 (this edge sends it nothing more), then the instance is asked to drain with the idle time it must
 have seen itself (it refuses if another edge used it meanwhile), and only an accepted drain
 removes it.
+
+Several edges (cluster mode): each edge sees only its share of the traffic, so one elected edge
+(``leadership``, see :mod:`appliance.leadership`) decides for the cluster. On every tick it asks
+the other edges for their concurrency (``peers``, :mod:`appliance.peer_loads`), sums them per
+wall-clock second (:func:`appliance.cluster_load.sum_reports`) and runs the same ``decide`` on
+the sum. Only the leader starts instances ahead of traffic and reaps; the other edges' ticks do
+nothing (their requests still start what they wait for, on the request path). The cluster
+decision keeps its own :class:`ScalerState` per function, in wall-clock seconds, started afresh
+when this edge becomes leader, with ``last_demand_at`` = the moment it took over: a new leader
+knows nothing of the past keep-alive, so it keeps every instance for one keep-alive first.
+
+Embedded mode has no peers: the one edge decides from its pools as it always has.
 """
 
 from __future__ import annotations
@@ -19,11 +31,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from .activator import Activator, FunctionPool, Slot
-from .autoscaler import Decision, InstanceView, ScalingPolicy, plan_reaping
+from .autoscaler import Decision, InstanceView, ScalerState, ScalingPolicy, decide, plan_reaping
+from .cluster_load import EdgeReport, SummedLoad, report_of, sum_reports
 from .function_store import FunctionStore
 from .instance_client import InstanceClient
+from .leadership import SoleLeader
 from .model import FunctionRecord, InstanceSpec
 from .ports import Registry, Scheduler
 
@@ -49,9 +64,33 @@ class PolicyCache:
         return policy
 
 
+@dataclass(frozen=True)
+class ScalingRecord:
+    """A function's latest scaling decision as `faas describe` and the API show it: who decided,
+    from how many edges' load, and what."""
+
+    decided_by: str
+    edges: tuple[str, ...]               # edges whose load was summed
+    missing: tuple[str, ...]             # edges asked that did not answer
+    concurrency: float                   # requests in flight now, summed over the edges
+    queued: int                          # requests waiting for an instance now, summed
+    current: int                         # instances ready (cluster-wide)
+    decision: Decision
+    at: float | None                     # wall-clock time of the decision
+
+    def to_dict(self) -> dict:
+        d = self.decision
+        return {"decided_by": self.decided_by, "edges": len(self.edges), "edge_ids": list(self.edges),
+                "edges_missing": list(self.missing), "concurrency": round(self.concurrency, 3),
+                "queued": self.queued, "current": self.current, "desired": d.desired, "mode": d.mode,
+                "reason": d.reason, "stable_concurrency": round(d.stable_concurrency, 3),
+                "panic_concurrency": round(d.panic_concurrency, 3), "decided_at": self.at}
+
+
 class Scaler:
     def __init__(self, activator: Activator, store: FunctionStore, scheduler: Scheduler, registry: Registry,
-                 client: InstanceClient, policies: PolicyCache, *, interval_s: float = 1.0, clock=time.monotonic):
+                 client: InstanceClient, policies: PolicyCache, *, interval_s: float = 1.0, clock=time.monotonic,
+                 edge_id: str = "local", leadership=None, peers=None, wall=time.time):
         self.activator = activator
         self.store = store
         self.scheduler = scheduler
@@ -60,6 +99,16 @@ class Scaler:
         self.policies = policies
         self.interval_s = interval_s
         self.clock = clock
+        self.wall = wall
+        #: This edge's name in reports and decisions.
+        self.edge_id = edge_id
+        self.leadership = leadership if leadership is not None else SoleLeader(edge_id)
+        #: Cluster mode: the other edges' loads (PeerLoads); None: this edge is all the traffic.
+        self.peers = peers
+        self._leading: bool | None = None  # unknown until the first tick, which logs the role
+        self._lock = threading.Lock()  # guards the two maps below
+        self._states: dict[str, ScalerState] = {}
+        self._decisions: dict[str, ScalingRecord] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,18 +129,63 @@ class Scaler:
                 log.exception("event=scaler_tick_failed")
 
     def tick(self) -> dict[str, Decision]:
-        """One pass over all functions; returns the decisions taken."""
+        """One pass over all functions; returns the decisions taken (none unless this edge leads)."""
+        leading = self.leadership.is_leader()
+        if leading != self._leading:
+            self._leading = leading
+            with self._lock:  # a new term starts from nothing; a follower has no decisions to show
+                self._states.clear()
+                self._decisions.clear()
+            log.info("event=scaler_role edge=%s role=%s", self.edge_id, "leader" if leading else "follower")
+        if not leading:
+            return {}
         records = {r.name: r for r in self.store.list()}
         names = {p.name for p in self.activator.pools()}
         names |= {n for n, r in records.items() if r.config.min_instances and r.version}
+        summed = own = None
+        if self.peers is not None:
+            summed, own = self._sum_loads()
+            names |= set(summed.functions)
         out = {}
         for name in sorted(names):
-            d = self.tick_function(name, records.get(name))
+            d = self.tick_function(name, records.get(name), summed, own)
             if d is not None:
                 out[name] = d
         return out
 
-    def tick_function(self, name: str, record: FunctionRecord | None) -> Decision | None:
+    def report(self) -> EdgeReport:
+        """This edge's concurrency per function, in wall-clock seconds (``GET /_/concurrency``)."""
+        views, starting = {}, {}
+        now_mono, now_wall = self.clock(), self.wall()
+        for pool in self.activator.pools():
+            with pool.lock:
+                views[pool.name] = pool.observe(now_mono)
+                starting[pool.name] = pool.starting
+        return report_of(self.edge_id, views, starting, now_mono, now_wall)
+
+    def _sum_loads(self) -> tuple[SummedLoad, EdgeReport]:
+        own = self.report()
+        reports: dict[str, EdgeReport | None] = {self.edge_id: own}
+        reports.update(self.peers.collect())
+        return sum_reports(reports, self.wall()), own
+
+    def decision(self, name: str) -> ScalingRecord | None:
+        """The latest decision for ``name`` this process knows: its own cluster decision when it
+        leads, its pool's decision in embedded mode, None otherwise."""
+        if self.peers is not None:
+            with self._lock:
+                return self._decisions.get(name)
+        pool = self.activator.pool(name)
+        with pool.lock:
+            d = pool.last_decision
+            if d is None:
+                return None
+            return ScalingRecord(decided_by=self.edge_id, edges=(self.edge_id,), missing=(),
+                                 concurrency=float(pool.inflight), queued=len(pool.waiters),
+                                 current=pool._live_count(), decision=d, at=None)
+
+    def tick_function(self, name: str, record: FunctionRecord | None, summed: SummedLoad | None = None,
+                      own: EdgeReport | None = None) -> Decision | None:
         pool = self.activator.pool(name)
         if record is None or not record.version:
             self._drain(pool, self._all_idle(pool), reason="deleted")
@@ -104,8 +198,11 @@ class Scaler:
                 pool.spec = spec
             pool.policy = policy
             pool.max_instances = record.config.max_instances
-            d = pool.decide(now)
-            live = pool._live_count()
+            if summed is None:
+                d = pool.decide(now)
+                live = pool._live_count()
+            else:
+                d, live = self._decide_for_cluster(name, pool, policy, summed, own)
             for _ in range(max(0, d.desired - live)):
                 pool._start(spec, reserved=False)
             views = [InstanceView(id=s.instance.id, function=name, version=s.instance.version,
@@ -126,6 +223,25 @@ class Scaler:
                      d.reason)
         self._drain(pool, chosen, reason="scale-down" if d.desired else "keep-alive")
         return d
+
+    def _decide_for_cluster(self, name: str, pool: FunctionPool, policy: ScalingPolicy, summed: SummedLoad,
+                            own: EdgeReport | None) -> tuple[Decision, int]:
+        """The leader's decision from every edge's load. Pool lock held. Returns it and the
+        instances live or starting anywhere (other edges' starts are not in Consul yet)."""
+        load = summed.load(name)
+        mine = own.functions.get(name) if own is not None else None
+        starting_elsewhere = max(0, load.starting - (mine.starting if mine is not None else 0))
+        ready = pool.observe(self.clock()).instances
+        now_wall = self.wall()
+        with self._lock:
+            state = self._states.get(name) or ScalerState(last_demand_at=now_wall)
+        d = decide(load.observation(ready), policy, state, now_wall)
+        rec = ScalingRecord(decided_by=self.edge_id, edges=summed.edges, missing=summed.missing,
+                            concurrency=load.in_flight, queued=load.queued, current=ready, decision=d, at=now_wall)
+        with self._lock:
+            self._states[name] = d.state
+            self._decisions[name] = rec
+        return d, pool._live_count() + starting_elsewhere
 
     @staticmethod
     def _all_idle(pool: FunctionPool) -> list[tuple[Slot, float]]:
@@ -154,6 +270,10 @@ class Scaler:
             else:
                 with pool.lock:
                     slot.draining = False
+                    # It refused because it is busy or was just used (by another edge, or it
+                    # would have been busy here): treat it as used now, so the next pass picks
+                    # another idle instance instead of asking this one again.
+                    slot.last_used = max(slot.last_used, self.clock())
         return drained
 
     def prewarm(self, record: FunctionRecord) -> None:

@@ -71,10 +71,14 @@ class Appliance:
             t.start()
             self._threads.append(t)
         c.start()
-        if c.edge_directory is not None and "edge" in self.ports:
+        if "edge" in self.ports:
             addr = s.advertise_addr or (s.host if s.host not in ("0.0.0.0", "::", "") else socket.getfqdn())
-            c.edge_directory.register(f"faas-edge-{s.node_name or socket.gethostname()}-{self.ports['edge']}", addr,
-                                      self.ports["edge"])
+            if c.edge_directory is not None:
+                c.edge_directory.register(f"faas-edge-{s.node_name or socket.gethostname()}-{self.ports['edge']}",
+                                          addr, self.ports["edge"])
+            # Only edges see traffic, so only edges stand for deciding the scaling.
+            if c.leadership is not None:
+                c.leadership.start({"edge": c.scaler.edge_id, "url": f"http://{addr}:{self.ports['edge']}"})
         info = {"pid": os.getpid(), "host": s.host, "mode": s.mode,
                 "edge_url": f"http://{s.host}:{self.ports['edge']}" if "edge" in self.ports else None,
                 "api_url": f"http://{s.host}:{self.ports['control']}" if "control" in self.ports else None}

@@ -18,9 +18,12 @@ from .errors import ApplianceError, ValidationError
 from .function_store import FunctionStore
 from .instance_client import InstanceClient
 from .invoker import Invoker
+from .peer_loads import PeerLoads
 from .records import RecordStore
+from .leadership import SoleLeader
 from .records_view import RecordsView
 from .scaler import PolicyCache, Scaler
+from .scaling_view import ScalingView
 
 log = logging.getLogger("appliance.wiring")
 
@@ -43,6 +46,10 @@ class Components:
     records_view: RecordsView | None = None
     #: Cluster mode: where edges list themselves so control planes can find their records.
     edge_directory: object | None = None
+    #: Which edge decides the scaling (appliance/leadership.py): a Consul lock, or this process.
+    leadership: object | None = None
+    #: The deciding edge's scaling decisions, as the control API shows them.
+    scaling_view: ScalingView | None = None
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
@@ -67,6 +74,12 @@ def policy_cache(settings: Settings) -> PolicyCache:
                        target_utilisation=settings.target_utilisation, max_scale_up_rate=settings.max_scale_up_rate)
 
 
+def edge_id(settings: Settings) -> str:
+    """This process's name among the edges (in leader election, concurrency reports, pool claims)."""
+    import socket
+    return f"{settings.node_name or socket.gethostname()}-{os.getpid()}"
+
+
 def build(settings: Settings) -> Components:
     if settings.mode == "cluster":
         return _build_cluster(settings)
@@ -88,10 +101,9 @@ def _build_cluster(settings: Settings) -> Components:
     """Nomad places instances, Consul lists them and holds metadata, S3 holds code. Only the
     invocation records stay on this edge's disk; nothing else lives in one process, so several
     edges and control planes can run against the same cluster."""
-    import socket
-
     from .backends.consul_edges import EdgeDirectory
     from .backends.consul_kv import ConsulMetadataStore
+    from .backends.consul_leader import ConsulLeaderLock
     from .backends.consul_registry import ConsulRegistry
     from .backends.nomad_scheduler import NomadScheduler
     from .backends.s3_blob import S3BlobStore
@@ -112,24 +124,30 @@ def _build_cluster(settings: Settings) -> Components:
                               stale_limit_s=settings.consul_stale_limit_s)
     client = InstanceClient()
     edges = EdgeDirectory(settings.consul_addr, token=settings.consul_token)
-    edge_id = f"{settings.node_name or socket.gethostname()}-{os.getpid()}"
+    me = edge_id(settings)
     scheduler = NomadScheduler(
         nomad_addr=settings.nomad_addr, nomad_token=settings.nomad_token, consul_addr=settings.consul_addr,
         consul_token=settings.consul_token, registry=registry, blobs=blobs, client=client,
         jobspecs_dir=settings.jobspecs_dir, job_vars=nomad_job_vars(settings), code_url_ttl_s=settings.code_url_ttl_s,
         pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
-        retry_s=settings.nomad_retry_s, edge_id=edge_id)
+        retry_s=settings.nomad_retry_s, edge_id=me)
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
                       queue_timeout_s=settings.queue_timeout_s)
-    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
+    # Several edges: one, elected through a Consul lock, decides from the sum of every edge's load.
+    leadership = ConsulLeaderLock(settings.consul_addr, token=settings.consul_token, ttl_s=settings.leader_ttl_s)
+    peers = PeerLoads(edges.edges)
+    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s,
+                    edge_id=me, leadership=leadership, peers=peers)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
-                       records_view=RecordsView(records, edges.edges), edge_directory=edges)
+                       records_view=RecordsView(records, edges.edges), edge_directory=edges, leadership=leadership,
+                       scaling_view=ScalingView(scaler, leadership))
+    # Closed last to first: the lock is released first, so another edge takes over at once.
     comps._closers = [records.close, client.close_all, scheduler.close, registry.close, comps.records_view.close,
-                      edges.deregister]
+                      edges.deregister, peers.close, comps.scaling_view.close, leadership.close]
     return comps
 
 
@@ -210,11 +228,16 @@ def _build_local(settings: Settings) -> Components:
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
                       queue_timeout_s=settings.queue_timeout_s)
-    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s)
+    # One edge: it is its own scaling leader and decides from its own pools.
+    leadership = SoleLeader(edge_id(settings))
+    scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s,
+                    edge_id=leadership.holder["edge"], leadership=leadership)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
-                       records_view=RecordsView(records))
-    comps._closers = [meta.close, records.close, client.close_all, scheduler.close, comps.records_view.close]
+                       records_view=RecordsView(records), leadership=leadership,
+                       scaling_view=ScalingView(scaler, leadership))
+    comps._closers = [meta.close, records.close, client.close_all, scheduler.close, comps.records_view.close,
+                      comps.scaling_view.close]
     return comps
 
 

@@ -134,7 +134,8 @@ async function showFunction(name) {
   const s = fn.scaling;
   view.querySelector("#fn-scaling").textContent =
     `Instances: ${s.ready} ready, ${s.starting} starting, ${s.waiting} waiting, ${s.inflight} in flight. ` +
-    `Autoscaler: ${s.desired === null ? "-" : s.desired} desired (${s.mode || "idle"}): ${s.reason}`;
+    `Autoscaler: ${s.desired === null ? "-" : s.desired} desired (${s.mode || "idle"}): ${s.reason}` +
+    (s.decided_by ? ` (decided by ${s.decided_by} from ${s.edges} edge${s.edges === 1 ? "" : "s"})` : "");
 
   // Code
   let files = {};

@@ -148,11 +148,9 @@ def test_two_appliances_share_one_cluster(consul_double, nomad_double, moto_s3, 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = start_appliance(tmp_path / "a", env)
-    # Edge b's autoscaler is kept from ticking: it sizes from the traffic b itself sees (none yet),
-    # so it could drain the idle instance a started before b's first request reaches it. That
-    # drain is safe (the instance checks its own idle time) but would turn this check of adoption
-    # into a race.
-    b = start_appliance(tmp_path / "b", {**env, "APPLIANCE_REAP_INTERVAL_S": "3600"})
+    # Both edges' autoscalers run: only the elected one reaps, and it counts both edges' traffic,
+    # so the instance a started stays for b to adopt.
+    b = start_appliance(tmp_path / "b", env)
     try:
         wait_until(lambda: consul_double.passing_instances("faas-pool-python3-11"), 30, "a free pool instance")
         a.deploy(name="shared", trigger=("GET", "/shared"), keep_alive_s=600)
