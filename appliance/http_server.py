@@ -33,7 +33,7 @@ class GranianServer:
     ``backpressure`` keeps further connections' requests queued in Rust, not refused.
     """
 
-    def __init__(self, app, host: str, port: int, *, threads: int, backlog: int = 1024,
+    def __init__(self, app, host: str, port: int, *, threads: int, max_body_bytes: int, backlog: int = 1024,
                  idle_thread_timeout_s: int = 30, runtime_threads: int = 1):
         from granian._futures import _new_cbscheduler
         from granian._granian import SocketHolder, WorkerSignal, WSGIWorker
@@ -53,7 +53,8 @@ class GranianServer:
         self.effective_port = self._sock.getsockname()[1]
         self._signal = WorkerSignal()
         self._loop = loops.get("asyncio")
-        callback = _callback_wrapper(_whole_bodies(app), {"url_path_prefix": None}, None)
+        wsgi_app = _whole_bodies(_sized_bodies(app, max_body_bytes))
+        callback = _callback_wrapper(wsgi_app, {"url_path_prefix": None}, None)
         self._scheduler = _new_cbscheduler(self._loop, callback, impl_asyncio=False)
         no_tls = (False, None, None, None, "tls1.3", None, [], False)
         self._worker = WSGIWorker(
@@ -101,5 +102,33 @@ def _whole_bodies(app):
             close = getattr(rv, "close", None)
             if close is not None:
                 close()
+
+    return wsgi
+
+
+def _sized_bodies(app, max_body_bytes: int):
+    """Give a chunked request body a Content-Length, reading at most one byte past the limit.
+
+    Without a length, Werkzeug reads a streamed body only up to ``MAX_CONTENT_LENGTH`` and
+    silently drops the rest, so a chunked upload over the limit would reach the function cut
+    short. With the length known (at most the limit plus one), Flask refuses it with a 413.
+    """
+    import io
+
+    def wsgi(environ, start_response):
+        if not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            stream = environ["wsgi.input"]
+            parts, size = [], 0
+            while size <= max_body_bytes:
+                chunk = stream.read(min(1 << 16, max_body_bytes + 1 - size))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+            environ["wsgi.input"] = io.BytesIO(b"".join(parts))
+            environ["CONTENT_LENGTH"] = str(size)
+            # The body is de-chunked now; Werkzeug ignores a length beside "chunked".
+            del environ["HTTP_TRANSFER_ENCODING"]
+        return app(environ, start_response)
 
     return wsgi

@@ -54,7 +54,8 @@ class Appliance:
                       channel_timeout=max(120, 900 + 30), cleanup_interval=30, clear_untrusted_proxy_headers=True)
         edge = None
         if "edge" in self.roles:
-            edge = GranianServer(create_edge_app(c), s.host, s.edge_port, threads=EDGE_THREADS)
+            edge = GranianServer(create_edge_app(c), s.host, s.edge_port, threads=EDGE_THREADS,
+                                 max_body_bytes=s.max_event_bytes)
             self.ports["edge"] = edge.effective_port
             self._servers.append(edge)
         if "control" in self.roles:
