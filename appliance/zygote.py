@@ -225,17 +225,17 @@ class Zygote:
             self.waiting[child] = conn
             self._send(conn, {"pid": child})
         # after replying: ready for the next one
-        self._make_spare(network, req.get("next_cgroup") or [], prof["base"])
+        self._make_spare(network, req.get("next_cgroup") or [], prof["base"], msg)
         self.reap()  # a child may already have ended (a zombie not yet reaped)
 
-    def _make_spare(self, network, cgroup_procs, base):
+    def _make_spare(self, network, cgroup_procs, base, last_msg):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         report_r, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(report_r)
             mine.close()
-            self._spare(network, cgroup_procs, base, theirs, report_w)
+            self._spare(network, cgroup_procs, base, theirs, report_w, last_msg)
         theirs.close()
         os.close(report_w)
         try:
@@ -258,7 +258,7 @@ class Zygote:
         for _, sock, _, _ in self.spares.values():
             sock.close()
 
-    def _spare(self, network, cgroup_procs, base, sock, report_w):
+    def _spare(self, network, cgroup_procs, base, sock, report_w, last_msg):
         """A detached child that builds the shared part of the next instance's sandbox while it waits
         (``sandbox.detach``, ``join_cgroups``, ``prepare``), then confines itself for the launch it is
         handed; never returns. Joining a cgroup costs an RCU grace period (see appliance/cgroups.py),
@@ -275,6 +275,8 @@ class Zygote:
             self.sandbox.prepare(base)
         except BaseException as exc:  # noqa: B902 - reported to the launch this child is handed, if any
             failed = exc
+        if failed is None:
+            self._rehearse(last_msg)
         try:
             msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)  # the launch, or EOF when the zygote goes
         except BaseException:  # noqa: B902
@@ -283,6 +285,16 @@ class Zygote:
             os._exit(0)
         sock.close()
         self._instance(json.loads(msg), fds, failed)
+
+    def _rehearse(self, last_msg):
+        """Copy ahead the pages a start writes (see ``bootstrap.rehearse``): decode a launch message like
+        the one to come, and walk the bootstrap's start."""
+        try:
+            env = json.loads(last_msg)["env"]
+            if self.bootstrap is not None:
+                self.bootstrap.rehearse(env)
+        except Exception:  # noqa: BLE001 - only a head start
+            pass
 
     def _child(self, req, fds, report_w):
         """The path without a spare: the same steps, none of them ahead."""
