@@ -38,7 +38,7 @@ Steps 1-4 do not depend on the instance, and the zygote keeps one child per netw
 done them already (a *spare*), so a cold start only pays for steps 5 and 6. Measured in the child
 (python3.11 hello, 60 starts, p50): steps 3-4 took 1.7 ms, of which detaching the old root 0.07-1.4 ms
 (it waits for an RCU grace period, which varies with the machine's load), the binds 0.5 ms and the
-/etc files 0.15 ms; steps 5-6 take about 0.3 ms.
+/etc files 0.15 ms; steps 5-6 take about 0.4 ms.
 
 Errors are raised as :class:`SandboxError` with the failing step in the message; the zygote reports
 them to the launcher through the instance's ready pipe.
