@@ -11,6 +11,8 @@ tasks whatever uid they run as.
 Moving a process into a cgroup v1 waits for an RCU grace period (5-15 ms here), so the launcher
 creates the cgroup of the *next* instance ahead of time and the zygote's spare child joins it while
 it waits (``set_limits`` is applied when the instance is known); a cold start then pays nothing for it.
+Those cgroups are created while the previous instance starts, already limited for its memory size, so
+a launch of the same size writes no limit either.
 
 Layout: ``<the appliance's own cgroup>/faas-<pid>/<instance>`` in each hierarchy. On v1 the memory and
 pids controllers are separate hierarchies; on v2 one directory holds both, and since v2 forbids
