@@ -41,7 +41,9 @@ waits in the backlog), and starts its two service threads without waiting for ea
 of handshakes under load). Measured through the edge, A/B in one run (``bench``-style cold samples,
 40 each, Server-Timing p50): sandbox 4.3-5.0 -> 1.9-2.3 ms, runtime_init 1.4-2.3 -> 0.7-1.4 ms,
 user_init 1.0-1.2 -> 0.5-0.7 ms. What is left of the sandbox phase is mostly the hops between
-processes: launcher -> zygote -> spare, about 1 ms with their wake-ups.
+processes: launcher -> zygote -> spare, about 1 ms with their wake-ups. ``make bench BENCH_ARGS=--quick``
+(10 cold samples, load 1-2.6): cold p50 through the edge 9.9 -> 8.1 ms; the rehearsal's copied pages
+raise an idle instance's USS there from 4.8 to 6.1 MB.
 
 Why not bubblewrap itself: it can only wrap a new ``exec``, which throws away the preloaded interpreter
 (the plain and bwrap rows above cost the same). A zygote living inside one bwrap sandbox per profile was the other
