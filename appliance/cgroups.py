@@ -11,6 +11,8 @@ tasks whatever uid they run as.
 Moving a process into a cgroup v1 waits for an RCU grace period (5-15 ms here), so the launcher
 creates the cgroup of the *next* instance ahead of time and the zygote's spare child joins it while
 it waits (``set_limits`` is applied when the instance is known); a cold start then pays nothing for it.
+Those cgroups are created while the previous instance starts, already limited for its memory size, so
+a launch of the same size writes no limit either.
 
 Layout: ``<the appliance's own cgroup>/faas-<pid>/<instance>`` in each hierarchy. On v1 the memory and
 pids controllers are separate hierarchies; on v2 one directory holds both, and since v2 forbids
@@ -72,17 +74,26 @@ class InstanceCgroup:
     def __init__(self, version: int, dirs: list[Path]):
         self.version = version
         self.dirs = dirs
+        self._limits: tuple[int, int | None] | None = None  # what set_limits last wrote
 
     @property
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
     def set_limits(self, memory_bytes: int, pids_max: int | None) -> None:
+        """Write the limits; nothing when they are those written last (a stocked cgroup is limited ahead
+        for the memory size launched last, which saves the writes on the cold start)."""
+        if self._limits == (memory_bytes, pids_max):
+            return
         if self.version == 1:
             mem = self.dirs[0]
-            _write(mem / "memory.limit_in_bytes", str(memory_bytes))
+            files = ["memory.limit_in_bytes"]
             if (mem / "memory.memsw.limit_in_bytes").exists():  # no escape into swap
-                _write(mem / "memory.memsw.limit_in_bytes", str(memory_bytes))
+                files.append("memory.memsw.limit_in_bytes")
+            if self._limits is not None and memory_bytes > self._limits[0]:
+                files.reverse()  # the memory limit may never exceed memory+swap's
+            for name in files:
+                _write(mem / name, str(memory_bytes))
             if len(self.dirs) > 1 and pids_max is not None:
                 _write(self.dirs[1] / "pids.max", str(pids_max))
         else:
@@ -92,6 +103,7 @@ class InstanceCgroup:
                 _write(d / "memory.swap.max", "0")
             if (d / "pids.max").exists() and pids_max is not None:
                 _write(d / "pids.max", str(pids_max))
+        self._limits = (memory_bytes, pids_max)
 
     def oom_killed(self) -> bool:
         """Whether the kernel killed a task of this cgroup for going over its memory limit."""

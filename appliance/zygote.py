@@ -10,21 +10,28 @@ Protocol: one SOCK_SEQPACKET connection per launch. The launcher sends one JSON 
 file descriptors attached (the instance's ready pipe and its log file), and gets ``{"pid": N}`` (the instance's host pid)
 or ``{"error": "..."}``; the connection then stays open and, when the instance ends, carries
 ``{"exit": returncode}`` (negative: killed by that signal) before it closes. If the zygote dies the
-connection closes without that message, which is how the launcher notices.
+connection closes without that message, which is how the launcher notices. The zygote adds a detached
+copy of each of the instance's own directories (``sandbox.clone_mounts``) to the descriptors it hands
+the child.
 
 The zygote's stdin is a pipe from the appliance: when it reads EOF (the appliance ended, even by
 SIGKILL) it kills the instances it started and exits, so nothing outlives the platform that tracks it.
 A zygote that dies on its own leaves its instances running; the appliance still tracks them.
 
 The zygote never runs user code: it is single-threaded, only accepts, forks and reaps. Each child
-detaches into new namespaces (``sandbox.detach``), confines itself (``sandbox.confine``) and then calls ``bootstrap.serve`` in the preloaded
+detaches into new namespaces (``sandbox.detach``), builds its root (``sandbox.prepare``), confines itself
+(``sandbox.confine``) and then calls ``bootstrap.serve`` in the preloaded
 interpreter (Python) or ``execve``s another runtime (Node.js) inside the sandbox. The zygote is a child
 subreaper, so the confined grandchild becomes its child and its exit status comes back here.
 
 Spares: after each launch the zygote forks one child per network profile that detaches at once, joins
-the cgroups named by ``next_cgroup`` and then blocks on a socket pair; the next launch of that profile
-is handed to it (message and descriptors), which takes the fork, the namespaces and the cgroup move
-(an RCU grace period on cgroup v1) off the cold start. A spare exits when the zygote goes.
+the cgroups named by ``next_cgroup``, builds the shared part of the sandbox and pivots into it
+(``sandbox.prepare``), and then blocks on a socket pair; the next launch of that profile is handed to it
+(message and descriptors), and it only attaches the instance's own directories and drops its
+privileges (``sandbox.confine``). That takes the fork, the namespaces, the cgroup move and the root's
+assembly (each of the last two waits for an RCU grace period) off the cold start. A spare is used only
+if it was prepared for the launch's cgroups and shared profile; otherwise it is killed and the launch
+takes the same steps in a fresh child. A spare exits when the zygote goes.
 """
 
 import gc
@@ -103,7 +110,8 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.waiting = {}  # instance pid -> its launcher connection
-        self.spares = {}   # network (bool) -> (pid, socket) of a detached child ready for the next launch
+        # network (bool) -> (pid, socket, cgroups joined, profile base) of a prepared child for the next launch
+        self.spares = {}
 
     def run(self):
         sel = selectors.DefaultSelector()
@@ -155,7 +163,7 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            for network, (spare, sock, _) in list(self.spares.items()):
+            for network, (spare, sock, _, _) in list(self.spares.items()):
                 if spare == pid:  # a spare died before it was used
                     del self.spares[network]
                     sock.close()
@@ -172,16 +180,26 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
             raise ValueError(f"expected 2 file descriptors (ready pipe, log), got {len(fds)}")
-        network = bool(req["profile"]["network"])
+        prof = req["profile"]
+        network = bool(prof["network"])
+        try:
+            fds += self.sandbox.clone_mounts(prof["mounts"])
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         spare = self.spares.pop(network, None)
         child = None
-        if spare is not None:  # a child detached ahead of time: hand it the request and its files
-            pid, sock, _ = spare
-            try:
-                socket.send_fds(sock, [msg], fds)
-                child = pid
-            except OSError:
-                pass  # it died meanwhile; the SIGCHLD pass reaps it
+        if spare is not None:
+            pid, sock, joined, base = spare
+            if joined == prof["cgroup_procs"] and base == prof["base"]:
+                try:  # a child prepared ahead of time: hand it the request and its files
+                    socket.send_fds(sock, [msg], fds)
+                    child = pid
+                except OSError:
+                    pass  # it died meanwhile; the SIGCHLD pass reaps it
+            else:  # prepared for other cgroups (two launches raced) or another root: of no use
+                os.kill(pid, signal.SIGKILL)
             sock.close()
         if child is None:
             report_r, report_w = os.pipe()
@@ -206,17 +224,18 @@ class Zygote:
         if child is not None:
             self.waiting[child] = conn
             self._send(conn, {"pid": child})
-        self._make_spare(network, req.get("next_cgroup") or [])   # after replying: ready for the next one
+        # after replying: ready for the next one
+        self._make_spare(network, req.get("next_cgroup") or [], prof["base"], msg)
         self.reap()  # a child may already have ended (a zombie not yet reaped)
 
-    def _make_spare(self, network, cgroup_procs):
+    def _make_spare(self, network, cgroup_procs, base, last_msg):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         report_r, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(report_r)
             mine.close()
-            self._spare(network, cgroup_procs, theirs, report_w)
+            self._spare(network, cgroup_procs, base, theirs, report_w, last_msg)
         theirs.close()
         os.close(report_w)
         try:
@@ -224,7 +243,7 @@ class Zygote:
         finally:
             os.close(report_r)
         if report[:1] == b"P" and len(report) == 5:
-            self.spares[network] = (struct.unpack("i", report[1:])[0], mine, tuple(cgroup_procs))
+            self.spares[network] = (struct.unpack("i", report[1:])[0], mine, list(cgroup_procs), base)
         else:
             mine.close()
             sys.stderr.write(f"zygote: could not prepare a spare child: {report[1:].decode(errors='replace')}\n")
@@ -236,50 +255,70 @@ class Zygote:
             os.close(fd)
         for c in self.waiting.values():
             c.close()
-        for _, sock, _ in self.spares.values():
+        for _, sock, _, _ in self.spares.values():
             sock.close()
 
-    def _spare(self, network, cgroup_procs, sock, report_w):
-        """A detached child waiting for its instance (see ``sandbox.detach``); never returns. It joins the
-        next instance's cgroups now, since joining one costs an RCU grace period (see appliance/cgroups.py)."""
+    def _spare(self, network, cgroup_procs, base, sock, report_w, last_msg):
+        """A detached child that builds the shared part of the next instance's sandbox while it waits
+        (``sandbox.detach``, ``join_cgroups``, ``prepare``), then confines itself for the launch it is
+        handed; never returns. Joining a cgroup costs an RCU grace period (see appliance/cgroups.py),
+        and so does detaching the old root."""
         try:
             self._close_inherited()
             self.sandbox.detach(network, report_w)
         except BaseException:  # noqa: B902 - nothing to report to: no launch is waiting for this child
             os._exit(70)
         # now pid 1 of a new pid namespace, still root
+        failed = None
         try:
             self.sandbox.join_cgroups(cgroup_procs)
-            joined = list(cgroup_procs)
-        except OSError:
-            joined = None  # gone meanwhile: the instance joins its own as if there were no spare
+            self.sandbox.prepare(base)
+        except BaseException as exc:  # noqa: B902 - reported to the launch this child is handed, if any
+            failed = exc
+        if failed is None:
+            self._rehearse(last_msg)
         try:
-            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)  # the launch, or EOF when the zygote goes
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)  # the launch, or EOF when the zygote goes
         except BaseException:  # noqa: B902
             os._exit(70)
-        if not msg or len(fds) != 2:
+        if not msg or len(fds) < 2:
             os._exit(0)
         sock.close()
-        req = json.loads(msg)
-        if joined and req["profile"]["cgroup_procs"] == joined:
-            req["profile"]["cgroup_procs"] = []  # already in them
-        self._instance(req, fds)
+        self._instance(json.loads(msg), fds, failed)
+
+    def _rehearse(self, last_msg):
+        """Copy ahead the pages a start writes (see ``bootstrap.rehearse``): decode a launch message like
+        the one to come, and walk the bootstrap's start."""
+        try:
+            env = json.loads(last_msg)["env"]
+            if self.bootstrap is not None:
+                self.bootstrap.rehearse(env)
+        except Exception:  # noqa: BLE001 - only a head start
+            pass
 
     def _child(self, req, fds, report_w):
-        """The path without a spare: detach now, then the same as a spare."""
+        """The path without a spare: the same steps, none of them ahead."""
         try:
             self._close_inherited()
         except BaseException:  # noqa: B902
             os._exit(70)
         self.sandbox.detach(req["profile"]["network"], report_w)
-        self._instance(req, fds)
+        failed = None
+        try:
+            self.sandbox.join_cgroups(req["profile"]["cgroup_procs"])
+            self.sandbox.prepare(req["profile"]["base"])
+        except BaseException as exc:  # noqa: B902
+            failed = exc
+        self._instance(req, fds, failed)
 
-    def _instance(self, req, fds):
-        """Confine this detached process as the request says, then serve or exec; never returns."""
-        ready_fd, log_fd = fds
+    def _instance(self, req, fds, failed):
+        """Confine this prepared process as the request says, then serve or exec; never returns."""
+        ready_fd, log_fd, mount_fds = fds[0], fds[1], fds[2:]
         out = ready_fd
         try:
-            self.sandbox.confine(req["profile"])
+            if failed is not None:
+                raise failed
+            self.sandbox.confine(req["profile"], mount_fds)
             # -- now confined: pid 1 of a new pid namespace, unprivileged, in the assembled root --
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)

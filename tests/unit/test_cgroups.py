@@ -53,3 +53,24 @@ def test_no_memory_controller_means_no_manager_and_a_reason(tmp_path):
     (tmp_path / "cgroup.controllers").write_text("cpu pids\n")
     mgr, why = cgroups.detect(tmp_path, V2)
     assert mgr is None and "no memory controller" in why
+
+
+def test_v1_limits_are_rewritten_only_when_they_change_and_never_above_memory_plus_swap(tmp_path, monkeypatch):
+    _v1_tree(tmp_path)
+    mgr, _ = cgroups.detect(tmp_path, V1)
+    cg = mgr.create("i1")
+    (cg.dirs[0] / "memory.memsw.limit_in_bytes").write_text("max")
+    writes = []
+    real = cgroups._write
+    monkeypatch.setattr(cgroups, "_write", lambda path, value: (writes.append(path.name), real(path, value)))
+    cg.set_limits(128 << 20, 64)
+    assert writes == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "pids.max"]
+    writes.clear()
+    cg.set_limits(128 << 20, 64)
+    assert writes == []          # a stocked cgroup limited ahead for this size: nothing to write
+    cg.set_limits(256 << 20, 64)
+    assert writes == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes", "pids.max"]   # raising
+    writes.clear()
+    cg.set_limits(64 << 20, 64)
+    assert writes == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "pids.max"]   # lowering
+    assert (cg.dirs[0] / "memory.limit_in_bytes").read_text() == str(64 << 20)
