@@ -272,7 +272,8 @@ class Zygote:
         failed = None
         try:
             self.sandbox.join_cgroups(cgroup_procs)
-            self.sandbox.prepare(base)
+            if self.sandbox.MOUNT_API:
+                self.sandbox.prepare(base)
         except BaseException as exc:  # noqa: B902 - reported to the launch this child is handed, if any
             failed = exc
         if failed is None:
@@ -284,7 +285,13 @@ class Zygote:
         if not msg or len(fds) < 2:
             os._exit(0)
         sock.close()
-        self._instance(json.loads(msg), fds, failed)
+        req = json.loads(msg)
+        if failed is None and not self.sandbox.MOUNT_API:
+            try:  # the root can only be assembled now, with the instance's directories in it
+                self.sandbox.prepare(req["profile"]["base"], req["profile"]["mounts"])
+            except BaseException as exc:  # noqa: B902
+                failed = exc
+        self._instance(req, fds, failed)
 
     def _rehearse(self, last_msg):
         """Copy ahead the pages a start writes (see ``bootstrap.rehearse``): decode a launch message like
@@ -306,7 +313,7 @@ class Zygote:
         failed = None
         try:
             self.sandbox.join_cgroups(req["profile"]["cgroup_procs"])
-            self.sandbox.prepare(req["profile"]["base"])
+            self.sandbox.prepare(req["profile"]["base"], None if self.sandbox.MOUNT_API else req["profile"]["mounts"])
         except BaseException as exc:  # noqa: B902
             failed = exc
         self._instance(req, fds, failed)

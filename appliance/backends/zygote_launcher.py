@@ -232,13 +232,20 @@ class Zygote:
                             self.proc.returncode)
             self._start()
 
+    @staticmethod
+    def _env() -> dict[str, str]:
+        env = {"PATH": SANDBOX_PATH, "LANG": os.environ.get("LANG", "C.UTF-8")}
+        if os.environ.get("FAAS_SANDBOX_MOUNT_API"):  # see sandbox.MOUNT_API
+            env["FAAS_SANDBOX_MOUNT_API"] = os.environ["FAAS_SANDBOX_MOUNT_API"]
+        return env
+
     def _start(self) -> None:
         with open(self.log_path, "ab") as err:
             proc = subprocess.Popen(
                 [self.python, "-u", "-s", "-B", "-X", "frozen_modules=on", str(ZYGOTE_PY), str(self.sock_path),
                  str(self.bootstrap or "")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd="/", start_new_session=True,
-                env={"PATH": SANDBOX_PATH, "LANG": os.environ.get("LANG", "C.UTF-8")})
+                env=self._env())
         line = proc.stdout.readline() if wait_readable(proc.stdout, ZYGOTE_START_TIMEOUT_S) else b""
         if line != b"ready\n":
             proc.kill()

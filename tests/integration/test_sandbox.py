@@ -12,10 +12,11 @@ import socket
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
-from .conftest import REPO, make_zip, wait_for
+from .conftest import REPO, make_zip, start_appliance, stop_appliance, wait_for
 
 PROBE = r'''
 import json, os, socket
@@ -77,6 +78,18 @@ def call(r, name, op, arg=None):
     return resp.json()
 
 
+@pytest.fixture(scope="module", params=["mount-api", "binds-before-pivot"])
+def appliance(request, tmp_path_factory):
+    """Every escape is tried on both ways the sandbox attaches an instance's own directories:
+    through the mount API into a root prepared ahead (Linux 5.2+), and by binds before the pivot
+    (older kernels, or FAAS_SANDBOX_MOUNT_API=0)."""
+    env = {"FAAS_SANDBOX_MOUNT_API": "0"} if request.param == "binds-before-pivot" else None
+    r = start_appliance(tmp_path_factory.mktemp("appliance"), env)
+    r.mount_path = request.param
+    yield r
+    stop_appliance(r)
+
+
 @pytest.fixture(scope="module")
 def probe(appliance):
     """A function that tries things from inside its sandbox; network default."""
@@ -93,6 +106,11 @@ def _digest(r, name):
 
 def test_the_appliance_runs_sandboxed_and_says_so(appliance, probe):
     assert not any("sandbox" in n for n in _health(appliance)["notes"]), _health(appliance)
+    zygotes = [p for p in psutil.Process(appliance.proc.pid).children(recursive=True)
+               if any(a.endswith("zygote.py") for a in p.cmdline())]
+    assert zygotes
+    forced = [p.environ().get("FAAS_SANDBOX_MOUNT_API") == "0" for p in zygotes]
+    assert all(forced) if appliance.mount_path == "binds-before-pivot" else not any(forced)
     me = call(appliance, probe, "whoami")
     assert me["uid"] == 1000 and me["gid"] == 1000   # not root, inside or out
     assert me["pid"] == 1                             # pid 1 of its own pid namespace
