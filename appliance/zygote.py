@@ -348,6 +348,11 @@ class Zygote:
                 os.write(out, (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
             except OSError:
                 pass
+            try:  # and into the instance's log: after the ready line nobody reads ``out`` any more
+                import traceback
+                os.write(2, ("instance start failed: " + "".join(traceback.format_exception(exc))).encode())
+            except Exception:  # noqa: BLE001
+                pass
         os._exit(70)
 
     def _serve(self, env):

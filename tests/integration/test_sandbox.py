@@ -274,7 +274,7 @@ def _sandbox_processes() -> list[int]:
                 continue
             nspid = [line.split()[1:] for line in Path(f"/proc/{p}/status").read_text().splitlines()
                      if line.startswith("NSpid:")]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # it ended while being looked at
             continue
         if nspid and len(nspid[0]) > 1 and nspid[0][-1] != "1":
             out.append(int(p))
