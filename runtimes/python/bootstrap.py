@@ -16,12 +16,13 @@ Why the shape it has:
 * The warm invoke path is kept short because on a small machine the instance's CPU per request competes
   with the edge router's: exactly one ``recv`` and one ``sendall`` per request (strace), the event read by
   json's C scanner directly, the result by one C encoder per connection, the reply built as one ASCII str
-  with a prebuilt head. CPU the instance spends per warm invoke of a hello handler, from
-  ``/proc/<pid>/stat`` over 20,000 requests on one keep-alive connection driven by a minimal client, median
-  of 8 rounds alternating with the previous version on the 2-core machine under other load: 11.6 us
-  (Unix socket; 11.4 us TCP) against 18.5 us (19.2 us), and 56,000 req/s against 39,000 for that client.
-  What is left is mostly the interpreter itself (parsing ~2 us, the rest of the path ~5 us) and the
-  kernel's wake-ups; a selector loop would add system calls rather than remove them.
+  with a prebuilt head. CPU the instance spends per warm invoke of a hello handler (``bench/runtime_cpu.py``:
+  20,000 requests on one keep-alive connection from a minimal client, rounds alternating with the previous
+  version, 2-core machine shared with other work): median 11.6-16.2 us against 17.9-21.0 us over four runs
+  of 8-12 rounds (best rounds 10.0-10.8 against 14.2-16.1 us), 41,000-56,000 req/s against 34,000-41,000
+  for that client; the Python part alone (no system calls) 7.6 us against 10.5 us. What is left is mostly
+  the interpreter (parsing ~2 us, the rest of the path ~5 us) and the kernel's wake-ups; a selector loop
+  would add system calls rather than remove them.
 * The handler runs on the connection's own thread (no hand-off). A watchdog thread sleeps until the
   earliest deadline among running invocations; on expiry it writes the ``Function.Timeout`` reply on that
   connection itself and the instance exits, since a Python thread cannot be stopped. The watchdog is only
