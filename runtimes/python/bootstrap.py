@@ -13,6 +13,16 @@ Why the shape it has:
   (warm keep-alive loop with ``http.client``, 2000 requests of a hello handler, one connection):
   this server ~13,000 req/s, p50 0.074 ms; ``ThreadingHTTPServer`` (with TCP_NODELAY) ~6,800 req/s,
   p50 0.14 ms. Both figures include the client's own cost.
+* The warm invoke path is kept short because on a small machine the instance's CPU per request competes
+  with the edge router's: exactly one ``recv`` and one ``sendall`` per request (strace), the event read by
+  json's C scanner directly, the result by one C encoder per connection, the reply built as one ASCII str
+  with a prebuilt head. CPU the instance spends per warm invoke of a hello handler (``bench/runtime_cpu.py``:
+  20,000 requests on one keep-alive connection from a minimal client, rounds alternating with the previous
+  version, 2-core machine shared with other work): median 11.6-16.2 us against 17.9-21.0 us over four runs
+  of 8-12 rounds (best rounds 10.0-10.8 against 14.2-16.1 us), 41,000-56,000 req/s against 34,000-41,000
+  for that client; the Python part alone (no system calls) 7.6 us against 10.5 us. What is left is mostly
+  the interpreter (parsing ~2 us, the rest of the path ~5 us) and the kernel's wake-ups; a selector loop
+  would add system calls rather than remove them.
 * The handler runs on the connection's own thread (no hand-off). A watchdog thread sleeps until the
   earliest deadline among running invocations; on expiry it writes the ``Function.Timeout`` reply on that
   connection itself and the instance exits, since a Python thread cannot be stopped. The watchdog is only
@@ -28,12 +38,15 @@ Why the shape it has:
 * The user module is imported on the main thread (also after ``/_/specialize``) with the code directory
   first on ``sys.path``; every stdlib module the bootstrap needs later is imported before that, so a user
   file named like a stdlib module cannot break the bootstrap.
+* Start-up imports only what is needed: ``_socket`` rather than ``socket.py`` and no ``decimal`` (a
+  Decimal result is recognised by its type). Interpreter start, import and :func:`preload` as a program:
+  34.4 ms against 37.0 ms (p50 of 40, bare interpreter 9.7 ms), 77 modules against 86.
 """
 
+import _socket
 import _thread
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -49,13 +62,14 @@ STARTING, POOL, READY, FAILED, DRAINING = "starting", "pool", "ready", "failed",
 _THIS_FILE = os.path.abspath(__file__)
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
             413: "Payload Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            501: "Not Implemented", 503: "Service Unavailable"}
+            501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 _ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_SCAN = json.JSONDecoder().scan_once
 
 
 def preload():
     """Import what the bootstrap may need later, so a zygote pays for it once and user files never shadow it."""
-    import importlib, re, traceback, decimal, signal, ctypes  # noqa: F401,E401
+    import importlib, re, traceback, signal, ctypes  # noqa: F401,E401
     return None
 
 
@@ -70,13 +84,13 @@ def rehearse(environ):
     """
     import importlib.util, re  # noqa: E401
     inst = _Instance(config_from_env({k: v for k, v in environ.items() if k != "FAAS_READY_FD"}))
-    ours, theirs = socket.socketpair()
+    ours, theirs = _socket.socketpair()
     try:
         re.match(HANDLER_RE_SRC, "index.handler")
         _Capture("").finish()
         theirs.sendall(b"GET /_/ready HTTP/1.1\r\nHost: x\r\n\r\n"
                        b"GET /_/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        theirs.shutdown(socket.SHUT_WR)
+        theirs.shutdown(_socket.SHUT_WR)
         inst.conns += 1  # as the accept loop counts it
         inst._serve_conn(ours)  # answers both on this thread and closes ``ours``
         while theirs.recv(65536):
@@ -152,13 +166,41 @@ def _user_stack(tb):
 
 
 def _json_default(o):
-    import decimal
-    if isinstance(o, decimal.Decimal):  # as Lambda's Python runtime does, for DynamoDB items
+    # Decimal as Lambda's Python runtime encodes it, for DynamoDB items. Recognised by its type rather than
+    # by importing decimal (3 ms of start-up for every instance): a handler returning one has imported it.
+    t = type(o)
+    if t.__name__ == "Decimal" and t.__module__ == "decimal" and hasattr(o, "to_integral_value"):
         return int(o) if o == o.to_integral_value() else float(o)
-    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+    raise TypeError(f"Object of type {t.__name__} is not JSON serializable")
 
 
 _RESULT_ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+try:
+    from _json import make_encoder as _make_encoder
+except ImportError:  # not CPython: JSONEncoder.encode does the same, slower
+    _make_encoder = None
+
+
+class _ResultEncoder:
+    """``_RESULT_ENC.encode`` without building a C encoder per call (JSONEncoder does, 0.5 us of the 1.6 us
+    it takes for a small HTTP-proxy dict). One per connection thread: the encoder's circular-reference
+    markers must not be shared by invocations running at once."""
+
+    __slots__ = ("markers", "encoder")
+
+    def __init__(self):
+        self.markers = {}
+        self.encoder = None if _make_encoder is None else _make_encoder(
+            self.markers, _json_default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+
+    def encode(self, value):
+        if self.encoder is None:
+            return _RESULT_ENC.encode(value)
+        try:
+            return "".join(self.encoder(value, 0))
+        except BaseException:
+            self.markers.clear()  # an error midway can leave a container's marker behind
+            raise
 
 
 def _response(status, body, extra="", close=False):
@@ -171,6 +213,49 @@ def _response(status, body, extra="", close=False):
 
 def _json_response(status, obj, extra="", close=False):
     return _response(status, _ENC.encode(obj).encode(), extra, close)
+
+
+# The invoke reply's head up to the length: the body is ASCII (the encoders escape everything else), so the
+# whole reply is built as one str and encoded once.
+_OK_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+_END_KEEP, _END_CLOSE = "\r\n\r\n", "\r\nConnection: close\r\n\r\n"
+
+
+def _parse_event(body):
+    """The event of an invoke body; ValueError when it is not JSON (an empty body is ``{}``).
+
+    The C scanner straight on the decoded text costs 0.6 us for a typical 80-byte event against 1.7 us
+    for ``json.loads`` (encoding detection, a regex for leading and trailing white space); anything it
+    does not take whole (white space around the value, a BOM, UTF-16, an error) goes through
+    ``json.loads``, so results and error messages are json's own."""
+    if not body:
+        return {}
+    try:
+        text = body.decode()
+        value, end = _SCAN(text, 0)
+        if end == len(text):
+            return value
+    except (ValueError, StopIteration):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        pass
+    return json.loads(body) if body.strip() else {}
+
+
+def _refuse(sock, status, message):
+    """Answer malformed input with ``status`` and close: stop sending, then read what the client still sends
+    (for at most 1 s and 1 MiB), so closing with unread data does not reset the connection before the client
+    has read the answer."""
+    sock.sendall(_json_response(status, {"error": message}, close=True))
+    try:
+        sock.shutdown(_socket.SHUT_WR)
+        sock.settimeout(1.0)
+        left = 1 << 20
+        while left > 0:
+            data = sock.recv(65536)
+            if not data:
+                break
+            left -= len(data)
+    except OSError:
+        pass
 
 
 class _Capture:
@@ -256,15 +341,11 @@ class LambdaContext:
                  "invoked_function_arn", "log_group_name", "log_stream_name", "identity", "client_context",
                  "_deadline", "_capture")
 
-    def __init__(self, request_id, deadline, capture, cfg, instance_id):
-        name, version = cfg["function_name"], cfg["function_version"]
+    def __init__(self, request_id, deadline, capture, static):
+        """``static``: the per-function attributes, built once per load by :func:`_context_static`."""
         self.aws_request_id = request_id
-        self.function_name = name
-        self.function_version = version
-        self.memory_limit_in_mb = int(cfg["memory_mb"])
-        self.invoked_function_arn = f"arn:faas:local:function:{name}:{version}"
-        self.log_group_name = f"/faas/{name}"
-        self.log_stream_name = instance_id
+        (self.function_name, self.function_version, self.memory_limit_in_mb, self.invoked_function_arn,
+         self.log_group_name, self.log_stream_name) = static
         self.identity = self.client_context = None
         self._deadline, self._capture = deadline, capture
 
@@ -279,23 +360,31 @@ class LambdaContext:
         self._capture.log(msg)
 
 
+def _context_static(cfg):
+    name, version = cfg["function_name"], cfg["function_version"]
+    return (name, version, int(cfg["memory_mb"]), f"arn:faas:local:function:{name}:{version}", f"/faas/{name}",
+            cfg["instance_id"])
+
+
 class _Invocation:
     __slots__ = ("rid", "deadline", "mono_deadline", "sock", "conn", "ident", "capture", "claimed", "t0")
 
-    def __init__(self, rid, deadline, sock, conn):
+    def __init__(self, rid, deadline, now, sock, conn):
         self.rid, self.deadline, self.sock, self.conn = rid, deadline, sock, conn
-        self.mono_deadline = time.monotonic() + (deadline - time.time())
-        self.ident = threading.get_ident()
+        self.t0 = t0 = time.monotonic()  # also the clock of durations (perf_counter is the same clock on Linux)
+        self.mono_deadline = t0 + (deadline - now)
+        self.ident = conn.ident
         self.capture = _Capture(f"requestId={rid} ")
         self.claimed = False
-        self.t0 = time.perf_counter()
 
 
 class _Conn:
-    __slots__ = ("abandoned",)
+    __slots__ = ("abandoned", "ident", "result_encoder")
 
     def __init__(self):
         self.abandoned = False
+        self.ident = threading.get_ident()  # the connection's thread, which runs its invocations
+        self.result_encoder = _ResultEncoder()
 
 
 class _Instance:
@@ -319,6 +408,7 @@ class _Instance:
         self.invocations = 0
         self.idle_since = time.monotonic()
         self.handler = None
+        self.ctx_static = None
         self.init_error = None
         self.init_logs = []
         self.init_ms = None
@@ -380,17 +470,19 @@ class _Instance:
             pass
 
     def _listen(self):
+        """Sockets of ``_socket``, the C module, directly: importing ``socket.py`` (its enum classes of
+        constants) costs 1.5-2.5 ms of every instance's start, and nothing here needs more than the C type."""
         path = self.cfg["socket"]
         if path:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
             s.bind(path)
         else:
-            s = socket.socket(socket.AF_INET6 if ":" in self.cfg["host"] else socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s = _socket.socket(_socket.AF_INET6 if ":" in self.cfg["host"] else _socket.AF_INET, _socket.SOCK_STREAM)
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
             s.bind((self.cfg["host"], int(self.cfg["port"])))
         s.listen(1024)
         return s
@@ -398,7 +490,7 @@ class _Instance:
     def _close(self):
         _cluster_deregister(self)
         try:
-            self.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
         self.listener.close()
@@ -480,6 +572,7 @@ class _Instance:
             self.routes.pop(threading.get_ident(), None)
         logs = cap.finish()
         with self.lock:
+            self.ctx_static = _context_static(cfg)
             self.handler, self.init_error, self.init_logs = fn, err, logs
             self.init_ms = round((time.perf_counter() - t0) * 1000, 3)
             self.idle_since = time.monotonic()
@@ -491,16 +584,18 @@ class _Instance:
 
     def _accept_loop(self):
         tcp = not self.cfg["socket"]
+        family = self.listener.family
         while True:
             try:
-                sock, _ = self.listener.accept()
+                fd, _ = self.listener._accept()  # _socket's accept: a file descriptor (no socket.py, see _listen)
             except OSError:
                 if self.listener.fileno() < 0:
                     return
                 time.sleep(0.01)  # out of file descriptors: let connections close
                 continue
+            sock = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
             if tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             with self.lock:
                 self.conns += 1
                 self.no_conns.clear()
@@ -518,50 +613,72 @@ class _Instance:
                     self.no_conns.set()
 
     def _serve_conn(self, sock):
-        """Keep-alive loop of one connection: parse a request, dispatch it, answer, repeat."""
+        """Keep-alive loop of one connection: read a request, dispatch it, answer, repeat.
+
+        The parser takes exactly what the contract needs: the request line (three fields, HTTP/1.0 or
+        1.1), header lines ``name: value`` into a dict with lower-case names, a body by Content-Length or
+        chunked, ``Connection`` / HTTP/1.0 keep-alive rules, and pipelined requests (bytes after one request
+        stay in ``buf`` for the next). Malformed input is answered 400 (a head over MAX_HEAD 431, a body
+        over MAX_BODY 413) and the connection closed. ``POST /_/invoke`` is matched before the other
+        routes. The whole loop costs about 2 us of parsing per request; the rest is the handler call,
+        JSON and two system calls.
+        """
         conn = _Conn()
-        recv, buf = sock.recv, b""
+        recv, send, buf = sock.recv, sock.sendall, b""
         try:
             while True:
                 end = buf.find(b"\r\n\r\n")
                 while end < 0:
                     if len(buf) > MAX_HEAD:
-                        sock.sendall(_json_response(431, {"error": "request head too large"}, close=True))
-                        return
+                        return _refuse(sock, 431, "request head too large")
                     data = recv(65536)
                     if not data:
                         return
-                    buf = (buf + data).lstrip(b"\r\n") if not buf else buf + data
+                    buf = buf + data if buf else data.lstrip(b"\r\n")  # RFC 9112: ignore CRLFs before a request
                     end = buf.find(b"\r\n\r\n")
+                if end > MAX_HEAD:
+                    return _refuse(sock, 431, "request head too large")
                 lines = buf[:end].decode("latin-1").split("\r\n")
                 buf = buf[end + 4:]
                 try:
-                    method, target, version = lines[0].split(" ", 2)
-                except ValueError:
-                    sock.sendall(_json_response(400, {"error": "bad request line"}, close=True))
-                    return
-                headers = {}
-                for line in lines[1:]:
-                    k, _, v = line.partition(":")
-                    headers[k.strip().lower()] = v.strip()
-                conn_hdr = headers.get("connection", "").lower()
-                keep = ("close" not in conn_hdr) if version == "HTTP/1.1" else ("keep-alive" in conn_hdr)
-                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    method, target, version = lines[0].split(" ")
+                    headers = {}
+                    for i in range(1, len(lines)):
+                        k, v = lines[i].split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                except ValueError:  # not three fields, or a header line without a colon
+                    return _refuse(sock, 400, "malformed request line or header")
+                if version != "HTTP/1.1" and version != "HTTP/1.0":
+                    if version.startswith("HTTP/") and version[5:6].isdigit():
+                        return _refuse(sock, 505, f"{version} is not supported")
+                    return _refuse(sock, 400, "malformed request line")
+                if "" in headers or not method:
+                    return _refuse(sock, 400, "malformed request line or header")
+                conn_hdr = headers.get("connection")
+                if conn_hdr is None:
+                    keep = version == "HTTP/1.1"
+                else:
+                    conn_hdr = conn_hdr.lower()
+                    keep = ("close" not in conn_hdr) if version == "HTTP/1.1" else ("keep-alive" in conn_hdr)
+                te = headers.get("transfer-encoding")
+                if te is not None and "chunked" in te.lower():
                     body, buf = self._read_chunked(sock, buf)
                     if body is None:
-                        return
+                        return _refuse(sock, 400, "malformed chunked body")
                 else:
-                    try:
-                        n = int(headers.get("content-length") or 0)
-                    except ValueError:
-                        n = -1
-                    if n < 0 or n > MAX_BODY:
-                        sock.sendall(_json_response(413 if n > 0 else 400, {"error": "bad Content-Length"}, close=True))
-                        return
-                    if len(buf) < n and headers.get("expect", "").lower() == "100-continue":
-                        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    if len(buf) < n:  # collect the rest in chunks of at most 1 MiB, joined once
-                        parts, have = [buf], len(buf)
+                    n = headers.get("content-length")
+                    if n is None:
+                        n = 0
+                    elif n.isdecimal():
+                        n = int(n)
+                        if n > MAX_BODY:
+                            return _refuse(sock, 413, f"the body is larger than {MAX_BODY} bytes")
+                    else:
+                        return _refuse(sock, 400, "bad Content-Length")
+                    if len(buf) < n:
+                        if headers.get("expect", "").lower() == "100-continue":
+                            send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        parts, have = [buf], len(buf)  # collect the rest in chunks of at most 1 MiB, joined once
                         while have < n:
                             data = recv(min(n - have, 1 << 20))
                             if not data:
@@ -570,10 +687,13 @@ class _Instance:
                             have += len(data)
                         buf = b"".join(parts)
                     body, buf = buf[:n], buf[n:]
-                out = self._dispatch(method, target, headers, body, sock, conn, keep)
-                if out is None:  # the watchdog answered this invocation (timeout); the process is exiting
-                    return
-                sock.sendall(out)
+                if target == "/_/invoke" and method == "POST":
+                    out = self._invoke(headers, body, sock, conn, not keep)
+                    if out is None:  # the watchdog answered this invocation (timeout); the process is exiting
+                        return
+                else:
+                    out = self._dispatch(method, target, headers, body, sock, conn, keep)
+                send(out)
                 if not keep:
                     return
         except OSError:
@@ -747,11 +867,11 @@ class _Instance:
         except (KeyError, ValueError):
             deadline = now + self.timeout_s
         try:
-            event = json.loads(body) if body.strip() else {}
+            event = _parse_event(body)
         except ValueError as e:  # includes bad UTF-8
             return _json_response(400, {"ok": False, "error": _error("Runtime.InvalidEvent",
                                         f"The event is not valid JSON: {e}", rid)}, close=close)
-        inv = _Invocation(rid, deadline, sock, conn)
+        inv = _Invocation(rid, deadline, now, sock, conn)
         refused = answer = None
         with self.lock:
             state = self.state
@@ -776,10 +896,11 @@ class _Instance:
             return _json_response(200, {"ok": False, "error": answer, "logs": logs, "durationMs": 0},
                                   close=close)
         cap, ident = inv.capture, inv.ident
-        self.routes[ident] = cap
+        routes = self.routes
+        routes[ident] = cap
         payload, error = self._call(inv, event, deadline)
-        duration = round((time.perf_counter() - inv.t0) * 1000, 3)
-        self.routes.pop(ident, None)
+        end = time.monotonic()
+        del routes[ident]
         logs = cap.finish()
         with self.lock:
             if inv.claimed:  # the watchdog already answered with Function.Timeout
@@ -788,28 +909,28 @@ class _Instance:
             self.running.discard(inv)
             self.inflight -= 1
             self.invocations += 1
-            self.idle_since = time.monotonic()
+            self.idle_since = end
             drained = self.state == DRAINING and self.inflight == 0
         if drained:
             self._post(self._finish)
-        tail = (',"logs":' + _ENC.encode(logs) + ',"durationMs":' + repr(duration) + "}").encode()
-        if error is None:
-            return _response(200, b'{"ok":true,"result":' + payload.encode() + tail, close=close)
-        return _response(200, b'{"ok":false,"error":' + _ENC.encode(error).encode() + tail, close=close)
+        # One str, encoded once (it is ASCII); "%.3f" rather than repr(round(x, 3)): the same number, 0.2 us less.
+        tail = (',"logs":' + (_ENC.encode(logs) if logs else "[]") + ',"durationMs":'
+                + "%.3f" % ((end - inv.t0) * 1000) + "}")
+        body = ('{"ok":true,"result":' + payload if error is None else '{"ok":false,"error":' + _ENC.encode(error)) + tail
+        return (_OK_HEAD + str(len(body)) + (_END_CLOSE if close else _END_KEEP) + body).encode()
 
     def _call(self, inv, event, deadline):
         """Run the handler; returns (result JSON text, None) or (None, structured error)."""
         rid = inv.rid
         try:
             try:
-                result = self.handler(event, LambdaContext(rid, deadline, inv.capture, self.cfg,
-                                                           self.cfg["instance_id"]))
+                result = self.handler(event, LambdaContext(rid, deadline, inv.capture, self.ctx_static))
             except MemoryError as e:
                 return None, _error("Function.OutOfMemory", f"MemoryError: {e}", rid, _user_stack(e.__traceback__))
             except BaseException as e:  # noqa: B902 - whatever the handler raised (even SystemExit) is the answer
                 return None, _error("Function.Error", f"{type(e).__name__}: {e}", rid, _user_stack(e.__traceback__))
             try:
-                return _RESULT_ENC.encode(result), None
+                return inv.conn.result_encoder.encode(result), None
             except MemoryError as e:
                 return None, _error("Function.OutOfMemory", f"MemoryError: {e}", rid)
             except Exception as e:  # TypeError, ValueError (NaN, circular), RecursionError
@@ -854,12 +975,12 @@ class _Instance:
         stack = [s for s in traceback.format_stack(frame) if _THIS_FILE not in s] if frame else []
         cap = inv.capture
         logs = list(cap.lines) + ([cap.partial] if cap.partial else [])
-        took = time.perf_counter() - inv.t0
+        took = time.monotonic() - inv.t0
         body = {"ok": False, "error": _error("Function.Timeout", f"Task timed out after {took:.2f} seconds",
                                              inv.rid, stack), "logs": logs, "durationMs": round(took * 1000, 3)}
         try:
             inv.sock.sendall(_json_response(200, body, "X-Faas-Exiting: 1\r\n", close=True))
-            inv.sock.shutdown(socket.SHUT_WR)
+            inv.sock.shutdown(_socket.SHUT_WR)
         except OSError:
             pass
 
