@@ -176,10 +176,10 @@ class Zygote:
         conn.settimeout(5.0)
         msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 4)
         req = json.loads(msg)
-        if len(fds) != 2:
+        if len(fds) != 3:
             for fd in fds:
                 os.close(fd)
-            raise ValueError(f"expected 2 file descriptors (ready pipe, log), got {len(fds)}")
+            raise ValueError(f"expected 3 file descriptors (ready pipe, log, environment), got {len(fds)}")
         prof = req["profile"]
         network = bool(prof["network"])
         try:
@@ -279,10 +279,10 @@ class Zygote:
         if failed is None:
             self._rehearse(last_msg)
         try:
-            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)  # the launch, or EOF when the zygote goes
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 16)  # the launch, or EOF when the zygote goes
         except BaseException:  # noqa: B902
             os._exit(70)
-        if not msg or len(fds) < 2:
+        if not msg or len(fds) < 3:
             os._exit(0)
         sock.close()
         req = json.loads(msg)
@@ -320,9 +320,10 @@ class Zygote:
 
     def _instance(self, req, fds, failed):
         """Confine this prepared process as the request says, then serve or exec; never returns."""
-        ready_fd, log_fd, mount_fds = fds[0], fds[1], fds[2:]
+        ready_fd, log_fd, env_fd, mount_fds = fds[0], fds[1], fds[2], fds[3:]
         out = ready_fd
         try:
+            own_env = _read_env(env_fd)  # the function's own variables: never read by the zygote
             if failed is not None:
                 raise failed
             self.sandbox.confine(req["profile"], mount_fds)
@@ -338,7 +339,7 @@ class Zygote:
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             os.write(READY_FD, (json.dumps({"sandboxAt": time.monotonic()}) + "\n").encode())
-            env = dict(req["env"], FAAS_READY_FD=str(READY_FD))
+            env = {**req["env"], **own_env, "FAAS_READY_FD": str(READY_FD)}
             if req.get("exec"):
                 argv = req["exec"]
                 os.execve(argv[0], argv, env)
@@ -370,6 +371,21 @@ class Zygote:
             except (OSError, ValueError):
                 pass
         os._exit(code)
+
+
+def _read_env(fd):
+    """The function's variables from the sealed memory file the launcher made (closed here)."""
+    try:
+        chunks, at = [], 0
+        while True:
+            chunk = os.pread(fd, 1 << 16, at)  # from the start: the writer's offset is shared
+            if not chunk:
+                break
+            chunks.append(chunk)
+            at += len(chunk)
+    finally:
+        os.close(fd)
+    return json.loads(b"".join(chunks) or b"{}")
 
 
 def main():

@@ -59,6 +59,7 @@ If the zygote dies, instances it started keep running; the next cold start start
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -149,6 +150,25 @@ def probe_python(python: str) -> tuple[str, str]:
     return exe, prefix
 
 
+def _env_fd(variables: dict[str, str]) -> int:
+    """The function's own environment variables in a sealed memory file, for its instance alone.
+
+    Every instance is forked from the same zygote, so whatever the zygote reads stays in the memory
+    its later children inherit (freed heap is not cleared): a launch message carrying one function's
+    variables could be read by the next function from its own memory (``/proc/self/mem``). The zygote
+    passes this descriptor on without reading it; only the instance it is meant for does.
+    """
+    fd = os.memfd_create("faas-env", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, json.dumps(variables).encode())
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK |
+                    fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class ZygoteHandle:
     """An instance forked by the zygote. Its exit status arrives on the launch connection."""
 
@@ -234,7 +254,10 @@ class Zygote:
 
     @staticmethod
     def _env() -> dict[str, str]:
-        env = {"PATH": SANDBOX_PATH, "LANG": os.environ.get("LANG", "C.UTF-8")}
+        # glibc reads MALLOC_ARENA_MAX once, at exec: set for an instance's environment later it is
+        # too late, and each thread arena reserves 64 MB of the address space its rlimit allows
+        # (three of them filled two thirds of a 128 MB function's budget, and threads failed to start).
+        env = {"PATH": SANDBOX_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"), "MALLOC_ARENA_MAX": "2"}
         if os.environ.get("FAAS_SANDBOX_MOUNT_API"):  # see sandbox.MOUNT_API
             env["FAAS_SANDBOX_MOUNT_API"] = os.environ["FAAS_SANDBOX_MOUNT_API"]
         return env
@@ -362,9 +385,12 @@ class ZygoteLauncher:
         if lang == "node":
             argv = [shutil.which("node", path=SANDBOX_PATH) or "/usr/bin/node",
                     f"--max-old-space-size={spec.memory_mb}", f"{sandbox.RUNTIME_DIR}/bootstrap.js"]
+        # The function's own variables (often secrets) do not travel in the launch message: see _env_fd.
+        own = {k: v for k, v in spec.environment.items() if env.get(k) == v}
+        env = {k: v for k, v in env.items() if k not in own}
         handle, lines = self._start(req.instance_id, req.code_dir, lang, network=spec.network != "none",
                                     memory_mb=spec.memory_mb, python=lang == "python", env=env, argv=argv,
-                                    deadline=deadline, want_listen=True)
+                                    deadline=deadline, want_listen=True, own_env=own)
         at = float(lines.get("sandboxAt", t0))
         now = time.monotonic()
         phases = {"sandbox": round((at - t0) * 1000, 3), "runtime_init": round((now - at) * 1000, 3)}
@@ -389,7 +415,8 @@ class ZygoteLauncher:
     # -- internals ---------------------------------------------------------------------------------
 
     def _start(self, instance_id: str, code_dir: Path, lang: str | None, *, network: bool, memory_mb: int,
-               python: bool, env: dict, argv: list[str] | None, deadline: float, want_listen: bool):
+               python: bool, env: dict, argv: list[str] | None, deadline: float, want_listen: bool,
+               own_env: dict | None = None):
         key = uuid.uuid4().hex[:12]
         uid = self._uids.acquire()
         sock_dir = self.run_dir / key
@@ -420,17 +447,21 @@ class ZygoteLauncher:
         next_cg = self._next_cgroup(network)
         r, w = os.pipe()
         log_path = self.log_dir / f"{instance_id}.log"
+        env_fd = -1
         try:
+            env_fd = _env_fd(own_env or {})
             with open(log_path, "ab") as out:
                 conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv,
                                                    "next_cgroup": next_cg.procs_files if next_cg else []},
-                                                  [w, out.fileno()])
+                                                  [w, out.fileno(), env_fd])
         except BaseException:
             os.close(r)
             self._release(uid, sock_dir, cg)
             raise
         finally:
             os.close(w)
+            if env_fd >= 0:
+                os.close(env_fd)
         if "pid" not in reply:
             os.close(r)
             conn.close()

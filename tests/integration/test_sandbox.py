@@ -395,3 +395,60 @@ def test_sandbox_auto_falls_back_to_plain_processes_and_says_so(make_appliance, 
     assert "event=sandbox_unavailable" in r.log()
     name = r.deploy({"index.py": PROBE})
     assert call(r, name, "whoami")["uid"] == os.getuid()   # a plain process: no uid of its own
+
+
+MEMORY_SCAN = r'''
+def _count(needles):
+    counts = [0] * len(needles)
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    with open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            addr, perms = line.split()[:2]
+            lo, hi = (int(x, 16) for x in addr.split("-"))
+            if "r" not in perms or hi - lo > (256 << 20):
+                continue
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except (OSError, ValueError, OverflowError):
+                continue
+            for i, needle in enumerate(needles):
+                counts[i] += data.count(needle)
+    return counts
+
+def handler(event, context):
+    # both needles are built the same way, so each appears equally often as the needle itself
+    return _count([bytes.fromhex(event["secret"]), bytes.fromhex(event["control"])])
+'''
+
+
+def test_an_instance_holds_no_other_functions_environment_in_its_memory(appliance):
+    """Instances are forked from a shared zygote: what the zygote handled for one function (its
+    launch, with its environment variables) must not be readable in the memory of the next."""
+    import secrets as _secrets
+    secret = "faas-secret-" + _secrets.token_hex(16)
+    control = "faas-secret-" + _secrets.token_hex(16)   # given to nobody
+    holder = appliance.deploy({"index.py": "import os\ndef handler(e, c):\n    return os.environ['API_KEY']\n"},
+                              environment={"API_KEY": secret})
+    assert invoke(appliance, holder).json() == secret   # its own instance sees it
+    for _ in range(3):  # cold starts after the holder's, each from a fresh spare of the zygote
+        scanner = appliance.deploy({"index.py": MEMORY_SCAN})
+        resp = invoke(appliance, scanner, {"secret": secret.encode().hex(), "control": control.encode().hex()})
+        assert resp.status_code == 200, resp.text
+        found, baseline = resp.json()
+        assert found == baseline, f"the other function's secret is in this instance's memory ({found} > {baseline})"
+
+
+def test_malloc_arenas_are_bounded_from_the_start_of_the_runtime_process(appliance):
+    """The address-space rlimit counts reservations, not use, and each glibc thread arena reserves
+    64 MB: a 128 MB function failed to start threads once a few arenas existed. glibc reads
+    MALLOC_ARENA_MAX only when a program starts, so it must be in the environment the runtime
+    process (the zygote instances are forked from) was started with, not just in os.environ."""
+    src = ("def handler(event, context):\n"
+           "    with open('/proc/self/environ', 'rb') as f:\n"
+           "        return [v.decode() for v in f.read().split(b'\\0') if v.startswith(b'MALLOC_ARENA_MAX=')]\n")
+    name = appliance.deploy({"index.py": src}, memory_mb=128)
+    resp = invoke(appliance, name)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() and int(resp.json()[0].split("=", 1)[1]) <= 2, resp.json()
