@@ -1,10 +1,11 @@
 """The web console in a real browser: create, edit online, deploy, bind a trigger, invoke, read logs."""
 
+import re
 import shutil
 
 import pytest
 import requests
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,7 +29,8 @@ def test_a_function_is_created_edited_deployed_triggered_and_invoked_from_the_co
     page.fill("#create input[name=name]", "webfn")
     page.click("#create button[type=submit]")
     page.wait_for_selector("#fn-title:has-text('webfn')")
-    assert "return \"Hello Serverless\"" in page.input_value("#editor")
+    # the editor fills in once the function's files have loaded, after the title shows
+    expect(page.locator("#editor")).to_have_value(re.compile('return "Hello Serverless"'))
     page.fill("#editor", "def handler(event, context):\n    print('edited online')\n    return 'from the console'\n")
     page.click("#save-code")
     page.wait_for_selector("#status:has-text('Deployed version 2')")
