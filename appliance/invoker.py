@@ -173,6 +173,11 @@ class Invoker:
         if lease.cold:
             cold = {k: float(lease.phases.get(k, 0.0)) for k in COLD_PHASES}
             start_total = float(lease.phases.get("placement", sum(cold.values())))
+            measured = sum(cold.values())
+            if measured > start_total > 0:
+                # The runtime measures its own code load while the launcher is still finishing its
+                # part, so the phases can overlap; shown as shares of the start, they add up to it.
+                cold = {k: v * start_total / measured for k, v in cold.items()}
             cold["placement"] = max(0.0, start_total - sum(cold.values()))
             # A request that joined a start already under way waited for only part of it.
             waited = min(lease.queue_ms, start_total)
