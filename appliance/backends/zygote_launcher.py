@@ -379,15 +379,15 @@ class ZygoteLauncher:
                                     deadline=time.monotonic() + ZYGOTE_START_TIMEOUT_S, want_listen=False)
         rc = handle.wait(10)
         filtered = rc == 0
-        if rc == 3 and sandbox.SECCOMP_UNAVAILABLE is not None:
-            rc = 0                  # confined, without the filter it was told to leave out
+        if rc == 3:                 # confined, but without the filter: say so rather than lose the sandbox
+            rc = 0
         if rc != 0:
             raise PlacementFailed(f"a probe instance exited with status {rc}: {lines.get('error') or 'see the log'}")
         if filtered:
             self.seccomp = (f"active: {len(sandbox.SECCOMP_DENY)} system calls refused, namespace flags of clone "
                             f"checked ({platform.machine()}; appliance/sandbox.py SECCOMP_DENY)")
         else:
-            self.seccomp = f"inactive: {sandbox.SECCOMP_UNAVAILABLE}"
+            self.seccomp = f"inactive: {sandbox.SECCOMP_UNAVAILABLE or 'a confined probe instance had none'}"
 
     # -- Launcher ----------------------------------------------------------------------------------
 

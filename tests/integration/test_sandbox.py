@@ -206,6 +206,37 @@ def test_ordinary_work_passes_the_seccomp_filter(appliance, probe):
                    "personality_query": 0, "seccomp": ["2"]}
     health = _health(appliance)
     assert health["seccomp"].startswith("active"), health
+    import subprocess
+    import sys
+    doctor = subprocess.run([sys.executable, "-m", "appliance", "--api", appliance.api_url, "doctor"], cwd=str(REPO),
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "[ok] instance seccomp filter: active" in doctor, doctor
+
+
+NODE_PROBE = r'''
+const { execFileSync } = require("child_process");
+const fs = require("fs");
+const net = require("net");
+exports.handler = async () => {
+  const status = fs.readFileSync("/proc/self/status", "utf8");
+  const sh = execFileSync("/bin/sh", ["-c", "echo $((6 * 7))"]).toString().trim();
+  const read = await fs.promises.readFile("/var/task/index.js", "utf8");   // libuv's thread pool
+  const echoed = await new Promise((resolve, reject) => {
+    const srv = net.createServer((c) => c.pipe(c)).listen(0, "127.0.0.1", () => {
+      const c = net.connect(srv.address().port, "127.0.0.1", () => c.write("tcp"));
+      c.on("data", (d) => { c.end(); srv.close(); resolve(d.toString()); }).on("error", reject);
+    });
+  });
+  return { seccomp: /^Seccomp:\s*(\d)/m.exec(status)[1], sh, read: read.length > 0, echoed };
+};
+'''
+
+
+def test_a_nodejs_instance_serves_under_the_seccomp_filter(appliance):
+    name = appliance.deploy({"index.js": NODE_PROBE}, runtime="nodejs20")
+    resp = invoke(appliance, name)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"seccomp": "2", "sh": "42", "read": True, "echoed": "tcp"}
 
 
 def test_another_functions_code_cannot_be_read(appliance, probe):
