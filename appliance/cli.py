@@ -338,6 +338,9 @@ def doctor(ctx):
     try:
         h = _client(ctx).health()
         check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")
+        if h.get("seccomp"):
+            active = h["seccomp"].startswith("active")
+            click.echo(f"[{'ok' if active else 'warn'}] instance seccomp filter: {h['seccomp']}")
         for note in h.get("notes") or []:
             click.echo(f"[note] {note}")
     except ApiError as exc:

@@ -132,7 +132,7 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/_/health")
     def health():
         return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes,
-                              "edge_port": c.ports.get("edge")})
+                              "edge_port": c.ports.get("edge"), "seccomp": c.seccomp})
 
     # -- web console (static; it uses the API below) -----------------------------------
 

@@ -40,6 +40,9 @@ class Components:
     invoker: Invoker
     scaler: Scaler
     notes: list[str] = field(default_factory=list)
+    #: The instances' seccomp filter as the sandbox probe found it ("active: ..." / "inactive: why"); None
+    #: when instances are not sandboxed here (cluster mode: each node's own ``faas doctor`` says).
+    seccomp: str | None = None
     #: Ports actually listened on, by role ("edge", "control"), once the server has started.
     ports: dict[str, int] = field(default_factory=dict)
     #: Invocation records as the control API reads them: this process's, and other edges' in cluster mode.
@@ -194,7 +197,11 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
             if cg is None:
                 notes.append(f"no memory cgroup ({cg_reason}): instance memory is bounded by rlimits only")
                 log.warning("event=no_memory_cgroup reason=%r", cg_reason)
-            log.info("event=sandbox_ready launcher=zygote cgroups=%r", cg.describe() if cg else None)
+            log.info("event=sandbox_ready launcher=zygote cgroups=%r seccomp=%r", cg.describe() if cg else None,
+                     launcher.seccomp)
+            if not (launcher.seccomp or "").startswith("active"):
+                notes.append(f"instances run without a seccomp filter: {launcher.seccomp}")
+                log.warning("event=seccomp_inactive reason=%r", launcher.seccomp)
             return launcher
     if settings.sandbox == "on":
         raise ValidationError(f"APPLIANCE_SANDBOX=on but {reason}; fix that or set APPLIANCE_SANDBOX=off",
@@ -236,6 +243,7 @@ def _build_local(settings: Settings) -> Components:
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
                        records_view=RecordsView(records), leadership=leadership,
                        scaling_view=ScalingView(scaler, leadership))
+    comps.seccomp = getattr(launcher, "seccomp", None)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close, comps.records_view.close,
                       comps.scaling_view.close]
     return comps

@@ -63,6 +63,7 @@ import fcntl
 import json
 import logging
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -260,6 +261,8 @@ class Zygote:
         env = {"PATH": SANDBOX_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"), "MALLOC_ARENA_MAX": "2"}
         if os.environ.get("FAAS_SANDBOX_MOUNT_API"):  # see sandbox.MOUNT_API
             env["FAAS_SANDBOX_MOUNT_API"] = os.environ["FAAS_SANDBOX_MOUNT_API"]
+        if os.environ.get("FAAS_SANDBOX_SECCOMP"):  # see sandbox.SECCOMP_UNAVAILABLE
+            env["FAAS_SANDBOX_SECCOMP"] = os.environ["FAAS_SANDBOX_SECCOMP"]
         return env
 
     def _start(self) -> None:
@@ -333,6 +336,8 @@ class ZygoteLauncher:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.cgroups = cgroups
+        #: What :meth:`check` found of the seccomp filter in a confined instance ("active: ..." or "inactive: why").
+        self.seccomp: str | None = None
         self.python, prefix = probe_python(python or os.environ.get("APPLIANCE_PYTHON") or sys.executable)
         #: Host directories bound read-only at their own path besides /usr: the interpreter's prefix.
         self.extra_ro = [prefix] if not prefix.startswith("/usr/") else []
@@ -360,16 +365,29 @@ class ZygoteLauncher:
     # -- checks ------------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Start the zygote and confine a trivial process with a full profile; raises with the reason."""
+        """Start the zygote and confine a trivial process with a full profile; raises with the reason.
+
+        The probe also reads its own seccomp mode, and :attr:`seccomp` says what it found."""
         empty = self.work / "probe-code"
         empty.mkdir(exist_ok=True)
         req_env = {"PATH": SANDBOX_PATH}
+        script = ("test -d /var/task && test ! -e /etc/shadow || exit 1; "
+                  "while read -r k v; do [ \"$k\" = Seccomp: ] && s=$v; done < /proc/self/status; "
+                  "[ \"$s\" = 2 ] || exit 3")
         handle, lines = self._start("probe", empty, None, network=False, memory_mb=128, python=False,
-                                    env=req_env, argv=["/bin/sh", "-c", "test -d /var/task && test ! -e /etc/shadow"],
+                                    env=req_env, argv=["/bin/sh", "-c", script],
                                     deadline=time.monotonic() + ZYGOTE_START_TIMEOUT_S, want_listen=False)
         rc = handle.wait(10)
+        filtered = rc == 0
+        if rc == 3:                 # confined, but without the filter: say so rather than lose the sandbox
+            rc = 0
         if rc != 0:
             raise PlacementFailed(f"a probe instance exited with status {rc}: {lines.get('error') or 'see the log'}")
+        if filtered:
+            self.seccomp = (f"active: {len(sandbox.SECCOMP_DENY)} system calls refused, namespace flags of clone "
+                            f"checked ({platform.machine()}; appliance/sandbox.py SECCOMP_DENY)")
+        else:
+            self.seccomp = f"inactive: {sandbox.SECCOMP_UNAVAILABLE or 'a confined probe instance had none'}"
 
     # -- Launcher ----------------------------------------------------------------------------------
 

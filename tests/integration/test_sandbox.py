@@ -6,6 +6,7 @@ target really exists (so a refusal is not just a wrong path), and checks the pla
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -64,7 +65,78 @@ def handler(event, context):
         return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "hostname": socket.gethostname(),
                 "env": dict(os.environ), "cwd": os.getcwd(),
                 "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+    if op == "syscall":
+        return _syscall(arg)
+    if op == "ordinary":
+        return _ordinary()
     raise ValueError(op)
+
+# Each call is made so that, without the seccomp filter, the kernel would answer something other than
+# EPERM (success, or EINVAL/EFAULT/ENOENT/EOPNOTSUPP from a bad argument checked before any privilege):
+# an EPERM can only come from the filter.
+_NR = {"x86_64": {"ptrace": 101, "bpf": 321, "keyctl": 250, "unshare": 272, "mount": 165, "perf_event_open": 298,
+                  "clone": 56, "clone3": 435, "personality": 135, "io_uring_setup": 425, "getpid": 39},
+       "aarch64": {"ptrace": 117, "bpf": 280, "keyctl": 219, "unshare": 97, "mount": 40, "perf_event_open": 241,
+                   "clone": 220, "clone3": 435, "personality": 92, "io_uring_setup": 425, "getpid": 172}}
+_CALLS = {
+    "ptrace": (0,),                               # PTRACE_TRACEME
+    "bpf": (9999, 0, 0),                          # no such command: EINVAL
+    "keyctl": (9999, 0, 0),                       # no such operation: EOPNOTSUPP
+    "unshare": (0x10000000,),                     # CLONE_NEWUSER
+    "mount": (0, "/nonexistent/target", 0, 0, 0),  # ENOENT before the privilege check
+    "perf_event_open": (0, 0, -1, -1, 0),         # attr NULL: EFAULT
+    "clone": (0x10000000 | 17,),                  # CLONE_NEWUSER | SIGCHLD
+    "clone3": (0, 0),
+    "personality": (0x0040000,),                  # ADDR_NO_RANDOMIZE
+    "io_uring_setup": (1, 0),                     # params NULL: EFAULT
+}
+
+def _syscall(name):
+    import ctypes, platform
+    libc = ctypes.CDLL(None, use_errno=True)
+    args = [ctypes.c_char_p(a.encode()) if isinstance(a, str) else ctypes.c_long(a) for a in _CALLS[name]]
+    ret = libc.syscall(ctypes.c_long(_NR[platform.machine()][name]), *args)
+    err = ctypes.get_errno() if ret == -1 else 0
+    if name == "clone" and ret == 0:
+        os._exit(0)                               # the child of an unfiltered clone
+    if name == "clone" and ret > 0:
+        os.waitpid(ret, 0)
+    return {"ret": ret, "errno": err}
+
+def _ordinary():
+    import subprocess, threading
+    out = {}
+    box = []
+    t = threading.Thread(target=lambda: box.append(sum(range(1000))))
+    t.start()
+    t.join()
+    out["thread"] = box == [499500]
+    out["sh"] = subprocess.run(["/bin/sh", "-c", "echo $((6 * 7))"], capture_output=True, text=True).stdout.strip()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    out["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    a, b = socket.socketpair()
+    a.sendall(b"ping")
+    out["socketpair"] = b.recv(4).decode()
+    try:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        c = socket.create_connection(srv.getsockname(), timeout=3)
+        conn, _ = srv.accept()
+        c.sendall(b"tcp")
+        out["tcp"] = conn.recv(3).decode()
+    except OSError as e:
+        out["tcp"] = f"{type(e).__name__}: {e}"
+    out["personality_query"] = ctypes_personality()
+    with open("/proc/self/status") as f:
+        out["seccomp"] = [line.split()[1] for line in f if line.startswith("Seccomp:")]
+    return out
+
+def ctypes_personality():
+    import ctypes
+    return ctypes.CDLL(None).personality(0xffffffff)
 '''
 
 
@@ -115,6 +187,56 @@ def test_the_appliance_runs_sandboxed_and_says_so(appliance, probe):
     assert me["uid"] == 1000 and me["gid"] == 1000   # not root, inside or out
     assert me["pid"] == 1                             # pid 1 of its own pid namespace
     assert me["cwd"] == "/var/task" and me["hostname"] == "faas"
+
+
+@pytest.mark.parametrize("name", ["ptrace", "bpf", "keyctl", "unshare", "mount", "perf_event_open", "clone",
+                                  "personality", "io_uring_setup"])
+def test_the_seccomp_filter_refuses_escape_and_attack_surface_calls(appliance, probe, name):
+    """Each call is shaped so that without the filter it would succeed or fail with another error."""
+    assert call(appliance, probe, "syscall", name) == {"ret": -1, "errno": errno.EPERM}
+
+
+def test_clone3_looks_absent_so_libc_falls_back_to_clone(appliance, probe):
+    assert call(appliance, probe, "syscall", "clone3") == {"ret": -1, "errno": errno.ENOSYS}
+
+
+def test_ordinary_work_passes_the_seccomp_filter(appliance, probe):
+    out = call(appliance, probe, "ordinary")
+    assert out == {"thread": True, "sh": "42", "fork": 7, "socketpair": "ping", "tcp": "tcp",
+                   "personality_query": 0, "seccomp": ["2"]}
+    health = _health(appliance)
+    assert health["seccomp"].startswith("active"), health
+    import subprocess
+    import sys
+    doctor = subprocess.run([sys.executable, "-m", "appliance", "--api", appliance.api_url, "doctor"], cwd=str(REPO),
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "[ok] instance seccomp filter: active" in doctor, doctor
+
+
+NODE_PROBE = r'''
+const { execFileSync } = require("child_process");
+const fs = require("fs");
+const net = require("net");
+exports.handler = async () => {
+  const status = fs.readFileSync("/proc/self/status", "utf8");
+  const sh = execFileSync("/bin/sh", ["-c", "echo $((6 * 7))"]).toString().trim();
+  const read = await fs.promises.readFile("/var/task/index.js", "utf8");   // libuv's thread pool
+  const echoed = await new Promise((resolve, reject) => {
+    const srv = net.createServer((c) => c.pipe(c)).listen(0, "127.0.0.1", () => {
+      const c = net.connect(srv.address().port, "127.0.0.1", () => c.write("tcp"));
+      c.on("data", (d) => { c.end(); srv.close(); resolve(d.toString()); }).on("error", reject);
+    });
+  });
+  return { seccomp: /^Seccomp:\s*(\d)/m.exec(status)[1], sh, read: read.length > 0, echoed };
+};
+'''
+
+
+def test_a_nodejs_instance_serves_under_the_seccomp_filter(appliance):
+    name = appliance.deploy({"index.js": NODE_PROBE}, runtime="nodejs20")
+    resp = invoke(appliance, name)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"seccomp": "2", "sh": "42", "read": True, "echoed": "tcp"}
 
 
 def test_another_functions_code_cannot_be_read(appliance, probe):
