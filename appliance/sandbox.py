@@ -322,15 +322,8 @@ def confine(prof: dict, mount_fds: list[int]) -> None:
     """In a prepared child: attach the instance's own directories (``mount_fds`` from
     :func:`clone_mounts`, in ``prof["mounts"]`` order; closed here), set its limits, and drop to its
     unprivileged uid in a user namespace of its own."""
-    try:
-        # without the mount API (no descriptors) :func:`prepare` bound them already
-        for (_, dst, readonly), fd in zip(prof["mounts"], mount_fds):
-            _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(fd), b"", ctypes.c_int(AT_FDCWD),
-                                 _b(dst), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount {dst}")
-            mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0))
-    finally:
-        for fd in mount_fds:
-            os.close(fd)
+    # without the mount API (no descriptors) :func:`prepare` bound them already
+    _move_mounts(prof["mounts"], mount_fds)
     _limits(prof["rlimits"])
     uid = int(prof["uid"])
     os.setgroups([])
@@ -347,6 +340,39 @@ def confine(prof: dict, mount_fds: list[int]) -> None:
     os.chdir(prof["cwd"])
     if SECCOMP_UNAVAILABLE is None:
         install_seccomp()           # last: the steps above need mount, unshare and capset
+
+
+def _move_mounts(mounts, mount_fds: list[int]) -> None:
+    """Put each detached copy (from :func:`clone_mounts`) at its sandbox path, then make it read-only
+    (where asked), nosuid and nodev; the descriptors are closed here."""
+    try:
+        for (_, dst, readonly), fd in zip(mounts, mount_fds):
+            _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(fd), b"", ctypes.c_int(AT_FDCWD),
+                                 _b(dst), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount {dst}")
+            mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0))
+    finally:
+        for fd in mount_fds:
+            os.close(fd)
+
+
+def attach(ns_fd: int, mounts, mount_fds: list[int]) -> None:
+    """From outside: attach directories into the mount namespace of a running, confined instance.
+
+    Runs in a short-lived, single-threaded helper forked by the zygote (``setns`` into a mount
+    namespace refuses a multithreaded caller, and changes the caller's root for good), still host
+    root: the instance's mount namespace was created by the zygote's child before it entered its
+    user namespace, so it belongs to the host's user namespace and the instance itself, without
+    capabilities there, can neither do this nor undo it. Used to give a started Node.js spare its
+    function's code at /var/task (``appliance/backends/zygote_launcher.py``). ``mount_fds`` come from
+    :func:`clone_mounts` made in the host's namespace; ``ns_fd`` is ``/proc/<pid>/ns/mnt``.
+    """
+    try:
+        _check(_libc.setns(ctypes.c_int(ns_fd), ctypes.c_int(CLONE_NEWNS)), "setns mnt")
+    except BaseException:
+        for fd in mount_fds:
+            os.close(fd)
+        raise
+    _move_mounts(mounts, mount_fds)
 
 
 def enter(prof: dict, report_fd: int, mount_fds: list[int]) -> None:

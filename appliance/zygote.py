@@ -24,6 +24,11 @@ detaches into new namespaces (``sandbox.detach``), builds its root (``sandbox.pr
 interpreter (Python) or ``execve``s another runtime (Node.js) inside the sandbox. The zygote is a child
 subreaper, so the confined grandchild becomes its child and its exit status comes back here.
 
+Attaching: a message ``{"attach": pid, "mounts": [[host path, sandbox path, read-only]]}`` (no file
+descriptors) attaches those directories inside the mount namespace of a running instance this zygote
+started (``Zygote.attach``); the reply is ``{"ok": true}`` or ``{"error": "..."}`` and the connection
+closes. The launcher uses it to give a started Node.js spare its function's code.
+
 Spares: after each launch the zygote forks one child per network profile that detaches at once, joins
 the cgroups named by ``next_cgroup``, builds the shared part of the sandbox and pivots into it
 (``sandbox.prepare``), and then blocks on a socket pair; the next launch of that profile is handed to it
@@ -176,6 +181,14 @@ class Zygote:
         conn.settimeout(5.0)
         msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 4)
         req = json.loads(msg)
+        if "attach" in req:
+            for fd in fds:
+                os.close(fd)
+            try:
+                self._send(conn, self.attach(int(req["attach"]), req["mounts"]))
+            finally:
+                conn.close()
+            return
         if len(fds) != 3:
             for fd in fds:
                 os.close(fd)
@@ -227,6 +240,53 @@ class Zygote:
         # after replying: ready for the next one
         self._make_spare(network, req.get("next_cgroup") or [], prof["base"], msg)
         self.reap()  # a child may already have ended (a zombie not yet reaped)
+
+    def attach(self, pid, mounts):
+        """Attach host directories (``[[host path, sandbox path, read-only]]``) inside the mount namespace
+        of instance ``pid``, one this zygote started and still waits for: detached copies made here, in
+        the host's namespace, and moved into place by a helper child (``sandbox.attach``).
+        ``{"ok": true}`` or ``{"error": ...}``."""
+        if pid not in self.waiting:
+            return {"error": f"no running instance {pid} of this zygote"}
+        if not self.sandbox.MOUNT_API:
+            return {"error": "attaching needs the mount API (open_tree, move_mount)"}
+        ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fds = self.sandbox.clone_mounts(mounts)
+        except BaseException:
+            os.close(ns)
+            raise
+        report_r, report_w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            code = 0
+            try:
+                os.close(report_r)
+                self.sandbox.attach(ns, mounts, fds)
+            except BaseException as exc:  # noqa: B902 - reported, then this helper ends
+                os.write(report_w, f"{type(exc).__name__}: {exc}".encode(errors="replace")[:4000])
+                code = 70
+            os._exit(code)
+        os.close(report_w)
+        os.close(ns)
+        for fd in fds:
+            os.close(fd)
+        report = b""
+        try:
+            while select_one(report_r, REPORT_TIMEOUT_S)[0]:
+                chunk = os.read(report_r, 4096)
+                if not chunk:
+                    break
+                report += chunk
+            else:
+                os.kill(child, signal.SIGKILL)
+                report = b"the attaching helper did not finish in time"
+        finally:
+            os.close(report_r)
+        _, status = os.waitpid(child, 0)
+        if not report and status != 0:
+            report = f"the attaching helper ended with status {os.waitstatus_to_exitcode(status)}".encode()
+        return {"error": report.decode(errors="replace")} if report else {"ok": True}
 
     def _make_spare(self, network, cgroup_procs, base, last_msg):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

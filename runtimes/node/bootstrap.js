@@ -277,6 +277,7 @@ class Instance {
       handler: s.handler || null, codeDir: s.codeDir || null,
       memoryMb: Number(s.memoryMb) || this.cfg.memoryMb, timeoutS: Number(s.timeoutS) || this.cfg.timeoutS,
     });
+    if (s.instanceId) this.cfg.instanceId = String(s.instanceId);
     this.maxInflight = Math.max(1, Number(s.maxInflight) || 1);
     for (const [k, v] of Object.entries(s.env || {})) process.env[k] = String(v);
     this.setState(STARTING);
