@@ -69,7 +69,7 @@ _SCAN = json.JSONDecoder().scan_once
 
 def preload():
     """Import what the bootstrap may need later, so a zygote pays for it once and user files never shadow it."""
-    import importlib, re, traceback, signal, ctypes  # noqa: F401,E401
+    import importlib, re, traceback, signal, ctypes, select  # noqa: F401,E401
     return None
 
 
@@ -513,9 +513,23 @@ class _Instance:
         return self._finish() if drained else False
 
     def _finish(self):
-        """Drained: give clients a moment to drop their pooled connections, then stop (main thread)."""
-        self.no_conns.wait(DRAIN_GRACE_S)
-        return True
+        """Drained: give clients a moment to drop their pooled connections, then stop (main thread).
+
+        A connection still in the listen backlog is not counted yet (the accept thread has not taken
+        it), and exiting would reset it: while one is pending, wait for the accept thread to take it
+        and for it to be answered (``503 draining``) and closed like the others.
+        """
+        import select
+        end = time.monotonic() + DRAIN_GRACE_S
+        poller = select.poll()
+        poller.register(self.listener.fileno(), select.POLLIN)
+        while True:
+            left = end - time.monotonic()
+            if not self.no_conns.wait(max(left, 0)) or left <= 0:
+                return True
+            if not poller.poll(0):
+                return True
+            time.sleep(0.001)  # the accept thread is about to take it
 
     def _set_state(self, state):  # with self.lock held
         self.state = state
