@@ -103,24 +103,30 @@ def measure_bwrap(spec, code, runs, client, work: Path) -> list[float]:
     return out
 
 
-def measure_appliance(sandbox: str, runs: int, work: Path) -> list[float]:
+def start_appliance(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen, dict]:
+    """``python -m appliance up`` on free ports with ``env`` added; (process, its appliance.json)."""
     import json
+
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "up", "--data-dir", str(data), "--edge-port", "0",
+                             "--api-port", "0"], cwd=str(REPO),
+                            env={**os.environ, "APPLIANCE_LOG_LEVEL": "warning", **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    info_path = data / "appliance.json"
+    deadline = time.monotonic() + 60
+    while not info_path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the appliance did not start (status {proc.poll()})")
+        time.sleep(0.05)
+    return proc, json.loads(info_path.read_text())
+
+
+def measure_appliance(sandbox: str, runs: int, work: Path) -> list[float]:
     import urllib.request
 
     from appliance.client import ApplianceClient
-    data = work / f"appliance-{sandbox}"
-    env = {**os.environ, "APPLIANCE_SANDBOX": sandbox, "APPLIANCE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "appliance", "up", "--data-dir", str(data), "--edge-port", "0",
-                             "--api-port", "0"], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc, info = start_appliance(work / f"appliance-{sandbox}", {"APPLIANCE_SANDBOX": sandbox})
     try:
-        info_path = data / "appliance.json"
-        deadline = time.monotonic() + 60
-        while not info_path.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the appliance did not start (status {proc.poll()})")
-            time.sleep(0.05)
-        info = json.loads(info_path.read_text())
         api = ApplianceClient(info["api_url"])
         out = []
         for i in range(runs):

@@ -17,11 +17,8 @@ Needs root (the sandbox does). Figures for reports and docstrings, never test th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,24 +26,16 @@ import requests
 
 from appliance import sandbox
 
-REPO = Path(__file__).resolve().parent.parent
+from .coldstart import start_appliance
+from .runtime_cpu import cpu_ns
+
 HELLO = "def handler(event, context):\n    return 'Hello Serverless'\n"
 
 
 def start(work: Path, env: dict):
     data = work / ("seccomp-off" if env.get("FAAS_SANDBOX_SECCOMP") == "0" else "seccomp-on")
-    proc = subprocess.Popen([sys.executable, "-m", "appliance", "up", "--data-dir", str(data), "--edge-port", "0",
-                             "--api-port", "0"], cwd=str(REPO),
-                            env={**os.environ, "APPLIANCE_LOG_LEVEL": "warning", "APPLIANCE_REAP_INTERVAL_S": "0.1",
-                                 **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    info_path = data / "appliance.json"
-    deadline = time.monotonic() + 60
-    while not info_path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the appliance did not start (status {proc.poll()})")
-        time.sleep(0.05)
-    api = json.loads(info_path.read_text())["api_url"]
-    return proc, api
+    proc, info = start_appliance(data, {"APPLIANCE_REAP_INTERVAL_S": "0.1", **env})
+    return proc, info["api_url"]
 
 
 def deploy(api: str, name: str, keep_alive_s: int) -> None:
@@ -72,17 +61,6 @@ def instance_pids() -> set[int]:
             if sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_COUNT:
                 out.add(int(p))
     return out
-
-
-def cpu_ns(pid: int) -> int:
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
 
 
 def main() -> None:
