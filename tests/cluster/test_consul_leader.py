@@ -21,13 +21,18 @@ def lock_session(consul_double):
     return resp.json()[0].get("Session") if resp.status_code == 200 else None
 
 
+def campaign(consul_double, a, b):
+    """a starts and leads; then b starts, opens its session and waits behind a."""
+    a.start(holder("a"))
+    wait_for(a.is_leader, message="a to lead")
+    b.start(holder("b"))
+    wait_for(lambda: len(sessions_of(consul_double)) == 2, message="b's session")
+
+
 def test_one_edge_leads_and_the_other_takes_over_when_it_steps_down(consul_double):
     a, b = ConsulLeaderLock(consul_double.url), ConsulLeaderLock(consul_double.url)
     try:
-        a.start(holder("a"))
-        wait_for(a.is_leader, message="a to lead")
-        b.start(holder("b"))
-        wait_for(lambda: len(sessions_of(consul_double)) == 2, message="b's session")
+        campaign(consul_double, a, b)
         # b campaigned (it has a session) and lost: a still holds the lock.
         assert a.leader() == holder("a") == b.leader()
         assert not b.is_leader()
@@ -49,10 +54,7 @@ def test_one_edge_leads_and_the_other_takes_over_when_it_steps_down(consul_doubl
 def test_a_leader_whose_session_is_invalidated_loses_the_lock_and_the_key(consul_double):
     a, b = ConsulLeaderLock(consul_double.url), ConsulLeaderLock(consul_double.url)
     try:
-        a.start(holder("a"))
-        wait_for(a.is_leader, message="a to lead")
-        b.start(holder("b"))
-        wait_for(lambda: len(sessions_of(consul_double)) == 2, message="b's session")
+        campaign(consul_double, a, b)
         first = lock_session(consul_double)
         # What Consul does to a dead leader's session (TTL run out, node failed): invalidate it.
         assert requests.put(f"{consul_double.url}/v1/session/destroy/{first}", timeout=5).json() is True
