@@ -10,7 +10,7 @@ import time
 import requests
 from helpers import moto_s3, package, wait_until  # noqa: F401 - moto_s3 is a fixture
 from test_end_to_end import cluster_env
-from test_records_merge import serve, stop
+from test_records_merge import control_and_two_edges, stop
 
 from appliance.client import ApplianceClient
 
@@ -39,16 +39,8 @@ def test_the_elected_edge_scales_on_the_sum_of_both_edges_and_hands_over_when_it
     procs, threads = [], []
     gate = tmp_path / "gate"
     try:
-        for d in ("e1", "e2"):
-            (tmp_path / d).mkdir()
-        p, control = serve(tmp_path, env, "control")
-        procs.append(p)
-        p, edge1 = serve(tmp_path / "e1", env, "edge")
-        procs.append(p)
-        p, edge2 = serve(tmp_path / "e2", env, "edge")
-        procs.append(p)
+        control, edge1, edge2 = control_and_two_edges(tmp_path, env, procs, consul_double)
         logs = {edge1["edge_url"]: tmp_path / "e1" / "edge.log", edge2["edge_url"]: tmp_path / "e2" / "edge.log"}
-        wait_until(lambda: len(consul_double.passing_instances("faas-edge")) == 2, 30, "both edges in Consul")
 
         api = ApplianceClient(control["api_url"])
         api.create_function(name="gated", concurrency=1, max_instances=10, keep_alive_s=2, timeout_s=120)

@@ -37,20 +37,26 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def control_and_two_edges(tmp: Path, env: dict, procs: list, consul_double) -> tuple[dict, dict, dict]:
+    """A control plane and two edge processes, as Ansible deploys them; each process is appended to
+    ``procs`` as it starts (for the caller to stop), and both edges are registered in Consul on return."""
+    (tmp / "e1").mkdir()
+    (tmp / "e2").mkdir()
+    infos = []
+    for where, role in ((tmp, "control"), (tmp / "e1", "edge"), (tmp / "e2", "edge")):
+        p, info = serve(where, env, role)
+        procs.append(p)
+        infos.append(info)
+    wait_until(lambda: len(consul_double.passing_instances("faas-edge")) == 2, 30, "both edges in Consul")
+    return tuple(infos)
+
+
 def test_the_control_plane_merges_the_records_of_every_edge(consul_double, nomad_double, moto_s3, tmp_path):
     env = cluster_env(consul_double, nomad_double, moto_s3, tmp_path)
     procs = []
     try:
-        (tmp_path / "e1").mkdir()
-        (tmp_path / "e2").mkdir()
-        p, control = serve(tmp_path, env, "control")
-        procs.append(p)
-        p, edge1 = serve(tmp_path / "e1", env, "edge")
-        procs.append(p)
-        p, edge2 = serve(tmp_path / "e2", env, "edge")
-        procs.append(p)
+        control, edge1, edge2 = control_and_two_edges(tmp_path, env, procs, consul_double)
         assert control["edge_url"] is None and edge1["api_url"] is None
-        wait_until(lambda: len(consul_double.passing_instances("faas-edge")) == 2, 30, "both edges in Consul")
 
         api = ApplianceClient(control["api_url"])
         api.create_function(name="merged", keep_alive_s=600)
