@@ -108,6 +108,7 @@ class Instance {
     this.waiters = []; // /_/ready?waitMs and /_/specialize answers waiting for the code to load
     this.conns = 0;
     this.finishing = false;
+    this.exitCheck = null;
     this.als = new AsyncLocalStorage();
     this.base = Date.now();
     this.slots = null; this.ridBytes = null; this.freeSlots = null; this.watchdog = null;
@@ -414,7 +415,12 @@ class Instance {
     setImmediate(() => this.maybeExit());
   }
 
-  maybeExit() { if (this.finishing && this.conns === 0) this.exit(); }
+  maybeExit() {
+    if (!this.finishing || this.conns !== 0 || this.exitCheck) return;
+    // A connection still in the listen backlog is not counted until the loop accepts it: let the
+    // loop poll once more, so it is answered (503 draining) and closed rather than reset by the exit.
+    this.exitCheck = setTimeout(() => { this.exitCheck = null; if (this.conns === 0) this.exit(); }, 5);
+  }
 
   exit() {
     if (this.cfg.socket) { try { fs.unlinkSync(this.cfg.socket); } catch (e) { /* gone */ } }
