@@ -17,9 +17,13 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 def request_id() -> str:
+    """The current Flask request's id (see :func:`request_id_of`)."""
+    return request_id_of(request.environ)
+
+
+def request_id_of(environ: dict) -> str:
     """The request's id: the caller's ``X-Request-Id`` when it is a sane token, else a new one.
-    Kept in the WSGI environ (one dict lookup on the edge's hot path, no context proxies)."""
-    environ = request.environ
+    Kept in the WSGI environ, so every part of one request reports the same id."""
     rid = environ.get("faas.request_id")
     if rid is None:
         given = environ.get("HTTP_X_REQUEST_ID", "")
@@ -28,8 +32,12 @@ def request_id() -> str:
     return rid
 
 
+def dumps_compact(body) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
-    resp = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    resp = Response(dumps_compact(body), status=status, mimetype="application/json")
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
