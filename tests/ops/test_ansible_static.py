@@ -8,12 +8,14 @@ collections the roles use), offline: no Ansible Galaxy.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
+import hcl2
 import pytest
 import yaml
 
@@ -124,6 +126,53 @@ def test_vagrant_inventory_is_one_server_and_edge_plus_two_clients():
     assert list(children["clients"]["hosts"]) == ["node2", "node3"]
     ips = [v["faas_private_ip"] for g in ("servers", "clients") for v in children[g]["hosts"].values()]
     assert len(set(ips)) == 3 and len({ip.rsplit(".", 1)[0] for ip in ips}) == 1, "one private /24 network"
+
+
+def inventory_groups(tmp_path, inventory: str) -> dict[str, list[str]]:
+    """Group name -> hosts, as Ansible reads the inventory (host ranges expanded)."""
+    proc = run_tool([str(VENV_BIN / "ansible-inventory"), "-i", f"inventory/{inventory}", "--list"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    listing = json.loads(proc.stdout)
+    return {name: body.get("hosts", []) for name, body in listing.items() if name != "_meta"}
+
+
+def tier_roles() -> list[tuple[str, list[str]]]:
+    """(hosts pattern, roles) of every play of the tier playbooks that site.yml imports."""
+    plays = []
+    for imported in yaml.safe_load((REPO / "playbooks" / "site.yml").read_text()):
+        for play in yaml.safe_load((REPO / "playbooks" / imported["ansible.builtin.import_playbook"]).read_text()):
+            if "roles" in play:
+                plays.append((play["hosts"], [r["role"] if isinstance(r, dict) else r for r in play["roles"]]))
+    return plays
+
+
+def jobspec_default(job_file: str, variable: str):
+    spec = hcl2.loads((REPO / "jobspecs" / job_file).read_text(),
+                      serialization_options=hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False))
+    return next(v[variable]["default"] for v in spec["variable"] if variable in v)
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_every_worker_gets_what_the_nomad_jobs_run(tmp_path, inventory):
+    """The function-instance and runtime-pool jobs run the appliance's virtualenv on the Nomad
+    clients: every host of the clients group must get the appliance role (virtualenv and code)
+    as well as nomad and runtimes, not only the servers and edge routers."""
+    appliance = yaml.safe_load((REPO / "playbooks/roles/appliance/defaults/main.yml").read_text())
+    venv_python = appliance["appliance_venv_dir"].replace(
+        "{{ appliance_install_dir }}", appliance["appliance_install_dir"]) + "/bin/python"
+    for job_file in ("function-instance.nomad.hcl", "runtime-pool.nomad.hcl"):
+        assert jobspec_default(job_file, "instance_command") == venv_python, job_file
+
+    groups = inventory_groups(tmp_path, inventory)
+    plays = tier_roles()
+    assert groups["clients"], f"inventory/{inventory} has no workers"
+    for host in groups["clients"]:
+        roles = {role for pattern, play_roles in plays
+                 if host in groups.get(pattern, []) for role in play_roles}
+        assert {"nomad", "runtimes", "appliance"} <= roles, f"{host} (clients) gets only {sorted(roles)}"
+    clients_play = next(play_roles for pattern, play_roles in plays if pattern == "clients")
+    assert clients_play.index("appliance") < clients_play.index("nomad"), \
+        "the virtualenv should be in place before the Nomad client accepts work"
 
 
 def vagrant(tmp_path, *args, **env) -> subprocess.CompletedProcess:
