@@ -175,6 +175,56 @@ def test_every_worker_gets_what_the_nomad_jobs_run(tmp_path, inventory):
         "the virtualenv should be in place before the Nomad client accepts work"
 
 
+def render_worker_nomad_config(tmp_path, **overrides) -> dict:
+    """agent.hcl as the nomad role writes it for a worker (a host of clients only), rendered here."""
+    role = REPO / "playbooks/roles/nomad"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "agent.hcl"
+    inventory = {"all": {"children": {
+        "servers": {"hosts": {"server": {"faas_private_ip": "10.0.0.1"}}},
+        "clients": {"hosts": {"worker": {"faas_private_ip": "10.0.0.2", "ansible_connection": "local",
+                                         "ansible_python_interpreter": sys.executable}}},
+    }}}
+    playbook = [{
+        "name": "Render the Nomad agent configuration",
+        "hosts": "worker",
+        "gather_facts": False,
+        "vars_files": [str(role / "defaults/main.yml"), str(role / "vars/main.yml")],
+        "tasks": [{"name": "Render agent.hcl.", "ansible.builtin.template": {
+            "src": str(role / "templates/agent.hcl.j2"), "dest": str(out), "mode": "0600"}}],
+    }]
+    (tmp_path / "hosts.json").write_text(json.dumps(inventory))
+    (tmp_path / "render.yml").write_text(json.dumps(playbook))
+    extra = {"nomad_encrypt_key": "", **overrides}
+    proc = run_tool([str(VENV_BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.json"), "-e", json.dumps(extra),
+                     str(tmp_path / "render.yml")], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return hcl2.loads(out.read_text(), serialization_options=hcl2.SerializationOptions(
+        strip_string_quotes=True, with_comments=False))
+
+
+def worker_drivers(config: dict) -> tuple[dict, dict]:
+    plugins = {name: body for p in config.get("plugin", []) for name, body in p.items()}
+    options = {k.strip('"'): v for k, v in config["client"][0].get("options", {}).items()}
+    return plugins, options
+
+
+def test_worker_drivers_follow_the_settings(tmp_path):
+    """Both drivers on by default; each setting turns its driver off. Nomad enables exec on its own,
+    so turning it off takes the client's driver deny list, not just leaving its plugin block out."""
+    config = render_worker_nomad_config(tmp_path / "default")
+    assert "server" not in config and config["client"][0]["enabled"] is True
+    plugins, options = worker_drivers(config)
+    assert plugins["raw_exec"]["config"][0]["enabled"] is True
+    assert "exec" in plugins and "driver.denylist" not in options
+
+    plugins, options = worker_drivers(render_worker_nomad_config(
+        tmp_path / "off", nomad_exec_enabled=False, nomad_raw_exec_enabled=False))
+    assert plugins["raw_exec"]["config"][0]["enabled"] is False
+    assert "exec" not in plugins
+    assert options["driver.denylist"] == "exec"
+
+
 def vagrant(tmp_path, *args, **env) -> subprocess.CompletedProcess:
     assert shutil.which("vagrant"), "vagrant is missing: run `make system-deps` (installs the Debian vagrant package)"
     return run_tool(["vagrant", *args], tmp_path,
