@@ -13,6 +13,9 @@ What stands in, and why:
   offline option (`*_install_method: binary`): Consul as a download URL with a sha256 checksum
   (served from 127.0.0.1 by this test), Nomad as a release-style zip on the machine running Ansible.
   The real binaries cannot be fetched here; the install step does not care what the file holds.
+  The roles run `consul validate` / `nomad config validate` on each new agent configuration before
+  installing it; the stand-ins accept every file except one holding the word STANDIN-REFUSED, so
+  the test can show that a refused configuration never replaces the one in place.
 - Services cannot start in a chroot (systemd is not PID 1 there), so the inventory sets
   `faas_manage_services: false`: service start/restart/enable tasks, handlers that restart or apply
   kernel settings, and the Nomad job registration are skipped. The test checks they were skipped,
@@ -142,6 +145,13 @@ def wheelhouse_for_click(cache: pathlib.Path) -> tuple[pathlib.Path, str]:
 
 STANDIN = """#!/bin/sh
 # Stand-in for the {name} binary in the Ansible chroot test: real binaries are not available here.
+# Its validate command (the roles check each configuration with it before installing it) refuses,
+# like the real one would a bad file, a configuration that holds the word STANDIN-REFUSED.
+case " $* " in
+  *" validate "*)
+    for last; do :; done
+    if grep -q STANDIN-REFUSED "$last"; then echo "{name}: configuration refused" >&2; exit 1; fi ;;
+esac
 echo "{name} v0.0.0-standin $*"
 """
 
@@ -439,6 +449,21 @@ def test_a_bad_setting_stops_the_role_before_it_changes_anything(first_run, inve
     assert "common_timezone must be a zoneinfo name" in failed[0]
     assert report["stats"][HOST]["changed"] == 0
     assert os.readlink(localtime) == "/usr/share/zoneinfo/Etc/UTC"
+
+
+@pytest.mark.parametrize("setting, config", [
+    ("consul_log_level", "/etc/consul.d/consul.hcl"),
+    ("nomad_log_level", "/etc/nomad.d/agent.hcl"),
+])
+def test_a_configuration_the_agent_refuses_is_not_installed(first_run, inventory, debian_root, setting, config):
+    before = chroot_path(debian_root, config).read_bytes()
+    report = ansible_playbook(inventory, "servers.yml", "-e", json.dumps({setting: "STANDIN-REFUSED"}),
+                              expect_failure=True)
+    failed = failed_tasks(report)
+    assert len(failed) == 1 and failed[0].startswith("Write the agent configuration.:"), failed
+    assert "failed to validate" in failed[0] and "configuration refused" in failed[0], failed
+    assert report["stats"][HOST]["changed"] == 0
+    assert chroot_path(debian_root, config).read_bytes() == before
 
 
 def test_second_run_changes_nothing(first_run, inventory):
