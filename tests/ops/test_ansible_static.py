@@ -175,32 +175,37 @@ def test_every_worker_gets_what_the_nomad_jobs_run(tmp_path, inventory):
         "the virtualenv should be in place before the Nomad client accepts work"
 
 
-def render_worker_nomad_config(tmp_path, **overrides) -> dict:
-    """agent.hcl as the nomad role writes it for a worker (a host of clients only), rendered here."""
-    role = REPO / "playbooks/roles/nomad"
+def render_for_a_worker(tmp_path, role_name: str, template: str, **overrides) -> str:
+    """A role's template as the role writes it for a worker (a host of clients only), rendered here
+    with the role's defaults and vars."""
+    role = REPO / "playbooks/roles" / role_name
     tmp_path.mkdir(parents=True, exist_ok=True)
-    out = tmp_path / "agent.hcl"
+    out = tmp_path / "rendered"
     inventory = {"all": {"children": {
         "servers": {"hosts": {"server": {"faas_private_ip": "10.0.0.1"}}},
         "clients": {"hosts": {"worker": {"faas_private_ip": "10.0.0.2", "ansible_connection": "local",
                                          "ansible_python_interpreter": sys.executable}}},
+        "edge": {"hosts": {"server": None}},
     }}}
     playbook = [{
-        "name": "Render the Nomad agent configuration",
+        "name": f"Render {template}",
         "hosts": "worker",
         "gather_facts": False,
         "vars_files": [str(role / "defaults/main.yml"), str(role / "vars/main.yml")],
-        "tasks": [{"name": "Render agent.hcl.", "ansible.builtin.template": {
-            "src": str(role / "templates/agent.hcl.j2"), "dest": str(out), "mode": "0600"}}],
+        "tasks": [{"name": "Render the template.", "ansible.builtin.template": {
+            "src": str(role / "templates" / template), "dest": str(out), "mode": "0600"}}],
     }]
     (tmp_path / "hosts.json").write_text(json.dumps(inventory))
     (tmp_path / "render.yml").write_text(json.dumps(playbook))
-    extra = {"nomad_encrypt_key": "", **overrides}
-    proc = run_tool([str(VENV_BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.json"), "-e", json.dumps(extra),
+    proc = run_tool([str(VENV_BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.json"), "-e", json.dumps(overrides),
                      str(tmp_path / "render.yml")], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return hcl2.loads(out.read_text(), serialization_options=hcl2.SerializationOptions(
-        strip_string_quotes=True, with_comments=False))
+    return out.read_text()
+
+
+def render_worker_nomad_config(tmp_path, **overrides) -> dict:
+    text = render_for_a_worker(tmp_path, "nomad", "agent.hcl.j2", nomad_encrypt_key="", **overrides)
+    return hcl2.loads(text, serialization_options=hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False))
 
 
 def worker_drivers(config: dict) -> tuple[dict, dict]:
@@ -223,6 +228,14 @@ def test_worker_drivers_follow_the_settings(tmp_path):
     assert plugins["raw_exec"]["config"][0]["enabled"] is False
     assert "exec" not in plugins
     assert options["driver.denylist"] == "exec"
+
+
+def test_faas_command_on_a_worker_talks_to_the_first_server(tmp_path):
+    """On a server the `faas` command uses its own control plane; elsewhere the first server's, on
+    the configured API port."""
+    wrapper = render_for_a_worker(tmp_path, "appliance", "faas.sh.j2", appliance_api_port=9081)
+    assert ': "${FAAS_API:=http://10.0.0.1:9081}"' in wrapper
+    assert 'exec "/opt/faas-appliance/venv/bin/python" -m appliance "$@"' in wrapper
 
 
 def vagrant(tmp_path, *args, **env) -> subprocess.CompletedProcess:

@@ -419,6 +419,7 @@ def test_appliance_virtualenv_imports_its_requirements_and_the_package(first_run
     wrapper = chroot_path(debian_root, "/usr/local/bin/faas").read_text()
     assert 'exec "/opt/faas-appliance/venv/bin/python" -m appliance "$@"' in wrapper
     assert "APPLIANCE_SETTINGS:=/etc/faas-appliance/settings.env" in wrapper
+    assert "FAAS_API:=http://127.0.0.1:8081}" in wrapper  # the control plane of this host (a server)
 
 
 def test_settings_file_selects_cluster_mode(first_run, debian_root):
