@@ -175,22 +175,24 @@ def test_every_worker_gets_what_the_nomad_jobs_run(tmp_path, inventory):
         "the virtualenv should be in place before the Nomad client accepts work"
 
 
-def render_for_a_worker(tmp_path, role_name: str, template: str, **overrides) -> str:
+def render_for_a_worker(tmp_path, role_name: str, template: str, *, facts: bool = False, worker_ip: str = "10.0.0.2",
+                        **overrides) -> str:
     """A role's template as the role writes it for a worker (a host of clients only), rendered here
-    with the role's defaults and vars."""
+    with the role's defaults and vars; with `facts`, this machine's network facts are the worker's."""
     role = REPO / "playbooks/roles" / role_name
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "rendered"
     inventory = {"all": {"children": {
         "servers": {"hosts": {"server": {"faas_private_ip": "10.0.0.1"}}},
-        "clients": {"hosts": {"worker": {"faas_private_ip": "10.0.0.2", "ansible_connection": "local",
+        "clients": {"hosts": {"worker": {"faas_private_ip": worker_ip, "ansible_connection": "local",
                                          "ansible_python_interpreter": sys.executable}}},
         "edge": {"hosts": {"server": None}},
     }}}
     playbook = [{
         "name": f"Render {template}",
         "hosts": "worker",
-        "gather_facts": False,
+        "gather_facts": facts,
+        "gather_subset": ["min", "network"],
         "vars_files": [str(role / "defaults/main.yml"), str(role / "vars/main.yml")],
         "tasks": [{"name": "Render the template.", "ansible.builtin.template": {
             "src": str(role / "templates" / template), "dest": str(out), "mode": "0600"}}],
@@ -203,8 +205,8 @@ def render_for_a_worker(tmp_path, role_name: str, template: str, **overrides) ->
     return out.read_text()
 
 
-def render_worker_nomad_config(tmp_path, **overrides) -> dict:
-    text = render_for_a_worker(tmp_path, "nomad", "agent.hcl.j2", nomad_encrypt_key="", **overrides)
+def render_worker_nomad_config(tmp_path, **kwargs) -> dict:
+    text = render_for_a_worker(tmp_path, "nomad", "agent.hcl.j2", nomad_encrypt_key="", **kwargs)
     return hcl2.loads(text, serialization_options=hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False))
 
 
@@ -228,6 +230,15 @@ def test_worker_drivers_follow_the_settings(tmp_path):
     assert plugins["raw_exec"]["config"][0]["enabled"] is False
     assert "exec" not in plugins
     assert options["driver.denylist"] == "exec"
+
+
+def test_instances_listen_on_the_interface_of_the_private_address(tmp_path):
+    """Nomad gives instances the address of the default route's interface unless told otherwise; the
+    role names the interface that holds the worker's private address (here: loopback's 127.0.0.1)."""
+    config = render_worker_nomad_config(tmp_path / "lo", facts=True, worker_ip="127.0.0.1")
+    assert config["client"][0]["network_interface"] == "lo"
+    # No interface holds the address (or no facts): Nomad's own choice is left alone.
+    assert "network_interface" not in render_worker_nomad_config(tmp_path / "none", facts=True, worker_ip="10.255.0.77")["client"][0]
 
 
 def test_faas_command_on_a_worker_talks_to_the_first_server(tmp_path):
