@@ -432,6 +432,7 @@ def test_settings_file_selects_cluster_mode(first_run, debian_root):
     assert settings["APPLIANCE_CONSUL_ADDR"] == "http://127.0.0.1:8500"
     assert settings["APPLIANCE_S3_ENDPOINT"] == "http://127.0.0.1:9000"
     assert settings["APPLIANCE_S3_BUCKET"] == "faas-code"
+    assert settings["APPLIANCE_ADVERTISE_ADDR"] == PRIVATE_IP  # how the other hosts reach this edge router
 
 
 def test_runtimes_and_kernel_settings_are_in_place(first_run, debian_root):
