@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,22 @@ def test_faas_command_on_a_worker_talks_to_the_first_server(tmp_path):
     wrapper = render_for_a_worker(tmp_path, "appliance", "faas.sh.j2", appliance_api_port=9081)
     assert ': "${FAAS_API:=http://10.0.0.1:9081}"' in wrapper
     assert 'exec "/opt/faas-appliance/venv/bin/python" -m appliance "$@"' in wrapper
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_leads_to_each_part_of_the_operator_guide():
+    """The README links to every part of the operator guide, and each link lands on a heading."""
+    readme = (REPO / "README.md").read_text()
+    guide = (REPO / "docs/operations.md").read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", guide, re.M)}
+    linked = re.findall(r"\]\(docs/operations\.md#([^)]+)\)", readme)
+    for part in ("from-bare-machines", "upgrades", "adding-a-worker", "backups-of-the-metadata-store", "where-the-logs-are"):
+        assert any(part in link for link in linked), f"README does not link to the guide's part on {part}"
+    for link in linked:
+        assert link in anchors, f"README links to docs/operations.md#{link}, which is no heading there"
 
 
 def vagrant(tmp_path, *args, **env) -> subprocess.CompletedProcess:
