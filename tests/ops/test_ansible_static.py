@@ -8,12 +8,15 @@ collections the roles use), offline: no Ansible Galaxy.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 
+import hcl2
 import pytest
 import yaml
 
@@ -124,6 +127,143 @@ def test_vagrant_inventory_is_one_server_and_edge_plus_two_clients():
     assert list(children["clients"]["hosts"]) == ["node2", "node3"]
     ips = [v["faas_private_ip"] for g in ("servers", "clients") for v in children[g]["hosts"].values()]
     assert len(set(ips)) == 3 and len({ip.rsplit(".", 1)[0] for ip in ips}) == 1, "one private /24 network"
+
+
+def inventory_groups(tmp_path, inventory: str) -> dict[str, list[str]]:
+    """Group name -> hosts, as Ansible reads the inventory (host ranges expanded)."""
+    proc = run_tool([str(VENV_BIN / "ansible-inventory"), "-i", f"inventory/{inventory}", "--list"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    listing = json.loads(proc.stdout)
+    return {name: body.get("hosts", []) for name, body in listing.items() if name != "_meta"}
+
+
+def tier_roles() -> list[tuple[str, list[str]]]:
+    """(hosts pattern, roles) of every play of the tier playbooks that site.yml imports."""
+    plays = []
+    for imported in yaml.safe_load((REPO / "playbooks" / "site.yml").read_text()):
+        for play in yaml.safe_load((REPO / "playbooks" / imported["ansible.builtin.import_playbook"]).read_text()):
+            if "roles" in play:
+                plays.append((play["hosts"], [r["role"] if isinstance(r, dict) else r for r in play["roles"]]))
+    return plays
+
+
+def jobspec_default(job_file: str, variable: str):
+    spec = hcl2.loads((REPO / "jobspecs" / job_file).read_text(),
+                      serialization_options=hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False))
+    return next(v[variable]["default"] for v in spec["variable"] if variable in v)
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_every_worker_gets_what_the_nomad_jobs_run(tmp_path, inventory):
+    """The function-instance and runtime-pool jobs run the appliance's virtualenv on the Nomad
+    clients: every host of the clients group must get the appliance role (virtualenv and code)
+    as well as nomad and runtimes, not only the servers and edge routers."""
+    appliance = yaml.safe_load((REPO / "playbooks/roles/appliance/defaults/main.yml").read_text())
+    venv_python = appliance["appliance_venv_dir"].replace(
+        "{{ appliance_install_dir }}", appliance["appliance_install_dir"]) + "/bin/python"
+    for job_file in ("function-instance.nomad.hcl", "runtime-pool.nomad.hcl"):
+        assert jobspec_default(job_file, "instance_command") == venv_python, job_file
+
+    groups = inventory_groups(tmp_path, inventory)
+    plays = tier_roles()
+    assert groups["clients"], f"inventory/{inventory} has no workers"
+    for host in groups["clients"]:
+        roles = {role for pattern, play_roles in plays
+                 if host in groups.get(pattern, []) for role in play_roles}
+        assert {"nomad", "runtimes", "appliance"} <= roles, f"{host} (clients) gets only {sorted(roles)}"
+    clients_play = next(play_roles for pattern, play_roles in plays if pattern == "clients")
+    assert clients_play.index("appliance") < clients_play.index("nomad"), \
+        "the virtualenv should be in place before the Nomad client accepts work"
+
+
+def render_for_a_worker(tmp_path, role_name: str, template: str, *, facts: bool = False, worker_ip: str = "10.0.0.2",
+                        **overrides) -> str:
+    """A role's template as the role writes it for a worker (a host of clients only), rendered here
+    with the role's defaults and vars; with `facts`, this machine's network facts are the worker's."""
+    role = REPO / "playbooks/roles" / role_name
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "rendered"
+    inventory = {"all": {"children": {
+        "servers": {"hosts": {"server": {"faas_private_ip": "10.0.0.1"}}},
+        "clients": {"hosts": {"worker": {"faas_private_ip": worker_ip, "ansible_connection": "local",
+                                         "ansible_python_interpreter": sys.executable}}},
+        "edge": {"hosts": {"server": None}},
+    }}}
+    playbook = [{
+        "name": f"Render {template}",
+        "hosts": "worker",
+        "gather_facts": facts,
+        "gather_subset": ["min", "network"],
+        "vars_files": [str(role / "defaults/main.yml"), str(role / "vars/main.yml")],
+        "tasks": [{"name": "Render the template.", "ansible.builtin.template": {
+            "src": str(role / "templates" / template), "dest": str(out), "mode": "0600"}}],
+    }]
+    (tmp_path / "hosts.json").write_text(json.dumps(inventory))
+    (tmp_path / "render.yml").write_text(json.dumps(playbook))
+    proc = run_tool([str(VENV_BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.json"), "-e", json.dumps(overrides),
+                     str(tmp_path / "render.yml")], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out.read_text()
+
+
+def render_worker_nomad_config(tmp_path, **kwargs) -> dict:
+    text = render_for_a_worker(tmp_path, "nomad", "agent.hcl.j2", nomad_encrypt_key="", **kwargs)
+    return hcl2.loads(text, serialization_options=hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False))
+
+
+def worker_drivers(config: dict) -> tuple[dict, dict]:
+    plugins = {name: body for p in config.get("plugin", []) for name, body in p.items()}
+    options = {k.strip('"'): v for k, v in config["client"][0].get("options", {}).items()}
+    return plugins, options
+
+
+def test_worker_drivers_follow_the_settings(tmp_path):
+    """Both drivers on by default; each setting turns its driver off. Nomad enables exec on its own,
+    so turning it off takes the client's driver deny list, not just leaving its plugin block out."""
+    config = render_worker_nomad_config(tmp_path / "default")
+    assert "server" not in config and config["client"][0]["enabled"] is True
+    plugins, options = worker_drivers(config)
+    assert plugins["raw_exec"]["config"][0]["enabled"] is True
+    assert "exec" in plugins and "driver.denylist" not in options
+
+    plugins, options = worker_drivers(render_worker_nomad_config(
+        tmp_path / "off", nomad_exec_enabled=False, nomad_raw_exec_enabled=False))
+    assert plugins["raw_exec"]["config"][0]["enabled"] is False
+    assert "exec" not in plugins
+    assert options["driver.denylist"] == "exec"
+
+
+def test_instances_listen_on_the_interface_of_the_private_address(tmp_path):
+    """Nomad gives instances the address of the default route's interface unless told otherwise; the
+    role names the interface that holds the worker's private address (here: loopback's 127.0.0.1)."""
+    config = render_worker_nomad_config(tmp_path / "lo", facts=True, worker_ip="127.0.0.1")
+    assert config["client"][0]["network_interface"] == "lo"
+    # No interface holds the address (or no facts): Nomad's own choice is left alone.
+    assert "network_interface" not in render_worker_nomad_config(tmp_path / "none", facts=True, worker_ip="10.255.0.77")["client"][0]
+
+
+def test_faas_command_on_a_worker_talks_to_the_first_server(tmp_path):
+    """On a server the `faas` command uses its own control plane; elsewhere the first server's, on
+    the configured API port."""
+    wrapper = render_for_a_worker(tmp_path, "appliance", "faas.sh.j2", appliance_api_port=9081)
+    assert ': "${FAAS_API:=http://10.0.0.1:9081}"' in wrapper
+    assert 'exec "/opt/faas-appliance/venv/bin/python" -m appliance "$@"' in wrapper
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_leads_to_each_part_of_the_operator_guide():
+    """The README links to every part of the operator guide, and each link lands on a heading."""
+    readme = (REPO / "README.md").read_text()
+    guide = (REPO / "docs/operations.md").read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", guide, re.M)}
+    linked = re.findall(r"\]\(docs/operations\.md#([^)]+)\)", readme)
+    for part in ("from-bare-machines", "upgrades", "adding-a-worker", "backups-of-the-metadata-store", "where-the-logs-are"):
+        assert any(part in link for link in linked), f"README does not link to the guide's part on {part}"
+    for link in linked:
+        assert link in anchors, f"README links to docs/operations.md#{link}, which is no heading there"
 
 
 def vagrant(tmp_path, *args, **env) -> subprocess.CompletedProcess:

@@ -91,7 +91,7 @@ def nomad():
     thread.join()
 
 
-def run_registration(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict], files: list[dict]):
+def run_registration(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict], files: list[dict], **settings):
     source = tmp_path / "src"
     (source / "jobspecs").mkdir(parents=True, exist_ok=True)
     for job in files:
@@ -113,6 +113,7 @@ def run_registration(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict],
         "appliance_source_dir": str(source),
         "appliance_nomad_addr": nomad.url,
         "appliance_nomad_jobs": jobs,
+        **settings,
     }
     env = dict(
         os.environ,
@@ -165,3 +166,20 @@ def test_a_missing_job_file_stops_the_run_before_any_registration(tmp_path, noma
     assert proc.returncode != 0
     assert re.search(r"job edge-router: no file \S*/jobspecs/edge-router.nomad.hcl", proc.stdout), proc.stdout[-4000:]
     assert nomad.registrations == []
+
+
+def test_service_jobs_carry_the_appliance_settings(tmp_path, nomad):
+    """With appliance_service_manager: nomad, the edge router and the control plane run as Nomad jobs;
+    the S3 settings, the edge port and the virtualenv reach them as job variables."""
+    files = [{"name": "control-plane", "file": "control-plane.nomad.hcl"},
+             {"name": "edge-router", "file": "edge-router.nomad.hcl"}]
+    proc = run_registration(tmp_path, nomad, [], files, appliance_service_manager="nomad",
+                            appliance_s3_endpoint="http://minio.internal:9000", appliance_s3_bucket="code",
+                            appliance_s3_region="eu-west-1", appliance_edge_port=8088)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert nomad.registrations == ["control-plane", "edge-router"]
+    control, edge = (body["Variables"].splitlines() for body in nomad.parse_bodies)
+    s3 = ['s3_bucket = "code"', 's3_endpoint = "http://minio.internal:9000"', 's3_region = "eu-west-1"']
+    python = 'python = "/opt/faas-appliance/venv/bin/python"'
+    assert control == [python, *s3]
+    assert edge == ["http_port = 8088", python, *s3]

@@ -13,6 +13,9 @@ What stands in, and why:
   offline option (`*_install_method: binary`): Consul as a download URL with a sha256 checksum
   (served from 127.0.0.1 by this test), Nomad as a release-style zip on the machine running Ansible.
   The real binaries cannot be fetched here; the install step does not care what the file holds.
+  The roles run `consul validate` / `nomad config validate` on each new agent configuration before
+  installing it; the stand-ins accept every file except one holding the word STANDIN-REFUSED, so
+  the test can show that a refused configuration never replaces the one in place.
 - Services cannot start in a chroot (systemd is not PID 1 there), so the inventory sets
   `faas_manage_services: false`: service start/restart/enable tasks, handlers that restart or apply
   kernel settings, and the Nomad job registration are skipped. The test checks they were skipped,
@@ -142,6 +145,13 @@ def wheelhouse_for_click(cache: pathlib.Path) -> tuple[pathlib.Path, str]:
 
 STANDIN = """#!/bin/sh
 # Stand-in for the {name} binary in the Ansible chroot test: real binaries are not available here.
+# Its validate command (the roles check each configuration with it before installing it) refuses,
+# like the real one would a bad file, a configuration that holds the word STANDIN-REFUSED.
+case " $* " in
+  *" validate "*)
+    for last; do :; done
+    if grep -q STANDIN-REFUSED "$last"; then echo "{name}: configuration refused" >&2; exit 1; fi ;;
+esac
 echo "{name} v0.0.0-standin $*"
 """
 
@@ -409,6 +419,7 @@ def test_appliance_virtualenv_imports_its_requirements_and_the_package(first_run
     wrapper = chroot_path(debian_root, "/usr/local/bin/faas").read_text()
     assert 'exec "/opt/faas-appliance/venv/bin/python" -m appliance "$@"' in wrapper
     assert "APPLIANCE_SETTINGS:=/etc/faas-appliance/settings.env" in wrapper
+    assert "FAAS_API:=http://127.0.0.1:8081}" in wrapper  # the control plane of this host (a server)
 
 
 def test_settings_file_selects_cluster_mode(first_run, debian_root):
@@ -421,6 +432,7 @@ def test_settings_file_selects_cluster_mode(first_run, debian_root):
     assert settings["APPLIANCE_CONSUL_ADDR"] == "http://127.0.0.1:8500"
     assert settings["APPLIANCE_S3_ENDPOINT"] == "http://127.0.0.1:9000"
     assert settings["APPLIANCE_S3_BUCKET"] == "faas-code"
+    assert settings["APPLIANCE_ADVERTISE_ADDR"] == PRIVATE_IP  # how the other hosts reach this edge router
 
 
 def test_runtimes_and_kernel_settings_are_in_place(first_run, debian_root):
@@ -439,6 +451,21 @@ def test_a_bad_setting_stops_the_role_before_it_changes_anything(first_run, inve
     assert "common_timezone must be a zoneinfo name" in failed[0]
     assert report["stats"][HOST]["changed"] == 0
     assert os.readlink(localtime) == "/usr/share/zoneinfo/Etc/UTC"
+
+
+@pytest.mark.parametrize("setting, config", [
+    ("consul_log_level", "/etc/consul.d/consul.hcl"),
+    ("nomad_log_level", "/etc/nomad.d/agent.hcl"),
+])
+def test_a_configuration_the_agent_refuses_is_not_installed(first_run, inventory, debian_root, setting, config):
+    before = chroot_path(debian_root, config).read_bytes()
+    report = ansible_playbook(inventory, "servers.yml", "-e", json.dumps({setting: "STANDIN-REFUSED"}),
+                              expect_failure=True)
+    failed = failed_tasks(report)
+    assert len(failed) == 1 and failed[0].startswith("Write the agent configuration.:"), failed
+    assert "failed to validate" in failed[0] and "configuration refused" in failed[0], failed
+    assert report["stats"][HOST]["changed"] == 0
+    assert chroot_path(debian_root, config).read_bytes() == before
 
 
 def test_second_run_changes_nothing(first_run, inventory):
