@@ -16,6 +16,7 @@ how each request ended (``release``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -77,10 +78,14 @@ class Lease:
 
 
 class _Waiter:
-    __slots__ = ("event", "lease", "error", "enqueued", "cause")
+    """A queued request. ``wake`` is called (lock held) once it has a lease or an error: a thread's
+    event, or an event loop's future resolved from whichever thread hands the slot over."""
 
-    def __init__(self, enqueued: float, cause: str):
-        self.event = threading.Event()
+    __slots__ = ("event", "wake", "lease", "error", "enqueued", "cause")
+
+    def __init__(self, enqueued: float, cause: str, wake=None):
+        self.event = threading.Event() if wake is None else None
+        self.wake = wake or self.event.set
         self.lease: Lease | None = None
         self.error: BaseException | None = None
         self.enqueued = enqueued
@@ -223,7 +228,7 @@ class FunctionPool:
                 while len(self.waiters) > capacity:
                     w = self.waiters.pop()
                     w.error = exc
-                    w.event.set()
+                    w.wake()
                 for slot in list(self.slots.values()):
                     self._hand_off(slot, cold=False)
             return
@@ -256,7 +261,12 @@ class FunctionPool:
             w.lease = Lease(slot=slot, cold=cold, cause=w.cause if cold else None,
                             queue_ms=round((now - w.enqueued) * 1000, 3),
                             phases=dict(slot.instance.phases) if cold else {})
-            w.event.set()
+            w.wake()
+
+
+def _resolve(fut) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Activator:
@@ -292,26 +302,68 @@ class Activator:
         p = self.pool(spec.function)
         now = self.clock()
         with p.lock:
-            p.spec = spec
-            p.max_instances = max_instances
-            if policy is not None:
-                p.policy = policy
-            slot = p._pick(spec.version, now)
-            if slot is not None:
-                slot.inflight += 1
-                slot.last_used = now
-                p._inflight_changed(+1, now)
-                return Lease(slot=slot, cold=False)
-            failure = p.init_failure
-            if failure and failure[0] == spec.version and now - failure[1] < INIT_FAILURE_TTL_S and not p.starting:
-                raise failure[2]
-            if len(p.waiters) >= p.max_queue:
-                raise QueueFull(f"{len(p.waiters)} requests are already waiting for an instance of "
-                                f"{spec.function!r} (max_instances={max_instances}); retry later or raise max_instances")
-            w = _Waiter(now, p._cause(spec.version))
-            p.waiters.append(w)
-            p._scale_for_waiters()
-        w.event.wait(max(0.0, deadline - now))
+            got = self._take_or_queue(p, spec, max_instances, policy, now, None)
+        if isinstance(got, Lease):
+            return got
+        got.event.wait(max(0.0, deadline - now))
+        return self._waited(p, spec, got)
+
+    async def acquire_async(self, spec: InstanceSpec, *, max_instances: int, deadline: float,
+                            policy: ScalingPolicy | None = None) -> Lease:
+        """:meth:`acquire` for an event loop: the wait is a future, not a blocked thread, so the
+        edge's loop keeps serving while requests queue for a slot or a cold start."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        loop_thread = threading.get_ident()
+
+        def wake():  # lock held, on any thread
+            if threading.get_ident() == loop_thread:
+                _resolve(fut)  # a release on the loop itself: no need to wake the loop up
+            else:
+                loop.call_soon_threadsafe(_resolve, fut)
+
+        p = self.pool(spec.function)
+        now = self.clock()
+        with p.lock:
+            got = self._take_or_queue(p, spec, max_instances, policy, now, wake)
+        if isinstance(got, Lease):
+            return got
+        try:
+            await asyncio.wait_for(fut, max(0.0, deadline - now))
+        except asyncio.TimeoutError:
+            pass
+        except BaseException:
+            # Cancelled while queued: leave the queue, or give back a slot handed over meanwhile.
+            with p.lock:
+                lease = got.lease
+                if lease is None and got in p.waiters:
+                    p.waiters.remove(got)
+            if lease is not None:
+                self.release(lease)
+            raise
+        return self._waited(p, spec, got)
+
+    def _take_or_queue(self, p: FunctionPool, spec: InstanceSpec, max_instances: int, policy, now: float,
+                       wake) -> Lease | _Waiter:
+        """A lease on a free slot, or the request queued (starting instances for it). Lock held."""
+        lease = self._take_free(p, spec, max_instances, policy, now)
+        if lease is not None:
+            return lease
+        failure = p.init_failure
+        if failure and failure[0] == spec.version and now - failure[1] < INIT_FAILURE_TTL_S and not p.starting:
+            raise failure[2]
+        if len(p.waiters) >= p.max_queue:
+            raise QueueFull(f"{len(p.waiters)} requests are already waiting for an instance of "
+                            f"{spec.function!r} (max_instances={max_instances}); retry later or raise max_instances")
+        w = _Waiter(now, p._cause(spec.version), wake)
+        p.waiters.append(w)
+        p._scale_for_waiters()
+        return w
+
+    @staticmethod
+    def _waited(p: FunctionPool, spec: InstanceSpec, w: _Waiter) -> Lease:
+        """After the wait: the lease handed over, the start's error, or a timeout."""
         with p.lock:
             if w.lease is not None:
                 return w.lease
@@ -323,6 +375,21 @@ class Activator:
                 pass
         raise ColdStartTimeout(f"no instance of {spec.function!r} became free within the queue deadline; "
                                "retry, or raise max_instances or concurrency")
+
+    @staticmethod
+    def _take_free(p: FunctionPool, spec: InstanceSpec, max_instances: int, policy, now: float) -> Lease | None:
+        """Lock held."""
+        p.spec = spec
+        p.max_instances = max_instances
+        if policy is not None:
+            p.policy = policy
+        slot = p._pick(spec.version, now)
+        if slot is None:
+            return None
+        slot.inflight += 1
+        slot.last_used = now
+        p._inflight_changed(+1, now)
+        return Lease(slot=slot, cold=False)
 
     def release(self, lease: Lease, *, outcome: str = "ok") -> None:
         """Return a lease. ``outcome``: ok | refused-capacity | gone | crashed."""

@@ -1,9 +1,9 @@
 """The edge router: HTTP triggers in, function results out.
 
-``create_edge_app`` builds the Flask app. Platform paths live under ``/_/`` (health, readiness,
-stats) and are Flask views; everything else is a trigger, served by :class:`.trigger_path.TriggerPath`
-in front of Flask: it matches the trigger table, builds the AWS HTTP API 2.0 event, invokes through
-the core and maps the result by the Lambda proxy rules.
+``create_edge`` builds it: :class:`.trigger_path.EdgeApp` serves the triggers (match the trigger
+table, build the AWS HTTP API 2.0 event, invoke through the core, map the result by the Lambda
+proxy rules); the Flask app built by ``create_edge_app`` serves the platform paths under ``/_/``
+(health, readiness, stats, this edge's concurrency and records).
 """
 
 from __future__ import annotations
@@ -14,8 +14,13 @@ from flask import Flask, Response, request
 
 from .errors import ValidationError, to_response_body
 from .http_common import install_error_handlers, json_response, request_id
-from .trigger_path import TriggerPath
+from .trigger_path import EdgeApp
 from .wiring import Components
+
+
+def create_edge(c: Components, *, threads: int) -> EdgeApp:
+    """The edge router's request entry (see trigger_path): triggers, then Flask for ``/_/``."""
+    return EdgeApp(create_edge_app(c), c.store, c.invoker, c.settings.max_event_bytes, threads=threads)
 
 
 def create_edge_app(c: Components) -> Flask:
@@ -80,8 +85,6 @@ def create_edge_app(c: Components) -> Flask:
         return json_response({"usage": c.records.usage(a.get("function") or None,
                                                        since=float(a["since"]) if a.get("since") else None)})
 
-    # Trigger traffic is served in front of Flask (see trigger_path for why and what it measured).
-    app.wsgi_app = TriggerPath(app.wsgi_app, c.store, c.invoker, c.settings.max_event_bytes)
     return app
 
 

@@ -241,6 +241,17 @@ class FunctionStore:
         out = [Trigger(**doc) for _, doc, _ in self.meta.list("triggers/")]
         return [t for t in out if function is None or t.function == function]
 
+    def cached_routes(self) -> RouteTable | None:
+        """The route table if the cache holds a fresh one, without any IO (an event loop's
+        question: on None it asks :meth:`routes` from a thread)."""
+        cached = self._routes
+        return cached[1] if cached and self._clock() - cached[0] < self._ttl else None
+
+    def cached(self, name: str) -> FunctionRecord | None:
+        """The function if the cache holds it fresh, without any IO (see :meth:`cached_routes`)."""
+        hit = self._records.get(name)
+        return hit[1] if hit and hit[1] is not None and self._clock() - hit[0] < self._ttl else None
+
     def routes(self) -> RouteTable:
         now = self._clock()
         with self._lock:

@@ -47,39 +47,135 @@ class InvokeReply:
     exiting: bool = False
 
 
+def encode_request(method: str, path: str, body: bytes | None, headers: dict) -> bytes:
+    """One request as bytes, for a single write."""
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: instance\r\n"]
+    for k, v in headers.items():
+        lines.append(f"{k}: {v}\r\n")
+    if body is not None or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body or b'')}\r\n")
+    lines.append("\r\n")
+    data = "".join(lines).encode("latin-1")
+    return data + body if body else data
+
+
+class ProtocolError(Exception):
+    """The instance's reply was not the HTTP/1.1 the runtime contract promises."""
+
+
+class ReplyParser:
+    """Incremental parser of the replies on one connection, without IO, so the blocking client
+    and the event-loop client (:mod:`.instance_aio`) read replies the same way. Feed it bytes as
+    they arrive; :meth:`reply` returns ``(status, lower-cased headers, body, will_close)`` once a
+    whole reply (Content-Length or chunked) is in, else None."""
+
+    __slots__ = ("_buf", "_status", "_headers", "_close", "_need", "_chunked", "_parts")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._start()
+
+    def _start(self) -> None:
+        self._status: int | None = None
+        self._headers: dict = {}
+        self._close = False
+        self._need: int | None = None   # body bytes, or the current chunk's size
+        self._chunked = False
+        self._parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def reply(self) -> tuple[int, dict, bytes, bool] | None:
+        if self._status is None and not self._head():
+            return None
+        if self._chunked:
+            body = self._chunks()
+            if body is None:
+                return None
+        else:
+            n = self._need
+            if len(self._buf) < n:
+                return None
+            body, self._buf = self._buf[:n], self._buf[n:]
+        out = (self._status, self._headers, body, self._close)
+        self._start()
+        return out
+
+    def _head(self) -> bool:
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEADER_BYTES:
+                raise ProtocolError("the reply's headers are too large")
+            return False
+        head = buf[:end].decode("latin-1").split("\r\n")
+        self._buf = buf[end + 4:]
+        parts = head[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ProtocolError(f"not an HTTP/1.1 status line: {head[0][:80]!r}")
+        headers = {}
+        for line in head[1:]:
+            k, sep, v = line.partition(":")
+            if not sep:
+                raise ProtocolError(f"malformed header line: {line[:80]!r}")
+            headers[k.strip().lower()] = v.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._chunked = True
+        else:
+            try:
+                self._need = int(headers.get("content-length", "0"))
+            except ValueError:
+                raise ProtocolError("bad Content-Length in the reply") from None
+            if self._need < 0:
+                raise ProtocolError("bad Content-Length in the reply")
+        self._headers = headers
+        self._close = headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0"
+        self._status = int(parts[1])
+        return True
+
+    def _chunks(self) -> bytes | None:
+        while True:
+            if self._need is None:
+                i = self._buf.find(b"\r\n")
+                if i < 0:
+                    if len(self._buf) > MAX_HEADER_BYTES:
+                        raise ProtocolError("bad chunk size in the reply")
+                    return None
+                try:
+                    self._need = int(self._buf[:i].split(b";", 1)[0], 16)
+                except ValueError:
+                    raise ProtocolError("bad chunk size in the reply") from None
+                self._buf = self._buf[i + 2:]
+            size = self._need
+            if len(self._buf) < size + 2:
+                return None
+            if size == 0:
+                # no trailers expected from a runtime: the terminating CRLF follows at once
+                self._buf = self._buf[2:]
+                return b"".join(self._parts)
+            self._parts.append(self._buf[:size])
+            self._buf = self._buf[size + 2:]
+            self._need = None
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection to an instance, speaking just what the runtime contract
     uses: a request written with one ``sendall``, a reply with Content-Length (or chunked) read
     into one buffer. ``http.client`` parsed every reply's headers with the ``email`` package; on
     the edge's hot path that was about a tenth of its Python time per warm request."""
 
-    __slots__ = ("address", "timeout", "sock", "_buf")
+    __slots__ = ("address", "timeout", "sock", "_parser")
 
     def __init__(self, address: str, timeout: float):
         self.address = address
         self.timeout = timeout
         self.sock: socket.socket | None = None
-        self._buf = b""
+        self._parser = ReplyParser()
 
     def connect(self) -> None:
-        if self.address.startswith("unix:"):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: object = self.address[5:]
-        else:
-            host, _, port = self.address.rpartition(":")
-            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-            target = (host.strip("[]"), int(port))
-        s.settimeout(self.timeout)
-        try:
-            s.connect(target)
-            if s.family != socket.AF_UNIX:
-                # Small request/response pairs: Nagle would add delayed-ACK stalls to keep-alive round trips.
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
-        self._buf = b""
+        self.sock = connect_socket(self.address, self.timeout)
+        self._parser = ReplyParser()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -90,77 +186,40 @@ class _Connection:
             self.sock = None
 
     def send(self, method: str, path: str, body: bytes | None, headers: dict) -> None:
-        lines = [f"{method} {path} HTTP/1.1\r\nHost: instance\r\n"]
-        for k, v in headers.items():
-            lines.append(f"{k}: {v}\r\n")
-        if body is not None or method in ("POST", "PUT"):
-            lines.append(f"Content-Length: {len(body or b'')}\r\n")
-        lines.append("\r\n")
-        data = "".join(lines).encode("latin-1")
-        self.sock.sendall(data + body if body else data)
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("the instance closed the connection")
-        self._buf += chunk
+        self.sock.sendall(encode_request(method, path, body, headers))
 
     def read_reply(self) -> tuple[int, dict, bytes, bool]:
         """(status, lower-cased headers, body, will_close)."""
+        parser = self._parser
         while True:
-            end = self._buf.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(self._buf) > MAX_HEADER_BYTES:
-                raise ProtocolError("the reply's headers are too large")
-            self._fill()
-        head = self._buf[:end].decode("latin-1").split("\r\n")
-        self._buf = self._buf[end + 4:]
-        parts = head[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ProtocolError(f"not an HTTP/1.1 status line: {head[0][:80]!r}")
-        status = int(parts[1])
-        headers = {}
-        for line in head[1:]:
-            k, sep, v = line.partition(":")
-            if not sep:
-                raise ProtocolError(f"malformed header line: {line[:80]!r}")
-            headers[k.strip().lower()] = v.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = self._read_chunked()
-        else:
-            try:
-                n = int(headers.get("content-length", "0"))
-            except ValueError:
-                raise ProtocolError("bad Content-Length in the reply") from None
-            while len(self._buf) < n:
-                self._fill()
-            body, self._buf = self._buf[:n], self._buf[n:]
-        will_close = headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0"
-        return status, headers, body, will_close
-
-    def _read_chunked(self) -> bytes:
-        out = []
-        while True:
-            while b"\r\n" not in self._buf:
-                self._fill()
-            line, _, self._buf = self._buf.partition(b"\r\n")
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise ProtocolError("bad chunk size in the reply") from None
-            while len(self._buf) < size + 2:
-                self._fill()
-            if size == 0:
-                # no trailers expected from a runtime: the terminating CRLF follows at once
-                self._buf = self._buf[2:]
-                return b"".join(out)
-            out.append(self._buf[:size])
-            self._buf = self._buf[size + 2:]
+            out = parser.reply()
+            if out is not None:
+                return out
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the instance closed the connection")
+            parser.feed(chunk)
 
 
-class ProtocolError(Exception):
-    """The instance's reply was not the HTTP/1.1 the runtime contract promises."""
+def connect_socket(address: str, timeout: float | None) -> socket.socket:
+    """A connected socket to ``unix:/path`` or ``host:port`` (TCP_NODELAY)."""
+    if address.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = address[5:]
+    else:
+        host, _, port = address.rpartition(":")
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        target = (host.strip("[]"), int(port))
+    s.settimeout(timeout)
+    try:
+        s.connect(target)
+        if s.family != socket.AF_UNIX:
+            # Small request/response pairs: Nagle would add delayed-ACK stalls to keep-alive round trips.
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        s.close()
+        raise
+    return s
 
 
 class _Pool:

@@ -26,7 +26,7 @@ from .errors import (
     function_error,
 )
 from .function_store import FunctionStore
-from .instance_client import InstanceClient, InstanceLost, InstanceTimeout, InstanceUnreachable
+from .instance_client import InstanceClient, InstanceLost, InstanceTimeout, InstanceUnreachable, InvokeReply
 from .model import InstanceSpec
 from .ports import Registry, Scheduler
 from .records import InvocationRecord, RecordStore, billed_gb_seconds
@@ -44,6 +44,19 @@ class NoCode(Conflict):
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+@dataclass
+class _Call:
+    """One invocation under way: what every attempt needs."""
+    spec: InstanceSpec
+    body: bytes
+    request_id: str
+    rec: InvocationRecord
+    t0: float
+    timeout_s: int
+    max_instances: int
+    policy: object
 
 
 @dataclass
@@ -81,90 +94,156 @@ class Invoker:
         self.clock = clock
 
     def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None) -> Outcome:
-        fn = self.store.get(function)
+        """Run one invocation to its end on this thread (waiting for a slot or a cold start)."""
+        call = self._begin(function, body, request_id, trigger)
+        return self._complete(call, self._call)
+
+    async def invoke_async(self, function: str, body: bytes, *, request_id: str, trigger: str | None,
+                           client, offload) -> Outcome:
+        """The same invocation from an event loop: waiting for a slot or a cold start is a future
+        (:meth:`Activator.acquire_async`) and the round trip uses ``client``
+        (:class:`.instance_aio.AsyncInstanceClient`), so no thread is held. What may block or
+        needs another attempt (a refusal, a lost or unreachable instance, a timeout) goes to
+        ``offload(fn, *args)``, a thread pool, through the same code as :meth:`invoke`: both
+        paths follow one set of rules."""
+        fn = self.store.cached(function)
+        if fn is None:  # a metadata read may block (Consul in cluster mode): not on the loop
+            fn = await offload(self.store.get, function)
+        call = self._begin(function, body, request_id, trigger, fn)
+        try:
+            lease = await self.activator.acquire_async(call.spec, max_instances=call.max_instances,
+                                                       deadline=call.t0 + self.queue_timeout_s, policy=call.policy)
+        except ApplianceError as exc:
+            return self._complete(call, _raise, exc)
+        self._leased(call, lease)
+        try:
+            reply = await client.invoke(lease.instance, body, request_id=request_id,
+                                        deadline_ms=int((time.time() + call.timeout_s) * 1000),
+                                        read_timeout_s=call.timeout_s + TIMEOUT_GRACE_S)
+        except (InstanceUnreachable, InstanceTimeout, InstanceLost) as exc:
+            reply = exc
+        except BaseException:
+            self.activator.release(lease, outcome="gone")
+            raise
+        if isinstance(reply, InvokeReply) and not reply.refused:
+            return self._complete(call, self._settled, lease, reply)
+        return await offload(self._complete, call, self._call, (lease, reply))
+
+    def _begin(self, function: str, body: bytes, request_id: str, trigger: str | None, fn=None) -> _Call:
+        fn = fn or self.store.get(function)
         if fn.version == 0:
             raise NoCode(f"function {function!r} has no code yet; upload it with PUT /v1/functions/{function}/code "
                          "or `faas deploy`")
-        spec = InstanceSpec.of(fn)
-        t0 = self.clock()
         rec = InvocationRecord(request_id=request_id, function=function, version=fn.version, started_at=time.time(),
                                memory_mb=fn.config.memory_mb, trigger=trigger or "api")
+        return _Call(spec=InstanceSpec.of(fn), body=body, request_id=request_id, rec=rec, t0=self.clock(),
+                     timeout_s=fn.config.timeout_s, max_instances=fn.config.max_instances,
+                     policy=self.policies.get(fn))
+
+    def _complete(self, call: _Call, run, *args) -> Outcome:
+        """Run ``run(call, *args) -> (result, lease)``, then record and log the invocation."""
+        rec = call.rec
         outcome = Outcome(record=rec)
         lease: Lease | None = None
         try:
-            outcome.result, lease = self._call(spec, fn.config.max_instances, fn.config.timeout_s, body, request_id,
-                                               t0, rec, self.policies.get(fn))
+            outcome.result, lease = run(call, *args)
         except FunctionError as exc:
             # Errors from a failed cold start are shared by every request that waited for it.
-            outcome.error = function_error({**exc.error, "requestId": request_id}) \
-                if exc.error.get("requestId") != request_id else exc
+            outcome.error = function_error({**exc.error, "requestId": call.request_id}) \
+                if exc.error.get("requestId") != call.request_id else exc
         except ApplianceError as exc:
             outcome.error = exc
-        rec.duration_ms = round((self.clock() - t0) * 1000, 3)
+        rec.duration_ms = round((self.clock() - call.t0) * 1000, 3)
         self._finish(rec, outcome, lease)
         self.records.add(rec)
         log.info("event=invoke request_id=%s function=%s version=%s status=%s http_status=%s cold=%s duration_ms=%.3f "
-                 "error_type=%s instance=%s", request_id, function, fn.version, rec.status, rec.http_status,
+                 "error_type=%s instance=%s", call.request_id, rec.function, rec.version, rec.status, rec.http_status,
                  rec.cold, rec.duration_ms, rec.error_type or "-", rec.instance_id or "-")
         return outcome
 
-    def _call(self, spec: InstanceSpec, max_instances: int, timeout_s: int, body: bytes, request_id: str,
-              t0: float, rec: InvocationRecord, policy):
-        deadline = t0 + self.queue_timeout_s
-        for _ in range(self.max_attempts):
-            lease = self.activator.acquire(spec, max_instances=max_instances, deadline=deadline, policy=policy)
-            inst = lease.instance
-            rec.instance_id = inst.id
-            if lease.cold:
-                rec.cold, rec.cold_cause = True, lease.cause
-            self._lease_phases(lease, rec)
-            deadline_ms = int((time.time() + timeout_s) * 1000)
-            try:
-                reply = self.client.invoke(inst, body, request_id=request_id, deadline_ms=deadline_ms,
-                                           read_timeout_s=timeout_s + TIMEOUT_GRACE_S)
-            except InstanceUnreachable:
+    def _call(self, call: _Call, first: tuple | None = None):
+        """Attempts until one ends; ``first`` is an attempt already made (lease, reply)."""
+        deadline = call.t0 + self.queue_timeout_s
+        for attempt in range(self.max_attempts):
+            if attempt == 0 and first is not None:
+                lease, reply = first
+            else:
+                lease = self.activator.acquire(call.spec, max_instances=call.max_instances, deadline=deadline,
+                                               policy=call.policy)
+                self._leased(call, lease)
+                try:
+                    reply = self.client.invoke(lease.instance, call.body, request_id=call.request_id,
+                                               deadline_ms=int((time.time() + call.timeout_s) * 1000),
+                                               read_timeout_s=call.timeout_s + TIMEOUT_GRACE_S)
+                except (InstanceUnreachable, InstanceTimeout, InstanceLost) as exc:
+                    reply = exc
+            done, result = self._settle(call, lease, reply)
+            if done:
+                return result, lease
+        raise ColdStartTimeout(f"no instance of {call.spec.function!r} accepted the request after {self.max_attempts} "
+                               "attempts; retry")
+
+    def _settled(self, call: _Call, lease: Lease, reply: InvokeReply):
+        """A reply that ends the invocation (not a refusal): settle it without blocking."""
+        done, result = self._settle(call, lease, reply)
+        assert done, "a refused reply must go through _call"
+        return result, lease
+
+    def _leased(self, call: _Call, lease: Lease) -> None:
+        rec = call.rec
+        rec.instance_id = lease.instance.id
+        if lease.cold:
+            rec.cold, rec.cold_cause = True, lease.cause
+        self._lease_phases(lease, rec)
+
+    def _settle(self, call: _Call, lease: Lease, reply) -> tuple[bool, object]:
+        """What one attempt's reply (or failure) means: (True, result) when it ended well,
+        (False, None) to try another instance, or the error it ended with, raised."""
+        inst = lease.instance
+        request_id = call.request_id
+        if isinstance(reply, InstanceUnreachable):
+            self.registry.forget(inst.id)
+            self.activator.release(lease, outcome="gone")
+            return False, None
+        if isinstance(reply, InstanceTimeout):
+            call.rec.run_ms = call.timeout_s * 1000.0  # it ran at least that long: billed so
+            self.scheduler.stop(inst, graceful=False)
+            self.activator.release(lease, outcome="gone")
+            raise FunctionTimeout({"errorType": "Function.Timeout", "requestId": request_id,
+                                   "errorMessage": f"the function did not answer within {call.timeout_s} s; "
+                                                   "its instance was stopped"})
+        if isinstance(reply, InstanceLost):
+            cause = self.scheduler.exit_cause(inst.id)
+            if cause == "drained":
+                # It had accepted a drain (nothing in flight, refusing new work) before this
+                # request reached it, so the request cannot have run: send it elsewhere.
+                self.activator.release(lease, outcome="gone")
+                return False, None
+            self.activator.release(lease, outcome="crashed")
+            if cause == "oom":
+                raise function_error({"errorType": "Function.OutOfMemory", "requestId": request_id,
+                                      "errorMessage": f"the instance exceeded {call.spec.memory_mb} MB and was "
+                                                      "killed; raise memory_mb or use less memory"})
+            raise InstanceCrashed(f"instance {inst.id} ended while running the request ({cause or 'connection lost'});"
+                                  " the request was not retried because it may have run")
+        if reply.refused:
+            if reply.refused == "capacity":
+                self.activator.release(lease, outcome="refused-capacity")
+            else:
                 self.registry.forget(inst.id)
                 self.activator.release(lease, outcome="gone")
-                continue
-            except InstanceTimeout:
-                self.scheduler.stop(inst, graceful=False)
-                self.activator.release(lease, outcome="gone")
-                raise FunctionTimeout({"errorType": "Function.Timeout", "requestId": request_id,
-                                       "errorMessage": f"the function did not answer within {timeout_s} s; "
-                                                       "its instance was stopped"}) from None
-            except InstanceLost:
-                cause = self.scheduler.exit_cause(inst.id)
-                if cause == "drained":
-                    # It had accepted a drain (nothing in flight, refusing new work) before this
-                    # request reached it, so the request cannot have run: send it elsewhere.
-                    self.activator.release(lease, outcome="gone")
-                    continue
-                self.activator.release(lease, outcome="crashed")
-                if cause == "oom":
-                    raise function_error({"errorType": "Function.OutOfMemory", "requestId": request_id,
-                                          "errorMessage": f"the instance exceeded {spec.memory_mb} MB and was "
-                                                          "killed; raise memory_mb or use less memory"}) from None
-                raise InstanceCrashed(f"instance {inst.id} ended while running the request ({cause or 'connection lost'});"
-                                      " the request was not retried because it may have run") from None
-            if reply.refused:
-                if reply.refused == "capacity":
-                    self.activator.release(lease, outcome="refused-capacity")
-                else:
-                    self.registry.forget(inst.id)
-                    self.activator.release(lease, outcome="gone")
-                continue
-            self.activator.release(lease, outcome="gone" if reply.exiting else "ok")
-            env = reply.body
-            rec.logs = list(env.get("logs") or [])
-            rec.run_ms = float(env.get("durationMs") or 0.0)
-            if reply.status == 200 and env.get("ok"):
-                return env.get("result"), lease
-            error = env.get("error") or {"errorType": "Runtime.Unknown",
-                                         "errorMessage": f"the instance answered {reply.status} without an error"}
-            error.setdefault("requestId", request_id)
-            raise function_error(error)
-        raise ColdStartTimeout(f"no instance of {spec.function!r} accepted the request after {self.max_attempts} "
-                               "attempts; retry")
+            return False, None
+        self.activator.release(lease, outcome="gone" if reply.exiting else "ok")
+        env = reply.body
+        rec = call.rec
+        rec.logs = list(env.get("logs") or [])
+        rec.run_ms = float(env.get("durationMs") or 0.0)
+        if reply.status == 200 and env.get("ok"):
+            return True, env.get("result")
+        error = env.get("error") or {"errorType": "Runtime.Unknown",
+                                     "errorMessage": f"the instance answered {reply.status} without an error"}
+        error.setdefault("requestId", request_id)
+        raise function_error(error)
 
     @staticmethod
     def _lease_phases(lease: Lease, rec: InvocationRecord) -> None:
@@ -212,6 +291,10 @@ class Invoker:
             rec.status = "error"
         else:
             rec.status = "unavailable"
+
+
+def _raise(call, exc):
+    raise exc
 
 
 def encode_event(event) -> bytes:

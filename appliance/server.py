@@ -2,8 +2,8 @@
 
 The edge (the data plane) is served by Granian's Rust HTTP engine (see :mod:`.http_server` for
 the measurements); the control API, where requests are few and uploads large, by waitress with
-its own thread pool. An edge request holds a Python thread for the whole invocation (including
-any cold start it waits for), so the edge gets many threads.
+its own thread pool. Warm edge requests run on the edge's event loop; a request waiting for an
+instance (a free slot or a cold start) holds one of the edge's threads, so it gets many.
 Once listening, the server writes ``<data_dir>/appliance.json`` with the actual ports (port 0
 picks free ones), which the CLI and the tests read.
 """
@@ -36,6 +36,7 @@ class Appliance:
         self.roles = tuple(roles)
         self.components: Components = build(settings)
         self._servers = []
+        self._edge_app = None
         self._threads: list[threading.Thread] = []
         self.ports: dict[str, int] = {}
         self._stopped = threading.Event()
@@ -44,7 +45,7 @@ class Appliance:
     def start(self) -> None:
         raise_open_files_limit()
         from .control_api import create_control_app
-        from .edge import create_edge_app
+        from .edge import create_edge
 
         c = self.components
         s = self.settings
@@ -54,8 +55,8 @@ class Appliance:
                       channel_timeout=max(120, 900 + 30), cleanup_interval=30, clear_untrusted_proxy_headers=True)
         edge = None
         if "edge" in self.roles:
-            edge = GranianServer(create_edge_app(c), s.host, s.edge_port, threads=EDGE_THREADS,
-                                 max_body_bytes=s.max_event_bytes)
+            self._edge_app = create_edge(c, threads=EDGE_THREADS)
+            edge = GranianServer(self._edge_app, s.host, s.edge_port)
             self.ports["edge"] = edge.effective_port
             self._servers.append(edge)
         if "control" in self.roles:
@@ -98,6 +99,8 @@ class Appliance:
         try:
             for server in self._servers:
                 server.close()
+            if self._edge_app is not None:
+                self._edge_app.close()
             self.components.close()
             try:
                 (self.settings.data_path / "appliance.json").unlink()

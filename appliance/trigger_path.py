@@ -1,27 +1,38 @@
-"""HTTP-trigger requests as plain WSGI, mounted in front of the Flask edge app.
+"""The edge's request entry: HTTP triggers on an event loop, platform paths on Flask.
 
-The edge router is a Flask app (platform paths under ``/_/``, error handlers), and Flask's own
-documented way to put a WSGI layer before it, wrapping ``app.wsgi_app``, is how trigger traffic
-gets here. Why not a Flask view: a trigger request does one thing (match, build the event,
-invoke, map the reply), while Flask builds a request context, a ``Request``, URL adapter, session
-and ``Response`` around it. Measured in-process on one warm hello request (2 cores, Python 3.11):
-Flask's machinery and the Werkzeug request/response objects took about 110 of 190 us of CPU, the
-invocation itself (lease, call, release, record, log line) about 60. On a 2-core host the edge's
-Python time per request bounds its throughput, so the trigger path reads the WSGI environ
-directly and answers with one ``start_response``.
+Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one asyncio loop.
 
-Everything that is not a trigger (``/_/...``) goes to Flask unchanged. Errors become HTTP
-statuses in :func:`errors.to_response_body`, the same single place the Flask handlers use.
+Trigger requests (every path outside ``/_/``) are served on the loop: match the trigger table,
+build the AWS HTTP API 2.0 event, invoke, map the reply by the Lambda proxy rules. When a free
+slot exists the instance round trip is made on the loop too (:meth:`Invoker.invoke_async`);
+waiting for a slot or a cold start, and every failure, runs on a thread through the same
+invoker code as before.
+
+Why: on a 2-core host the edge's CPU per request bounds its throughput. Served as WSGI, each
+request held a Python thread for its whole round trip, and the threads handed the GIL to each
+other several times per request; with Flask's request context, Werkzeug's request and response
+objects and those handoffs, the edge spent about 180 us of CPU per warm request at 16
+connections and topped out near 5,000 req/s. On the loop, one thread interleaves all requests'
+round trips with no handoff (see bench/results/findings.md for the figures).
+
+Platform paths (``/_/health``, ``/_/concurrency``, ...) stay Flask views, called on a thread from
+a WSGI environ built here. Errors become HTTP statuses in :func:`errors.to_response_body`, the
+same single place the Flask handlers use.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
-from http import HTTPStatus
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ApplianceError, MethodNotAllowed, PayloadTooLarge, ValidationError, to_response_body
 from .events import build_event, to_http_response
-from .http_common import request_id_of
+from .http_common import REQUEST_ID_RE, dumps_compact
+from .instance_aio import AsyncInstanceClient
 from .invoker import encode_event
 
 log = logging.getLogger("appliance.http")
@@ -30,119 +41,165 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 #: Response headers the edge owns: a function cannot set framing or connection handling.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-authorization", "proxy-authenticate", "content-length"})
-_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
-_JSON = "application/json"
+_JSON_HEADERS = (("content-type", "application/json"),)
 
 
-def status_line(code: int) -> str:
-    return _STATUS_LINES.get(code) or f"{code} UNKNOWN"
+def request_id(headers) -> str:
+    """The caller's ``X-Request-Id`` when it is a sane token, else a new one."""
+    given = headers.get("x-request-id")
+    return given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
 
 
-def environ_headers(environ: dict) -> list[tuple[str, str]]:
-    """The request's headers, lower-cased, from the WSGI environ (``HTTP_*`` plus the two CGI
-    names), the same set Werkzeug's ``EnvironHeaders`` reports."""
-    out = []
-    for key, value in environ.items():
-        if key[:5] == "HTTP_":
-            if key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
-                out.append((key[5:].replace("_", "-").lower(), value))
-        elif (key == "CONTENT_TYPE" or key == "CONTENT_LENGTH") and value:
-            out.append((key.replace("_", "-").lower(), value))
-    return out
-
-
-def request_path(environ: dict) -> str:
-    """PATH_INFO as text: WSGI carries the raw bytes as latin-1; URLs are UTF-8."""
-    raw = environ.get("PATH_INFO") or ""
-    try:
-        path = raw.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        path = raw
-    return "/" + path.lstrip("/")
-
-
-def request_host(environ: dict) -> str:
-    host = environ.get("HTTP_HOST")
-    if not host:
-        host = environ.get("SERVER_NAME", "")
-        port = environ.get("SERVER_PORT")
-        if port and port not in ("80", "443"):
-            host = f"{host}:{port}"
-    return host
-
-
-def read_body(environ: dict, max_bytes: int) -> bytes:
-    """The request body, refused past ``max_bytes`` before any of it is read. The HTTP server
-    layer gives a chunked body its length (see http_server._sized_bodies)."""
-    raw_length = environ.get("CONTENT_LENGTH")
-    if not raw_length:
+async def read_body(headers, proto, max_bytes: int) -> bytes:
+    """The request body, refused past ``max_bytes``: at once from Content-Length, or while a
+    chunked body streams in, so an oversized body is never held whole."""
+    raw = headers.get("content-length")
+    if raw:
+        try:
+            length = int(raw)
+        except ValueError:
+            raise ValidationError("Content-Length must be a number of bytes", field="Content-Length") from None
+        if length > max_bytes:
+            raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {max_bytes}")
+        return await proto() if length > 0 else b""
+    if "chunked" not in (headers.get("transfer-encoding") or "").lower():
         return b""
+    parts, size = [], 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the request body is over the limit of {max_bytes} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def client_ip(client: str) -> str:
+    """``ip:port`` (``[v6]:port`` for IPv6) as Granian reports the peer, without the port."""
+    host = client.rpartition(":")[0] if ":" in client else client
+    return host.strip("[]")
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without the port (``[v6]:port`` too)."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    return host.partition(":")[0]
+
+
+def wsgi_environ(scope, body: bytes) -> dict:
+    """A WSGI environ for one request, so the Flask app serves the platform paths unchanged."""
+    server_host, _, server_port = (scope.server or "").rpartition(":")
+    environ = {
+        "REQUEST_METHOD": scope.method, "SCRIPT_NAME": "",
+        # WSGI carries the path's bytes as latin-1 text; Granian gives it decoded as UTF-8.
+        "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+        "QUERY_STRING": scope.query_string, "SERVER_NAME": server_host.strip("[]") or "localhost",
+        "SERVER_PORT": server_port or "80", "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
+        "REMOTE_ADDR": client_ip(scope.client or ""), "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr, "wsgi.url_scheme": scope.scheme, "wsgi.version": (1, 0),
+        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    for key, value in scope.headers.items():
+        if key == "content-type":
+            environ["CONTENT_TYPE"] = value
+        elif key == "content-length":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            name = "HTTP_" + key.upper().replace("-", "_")
+            environ[name] = f"{environ[name]},{value}" if name in environ else value
+    return environ
+
+
+def run_wsgi(app, environ: dict) -> tuple[int, list, bytes]:
+    """Call a WSGI app and collect its whole response."""
+    started = {}
+
+    def start_response(status, headers, exc_info=None):
+        started["status"], started["headers"] = status, headers
+
+    result = app(environ, start_response)
     try:
-        length = int(raw_length)
-    except ValueError:
-        raise ValidationError("Content-Length must be a number of bytes", field="Content-Length") from None
-    if length > max_bytes:
-        raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {max_bytes}")
-    if length <= 0:
-        return b""
-    return environ["wsgi.input"].read(length)
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return int(started["status"][:3]), list(started["headers"]), body
 
 
-class TriggerPath:
-    """WSGI middleware: triggers here, ``/_/`` platform paths to the wrapped Flask app."""
+class EdgeApp:
+    """The RSGI application Granian calls for each request (see the module docstring)."""
 
-    def __init__(self, platform_app, store, invoker, max_event_bytes: int):
+    def __init__(self, platform_app, store, invoker, max_event_bytes: int, *, threads: int):
         self.platform_app = platform_app
         self.store = store
         self.invoker = invoker
         self.max_event_bytes = max_event_bytes
+        #: Runs what may block: waiting for slots and cold starts, failures, platform paths. A
+        #: request waiting for an instance holds one of these threads, so ``threads`` bounds how
+        #: many requests can wait at once on this edge.
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
+        self.client = AsyncInstanceClient()
 
-    def __call__(self, environ, start_response):
-        path = request_path(environ)
+    def _offload(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def __call__(self, scope, proto):
+        if scope.proto != "http":
+            return
+        path = scope.path
         if path[:3] == "/_/":
-            return self.platform_app(environ, start_response)
-        rid = request_id_of(environ)
-        method = environ.get("REQUEST_METHOD", "GET").upper()
+            return await self._platform(scope, proto)
+        headers = scope.headers
+        rid = request_id(headers)
+        method = scope.method.upper()
         timing = None
         try:
             if method not in METHODS:
                 raise MethodNotAllowed(f"{method} is not served by the edge; use one of {', '.join(sorted(METHODS))}")
-            match = self.store.routes().match(method, path)
-            body = read_body(environ, self.max_event_bytes)
-            host = request_host(environ)
+            table = self.store.cached_routes() or await self._offload(self.store.routes)
+            match = table.match(method, path)
+            body = await read_body(headers, proto, self.max_event_bytes)
+            host = headers.get("host") or scope.authority or scope.server or ""
             event = build_event(
-                method=method, raw_path=path, raw_query=environ.get("QUERY_STRING", ""),
-                headers=environ_headers(environ), body=body, route_key=match.route_key,
-                path_params=match.params, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "",
-                domain=host.split(":")[0])
-            outcome = self.invoker.invoke(match.trigger.function, encode_event(event), request_id=rid,
-                                          trigger=match.route_key)
+                method=method, raw_path=path, raw_query=scope.query_string, headers=list(headers.items()),
+                body=body, route_key=match.route_key, path_params=match.params, request_id=rid,
+                source_ip=client_ip(scope.client or ""), domain=host_name(host))
+            outcome = await self.invoker.invoke_async(match.trigger.function, encode_event(event), request_id=rid,
+                                                      trigger=match.route_key, client=self.client,
+                                                      offload=self._offload)
             timing = outcome.server_timing()
             if outcome.error is not None:
                 raise outcome.error
             mapped = to_http_response(outcome.result)
         except Exception as exc:  # every failure answers in the one error shape
-            return self._error(start_response, exc, rid, path, timing)
-        headers = [("X-Request-Id", rid), ("Server-Timing", timing)]
+            self._error(proto, exc, rid, path, timing)
+            return
+        out = [("x-request-id", rid), ("server-timing", timing)]
         for k, v in mapped.headers:
             if k.lower() not in HOP_BY_HOP:
-                headers.append((k, v))
-        data = mapped.body if method != "HEAD" else b""
-        headers.append(("Content-Length", str(len(data))))
-        start_response(status_line(mapped.status), headers)
-        return [data]
+                out.append((k, v))
+        proto.response_bytes(mapped.status, out, mapped.body if method != "HEAD" else b"")
+
+    async def _platform(self, scope, proto):
+        try:
+            body = await read_body(scope.headers, proto, self.max_event_bytes)
+        except ApplianceError as exc:
+            self._error(proto, exc, request_id(scope.headers), scope.path, None)
+            return
+        status, headers, data = await self._offload(run_wsgi, self.platform_app, wsgi_environ(scope, body))
+        proto.response_bytes(status, headers, data)
 
     @staticmethod
-    def _error(start_response, exc: Exception, rid: str, path: str, timing: str | None):
-        from .http_common import dumps_compact
-
+    def _error(proto, exc: Exception, rid: str, path: str, timing: str | None) -> None:
         status, extra, payload = to_response_body(exc, rid)
         if status >= 500 and not isinstance(exc, ApplianceError):
             log.error("event=internal_error request_id=%s path=%s", rid, path, exc_info=exc)
-        data = dumps_compact(payload)
-        headers = [("Content-Type", _JSON), ("Content-Length", str(len(data))), ("X-Request-Id", rid)]
-        headers.extend(extra.items())
+        headers = [*_JSON_HEADERS, ("x-request-id", rid), *extra.items()]
         if timing is not None:
-            headers.append(("Server-Timing", timing))
-        start_response(status_line(status), headers)
-        return [data]
+            headers.append(("server-timing", timing))
+        proto.response_bytes(status, headers, dumps_compact(payload))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

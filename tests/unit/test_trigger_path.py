@@ -1,29 +1,75 @@
-"""The edge's trigger path as WSGI: what it reads from the environ and what it answers.
+"""The edge's request entry (RSGI): what it reads from a request and what it answers.
 
-The invocation itself is replaced by a recorder here (the integration tests run it for real);
-what is under test is the request and response handling in front of it.
+The invocation is replaced by a recorder here (the integration tests run it for real); what is
+under test is the request and response handling around it, and the hand-over of platform paths
+to the Flask app.
 """
 
-import io
+import asyncio
 import json
 
 import pytest
-from werkzeug.datastructures import EnvironHeaders
-from werkzeug.test import EnvironBuilder
+from flask import Flask, request
 
-from appliance.errors import PayloadTooLarge, QueueFull, ValidationError
+from appliance.errors import QueueFull, ValidationError
 from appliance.invoker import Outcome
 from appliance.model import Trigger
 from appliance.records import InvocationRecord
-from appliance.trigger_path import TriggerPath, environ_headers, read_body, request_path, status_line
+from appliance.trigger_path import EdgeApp, client_ip, host_name, read_body, wsgi_environ
 from appliance.triggers import RouteTable
+
+
+class Headers:
+    """Granian's RSGI headers: lower-case names, repeated names kept apart."""
+
+    def __init__(self, pairs):
+        self.pairs = [(k.lower(), v) for k, v in pairs]
+
+    def get(self, key, default=None):
+        return next((v for k, v in self.pairs if k == key), default)
+
+    def items(self):
+        return list(self.pairs)
+
+
+class Scope:
+    def __init__(self, method="GET", path="/", query="", headers=(), client="127.0.0.1:5000"):
+        self.proto, self.method, self.path, self.query_string = "http", method, path, query
+        self.headers = Headers([("host", "example.test:8080"), *headers])
+        self.client, self.server, self.scheme, self.http_version, self.authority = \
+            client, "127.0.0.1:8080", "http", "1.1", None
+
+
+class Proto:
+    def __init__(self, body=b"", chunks=None):
+        self.body, self.chunks = body, chunks
+        self.reads = 0
+        self.response = None
+
+    async def __call__(self):
+        self.reads += 1
+        return self.body
+
+    def __aiter__(self):
+        return self._chunks()
+
+    async def _chunks(self):
+        for c in self.chunks or []:
+            self.reads += 1
+            yield c
+
+    def response_bytes(self, status, headers, body):
+        self.response = (status, dict(headers), body)
 
 
 class Store:
     def __init__(self, *triggers):
-        self.table = RouteTable(list(triggers))
+        self.table = RouteTable(list(triggers) or [Trigger("GET", "/users/{id}", "users")])
 
     def routes(self):
+        return self.table
+
+    def cached_routes(self):
         return self.table
 
 
@@ -34,128 +80,140 @@ class Invoker:
         self.result, self.error = result, error
         self.calls = []
 
-    def invoke(self, function, body, *, request_id, trigger=None):
+    async def invoke_async(self, function, body, *, request_id, trigger, client, offload):
         self.calls.append((function, json.loads(body), request_id, trigger))
         rec = InvocationRecord(request_id=request_id, function=function, version=1, started_at=0.0,
                                duration_ms=1.5, phases={"queue": 0.1})
         return Outcome(record=rec, result=self.result, error=self.error)
 
 
-def platform_app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"platform"]
+def platform():
+    app = Flask("platform")
+
+    @app.route("/_/echo", methods=["GET", "POST"])
+    def echo():
+        return {"path": request.path, "body": request.get_data(as_text=True), "ip": request.remote_addr,
+                "agent": request.headers.get("User-Agent")}
+
+    return app
 
 
-def call(app, method="GET", path="/", **kw):
-    environ = EnvironBuilder(method=method, path=path, **kw).get_environ()
-    seen = {}
-
-    def start_response(status, headers, exc_info=None):
-        seen["status"], seen["headers"] = status, headers
-
-    body = b"".join(app(environ, start_response))
-    return seen["status"], dict(seen["headers"]), body
-
-
-def edge(invoker, *triggers, max_bytes=1024):
-    triggers = triggers or (Trigger("GET", "/users/{id}", "users"),)
-    return TriggerPath(platform_app, Store(*triggers), invoker, max_bytes)
+def serve(invoker, scope, proto=None, store=None, max_bytes=1024):
+    proto = proto or Proto()
+    edge = EdgeApp(platform(), store or Store(), invoker, max_bytes, threads=2)
+    try:
+        asyncio.run(edge(scope, proto))
+    finally:
+        edge.close()
+    return proto.response
 
 
-def test_platform_paths_go_to_the_wrapped_app():
+def test_platform_paths_go_to_flask():
     inv = Invoker(result="x")
-    assert call(edge(inv), path="/_/health")[2] == b"platform"
+    status, headers, body = serve(inv, Scope("POST", "/_/echo", headers=[("user-agent", "t"), ("content-length", "2")]),
+                                  Proto(b"hi"))
+    assert status == 200
+    assert json.loads(body) == {"path": "/_/echo", "body": "hi", "ip": "127.0.0.1", "agent": "t"}
     assert inv.calls == []
 
 
 def test_a_trigger_builds_the_event_and_maps_the_result():
     inv = Invoker(result={"statusCode": 201, "headers": {"X-A": "1", "Content-Length": "999"}, "body": "made"})
-    status, headers, body = call(edge(inv), "GET", "/users/42", query_string="q=1",
-                                 headers={"X-Request-Id": "abc-1", "Cookie": "a=1; b=2"})
-    assert status == "201 Created"
-    assert body == b"made"
-    assert headers["X-Request-Id"] == "abc-1"
-    assert headers["Content-Length"] == "4"          # the function cannot set framing
+    status, headers, body = serve(inv, Scope("GET", "/users/42", "q=1",
+                                             [("x-request-id", "abc-1"), ("cookie", "a=1; b=2")]))
+    assert (status, body) == (201, b"made")
+    assert headers["x-request-id"] == "abc-1"
+    assert "Content-Length" not in headers          # the function cannot set framing
     assert headers["X-A"] == "1"
-    assert "queue;dur=0.100" in headers["Server-Timing"]
+    assert "queue;dur=0.100" in headers["server-timing"]
     function, event, rid, trigger = inv.calls[0]
     assert (function, rid, trigger) == ("users", "abc-1", "GET /users/{id}")
     assert event["pathParameters"] == {"id": "42"}
     assert event["queryStringParameters"] == {"q": "1"}
     assert event["cookies"] == ["a=1", "b=2"]
-    assert event["requestContext"]["http"]["method"] == "GET"
+    assert event["requestContext"]["domainName"] == "example.test"
+    assert event["requestContext"]["http"]["sourceIp"] == "127.0.0.1"
+
+
+def test_an_unsafe_request_id_is_replaced():
+    status, headers, _ = serve(Invoker(result="x"), Scope("GET", "/users/1", headers=[("x-request-id", "a b\n")]))
+    assert status == 200 and len(headers["x-request-id"]) == 32
 
 
 def test_head_answers_without_a_body():
-    status, headers, body = call(edge(Invoker(result="hello")), "HEAD", "/users/1")
-    assert (status, body, headers["Content-Length"]) == ("200 OK", b"", "0")
+    status, _, body = serve(Invoker(result="hello"), Scope("HEAD", "/users/1"))
+    assert (status, body) == (200, b"")
 
 
 def test_errors_use_the_one_error_shape():
-    status, headers, body = call(edge(Invoker(error=QueueFull("the queue is full"))), "GET", "/users/1")
-    assert status.startswith("429")
+    status, headers, body = serve(Invoker(error=QueueFull("the queue is full")), Scope("GET", "/users/1"))
+    assert status == 429
     assert headers["Retry-After"] == "1"
-    assert "Server-Timing" in headers
+    assert "server-timing" in headers
     assert json.loads(body)["error"]["code"] == "Activation.QueueFull"
 
 
 @pytest.mark.parametrize("method,path,status,code", [
-    ("GET", "/nope", "404", "Trigger.NotFound"),
-    ("POST", "/users/1", "405", "Trigger.MethodNotAllowed"),
-    ("TRACE", "/users/1", "405", "Trigger.MethodNotAllowed"),
+    ("GET", "/nope", 404, "Trigger.NotFound"),
+    ("POST", "/users/1", 405, "Trigger.MethodNotAllowed"),
+    ("TRACE", "/users/1", 405, "Trigger.MethodNotAllowed"),
 ])
 def test_unrouted_requests_are_refused_before_any_invocation(method, path, status, code):
     inv = Invoker(result="x")
-    got, headers, body = call(edge(inv), method, path)
-    assert got.startswith(status)
+    got, headers, body = serve(inv, Scope(method, path))
+    assert got == status
     assert json.loads(body)["error"]["code"] == code
-    assert headers["X-Request-Id"]
+    assert headers["x-request-id"]
     assert inv.calls == []
 
 
 def test_a_body_over_the_limit_is_refused_unread():
     inv = Invoker(result="x")
-    status, _, body = call(edge(inv, Trigger("POST", "/up", "f"), max_bytes=10), "POST", "/up", data=b"x" * 11)
-    assert status.startswith("413")
+    proto = Proto(b"x" * 11)
+    status, _, body = serve(inv, Scope("POST", "/up", headers=[("content-length", "11")]), proto,
+                            store=Store(Trigger("POST", "/up", "f")), max_bytes=10)
+    assert status == 413
     assert json.loads(body)["error"]["code"] == "Request.TooLarge"
-    assert inv.calls == []
+    assert (inv.calls, proto.reads) == ([], 0)
+
+
+def test_a_chunked_body_is_cut_off_once_over_the_limit():
+    proto = Proto(chunks=[b"x" * 6, b"x" * 6, b"x" * 6])
+    with pytest.raises(Exception) as err:
+        asyncio.run(read_body(Headers([("transfer-encoding", "chunked")]), proto, 10))
+    assert err.value.code == "Request.TooLarge"
+    assert proto.reads == 2
+    assert asyncio.run(read_body(Headers([("transfer-encoding", "chunked")]), Proto(chunks=[b"ab", b"c"]), 10)) == b"abc"
+
+
+def test_read_body_needs_a_length_or_chunks():
+    assert asyncio.run(read_body(Headers([]), Proto(b"ignored"), 10)) == b""
+    assert asyncio.run(read_body(Headers([("content-length", "3")]), Proto(b"abc"), 10)) == b"abc"
+    with pytest.raises(ValidationError) as err:
+        asyncio.run(read_body(Headers([("content-length", "many")]), Proto(), 10))
+    assert err.value.field == "Content-Length"
 
 
 def test_an_unexpected_failure_is_a_500_without_details():
     class Broken(Invoker):
-        def invoke(self, *a, **k):
+        async def invoke_async(self, *a, **k):
             raise RuntimeError("secret detail")
 
-    status, _, body = call(edge(Broken()), "GET", "/users/1")
-    assert status.startswith("500")
+    status, _, body = serve(Broken(), Scope("GET", "/users/1"))
+    assert status == 500
     assert b"secret detail" not in body
 
 
-def test_headers_match_werkzeugs_view_of_the_environ():
-    environ = EnvironBuilder(method="POST", path="/x", data=b"{}", content_type="application/json",
-                             headers={"X-Multi": "a", "User-Agent": "t"}).get_environ()
-    ours = sorted(environ_headers(environ))
-    theirs = sorted((k.lower(), v) for k, v in EnvironHeaders(environ).items())
-    assert ours == theirs
+def test_wsgi_environ_for_flask():
+    env = wsgi_environ(Scope("GET", "/_/caf\u00e9", "a=1", [("x-a", "1"), ("x-a", "2"), ("content-type", "text/plain")],
+                             client="[::1]:5000"), b"")
+    assert env["PATH_INFO"].encode("latin-1").decode("utf-8") == "/_/caf\u00e9"
+    assert (env["HTTP_X_A"], env["CONTENT_TYPE"], env["REMOTE_ADDR"]) == ("1,2", "text/plain", "::1")
 
 
-def test_path_is_utf8_and_rooted():
-    assert request_path({"PATH_INFO": "/caf\u00c3\u00a9"}) == "/caf\u00e9"
-    assert request_path({"PATH_INFO": ""}) == "/"
-    assert request_path({"PATH_INFO": "//a"}) == "/a"
-
-
-def test_read_body_limits():
-    env = {"CONTENT_LENGTH": "3", "wsgi.input": io.BytesIO(b"abcdef")}
-    assert read_body(env, 5) == b"abc"
-    assert read_body({"CONTENT_LENGTH": ""}, 5) == b""
-    with pytest.raises(PayloadTooLarge):
-        read_body({"CONTENT_LENGTH": "6", "wsgi.input": io.BytesIO(b"abcdef")}, 5)
-    with pytest.raises(ValidationError) as err:
-        read_body({"CONTENT_LENGTH": "many"}, 5)
-    assert err.value.field == "Content-Length"
-
-
-def test_status_lines():
-    assert status_line(200) == "200 OK"
-    assert status_line(299) == "299 UNKNOWN"
+def test_hosts_and_clients():
+    assert host_name("example.test:8080") == "example.test"
+    assert host_name("[::1]:8080") == "::1"
+    assert host_name("plain") == "plain"
+    assert client_ip("10.0.0.1:443") == "10.0.0.1"
+    assert client_ip("[fe80::1]:443") == "fe80::1"
