@@ -278,12 +278,15 @@ def logs(ctx, name, follow, since, status, limit):
     for line in out["lines"]:
         click.echo(line["line"])
     after = out["next"]
-    while follow:
-        time.sleep(1.0)
-        out = api.logs(name, after=after, limit=1000, **({"status": status} if status else {}))
-        for line in out["lines"]:
-            click.echo(line["line"])
-        after = out["next"] or after
+    try:
+        while follow:
+            time.sleep(1.0)
+            out = api.logs(name, after=after, limit=1000, **({"status": status} if status else {}))
+            for line in out["lines"]:
+                click.echo(line["line"])
+            after = out["next"] or after
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow ends: not an error
 
 
 @main.command("ls")

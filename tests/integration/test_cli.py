@@ -1,6 +1,7 @@
 """The `faas` command as a user types it."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -96,10 +97,14 @@ def test_logs_follow_prints_new_invocations_as_they_happen(appliance, tmp_path):
         faas(appliance, "invoke", "followed", "--data", '{"n": 2}')
         wait_for(lambda: "seen 2" in out.read_text(), 20, message="the new invocation to be followed")
         assert proc.poll() is None, "--follow ended by itself"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C ends a follow normally
+        assert proc.wait(10) == 0
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
     text = out.read_text()
+    assert "Aborted" not in text
     assert text.count("seen 1") == 1 and text.count("START RequestId") == 2
 
 
