@@ -20,6 +20,7 @@ venv: $(VENV)/.installed
 # venv's path with a .pth file and the `faas` command is a two-line wrapper, so no packaging
 # metadata is needed beside the fixed top-level layout.
 $(VENV)/.installed: requirements.txt
+	@echo "Creating $(VENV) from requirements.txt (a few minutes the first time) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

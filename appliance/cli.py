@@ -6,6 +6,7 @@ Every command talks to the control-plane API (``--api`` or ``FAAS_API``), except
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -60,7 +61,16 @@ def _run(settings: Settings, roles, example: str | None) -> None:
     logs.setup(settings.log_level)
     app = Appliance(settings, roles=roles)
     app.install_signal_handlers()
-    app.start()
+    try:
+        app.start()
+    except OSError as exc:
+        app.stop()  # the runtime zygotes and cgroups already made
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and not exc.filename:
+            ports = " and ".join(f"{label} port {port}" for label, port, role in (
+                ("edge", settings.edge_port, "edge"), ("API", settings.api_port, "control")) if role in roles)
+            _fail(f"cannot listen on {settings.host} ({ports}): {exc.strerror}; stop what uses it, or pick "
+                  "other ports with --edge-port and --api-port (make up EDGE_PORT=... API_PORT=...)")
+        _fail(f"the appliance could not start: {exc}")
     edge = f"http://{settings.host}:{app.ports['edge']}" if "edge" in app.ports else None
     api = f"http://{settings.host}:{app.ports['control']}" if "control" in app.ports else None
     click.echo(f"FaaS Appliance is up ({settings.mode} mode). Edge router: {edge or '-'}  API: {api or '-'}")
@@ -215,10 +225,14 @@ def trigger_rm(ctx, method, path):
 @main.command()
 @click.argument("name")
 @click.option("--data", default=None, help="The event as JSON [{}].")
-@click.option("--verbose", "-v", is_flag=True, help="Also print request id, cold start and timing.")
+@click.option("--verbose", "-v", is_flag=True, help="Also print request id, cold start and timing, and the "
+              "stack trace of a failed invocation.")
 @click.pass_context
 def invoke(ctx, name, data, verbose):
-    """Invoke a function directly and print its result."""
+    """Invoke a function directly and print its result.
+
+    A failed invocation prints one error line and exits 1; -v adds the function's stack trace.
+    """
     event = {}
     if data:
         try:
@@ -229,12 +243,19 @@ def invoke(ctx, name, data, verbose):
     if verbose:
         click.echo(f"request id: {resp.headers.get('X-Request-Id')}  cold: {resp.headers.get('X-Faas-Cold-Start')}  "
                    f"timing: {resp.headers.get('Server-Timing')}", err=True)
-    body = resp.json()
+    try:
+        body = resp.json()
+    except ValueError:
+        _fail(f"Http.Error: the API answered {resp.status_code} without JSON: {resp.text[:200]!r}")
     if resp.status_code >= 400:
-        err = body.get("error", {})
-        fn = err.get("function") or {}
-        _fail(f"{err.get('code')}: {err.get('message')}" + (f"\n{''.join(fn.get('stackTrace') or [])}".rstrip()
-                                                              if fn.get("stackTrace") else ""))
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        trace = "".join((err.get("function") or {}).get("stackTrace") or []).rstrip()
+        if verbose and trace:
+            click.echo(trace, err=True)
+        message = " ".join(str(err.get("message")).splitlines())  # a function's message may span lines
+        _fail(f"{err.get('code')}: {message}"
+              + (f" (request {resp.headers.get('X-Request-Id')}; -v shows the stack trace)" if trace and not verbose
+                 else ""))
     click.echo(json.dumps(body) if not isinstance(body, str) else body)
 
 
@@ -257,12 +278,15 @@ def logs(ctx, name, follow, since, status, limit):
     for line in out["lines"]:
         click.echo(line["line"])
     after = out["next"]
-    while follow:
-        time.sleep(1.0)
-        out = api.logs(name, after=after, limit=1000, **({"status": status} if status else {}))
-        for line in out["lines"]:
-            click.echo(line["line"])
-        after = out["next"] or after
+    try:
+        while follow:
+            time.sleep(1.0)
+            out = api.logs(name, after=after, limit=1000, **({"status": status} if status else {}))
+            for line in out["lines"]:
+                click.echo(line["line"])
+            after = out["next"] or after
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow ends: not an error
 
 
 @main.command("ls")

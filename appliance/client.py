@@ -72,7 +72,13 @@ class ApplianceClient:
                          headers={"Content-Type": "application/octet-stream" if filename else "application/zip"}).json()
 
     def deploy(self, name: str, source: str | Path, **config) -> dict:
-        """Create or update ``name`` with ``config`` and upload ``source`` (dir, zip or file)."""
+        """Create or update ``name`` with ``config`` and upload ``source`` (dir, zip or file).
+
+        A failed deploy of a new function leaves nothing behind: the source is read before the
+        function is created, and a function created here is removed again when its code is refused.
+        """
+        data, filename = package(source)
+        created = False
         try:
             self.get_function(name)
             if config:
@@ -81,8 +87,16 @@ class ApplianceClient:
             if exc.status != 404:
                 raise
             self.create_function(name=name, **config)
-        data, filename = package(source)
-        return self.upload_code(name, data, filename=filename)
+            created = True
+        try:
+            return self.upload_code(name, data, filename=filename)
+        except ApiError:
+            if created:
+                try:
+                    self.delete_function(name)
+                except ApiError:
+                    pass  # the upload's error is the one to report
+            raise
 
     # triggers
     def add_trigger(self, function: str, method: str, path: str) -> dict:

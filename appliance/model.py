@@ -135,15 +135,22 @@ class FunctionConfig:
                     field="environment")
             if not isinstance(value, str):
                 raise ValidationError(f"environment variable {key!r} must be a string, got {value!r}", field="environment")
+            if "\x00" in value:
+                # A process environment cannot hold NUL: every start of the function would fail.
+                raise ValidationError(f"environment variable {key!r} contains a NUL character; remove it",
+                                      field="environment")
             size += len(key) + len(value)
         if size > ENV_MAX_BYTES:
             raise ValidationError(
                 f"environment is {size} bytes; the limit is {ENV_MAX_BYTES}: store large values in the code package",
                 field="environment")
-        description = d.get("description") or ""
+        # Only a missing value (or null) takes the default: 0, false or [] are mistakes to report.
+        description = d.get("description")
+        description = "" if description is None else description
         if not isinstance(description, str) or len(description) > DESCRIPTION_MAX:
             raise ValidationError(f"description must be a string of at most {DESCRIPTION_MAX} characters", field="description")
-        network = d.get("network") or "default"
+        network = d.get("network")
+        network = "default" if network is None else network
         if network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,

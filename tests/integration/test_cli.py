@@ -1,6 +1,7 @@
 """The `faas` command as a user types it."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -69,3 +70,80 @@ def test_an_unreachable_api_says_how_to_start_it(tmp_path):
     assert proc.returncode == 1
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: Client.Unreachable") and "make up" in line
+
+
+def test_a_zip_deploys(appliance, tmp_path):
+    import zipfile
+    z = tmp_path / "packed.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("index.py", "def handler(event, context):\n    return 'zipped'\n")
+    fn = json.loads(faas(appliance, "deploy", str(z), "--memory", "256").stdout)
+    assert (fn["name"], fn["memory_mb"], fn["version"]) == ("packed", 256, 1)
+    assert faas(appliance, "invoke", "packed").stdout.strip() == "zipped"
+
+
+def test_logs_follow_prints_new_invocations_as_they_happen(appliance, tmp_path):
+    from .conftest import wait_for
+    f = tmp_path / "index.py"
+    f.write_text("def handler(event, context):\n    print('seen', event['n'])\n    return 'ok'\n")
+    faas(appliance, "deploy", str(f), "--name", "followed")
+    faas(appliance, "invoke", "followed", "--data", '{"n": 1}')
+    out = tmp_path / "follow.out"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "--api", appliance.api_url, "logs", "followed",
+                                 "--follow"], cwd=str(REPO), stdout=sink, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: "seen 1" in out.read_text(), 20, message="the earlier invocation")
+        faas(appliance, "invoke", "followed", "--data", '{"n": 2}')
+        wait_for(lambda: "seen 2" in out.read_text(), 20, message="the new invocation to be followed")
+        assert proc.poll() is None, "--follow ended by itself"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C ends a follow normally
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = out.read_text()
+    assert "Aborted" not in text
+    assert text.count("seen 1") == 1 and text.count("START RequestId") == 2
+
+
+def test_a_failed_invocation_is_one_line_and_a_non_zero_exit(appliance, tmp_path):
+    f = tmp_path / "index.py"
+    f.write_text("def handler(event, context):\n    raise ValueError('bad\\ninput')\n")
+    faas(appliance, "deploy", str(f), "--name", "raiser")
+    proc = faas(appliance, "invoke", "raiser", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Function.Error: ValueError: bad input (request ")
+    verbose = faas(appliance, "invoke", "raiser", "-v", check=False)
+    assert verbose.returncode == 1 and 'File "/var/task/index.py"' in verbose.stderr
+    assert verbose.stderr.strip().splitlines()[-1].startswith("error: Function.Error")
+
+
+def test_a_failed_deploy_of_a_new_function_leaves_nothing_behind(appliance, tmp_path):
+    proc = faas(appliance, "deploy", str(tmp_path / "missing"), "--name", "never", check=False)
+    assert proc.returncode == 1 and "Client.NoSource" in proc.stderr.strip().splitlines()[-1]
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not code")
+    proc = faas(appliance, "deploy", str(bad), "--name", "never", check=False)
+    assert proc.returncode == 1 and "(field: filename)" in proc.stderr.strip().splitlines()[-1]
+    assert "never" not in [f["name"] for f in appliance.api.list_functions()]
+
+
+def test_up_on_a_port_in_use_is_one_line_and_exit_1(tmp_path):
+    import socket
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "appliance", "up", "--edge-port", str(port), "--api-port", "0",
+                               "--data-dir", str(tmp_path / "data")], cwd=str(REPO), capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        taken.close()
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: cannot listen on 127.0.0.1 (edge port {port} and API port 0)"), proc.stderr
+    assert "--edge-port" in line and "Traceback" not in proc.stderr

@@ -51,6 +51,12 @@ def test_multipart_upload(appliance, fn):
     assert appliance.api.invoke(fn) == "v1"
 
 
+def test_multipart_upload_of_a_single_source_file(appliance, fn):
+    resp = put_code(appliance, fn, files={"code": ("index.py", V2.encode(), "text/x-python")})
+    assert resp.status_code == 201, resp.text
+    assert appliance.api.invoke(fn) == "v2"
+
+
 def test_single_source_file_upload(appliance, fn):
     resp = put_code(appliance, fn, data=V2.encode(), params={"filename": "index.py"},
                     headers={"Content-Type": "text/x-python"})

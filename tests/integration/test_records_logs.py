@@ -37,6 +37,10 @@ def test_invocation_filters(appliance):
     assert {r["status"] for r in appliance.api.invocations(name, status="error")} == {"error"}
     assert len(appliance.api.invocations(name, status="error")) == 2
     assert appliance.api.invocations(name, since=time.time() + 60) == []
+    assert len(appliance.api.invocations(name, since=-300)) == 4  # negative: seconds ago
+    for params, field in (({"since": "yesterday"}, "since"), ({"limit": 0}, "limit"), ({"limit": "x"}, "limit")):
+        resp = requests.get(f"{appliance.api_url}/v1/functions/{name}/invocations", params=params, timeout=5)
+        assert resp.status_code == 400 and resp.json()["error"]["field"] == field, resp.text
     resp = requests.get(f"{appliance.api_url}/v1/functions/{name}/invocations", params={"status": "meh"}, timeout=5)
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "status"
 

@@ -2,6 +2,7 @@
 
 import random
 import threading
+import time
 import uuid
 
 import requests
@@ -62,6 +63,8 @@ def test_a_full_queue_answers_429_with_retry_after(make_appliance):
     for x in resps:
         if x.status_code == 429:
             assert x.json()["error"]["code"] == "Activation.QueueFull" and int(x.headers["Retry-After"]) >= 1
+    throttled = {rec["request_id"] for rec in r.api.invocations(name, status="throttled")}
+    assert throttled == {x.headers["X-Request-Id"] for x in resps if x.status_code == 429}
 
 
 def test_waiting_past_the_queue_deadline_answers_503_with_retry_after(make_appliance):
@@ -77,8 +80,29 @@ def test_waiting_past_the_queue_deadline_answers_503_with_retry_after(make_appli
     assert resp.json()["error"]["code"] == "Activation.Timeout" and int(resp.headers["Retry-After"]) >= 1
 
 
+def test_a_cold_start_slower_than_the_queue_deadline_answers_503_with_retry_after(make_appliance):
+    r = make_appliance({"APPLIANCE_QUEUE_TIMEOUT_S": "0.5"})
+    slow_init = "import time\ntime.sleep(2)\ndef handler(event, context):\n    return 'late'\n"
+    name = r.deploy({"index.py": slow_init}, timeout_s=10)
+    t0 = time.monotonic()
+    resp = invoke(r, name)
+    assert resp.status_code == 503 and time.monotonic() - t0 < 1.8, resp.text  # not held for the 2 s start
+    assert resp.json()["error"]["code"] == "Activation.Timeout" and int(resp.headers["Retry-After"]) >= 1
+    # the start carries on without the request that gave up, and its instance serves the retry warm
+    wait_for(lambda: _scaling(r, name)["ready"] == 1, 15, message="the slow start to finish")
+    again = invoke(r, name)
+    assert again.json() == "late" and again.headers["X-Faas-Cold-Start"] == "0"
+    unavailable = r.api.invocations(name, status="unavailable")
+    assert [rec["request_id"] for rec in unavailable] == [resp.headers["X-Request-Id"]]
+    assert unavailable[0]["error_type"] == "Activation.Timeout" and unavailable[0]["http_status"] == 503
+
+
 def _inflight(r, name):
-    return requests.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["scaling"]["inflight"]
+    return _scaling(r, name)["inflight"]
+
+
+def _scaling(r, name):
+    return requests.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["scaling"]
 
 
 def test_idle_instances_are_reclaimed_and_the_next_call_is_a_cold_start(appliance):

@@ -33,8 +33,12 @@ def test_defaults_match_the_documented_ones():
     ({"name": "f", "environment": {"FAAS_X": "y"}}, "environment", "reserved"),
     ({"name": "f", "environment": {"X": 1}}, "environment", "string"),
     ({"name": "f", "environment": {"X": "y" * 5000}}, "environment", "limit"),
+    ({"name": "f", "environment": {"X": "a\x00b"}}, "environment", "NUL"),
     ({"name": "f", "description": "d" * 300}, "description", "256"),
+    ({"name": "f", "description": 0}, "description", "string"),
+    ({"name": "f", "description": False}, "description", "string"),
     ({"name": "f", "network": "host"}, "network", "default, none"),
+    ({"name": "f", "network": 0}, "network", "default, none"),
     ({"name": "f", "colour": "red"}, "colour", "unknown field"),
 ])
 def test_each_invalid_field_is_named_with_a_fix(body, field, fragment):
@@ -43,6 +47,11 @@ def test_each_invalid_field_is_named_with_a_fix(body, field, fragment):
     assert err.value.field == field
     assert fragment in err.value.message
     assert err.value.status == 400
+
+
+def test_null_takes_the_default():
+    c = FunctionConfig.from_request({"name": "f", "description": None, "network": None, "environment": None})
+    assert (c.description, c.network, c.environment) == ("", "default", {})
 
 
 def test_updates_keep_fields_left_out_and_refuse_renames():
