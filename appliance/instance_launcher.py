@@ -14,13 +14,20 @@ fetch), verifies the sha256, unpacks with :func:`appliance.codepkg.unpack` (all 
 checks), then replaces itself with the runtime's bootstrap (``os.execv``), so Nomad's signals and
 exit status are the runtime's own. A pool instance starting afresh first clears a claim left on its
 allocation by an earlier incarnation (Nomad restarts a drained pool instance in place).
+
+``python -m appliance.instance_launcher`` runs only the fetch (:func:`fetch_main`). A pool instance
+whose runtime cannot take the file lock itself (Node.js has no ``flock``) is given that command in
+``FAAS_CODE_FETCHER`` and runs it when ``/_/specialize`` names code by URL, so every runtime shares
+one lock, one set of package checks and one fetch per digest per node.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -30,6 +37,7 @@ from . import codepkg
 from .config import REPO_ROOT
 
 CLAIM_PREFIX = "faas/pool/claims/"
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _say(event: str, **kv) -> None:
@@ -82,6 +90,23 @@ def clear_stale_claim(consul_addr: str, alloc_id: str) -> None:
         _say("claim_clear_failed", alloc=alloc_id, error=repr(str(exc)))
 
 
+def fetch_main(environ=None) -> None:
+    """Make sure the code of ``FAAS_CODE_DIGEST`` is in ``FAAS_CODE_CACHE_DIR`` (fetching it from
+    ``FAAS_CODE_URL`` when it is not) and print its directory; exit 1 with the reason otherwise."""
+    env = os.environ if environ is None else environ
+    digest = env.get("FAAS_CODE_DIGEST") or ""
+    if not DIGEST.fullmatch(digest):
+        raise SystemExit("faas instance: FAAS_CODE_DIGEST must be 64 lowercase hex digits (a sha256)")
+    cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas-appliance/code-cache")
+    try:
+        code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line for the runtime that asked, whatever failed
+        raise SystemExit(f"faas instance: {getattr(exc, 'message', None) or exc}") from None
+    print(code_dir, flush=True)
+
+
 def main(environ=None) -> None:
     env = dict(os.environ if environ is None else environ)
     runtime = env.get("FAAS_RUNTIME") or "python3.11"
@@ -90,6 +115,7 @@ def main(environ=None) -> None:
         alloc = env.get("FAAS_INSTANCE_ID") or env.get("NOMAD_ALLOC_ID")
         if alloc and env.get("CONSUL_HTTP_ADDR"):
             clear_stale_claim(env["CONSUL_HTTP_ADDR"], alloc)
+        env.setdefault("FAAS_CODE_FETCHER", json.dumps([sys.executable, "-m", "appliance.instance_launcher"]))
     else:
         digest = env.get("FAAS_CODE_DIGEST") or ""
         if not digest:
@@ -100,3 +126,7 @@ def main(environ=None) -> None:
     cmd = bootstrap_command(runtime, runtimes_dir)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     os.execve(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    fetch_main()

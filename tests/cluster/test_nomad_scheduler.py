@@ -20,14 +20,14 @@ from helpers import HELLO, FaultyProxy, alloc_logs, job_vars, moto_s3, package, 
 
 
 class Cluster:
-    def __init__(self, consul, nomad, s3_url, tmp_path, python_count, nomad_url=None):
+    def __init__(self, consul, nomad, s3_url, tmp_path, python_count, nomad_url=None, node_count=0):
         self.consul, self.nomad = consul, nomad
         self.blobs = S3BlobStore(bucket=f"code-{id(self)}", endpoint_url=s3_url, access_key="testing",
                                  secret_key="testing")
         self.blobs.ensure_bucket()
         self.client = InstanceClient()
         self.registries, self.schedulers = [], []
-        self.vars = job_vars(consul.url, str(tmp_path / "code"), python_count=python_count)
+        self.vars = job_vars(consul.url, str(tmp_path / "code"), python_count=python_count, node_count=node_count)
         self.nomad_url = nomad_url or nomad.url
 
     def scheduler(self, **kw) -> NomadScheduler:
@@ -40,11 +40,11 @@ class Cluster:
         self.schedulers.append(s)
         return s
 
-    def deploy(self, source=HELLO, function="hello", version=1, concurrency=1) -> InstanceSpec:
-        data = package(source)
+    def deploy(self, source=HELLO, function="hello", version=1, concurrency=1, runtime="python3.11") -> InstanceSpec:
+        data = package(source, "index.py" if runtime == "python3.11" else "index.js")
         digest = hashlib.sha256(data).hexdigest()
         self.blobs.put(digest, data)
-        return InstanceSpec(function=function, version=version, digest=digest, runtime="python3.11",
+        return InstanceSpec(function=function, version=version, digest=digest, runtime=runtime,
                             handler="index.handler", memory_mb=128, timeout_s=3, concurrency=concurrency,
                             environment={"GREETING": "hi"})
 
@@ -65,8 +65,8 @@ class Cluster:
 def make_cluster(consul_double, nomad_double, moto_s3, tmp_path):
     made = []
 
-    def make(python_count=0, nomad_url=None) -> Cluster:
-        c = Cluster(consul_double, nomad_double, moto_s3.url, tmp_path, python_count, nomad_url)
+    def make(python_count=0, nomad_url=None, node_count=0) -> Cluster:
+        c = Cluster(consul_double, nomad_double, moto_s3.url, tmp_path, python_count, nomad_url, node_count)
         made.append(c)
         return c
     yield make
@@ -126,6 +126,31 @@ def test_pool_path_claims_and_specialises(make_cluster, consul_double):
     assert claim["function"] == "hello"
     # Specialised, it left the pool: the pool check fails.
     wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="left the pool")
+
+
+def test_each_runtime_has_its_own_pool_and_nodejs_functions_start_from_theirs(make_cluster, consul_double,
+                                                                            nomad_double):
+    c = make_cluster(python_count=0, node_count=1)
+    s = c.scheduler()
+    s.ensure_jobs()
+    wait_until(lambda: consul_double.passing_instances("faas-pool-nodejs20"), 30, "a free Node.js pool instance")
+    # A Python function never takes a Node.js instance: with its own pool empty, it is dispatched.
+    py = s.start(c.deploy(function="py"), time.monotonic() + 30)
+    assert "." not in py.id and consul_double.passing_instances("faas-pool-nodejs20")
+    spec = c.deploy(source="exports.handler = async () => process.env.GREETING;\n", runtime="nodejs20")
+    inst = s.start(spec, time.monotonic() + 30)
+    assert "." in inst.id and s.stats["pool_starts"] == 1
+    assert c.invoke(inst)["result"] == "hi"
+    (entry,) = consul_double.passing_instances("fn-hello")
+    assert "source=pool" in entry["Tags"] and entry["Meta"]["runtime"] == "nodejs20"
+    assert entry["Meta"]["instance_id"] == inst.id
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-nodejs20"), what="left the pool")
+    assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
+    # Drained, it leaves Consul and exits; Nomad restarts the allocation as a generic instance.
+    assert requests.post(f"http://{inst.address}/_/drain", json={}, timeout=5).json() == {"drained": True}
+    wait_until(lambda: not consul_double.passing_instances("fn-hello"), 15, "the drained instance deregistered")
+    (free,) = wait_until(lambda: consul_double.passing_instances("faas-pool-nodejs20"), 30, "back in the pool")
+    assert free["Meta"]["instance_id"] == inst.id.split(".")[0]
 
 
 def test_two_starters_racing_for_one_pool_instance(make_cluster, consul_double):
