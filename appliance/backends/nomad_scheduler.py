@@ -482,7 +482,13 @@ class NomadScheduler:
                 return
 
     def refill_pool(self) -> dict[str, int]:
-        """One top-up pass; returns {runtime group: new count} for the groups it scaled."""
+        """One top-up pass; returns {runtime group: new count} for the groups it scaled.
+
+        The count is ``specialised + pool_target_free``, where specialised instances are the pool
+        entries that hold a claim and no longer pass their pool check. Entries that fail the check
+        without a claim (still starting, a Consul restart, a runtime that cannot start on this
+        cluster) are neither free nor in use: counting them as in use would grow the group on every
+        pass, up to its scaling maximum, without ever making an instance free."""
         status = self._call("pool scale status", lambda: self._session_request(
             "GET", f"/v1/job/{self.pool_job}/scale").json())
         scaled = {}
@@ -491,18 +497,29 @@ class NomadScheduler:
                 continue  # registered with count 0: the pool is off for this runtime
             if g["Running"] < g["Desired"]:
                 continue  # instances are still starting: wait, or we would overshoot
-            _, entries = self.consul.health.service(pool_service(group), passing=True)
-            self._clear_stale_claims(entries or [])
-            free = len(entries or [])
-            want = max(0, g["Desired"] - free + self.pool_target_free)
+            _, entries = self.consul.health.service(pool_service(group))
+            free = [e for e in entries or [] if _passing(e)]
+            self._clear_stale_claims(free)
+            _, claimed = self.consul.kv.get(CLAIM_PREFIX, keys=True)
+            claimed = {k[len(CLAIM_PREFIX):] for k in claimed or []}
+            in_use = sum(1 for e in entries or [] if not _passing(e)
+                         and (e["Service"].get("Meta") or {}).get("instance_id") in claimed)
+            want = in_use + self.pool_target_free
             if want != g["Desired"]:
                 self._call(f"scale {self.pool_job}/{group}", lambda: self._session_request(
                     "POST", f"/v1/job/{self.pool_job}/scale",
                     json_body={"Count": want, "Target": {"Group": group},
-                               "Message": f"pool top-up: {free} free, target {self.pool_target_free}"}))
-                log.info("event=pool_scaled group=%s from=%d to=%d free=%d", group, g["Desired"], want, free)
+                               "Message": f"pool top-up: {len(free)} free, {in_use} specialised, "
+                                          f"target {self.pool_target_free} free"}))
+                log.info("event=pool_scaled group=%s from=%d to=%d free=%d specialised=%d",
+                         group, g["Desired"], want, len(free), in_use)
                 scaled[group] = want
         return scaled
+
+
+def _passing(entry: dict) -> bool:
+    """A health entry whose checks all pass (what ``?passing`` keeps)."""
+    return all(c.get("Status") == "passing" for c in entry.get("Checks") or [])
 
 
 def _claim_age(item: dict) -> float:

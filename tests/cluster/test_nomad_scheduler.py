@@ -254,6 +254,24 @@ def test_pool_top_up_scales_the_runtime_group(make_cluster, consul_double, nomad
     assert s.refill_pool() == {}  # one free again: nothing to do
 
 
+def test_pool_instances_that_never_pass_do_not_make_top_up_grow_the_group(make_cluster, consul_double, nomad_double):
+    """A pool runtime that runs but never answers its pool check (broken on this cluster, or a
+    Consul restart making every check critical) is not in use: top-up leaves the count alone."""
+    c = make_cluster(python_count=1)
+    c.vars = c.vars.replace('instance_args = ["-m", "appliance", "instance"]',
+                            'instance_args = ["-c", "import time; time.sleep(600)"]')
+    s = c.scheduler()
+    s.ensure_jobs()
+    wait_until(lambda: requests.get(f"{nomad_double.url}/v1/job/runtime-pool/scale", timeout=5).json()
+               ["TaskGroups"]["python3.11"]["Running"] == 1, 30, "the pool allocation to run")
+    wait_until(lambda: requests.get(f"{consul_double.url}/v1/health/service/faas-pool-python3-11", timeout=5).json(),
+               15, "the pool entry in Consul")
+    for _ in range(3):
+        assert s.refill_pool() == {}
+    status = requests.get(f"{nomad_double.url}/v1/job/runtime-pool/scale", timeout=5).json()
+    assert status["TaskGroups"]["python3.11"]["Desired"] == 1
+
+
 def test_exit_cause_and_reason_come_from_task_events(make_cluster, nomad_double):
     """A crashed dispatched instance: its cause is read back from Nomad's allocation."""
     import os
