@@ -18,7 +18,7 @@
 variable "job_id" {
   type        = string
   default     = "function-instance"
-  description = "Job ID. Nomad cannot size resources from dispatch meta, so a cluster that wants several memory classes registers this file once per class (job_id = function-instance-512, memory_mb = 512)."
+  description = "Job ID. Nomad cannot size resources from dispatch meta: a function needing more than memory_mb is dispatched from a copy of this job that reserves its memory (<job_id>-<MB>), which the appliance registers from this job as registered."
 }
 
 variable "datacenters" {
@@ -53,7 +53,7 @@ variable "code_cache_dir" {
 variable "memory_mb" {
   type        = number
   default     = 256
-  description = "Memory Nomad reserves for the instance. The function's own limit is FAAS_MEMORY_MB, enforced by the runtime."
+  description = "Memory Nomad reserves per instance at least (the floor: the runtime's own needs). A function with more memory gets a sized copy of this job reserving exactly its memory; FAAS_MEMORY_MB is the function's setting."
 }
 
 variable "cpu_mhz" {
@@ -160,7 +160,8 @@ job "function-instance" {
         CONSUL_HTTP_ADDR      = var.consul_http_addr
       }
 
-      # Reservation for the scheduler (see variable memory_mb).
+      # Reservation for the scheduler (see variable memory_mb): the floor; sized copies of this
+      # job (<job_id>-<MB>, registered by the appliance) reserve a bigger function's memory.
       resources {
         cpu    = var.cpu_mhz
         memory = var.memory_mb

@@ -105,7 +105,7 @@ def test_function_instance_variables_select_driver_memory_and_id(nomad_double):
 
 
 def test_runtime_pool_fields(nomad_double):
-    job = parse_json(nomad_double, "runtime-pool", "python_count = 3\nnode_count = 0")
+    job = parse_json(nomad_double, "runtime-pool", "python_count = 3\nnode_count = 0\nmemory_mb = 512")
     assert job["Type"] == "service" and "ParameterizedJob" not in job
     groups = {tg["Name"]: tg for tg in job["TaskGroups"]}
     assert set(groups) == {"python3.11", "nodejs20"}
@@ -120,6 +120,8 @@ def test_runtime_pool_fields(nomad_double):
         assert svc["Name"] == "faas-pool-${NOMAD_META_pool_service_suffix}"
         assert tg["Meta"]["pool_service_suffix"] == re.sub(r"[^a-z0-9-]", "-", name)
         assert svc["Checks"][0]["Path"] == "/_/pool"
+        # Starters read the reservation from the entry: only functions that fit are started here.
+        assert t["Resources"]["MemoryMB"] == 512 and svc["Meta"]["memory_mb"] == "512"
 
 
 @pytest.mark.parametrize("name, args", [

@@ -2,6 +2,7 @@
 (the jobspecs' instance_command is this venv's python running ``-m appliance instance``)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -151,6 +152,49 @@ def test_each_runtime_has_its_own_pool_and_nodejs_functions_start_from_theirs(ma
     wait_until(lambda: not consul_double.passing_instances("fn-hello"), 15, "the drained instance deregistered")
     (free,) = wait_until(lambda: consul_double.passing_instances("faas-pool-nodejs20"), 30, "back in the pool")
     assert free["Meta"]["instance_id"] == inst.id.split(".")[0]
+
+
+def test_instances_reserve_the_functions_memory(make_cluster, consul_double, nomad_double):
+    """function-instance reserves a floor (memory_mb, 256 here); a bigger function is dispatched from
+    a copy of the registered job that reserves its memory, and pool instances (256 MB) are left to
+    functions that fit them."""
+    c = make_cluster(python_count=1)
+    s = c.scheduler(job_cache_s=0)
+    s.ensure_jobs()
+    (free,) = pool_ready(consul_double, 1)
+    assert free["Meta"]["memory_mb"] == "256"
+
+    def job(jid):
+        return requests.get(f"{nomad_double.url}/v1/job/{jid}", timeout=5).json()
+
+    def alloc(inst):
+        return requests.get(f"{nomad_double.url}/v1/allocation/{inst.id.split('.')[0]}", timeout=5).json()
+
+    big = dataclasses.replace(c.deploy(function="big"), memory_mb=1024)
+    inst = s.start(big, time.monotonic() + 30)
+    assert "." not in inst.id and c.invoke(inst)["result"] == "Hello Serverless"
+    a = alloc(inst)
+    assert a["JobID"].startswith("function-instance-1024/dispatch-")
+    assert a["AllocatedResources"]["Tasks"]["runtime"]["Memory"]["MemoryMB"] == 1024
+    sized, base = job("function-instance-1024"), job("function-instance")
+    (t,), (bt,) = sized["TaskGroups"][0]["Tasks"], base["TaskGroups"][0]["Tasks"]
+    assert t["Resources"]["MemoryMB"] == 1024 and bt["Resources"]["MemoryMB"] == 256
+    assert (t["Config"], t["Env"], sized["ParameterizedJob"]) == (bt["Config"], bt["Env"], base["ParameterizedJob"])
+    assert pool_ready(consul_double, 1)[0]["Meta"]["instance_id"] == free["Meta"]["instance_id"]  # left alone
+
+    # Within the floor: the pool first, then function-instance itself.
+    small = s.start(c.deploy(function="small"), time.monotonic() + 30)
+    assert small.id.startswith(free["Meta"]["instance_id"] + ".")
+    other = s.start(c.deploy(function="other"), time.monotonic() + 30)
+    assert alloc(other)["JobID"].startswith("function-instance/dispatch-")
+
+    # The operator changes function-instance: the sized copy follows it, once.
+    c.vars = c.vars.replace('kill_timeout = "5s"', 'kill_timeout = "7s"')
+    c.scheduler().ensure_jobs(replace=True)
+    for _ in range(2):
+        s.start(big, time.monotonic() + 30)
+    sized = job("function-instance-1024")
+    assert sized["TaskGroups"][0]["Tasks"][0]["KillTimeout"] == 7 * 10**9 and sized["Version"] == 1
 
 
 def test_two_starters_racing_for_one_pool_instance(make_cluster, consul_double):
