@@ -6,6 +6,8 @@ Nomad starts this with the runtime contract's environment (runtimes/README.md) p
 * ``FAAS_CODE_DIGEST``, ``FAAS_CODE_CACHE_DIR``, ``FAAS_CODE_URL``: the code to serve, the node's
   content-addressed cache, and where to fetch the package from (a presigned S3 URL, so nodes need
   no S3 credentials);
+* ``FAAS_FUNCTION_ENV``: the function's environment variables as a JSON object (a dispatched
+  instance; a pool instance receives them with ``/_/specialize``);
 * ``FAAS_POOL=1`` for a generic pool instance (no code yet).
 
 It makes sure ``<cache>/<digest>/`` holds the unpacked code (fetched at most once per digest per
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from . import codepkg
 from .config import REPO_ROOT
+from .model import RESERVED_ENV_PREFIXES
 
 CLAIM_PREFIX = "faas/pool/claims/"
 DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -107,6 +110,18 @@ def fetch_main(environ=None) -> None:
     print(code_dir, flush=True)
 
 
+def function_env(text: str) -> dict[str, str]:
+    """The function's own variables from ``FAAS_FUNCTION_ENV``. Reserved names were refused when the
+    function was configured; they are skipped here too, so nothing can override the contract's."""
+    try:
+        doc = json.loads(text or "{}")
+    except ValueError:
+        raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object") from None
+    if not isinstance(doc, dict):
+        raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object")
+    return {str(k): str(v) for k, v in doc.items() if not str(k).startswith(RESERVED_ENV_PREFIXES)}
+
+
 def main(environ=None) -> None:
     env = dict(os.environ if environ is None else environ)
     runtime = env.get("FAAS_RUNTIME") or "python3.11"
@@ -123,6 +138,7 @@ def main(environ=None) -> None:
         cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas-appliance/code-cache")
         code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
         env["FAAS_CODE_DIR"] = str(code_dir)
+        env.update(function_env(env.pop("FAAS_FUNCTION_ENV", "")))
     cmd = bootstrap_command(runtime, runtimes_dir)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     os.execve(cmd[0], cmd, env)

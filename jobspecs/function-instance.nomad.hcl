@@ -6,7 +6,7 @@
 #   POST /v1/job/function-instance/dispatch?idempotency_token=<uuid>
 #   {"Meta": {"function": "resize", "version": "7", "digest": "sha256-...", "runtime": "python3.11",
 #             "handler": "index.handler", "memory": "256", "timeout": "3", "concurrency": "1",
-#             "code_url": "<presigned S3 GET URL of the package>"}}
+#             "code_url": "<presigned S3 GET URL of the package>", "env": "{\"GREETING\":\"hi\"}"}}
 #
 # Each child gets one allocation: a runtime instance serving that function on a dynamic port,
 # registered by Nomad in Consul as the service "fn-<function>" (see the service block). The Consul
@@ -94,7 +94,7 @@ job "function-instance" {
   parameterized {
     payload       = "forbidden"
     meta_required = ["function", "version", "digest"]
-    meta_optional = ["handler", "runtime", "memory", "timeout", "concurrency", "code_url"]
+    meta_optional = ["handler", "runtime", "memory", "timeout", "concurrency", "code_url", "env"]
   }
 
   # Defaults of the optional dispatch keys. Dispatch meta is merged into the *job* meta, so these
@@ -108,6 +108,8 @@ job "function-instance" {
     concurrency = "1"
     # A presigned URL of the code package; empty means "must already be in the node's cache".
     code_url = ""
+    # The function's environment variables as a JSON object; the launcher sets them.
+    env = "{}"
   }
 
   group "instance" {
@@ -153,6 +155,7 @@ job "function-instance" {
         FAAS_MAX_INFLIGHT     = "${NOMAD_META_concurrency}"
         FAAS_CODE_CACHE_DIR   = var.code_cache_dir
         FAAS_CODE_URL         = "${NOMAD_META_code_url}"
+        FAAS_FUNCTION_ENV     = "${NOMAD_META_env}"
         FAAS_CODE_DIR         = "${var.code_cache_dir}/${NOMAD_META_digest}"
         FAAS_HOST             = "${NOMAD_IP_http}"
         FAAS_PORT             = "${NOMAD_PORT_http}"

@@ -425,7 +425,9 @@ class NomadScheduler:
         meta = {"function": spec.function, "version": str(spec.version), "digest": spec.digest,
                 "runtime": spec.runtime, "handler": spec.handler, "memory": str(spec.memory_mb),
                 "timeout": str(spec.timeout_s), "concurrency": str(spec.concurrency),
-                "code_url": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s)}
+                "code_url": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s),
+                # The function's environment (at most 4 KB): the launcher sets it in the instance.
+                "env": json.dumps(spec.environment, sort_keys=True, separators=(",", ":"))}
         # The token in the query string makes the retries of this call idempotent (python-nomad's
         # dispatch_job sends it in the body, where Nomad ignores it).
         res = self._call(f"dispatch {job_id}", lambda: self._session_request(

@@ -96,14 +96,14 @@ def test_dispatch_path_and_code_fetched_once_per_node(make_cluster, consul_doubl
     c = make_cluster(python_count=0)
     s = c.scheduler()
     s.ensure_jobs()
-    spec = c.deploy()
+    spec = c.deploy(source="import os\ndef handler(e, c):\n    return os.environ['GREETING']\n")
     a = s.start(spec, time.monotonic() + 30)
     assert "." not in a.id and a.concurrency == 1
-    assert c.invoke(a)["result"] == "Hello Serverless"
+    assert c.invoke(a)["result"] == "hi"  # the function's environment reaches a dispatched instance
     (entry,) = consul_double.passing_instances("fn-hello")
     assert "source=dispatch" in entry["Tags"] and entry["Meta"]["concurrency"] == "1"
     b = s.start(spec, time.monotonic() + 30)
-    assert b.id != a.id and c.invoke(b)["result"] == "Hello Serverless"
+    assert b.id != a.id and c.invoke(b)["result"] == "hi"
     assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
     assert s.stats["dispatch_starts"] == 2 and s.stats["pool_starts"] == 0
     s.stop(a)
@@ -146,6 +146,10 @@ def test_each_runtime_has_its_own_pool_and_nodejs_functions_start_from_theirs(ma
     assert "source=pool" in entry["Tags"] and entry["Meta"]["runtime"] == "nodejs20"
     assert entry["Meta"]["instance_id"] == inst.id
     wait_until(lambda: not consul_double.passing_instances("faas-pool-nodejs20"), what="left the pool")
+    assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
+    # The Node.js pool is used up: the next one is dispatched, and finds the code in the node's cache.
+    js = s.start(dataclasses.replace(spec, function="js2"), time.monotonic() + 30)
+    assert "." not in js.id and c.invoke(js)["result"] == "hi"
     assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
     # Drained, it leaves Consul and exits; Nomad restarts the allocation as a generic instance.
     assert requests.post(f"http://{inst.address}/_/drain", json={}, timeout=5).json() == {"drained": True}
