@@ -430,9 +430,17 @@ class NomadScheduler:
                 "env": json.dumps(spec.environment, sort_keys=True, separators=(",", ":"))}
         # The token in the query string makes the retries of this call idempotent (python-nomad's
         # dispatch_job sends it in the body, where Nomad ignores it).
-        res = self._call(f"dispatch {job_id}", lambda: self._session_request(
-            "POST", f"/v1/job/{job_id}/dispatch", params={"idempotency_token": token},
-            json_body={"Meta": meta}).json())
+        try:
+            res = self._call(f"dispatch {job_id}", lambda: self._session_request(
+                "POST", f"/v1/job/{job_id}/dispatch", params={"idempotency_token": token},
+                json_body={"Meta": meta}).json())
+        except PlacementFailed:
+            # Refused (Nomad answers "parameterized job not found" with 500, or the job is stopped):
+            # the jobs may have changed since we last looked, so the next start looks again.
+            with self._lock:
+                self._sized.pop(job_id, None)
+                self._base_job = None
+            raise
         child = res["DispatchedJobID"]
         log.info("event=dispatched function=%s version=%s job=%s", spec.function, spec.version, child)
         try:
@@ -593,8 +601,8 @@ def _pool_memory_mb(entry: dict) -> float:
 
 def job_memory_mb(job: dict) -> int:
     """The memory a job reserves per allocation (its largest task's MemoryMB)."""
-    return max((t.get("Resources") or {}).get("MemoryMB") or 0
-               for tg in job.get("TaskGroups") or [] for t in tg.get("Tasks") or [])
+    return max(((t.get("Resources") or {}).get("MemoryMB") or 0
+                for tg in job.get("TaskGroups") or [] for t in tg.get("Tasks") or []), default=0)
 
 
 def sized_job(base: dict, job_id: str, memory_mb: int, stamp: str) -> dict:

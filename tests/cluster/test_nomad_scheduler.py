@@ -385,3 +385,16 @@ def test_ensure_jobs_leaves_jobs_the_operator_registered(make_cluster, nomad_dou
     other.ensure_jobs(replace=True)
     pool = requests.get(f"{nomad_double.url}/v1/job/runtime-pool", timeout=5).json()
     assert pool["Version"] == 1
+
+
+def test_a_sized_job_removed_meanwhile_is_registered_again_by_the_next_start(make_cluster, nomad_double):
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    big = dataclasses.replace(c.deploy(function="big"), memory_mb=512)
+    s.start(big, time.monotonic() + 30)
+    requests.delete(f"{nomad_double.url}/v1/job/function-instance-512?purge=true", timeout=5)
+    with pytest.raises(PlacementFailed, match="parameterized job not found"):
+        s.start(big, time.monotonic() + 30)
+    inst = s.start(big, time.monotonic() + 30)
+    assert c.invoke(inst)["result"] == "Hello Serverless"
