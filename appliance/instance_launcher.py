@@ -6,6 +6,8 @@ Nomad starts this with the runtime contract's environment (runtimes/README.md) p
 * ``FAAS_CODE_DIGEST``, ``FAAS_CODE_CACHE_DIR``, ``FAAS_CODE_URL``: the code to serve, the node's
   content-addressed cache, and where to fetch the package from (a presigned S3 URL, so nodes need
   no S3 credentials);
+* ``FAAS_FUNCTION_ENV``: the function's environment variables as a JSON object (a dispatched
+  instance; a pool instance receives them with ``/_/specialize``);
 * ``FAAS_POOL=1`` for a generic pool instance (no code yet).
 
 It makes sure ``<cache>/<digest>/`` holds the unpacked code (fetched at most once per digest per
@@ -14,13 +16,20 @@ fetch), verifies the sha256, unpacks with :func:`appliance.codepkg.unpack` (all 
 checks), then replaces itself with the runtime's bootstrap (``os.execv``), so Nomad's signals and
 exit status are the runtime's own. A pool instance starting afresh first clears a claim left on its
 allocation by an earlier incarnation (Nomad restarts a drained pool instance in place).
+
+``python -m appliance.instance_launcher`` runs only the fetch (:func:`fetch_main`). A pool instance
+whose runtime cannot take the file lock itself (Node.js has no ``flock``) is given that command in
+``FAAS_CODE_FETCHER`` and runs it when ``/_/specialize`` names code by URL, so every runtime shares
+one lock, one set of package checks and one fetch per digest per node.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -28,8 +37,10 @@ from pathlib import Path
 
 from . import codepkg
 from .config import REPO_ROOT
+from .model import RESERVED_ENV_PREFIXES
 
 CLAIM_PREFIX = "faas/pool/claims/"
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _say(event: str, **kv) -> None:
@@ -82,6 +93,35 @@ def clear_stale_claim(consul_addr: str, alloc_id: str) -> None:
         _say("claim_clear_failed", alloc=alloc_id, error=repr(str(exc)))
 
 
+def fetch_main(environ=None) -> None:
+    """Make sure the code of ``FAAS_CODE_DIGEST`` is in ``FAAS_CODE_CACHE_DIR`` (fetching it from
+    ``FAAS_CODE_URL`` when it is not) and print its directory; exit 1 with the reason otherwise."""
+    env = os.environ if environ is None else environ
+    digest = env.get("FAAS_CODE_DIGEST") or ""
+    if not DIGEST.fullmatch(digest):
+        raise SystemExit("faas instance: FAAS_CODE_DIGEST must be 64 lowercase hex digits (a sha256)")
+    cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas-appliance/code-cache")
+    try:
+        code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line for the runtime that asked, whatever failed
+        raise SystemExit(f"faas instance: {getattr(exc, 'message', None) or exc}") from None
+    print(code_dir, flush=True)
+
+
+def function_env(text: str) -> dict[str, str]:
+    """The function's own variables from ``FAAS_FUNCTION_ENV``. Reserved names were refused when the
+    function was configured; they are skipped here too, so nothing can override the contract's."""
+    try:
+        doc = json.loads(text or "{}")
+    except ValueError:
+        raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object") from None
+    if not isinstance(doc, dict):
+        raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object")
+    return {str(k): str(v) for k, v in doc.items() if not str(k).startswith(RESERVED_ENV_PREFIXES)}
+
+
 def main(environ=None) -> None:
     env = dict(os.environ if environ is None else environ)
     runtime = env.get("FAAS_RUNTIME") or "python3.11"
@@ -90,6 +130,7 @@ def main(environ=None) -> None:
         alloc = env.get("FAAS_INSTANCE_ID") or env.get("NOMAD_ALLOC_ID")
         if alloc and env.get("CONSUL_HTTP_ADDR"):
             clear_stale_claim(env["CONSUL_HTTP_ADDR"], alloc)
+        env.setdefault("FAAS_CODE_FETCHER", json.dumps([sys.executable, "-m", "appliance.instance_launcher"]))
     else:
         digest = env.get("FAAS_CODE_DIGEST") or ""
         if not digest:
@@ -97,6 +138,11 @@ def main(environ=None) -> None:
         cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas-appliance/code-cache")
         code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
         env["FAAS_CODE_DIR"] = str(code_dir)
+        env.update(function_env(env.pop("FAAS_FUNCTION_ENV", "")))
     cmd = bootstrap_command(runtime, runtimes_dir)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     os.execve(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    fetch_main()

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from .activator import Activator, FunctionPool, Slot
 from .autoscaler import Decision, InstanceView, ScalerState, ScalingPolicy, decide, plan_reaping
 from .cluster_load import EdgeReport, SummedLoad, report_of, sum_reports
+from .errors import ApplianceError
 from .function_store import FunctionStore
 from .instance_client import InstanceClient
 from .leadership import SoleLeader
@@ -188,6 +189,10 @@ class Scaler:
                       own: EdgeReport | None = None) -> Decision | None:
         pool = self.activator.pool(name)
         if record is None or not record.version:
+            with pool.lock:
+                serving = any(not s.draining for s in pool.slots.values())
+            if serving and not self._gone(name):
+                return None
             self._drain(pool, self._all_idle(pool), reason="deleted")
             return None
         policy = self.policies.get(record)
@@ -242,6 +247,20 @@ class Scaler:
             self._states[name] = d.state
             self._decisions[name] = rec
         return d, pool._live_count() + starting_elsewhere
+
+    def _gone(self, name: str) -> bool:
+        """Whether ``name`` is really deleted, asked directly before its instances are drained.
+
+        The tick's list may be the last good view a metadata store serves while Consul does not
+        answer, and that view lacks functions deployed after it was taken: draining their warm
+        instances would turn an outage the edge rides out into failed requests. When the store
+        cannot say, the function is kept; the next tick asks again."""
+        try:
+            record = self.store.find(name, fresh=True)
+        except ApplianceError as exc:
+            log.info("event=delete_check_deferred function=%s error=%s", name, exc.code)
+            return False
+        return record is None or not record.version
 
     @staticmethod
     def _all_idle(pool: FunctionPool) -> list[tuple[Slot, float]]:

@@ -6,7 +6,7 @@
 #   POST /v1/job/function-instance/dispatch?idempotency_token=<uuid>
 #   {"Meta": {"function": "resize", "version": "7", "digest": "sha256-...", "runtime": "python3.11",
 #             "handler": "index.handler", "memory": "256", "timeout": "3", "concurrency": "1",
-#             "code_url": "<presigned S3 GET URL of the package>"}}
+#             "code_url": "<presigned S3 GET URL of the package>", "env": "{\"GREETING\":\"hi\"}"}}
 #
 # Each child gets one allocation: a runtime instance serving that function on a dynamic port,
 # registered by Nomad in Consul as the service "fn-<function>" (see the service block). The Consul
@@ -18,7 +18,7 @@
 variable "job_id" {
   type        = string
   default     = "function-instance"
-  description = "Job ID. Nomad cannot size resources from dispatch meta, so a cluster that wants several memory classes registers this file once per class (job_id = function-instance-512, memory_mb = 512)."
+  description = "Job ID. Nomad cannot size resources from dispatch meta: a function needing more than memory_mb is dispatched from a copy of this job that reserves its memory (<job_id>-<MB>), which the appliance registers from this job as registered."
 }
 
 variable "datacenters" {
@@ -53,7 +53,7 @@ variable "code_cache_dir" {
 variable "memory_mb" {
   type        = number
   default     = 256
-  description = "Memory Nomad reserves for the instance. The function's own limit is FAAS_MEMORY_MB, enforced by the runtime."
+  description = "Memory Nomad reserves per instance at least (the floor: the runtime's own needs). A function with more memory gets a sized copy of this job reserving exactly its memory; FAAS_MEMORY_MB is the function's setting."
 }
 
 variable "cpu_mhz" {
@@ -94,7 +94,7 @@ job "function-instance" {
   parameterized {
     payload       = "forbidden"
     meta_required = ["function", "version", "digest"]
-    meta_optional = ["handler", "runtime", "memory", "timeout", "concurrency", "code_url"]
+    meta_optional = ["handler", "runtime", "memory", "timeout", "concurrency", "code_url", "env"]
   }
 
   # Defaults of the optional dispatch keys. Dispatch meta is merged into the *job* meta, so these
@@ -108,6 +108,8 @@ job "function-instance" {
     concurrency = "1"
     # A presigned URL of the code package; empty means "must already be in the node's cache".
     code_url = ""
+    # The function's environment variables as a JSON object; the launcher sets them.
+    env = "{}"
   }
 
   group "instance" {
@@ -153,6 +155,7 @@ job "function-instance" {
         FAAS_MAX_INFLIGHT     = "${NOMAD_META_concurrency}"
         FAAS_CODE_CACHE_DIR   = var.code_cache_dir
         FAAS_CODE_URL         = "${NOMAD_META_code_url}"
+        FAAS_FUNCTION_ENV     = "${NOMAD_META_env}"
         FAAS_CODE_DIR         = "${var.code_cache_dir}/${NOMAD_META_digest}"
         FAAS_HOST             = "${NOMAD_IP_http}"
         FAAS_PORT             = "${NOMAD_PORT_http}"
@@ -160,7 +163,8 @@ job "function-instance" {
         CONSUL_HTTP_ADDR      = var.consul_http_addr
       }
 
-      # Reservation for the scheduler (see variable memory_mb).
+      # Reservation for the scheduler (see variable memory_mb): the floor; sized copies of this
+      # job (<job_id>-<MB>, registered by the appliance) reserve a bigger function's memory.
       resources {
         cpu    = var.cpu_mhz
         memory = var.memory_mb

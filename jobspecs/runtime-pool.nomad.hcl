@@ -54,8 +54,9 @@ variable "pool_max" {
 }
 
 variable "memory_mb" {
-  type    = number
-  default = 256
+  type        = number
+  default     = 256
+  description = "Memory Nomad reserves per pool instance; only functions with at most this much memory are started from the pool (the service meta memory_mb says it), bigger ones are dispatched."
 }
 
 variable "kill_timeout" {
@@ -139,7 +140,8 @@ job "runtime-pool" {
 
       # Pool membership. The check is /_/pool: 200 while the instance is generic, 503 once it
       # has been specialised, so passing entries are the free instances. A claim in Consul KV
-      # (faas/pool/claims/<alloc id>, created with cas=0) decides which starter gets one.
+      # (faas/pool/claims/<alloc id>, created with cas=0) decides which starter gets one; meta
+      # memory_mb tells starters which functions fit the reservation.
       service {
         name     = "faas-pool-${NOMAD_META_pool_service_suffix}"
         port     = "http"
@@ -148,6 +150,7 @@ job "runtime-pool" {
         meta {
           runtime     = "${NOMAD_META_runtime}"
           instance_id = "${NOMAD_ALLOC_ID}"
+          memory_mb   = "${var.memory_mb}"
         }
 
         check {
@@ -221,6 +224,7 @@ job "runtime-pool" {
         meta {
           runtime     = "${NOMAD_META_runtime}"
           instance_id = "${NOMAD_ALLOC_ID}"
+          memory_mb   = "${var.memory_mb}"
         }
 
         check {

@@ -17,6 +17,13 @@ A cold start takes one of two paths:
   (then waits for its passing ``fn-<function>`` entry) or fails (``Instance.PlacementFailed`` with the
   reason from Nomad's task events).
 
+Memory: Nomad reserves (and with the exec driver enforces) at least the function's memory. Its
+``resources`` cannot come from dispatch meta, so ``function-instance``'s own reservation is the
+floor, and a function that needs more is dispatched from a copy of that job reserving its memory
+(``function-instance-<MB>``), registered on first use from the job as registered (so it runs
+exactly what the operator configured) and again when that job changes. Pool instances are claimed
+only by functions that fit their reservation (``memory_mb`` in the pool service's meta).
+
 Calls to Nomad are retried with exponential backoff on transient errors only (connection errors,
 502/503/504, and 500s that Nomad uses for leader loss or RPC failures). Nomad answers validation
 errors with 500 too; those are final. Nomad unreachable gives ``Scheduler.Unavailable``, which the
@@ -28,6 +35,7 @@ catalog, allocations in Nomad. Several edges can run this scheduler at once.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -57,6 +65,11 @@ TRANSIENT_500 = ("No cluster leader", "rpc error", "i/o timeout", "connection re
                  "leadership lost", "Raft", "timed out")
 #: How many pool entries one start tries to claim before it falls back to dispatch.
 CLAIM_TRIES = 3
+#: Job meta key of a memory-sized copy of function-instance: the JobModifyIndex it was copied from.
+SIZED_FROM_META = "faas_sized_from"
+#: Fields of a job as read back that Nomad sets itself; left out when registering a copy.
+SERVER_FIELDS = ("Status", "StatusDescription", "Stable", "Version", "SubmitTime", "CreateIndex", "ModifyIndex",
+                 "JobModifyIndex", "Stop")
 
 
 class _Transient(Exception):
@@ -108,7 +121,8 @@ class NomadScheduler:
                  registry: ConsulRegistry, blobs, client, function_job: str = "function-instance",
                  pool_job: str = "runtime-pool", jobspecs_dir: str | Path = "jobspecs", job_vars: str = "",
                  code_url_ttl_s: int = 900, pool_target_free: int = 1, pool_refill_s: float = 5.0,
-                 retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0):
+                 retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0,
+                 job_cache_s: float = 30.0):
         self.nomad_addr = nomad_addr.rstrip("/")
         self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
@@ -131,6 +145,10 @@ class NomadScheduler:
         self._stopping: dict[str, str] = {}       # instance id -> why we stop it
         self._stop = threading.Event()
         self._jobs_ready = False
+        #: How long the registered function-instance job (memory floor, template of sized copies) is reused.
+        self.job_cache_s = job_cache_s
+        self._base_job: tuple[float, dict] | None = None   # (monotonic time read, job)
+        self._sized: dict[str, str] = {}                      # sized job id -> JobModifyIndex it copies
         self.stats = {"pool_starts": 0, "dispatch_starts": 0, "claim_failures": 0}
         self._ensure_lock = threading.Lock()
         if maintain:
@@ -298,7 +316,8 @@ class NomadScheduler:
         # those known to be claimed, so the tries go to instances that are probably free.
         _, claimed = self.consul.kv.get(CLAIM_PREFIX, keys=True)
         claimed = {k[len(CLAIM_PREFIX):] for k in claimed or []}
-        entries = [e for e in entries or [] if (e["Service"].get("Meta") or {}).get("instance_id") not in claimed]
+        entries = [e for e in entries or [] if (e["Service"].get("Meta") or {}).get("instance_id") not in claimed
+                   and _pool_memory_mb(e) >= spec.memory_mb]
         random.shuffle(entries)  # edges starting at once spread over the pool instead of racing
         for entry in entries[:CLAIM_TRIES]:
             svc, node = entry["Service"], entry["Node"]
@@ -362,17 +381,66 @@ class NomadScheduler:
 
     # -- slow path: dispatch -------------------------------------------------------------------
 
+    def _function_job_for(self, spec: InstanceSpec) -> str:
+        """The parameterized job to dispatch for ``spec`` (see "Memory" in the module docstring)."""
+        base = self._read_function_job()
+        if spec.memory_mb <= job_memory_mb(base):
+            return self.function_job
+        jid = f"{self.function_job}-{spec.memory_mb}"
+        stamp = str(base.get("JobModifyIndex"))
+        with self._lock:
+            if self._sized.get(jid) == stamp:
+                return jid
+        try:
+            current = self._call(f"read job {jid}", lambda: self.n.job.get_job(jid))
+        except nomad_exc.URLNotFoundNomadException:
+            current = None
+        if current is None or current.get("Stop") or (current.get("Meta") or {}).get(SIZED_FROM_META) != stamp:
+            job = sized_job(base, jid, spec.memory_mb, stamp)
+            self._call(f"register {jid}", lambda: self.n.jobs.register_job({"Job": job}))
+            log.info("event=job_registered job=%s memory_mb=%d from=%s from_index=%s", jid, spec.memory_mb,
+                     self.function_job, stamp)
+        with self._lock:
+            self._sized[jid] = stamp
+        return jid
+
+    def _read_function_job(self) -> dict:
+        with self._lock:
+            cached = self._base_job
+        if cached is not None and time.monotonic() - cached[0] < self.job_cache_s:
+            return cached[1]
+        try:
+            job = self._call(f"read job {self.function_job}", lambda: self.n.job.get_job(self.function_job))
+        except nomad_exc.URLNotFoundNomadException:
+            self._jobs_ready = False  # the maintenance loop registers it again
+            raise PlacementFailed(f"the Nomad job {self.function_job} is not registered; it is registered again "
+                                  "shortly (or submit jobspecs/function-instance.nomad.hcl)") from None
+        with self._lock:
+            self._base_job = (time.monotonic(), job)
+        return job
+
     def _start_by_dispatch(self, spec: InstanceSpec, deadline: float) -> Instance:
+        job_id = self._function_job_for(spec)
         token = uuid.uuid4().hex
         meta = {"function": spec.function, "version": str(spec.version), "digest": spec.digest,
                 "runtime": spec.runtime, "handler": spec.handler, "memory": str(spec.memory_mb),
                 "timeout": str(spec.timeout_s), "concurrency": str(spec.concurrency),
-                "code_url": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s)}
+                "code_url": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s),
+                # The function's environment (at most 4 KB): the launcher sets it in the instance.
+                "env": json.dumps(spec.environment, sort_keys=True, separators=(",", ":"))}
         # The token in the query string makes the retries of this call idempotent (python-nomad's
         # dispatch_job sends it in the body, where Nomad ignores it).
-        res = self._call(f"dispatch {self.function_job}", lambda: self._session_request(
-            "POST", f"/v1/job/{self.function_job}/dispatch", params={"idempotency_token": token},
-            json_body={"Meta": meta}).json())
+        try:
+            res = self._call(f"dispatch {job_id}", lambda: self._session_request(
+                "POST", f"/v1/job/{job_id}/dispatch", params={"idempotency_token": token},
+                json_body={"Meta": meta}).json())
+        except PlacementFailed:
+            # Refused (Nomad answers "parameterized job not found" with 500, or the job is stopped):
+            # the jobs may have changed since we last looked, so the next start looks again.
+            with self._lock:
+                self._sized.pop(job_id, None)
+                self._base_job = None
+            raise
         child = res["DispatchedJobID"]
         log.info("event=dispatched function=%s version=%s job=%s", spec.function, spec.version, child)
         try:
@@ -482,7 +550,13 @@ class NomadScheduler:
                 return
 
     def refill_pool(self) -> dict[str, int]:
-        """One top-up pass; returns {runtime group: new count} for the groups it scaled."""
+        """One top-up pass; returns {runtime group: new count} for the groups it scaled.
+
+        The count is ``specialised + pool_target_free``, where specialised instances are the pool
+        entries that hold a claim and no longer pass their pool check. Entries that fail the check
+        without a claim (still starting, a Consul restart, a runtime that cannot start on this
+        cluster) are neither free nor in use: counting them as in use would grow the group on every
+        pass, up to its scaling maximum, without ever making an instance free."""
         status = self._call("pool scale status", lambda: self._session_request(
             "GET", f"/v1/job/{self.pool_job}/scale").json())
         scaled = {}
@@ -491,18 +565,60 @@ class NomadScheduler:
                 continue  # registered with count 0: the pool is off for this runtime
             if g["Running"] < g["Desired"]:
                 continue  # instances are still starting: wait, or we would overshoot
-            _, entries = self.consul.health.service(pool_service(group), passing=True)
-            self._clear_stale_claims(entries or [])
-            free = len(entries or [])
-            want = max(0, g["Desired"] - free + self.pool_target_free)
+            _, entries = self.consul.health.service(pool_service(group))
+            free = [e for e in entries or [] if _passing(e)]
+            self._clear_stale_claims(free)
+            _, claimed = self.consul.kv.get(CLAIM_PREFIX, keys=True)
+            claimed = {k[len(CLAIM_PREFIX):] for k in claimed or []}
+            in_use = sum(1 for e in entries or [] if not _passing(e)
+                         and (e["Service"].get("Meta") or {}).get("instance_id") in claimed)
+            want = in_use + self.pool_target_free
             if want != g["Desired"]:
                 self._call(f"scale {self.pool_job}/{group}", lambda: self._session_request(
                     "POST", f"/v1/job/{self.pool_job}/scale",
                     json_body={"Count": want, "Target": {"Group": group},
-                               "Message": f"pool top-up: {free} free, target {self.pool_target_free}"}))
-                log.info("event=pool_scaled group=%s from=%d to=%d free=%d", group, g["Desired"], want, free)
+                               "Message": f"pool top-up: {len(free)} free, {in_use} specialised, "
+                                          f"target {self.pool_target_free} free"}))
+                log.info("event=pool_scaled group=%s from=%d to=%d free=%d specialised=%d",
+                         group, g["Desired"], want, len(free), in_use)
                 scaled[group] = want
         return scaled
+
+
+def _passing(entry: dict) -> bool:
+    """A health entry whose checks all pass (what ``?passing`` keeps)."""
+    return all(c.get("Status") == "passing" for c in entry.get("Checks") or [])
+
+
+def _pool_memory_mb(entry: dict) -> float:
+    """What a pool instance reserves, from its service meta (unknown: taken as enough, as before the
+    pool said)."""
+    try:
+        return int((entry["Service"].get("Meta") or {})["memory_mb"])
+    except (KeyError, TypeError, ValueError):
+        return float("inf")
+
+
+def job_memory_mb(job: dict) -> int:
+    """The memory a job reserves per allocation (its largest task's MemoryMB)."""
+    return max(((t.get("Resources") or {}).get("MemoryMB") or 0
+                for tg in job.get("TaskGroups") or [] for t in tg.get("Tasks") or []), default=0)
+
+
+def sized_job(base: dict, job_id: str, memory_mb: int, stamp: str) -> dict:
+    """A copy of the registered ``base`` job under ``job_id`` whose tasks reserve ``memory_mb``."""
+    job = copy.deepcopy(base)
+    for k in SERVER_FIELDS:
+        job.pop(k, None)
+    job["ID"] = job["Name"] = job_id
+    job["Meta"] = {**(job.get("Meta") or {}), SIZED_FROM_META: stamp}
+    for tg in job.get("TaskGroups") or []:
+        for t in tg.get("Tasks") or []:
+            res = t.setdefault("Resources", {})
+            res["MemoryMB"] = memory_mb
+            if res.get("MemoryMaxMB"):
+                res["MemoryMaxMB"] = max(res["MemoryMaxMB"], memory_mb)
+    return job
 
 
 def _claim_age(item: dict) -> float:

@@ -14,6 +14,10 @@
  *   the first invocation) reads the running deadlines from shared memory; when one is overdue by
  *   WATCHDOG_GRACE_MS it writes the Function.Timeout reply on the connection's socket itself and kills the
  *   process (without logs in that reply: they live on the blocked thread).
+ * - Cluster mode (runtimes/README.md section 6) is kept at the end of the file and runs only when asked
+ *   (a GET of /_/pool, a /_/specialize with codeSha256, CONSUL_HTTP_ADDR in the environment). Node has no
+ *   flock, so code named by URL is fetched by the command in FAAS_CODE_FETCHER (the appliance's launcher
+ *   sets it): the same file lock, package checks and once-per-node fetch as every other instance.
  *
  * Measured on the 2-core build machine, warm keep-alive loop with Python's http.client, 2000 requests of
  * a hello handler over one connection, after JIT warm-up: ~12,000 req/s, p50 0.076 ms (the client's own
@@ -33,6 +37,9 @@ const SLOTS = 256; // watchdog slots: invocations running at once, at most
 const RID_BYTES = 128;
 const HANDLER_RE = /^([A-Za-z_][A-Za-z0-9_]*(?:\/[A-Za-z_][A-Za-z0-9_.-]*)*)\.([A-Za-z_$][A-Za-z0-9_$]*)$/;
 const STARTING = 'starting', POOL = 'pool', READY = 'ready', FAILED = 'failed', DRAINING = 'draining';
+const CODE_DIGEST_RE = /^[0-9a-f]{64}$/;
+const CONSUL_TIMEOUT_MS = 5000;
+const CODE_FETCH_TIMEOUT_MS = 120000;
 
 function configFromEnv(e) {
   const int = (v, d) => { const n = v ? Number(v) : d; if (!Number.isFinite(n)) throw new Error(`not a number: ${v}`); return n; };
@@ -209,7 +216,8 @@ class Instance {
       if (p === '/_/ready' && m === 'GET') return this.ready(res, query || '');
       if (p === '/_/drain' && m === 'POST') return this.drain(res, body);
       if (p === '/_/specialize' && m === 'POST') return this.specialize(res, body);
-      if (['/_/invoke', '/_/health', '/_/ready', '/_/drain', '/_/specialize'].includes(p)) {
+      if (p === '/_/pool' && m === 'GET') return this.send(res, this.state === POOL ? 200 : 503, { state: this.state });
+      if (['/_/invoke', '/_/health', '/_/ready', '/_/drain', '/_/specialize', '/_/pool'].includes(p)) {
         return this.send(res, 405, { error: `method ${m} not allowed on ${p}` });
       }
       return this.send(res, 404, { error: `no such path: ${p}` });
@@ -280,13 +288,25 @@ class Instance {
     });
     if (s.instanceId) this.cfg.instanceId = String(s.instanceId);
     this.maxInflight = Math.max(1, Number(s.maxInflight) || 1);
-    for (const [k, v] of Object.entries(s.env || {})) process.env[k] = String(v);
-    this.setState(STARTING);
-    this.load().then(() => {
-      const out = { state: this.state, function: this.cfg.functionName, version: this.cfg.functionVersion, initDurationMs: this.initMs };
-      if (this.state === FAILED) { out.error = this.initError; out.logs = this.initLogs; }
-      this.send(res, 200, out);
-    });
+    this.setState(STARTING); // from here on the instance has left the pool (accepted once)
+    // Anything that goes wrong on the cluster steps: answer 502 and leave; the platform starts the function elsewhere.
+    const leave = (what, e) => {
+      if (this.state !== DRAINING) this.setState(DRAINING);
+      this.send(res, 502, { error: `${what} failed: ${e.message}` }, { Connection: 'close' });
+      this.finish();
+    };
+    const code = !this.cfg.codeDir && s.codeSha256 ? clusterFetchCode(s.codeUrl, s.codeSha256) : Promise.resolve(this.cfg.codeDir);
+    code.then((dir) => {
+      this.cfg.codeDir = dir;
+      for (const [k, v] of Object.entries(s.env || {})) process.env[k] = String(v);
+      return this.load().then(() => {
+        const out = { state: this.state, function: this.cfg.functionName, version: this.cfg.functionVersion, initDurationMs: this.initMs };
+        if (this.state === FAILED) { out.error = this.initError; out.logs = this.initLogs; return this.send(res, 200, out); }
+        return clusterRegister(this).then(
+          (sid) => { out.registered = sid; this.send(res, 200, out); },
+          (e) => leave('Consul registration', e));
+      });
+    }, (e) => leave('code fetch', e));
   }
 
   invoke(req, res, body) {
@@ -423,8 +443,15 @@ class Instance {
   }
 
   exit() {
+    if (this.exiting) return;
+    this.exiting = true;
     if (this.cfg.socket) { try { fs.unlinkSync(this.cfg.socket); } catch (e) { /* gone */ } }
-    process.exit(0);
+    const bye = () => process.exit(0);
+    if (!this.consulServiceId) return bye();
+    // A self-registered pool instance leaves Consul before it goes (else Consul reaps it after
+    // DeregisterCriticalServiceAfter); never wait longer than Consul's own timeout for that.
+    setTimeout(bye, CONSUL_TIMEOUT_MS);
+    consulRequest('PUT', `/v1/agent/service/deregister/${encodeURIComponent(this.consulServiceId)}`).then(bye, bye);
   }
 }
 
@@ -488,6 +515,71 @@ async function importModule(base) {
     }
   }
   return require(base); // a directory with index.js, or the error that says what is missing
+}
+
+// --- cluster mode (runtimes/README.md section 6): code fetch by digest, Consul self-registration ---
+
+/** The directory of the code of ``digest`` in the node's cache, fetched through FAAS_CODE_FETCHER when absent. */
+function clusterFetchCode(url, digest) {
+  return new Promise((resolve, reject) => {
+    if (typeof digest !== 'string' || !CODE_DIGEST_RE.test(digest)) throw new Error('codeSha256 must be 64 lowercase hex digits');
+    const cache = process.env.FAAS_CODE_CACHE_DIR || path.join(require('os').tmpdir(), 'faas-code');
+    const dest = path.join(cache, digest);
+    if (fs.existsSync(dest)) return resolve(dest); // a directory there is complete: it is renamed into place
+    if (!url) throw new Error('the code is not cached on this node and no codeUrl was given');
+    let cmd;
+    try { cmd = JSON.parse(process.env.FAAS_CODE_FETCHER || 'null'); } catch (e) { cmd = null; }
+    if (!Array.isArray(cmd) || !cmd.length) {
+      throw new Error('FAAS_CODE_FETCHER is not set (pool instances are started by `python -m appliance instance`, which sets it)');
+    }
+    const env = { ...process.env, FAAS_CODE_DIGEST: digest, FAAS_CODE_URL: String(url), FAAS_CODE_CACHE_DIR: cache };
+    require('child_process').execFile(cmd[0], cmd.slice(1).map(String), { env, timeout: CODE_FETCH_TIMEOUT_MS, maxBuffer: 1 << 20 },
+      (err, stdout, stderr) => {
+        const said = String(stderr || '').trim();
+        if (said) process.stderr.write(said + '\n'); // the fetch's own log line (event=code_fetched ...) or its error
+        if (err) return reject(new Error(said.split('\n').pop() || err.message));
+        resolve(String(stdout).trim().split('\n').pop() || dest);
+      });
+  });
+}
+
+/** One request to the node's Consul agent (CONSUL_HTTP_ADDR); resolves on 2xx. */
+function consulRequest(method, p, body) {
+  return new Promise((resolve, reject) => {
+    let addr = process.env.CONSUL_HTTP_ADDR;
+    if (!addr.includes('://')) addr = 'http://' + addr;
+    const u = new URL(addr.replace(/\/+$/, '') + p);
+    const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
+    const headers = data ? { 'Content-Type': 'application/json', 'Content-Length': data.length } : {};
+    if (process.env.CONSUL_HTTP_TOKEN) headers['X-Consul-Token'] = process.env.CONSUL_HTTP_TOKEN;
+    const req = (u.protocol === 'https:' ? require('https') : http).request(u, { method, headers, agent: false }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        if (res.statusCode < 300) return resolve(res.statusCode);
+        reject(new Error(`Consul answered ${res.statusCode}: ${Buffer.concat(chunks).toString('utf8').trim().slice(0, 300)}`));
+      });
+    });
+    req.setTimeout(CONSUL_TIMEOUT_MS, () => req.destroy(new Error(`Consul did not answer within ${CONSUL_TIMEOUT_MS} ms`)));
+    req.on('error', reject);
+    req.end(data || undefined);
+  });
+}
+
+/** A specialised pool instance lists itself as fn-<function> through the node's Consul agent, with an
+ *  HTTP check on /_/ready; resolves to the service ID, or null outside cluster mode. */
+function clusterRegister(inst) {
+  if (!process.env.CONSUL_HTTP_ADDR) return Promise.resolve(null);
+  const { host, functionName: name, functionVersion: version, instanceId: iid } = inst.cfg;
+  const port = inst.server.address().port;
+  const sid = `fn-${name}-${iid}`;
+  return consulRequest('PUT', '/v1/agent/service/register', {
+    ID: sid, Name: `fn-${name}`, Address: host, Port: port,
+    Tags: ['faas', `function=${name}`, `version=${version}`, `instance=${iid}`, 'source=pool'],
+    Meta: { function: name, version, instance_id: iid, runtime: RUNTIME, concurrency: String(inst.maxInflight), source: 'pool' },
+    Check: { CheckID: `${sid}-ready`, Name: 'ready', HTTP: `http://${host}:${port}/_/ready`,
+      Interval: process.env.FAAS_CHECK_INTERVAL || '2s', Timeout: '1s', DeregisterCriticalServiceAfter: '1m' },
+  }).then(() => { inst.consulServiceId = sid; return sid; });
 }
 
 function main() {

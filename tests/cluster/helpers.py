@@ -143,7 +143,7 @@ class FaultyProxy:
         self.server.server_close()
 
 
-def job_vars(consul_url: str, code_cache: str, *, python_count: int = 1, extra: str = "") -> str:
+def job_vars(consul_url: str, code_cache: str, *, python_count: int = 1, node_count: int = 0, extra: str = "") -> str:
     """An HCL2 var-file pointing the jobspecs at this checkout's venv and the test's Consul."""
     return "\n".join([
         f'instance_command = "{sys.executable}"',
@@ -152,7 +152,7 @@ def job_vars(consul_url: str, code_cache: str, *, python_count: int = 1, extra: 
         'check_interval = "1s"',
         f'consul_http_addr = "{consul_url}"',
         f"python_count = {python_count}",
-        "node_count = 0",
+        f"node_count = {node_count}",
         'kill_timeout = "5s"',
     ]) + "\n" + extra
 

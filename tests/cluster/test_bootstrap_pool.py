@@ -1,6 +1,7 @@
-"""The Python bootstrap's cluster additions (runtimes/README.md section 6), on real processes:
-the /_/pool check, code fetched by URL and verified, unsafe packages refused, one fetch per digest
-per node, and self-registration in Consul as fn-<function>."""
+"""The bootstraps' cluster additions (runtimes/README.md section 6), on real processes started the
+way Nomad starts them (``python -m appliance instance`` with ``FAAS_POOL=1``): the /_/pool check,
+code fetched by URL and verified, unsafe packages refused, one fetch per digest per node (across
+runtimes), and self-registration in Consul as fn-<function>. Each runs for Python and Node.js."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,12 @@ import requests
 
 from helpers import HELLO, ROOT, free_port, package, wait_until
 
-BOOTSTRAP = os.path.join(ROOT, "runtimes", "python", "bootstrap.py")
+RUNTIMES = ["python3.11", "nodejs20"]
+NODE_HELLO = "exports.handler = async () => 'Hello Serverless';\n"
+
+
+def hello(runtime: str) -> bytes:
+    return package(HELLO) if runtime == "python3.11" else package(NODE_HELLO, "index.js")
 
 
 class Files:
@@ -59,16 +65,23 @@ def files():
     f.close()
 
 
+@pytest.fixture(params=RUNTIMES)
+def runtime(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def pool_instance(consul_double, tmp_path):
+def pool_instance(consul_double, tmp_path, runtime):
     procs = []
 
-    def start(instance_id="alloc-1"):
+    def start(instance_id="alloc-1", runtime=runtime):
         port = free_port()
-        env = {**os.environ, "FAAS_POOL": "1", "FAAS_PORT": str(port), "FAAS_INSTANCE_ID": instance_id,
-               "FAAS_CODE_CACHE_DIR": str(tmp_path / "cache"), "CONSUL_HTTP_ADDR": consul_double.url,
-               "FAAS_CHECK_INTERVAL": "1s"}
-        p = subprocess.Popen([sys.executable, BOOTSTRAP], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = {**os.environ, "FAAS_POOL": "1", "FAAS_RUNTIME": runtime, "FAAS_PORT": str(port),
+               "FAAS_INSTANCE_ID": instance_id, "FAAS_CODE_CACHE_DIR": str(tmp_path / "cache"),
+               "CONSUL_HTTP_ADDR": consul_double.url, "FAAS_CHECK_INTERVAL": "1s",
+               "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+        p = subprocess.Popen([sys.executable, "-m", "appliance", "instance"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(p)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: requests.get(url + "/_/health", timeout=1).ok, 15, "the pool instance to listen")
@@ -85,19 +98,22 @@ def specialize(url, **body):
     return requests.post(url + "/_/specialize", json={**base, **body}, timeout=30)
 
 
-def test_pool_check_fetch_and_self_registration(pool_instance, files, consul_double, tmp_path):
+def test_pool_check_fetch_and_self_registration(pool_instance, files, consul_double, tmp_path, runtime):
     p, url = pool_instance()
     assert requests.get(url + "/_/pool", timeout=5).status_code == 200
-    data = package(HELLO)
+    assert requests.get(url + "/_/ready", timeout=5).status_code == 503
+    data = hello(runtime)
     digest = hashlib.sha256(data).hexdigest()
     r = specialize(url, instanceId="alloc-1.abcd", codeUrl=files.add("pkg.zip", data), codeSha256=digest)
     assert r.status_code == 200 and r.json()["state"] == "ready", r.text
     assert r.json()["registered"] == "fn-hello-alloc-1.abcd"
     assert requests.get(url + "/_/pool", timeout=5).status_code == 503  # left the pool
-    assert (tmp_path / "cache" / digest / "index.py").read_text() == HELLO
+    (unpacked,) = [f for f in os.listdir(tmp_path / "cache" / digest) if f.startswith("index.")]
+    assert (tmp_path / "cache" / digest / unpacked).read_bytes() == zipfile.ZipFile(io.BytesIO(data)).read(unpacked)
     entry = wait_until(lambda: consul_double.passing_instances("fn-hello"), 15, "registered and passing")[0]
     assert entry["Meta"] == {"function": "hello", "version": "2", "instance_id": "alloc-1.abcd",
-                             "runtime": "python3.11", "concurrency": "3", "source": "pool"}
+                             "runtime": runtime, "concurrency": "3", "source": "pool"}
+    assert set(entry["Tags"]) >= {"version=2", "instance=alloc-1.abcd", "source=pool"}
     assert entry["Port"] == int(url.rsplit(":", 1)[1])
     assert requests.post(url + "/_/invoke", data=b"{}", timeout=5).json()["result"] == "Hello Serverless"
     assert requests.post(url + "/_/drain", json={}, timeout=5).json() == {"drained": True}
@@ -105,8 +121,8 @@ def test_pool_check_fetch_and_self_registration(pool_instance, files, consul_dou
     assert "fn-hello-alloc-1.abcd" not in consul_double.services  # deregistered on exit
 
 
-def test_a_digest_is_fetched_once_per_node(pool_instance, files):
-    data = package(HELLO)
+def test_a_digest_is_fetched_once_per_node(pool_instance, files, runtime):
+    data = hello(runtime)
     digest = hashlib.sha256(data).hexdigest()
     link = files.add("once.zip", data)
     for i in range(2):
@@ -115,8 +131,25 @@ def test_a_digest_is_fetched_once_per_node(pool_instance, files):
     assert files.gets["/once.zip"] == 1
 
 
+@pytest.mark.parametrize("runtime", ["python3.11"])  # the test itself starts both runtimes
+def test_one_fetch_per_digest_is_shared_by_every_runtime_on_a_node(pool_instance, files):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("index.py", HELLO)
+        zf.writestr("index.js", NODE_HELLO)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    link = files.add("both.zip", data)
+    for i, runtime in enumerate(RUNTIMES):
+        _, url = pool_instance(f"alloc-{i}", runtime=runtime)
+        r = specialize(url, instanceId=f"a{i}", codeUrl=link, codeSha256=digest)
+        assert r.json()["state"] == "ready", r.text
+        assert requests.post(url + "/_/invoke", data=b"{}", timeout=5).json()["result"] == "Hello Serverless"
+    assert files.gets["/both.zip"] == 1
+
+
 @pytest.mark.parametrize("entry", ["../evil.py", "/abs.py", "a/../../evil.py"])
-def test_unsafe_packages_are_refused(pool_instance, files, tmp_path, entry):
+def test_unsafe_packages_are_refused(pool_instance, files, tmp_path, entry, runtime):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("index.py", HELLO)
@@ -124,13 +157,23 @@ def test_unsafe_packages_are_refused(pool_instance, files, tmp_path, entry):
     data = buf.getvalue()
     p, url = pool_instance()
     r = specialize(url, codeUrl=files.add("bad.zip", data), codeSha256=hashlib.sha256(data).hexdigest())
-    assert r.status_code == 502 and "unsafe entry name" in r.json()["error"]
+    assert r.status_code == 502 and "code fetch failed" in r.json()["error"], r.text
+    assert repr(entry) in r.json()["error"]
     assert p.wait(15) == 0  # it leaves; the platform starts the function elsewhere
     assert not (tmp_path / "evil.py").exists() and not (tmp_path / "cache" / hashlib.sha256(data).hexdigest()).exists()
 
 
-def test_a_package_that_does_not_match_its_digest_is_refused(pool_instance, files):
+def test_a_package_that_does_not_match_its_digest_is_refused(pool_instance, files, tmp_path, runtime):
     p, url = pool_instance()
-    r = specialize(url, codeUrl=files.add("x.zip", package(HELLO)), codeSha256="0" * 64)
-    assert r.status_code == 502 and "does not match codeSha256" in r.json()["error"]
+    r = specialize(url, codeUrl=files.add("x.zip", hello(runtime)), codeSha256="0" * 64)
+    assert r.status_code == 502, r.text
+    assert ("does not match codeSha256" if runtime == "python3.11" else "expected " + "0" * 64) in r.json()["error"]
     assert p.wait(15) == 0
+    assert not (tmp_path / "cache" / ("0" * 64)).exists()
+
+
+def test_a_malformed_digest_is_refused_before_any_fetch(pool_instance, files, runtime):
+    p, url = pool_instance()
+    r = specialize(url, codeUrl=files.add("y.zip", hello(runtime)), codeSha256="../../etc")
+    assert r.status_code == 502 and "64 lowercase hex digits" in r.json()["error"], r.text
+    assert p.wait(15) == 0 and not files.gets

@@ -14,7 +14,7 @@ FAIL_AT_IMPORT = "import os\nos._exit(3)\n"
 
 def cluster_env(consul_double, nomad_double, moto_s3, tmp_path) -> dict:
     vars_file = tmp_path / "jobs.vars.hcl"
-    vars_file.write_text(job_vars(consul_double.url, str(tmp_path / "code"), python_count=1))
+    vars_file.write_text(job_vars(consul_double.url, str(tmp_path / "code"), python_count=1, node_count=1))
     env = {
         "APPLIANCE_MODE": "cluster",
         "APPLIANCE_NOMAD_ADDR": nomad_double.url,
@@ -36,8 +36,9 @@ def cluster_env(consul_double, nomad_double, moto_s3, tmp_path) -> dict:
 @pytest.fixture
 def cluster_appliance(consul_double, nomad_double, moto_s3, tmp_path):
     r = start_appliance(tmp_path, cluster_env(consul_double, nomad_double, moto_s3, tmp_path))
-    # The edge registers the jobs when it starts; the pool's one generic instance comes up.
-    wait_until(lambda: consul_double.passing_instances("faas-pool-python3-11"), 30, "a free pool instance")
+    # The edge registers the jobs when it starts; each runtime's one generic pool instance comes up.
+    for pool in ("faas-pool-python3-11", "faas-pool-nodejs20"):
+        wait_until(lambda: consul_double.passing_instances(pool), 30, f"a free instance in {pool}")
     yield r
     stop_appliance(r)
 
@@ -64,6 +65,13 @@ def test_cold_from_pool_dispatch_warm_scale_to_zero_and_failure(cluster_applianc
     assert r.get("/pooled").text == "Hello Serverless"
     second = last_record(r, "pooled")
     assert second["cold"] is False and second["instance_id"] == first["instance_id"]
+    # Node.js functions have their own pool.
+    r.deploy({"index.js": "exports.handler = async (event) => `Hello ${event.rawPath}`;\n"}, name="pooled-js",
+             runtime="nodejs20", trigger=("GET", "/pooled-js"), keep_alive_s=600)
+    assert r.get("/pooled-js").text == "Hello /pooled-js"
+    entry = entry_of(consul_double, "pooled-js")
+    assert "source=pool" in entry["Tags"] and entry["Meta"]["runtime"] == "nodejs20"
+    assert last_record(r, "pooled-js")["cold"] is True
 
     # The pool is empty now: a cold start dispatches function-instance.
     r.deploy(name="dispatched", trigger=("GET", "/dispatched"), keep_alive_s=1)

@@ -73,7 +73,7 @@ def test_function_instance_fields(nomad_double):
     assert job["ID"] == "function-instance" and job["Type"] == "batch"
     pj = job["ParameterizedJob"]
     assert pj["MetaRequired"] == ["function", "version", "digest"]
-    assert set(pj["MetaOptional"]) == {"handler", "runtime", "memory", "timeout", "concurrency", "code_url"}
+    assert set(pj["MetaOptional"]) == {"handler", "runtime", "memory", "timeout", "concurrency", "code_url", "env"}
     assert pj["Payload"] == "forbidden"
     # Optional meta defaults live at job level so the dispatch can override them.
     assert set(job["Meta"]) == set(pj["MetaOptional"])
@@ -88,6 +88,7 @@ def test_function_instance_fields(nomad_double):
     assert env["FAAS_HANDLER"] == "${NOMAD_META_handler}"
     assert env["FAAS_CODE_DIR"] == "/var/lib/faas-appliance/code-cache/${NOMAD_META_digest}"
     assert env["FAAS_PORT"] == "${NOMAD_PORT_http}" and env["FAAS_INSTANCE_ID"] == "${NOMAD_ALLOC_ID}"
+    assert env["FAAS_FUNCTION_ENV"] == "${NOMAD_META_env}" and job["Meta"]["env"] == "{}"
     (svc,) = t["Services"]
     assert svc["Name"] == "fn-${NOMAD_META_function}" and svc["PortLabel"] == "http"
     assert "version=${NOMAD_META_version}" in svc["Tags"] and "instance=${NOMAD_ALLOC_ID}" in svc["Tags"]
@@ -105,7 +106,7 @@ def test_function_instance_variables_select_driver_memory_and_id(nomad_double):
 
 
 def test_runtime_pool_fields(nomad_double):
-    job = parse_json(nomad_double, "runtime-pool", "python_count = 3\nnode_count = 0")
+    job = parse_json(nomad_double, "runtime-pool", "python_count = 3\nnode_count = 0\nmemory_mb = 512")
     assert job["Type"] == "service" and "ParameterizedJob" not in job
     groups = {tg["Name"]: tg for tg in job["TaskGroups"]}
     assert set(groups) == {"python3.11", "nodejs20"}
@@ -120,6 +121,8 @@ def test_runtime_pool_fields(nomad_double):
         assert svc["Name"] == "faas-pool-${NOMAD_META_pool_service_suffix}"
         assert tg["Meta"]["pool_service_suffix"] == re.sub(r"[^a-z0-9-]", "-", name)
         assert svc["Checks"][0]["Path"] == "/_/pool"
+        # Starters read the reservation from the entry: only functions that fit are started here.
+        assert t["Resources"]["MemoryMB"] == 512 and svc["Meta"]["memory_mb"] == "512"
 
 
 @pytest.mark.parametrize("name, args", [

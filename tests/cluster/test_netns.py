@@ -1,6 +1,10 @@
 """Nothing assumes one host: the edge router and two worker "hosts" run in separate network
-namespaces made by this test, joined by veth pairs to a bridge in a hub namespace. Addresses
-(10.200.0.0/24) exist only inside those namespaces; the root namespace gets no address or route.
+namespaces made by this test, joined by veth pairs to a bridge in a hub namespace. Addresses are
+in the loopback range (127.200.0.0/24) and exist only inside those namespaces; the root namespace
+gets no address or route, so no packet can leave the machine. Linux delivers all of 127.0.0.0/8
+to a namespace's own ``lo`` and drops loopback addresses seen on other interfaces, so each
+namespace keeps only 127.0.0.1 local and sets ``route_localnet``: 127.200.0.x then travels over
+the veths like any other address, and a host cannot reach another host's address by accident.
 
 * ``svc``: the Consul and Nomad doubles and moto's S3 (this test's own thread enters it);
 * ``edge``: ``python -m appliance up`` in cluster mode, listening on its namespace address;
@@ -27,7 +31,7 @@ from doubles.nomad import FakeNode, NomadDouble
 from helpers import ROOT, free_port, job_vars, wait_until
 
 CLONE_NEWNET = 0x40000000
-ADDR = {"svc": "10.200.0.2", "edge": "10.200.0.3", "h1": "10.200.0.11", "h2": "10.200.0.12"}
+ADDR = {"svc": "127.200.0.2", "edge": "127.200.0.3", "h1": "127.200.0.11", "h2": "127.200.0.12"}
 WHERE = "import os\ndef handler(event, context):\n    return os.environ.get('FAAS_HOST')\n"
 
 
@@ -55,6 +59,11 @@ class Namespaces:
                 inner, outer = f"v{role}{tag}", f"b{role}{tag}"
                 # Both ends are created directly inside their namespaces: nothing in the root one.
                 sh("ip", "link", "add", inner, "netns", name, "type", "veth", "peer", "name", outer, "netns", self.hub)
+                # Loopback-range addresses on a veth: only 127.0.0.1 stays on lo, and the kernel
+                # routes 127/8 between interfaces (route_localnet) instead of dropping it.
+                sh("ip", "-n", name, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
+                for dev in ("all", inner):
+                    sh("ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv4.conf.{dev}.route_localnet=1")
                 sh("ip", "-n", name, "addr", "add", f"{ADDR[role]}/24", "dev", inner)
                 sh("ip", "-n", name, "link", "set", inner, "up")
                 sh("ip", "-n", self.hub, "link", "set", outer, "master", "br0")

@@ -2,6 +2,7 @@
 (the jobspecs' instance_command is this venv's python running ``-m appliance instance``)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -20,14 +21,14 @@ from helpers import HELLO, FaultyProxy, alloc_logs, job_vars, moto_s3, package, 
 
 
 class Cluster:
-    def __init__(self, consul, nomad, s3_url, tmp_path, python_count, nomad_url=None):
+    def __init__(self, consul, nomad, s3_url, tmp_path, python_count, nomad_url=None, node_count=0):
         self.consul, self.nomad = consul, nomad
         self.blobs = S3BlobStore(bucket=f"code-{id(self)}", endpoint_url=s3_url, access_key="testing",
                                  secret_key="testing")
         self.blobs.ensure_bucket()
         self.client = InstanceClient()
         self.registries, self.schedulers = [], []
-        self.vars = job_vars(consul.url, str(tmp_path / "code"), python_count=python_count)
+        self.vars = job_vars(consul.url, str(tmp_path / "code"), python_count=python_count, node_count=node_count)
         self.nomad_url = nomad_url or nomad.url
 
     def scheduler(self, **kw) -> NomadScheduler:
@@ -40,11 +41,11 @@ class Cluster:
         self.schedulers.append(s)
         return s
 
-    def deploy(self, source=HELLO, function="hello", version=1, concurrency=1) -> InstanceSpec:
-        data = package(source)
+    def deploy(self, source=HELLO, function="hello", version=1, concurrency=1, runtime="python3.11") -> InstanceSpec:
+        data = package(source, "index.py" if runtime == "python3.11" else "index.js")
         digest = hashlib.sha256(data).hexdigest()
         self.blobs.put(digest, data)
-        return InstanceSpec(function=function, version=version, digest=digest, runtime="python3.11",
+        return InstanceSpec(function=function, version=version, digest=digest, runtime=runtime,
                             handler="index.handler", memory_mb=128, timeout_s=3, concurrency=concurrency,
                             environment={"GREETING": "hi"})
 
@@ -65,8 +66,8 @@ class Cluster:
 def make_cluster(consul_double, nomad_double, moto_s3, tmp_path):
     made = []
 
-    def make(python_count=0, nomad_url=None) -> Cluster:
-        c = Cluster(consul_double, nomad_double, moto_s3.url, tmp_path, python_count, nomad_url)
+    def make(python_count=0, nomad_url=None, node_count=0) -> Cluster:
+        c = Cluster(consul_double, nomad_double, moto_s3.url, tmp_path, python_count, nomad_url, node_count)
         made.append(c)
         return c
     yield make
@@ -95,14 +96,14 @@ def test_dispatch_path_and_code_fetched_once_per_node(make_cluster, consul_doubl
     c = make_cluster(python_count=0)
     s = c.scheduler()
     s.ensure_jobs()
-    spec = c.deploy()
+    spec = c.deploy(source="import os\ndef handler(e, c):\n    return os.environ['GREETING']\n")
     a = s.start(spec, time.monotonic() + 30)
     assert "." not in a.id and a.concurrency == 1
-    assert c.invoke(a)["result"] == "Hello Serverless"
+    assert c.invoke(a)["result"] == "hi"  # the function's environment reaches a dispatched instance
     (entry,) = consul_double.passing_instances("fn-hello")
     assert "source=dispatch" in entry["Tags"] and entry["Meta"]["concurrency"] == "1"
     b = s.start(spec, time.monotonic() + 30)
-    assert b.id != a.id and c.invoke(b)["result"] == "Hello Serverless"
+    assert b.id != a.id and c.invoke(b)["result"] == "hi"
     assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
     assert s.stats["dispatch_starts"] == 2 and s.stats["pool_starts"] == 0
     s.stop(a)
@@ -126,6 +127,78 @@ def test_pool_path_claims_and_specialises(make_cluster, consul_double):
     assert claim["function"] == "hello"
     # Specialised, it left the pool: the pool check fails.
     wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="left the pool")
+
+
+def test_each_runtime_has_its_own_pool_and_nodejs_functions_start_from_theirs(make_cluster, consul_double,
+                                                                            nomad_double):
+    c = make_cluster(python_count=0, node_count=1)
+    s = c.scheduler()
+    s.ensure_jobs()
+    wait_until(lambda: consul_double.passing_instances("faas-pool-nodejs20"), 30, "a free Node.js pool instance")
+    # A Python function never takes a Node.js instance: with its own pool empty, it is dispatched.
+    py = s.start(c.deploy(function="py"), time.monotonic() + 30)
+    assert "." not in py.id and consul_double.passing_instances("faas-pool-nodejs20")
+    spec = c.deploy(source="exports.handler = async () => process.env.GREETING;\n", runtime="nodejs20")
+    inst = s.start(spec, time.monotonic() + 30)
+    assert "." in inst.id and s.stats["pool_starts"] == 1
+    assert c.invoke(inst)["result"] == "hi"
+    (entry,) = consul_double.passing_instances("fn-hello")
+    assert "source=pool" in entry["Tags"] and entry["Meta"]["runtime"] == "nodejs20"
+    assert entry["Meta"]["instance_id"] == inst.id
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-nodejs20"), what="left the pool")
+    assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
+    # The Node.js pool is used up: the next one is dispatched, and finds the code in the node's cache.
+    js = s.start(dataclasses.replace(spec, function="js2"), time.monotonic() + 30)
+    assert "." not in js.id and c.invoke(js)["result"] == "hi"
+    assert alloc_logs(nomad_double).count(f"event=code_fetched digest={spec.digest}") == 1
+    # Drained, it leaves Consul and exits; Nomad restarts the allocation as a generic instance.
+    assert requests.post(f"http://{inst.address}/_/drain", json={}, timeout=5).json() == {"drained": True}
+    wait_until(lambda: not consul_double.passing_instances("fn-hello"), 15, "the drained instance deregistered")
+    (free,) = wait_until(lambda: consul_double.passing_instances("faas-pool-nodejs20"), 30, "back in the pool")
+    assert free["Meta"]["instance_id"] == inst.id.split(".")[0]
+
+
+def test_instances_reserve_the_functions_memory(make_cluster, consul_double, nomad_double):
+    """function-instance reserves a floor (memory_mb, 256 here); a bigger function is dispatched from
+    a copy of the registered job that reserves its memory, and pool instances (256 MB) are left to
+    functions that fit them."""
+    c = make_cluster(python_count=1)
+    s = c.scheduler(job_cache_s=0)
+    s.ensure_jobs()
+    (free,) = pool_ready(consul_double, 1)
+    assert free["Meta"]["memory_mb"] == "256"
+
+    def job(jid):
+        return requests.get(f"{nomad_double.url}/v1/job/{jid}", timeout=5).json()
+
+    def alloc(inst):
+        return requests.get(f"{nomad_double.url}/v1/allocation/{inst.id.split('.')[0]}", timeout=5).json()
+
+    big = dataclasses.replace(c.deploy(function="big"), memory_mb=1024)
+    inst = s.start(big, time.monotonic() + 30)
+    assert "." not in inst.id and c.invoke(inst)["result"] == "Hello Serverless"
+    a = alloc(inst)
+    assert a["JobID"].startswith("function-instance-1024/dispatch-")
+    assert a["AllocatedResources"]["Tasks"]["runtime"]["Memory"]["MemoryMB"] == 1024
+    sized, base = job("function-instance-1024"), job("function-instance")
+    (t,), (bt,) = sized["TaskGroups"][0]["Tasks"], base["TaskGroups"][0]["Tasks"]
+    assert t["Resources"]["MemoryMB"] == 1024 and bt["Resources"]["MemoryMB"] == 256
+    assert (t["Config"], t["Env"], sized["ParameterizedJob"]) == (bt["Config"], bt["Env"], base["ParameterizedJob"])
+    assert pool_ready(consul_double, 1)[0]["Meta"]["instance_id"] == free["Meta"]["instance_id"]  # left alone
+
+    # Within the floor: the pool first, then function-instance itself.
+    small = s.start(c.deploy(function="small"), time.monotonic() + 30)
+    assert small.id.startswith(free["Meta"]["instance_id"] + ".")
+    other = s.start(c.deploy(function="other"), time.monotonic() + 30)
+    assert alloc(other)["JobID"].startswith("function-instance/dispatch-")
+
+    # The operator changes function-instance: the sized copy follows it, once.
+    c.vars = c.vars.replace('kill_timeout = "5s"', 'kill_timeout = "7s"')
+    c.scheduler().ensure_jobs(replace=True)
+    for _ in range(2):
+        s.start(big, time.monotonic() + 30)
+    sized = job("function-instance-1024")
+    assert sized["TaskGroups"][0]["Tasks"][0]["KillTimeout"] == 7 * 10**9 and sized["Version"] == 1
 
 
 def test_two_starters_racing_for_one_pool_instance(make_cluster, consul_double):
@@ -229,6 +302,24 @@ def test_pool_top_up_scales_the_runtime_group(make_cluster, consul_double, nomad
     assert s.refill_pool() == {}  # one free again: nothing to do
 
 
+def test_pool_instances_that_never_pass_do_not_make_top_up_grow_the_group(make_cluster, consul_double, nomad_double):
+    """A pool runtime that runs but never answers its pool check (broken on this cluster, or a
+    Consul restart making every check critical) is not in use: top-up leaves the count alone."""
+    c = make_cluster(python_count=1)
+    c.vars = c.vars.replace('instance_args = ["-m", "appliance", "instance"]',
+                            'instance_args = ["-c", "import time; time.sleep(600)"]')
+    s = c.scheduler()
+    s.ensure_jobs()
+    wait_until(lambda: requests.get(f"{nomad_double.url}/v1/job/runtime-pool/scale", timeout=5).json()
+               ["TaskGroups"]["python3.11"]["Running"] == 1, 30, "the pool allocation to run")
+    wait_until(lambda: requests.get(f"{consul_double.url}/v1/health/service/faas-pool-python3-11", timeout=5).json(),
+               15, "the pool entry in Consul")
+    for _ in range(3):
+        assert s.refill_pool() == {}
+    status = requests.get(f"{nomad_double.url}/v1/job/runtime-pool/scale", timeout=5).json()
+    assert status["TaskGroups"]["python3.11"]["Desired"] == 1
+
+
 def test_exit_cause_and_reason_come_from_task_events(make_cluster, nomad_double):
     """A crashed dispatched instance: its cause is read back from Nomad's allocation."""
     import os
@@ -294,3 +385,16 @@ def test_ensure_jobs_leaves_jobs_the_operator_registered(make_cluster, nomad_dou
     other.ensure_jobs(replace=True)
     pool = requests.get(f"{nomad_double.url}/v1/job/runtime-pool", timeout=5).json()
     assert pool["Version"] == 1
+
+
+def test_a_sized_job_removed_meanwhile_is_registered_again_by_the_next_start(make_cluster, nomad_double):
+    c = make_cluster(python_count=0)
+    s = c.scheduler()
+    s.ensure_jobs()
+    big = dataclasses.replace(c.deploy(function="big"), memory_mb=512)
+    s.start(big, time.monotonic() + 30)
+    requests.delete(f"{nomad_double.url}/v1/job/function-instance-512?purge=true", timeout=5)
+    with pytest.raises(PlacementFailed, match="parameterized job not found"):
+        s.start(big, time.monotonic() + 30)
+    inst = s.start(big, time.monotonic() + 30)
+    assert c.invoke(inst)["result"] == "Hello Serverless"

@@ -381,6 +381,8 @@ def test_pool_specialize_once(runtime, start_runtime, tmp_path):
     assert inst.health()["state"] == "pool"
     ready = inst.ready()
     assert ready.status == 503 and ready.body == {"state": "pool"}
+    free = inst.request("GET", "/_/pool")  # the pool service's check: passing while generic
+    assert free.status == 200 and free.body == {"state": "pool"}
     refused = inst.invoke({})
     assert refused.status == 503 and refused.header("x-faas-refused") == "starting"
     code_dir = tmp_path / "fn"
@@ -392,6 +394,7 @@ def test_pool_specialize_once(runtime, start_runtime, tmp_path):
     reply = inst.request("POST", "/_/specialize", spec)
     assert reply.status == 200 and reply.body["state"] == "ready"
     assert inst.ready().status == 200
+    assert inst.request("GET", "/_/pool").status == 503  # left the pool
     h = inst.health()
     assert h["state"] == "ready" and h["function"] == "pooled" and h["version"] == "5" and h["maxInflight"] == 3
     got = ok_result(inst.invoke({"x": 1}))

@@ -5,6 +5,7 @@ import pytest
 from appliance.activator import Activator
 from appliance.backends.local_registry import LocalRegistry
 from appliance.cluster_load import EdgeReport, FunctionLoad
+from appliance.errors import RegistryUnavailable
 from appliance.model import FunctionConfig, FunctionRecord, Instance
 from appliance.scaler import PolicyCache, Scaler
 
@@ -133,3 +134,42 @@ def test_losing_the_lead_forgets_the_decisions(make):
     assert scaler.decision("f") is not None
     leadership.leading = False
     assert scaler.tick() == {} and scaler.decision("f") is None
+
+
+class LaggingStore:
+    """A store whose list lags behind (the last good view a metadata store serves while Consul is
+    down), and whose direct read answers ``direct``: a record, None, or an error to raise."""
+
+    def __init__(self, direct):
+        self.direct = direct
+        self.finds = []
+
+    def list(self):
+        return []
+
+    def find(self, name, *, fresh=False):
+        self.finds.append((name, fresh))
+        if isinstance(self.direct, Exception):
+            raise self.direct
+        return self.direct
+
+
+RECORD = FunctionRecord(config=FunctionConfig(name="f", keep_alive_s=90, max_instances=10), version=1, digest="0" * 64)
+
+
+@pytest.mark.parametrize("direct, drained", [
+    (RECORD, []),                                                  # deployed after the listed view was taken
+    (RegistryUnavailable("Consul at x did not answer a metadata request"), []),  # cannot tell: keep it
+    (None, ["i-1"]),                                               # really deleted
+])
+def test_instances_of_a_function_missing_from_the_list_are_drained_only_once_a_direct_read_says_it_is_gone(
+        direct, drained):
+    registry = LocalRegistry()
+    scheduler = FakeScheduler(registry)
+    store, client = LaggingStore(direct), Client()
+    scaler = Scaler(Activator(scheduler, registry, start_timeout_s=5), store, scheduler, registry, client,
+                    PolicyCache(), edge_id="me", leadership=Leadership(True), peers=Peers({}), wall=lambda: NOW)
+    adopt_idle_instance(registry, scaler)
+    scaler.tick()
+    assert client.drained == drained and store.finds == [("f", True)]
+    assert ("i-1" in scaler.activator.pool("f").slots) == (not drained)
