@@ -78,18 +78,35 @@ class Lease:
 
 
 class _Waiter:
-    """A queued request. ``wake`` is called (lock held) once it has a lease or an error: a thread's
-    event, or an event loop's future resolved from whichever thread hands the slot over."""
+    """A queued request, woken (lock held, from any thread) once it has a lease or an error: a
+    thread waits on an event; a coroutine awaits a future of its event loop."""
 
-    __slots__ = ("event", "wake", "lease", "error", "enqueued", "cause")
+    __slots__ = ("event", "fut", "loop", "loop_thread", "lease", "error", "enqueued", "cause")
 
-    def __init__(self, enqueued: float, cause: str, wake=None):
-        self.event = threading.Event() if wake is None else None
-        self.wake = wake or self.event.set
+    def __init__(self, enqueued: float, cause: str, loop=None):
+        self.loop = loop
+        if loop is None:
+            self.event, self.fut = threading.Event(), None
+        else:
+            self.event, self.fut = None, loop.create_future()
+            self.loop_thread = threading.get_ident()
         self.lease: Lease | None = None
         self.error: BaseException | None = None
         self.enqueued = enqueued
         self.cause = cause
+
+    def wake(self) -> None:
+        if self.loop is None:
+            self.event.set()
+        elif threading.get_ident() == self.loop_thread:
+            _resolve(self.fut)  # released on the loop itself: no need to wake the loop up
+        else:
+            self.loop.call_soon_threadsafe(_resolve, self.fut)
+
+
+def _resolve(fut) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class FunctionPool:
@@ -264,11 +281,6 @@ class FunctionPool:
             w.wake()
 
 
-def _resolve(fut) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 class Activator:
     """Hands out instances for requests; see the module docstring."""
 
@@ -312,25 +324,14 @@ class Activator:
                             policy: ScalingPolicy | None = None) -> Lease:
         """:meth:`acquire` for an event loop: the wait is a future, not a blocked thread, so the
         edge's loop keeps serving while requests queue for a slot or a cold start."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        loop_thread = threading.get_ident()
-
-        def wake():  # lock held, on any thread
-            if threading.get_ident() == loop_thread:
-                _resolve(fut)  # a release on the loop itself: no need to wake the loop up
-            else:
-                loop.call_soon_threadsafe(_resolve, fut)
-
         p = self.pool(spec.function)
         now = self.clock()
         with p.lock:
-            got = self._take_or_queue(p, spec, max_instances, policy, now, wake)
+            got = self._take_or_queue(p, spec, max_instances, policy, now, asyncio.get_running_loop())
         if isinstance(got, Lease):
             return got
         try:
-            await asyncio.wait_for(fut, max(0.0, deadline - now))
+            await asyncio.wait_for(got.fut, max(0.0, deadline - now))
         except asyncio.TimeoutError:
             pass
         except BaseException:
@@ -345,7 +346,7 @@ class Activator:
         return self._waited(p, spec, got)
 
     def _take_or_queue(self, p: FunctionPool, spec: InstanceSpec, max_instances: int, policy, now: float,
-                       wake) -> Lease | _Waiter:
+                       loop) -> Lease | _Waiter:
         """A lease on a free slot, or the request queued (starting instances for it). Lock held."""
         lease = self._take_free(p, spec, max_instances, policy, now)
         if lease is not None:
@@ -356,7 +357,7 @@ class Activator:
         if len(p.waiters) >= p.max_queue:
             raise QueueFull(f"{len(p.waiters)} requests are already waiting for an instance of "
                             f"{spec.function!r} (max_instances={max_instances}); retry later or raise max_instances")
-        w = _Waiter(now, p._cause(spec.version), wake)
+        w = _Waiter(now, p._cause(spec.version), loop)
         p.waiters.append(w)
         p._scale_for_waiters()
         return w

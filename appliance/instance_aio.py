@@ -10,7 +10,6 @@ and belong to the event loop's thread: nothing here takes a lock.
 from __future__ import annotations
 
 import asyncio
-import json
 
 from .instance_client import (
     CONNECT_TIMEOUT_S,
@@ -22,6 +21,8 @@ from .instance_client import (
     ProtocolError,
     ReplyParser,
     encode_request,
+    invoke_headers,
+    invoke_reply,
 )
 from .model import Instance
 
@@ -113,8 +114,7 @@ class AsyncInstanceClient:
             self._sweep()
         loop = asyncio.get_running_loop()
         waiter = conn.waiter = loop.create_future()
-        headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "X-Deadline-Ms": str(deadline_ms)}
-        conn.transport.write(encode_request("POST", "/_/invoke", body, headers))
+        conn.transport.write(encode_request("POST", "/_/invoke", body, invoke_headers(request_id, deadline_ms)))
         self._deadlines[waiter] = (loop.time() + read_timeout_s, address, read_timeout_s)
         if not self._ticking:
             self._ticking = True
@@ -134,12 +134,7 @@ class AsyncInstanceClient:
                 pool.append(conn)
             else:
                 conn.close()
-        try:
-            parsed = json.loads(data) if data else {}
-        except ValueError:
-            raise InstanceLost(f"instance {instance.id} answered with a body that is not JSON") from None
-        refused = hdrs.get("x-faas-refused") if status == 503 else None
-        return InvokeReply(status=status, body=parsed, refused=refused, exiting=hdrs.get("x-faas-exiting") == "1")
+        return invoke_reply(instance, status, hdrs, data)
 
     def _tick(self, loop) -> None:
         """Fail the round trips past their read deadline. One timer for all of them, every

@@ -59,6 +59,21 @@ def encode_request(method: str, path: str, body: bytes | None, headers: dict) ->
     return data + body if body else data
 
 
+def invoke_headers(request_id: str, deadline_ms: int) -> dict:
+    """The headers of ``POST /_/invoke`` (runtimes/README.md)."""
+    return {"Content-Type": "application/json", "X-Request-Id": request_id, "X-Deadline-Ms": str(deadline_ms)}
+
+
+def invoke_reply(instance: Instance, status: int, headers: dict, data: bytes) -> InvokeReply:
+    """What an instance's answer to ``POST /_/invoke`` says."""
+    try:
+        parsed = json.loads(data) if data else {}
+    except ValueError:
+        raise InstanceLost(f"instance {instance.id} answered with a body that is not JSON") from None
+    refused = headers.get("x-faas-refused") if status == 503 else None
+    return InvokeReply(status=status, body=parsed, refused=refused, exiting=headers.get("x-faas-exiting") == "1")
+
+
 class ProtocolError(Exception):
     """The instance's reply was not the HTTP/1.1 the runtime contract promises."""
 
@@ -328,15 +343,9 @@ class InstanceClient:
 
     def invoke(self, instance: Instance, body: bytes, *, request_id: str, deadline_ms: int,
                read_timeout_s: float) -> InvokeReply:
-        headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "X-Deadline-Ms": str(deadline_ms)}
-        status, hdrs, data = self._request(instance, "POST", "/_/invoke", body=body, headers=headers,
-                                           timeout=read_timeout_s)
-        try:
-            parsed = json.loads(data) if data else {}
-        except ValueError:
-            raise InstanceLost(f"instance {instance.id} answered with a body that is not JSON") from None
-        refused = hdrs.get("x-faas-refused") if status == 503 else None
-        return InvokeReply(status=status, body=parsed, refused=refused, exiting=hdrs.get("x-faas-exiting") == "1")
+        status, hdrs, data = self._request(instance, "POST", "/_/invoke", body=body,
+                                           headers=invoke_headers(request_id, deadline_ms), timeout=read_timeout_s)
+        return invoke_reply(instance, status, hdrs, data)
 
     def ready(self, instance: Instance, wait_ms: int = 0) -> tuple[int, dict]:
         """Readiness; with ``wait_ms`` the runtime holds the answer until its code has loaded."""

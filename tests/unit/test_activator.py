@@ -189,3 +189,67 @@ def test_with_a_policy_a_cold_burst_starts_what_the_policy_asks_not_n_and_not_on
     # ceil(50 queued / 1 per instance) = 50, limited to 10x one instance per decision
     assert started_while_cold == 10
     assert "50 queued" in reason and "-> 10" in reason
+
+
+# -- the event loop's side: acquire_async --------------------------------------------------
+
+def test_async_requests_queue_on_the_loop_and_get_slots_released_by_threads(parts):
+    """Waiting is a future: one loop thread holds many queued requests, and a slot released on
+    another thread reaches them in arrival order."""
+    import asyncio
+
+    scheduler, a = parts
+    first = a.acquire(spec(), max_instances=1, deadline=far())   # the only instance, now busy
+    order = []
+
+    async def main():
+        async def one(i):
+            lease = await a.acquire_async(spec(), max_instances=1, deadline=far())
+            order.append(i)
+            await asyncio.sleep(0)
+            a.release(lease)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(5)]
+        await asyncio.sleep(0.05)
+        assert order == []                                   # all five are queued
+        threading.Thread(target=a.release, args=(first,)).start()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+    asyncio.run(main())
+    assert order == [0, 1, 2, 3, 4]
+    assert len(scheduler.started) == 1
+
+
+def test_an_async_waiter_times_out_and_leaves_the_queue(parts):
+    import asyncio
+
+    _, a = parts
+    busy = a.acquire(spec(), max_instances=1, deadline=far())
+    with pytest.raises(ColdStartTimeout):
+        asyncio.run(a.acquire_async(spec(), max_instances=1, deadline=time.monotonic() + 0.05))
+    assert a.pool("f").waiters == type(a.pool("f").waiters)()
+    a.release(busy)
+
+
+def test_a_cancelled_async_waiter_leaves_the_queue_and_keeps_no_slot(parts):
+    """A request cancelled while queued (its client went away) must neither stay in the queue
+    nor hold a slot: the next request gets the instance, warm."""
+    import asyncio
+
+    _, a = parts
+    busy = a.acquire(spec(), max_instances=1, deadline=far())
+
+    async def main():
+        task = asyncio.create_task(a.acquire_async(spec(), max_instances=1, deadline=far()))
+        await asyncio.sleep(0.02)
+        assert len(a.pool("f").waiters) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(a.pool("f").waiters) == 0
+
+    asyncio.run(main())
+    a.release(busy)
+    again = a.acquire(spec(), max_instances=1, deadline=time.monotonic() + 1)
+    assert not again.cold
+    a.release(again)
