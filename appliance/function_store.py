@@ -241,16 +241,22 @@ class FunctionStore:
         out = [Trigger(**doc) for _, doc, _ in self.meta.list("triggers/")]
         return [t for t in out if function is None or t.function == function]
 
-    def cached_routes(self) -> RouteTable | None:
-        """The route table if the cache holds a fresh one, without any IO (an event loop's
-        question: on None it asks :meth:`routes` from a thread)."""
+    def peek_routes(self) -> RouteTable | None:
+        """The route table without waiting on the network: from the cache, or read when the
+        metadata store is local; None when only a remote read could answer (an event loop's
+        question: it then asks :meth:`routes` from a thread)."""
         cached = self._routes
-        return cached[1] if cached and self._clock() - cached[0] < self._ttl else None
+        if cached and self._clock() - cached[0] < self._ttl:
+            return cached[1]
+        return None if getattr(self.meta, "remote", True) else self.routes()
 
-    def cached(self, name: str) -> FunctionRecord | None:
-        """The function if the cache holds it fresh, without any IO (see :meth:`cached_routes`)."""
+    def peek(self, name: str) -> FunctionRecord | None:
+        """The function without waiting on the network (see :meth:`peek_routes`); raises
+        Function.NotFound as :meth:`get` does when it can tell."""
         hit = self._records.get(name)
-        return hit[1] if hit and hit[1] is not None and self._clock() - hit[0] < self._ttl else None
+        if hit and hit[1] is not None and self._clock() - hit[0] < self._ttl:
+            return hit[1]
+        return None if getattr(self.meta, "remote", True) else self.get(name)
 
     def routes(self) -> RouteTable:
         now = self._clock()

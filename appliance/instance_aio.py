@@ -88,11 +88,12 @@ class AsyncInstanceClient:
         loop = asyncio.get_running_loop()
         try:
             if address.startswith("unix:"):
-                coro = loop.create_unix_connection(_Conn, address[5:])
+                # A Unix socket connects or fails at once: no timeout task needed.
+                _, conn = await loop.create_unix_connection(_Conn, address[5:])
             else:
                 host, _, port = address.rpartition(":")
-                coro = loop.create_connection(_Conn, host.strip("[]"), int(port))
-            _, conn = await asyncio.wait_for(coro, CONNECT_TIMEOUT_S)
+                _, conn = await asyncio.wait_for(loop.create_connection(_Conn, host.strip("[]"), int(port)),
+                                                 CONNECT_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError) as exc:
             raise InstanceUnreachable(f"cannot connect to {address}: {exc or 'timed out'}") from None
         return conn

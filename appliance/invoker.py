@@ -106,8 +106,8 @@ class Invoker:
         needs another attempt (a refusal, a lost or unreachable instance, a timeout) goes to
         ``offload(fn, *args)``, a thread pool, through the same code as :meth:`invoke`: both
         paths follow one set of rules."""
-        fn = self.store.cached(function)
-        if fn is None:  # a metadata read may block (Consul in cluster mode): not on the loop
+        fn = self.store.peek(function)
+        if fn is None:  # a remote metadata read (Consul in cluster mode) may block: not on the loop
             fn = await offload(self.store.get, function)
         call = self._begin(function, body, request_id, trigger, fn)
         try:

@@ -71,7 +71,10 @@ class MetadataStore(Protocol):
 
     ``revision`` is an opaque, increasing integer per key (a SQLite counter, Consul's ModifyIndex).
     ``expected_revision=0`` means "must not exist yet"; ``None`` writes unconditionally.
+    ``remote`` says whether a read may wait on the network (the edge's event loop must not).
     """
+
+    remote: bool
 
     def get(self, key: str) -> tuple[dict, int] | None: ...
 

@@ -158,7 +158,7 @@ class EdgeApp:
         try:
             if method not in METHODS:
                 raise MethodNotAllowed(f"{method} is not served by the edge; use one of {', '.join(sorted(METHODS))}")
-            table = self.store.cached_routes() or await self._offload(self.store.routes)
+            table = self.store.peek_routes() or await self._offload(self.store.routes)
             match = table.match(method, path)
             body = await read_body(headers, proto, self.max_event_bytes)
             host = headers.get("host") or scope.authority or scope.server or ""

@@ -55,6 +55,8 @@ class ConsulMetadataStore:
     last answer to the same read for up to ``stale_limit_s`` seconds of outage, so an edge keeps
     routing to warm instances through a Consul restart; writes always need Consul."""
 
+    remote = True
+
     def __init__(self, addr: str, *, token: str = "", prefix: str = "faas/meta/", timeout_s: float = 10.0,
                  stale_limit_s: float = 60.0, clock=time.monotonic):
         self.addr = addr

@@ -69,7 +69,7 @@ class Store:
     def routes(self):
         return self.table
 
-    def cached_routes(self):
+    def peek_routes(self):
         return self.table
 
 
