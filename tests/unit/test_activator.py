@@ -193,6 +193,15 @@ def test_with_a_policy_a_cold_burst_starts_what_the_policy_asks_not_n_and_not_on
 
 # -- the event loop's side: acquire_async --------------------------------------------------
 
+async def until(condition, timeout_s=5.0):
+    """Yield to the loop until ``condition()`` holds (the tasks under test run in between)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0)
+
 def test_async_requests_queue_on_the_loop_and_get_slots_released_by_threads(parts):
     """Waiting is a future: one loop thread holds many queued requests, and a slot released on
     another thread reaches them in arrival order."""
@@ -210,7 +219,7 @@ def test_async_requests_queue_on_the_loop_and_get_slots_released_by_threads(part
             a.release(lease)
 
         tasks = [asyncio.create_task(one(i)) for i in range(5)]
-        await asyncio.sleep(0.05)
+        await until(lambda: len(a.pool("f").waiters) == 5)
         assert order == []                                   # all five are queued
         threading.Thread(target=a.release, args=(first,)).start()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
@@ -241,8 +250,7 @@ def test_a_cancelled_async_waiter_leaves_the_queue_and_keeps_no_slot(parts):
 
     async def main():
         task = asyncio.create_task(a.acquire_async(spec(), max_instances=1, deadline=far()))
-        await asyncio.sleep(0.02)
-        assert len(a.pool("f").waiters) == 1
+        await until(lambda: len(a.pool("f").waiters) == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
