@@ -152,18 +152,13 @@ def _host_parts(extra_ro: tuple[str, ...]) -> tuple[tuple, tuple]:
     """(read-only binds, symlinks) of the host parts every runtime needs; the host's layout does not
     change while the appliance runs, so it is looked up once."""
     ro, links = [], []
-    for part in ROOT_PARTS:
-        host = "/" + part
-        if os.path.islink(host):
-            links.append((os.readlink(host), host))
-        elif os.path.isdir(host):
-            ro.append((host, host))
-    for part in ETC_PARTS:
-        host = "/etc/" + part
-        if os.path.islink(host):
-            links.append((os.readlink(host), host))
-        elif os.path.exists(host):
-            ro.append((host, host))
+    for prefix, parts, present in (("/", ROOT_PARTS, os.path.isdir), ("/etc/", ETC_PARTS, os.path.exists)):
+        for part in parts:
+            host = prefix + part
+            if os.path.islink(host):
+                links.append((os.readlink(host), host))
+            elif present(host):
+                ro.append((host, host))
     for path in extra_ro:
         if not any(path == d or path.startswith(d + "/") for _, d in ro):
             ro.append((path, path))

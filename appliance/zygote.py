@@ -63,6 +63,26 @@ def _load(name, path):
     return module
 
 
+def _fork_reporting(run):
+    """Fork a first child that runs ``run(report_w)`` (it never returns) and reports the pid of
+    the instance or spare it forks in turn. Returns (pid, None), or (None, the child's message).
+
+    The first child is reaped by the SIGCHLD pass, not here: its exit (unmapping a copy of this
+    process) would otherwise delay every reply by about a millisecond."""
+    report_r, report_w = os.pipe()
+    if os.fork() == 0:
+        os.close(report_r)
+        run(report_w)
+    os.close(report_w)
+    try:
+        report = _read_report(report_r)
+    finally:
+        os.close(report_r)
+    if report[:1] == b"P" and len(report) == 5:
+        return struct.unpack("i", report[1:])[0], None
+    return None, report[1:].decode(errors="replace")
+
+
 def _read_report(fd):
     """The first child's report: b"P" + pid, or b"E" + message."""
     data = b""
@@ -215,22 +235,9 @@ class Zygote:
                 os.kill(pid, signal.SIGKILL)
             sock.close()
         if child is None:
-            report_r, report_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # first child: never returns
-                os.close(report_r)
-                self._child(req, fds, report_w)
-            os.close(report_w)
-            try:
-                report = _read_report(report_r)
-            finally:
-                os.close(report_r)
-            # The first child is reaped by the SIGCHLD pass, not here: its exit (unmapping a copy of this
-            # process) would otherwise delay every reply by about a millisecond.
-            if report[:1] == b"P" and len(report) == 5:
-                child = struct.unpack("i", report[1:])[0]
-            else:
-                self._send(conn, {"error": report[1:].decode(errors="replace")})
+            child, error = _fork_reporting(lambda report_w: self._child(req, fds, report_w))
+            if child is None:
+                self._send(conn, {"error": error})
                 conn.close()
         for fd in fds:
             os.close(fd)
@@ -290,23 +297,18 @@ class Zygote:
 
     def _make_spare(self, network, cgroup_procs, base, last_msg):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        report_r, report_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(report_r)
+
+        def run(report_w):
             mine.close()
             self._spare(network, cgroup_procs, base, theirs, report_w, last_msg)
+
+        child, error = _fork_reporting(run)
         theirs.close()
-        os.close(report_w)
-        try:
-            report = _read_report(report_r)
-        finally:
-            os.close(report_r)
-        if report[:1] == b"P" and len(report) == 5:
-            self.spares[network] = (struct.unpack("i", report[1:])[0], mine, list(cgroup_procs), base)
+        if child is not None:
+            self.spares[network] = (child, mine, list(cgroup_procs), base)
         else:
             mine.close()
-            sys.stderr.write(f"zygote: could not prepare a spare child: {report[1:].decode(errors='replace')}\n")
+            sys.stderr.write(f"zygote: could not prepare a spare child: {error}\n")
 
     def _close_inherited(self):
         self.listener.close()
