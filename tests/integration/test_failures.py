@@ -84,3 +84,28 @@ def test_a_busy_broken_function_does_not_stop_a_healthy_one(appliance):
     for t in threads:
         t.join(30)
     assert results == [502] * 6
+
+
+def test_an_instance_that_stops_answering_is_killed_and_billed_for_the_timeout(appliance):
+    """Through the edge's event loop: a handler stuck in one C call that never lets go of the
+    GIL freezes its whole instance, so even the runtime's own timeout reply cannot be sent. Past
+    timeout_s plus the grace, the edge answers 504, kills the instance and bills the invocation
+    for its timeout; the next request is served."""
+    src = ("def handler(event, context):\n"
+           "    if (event.get('queryStringParameters') or {}).get('freeze'):\n"
+           "        sum(range(10 ** 15))  # one C loop: the interpreter never switches threads\n"
+           "    return 'ok'\n")
+    name = appliance.deploy({"index.py": src}, timeout_s=1, trigger=("GET", "/freezes"))
+    assert appliance.get("/freezes").text == "ok"
+    first = appliance.instances(name)[0]["id"]
+    resp = appliance.get("/freezes?freeze=1")
+    assert resp.status_code == 504, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "Function.Timeout" and "its instance was stopped" in err["message"]
+    wait_for(lambda: first not in [i["id"] for i in appliance.instances(name)], 10, message="the frozen instance to go")
+    rid = resp.headers["X-Request-Id"]
+    rec = wait_for(lambda: [r for r in appliance.api.invocations(name) if r["request_id"] == rid], 10,
+                   message="the record of the frozen request")[0]
+    assert rec["status"] == "timeout" and rec["run_ms"] == 1000.0
+    assert rec["billed_gb_s"] == pytest.approx(128 / 1024 * 1.0)
+    assert appliance.get("/freezes").text == "ok"
