@@ -308,6 +308,16 @@ class Activator:
         with self._lock:
             return list(self._pools.values())
 
+    def has_ready(self, function: str, version: int) -> bool:
+        """Whether this edge knows a ready instance of ``version``, busy or not. The edge's event
+        loop serves such a request itself (waiting for a slot if need be); without one the
+        request is a cold start, which the edge hands to its Flask app."""
+        p = self._pools.get(function)
+        if p is None:
+            return False
+        with p.lock:
+            return any(s.instance.version == version and not s.draining for s in p.slots.values())
+
     def acquire(self, spec: InstanceSpec, *, max_instances: int, deadline: float,
                 policy: ScalingPolicy | None = None) -> Lease:
         """A lease on a slot of ``spec.version``, waiting up to ``deadline`` (monotonic)."""

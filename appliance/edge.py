@@ -1,9 +1,11 @@
 """The edge router: HTTP triggers in, function results out.
 
-``create_edge`` builds it: :class:`.trigger_path.EdgeApp` serves the triggers (match the trigger
-table, build the AWS HTTP API 2.0 event, invoke through the core, map the result by the Lambda
-proxy rules); the Flask app built by ``create_edge_app`` serves the platform paths under ``/_/``
-(health, readiness, stats, this edge's concurrency and records).
+``create_edge_app`` builds the edge router's Flask app: the trigger view (match the trigger table,
+build the AWS HTTP API 2.0 event, invoke through the core, which starts an instance when none is
+ready, and map the result by the Lambda proxy rules) and the platform paths under ``/_/``
+(health, readiness, stats, this edge's concurrency and records). ``create_edge`` puts the event
+loop of :mod:`.trigger_path` in front of it: requests a ready instance can take are served
+there, without Flask's per-request machinery; cold starts and platform paths reach Flask.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from flask import Flask, Response, request
 
 from .errors import ValidationError, to_response_body
 from .http_common import install_error_handlers, json_response, request_id
-from .trigger_path import EdgeApp
+from .trigger_path import METHODS, EdgeApp, host_name, trigger_answer, trigger_event
 from .wiring import Components
 
 
 def create_edge(c: Components, *, threads: int) -> EdgeApp:
-    """The edge router's request entry (see trigger_path): triggers, then Flask for ``/_/``."""
-    return EdgeApp(create_edge_app(c), c.store, c.invoker, c.settings.max_event_bytes, threads=threads)
+    """The edge router as Granian serves it: the Flask app below, with warm trigger requests
+    taken on an event loop in front of it (see trigger_path)."""
+    return EdgeApp(create_edge_app(c), c.store, c.activator, c.invoker, c.settings.max_event_bytes, threads=threads)
 
 
 def create_edge_app(c: Components) -> Flask:
@@ -84,6 +87,23 @@ def create_edge_app(c: Components) -> Flask:
         a = request.args
         return json_response({"usage": c.records.usage(a.get("function") or None,
                                                        since=float(a["since"]) if a.get("since") else None)})
+
+    @app.route("/", defaults={"path": ""}, methods=sorted(METHODS))
+    @app.route("/<path:path>", methods=sorted(METHODS))
+    def trigger(path: str):
+        """A trigger request: match, build the event, invoke (starting an instance when none is
+        ready, the cold start), map the result. Under Granian the event loop in front serves
+        the requests a ready instance can take and hands the cold ones here."""
+        rid = request_id()
+        match = c.store.routes().match(request.method, request.path)
+        body = request.get_data(cache=False)
+        event = trigger_event(method=request.method, path=request.path,
+                              query=request.environ.get("QUERY_STRING", ""),
+                              headers=[(k.lower(), v) for k, v in request.headers.items()], body=body, match=match,
+                              request_id=rid, source_ip=request.remote_addr or "", domain=host_name(request.host))
+        outcome = c.invoker.invoke(match.trigger.function, event, request_id=rid, trigger=match.route_key)
+        status, headers, data = trigger_answer(request.method, rid, outcome)
+        return Response(data, status=status, headers=headers)
 
     return app
 

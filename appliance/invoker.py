@@ -99,14 +99,14 @@ class Invoker:
         return self._complete(call, self._call)
 
     async def invoke_async(self, function: str, body: bytes, *, request_id: str, trigger: str | None,
-                           client, offload) -> Outcome:
+                           client, offload, fn=None) -> Outcome:
         """The same invocation from an event loop: waiting for a slot or a cold start is a future
         (:meth:`Activator.acquire_async`) and the round trip uses ``client``
         (:class:`.instance_aio.AsyncInstanceClient`), so no thread is held. What may block or
         needs another attempt (a refusal, a lost or unreachable instance, a timeout) goes to
         ``offload(fn, *args)``, a thread pool, through the same code as :meth:`invoke`: both
         paths follow one set of rules."""
-        fn = self.store.peek(function)
+        fn = fn or self.store.peek(function)
         if fn is None:  # a remote metadata read (Consul in cluster mode) may block: not on the loop
             fn = await offload(self.store.get, function)
         call = self._begin(function, body, request_id, trigger, fn)

@@ -1,23 +1,25 @@
-"""The edge's request entry: HTTP triggers on an event loop, platform paths on Flask.
+"""The edge's request entry: warm trigger requests on an event loop, the rest on Flask.
 
-Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one asyncio loop.
-
-Trigger requests (every path outside ``/_/``) are served on the loop: match the trigger table,
-build the AWS HTTP API 2.0 event, invoke, map the reply by the Lambda proxy rules. When a free
-slot exists the instance round trip is made on the loop too (:meth:`Invoker.invoke_async`);
-waiting for a slot or a cold start, and every failure, runs on a thread through the same
-invoker code as before.
+Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one asyncio loop. The edge
+router itself is the Flask app of :mod:`.edge`, complete on its own: its trigger view matches,
+builds the event, invokes (starting an instance when none is ready: the cold start) and maps the
+reply; its ``/_/`` views are the platform paths. :class:`EdgeApp` takes the requests a ready
+instance can serve off Flask's hands and serves them on the loop: match the trigger table, build
+the AWS HTTP API 2.0 event, invoke with :meth:`Invoker.invoke_async` (waiting for a busy
+instance's slot is a future, the round trip is made on the loop), map the reply by the Lambda
+proxy rules. A trigger with no ready instance, and every platform path, goes to the Flask app on a
+thread, from a WSGI environ built here. Failures of a warm round trip (a refusal, a lost instance,
+a timeout) are settled on a thread by the same invoker code the Flask view uses.
 
 Why: on a 2-core host the edge's CPU per request bounds its throughput. Served as WSGI, each
 request held a Python thread for its whole round trip, and the threads handed the GIL to each
-other several times per request; with Flask's request context, Werkzeug's request and response
-objects and those handoffs, the edge spent about 180 us of CPU per warm request at 16
-connections and topped out near 5,000 req/s. On the loop, one thread interleaves all requests'
-round trips with no handoff (see bench/results/findings.md for the figures).
+other several times per request; with Flask's request context and Werkzeug's request and response
+objects on top (about 110 of 190 us of CPU per warm request, measured in-process), the edge topped
+out near 2,300 req/s at 16 connections. On the loop, one thread interleaves all requests' round
+trips with no handoff (see bench/results/findings.md for the steps and figures).
 
-Platform paths (``/_/health``, ``/_/concurrency``, ...) stay Flask views, called on a thread from
-a WSGI environ built here. Errors become HTTP statuses in :func:`errors.to_response_body`, the
-same single place the Flask handlers use.
+Both entries share the event building and the answer mapping below, and errors become HTTP
+statuses in :func:`errors.to_response_body`, the one place the Flask handlers use too.
 """
 
 from __future__ import annotations
@@ -128,17 +130,53 @@ def run_wsgi(app, environ: dict) -> tuple[int, list, bytes]:
     return int(started["status"][:3]), list(started["headers"]), body
 
 
+def trigger_event(*, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes, match,
+                  request_id: str, source_ip: str, domain: str) -> bytes:
+    """The encoded API Gateway HTTP API 2.0 event of one trigger request (both entries use it)."""
+    return encode_event(build_event(method=method, raw_path=path, raw_query=query, headers=headers, body=body,
+                                    route_key=match.route_key, path_params=match.params, request_id=request_id,
+                                    source_ip=source_ip, domain=domain))
+
+
+def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | None = None) -> tuple[int, list, bytes]:
+    """(status, headers, body) of a failed request, in the one error shape."""
+    status, extra, payload = to_response_body(exc, rid)
+    if status >= 500 and not isinstance(exc, ApplianceError):
+        log.error("event=internal_error request_id=%s path=%s", rid, path, exc_info=exc)
+    headers = [*_JSON_HEADERS, ("x-request-id", rid), *extra.items()]
+    if timing is not None:
+        headers.append(("server-timing", timing))
+    return status, headers, dumps_compact(payload)
+
+
+def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
+    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules."""
+    timing = outcome.server_timing()
+    if outcome.error is not None:
+        return error_answer(outcome.error, rid, timing=timing)
+    try:
+        mapped = to_http_response(outcome.result)
+    except ApplianceError as exc:
+        return error_answer(exc, rid, timing=timing)
+    headers = [("x-request-id", rid), ("server-timing", timing)]
+    for k, v in mapped.headers:
+        if k.lower() not in HOP_BY_HOP:
+            headers.append((k, v))
+    return mapped.status, headers, mapped.body if method != "HEAD" else b""
+
+
 class EdgeApp:
     """The RSGI application Granian calls for each request (see the module docstring)."""
 
-    def __init__(self, platform_app, store, invoker, max_event_bytes: int, *, threads: int):
-        self.platform_app = platform_app
+    def __init__(self, flask_app, store, activator, invoker, max_event_bytes: int, *, threads: int):
+        self.flask_app = flask_app
         self.store = store
+        self.activator = activator
         self.invoker = invoker
         self.max_event_bytes = max_event_bytes
-        #: Runs what may block: waiting for slots and cold starts, failures, platform paths. A
-        #: request waiting for an instance holds one of these threads, so ``threads`` bounds how
-        #: many requests can wait at once on this edge.
+        #: Runs what may block: cold starts (through Flask), failures, platform paths, remote
+        #: metadata reads. A request waiting for a cold start holds one of these threads, so
+        #: ``threads`` bounds how many can wait for one at once on this edge.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
         self.client = AsyncInstanceClient()
 
@@ -150,56 +188,40 @@ class EdgeApp:
             return
         path = scope.path
         if path[:3] == "/_/":
-            return await self._platform(scope, proto)
+            return await self._to_flask(scope, proto)
         headers = scope.headers
         rid = request_id(headers)
         method = scope.method.upper()
-        timing = None
         try:
             if method not in METHODS:
                 raise MethodNotAllowed(f"{method} is not served by the edge; use one of {', '.join(sorted(METHODS))}")
             table = self.store.peek_routes() or await self._offload(self.store.routes)
             match = table.match(method, path)
+            name = match.trigger.function
+            fn = self.store.peek(name) or await self._offload(self.store.get, name)
+            if not self.activator.has_ready(name, fn.version):
+                # No ready instance: a cold start, which the Flask edge router's trigger view runs.
+                return await self._to_flask(scope, proto)
             body = await read_body(headers, proto, self.max_event_bytes)
-            host = headers.get("host") or scope.authority or scope.server or ""
-            event = build_event(
-                method=method, raw_path=path, raw_query=scope.query_string, headers=list(headers.items()),
-                body=body, route_key=match.route_key, path_params=match.params, request_id=rid,
-                source_ip=client_ip(scope.client or ""), domain=host_name(host))
-            outcome = await self.invoker.invoke_async(match.trigger.function, encode_event(event), request_id=rid,
-                                                      trigger=match.route_key, client=self.client,
-                                                      offload=self._offload)
-            timing = outcome.server_timing()
-            if outcome.error is not None:
-                raise outcome.error
-            mapped = to_http_response(outcome.result)
+            event = trigger_event(method=method, path=path, query=scope.query_string, headers=list(headers.items()),
+                                  body=body, match=match, request_id=rid, source_ip=client_ip(scope.client or ""),
+                                  domain=host_name(headers.get("host") or scope.authority or scope.server or ""))
+            outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
+                                                      client=self.client, offload=self._offload, fn=fn)
+            answer = trigger_answer(method, rid, outcome)
         except Exception as exc:  # every failure answers in the one error shape
-            self._error(proto, exc, rid, path, timing)
-            return
-        out = [("x-request-id", rid), ("server-timing", timing)]
-        for k, v in mapped.headers:
-            if k.lower() not in HOP_BY_HOP:
-                out.append((k, v))
-        proto.response_bytes(mapped.status, out, mapped.body if method != "HEAD" else b"")
+            answer = error_answer(exc, rid, path)
+        proto.response_bytes(*answer)
 
-    async def _platform(self, scope, proto):
+    async def _to_flask(self, scope, proto):
+        """The request to the Flask edge app, on a thread, from a WSGI environ built here."""
         try:
             body = await read_body(scope.headers, proto, self.max_event_bytes)
         except ApplianceError as exc:
-            self._error(proto, exc, request_id(scope.headers), scope.path, None)
+            proto.response_bytes(*error_answer(exc, request_id(scope.headers), scope.path))
             return
-        status, headers, data = await self._offload(run_wsgi, self.platform_app, wsgi_environ(scope, body))
+        status, headers, data = await self._offload(run_wsgi, self.flask_app, wsgi_environ(scope, body))
         proto.response_bytes(status, headers, data)
-
-    @staticmethod
-    def _error(proto, exc: Exception, rid: str, path: str, timing: str | None) -> None:
-        status, extra, payload = to_response_body(exc, rid)
-        if status >= 500 and not isinstance(exc, ApplianceError):
-            log.error("event=internal_error request_id=%s path=%s", rid, path, exc_info=exc)
-        headers = [*_JSON_HEADERS, ("x-request-id", rid), *extra.items()]
-        if timing is not None:
-            headers.append(("server-timing", timing))
-        proto.response_bytes(status, headers, dumps_compact(payload))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -261,3 +261,13 @@ def test_a_cancelled_async_waiter_leaves_the_queue_and_keeps_no_slot(parts):
     again = a.acquire(spec(), max_instances=1, deadline=time.monotonic() + 1)
     assert not again.cold
     a.release(again)
+
+
+def test_has_ready_tells_warm_from_cold_per_version(parts):
+    _, a = parts
+    assert not a.has_ready("f", 1)                            # never started: cold
+    lease = a.acquire(spec(), max_instances=1, deadline=far())
+    assert a.has_ready("f", 1)                                # ready, even while busy
+    assert not a.has_ready("f", 2)                            # a new version starts cold
+    a.release(lease, outcome="gone")
+    assert not a.has_ready("f", 1)

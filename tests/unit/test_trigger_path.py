@@ -13,7 +13,7 @@ from flask import Flask, request
 
 from appliance.errors import QueueFull, ValidationError
 from appliance.invoker import Outcome
-from appliance.model import Trigger
+from appliance.model import FunctionConfig, FunctionRecord, Trigger
 from appliance.records import InvocationRecord
 from appliance.trigger_path import EdgeApp, client_ip, host_name, read_body, wsgi_environ
 from appliance.triggers import RouteTable
@@ -66,6 +66,11 @@ class Store:
     def __init__(self, *triggers):
         self.table = RouteTable(list(triggers) or [Trigger("GET", "/users/{id}", "users")])
 
+    def peek(self, name):
+        return FunctionRecord(config=FunctionConfig.from_request({"name": name}), version=1)
+
+    get = peek
+
     def routes(self):
         return self.table
 
@@ -80,15 +85,27 @@ class Invoker:
         self.result, self.error = result, error
         self.calls = []
 
-    async def invoke_async(self, function, body, *, request_id, trigger, client, offload):
+    async def invoke_async(self, function, body, *, request_id, trigger, client, offload, fn=None):
         self.calls.append((function, json.loads(body), request_id, trigger))
         rec = InvocationRecord(request_id=request_id, function=function, version=1, started_at=0.0,
                                duration_ms=1.5, phases={"queue": 0.1})
         return Outcome(record=rec, result=self.result, error=self.error)
 
 
+class Activator:
+    def __init__(self, ready=True):
+        self.ready = ready
+
+    def has_ready(self, function, version):
+        return self.ready
+
+
 def platform():
     app = Flask("platform")
+
+    @app.route("/users/<uid>")
+    def cold(uid):
+        return {"flask": uid, "body": request.get_data(as_text=True)}
 
     @app.route("/_/echo", methods=["GET", "POST"])
     def echo():
@@ -98,9 +115,9 @@ def platform():
     return app
 
 
-def serve(invoker, scope, proto=None, store=None, max_bytes=1024):
+def serve(invoker, scope, proto=None, store=None, max_bytes=1024, ready=True):
     proto = proto or Proto()
-    edge = EdgeApp(platform(), store or Store(), invoker, max_bytes, threads=2)
+    edge = EdgeApp(platform(), store or Store(), Activator(ready), invoker, max_bytes, threads=2)
     try:
         asyncio.run(edge(scope, proto))
     finally:
@@ -114,6 +131,15 @@ def test_platform_paths_go_to_flask():
                                   Proto(b"hi"))
     assert status == 200
     assert json.loads(body) == {"path": "/_/echo", "body": "hi", "ip": "127.0.0.1", "agent": "t"}
+    assert inv.calls == []
+
+
+def test_a_trigger_without_a_ready_instance_goes_to_the_flask_edge_router():
+    """A cold start is the Flask app's: its trigger view starts the instance."""
+    inv = Invoker(result="warm")
+    status, _, body = serve(inv, Scope("GET", "/users/7", headers=[("content-length", "3")]), Proto(b"abc"),
+                            ready=False)
+    assert (status, json.loads(body)) == (200, {"flask": "7", "body": "abc"})
     assert inv.calls == []
 
 
