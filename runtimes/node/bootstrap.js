@@ -57,6 +57,10 @@ function configFromEnv(e) {
     instanceId: e.FAAS_INSTANCE_ID || e.NOMAD_ALLOC_ID || 'i-' + require('crypto').randomBytes(6).toString('hex'),
     pool: ['1', 'true', 'yes'].includes(e.FAAS_POOL),
     readyFd: e.FAAS_READY_FD ? int(e.FAAS_READY_FD) : null,
+    // The node's Consul agent and this instance's token, read once here: the environment a
+    // function brings at /_/specialize may name its own Consul and must not redirect ours.
+    consulAddr: e.CONSUL_HTTP_ADDR || null,
+    consulToken: e.CONSUL_HTTP_TOKEN || '',
   };
 }
 
@@ -451,7 +455,7 @@ class Instance {
     // A self-registered pool instance leaves Consul before it goes (else Consul reaps it after
     // DeregisterCriticalServiceAfter); never wait longer than Consul's own timeout for that.
     setTimeout(bye, CONSUL_TIMEOUT_MS);
-    consulRequest('PUT', `/v1/agent/service/deregister/${encodeURIComponent(this.consulServiceId)}`).then(bye, bye);
+    consulRequest(this.cfg, 'PUT', `/v1/agent/service/deregister/${encodeURIComponent(this.consulServiceId)}`).then(bye, bye);
   }
 }
 
@@ -543,15 +547,16 @@ function clusterFetchCode(url, digest) {
   });
 }
 
-/** One request to the node's Consul agent (CONSUL_HTTP_ADDR); resolves on 2xx. */
-function consulRequest(method, p, body) {
+/** One request to the node's Consul agent (cfg.consulAddr), with the instance's token when it has one
+ *  (an empty token is none: Consul then applies its anonymous token); resolves on 2xx. */
+function consulRequest(cfg, method, p, body) {
   return new Promise((resolve, reject) => {
-    let addr = process.env.CONSUL_HTTP_ADDR;
+    let addr = cfg.consulAddr;
     if (!addr.includes('://')) addr = 'http://' + addr;
     const u = new URL(addr.replace(/\/+$/, '') + p);
     const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
     const headers = data ? { 'Content-Type': 'application/json', 'Content-Length': data.length } : {};
-    if (process.env.CONSUL_HTTP_TOKEN) headers['X-Consul-Token'] = process.env.CONSUL_HTTP_TOKEN;
+    if (cfg.consulToken) headers['X-Consul-Token'] = cfg.consulToken;
     const req = (u.protocol === 'https:' ? require('https') : http).request(u, { method, headers, agent: false }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
@@ -569,11 +574,11 @@ function consulRequest(method, p, body) {
 /** A specialised pool instance lists itself as fn-<function> through the node's Consul agent, with an
  *  HTTP check on /_/ready; resolves to the service ID, or null outside cluster mode. */
 function clusterRegister(inst) {
-  if (!process.env.CONSUL_HTTP_ADDR) return Promise.resolve(null);
+  if (!inst.cfg.consulAddr) return Promise.resolve(null);
   const { host, functionName: name, functionVersion: version, instanceId: iid } = inst.cfg;
   const port = inst.server.address().port;
   const sid = `fn-${name}-${iid}`;
-  return consulRequest('PUT', '/v1/agent/service/register', {
+  return consulRequest(inst.cfg, 'PUT', '/v1/agent/service/register', {
     ID: sid, Name: `fn-${name}`, Address: host, Port: port,
     Tags: ['faas', `function=${name}`, `version=${version}`, `instance=${iid}`, 'source=pool'],
     Meta: { function: name, version, instance_id: iid, runtime: RUNTIME, concurrency: String(inst.maxInflight), source: 'pool' },

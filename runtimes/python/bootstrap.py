@@ -140,6 +140,10 @@ def config_from_env(environ):
         "instance_id": e.get("FAAS_INSTANCE_ID") or e.get("NOMAD_ALLOC_ID") or None,
         "pool": e.get("FAAS_POOL") in ("1", "true", "yes"),
         "ready_fd": int(fd) if fd else None,
+        # The node's Consul agent and this instance's token, read once here: the environment a
+        # function brings at /_/specialize may name its own Consul and must not redirect ours.
+        "consul_addr": e.get("CONSUL_HTTP_ADDR") or None,
+        "consul_token": e.get("CONSUL_HTTP_TOKEN") or "",
     }
 
 
@@ -1071,15 +1075,16 @@ def _cluster_fetch_code(url, digest):
     return dest
 
 
-def _cluster_consul(method, path, body=None):
+def _cluster_consul(cfg, method, path, body=None):
+    """One request to the node's Consul agent, with the instance's token when it has one (an
+    empty token is none: Consul then applies its anonymous token)."""
     import urllib.request
-    addr = os.environ["CONSUL_HTTP_ADDR"]
+    addr = cfg["consul_addr"]
     addr = addr if "://" in addr else "http://" + addr
     req = urllib.request.Request(addr.rstrip("/") + path, method=method,
                                  data=None if body is None else json.dumps(body).encode())
-    token = os.environ.get("CONSUL_HTTP_TOKEN")
-    if token:
-        req.add_header("X-Consul-Token", token)
+    if cfg.get("consul_token"):
+        req.add_header("X-Consul-Token", cfg["consul_token"])
     with urllib.request.urlopen(req, timeout=5) as r:
         return r.status
 
@@ -1087,13 +1092,13 @@ def _cluster_consul(method, path, body=None):
 def _cluster_register(inst):
     """A specialised pool instance lists itself as ``fn-<function>`` through the node's Consul agent,
     with an HTTP check on /_/ready; returns the service ID, or None outside cluster mode."""
-    if not os.environ.get("CONSUL_HTTP_ADDR"):
-        return None
     cfg = inst.cfg
+    if not cfg.get("consul_addr"):
+        return None
     host, port = cfg["host"], inst.listener.getsockname()[1]
     name, version, iid = cfg["function_name"], cfg["function_version"], cfg["instance_id"]
     sid = f"fn-{name}-{iid}"
-    _cluster_consul("PUT", "/v1/agent/service/register", {
+    _cluster_consul(cfg, "PUT", "/v1/agent/service/register", {
         "ID": sid, "Name": f"fn-{name}", "Address": host, "Port": port,
         "Tags": ["faas", f"function={name}", f"version={version}", f"instance={iid}", "source=pool"],
         "Meta": {"function": name, "version": version, "instance_id": iid, "runtime": RUNTIME,
@@ -1110,7 +1115,7 @@ def _cluster_deregister(inst):
     if not sid:
         return
     try:
-        _cluster_consul("PUT", f"/v1/agent/service/deregister/{sid}")
+        _cluster_consul(inst.cfg, "PUT", f"/v1/agent/service/deregister/{sid}")
     except Exception:  # noqa: BLE001 - Consul reaps it after DeregisterCriticalServiceAfter
         pass
 

@@ -74,12 +74,13 @@ def runtime(request) -> str:
 def pool_instance(consul_double, tmp_path, runtime):
     procs = []
 
-    def start(instance_id="alloc-1", runtime=runtime):
+    def start(instance_id="alloc-1", runtime=runtime, consul=None, **more_env):
         port = free_port()
-        env = {**os.environ, "FAAS_POOL": "1", "FAAS_RUNTIME": runtime, "FAAS_PORT": str(port),
+        outer = {k: v for k, v in os.environ.items() if k != "CONSUL_HTTP_TOKEN"}  # only a test's own token
+        env = {**outer, "FAAS_POOL": "1", "FAAS_RUNTIME": runtime, "FAAS_PORT": str(port),
                "FAAS_INSTANCE_ID": instance_id, "FAAS_CODE_CACHE_DIR": str(tmp_path / "cache"),
-               "CONSUL_HTTP_ADDR": consul_double.url, "FAAS_CHECK_INTERVAL": "1s",
-               "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+               "CONSUL_HTTP_ADDR": (consul or consul_double).url, "FAAS_CHECK_INTERVAL": "1s",
+               "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])), **more_env}
         p = subprocess.Popen([sys.executable, "-m", "appliance", "instance"], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(p)
@@ -119,6 +120,48 @@ def test_pool_check_fetch_and_self_registration(pool_instance, files, consul_dou
     assert requests.post(url + "/_/drain", json={}, timeout=5).json() == {"drained": True}
     assert p.wait(15) == 0
     assert "fn-hello-alloc-1.abcd" not in consul_double.services  # deregistered on exit
+
+
+CLAIM = "/v1/kv/faas/pool/claims/alloc-1"
+
+
+def test_every_consul_call_of_a_pool_instance_carries_its_token(pool_instance, files, make_consul_double, runtime):
+    """Consul with ACLs on and default deny: the launcher clears the allocation's old claim, and the
+    specialised instance registers and deregisters itself, each with CONSUL_HTTP_TOKEN. The function's
+    own environment (here naming another Consul and token) does not redirect the instance's calls."""
+    consul = make_consul_double(acl_tokens={"instance-token"})
+    auth = {"X-Consul-Token": "instance-token"}
+    assert requests.put(consul.url + CLAIM, data=b"{}", headers=auth, timeout=5).text == "true"
+    p, url = pool_instance(consul=consul, CONSUL_HTTP_TOKEN="instance-token")
+    assert requests.get(consul.url + CLAIM, headers=auth, timeout=5).status_code == 404  # cleared at start
+    data = hello(runtime)
+    r = specialize(url, instanceId="alloc-1.abcd", codeUrl=files.add("pkg.zip", data),
+                   codeSha256=hashlib.sha256(data).hexdigest(),
+                   env={"CONSUL_HTTP_ADDR": "http://127.0.0.1:9", "CONSUL_HTTP_TOKEN": "function-token"})
+    assert r.status_code == 200 and r.json()["registered"] == "fn-hello-alloc-1.abcd", r.text
+    wait_until(lambda: consul.passing_instances("fn-hello"), 15, "registered and passing")
+    assert requests.post(url + "/_/drain", json={}, timeout=5).json() == {"drained": True}
+    assert p.wait(15) == 0
+    assert "fn-hello-alloc-1.abcd" not in consul.services  # deregistered on exit
+    calls = [(m, path, t) for m, path, t in consul.request_tokens
+             if path.startswith("/v1/agent/service/") or (path == CLAIM and m == "DELETE")]
+    assert calls == [("DELETE", CLAIM, "instance-token"),
+                     ("PUT", "/v1/agent/service/register", "instance-token"),
+                     ("PUT", "/v1/agent/service/deregister/fn-hello-alloc-1.abcd", "instance-token")]
+
+
+def test_without_a_token_consul_refuses_the_pool_instance(pool_instance, files, make_consul_double, runtime):
+    """The same Consul without CONSUL_HTTP_TOKEN: registration is refused, so the instance answers
+    502 and leaves (the platform starts the function elsewhere) rather than serve unlisted."""
+    consul = make_consul_double(acl_tokens={"instance-token"})
+    p, url = pool_instance(consul=consul)
+    data = hello(runtime)
+    r = specialize(url, instanceId="alloc-1.abcd", codeUrl=files.add("pkg.zip", data),
+                   codeSha256=hashlib.sha256(data).hexdigest())
+    assert r.status_code == 502 and "Consul registration failed" in r.json()["error"], r.text
+    assert "403" in r.json()["error"]
+    assert p.wait(15) == 0
+    assert ("PUT", "/v1/agent/service/register", "") in consul.request_tokens and not consul.services
 
 
 def test_a_digest_is_fetched_once_per_node(pool_instance, files, runtime):

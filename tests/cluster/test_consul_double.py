@@ -492,3 +492,30 @@ def test_kv_value_size_limit(consul_double):
     r = put(consul_double, "/v1/kv/big", data=b"x" * (512 * 1024 + 1))
     assert r.status_code == 413
     assert put(consul_double, "/v1/kv/big", data=b"x" * (512 * 1024)).text == "true"
+
+
+# --------------------------------------------------------------------------- ACLs (§15)
+def test_acls_off_by_default_and_tokens_are_logged(consul_double):
+    assert put(consul_double, "/v1/kv/open", data=b"1").text == "true"
+    assert get(consul_double, "/v1/kv/open").headers["X-Consul-Default-ACL-Policy"] == "allow"
+    put(consul_double, "/v1/kv/open", data=b"2", headers={"X-Consul-Token": "t1"})
+    assert consul_double.request_tokens[0] == ("PUT", "/v1/kv/open", "")
+    assert consul_double.request_tokens[-1] == ("PUT", "/v1/kv/open", "t1")
+
+
+def test_acls_on_refuse_missing_and_unknown_tokens(make_consul_double):
+    d = make_consul_double(acl_tokens={"secret-1"})
+    r = put(d, "/v1/kv/k", data=b"1")
+    assert (r.status_code, r.text) == (403, "Permission denied")
+    assert r.headers["Content-Type"].startswith("text/plain") and r.headers["X-Consul-Default-ACL-Policy"] == "deny"
+    r = put(d, "/v1/agent/service/register", json={"Name": "s"}, headers={"X-Consul-Token": "nope"})
+    assert (r.status_code, r.text) == (403, "ACL not found")
+    assert "s" not in {s["Service"] for s in d.services.values()}
+    assert get(d, "/v1/status/leader").status_code == 200  # needs no ACL
+    # Every way of sending the token: header, Bearer, legacy query parameter.
+    assert put(d, "/v1/kv/k", data=b"1", headers={"X-Consul-Token": "secret-1"}).text == "true"
+    assert get(d, "/v1/kv/k", headers={"Authorization": "Bearer secret-1"}).status_code == 200
+    assert requests.delete(d.url + "/v1/kv/k?token=secret-1", timeout=10).text == "true"
+    c = consul.Consul(host=d.host, port=d.port, token="secret-1")
+    c.agent.service.register("s", service_id="s1")
+    assert "s1" in d.services

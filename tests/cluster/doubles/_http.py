@@ -186,6 +186,9 @@ class App:
     def decorate(self, request: Request, response: Response) -> Response:
         return response
 
+    def authorize(self, request: Request) -> None:
+        """Called before a matched route's handler; raises :class:`HTTPError` to refuse it."""
+
     def __call__(self, environ, start_response):
         request = Request(environ)
         path = request.path
@@ -203,6 +206,7 @@ class App:
             if request.method not in r.methods:
                 continue
             try:
+                self.authorize(request)
                 response = r.handler(request, *m.groups())
             except HTTPError as e:
                 response = text(e.status, e.message, e.headers)

@@ -6,7 +6,11 @@ blocking queries through one condition variable. HTTP and TCP checks are really 
 the registered address; TTL checks expire; services whose check stays critical are reaped after
 ``DeregisterCriticalServiceAfter``; sessions expire and release or delete their locks.
 
-Simplified (see README.md in this directory): one datacenter, no ACLs, no jitter on blocking waits,
+ACLs are off unless ``acl_tokens`` is given: then the default policy is deny, every listed
+SecretID may do everything (a management token), a request without a token gets 403
+``Permission denied`` and one with an unknown token 403 ``ACL not found`` (§15: plain text).
+
+Simplified (see README.md in this directory): one datacenter, no ACL policies, no jitter on blocking waits,
 the first probe of an interval check runs at once instead of after a random stagger, output-only
 changes of a check do not bump the index (as the agent's deferred sync), script/gRPC checks keep
 their initial status.
@@ -167,8 +171,10 @@ class ConsulDouble(BlockingQueries):
                  node_address: str = "127.0.0.1", datacenter: str = "dc1",
                  min_deregister_after: float = 60.0, reap_interval: float = 30.0,
                  min_session_ttl: float = 10.0, session_ttl_multiplier: float = 2.0,
-                 max_wait: float = 600.0, tick: float = 0.02):
+                 max_wait: float = 600.0, tick: float = 0.02, acl_tokens=None):
         self.datacenter = datacenter
+        #: None: ACLs off. A collection of SecretIDs: ACLs on, default deny, those tokens allowed.
+        self.acl_tokens = None if acl_tokens is None else set(acl_tokens)
         self.min_deregister_after = min_deregister_after
         self.reap_interval = reap_interval
         self.min_session_ttl = min_session_ttl
@@ -181,6 +187,7 @@ class ConsulDouble(BlockingQueries):
         self.default_node = node
         self._reset_state(node, node_address)
         self.requests: list[tuple[str, str]] = []  # (method, path) log, for tests of clients
+        self.request_tokens: list[tuple[str, str, str]] = []  # (method, path, token or ""), same order
         self._app = self._build_app()
         self.server = DoubleServer(self._app, host, port)
         self._stop = threading.Event()
@@ -608,11 +615,32 @@ class ConsulDouble(BlockingQueries):
             except ValueError as e:
                 raise HTTPError(400, f"Request decode failed: {e}")
 
+        def request_token(request) -> str:
+            """The token a request carries (§15): X-Consul-Token, else a Bearer header, else ?token=."""
+            token = request.headers.get("X-Consul-Token", "")
+            auth = request.headers.get("Authorization", "")
+            if not token and auth.lower().startswith("bearer "):
+                token = auth[7:].strip()
+            return token or request.args.get("token", "")
+
         def decorate(request, response):
             double.requests.append((request.method, request.path))
-            response.headers["X-Consul-Default-ACL-Policy"] = "allow"
+            double.request_tokens.append((request.method, request.path, request_token(request)))
+            response.headers["X-Consul-Default-ACL-Policy"] = "allow" if double.acl_tokens is None else "deny"
             return response
         app.decorate = decorate
+
+        def authorize(request):
+            # status/leader needs no ACL; anonymous reads are refused here where Consul would
+            # filter them (no ACL policies in this double).
+            if double.acl_tokens is None or request.path == "/v1/status/leader":
+                return
+            token = request_token(request)
+            if not token:
+                raise HTTPError(403, "Permission denied")
+            if token not in double.acl_tokens:
+                raise HTTPError(403, "ACL not found")
+        app.authorize = authorize
 
         @app.route(["GET"], "/v1/status/leader")
         def leader(request):
