@@ -60,6 +60,11 @@ class Settings:
     nomad_token: str = ""
     consul_addr: str = "http://127.0.0.1:8500"
     consul_token: str = ""
+    #: Consul token the instances use for their own calls (a pool instance registers and deregisters
+    #: fn-<function> and clears its claim), passed to the jobs as the variable consul_token. It is
+    #: stored in the jobs and function code can read it, so give one that may only write the service
+    #: prefix fn- and the key prefix faas/pool/claims/. Empty: consul_token (the appliance's own).
+    instance_consul_token: str = ""
     #: S3 endpoint URL; empty means AWS S3 itself. Any S3 API works (MinIO: path-style addressing).
     s3_endpoint: str = ""
     s3_bucket: str = "faas-code"

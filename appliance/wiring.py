@@ -6,8 +6,10 @@ Scheduler, Registry, BlobStore and MetadataStore from here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,14 +92,32 @@ def build(settings: Settings) -> Components:
 
 
 def nomad_job_vars(settings: Settings) -> str:
-    """The HCL2 variable file sent with the jobspecs (empty: the jobspecs' defaults)."""
-    if not settings.nomad_vars_file:
-        return ""
-    try:
-        return Path(settings.nomad_vars_file).read_text()
-    except OSError as exc:
-        raise ValidationError(f"APPLIANCE_NOMAD_VARS_FILE={settings.nomad_vars_file!r} cannot be read: {exc}",
-                              field="nomad_vars_file") from None
+    """The HCL2 variable file sent with the jobspecs (empty: the jobspecs' defaults).
+
+    With a Consul token, ``consul_token`` is added for the instances' own Consul calls (with ACLs on
+    and default deny a pool instance could not register itself without one), unless the file sets
+    it: ``instance_consul_token``, else the appliance's ``consul_token``."""
+    text = ""
+    if settings.nomad_vars_file:
+        try:
+            text = Path(settings.nomad_vars_file).read_text()
+        except OSError as exc:
+            raise ValidationError(f"APPLIANCE_NOMAD_VARS_FILE={settings.nomad_vars_file!r} cannot be read: {exc}",
+                                  field="nomad_vars_file") from None
+    token = settings.instance_consul_token or settings.consul_token
+    if not token or re.search(r"^\s*consul_token\s*=", text, re.M):
+        return text
+    if not settings.instance_consul_token:
+        log.warning("event=instance_consul_token source=consul_token note=%r",
+                    "instances get the appliance's Consul token, stored in the jobs; "
+                    "set APPLIANCE_INSTANCE_CONSUL_TOKEN to a narrower one")
+    return (text if not text or text.endswith("\n") else text + "\n") + f"consul_token = {hcl_string(token)}\n"
+
+
+def hcl_string(value: str) -> str:
+    """An HCL2 quoted string: JSON's escapes, and template sequences (${, %{) doubled so Nomad keeps
+    them literally."""
+    return json.dumps(value).replace("${", "$${").replace("%{", "%%{")
 
 
 def _build_cluster(settings: Settings) -> Components:

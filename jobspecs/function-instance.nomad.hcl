@@ -83,6 +83,12 @@ variable "consul_http_addr" {
   description = "The node's Consul agent (instances never talk to a remote Consul)."
 }
 
+variable "consul_token" {
+  type        = string
+  default     = ""
+  description = "Consul ACL token for the instance's own Consul calls (CONSUL_HTTP_TOKEN; empty: none), as in runtime-pool: Nomad registers a dispatched instance, the launcher and bootstraps it shares with pool instances send this token when they call Consul. It is stored in the job, where anyone who may read the job sees it, and function code runs in the instance's environment: use a token that may only write the service prefix fn- and the key prefix faas/pool/claims/, not the appliance's."
+}
+
 job "function-instance" {
   # The label is a literal in HCL; the ID comes from a variable so size classes can coexist.
   id          = var.job_id
@@ -161,6 +167,7 @@ job "function-instance" {
         FAAS_PORT             = "${NOMAD_PORT_http}"
         FAAS_INSTANCE_ID      = "${NOMAD_ALLOC_ID}"
         CONSUL_HTTP_ADDR      = var.consul_http_addr
+        CONSUL_HTTP_TOKEN     = var.consul_token
       }
 
       # Reservation for the scheduler (see variable memory_mb): the floor; sized copies of this

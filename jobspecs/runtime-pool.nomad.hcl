@@ -75,6 +75,12 @@ variable "consul_http_addr" {
   default = "http://127.0.0.1:8500"
 }
 
+variable "consul_token" {
+  type        = string
+  default     = ""
+  description = "Consul ACL token the instances send with their own Consul calls (CONSUL_HTTP_TOKEN; empty: none): a pool instance deletes its stale claim under faas/pool/claims/ and registers and deregisters its fn-<function> service. It is stored in the job, where anyone who may read the job sees it, and function code runs in the instance's environment: use a token that may only write the service prefix fn- and the key prefix faas/pool/claims/, not the appliance's."
+}
+
 job "runtime-pool" {
   type        = "service"
   datacenters = var.datacenters
@@ -127,6 +133,7 @@ job "runtime-pool" {
         FAAS_PORT           = "${NOMAD_PORT_http}"
         FAAS_INSTANCE_ID    = "${NOMAD_ALLOC_ID}"
         CONSUL_HTTP_ADDR    = var.consul_http_addr
+        CONSUL_HTTP_TOKEN   = var.consul_token
         FAAS_CHECK_INTERVAL = var.check_interval
       }
 
@@ -205,6 +212,7 @@ job "runtime-pool" {
         FAAS_PORT           = "${NOMAD_PORT_http}"
         FAAS_INSTANCE_ID    = "${NOMAD_ALLOC_ID}"
         CONSUL_HTTP_ADDR    = var.consul_http_addr
+        CONSUL_HTTP_TOKEN   = var.consul_token
         FAAS_CHECK_INTERVAL = var.check_interval
       }
 

@@ -10,6 +10,7 @@ import requests
 from appliance.backends.nomad_scheduler import pool_service, vars_for
 from appliance.config import Settings
 from appliance.errors import ValidationError
+from appliance.wiring import nomad_job_vars
 from helpers import ROOT
 
 
@@ -33,6 +34,28 @@ def test_each_job_gets_only_the_variables_it_declares():
     var_file = 'python_count = 2\njob_id = "function-instance-512"\ncheck_interval = "1s"\n'
     assert vars_for(jobspec("runtime-pool"), var_file) == 'python_count = 2\ncheck_interval = "1s"\n'
     assert vars_for(jobspec("function-instance"), var_file) == 'job_id = "function-instance-512"\ncheck_interval = "1s"\n'
+
+
+def test_instances_get_the_instance_token_else_the_appliance_token(tmp_path, nomad_double):
+    assert nomad_job_vars(Settings()) == ""
+    assert nomad_job_vars(Settings(consul_token="app")) == 'consul_token = "app"\n'
+    narrow = Settings.from_env({"APPLIANCE_CONSUL_TOKEN": "app", "APPLIANCE_INSTANCE_CONSUL_TOKEN": "inst"})
+    var_file = tmp_path / "vars.hcl"
+    var_file.write_text('python_count = 2')
+    with_file = Settings(consul_token="app", instance_consul_token="inst", nomad_vars_file=str(var_file))
+    assert nomad_job_vars(narrow) == 'consul_token = "inst"\n'
+    assert nomad_job_vars(with_file) == 'python_count = 2\nconsul_token = "inst"\n'
+    # An assignment in the operator's file wins.
+    var_file.write_text('consul_token = "from-file"\n')
+    assert nomad_job_vars(with_file) == 'consul_token = "from-file"\n'
+    # Quotes and template sequences reach the task literally, through both jobs' var-file split.
+    odd = 'a"b\\c${d}%{e}'
+    for name in ("runtime-pool", "function-instance"):
+        hcl = jobspec(name)
+        r = requests.post(nomad_double.url + "/v1/jobs/parse", timeout=30, json={
+            "JobHCL": hcl, "Variables": vars_for(hcl, nomad_job_vars(Settings(instance_consul_token=odd)))})
+        assert r.status_code == 200, r.text
+        assert {t["Env"]["CONSUL_HTTP_TOKEN"] for tg in r.json()["TaskGroups"] for t in tg["Tasks"]} == {odd}
 
 
 def test_pool_service_names_follow_the_jobspec():

@@ -125,6 +125,20 @@ def test_runtime_pool_fields(nomad_double):
         assert t["Resources"]["MemoryMB"] == 512 and svc["Meta"]["memory_mb"] == "512"
 
 
+@pytest.mark.parametrize("name", ["function-instance", "runtime-pool"])
+def test_instances_get_the_consul_token_variable(nomad_double, name):
+    """With Consul ACLs on, instances need a token for their own Consul calls: the jobs declare
+    consul_token (empty by default, which Consul clients take as no token) and every task gets it
+    as CONSUL_HTTP_TOKEN next to CONSUL_HTTP_ADDR."""
+    (decl,) = [v["consul_token"] for v in parse_raw(name)["variable"] if "consul_token" in v]
+    assert decl["type"] == "string" and decl["default"] == ""
+    assert "stored in the job" in decl["description"] and "faas/pool/claims/" in decl["description"]
+    tasks = list(all_tasks(parse_json(nomad_double, name)))
+    assert tasks and all(t["Env"]["CONSUL_HTTP_TOKEN"] == "" for _, t in tasks)
+    tasks = list(all_tasks(parse_json(nomad_double, name, 'consul_token = "3f1c-instances"')))
+    assert all(t["Env"]["CONSUL_HTTP_TOKEN"] == "3f1c-instances" and t["Env"]["CONSUL_HTTP_ADDR"] for _, t in tasks)
+
+
 @pytest.mark.parametrize("name, args", [
     ("edge-router", ["-m", "appliance", "serve", "--role", "edge"]),
     ("control-plane", ["-m", "appliance", "serve", "--role", "control"]),

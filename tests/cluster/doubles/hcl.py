@@ -102,11 +102,12 @@ class _Evaluator:
         return self.vars[name], True
 
     def template(self, s: str) -> str:
-        """Interpolate ``${var.x}``; keep runtime interpolations; ``$${`` is a literal ``${``."""
+        """Interpolate ``${var.x}``; keep runtime interpolations; ``$${`` and ``%%{`` are the
+        literals ``${`` and ``%{`` (HCL2 template escapes)."""
         out, i = [], 0
         while i < len(s):
-            if s.startswith("$${", i):
-                out.append("${")
+            if s.startswith(("$${", "%%{"), i):
+                out.append(s[i] + "{")
                 i += 3
                 continue
             if s.startswith("${", i):
