@@ -91,7 +91,8 @@ def nomad():
     thread.join()
 
 
-def run_registration(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict], files: list[dict], **settings):
+def run_registration(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict] | None, files: list[dict], **settings):
+    """Run the role's job registration; ``jobs`` None keeps the role's default `appliance_nomad_jobs`."""
     source = tmp_path / "src"
     (source / "jobspecs").mkdir(parents=True, exist_ok=True)
     for job in files:
@@ -112,7 +113,7 @@ def run_registration(tmp_path: pathlib.Path, nomad: FakeNomad, jobs: list[dict],
         "ansible_python_interpreter": sys.executable,
         "appliance_source_dir": str(source),
         "appliance_nomad_addr": nomad.url,
-        "appliance_nomad_jobs": jobs,
+        **({"appliance_nomad_jobs": jobs} if jobs is not None else {}),
         **settings,
     }
     env = dict(
@@ -183,3 +184,18 @@ def test_service_jobs_carry_the_appliance_settings(tmp_path, nomad):
     python = 'python = "/opt/faas-appliance/venv/bin/python"'
     assert control == [python, *s3]
     assert edge == ["http_port = 8088", python, *s3]
+
+
+@pytest.mark.parametrize("settings, token", [
+    ({"appliance_consul_token": "app"}, "app"),
+    ({"appliance_consul_token": "app", "appliance_instance_consul_token": "inst"}, "inst"),
+])
+def test_instance_jobs_carry_the_instance_consul_token(tmp_path, nomad, settings, token):
+    """With Consul ACLs on, instances need a token for their own Consul calls: the role's default
+    jobs pass appliance_instance_consul_token, else appliance_consul_token, as consul_token."""
+    files = [{"name": "runtime-pool", "file": "runtime-pool.nomad.hcl"},
+             {"name": "function-instance", "file": "function-instance.nomad.hcl"}]
+    proc = run_registration(tmp_path, nomad, None, files, **settings)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert nomad.registrations == ["runtime-pool", "function-instance"]
+    assert [body["Variables"].splitlines() for body in nomad.parse_bodies] == [[f'consul_token = "{token}"']] * 2
