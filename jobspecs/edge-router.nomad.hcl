@@ -42,6 +42,18 @@ variable "consul_addr" {
   default = "http://127.0.0.1:8500"
 }
 
+variable "nomad_token" {
+  type        = string
+  default     = ""
+  description = "Nomad ACL token of the appliance (APPLIANCE_NOMAD_TOKEN); empty without Nomad ACLs. Stored in the job."
+}
+
+variable "consul_token" {
+  type        = string
+  default     = ""
+  description = "Consul ACL token of the appliance (APPLIANCE_CONSUL_TOKEN); empty without Consul ACLs. Stored in the job."
+}
+
 variable "s3_endpoint" {
   type        = string
   default     = ""
@@ -83,14 +95,16 @@ job "edge-router" {
 
       # Settings are APPLIANCE_* variables (appliance/config.py).
       env {
-        APPLIANCE_MODE        = "cluster"
-        APPLIANCE_DATA_DIR    = var.data_dir
-        APPLIANCE_NOMAD_ADDR  = var.nomad_addr
-        APPLIANCE_CONSUL_ADDR = var.consul_addr
-        APPLIANCE_S3_ENDPOINT = var.s3_endpoint
-        APPLIANCE_S3_BUCKET   = var.s3_bucket
-        APPLIANCE_S3_REGION   = var.s3_region
-        APPLIANCE_NODE_NAME   = "${node.unique.name}"
+        APPLIANCE_MODE         = "cluster"
+        APPLIANCE_DATA_DIR     = var.data_dir
+        APPLIANCE_NOMAD_ADDR   = var.nomad_addr
+        APPLIANCE_CONSUL_ADDR  = var.consul_addr
+        APPLIANCE_NOMAD_TOKEN  = var.nomad_token
+        APPLIANCE_CONSUL_TOKEN = var.consul_token
+        APPLIANCE_S3_ENDPOINT  = var.s3_endpoint
+        APPLIANCE_S3_BUCKET    = var.s3_bucket
+        APPLIANCE_S3_REGION    = var.s3_region
+        APPLIANCE_NODE_NAME    = "${node.unique.name}"
       }
 
       resources {

@@ -24,6 +24,18 @@ variable "consul_addr" {
   default = "http://127.0.0.1:8500"
 }
 
+variable "nomad_token" {
+  type        = string
+  default     = ""
+  description = "Nomad ACL token of the appliance (APPLIANCE_NOMAD_TOKEN); empty without Nomad ACLs. Stored in the job."
+}
+
+variable "consul_token" {
+  type        = string
+  default     = ""
+  description = "Consul ACL token of the appliance (APPLIANCE_CONSUL_TOKEN); empty without Consul ACLs. Stored in the job."
+}
+
 variable "asg_name" {
   type        = string
   default     = "faas-workers"
@@ -116,6 +128,8 @@ job "node-autoscaler" {
         APPLIANCE_MODE                      = "cluster"
         APPLIANCE_NOMAD_ADDR                = var.nomad_addr
         APPLIANCE_CONSUL_ADDR               = var.consul_addr
+        APPLIANCE_NOMAD_TOKEN               = var.nomad_token
+        APPLIANCE_CONSUL_TOKEN              = var.consul_token
         APPLIANCE_NODE_ASG_NAME             = var.asg_name
         APPLIANCE_NODE_LAUNCH_TEMPLATE      = var.launch_template
         APPLIANCE_NODE_AWS_REGION           = var.aws_region

@@ -153,6 +153,17 @@ def test_appliance_jobs_run_the_installed_appliance(nomad_double, name, args):
         assert t["Env"]["APPLIANCE_MODE"] == "cluster"
 
 
+@pytest.mark.parametrize("name", ["edge-router", "control-plane", "node-autoscaler"])
+def test_appliance_jobs_pass_the_acl_tokens(nomad_double, name):
+    """Run by Nomad, the appliance's own services need its Nomad and Consul tokens when ACLs are
+    on: empty by default, APPLIANCE_NOMAD_TOKEN and APPLIANCE_CONSUL_TOKEN when given."""
+    for _, t in all_tasks(parse_json(nomad_double, name)):
+        assert t["Env"]["APPLIANCE_NOMAD_TOKEN"] == "" and t["Env"]["APPLIANCE_CONSUL_TOKEN"] == ""
+    job = parse_json(nomad_double, name, 'nomad_token = "n-secret"\nconsul_token = "c-secret"')
+    for _, t in all_tasks(job):
+        assert (t["Env"]["APPLIANCE_NOMAD_TOKEN"], t["Env"]["APPLIANCE_CONSUL_TOKEN"]) == ("n-secret", "c-secret")
+
+
 def test_edge_router_has_a_static_port_and_checked_service(nomad_double):
     job = parse_json(nomad_double, "edge-router", "http_port = 9090\nedge_count = 3")
     tg = job["TaskGroups"][0]

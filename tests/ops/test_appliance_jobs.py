@@ -171,19 +171,21 @@ def test_a_missing_job_file_stops_the_run_before_any_registration(tmp_path, noma
 
 def test_service_jobs_carry_the_appliance_settings(tmp_path, nomad):
     """With appliance_service_manager: nomad, the edge router and the control plane run as Nomad jobs;
-    the S3 settings, the edge port and the virtualenv reach them as job variables."""
+    the S3 settings, the edge port, the virtualenv and the ACL tokens reach them as job variables."""
     files = [{"name": "control-plane", "file": "control-plane.nomad.hcl"},
              {"name": "edge-router", "file": "edge-router.nomad.hcl"}]
     proc = run_registration(tmp_path, nomad, [], files, appliance_service_manager="nomad",
                             appliance_s3_endpoint="http://minio.internal:9000", appliance_s3_bucket="code",
-                            appliance_s3_region="eu-west-1", appliance_edge_port=8088)
+                            appliance_s3_region="eu-west-1", appliance_edge_port=8088,
+                            appliance_consul_token="c-tok", appliance_nomad_token="n-tok")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert nomad.registrations == ["control-plane", "edge-router"]
     control, edge = (body["Variables"].splitlines() for body in nomad.parse_bodies)
     s3 = ['s3_bucket = "code"', 's3_endpoint = "http://minio.internal:9000"', 's3_region = "eu-west-1"']
     python = 'python = "/opt/faas-appliance/venv/bin/python"'
-    assert control == [python, *s3]
-    assert edge == ["http_port = 8088", python, *s3]
+    tokens = ['consul_token = "c-tok"', 'nomad_token = "n-tok"']
+    assert control == [tokens[0], tokens[1], python, *s3]
+    assert edge == [tokens[0], "http_port = 8088", tokens[1], python, *s3]
 
 
 @pytest.mark.parametrize("settings, token", [
