@@ -340,10 +340,12 @@ class Activator:
             got = self._take_or_queue(p, spec, max_instances, policy, now, asyncio.get_running_loop())
         if isinstance(got, Lease):
             return got
+        # The deadline resolves the future empty (then _waited raises the timeout): one timer
+        # handle, where asyncio.wait_for would add a wrapping future, callbacks and a timeout
+        # task step to every queued request.
+        timer = asyncio.get_running_loop().call_later(max(0.0, deadline - now), _resolve, got.fut)
         try:
-            await asyncio.wait_for(got.fut, max(0.0, deadline - now))
-        except asyncio.TimeoutError:
-            pass
+            await got.fut
         except BaseException:
             # Cancelled while queued: leave the queue, or give back a slot handed over meanwhile.
             with p.lock:
@@ -353,6 +355,8 @@ class Activator:
             if lease is not None:
                 self.release(lease)
             raise
+        finally:
+            timer.cancel()
         return self._waited(p, spec, got)
 
     def _take_or_queue(self, p: FunctionPool, spec: InstanceSpec, max_instances: int, policy, now: float,

@@ -290,6 +290,21 @@ class ConcurrencyWindow:
 
     def record(self, now: float, value: float) -> None:
         """From ``now`` on, ``value`` requests are in flight. ``now`` must not go backwards."""
+        last = self._last_t
+        if last is not None and last <= now < math.floor(last) + 1 and value >= 0:
+            # Still in the last record's second (under load, nearly every record): the value
+            # held since then goes to that second's bucket, and no bucket can have aged out.
+            held = self._value
+            if held and now > last:
+                k = math.floor(last)
+                buckets = self._buckets
+                if buckets and buckets[-1][0] == k:
+                    buckets[-1][1] += held * (now - last)
+                else:
+                    buckets.append([k, held * (now - last)])
+            self._last_t = now
+            self._value = float(value)
+            return
         if value < 0:
             raise ValueError(f"in-flight value cannot be negative, was: {value!r}")
         if self._last_t is not None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import uuid
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from .codec import dumps_compact, new_request_id
 from .errors import ApplianceError, to_response_body
 
 log = logging.getLogger("appliance.http")
@@ -27,13 +26,9 @@ def request_id_of(environ: dict) -> str:
     rid = environ.get("faas.request_id")
     if rid is None:
         given = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        rid = given if given and REQUEST_ID_RE.match(given) else new_request_id()
         environ["faas.request_id"] = rid
     return rid
-
-
-def dumps_compact(body) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:

@@ -19,10 +19,11 @@ an upgrade that changes it fails there, not in production.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import threading
+
+import uvloop
 
 log = logging.getLogger("appliance.http")
 
@@ -49,7 +50,7 @@ class GranianServer:
         self._sock.set_inheritable(False)
         self.effective_port = self._sock.getsockname()[1]
         self._signal = WorkerSignal()
-        self._loop = asyncio.new_event_loop()
+        self._loop = uvloop.new_event_loop()
         self._scheduler = _new_cbscheduler(self._loop, _future_watcher_wrapper(app), impl_asyncio=True)
         no_tls = (False, None, None, None, "tls1.3", None, [], False)
         self._worker = RSGIWorker(

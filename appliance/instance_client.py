@@ -18,6 +18,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from .codec import loads
 from .model import Instance
 
 CONNECT_TIMEOUT_S = 2.0
@@ -67,7 +68,7 @@ def invoke_headers(request_id: str, deadline_ms: int) -> dict:
 def invoke_reply(instance: Instance, status: int, headers: dict, data: bytes) -> InvokeReply:
     """What an instance's answer to ``POST /_/invoke`` says."""
     try:
-        parsed = json.loads(data) if data else {}
+        parsed = loads(data) if data else {}
     except ValueError:
         raise InstanceLost(f"instance {instance.id} answered with a body that is not JSON") from None
     refused = headers.get("x-faas-refused") if status == 503 else None

@@ -8,12 +8,11 @@ or no reply before the deadline) is never sent again; it ends as ``Instance.Cras
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
+from . import logs
 from .activator import Activator, Lease
 from .errors import (
     ApplianceError,
@@ -26,6 +25,7 @@ from .errors import (
     function_error,
 )
 from .function_store import FunctionStore
+from .codec import dumps_compact
 from .instance_client import InstanceClient, InstanceLost, InstanceTimeout, InstanceUnreachable, InvokeReply
 from .model import InstanceSpec
 from .ports import Registry, Scheduler
@@ -40,10 +40,6 @@ COLD_PHASES = ("code_fetch", "sandbox", "runtime_init", "user_init")
 
 class NoCode(Conflict):
     code = "Function.NoCode"
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 @dataclass
@@ -156,7 +152,7 @@ class Invoker:
         rec.duration_ms = round((self.clock() - call.t0) * 1000, 3)
         self._finish(rec, outcome, lease)
         self.records.add(rec)
-        log.info("event=invoke request_id=%s function=%s version=%s status=%s http_status=%s cold=%s duration_ms=%.3f "
+        logs.info(log, "event=invoke request_id=%s function=%s version=%s status=%s http_status=%s cold=%s duration_ms=%.3f "
                  "error_type=%s instance=%s", call.request_id, rec.function, rec.version, rec.status, rec.http_status,
                  rec.cold, rec.duration_ms, rec.error_type or "-", rec.instance_id or "-")
         return outcome
@@ -298,4 +294,4 @@ def _raise(call, exc):
 
 
 def encode_event(event) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode()
+    return dumps_compact(event)

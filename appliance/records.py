@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .codec import dumps_compact
 from .errors import ValidationError
 
 log = logging.getLogger("appliance.records")
@@ -71,7 +72,7 @@ def _row(r: InvocationRecord) -> tuple:
     every field and cost this writer, which shares the edge's GIL, a few percent of a request."""
     return (r.request_id, r.function, r.version, r.started_at, r.duration_ms, r.run_ms, r.billed_gb_s, r.memory_mb,
             int(r.cold), r.cold_cause, r.init_ms, r.status, r.http_status, r.error_type, r.error_message,
-            r.instance_id, r.trigger, json.dumps(r.phases), json.dumps(r.logs))
+            r.instance_id, r.trigger, dumps_compact(r.phases).decode(), dumps_compact(r.logs).decode())
 
 
 class RecordStore:

@@ -10,6 +10,7 @@ picks free ones), which the CLI and the tests read.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ log = logging.getLogger("appliance.server")
 
 EDGE_THREADS = 128
 CONTROL_THREADS = 16
+#: Container allocations between two collections of the youngest generation (default 700).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 class Appliance:
@@ -90,6 +93,7 @@ class Appliance:
         os.replace(tmp, path)
         log.info("event=listening mode=%s edge=%s api=%s data_dir=%s", s.mode, info["edge_url"], info["api_url"],
                  s.data_path)
+        tune_gc()
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -119,6 +123,22 @@ class Appliance:
             threading.Thread(target=self.stop, daemon=True).start()
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    What start-up built (modules, the app, the wiring) lives as long as the process, so it is
+    frozen out of the collector's generations; and the youngest generation collects every
+    ``GC_YOUNG_THRESHOLD`` container allocations rather than every 700. A warm request allocates
+    a few hundred containers that reference counting frees at once, so at the default threshold
+    the collector ran every few requests and took about 6% of the edge loop's CPU (perf, 16
+    connections); cycles are still collected, only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def raise_open_files_limit() -> int:

@@ -28,12 +28,12 @@ import asyncio
 import io
 import logging
 import sys
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ApplianceError, MethodNotAllowed, PayloadTooLarge, ValidationError, to_response_body
 from .events import build_event, to_http_response
-from .http_common import REQUEST_ID_RE, dumps_compact
+from .codec import dumps_compact, new_request_id
+from .http_common import REQUEST_ID_RE
 from .instance_aio import AsyncInstanceClient
 from .invoker import encode_event
 
@@ -49,7 +49,7 @@ _JSON_HEADERS = (("content-type", "application/json"),)
 def request_id(headers) -> str:
     """The caller's ``X-Request-Id`` when it is a sane token, else a new one."""
     given = headers.get("x-request-id")
-    return given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    return given if given and REQUEST_ID_RE.match(given) else new_request_id()
 
 
 async def read_body(headers, proto, max_bytes: int) -> bytes:

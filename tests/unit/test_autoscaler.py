@@ -431,3 +431,31 @@ def test_samples_from_several_routers_add_up():
     assert window_average(samples, 60.0, 60.0) == pytest.approx(7.0)
     d = decide(Observation(samples, instances=10, in_flight=7.0), ScalingPolicy(), ScalerState(), 60.0)
     assert d.desired == 10
+
+
+def test_many_records_within_each_second_add_up_to_the_time_weighted_integral():
+    """Under load most records fall in the same second as the one before (the window's fast
+    path); the per-second amounts must still be the exact integral of the held values."""
+    import random
+
+    rng = random.Random(7)
+    w = ConcurrencyWindow(60)
+    t, value = 100.0, 0.0
+    changes = []
+    while t < 110.0:
+        changes.append((t, value))
+        w.record(t, value)
+        t += rng.choice((0.0, 0.0001, 0.003, 0.04, 0.3))
+        value = float(rng.randint(0, 16))
+    expected = {}
+    for (t0, v), (t1, _) in zip(changes, changes[1:] + [(110.0, 0.0)]):
+        for k in range(math.floor(t0), math.floor(t1) + 1):
+            lo, hi = max(t0, k), min(t1, k + 1)
+            if hi > lo and v:
+                expected[float(k + 1)] = expected.get(float(k + 1), 0.0) + v * (hi - lo)
+    got = dict(w.samples(110.0))
+    assert got.keys() == expected.keys()
+    for k, amount in expected.items():
+        assert got[k] == pytest.approx(amount, rel=1e-9, abs=1e-9)
+    with pytest.raises(ValueError, match="negative"):
+        w.record(110.0, -1.0)   # refused in the same second too
