@@ -298,6 +298,9 @@ class Activator:
         registry.subscribe(self._registry_changed)
 
     def pool(self, name: str) -> FunctionPool:
+        p = self._pools.get(name)  # pools are never removed: a hit needs no lock
+        if p is not None:
+            return p
         with self._lock:
             p = self._pools.get(name)
             if p is None:

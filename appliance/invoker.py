@@ -88,6 +88,7 @@ class Invoker:
         self.queue_timeout_s = queue_timeout_s
         self.max_attempts = max_attempts
         self.clock = clock
+        self._specs: dict[str, tuple[object, InstanceSpec]] = {}
 
     def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None) -> Outcome:
         """Run one invocation to its end on this thread (waiting for a slot or a cold start)."""
@@ -132,7 +133,11 @@ class Invoker:
                          "or `faas deploy`")
         rec = InvocationRecord(request_id=request_id, function=function, version=fn.version, started_at=time.time(),
                                memory_mb=fn.config.memory_mb, trigger=trigger or "api")
-        return _Call(spec=InstanceSpec.of(fn), body=body, request_id=request_id, rec=rec, t0=self.clock(),
+        hit = self._specs.get(function)
+        if hit is None or hit[0] is not fn:
+            # The store hands out the same record until the function changes: build its spec once.
+            hit = self._specs[function] = (fn, InstanceSpec.of(fn))
+        return _Call(spec=hit[1], body=body, request_id=request_id, rec=rec, t0=self.clock(),
                      timeout_s=fn.config.timeout_s, max_instances=fn.config.max_instances,
                      policy=self.policies.get(fn))
 

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import logging
 import sys
 import threading
 import time
 
 
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a Unix second: lines within one second share it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 def line(created: float, level: str, logger: str, msg: str) -> str:
     """One log line: time, level and logger, then the event's ``key=value`` fields."""
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    ts = f"{_utc_second(int(created))}.{int(created % 1 * 1000):03d}Z"
     if "event=" not in msg:
         msg = f'event=message text="{msg}"'
     return f"ts={ts} level={level} logger={logger} {msg}"

@@ -93,6 +93,12 @@ class RouteTable:
             compiled.append((specificity, segs, t))
         compiled.sort(key=lambda c: c[0], reverse=True)
         self._routes = compiled
+        # Routes of literal segments only, by (method, segments): no other route can be more
+        # specific for a path they match, so a hit needs no scan of the table.
+        self._literal: dict[tuple[str, tuple[str, ...]], Match] = {}
+        for _, segs, t in compiled:
+            if all(kind == "lit" for kind, _ in segs):
+                self._literal[(t.method, tuple(v for _, v in segs))] = Match(t, {}, f"{t.method} {t.path}")
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -100,6 +106,12 @@ class RouteTable:
     def match(self, method: str, path: str) -> Match:
         parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
         method = method.upper()
+        literal = self._literal
+        if literal and method != "HEAD":  # HEAD's fallback to GET routes is left to the scan
+            key = tuple(parts)
+            hit = literal.get((method, key)) or literal.get(("ANY", key))
+            if hit is not None:
+                return Match(hit.trigger, {}, hit.route_key)
         path_matched = False
         for _, segs, trigger in self._routes:
             params = _match_segments(segs, parts)

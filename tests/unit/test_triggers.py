@@ -76,3 +76,26 @@ def test_unknown_methods_are_refused():
     with pytest.raises(ValidationError) as err:
         route_key("FETCH", "/a")
     assert err.value.field == "method"
+
+
+def test_the_literal_route_shortcut_matches_as_the_full_scan_does():
+    """Literal-only routes are looked up directly; every answer must equal the scan's."""
+    table = RouteTable([
+        Trigger("GET", "/users/me", "a"), Trigger("GET", "/users/{id}", "b"), Trigger("ANY", "/users/me", "c"),
+        Trigger("POST", "/users/{id+}", "d"), Trigger("ANY", "/files/{path+}", "e"), Trigger("PUT", "/files/x", "f"),
+        Trigger("ANY", "/", "g"), Trigger("DELETE", "/a/b/c", "h"), Trigger("GET", "/a/{x}/c", "i"),
+    ])
+    scan = RouteTable([])
+    scan._routes = table._routes  # the same routes with no shortcut
+    paths = ["/users/me", "/users/me/", "/users/7", "/users/a/b", "/files/x", "/files/y/z", "/", "/a/b/c",
+             "/a/q/c", "/nope", "/users/m%65"]
+    for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
+        for path in paths:
+            outcomes = []
+            for t in (table, scan):
+                try:
+                    m = t.match(method, path)
+                    outcomes.append((m.trigger.function, m.params, m.route_key))
+                except Exception as exc:  # noqa: BLE001 - the error's type is the outcome
+                    outcomes.append(type(exc).__name__)
+            assert outcomes[0] == outcomes[1], (method, path, outcomes)
