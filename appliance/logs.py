@@ -74,18 +74,29 @@ class _BatchingHandler(logging.Handler):
     def _drain(self) -> None:
         buf = self._buf
         target = self._target
+        end = target.terminator
+        lines: list[str] = []
         while buf:
             item = buf.popleft()
             if type(item) is tuple:
                 created, name, msg = item
-                target.acquire()
-                try:
-                    target.stream.write(line(created, "info", name, msg) + target.terminator)
-                finally:
-                    target.release()
-            else:
-                target.handle(item)
+                lines.append(line(created, "info", name, msg) + end)
+                continue
+            self._write(lines)
+            target.handle(item)
+        self._write(lines)
         target.flush()
+
+    def _write(self, lines: list[str]) -> None:
+        """Write the plain lines gathered so far in one call (and empty the list)."""
+        if lines:
+            target = self._target
+            target.acquire()
+            try:
+                target.stream.write("".join(lines))
+            finally:
+                target.release()
+            lines.clear()
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval_s):

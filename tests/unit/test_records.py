@@ -70,3 +70,33 @@ def test_old_records_are_pruned_to_the_retention(tmp_path, monkeypatch):
         assert kept[0]["request_id"] == "r59"
     finally:
         r.close()
+
+
+def test_every_field_survives_the_batch_insert_unchanged(records):
+    """A batch goes to SQLite as one JSON document: each value must come back as it went in."""
+    from dataclasses import asdict
+
+    odd = InvocationRecord(
+        request_id="r-odd", function="f", version=2 ** 40, started_at=1_790_000_000.123456, duration_ms=0.000123,
+        run_ms=12345.678, billed_gb_s=1.5e-06, memory_mb=10240, cold=True, cold_cause="new-version", init_ms=3.25,
+        status="error", http_status=502, error_type="Function.Error",
+        error_message='quote " backslash \\ newline \n tab \t unicode é 漢 \U0001F600', instance_id=None,
+        trigger="GET /a/{b+}", phases={"queue": 0.0, "run": 1.5}, logs=["", "x" * 5000, "\x00 nul", "\ud800"])
+    plain = rec(1)
+    records.add(odd)
+    records.add(plain)
+    assert records.flush()
+    got = {r["request_id"]: r for r in records.query("f")}
+    for want in (odd, plain):
+        row = dict(got[want.request_id])
+        row.pop("seq")
+        assert row == asdict(want)
+    assert got["r-odd"]["seq"] < got["r1"]["seq"]  # kept in the order they were added
+
+
+def test_a_repeated_request_id_keeps_the_latest_record(records):
+    records.add(rec(1, status="error"))
+    assert records.flush()
+    records.add(rec(1, status="ok"))
+    assert records.flush()
+    assert [r["status"] for r in records.query("f")] == ["ok"]
