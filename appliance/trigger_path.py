@@ -1,6 +1,6 @@
 """The edge's request entry: warm trigger requests on an event loop, the rest on Flask.
 
-Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one asyncio loop. The edge
+Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one event loop (uvloop). The edge
 router itself is the Flask app of :mod:`.edge`, complete on its own: its trigger view matches,
 builds the event, invokes (starting an instance when none is ready: the cold start) and maps the
 reply; its ``/_/`` views are the platform paths. :class:`EdgeApp` takes the requests a ready
