@@ -163,10 +163,20 @@ class Invoker:
         return outcome
 
     def _call(self, call: _Call, first: tuple | None = None):
-        """Attempts until one ends; ``first`` is an attempt already made (lease, reply)."""
+        """Attempts until one ends; ``first`` is an attempt already made (lease, reply).
+
+        ``max_attempts`` bounds the attempts that can repeat: refusals for capacity, and cold
+        starts whose instance is gone at once. A warm instance found gone (unreachable, or
+        drained after scale to zero) is not counted: its slot is dropped for good, so those
+        retries end when the stale slots do, and then the request cold-starts. Counting them,
+        an edge that had not yet heard of a scale to zero from Consul answered 503 to the first
+        request after it whenever five stale slots were left.
+        """
         deadline = call.t0 + self.queue_timeout_s
-        for attempt in range(self.max_attempts):
-            if attempt == 0 and first is not None:
+        counted = 0
+        first_attempt = True
+        while counted < self.max_attempts:
+            if first_attempt and first is not None:
                 lease, reply = first
             else:
                 lease = self.activator.acquire(call.spec, max_instances=call.max_instances, deadline=deadline,
@@ -178,9 +188,14 @@ class Invoker:
                                                read_timeout_s=call.timeout_s + TIMEOUT_GRACE_S)
                 except (InstanceUnreachable, InstanceTimeout, InstanceLost) as exc:
                     reply = exc
+            first_attempt = False
             done, result = self._settle(call, lease, reply)
             if done:
                 return result, lease
+            if lease.cold or not lease.slot.draining:  # a dropped warm slot is not counted
+                counted += 1
+            elif self.clock() > deadline:
+                break
         raise ColdStartTimeout(f"no instance of {call.spec.function!r} accepted the request after {self.max_attempts} "
                                "attempts; retry")
 
