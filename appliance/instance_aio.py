@@ -20,8 +20,7 @@ from .instance_client import (
     InvokeReply,
     ProtocolError,
     ReplyParser,
-    encode_request,
-    invoke_headers,
+    encode_invoke,
     invoke_reply,
 )
 from .model import Instance
@@ -115,7 +114,7 @@ class AsyncInstanceClient:
             self._sweep()
         loop = asyncio.get_running_loop()
         waiter = conn.waiter = loop.create_future()
-        conn.transport.write(encode_request("POST", "/_/invoke", body, invoke_headers(request_id, deadline_ms)))
+        conn.transport.write(encode_invoke(body, request_id, deadline_ms))
         self._deadlines[waiter] = (loop.time() + read_timeout_s, address, read_timeout_s)
         if not self._ticking:
             self._ticking = True

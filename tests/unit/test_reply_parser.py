@@ -67,3 +67,11 @@ def test_requests_carry_their_length():
     assert encode_request("POST", "/_/invoke", b"{}", {"X-Request-Id": "r"}) == (
         b"POST /_/invoke HTTP/1.1\r\nHost: instance\r\nX-Request-Id: r\r\nContent-Length: 2\r\n\r\n{}")
     assert b"Content-Length" not in encode_request("GET", "/_/ready", None, {})
+
+
+def test_the_invoke_request_shortcut_is_the_general_encoding():
+    from appliance.instance_client import encode_invoke, invoke_headers
+
+    for body in (b"", b'{"a":1}', "é".encode() * 300):
+        assert encode_invoke(body, "r-1", 1795400000123) == encode_request(
+            "POST", "/_/invoke", body, invoke_headers("r-1", 1795400000123))
