@@ -105,3 +105,29 @@ def test_a_repeated_request_id_keeps_the_latest_record(records):
     records.add(rec(1, status="ok"))
     assert records.flush()
     assert [r["status"] for r in records.query("f")] == ["ok"]
+
+
+def test_an_idle_writer_sleeps_long_and_a_flush_still_writes_at_once(tmp_path):
+    import threading
+
+    from appliance import records as records_mod
+    from tests.waiting import wait_for
+
+    timeouts = []
+
+    class Recorded(threading.Event):
+        def wait(self, timeout=None):
+            timeouts.append(timeout)
+            return super().wait(timeout)
+
+    store = RecordStore(tmp_path / "inv.db")
+    try:
+        store._wake = Recorded()
+        wait_for(lambda: records_mod.IDLE_INTERVAL_S in timeouts, 10, message="the writer to go idle")
+        assert records_mod.IDLE_INTERVAL_S > records_mod.WRITE_INTERVAL_S
+        store.add(rec(1))
+        assert store.flush(timeout_s=5.0)  # woken by the flush, not after its idle sleep
+        assert [r["request_id"] for r in store.query("f")] == ["r1"]
+        wait_for(lambda: timeouts[-1] == records_mod.IDLE_INTERVAL_S, 10, message="idle again")
+    finally:
+        store.close()
