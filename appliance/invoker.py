@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import logs
 from .activator import Activator, Lease
+from .codec import dumps_compact
 from .errors import (
     ApplianceError,
     ColdStartTimeout,
@@ -25,7 +26,6 @@ from .errors import (
     function_error,
 )
 from .function_store import FunctionStore
-from .codec import dumps_compact
 from .instance_client import InstanceClient, InstanceLost, InstanceTimeout, InstanceUnreachable, InvokeReply
 from .model import InstanceSpec
 from .ports import Registry, Scheduler
@@ -157,9 +157,9 @@ class Invoker:
         rec.duration_ms = round((self.clock() - call.t0) * 1000, 3)
         self._finish(rec, outcome, lease)
         self.records.add(rec)
-        logs.info(log, "event=invoke request_id=%s function=%s version=%s status=%s http_status=%s cold=%s duration_ms=%.3f "
-                 "error_type=%s instance=%s", call.request_id, rec.function, rec.version, rec.status, rec.http_status,
-                 rec.cold, rec.duration_ms, rec.error_type or "-", rec.instance_id or "-")
+        logs.info(log, "event=invoke request_id=%s function=%s version=%s status=%s http_status=%s cold=%s "
+                  "duration_ms=%.3f error_type=%s instance=%s", call.request_id, rec.function, rec.version, rec.status,
+                  rec.http_status, rec.cold, rec.duration_ms, rec.error_type or "-", rec.instance_id or "-")
         return outcome
 
     def _call(self, call: _Call, first: tuple | None = None):

@@ -1,7 +1,7 @@
 """The edge's request entry: warm trigger requests on an event loop, the rest on Flask.
 
-Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one event loop (uvloop). The edge
-router itself is the Flask app of :mod:`.edge`, complete on its own: its trigger view matches,
+Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one uvloop event loop. The
+edge router itself is the Flask app of :mod:`.edge`, complete on its own: its trigger view matches,
 builds the event, invokes (starting an instance when none is ready: the cold start) and maps the
 reply; its ``/_/`` views are the platform paths. :class:`EdgeApp` takes the requests a ready
 instance can serve off Flask's hands and serves them on the loop: match the trigger table, build
@@ -30,9 +30,9 @@ import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from .codec import dumps_compact, new_request_id
 from .errors import ApplianceError, MethodNotAllowed, PayloadTooLarge, ValidationError, to_response_body
 from .events import build_event, to_http_response
-from .codec import dumps_compact, new_request_id
 from .http_common import REQUEST_ID_RE
 from .instance_aio import AsyncInstanceClient
 from .invoker import encode_event
