@@ -1,5 +1,5 @@
 """``python -m appliance`` runs the ``faas`` command."""
 
-from .cli import main
+from appliance.cli import main
 
 main(prog_name="faas")

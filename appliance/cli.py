@@ -16,9 +16,9 @@ from pathlib import Path
 
 import click
 
-from .client import DEFAULT_API, ApiError, ApplianceClient, read_function_json
-from .config import Settings
-from .errors import ApplianceError
+from appliance.client import DEFAULT_API, ApiError, ApplianceClient, read_function_json
+from appliance.config import Settings
+from appliance.core.errors import ApplianceError
 
 
 def _client(ctx) -> ApplianceClient:
@@ -55,8 +55,8 @@ def main(ctx, api):
 # -- running the appliance -------------------------------------------------------------------
 
 def _run(settings: Settings, roles, example: str | None) -> None:
-    from . import logs
-    from .server import Appliance
+    from appliance.core import logs
+    from appliance.server import Appliance
 
     logs.setup(settings.log_level)
     app = Appliance(settings, roles=roles)
@@ -133,7 +133,7 @@ def serve(role, host, edge_port, api_port, data_dir):
 @main.command(hidden=True)
 def instance():
     """Run one function instance under Nomad (fetch code by digest, then exec the runtime)."""
-    from .instance_launcher import main as launch
+    from appliance.instances.launcher import main as launch
 
     launch()
 
@@ -345,12 +345,12 @@ def doctor(ctx):
     node = shutil.which("node")
     ver = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else ""
     check("node (nodejs20 runtime)", bool(node), ver or "not found: apt-get install nodejs")
-    from .wiring import sandbox_unavailable
+    from appliance.wiring import sandbox_unavailable
     reason = sandbox_unavailable()
     check("instance sandbox (namespaces, read-only root, own uid per instance)", reason is None,
           reason or "available; instances fork from a runtime zygote")
     if reason is None:
-        from . import cgroups
+        from appliance.instances import cgroups
         mgr, why = cgroups.detect()
         click.echo(f"[{'ok' if mgr else 'warn'}] memory and pids cgroups: "
                    f"{mgr.describe() if mgr else why + '; instance memory is bounded by rlimits only'}")
@@ -375,7 +375,7 @@ def doctor(ctx):
         check("settings", False, exc.message)
         settings = None
     if settings is not None and settings.mode == "cluster":
-        from .wiring import cluster_checks
+        from appliance.wiring import cluster_checks
 
         for label, good, detail in cluster_checks(settings):
             check(label, good, detail)
@@ -395,8 +395,8 @@ def node_autoscaler(once, dry_run, interval, print_user_data):
     """Add and remove cluster hosts through the cloud API (settings: APPLIANCE_NODE_*)."""
     import signal
 
-    from . import logs
-    from . import node_autoscaler as na
+    from appliance.cluster import node_autoscaler as na
+    from appliance.core import logs
 
     try:
         settings = Settings.from_env(node_autoscaler_dry_run=dry_run or None, node_autoscaler_interval_s=interval)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from .codepkg import zip_directory
+from appliance.core.codepkg import zip_directory
 
 DEFAULT_API = os.environ.get("FAAS_API", "http://127.0.0.1:8081")
 

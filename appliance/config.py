@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import ValidationError
+from appliance.core.errors import ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ class Settings:
     #: AWS region and endpoint of the Auto Scaling / EC2 APIs ("" = boto3's default chain).
     node_aws_region: str = ""
     node_aws_endpoint: str = ""
-    #: Policy (appliance/node_autoscaler_policy.py, NodePolicy): host limits, cooldowns, the free
+    #: Policy (appliance/cluster/node_autoscaler_policy.py, NodePolicy): host limits, cooldowns, the free
     #: warm slots to keep and the utilisation under which a host may go.
     node_min_nodes: int = 1
     node_max_nodes: int = 10
@@ -137,7 +137,7 @@ class Settings:
     node_nomad_servers: str = ""
     node_datacenter: str = "dc1"
     node_class: str = ""
-    #: The user data template ("" = appliance/templates/node-user-data.sh).
+    #: The user data template ("" = appliance/cluster/templates/node-user-data.sh).
     node_user_data_template: str = ""
 
     def validate(self) -> Settings:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import waitress
 
-from .config import Settings
-from .http_server import GranianServer
-from .wiring import Components, build
+from appliance.config import Settings
+from appliance.edge.engine import GranianServer
+from appliance.wiring import Components, build
 
 log = logging.getLogger("appliance.server")
 
@@ -47,8 +47,8 @@ class Appliance:
 
     def start(self) -> None:
         raise_open_files_limit()
-        from .control_api import create_control_app
-        from .edge import create_edge
+        from appliance.control.api import create_control_app
+        from appliance.edge.app import create_edge
 
         c = self.components
         s = self.settings

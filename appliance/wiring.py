@@ -13,19 +13,21 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import codepkg
-from .activator import Activator
-from .config import Settings
-from .errors import ApplianceError, ValidationError
-from .function_store import FunctionStore
-from .instance_client import InstanceClient
-from .invoker import Invoker
-from .peer_loads import PeerLoads
-from .records import RecordStore
-from .leadership import SoleLeader
-from .records_view import RecordsView
-from .scaler import PolicyCache, Scaler
-from .scaling_view import ScalingView
+from appliance.cluster.peer_loads import PeerLoads
+from appliance.config import Settings
+from appliance.control.records_view import RecordsView
+from appliance.control.scaling_view import ScalingView
+from appliance.core import codepkg
+from appliance.core.activator import Activator
+from appliance.core.errors import ApplianceError, ValidationError
+from appliance.core.function_store import FunctionStore
+from appliance.core.invoker import Invoker
+from appliance.core.leadership import SoleLeader
+from appliance.core.records import RecordStore
+from appliance.core.scaler import PolicyCache, Scaler
+from appliance.instances.aio_client import AsyncInstanceClient
+from appliance.instances.client import InstanceClient
+from appliance.instances.sandbox import UID_BASE, UID_COUNT
 
 log = logging.getLogger("appliance.wiring")
 
@@ -51,14 +53,21 @@ class Components:
     records_view: RecordsView | None = None
     #: Cluster mode: where edges list themselves so control planes can find their records.
     edge_directory: object | None = None
-    #: Which edge decides the scaling (appliance/leadership.py): a Consul lock, or this process.
+    #: Which edge decides the scaling (appliance/core/leadership.py): a Consul lock, or this process.
     leadership: object | None = None
     #: The deciding edge's scaling decisions, as the control API shows them.
     scaling_view: ScalingView | None = None
+    #: The host uids sandboxed instances run as (the control API refuses their connections).
+    instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
         self.scaler.start()
+
+    @staticmethod
+    def event_loop_client() -> AsyncInstanceClient:
+        """A client to instances for the edge's event loop (one per loop)."""
+        return AsyncInstanceClient()
 
     def close(self) -> None:
         self.scaler.stop()
@@ -124,12 +133,12 @@ def _build_cluster(settings: Settings) -> Components:
     """Nomad places instances, Consul lists them and holds metadata, S3 holds code. Only the
     invocation records stay on this edge's disk; nothing else lives in one process, so several
     edges and control planes can run against the same cluster."""
-    from .backends.consul_edges import EdgeDirectory
-    from .backends.consul_kv import ConsulMetadataStore
-    from .backends.consul_leader import ConsulLeaderLock
-    from .backends.consul_registry import ConsulRegistry
-    from .backends.nomad_scheduler import NomadScheduler
-    from .backends.s3_blob import S3BlobStore
+    from appliance.backends.consul_edges import EdgeDirectory
+    from appliance.backends.consul_kv import ConsulMetadataStore
+    from appliance.backends.consul_leader import ConsulLeaderLock
+    from appliance.backends.consul_registry import ConsulRegistry
+    from appliance.backends.nomad_scheduler import NomadScheduler
+    from appliance.backends.s3_blob import S3BlobStore
 
     data = settings.data_path
     data.mkdir(parents=True, exist_ok=True)
@@ -191,7 +200,7 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
     ``sandbox=on`` refuses to start without it; ``auto`` falls back to plain processes and says so in
     ``notes`` (shown by ``/v1/health``) and in the log.
     """
-    from .backends.process_launcher import ProcessLauncher
+    from appliance.instances.process_launcher import ProcessLauncher
 
     runtimes = Path(settings.runtimes_dir)
     if settings.sandbox == "off":
@@ -200,8 +209,8 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
     reason = sandbox_unavailable()
     launcher = None
     if reason is None:
-        from . import cgroups
-        from .backends.zygote_launcher import ZygoteLauncher
+        from appliance.instances import cgroups
+        from appliance.instances.zygote_launcher import ZygoteLauncher
         cg, cg_reason = cgroups.detect()
         try:
             launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg)
@@ -232,10 +241,10 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
 
 
 def _build_local(settings: Settings) -> Components:
-    from .backends.local_blob import LocalBlobStore
-    from .backends.local_registry import LocalRegistry
-    from .backends.local_scheduler import CodeCache, LocalScheduler
-    from .backends.sqlite_meta import SqliteMetadataStore
+    from appliance.backends.local_blob import LocalBlobStore
+    from appliance.backends.local_registry import LocalRegistry
+    from appliance.backends.local_scheduler import CodeCache, LocalScheduler
+    from appliance.backends.sqlite_meta import SqliteMetadataStore
 
     data = settings.data_path
     data.mkdir(parents=True, exist_ok=True)
@@ -277,10 +286,10 @@ def cluster_checks(settings: Settings) -> list[tuple[str, bool, str]]:
     import consul
     import requests
 
-    from .backends.consul_kv import consul_client
-    from .backends.consul_registry import ConsulRegistry
-    from .backends.nomad_scheduler import NomadScheduler
-    from .backends.s3_blob import S3BlobStore
+    from appliance.backends.consul_kv import consul_client
+    from appliance.backends.consul_registry import ConsulRegistry
+    from appliance.backends.nomad_scheduler import NomadScheduler
+    from appliance.backends.s3_blob import S3BlobStore
 
     out: list[tuple[str, bool, str]] = []
     try:

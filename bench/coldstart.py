@@ -35,11 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from appliance import cgroups, codepkg  # noqa: E402
-from appliance.backends.process_launcher import LaunchRequest, ProcessLauncher, runtime_env  # noqa: E402
-from appliance.backends.zygote_launcher import ZygoteLauncher, probe_python  # noqa: E402
-from appliance.instance_client import InstanceClient, InstanceUnreachable  # noqa: E402
-from appliance.model import Instance, InstanceSpec  # noqa: E402
+from appliance.core import codepkg  # noqa: E402
+from appliance.instances import cgroups  # noqa: E402
+from appliance.core.model import Instance, InstanceSpec  # noqa: E402
+from appliance.instances.client import InstanceClient, InstanceUnreachable  # noqa: E402
+from appliance.instances.process_launcher import LaunchRequest, ProcessLauncher, runtime_env  # noqa: E402
+from appliance.instances.zygote_launcher import ZygoteLauncher, probe_python  # noqa: E402
 
 HELLO = b"def handler(event, context):\n    return 'Hello Serverless'\n"
 

@@ -380,10 +380,11 @@ class Appliance(Peer):
 def hello_event(t: httpc.Target) -> dict:
     headers = [("Host", f"{t.host}:{t.port}"), ("Accept-Encoding", "identity")]
     try:
-        from appliance.events import build_event
-        return build_event(method="GET", raw_path=HELLO_PATH, raw_query="", headers=headers, body=b"",
-                           route_key=f"GET {HELLO_PATH}", path_params={}, request_id="bench-direct",
-                           source_ip="127.0.0.1", domain=t.host)
+        from appliance.edge.events import build_event
+        from appliance.edge.request import RawRequest
+        req = RawRequest(method="GET", path=HELLO_PATH, query="", headers=tuple((k.lower(), v) for k, v in headers),
+                         body=b"", source_ip="127.0.0.1", host=t.host)
+        return build_event(req, route_key=f"GET {HELLO_PATH}", path_params={}, request_id="bench-direct")
     except (ImportError, TypeError):
         return {"version": "2.0", "routeKey": f"GET {HELLO_PATH}", "rawPath": HELLO_PATH, "rawQueryString": "",
                 "headers": {k.lower(): v for k, v in headers},

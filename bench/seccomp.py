@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from appliance import sandbox
+from appliance.instances import sandbox
 
 from .coldstart import start_appliance
 from .runtime_cpu import cpu_ns

@@ -2,8 +2,8 @@
 
 Run it with ``python -m bench.simulate`` (``--help`` for options). It needs no sockets and no
 processes: a synthetic day of invocations is replayed through the real decision functions
-(:func:`appliance.autoscaler.decide` and :func:`appliance.autoscaler.plan_reaping`, fed by a real
-:class:`~appliance.autoscaler.ConcurrencyWindow`) with a simulated clock, and for each setting it
+(:func:`appliance.core.autoscaler.decide` and :func:`appliance.core.autoscaler.plan_reaping`, fed by a real
+:class:`~appliance.core.autoscaler.ConcurrencyWindow`) with a simulated clock, and for each setting it
 reports
 
 * **cold-start rate**: the share of requests that had to wait for an instance to start;
@@ -71,8 +71,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from appliance.autoscaler import (
-    ConcurrencyWindow, InstanceView, Observation, ScalerState, ScalingPolicy, decide, plan_reaping,
+from appliance.core.autoscaler import (
+    ConcurrencyWindow,
+    InstanceView,
+    Observation,
+    ScalerState,
+    ScalingPolicy,
+    decide,
+    plan_reaping,
 )
 
 DAY_S = 86_400.0

@@ -13,7 +13,7 @@ import time
 
 import consul
 
-from .consul_kv import consul_client
+from appliance.backends.consul_kv import consul_client
 
 log = logging.getLogger("appliance.edges")
 

@@ -21,7 +21,7 @@ import uuid
 import consul
 import requests
 
-from ..errors import RegistryUnavailable, RevisionConflict
+from appliance.core.errors import RegistryUnavailable, RevisionConflict
 
 log = logging.getLogger("appliance.consul_kv")
 

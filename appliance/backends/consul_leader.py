@@ -32,7 +32,7 @@ import consul
 import requests
 import tenacity
 
-from .consul_kv import consul_client
+from appliance.backends.consul_kv import consul_client
 
 log = logging.getLogger("appliance.leader")
 
@@ -70,7 +70,7 @@ class ConsulLeaderLock:
         self._index: str | None = None  # the key's last X-Consul-Index, for the blocking query
         self._thread: threading.Thread | None = None
 
-    # -- the leadership interface (see appliance/leadership.py) --------------------------------
+    # -- the leadership interface (see appliance/core/leadership.py) --------------------------------
 
     def start(self, holder: dict) -> None:
         self._holder = dict(holder)

@@ -28,9 +28,9 @@ from typing import Callable
 import consul
 import requests
 
-from ..errors import RegistryUnavailable
-from ..model import Instance
-from .consul_kv import consul_client
+from appliance.backends.consul_kv import consul_client
+from appliance.core.errors import RegistryUnavailable
+from appliance.core.model import Instance
 
 log = logging.getLogger("appliance.consul_registry")
 

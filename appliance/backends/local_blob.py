@@ -7,7 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..errors import CodeNotFound, ValidationError
+from appliance.core.errors import CodeNotFound, ValidationError
 
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from ..model import Instance
+from appliance.core.model import Instance
 
 
 class LocalRegistry:

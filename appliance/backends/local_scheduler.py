@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -19,13 +18,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import codepkg
-from ..errors import CodeNotFound, PlacementFailed, function_error
-from ..instance_client import InstanceClient, InstanceLost, InstanceUnreachable
-from ..model import Instance, InstanceSpec
-from ..ports import BlobStore
-from .local_registry import LocalRegistry
-from .process_launcher import Launcher, LaunchRequest
+from appliance.backends.local_registry import LocalRegistry
+from appliance.core import codepkg
+from appliance.core.errors import CodeNotFound, PlacementFailed, function_error
+from appliance.core.model import Instance, InstanceSpec
+from appliance.core.ports import BlobStore
+from appliance.instances.client import InstanceClient, InstanceLost, InstanceUnreachable
+from appliance.instances.process_launcher import Launcher, LaunchRequest
 
 log = logging.getLogger("appliance.scheduler")
 
@@ -231,15 +230,3 @@ class LocalScheduler:
         level = logging.INFO if cause in ("drained", "stopped", "shutdown", "exited", "timeout", "init-failed") else logging.WARNING
         log.log(level, "event=instance_exit instance=%s function=%s returncode=%s cause=%s",
                 proc.instance.id, proc.instance.function, rc, cause)
-
-
-def bootstrap_path(runtimes_dir: Path, runtime: str) -> list[str]:
-    """The command that runs a runtime's bootstrap."""
-    if runtime.startswith("python"):
-        return [os.environ.get("APPLIANCE_PYTHON", "python3"), "-X", "frozen_modules=on",
-                str(runtimes_dir / "python" / "bootstrap.py")]
-    if runtime.startswith("nodejs"):
-        return [os.environ.get("APPLIANCE_NODE", "node"), str(runtimes_dir / "node" / "bootstrap.js")]
-    raise PlacementFailed(f"no bootstrap for runtime {runtime!r}")
-
-

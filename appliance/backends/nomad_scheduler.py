@@ -51,10 +51,10 @@ import nomad.api.exceptions as nomad_exc
 import requests
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
-from ..errors import FunctionError, PlacementFailed, SchedulerUnavailable, function_error
-from ..model import Instance, InstanceSpec
-from .consul_kv import consul_client
-from .consul_registry import ConsulRegistry
+from appliance.backends.consul_kv import consul_client
+from appliance.backends.consul_registry import ConsulRegistry
+from appliance.core.errors import FunctionError, PlacementFailed, SchedulerUnavailable, function_error
+from appliance.core.model import Instance, InstanceSpec
 
 log = logging.getLogger("appliance.nomad")
 

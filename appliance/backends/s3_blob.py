@@ -20,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import ApplianceError, CodeNotFound
+from appliance.core.errors import ApplianceError, CodeNotFound
 
 log = logging.getLogger("appliance.s3")
 

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from ..errors import RevisionConflict
+from appliance.core.errors import RevisionConflict
 
 
 class SqliteMetadataStore:

@@ -1,7 +1,6 @@
 """Google functions-framework: an HTTP function wrapping the hello handler."""
 
 import functions_framework
-
 from index import handler
 
 

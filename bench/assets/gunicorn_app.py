@@ -5,7 +5,6 @@ for routing and a function call, not for an API Gateway event.
 """
 
 from flask import Flask, Response, request
-
 from index import handler
 
 app = Flask(__name__)

@@ -79,7 +79,7 @@ def rehearse(environ):
     A zygote's spare child calls this before its instance is known: the memory pages these paths
     write (reference counts, caches) are then copied from the zygote ahead of time instead of during
     the cold start. Each such copy-on-write fault costs about 3 us on the 2-core VM the figures in
-    appliance/backends/zygote_launcher.py come from, and a start took about 400 of them.
+    appliance/instances/zygote_launcher.py come from, and a start took about 400 of them.
     Single-threaded: the spare must stay so until it has entered its user namespace.
     """
     import importlib.util, re  # noqa: E401

@@ -15,7 +15,6 @@ import zipfile
 
 import pytest
 import requests
-
 from helpers import HELLO, ROOT, free_port, package, wait_until
 
 RUNTIMES = ["python3.11", "nodejs20"]

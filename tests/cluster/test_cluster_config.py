@@ -6,12 +6,12 @@ import os
 
 import pytest
 import requests
+from helpers import ROOT
 
 from appliance.backends.nomad_scheduler import pool_service, vars_for
 from appliance.config import Settings
-from appliance.errors import ValidationError
+from appliance.core.errors import ValidationError
 from appliance.wiring import nomad_job_vars
-from helpers import ROOT
 
 
 def jobspec(name: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from appliance.backends.consul_kv import ConsulMetadataStore, MetadataUnavailable
-from appliance.errors import RevisionConflict
+from appliance.core.errors import RevisionConflict
 
 
 def test_get_put_list_delete(consul_double):

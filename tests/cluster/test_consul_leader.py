@@ -4,7 +4,6 @@ from __future__ import annotations
 import requests
 
 from appliance.backends.consul_leader import KEY, ConsulLeaderLock
-
 from tests.waiting import wait_for
 
 

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 import requests
+from helpers import wait_until
 
 from appliance.backends.consul_registry import ConsulRegistry
-from appliance.errors import RegistryUnavailable
-from helpers import wait_until
+from appliance.core.errors import RegistryUnavailable
 
 
 def register(consul, function, iid, port, status="passing", version="3"):

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import requests
+from helpers import ROOT, job_vars, moto_s3  # noqa: F401
 
 from appliance.backends.consul_registry import ConsulRegistry
 from appliance.backends.nomad_scheduler import NomadScheduler
-from helpers import ROOT, job_vars, moto_s3  # noqa: F401
 
 
 def doctor(env) -> str:

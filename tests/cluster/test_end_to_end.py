@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import requests
-
 from helpers import job_vars, moto_s3, wait_until  # noqa: F401 - moto_s3 is a fixture
+
 from tests.integration.conftest import start_appliance, stop_appliance
 
 FAIL_AT_IMPORT = "import os\nos._exit(3)\n"

@@ -11,9 +11,8 @@ import hcl2
 import nomad
 import pytest
 import requests
-from hcl2.utils import SerializationOptions
-
 from doubles.nomad import NS
+from hcl2.utils import SerializationOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JOBSPECS = os.path.join(ROOT, "jobspecs")

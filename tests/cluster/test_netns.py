@@ -25,7 +25,6 @@ import uuid
 
 import pytest
 import requests
-
 from doubles.consul import ConsulDouble
 from doubles.nomad import FakeNode, NomadDouble
 from helpers import ROOT, free_port, job_vars, wait_until
@@ -156,8 +155,9 @@ def test_edge_and_two_hosts_in_separate_network_namespaces(namespaces, tmp_path)
             pool_addrs = sorted(e["Address"] for e in consul.passing_instances("faas-pool-python3-11"))
             assert pool_addrs == [ADDR["h1"], ADDR["h2"]]
 
-            from appliance.client import ApplianceClient
             from helpers import package
+
+            from appliance.client import ApplianceClient
             api = ApplianceClient(info["api_url"])
             answers = {}
             for name in ("first", "second", "third"):  # two from the pool (one per host), one dispatched

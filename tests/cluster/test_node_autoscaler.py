@@ -26,15 +26,14 @@ import requests
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from click.testing import CliRunner
-from hcl2.utils import SerializationOptions
-
-from appliance import node_autoscaler as na
-from appliance.cli import main as cli
-from appliance.config import REPO_ROOT, Settings
-from appliance.node_autoscaler_policy import NodePolicy, free_slots
-
 from doubles._http import free_port
 from doubles.nomad import FakeNode
+from hcl2.utils import SerializationOptions
+
+from appliance.cluster import node_autoscaler as na
+from appliance.cli import main as cli
+from appliance.cluster.node_autoscaler_policy import NodePolicy, free_slots
+from appliance.config import REPO_ROOT, Settings
 
 sys.path.insert(0, str(REPO_ROOT))
 from tests.waiting import wait_for  # noqa: E402

@@ -12,9 +12,8 @@ import consul
 import nomad
 import pytest
 import requests
-from nomad.api.exceptions import BadRequestNomadException, BaseNomadException, URLNotFoundNomadException
-
 from doubles.nomad import NS, FakeNode
+from nomad.api.exceptions import BadRequestNomadException, BaseNomadException, URLNotFoundNomadException
 
 
 @pytest.fixture

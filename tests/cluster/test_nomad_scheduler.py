@@ -10,14 +10,14 @@ import time
 
 import pytest
 import requests
+from helpers import HELLO, FaultyProxy, alloc_logs, job_vars, moto_s3, package, wait_until  # noqa: F401
 
 from appliance.backends.consul_registry import ConsulRegistry
 from appliance.backends.nomad_scheduler import CLAIM_PREFIX, NomadScheduler
 from appliance.backends.s3_blob import S3BlobStore
-from appliance.errors import FunctionError, PlacementFailed, SchedulerUnavailable
-from appliance.instance_client import InstanceClient
-from appliance.model import InstanceSpec
-from helpers import HELLO, FaultyProxy, alloc_logs, job_vars, moto_s3, package, wait_until  # noqa: F401
+from appliance.core.errors import FunctionError, PlacementFailed, SchedulerUnavailable
+from appliance.core.model import InstanceSpec
+from appliance.instances.client import InstanceClient
 
 
 class Cluster:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import requests
 from helpers import moto_s3, package, wait_until  # noqa: F401 - moto_s3 is a fixture
+from test_end_to_end import cluster_env
 
 from appliance.client import ApplianceClient
-from test_end_to_end import cluster_env
 
 REPO = Path(__file__).resolve().parents[2]
 PRINTS = "def handler(event, context):\n    print('served', event.get('rawPath'))\n    return 'ok'\n"

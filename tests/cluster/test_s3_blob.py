@@ -6,10 +6,10 @@ import urllib.request
 
 import boto3
 import pytest
+from helpers import free_port, moto_s3, package  # noqa: F401 - moto_s3 is a fixture
 
 from appliance.backends.s3_blob import BlobStoreUnavailable, S3BlobStore
-from appliance.errors import CodeNotFound
-from helpers import free_port, moto_s3, package  # noqa: F401 - moto_s3 is a fixture
+from appliance.core.errors import CodeNotFound
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Node.js cold starts through a started, unspecialised spare (appliance/backends/zygote_launcher.py).
+"""Node.js cold starts through a started, unspecialised spare (appliance/instances/zygote_launcher.py).
 
 Which instance came from a spare is read from the appliance's own record of it (``event=node_spare_used
 instance=<id>``), never from timing. The escapes of test_sandbox.py that depend on how the code is

@@ -372,7 +372,7 @@ def handler(event, context):
 
 
 def test_a_fork_bomb_is_stopped_and_others_keep_serving(appliance):
-    from appliance.backends.zygote_launcher import PIDS_MAX
+    from appliance.instances.zygote_launcher import PIDS_MAX
     bomb = appliance.deploy({"index.py": FORK_BOMB}, memory_mb=1024)   # room for the children's pages
     hello = appliance.deploy()
     resp = invoke(appliance, bomb)
@@ -388,7 +388,7 @@ def test_a_fork_bomb_is_stopped_and_others_keep_serving(appliance):
 
 def _sandbox_processes() -> list[int]:
     """Host pids of sandboxed processes that are not their instance's pid 1 (the bomb's children)."""
-    from appliance.backends.zygote_launcher import UID_BASE, UID_COUNT
+    from appliance.instances.zygote_launcher import UID_BASE, UID_COUNT
     out = []
     for p in os.listdir("/proc"):
         try:

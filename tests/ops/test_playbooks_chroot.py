@@ -414,8 +414,8 @@ def test_systemd_units_are_installed(first_run, debian_root, unit, exec_start):
 def test_appliance_virtualenv_imports_its_requirements_and_the_package(first_run, debian_root, inventory):
     expected = (inventory / "requirements.txt").read_text().strip().split("==")[1]
     out = run(["chroot", str(debian_root), "/opt/faas-appliance/venv/bin/python", "-c",
-               "import click, appliance.errors; print(click.__version__, appliance.errors.__file__)"]).stdout.split()
-    assert out == [expected, "/opt/faas-appliance/src/appliance/errors.py"]
+               "import click, appliance.core.errors; print(click.__version__, appliance.core.errors.__file__)"]).stdout.split()
+    assert out == [expected, "/opt/faas-appliance/src/appliance/core/errors.py"]
     wrapper = chroot_path(debian_root, "/usr/local/bin/faas").read_text()
     assert 'exec "/opt/faas-appliance/venv/bin/python" -m appliance "$@"' in wrapper
     assert "APPLIANCE_SETTINGS:=/etc/faas-appliance/settings.env" in wrapper

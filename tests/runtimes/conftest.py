@@ -19,11 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-
-from tests.waiting import wait_for
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAPS = {

@@ -3,7 +3,7 @@
 import threading
 
 from appliance.backends.local_registry import LocalRegistry
-from appliance.model import Instance, InstanceSpec
+from appliance.core.model import Instance, InstanceSpec
 
 
 class FakeScheduler:

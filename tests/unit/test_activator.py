@@ -3,10 +3,9 @@ import time
 
 import pytest
 
-from appliance.activator import Activator, ColdCause
 from appliance.backends.local_registry import LocalRegistry
-from appliance.errors import ColdStartTimeout, FunctionError, PlacementFailed, QueueFull
-
+from appliance.core.activator import Activator, ColdCause
+from appliance.core.errors import ColdStartTimeout, FunctionError, PlacementFailed, QueueFull
 from tests.waiting import wait_for
 
 from .fakes import FakeScheduler, spec
@@ -169,7 +168,7 @@ def test_min_instances_are_started_without_requests(parts):
 
 
 def test_with_a_policy_a_cold_burst_starts_what_the_policy_asks_not_n_and_not_one(parts):
-    from appliance.autoscaler import ScalingPolicy
+    from appliance.core.autoscaler import ScalingPolicy
 
     scheduler, a = parts
     scheduler.gate.clear()
@@ -261,13 +260,3 @@ def test_a_cancelled_async_waiter_leaves_the_queue_and_keeps_no_slot(parts):
     again = a.acquire(spec(), max_instances=1, deadline=time.monotonic() + 1)
     assert not again.cold
     a.release(again)
-
-
-def test_has_ready_tells_warm_from_cold_per_version(parts):
-    _, a = parts
-    assert not a.has_ready("f", 1)                            # never started: cold
-    lease = a.acquire(spec(), max_instances=1, deadline=far())
-    assert a.has_ready("f", 1)                                # ready, even while busy
-    assert not a.has_ready("f", 2)                            # a new version starts cold
-    a.release(lease, outcome="gone")
-    assert not a.has_ready("f", 1)

@@ -10,11 +10,18 @@ import math
 
 import pytest
 
-from appliance.autoscaler import (
-    PANIC, STABLE, ConcurrencyWindow, Observation, ScalerState, ScalingPolicy, decide, window_average,
+from appliance.core.autoscaler import (
+    PANIC,
+    STABLE,
+    ConcurrencyWindow,
+    Observation,
+    ScalerState,
+    ScalingPolicy,
+    decide,
+    window_average,
 )
-from appliance.errors import ValidationError
-from appliance.model import FunctionConfig
+from appliance.core.errors import ValidationError
+from appliance.core.model import FunctionConfig
 
 TICK = 2.0
 

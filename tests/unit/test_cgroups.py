@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from appliance import cgroups
+from appliance.instances import cgroups
 
 V1 = "12:pids:/svc\n4:memory:/svc\n1:name=systemd:/svc\n0::/svc\n"
 V2 = "0::/svc\n"

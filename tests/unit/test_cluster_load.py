@@ -2,10 +2,9 @@
 
 import pytest
 
-from appliance.autoscaler import Observation, ScalerState, ScalingPolicy, decide
-from appliance.cluster_load import (ClusterLoad, EdgeReport, FunctionLoad, report_of, sum_reports,
-                                    wall_second)
-from appliance.errors import ValidationError
+from appliance.core.autoscaler import Observation, ScalerState, ScalingPolicy, decide
+from appliance.core.cluster_load import ClusterLoad, EdgeReport, FunctionLoad, report_of, sum_reports, wall_second
+from appliance.core.errors import ValidationError
 
 NOW = 1_700_000_100.0  # wall-clock seconds
 

@@ -5,7 +5,7 @@ import math
 import re
 import time
 
-from appliance.codec import dumps_compact, loads, new_request_id
+from appliance.core.codec import dumps_compact, loads, new_request_id
 
 
 def test_dumps_compact_is_compact_json():

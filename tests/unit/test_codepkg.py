@@ -4,8 +4,8 @@ import zipfile
 
 import pytest
 
-from appliance import codepkg
-from appliance.errors import PayloadTooLarge, UnsafeCode, ValidationError
+from appliance.core import codepkg
+from appliance.core.errors import PayloadTooLarge, UnsafeCode, ValidationError
 
 LIMITS = codepkg.Limits(max_zip_bytes=1 << 20, max_unpacked_bytes=4 << 20, max_files=10)
 

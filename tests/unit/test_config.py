@@ -1,7 +1,7 @@
 import pytest
 
 from appliance.config import Settings
-from appliance.errors import ValidationError
+from appliance.core.errors import ValidationError
 
 
 def test_defaults_are_valid_and_documented_values():

@@ -1,6 +1,6 @@
 import pytest
 
-from appliance import errors
+from appliance.core import errors
 
 
 @pytest.mark.parametrize("exc, status, code", [

@@ -3,17 +3,19 @@ import json
 
 import pytest
 
-from appliance.errors import FunctionError
-from appliance.events import build_event, to_http_response
+from appliance.core.errors import FunctionError
+from appliance.edge.events import build_event, to_http_response
+from appliance.edge.request import RawRequest
 
 
 def event(**kw):
-    args = dict(method="POST", raw_path="/users/7", raw_query="a=1&a=2&b=", headers=[
-        ("Content-Type", "application/json"), ("X-Multi", "1"), ("x-multi", "2"), ("Cookie", "s=1; t=2"),
-        ("User-Agent", "curl/8")], body=b'{"k": 1}', route_key="POST /users/{id}", path_params={"id": "7"},
-        request_id="rid", source_ip="127.0.0.1", domain="localhost", now=1700000000.0)
-    args.update(kw)
-    return build_event(**args)
+    raw = dict(method="POST", path="/users/7", query="a=1&a=2&b=", headers=(
+        ("content-type", "application/json"), ("x-multi", "1"), ("x-multi", "2"), ("cookie", "s=1; t=2"),
+        ("user-agent", "curl/8")), body=b'{"k": 1}', source_ip="127.0.0.1", host="localhost")
+    args = dict(route_key="POST /users/{id}", path_params={"id": "7"}, request_id="rid", now=1700000000.0)
+    for k, v in kw.items():
+        (raw if k in raw else args)[k] = v
+    return build_event(RawRequest(**raw), **args)
 
 
 def test_http_api_v2_event_fields():
@@ -35,13 +37,13 @@ def test_http_api_v2_event_fields():
 
 
 def test_binary_bodies_are_base64_encoded():
-    e = event(headers=[("Content-Type", "image/png")], body=b"\x89PNG\x00")
+    e = event(headers=(("content-type", "image/png"),), body=b"\x89PNG\x00")
     assert e["isBase64Encoded"] is True
     assert base64.b64decode(e["body"]) == b"\x89PNG\x00"
 
 
 def test_no_body_and_no_query_leave_the_keys_out():
-    e = event(body=b"", raw_query="", path_params={})
+    e = event(body=b"", query="", path_params={})
     assert "body" not in e and "queryStringParameters" not in e and "pathParameters" not in e
 
 

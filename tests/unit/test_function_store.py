@@ -1,11 +1,11 @@
 import pytest
 
-from appliance import codepkg
+from appliance.core import codepkg
 from appliance.backends.local_blob import LocalBlobStore
 from appliance.backends.sqlite_meta import SqliteMetadataStore
-from appliance.errors import Conflict, FunctionNotFound, RevisionConflict, UnsafeCode
-from appliance.function_store import FunctionStore
-from appliance.model import FunctionConfig
+from appliance.core.errors import Conflict, FunctionNotFound, RevisionConflict, UnsafeCode
+from appliance.core.function_store import FunctionStore
+from appliance.core.model import FunctionConfig
 
 SRC = b"def handler(event, context):\n    return 'hi'\n"
 

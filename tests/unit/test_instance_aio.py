@@ -7,9 +7,9 @@ import tempfile
 
 import pytest
 
-from appliance.instance_aio import AsyncInstanceClient
-from appliance.instance_client import InstanceLost, InstanceTimeout, InstanceUnreachable
-from appliance.model import Instance
+from appliance.core.model import Instance
+from appliance.instances.aio_client import AsyncInstanceClient
+from appliance.instances.client import InstanceLost, InstanceTimeout, InstanceUnreachable
 
 
 def reply(body: dict, status=200, extra=b"") -> bytes:

@@ -2,14 +2,14 @@
 
 import pytest
 
-from appliance.activator import Activator
 from appliance.backends.local_registry import LocalRegistry
-from appliance.errors import ColdStartTimeout
-from appliance.instance_client import InstanceUnreachable, InvokeReply
-from appliance.invoker import Invoker
-from appliance.model import FunctionConfig, FunctionRecord, Instance
-from appliance.records import RecordStore
-from appliance.scaler import PolicyCache
+from appliance.core.activator import Activator
+from appliance.core.errors import ColdStartTimeout
+from appliance.core.invoker import Invoker
+from appliance.core.model import FunctionConfig, FunctionRecord, Instance
+from appliance.core.records import RecordStore
+from appliance.core.scaler import PolicyCache
+from appliance.instances.client import InstanceUnreachable, InvokeReply
 
 from .fakes import FakeScheduler
 

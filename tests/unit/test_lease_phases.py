@@ -1,8 +1,8 @@
 """Cold-start phases shown to the user add up to the start they describe."""
 
-from appliance.activator import Lease
-from appliance.invoker import Invoker
-from appliance.records import InvocationRecord
+from appliance.core.activator import Lease
+from appliance.core.invoker import Invoker
+from appliance.core.records import InvocationRecord
 
 
 def _phases(start_phases, queue_ms):

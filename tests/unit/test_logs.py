@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from appliance import logs
+from appliance.core import logs
 
 
 @pytest.fixture

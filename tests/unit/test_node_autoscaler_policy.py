@@ -6,11 +6,19 @@ import dataclasses
 
 import pytest
 
-from appliance.errors import ValidationError
-from appliance.node_autoscaler_policy import (
-    NONE, SCALE_IN, SCALE_OUT, NodeObservation, NodePolicy, NodeScalerState, NodeView, decide_nodes, emptiest,
+from appliance.cluster.node_autoscaler_policy import (
+    NONE,
+    SCALE_IN,
+    SCALE_OUT,
+    NodeObservation,
+    NodePolicy,
+    NodeScalerState,
+    NodeView,
+    decide_nodes,
+    emptiest,
     free_slots,
 )
+from appliance.core.errors import ValidationError
 
 NOW = 100_000.0
 # A host holds 32 reference slots: 4096 MB / 128 MB and 3200 MHz / 100 MHz.

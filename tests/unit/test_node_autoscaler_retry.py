@@ -8,7 +8,7 @@ import nomad.api.exceptions as nomad_exc
 import pytest
 import requests
 
-from appliance.node_autoscaler import RetryPolicy, is_transient
+from appliance.cluster.node_autoscaler import RetryPolicy, is_transient
 
 
 def aws(code: str, status: int = 400) -> bce.ClientError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.autoscaler import InstanceView, ScalingPolicy, plan_reaping
+from appliance.core.autoscaler import InstanceView, ScalingPolicy, plan_reaping
 
 NOW = 10_000.0
 

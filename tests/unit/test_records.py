@@ -1,7 +1,7 @@
 import pytest
 
-from appliance.errors import ValidationError
-from appliance.records import InvocationRecord, RecordStore, billed_gb_seconds
+from appliance.core.errors import ValidationError
+from appliance.core.records import InvocationRecord, RecordStore, billed_gb_seconds
 
 
 def test_billing_rounds_the_duration_up_to_the_millisecond():
@@ -56,7 +56,7 @@ def test_bad_filters_are_refused(records, kw):
 
 
 def test_old_records_are_pruned_to_the_retention(tmp_path, monkeypatch):
-    import appliance.records as records_module
+    import appliance.core.records as records_module
 
     monkeypatch.setattr(records_module, "PRUNE_EVERY", 10)
     r = RecordStore(tmp_path / "inv.db", retention=25)
@@ -110,7 +110,7 @@ def test_a_repeated_request_id_keeps_the_latest_record(records):
 def test_an_idle_writer_sleeps_long_and_a_flush_still_writes_at_once(tmp_path):
     import threading
 
-    from appliance import records as records_mod
+    from appliance.core import records as records_mod
     from tests.waiting import wait_for
 
     timeouts = []

@@ -2,7 +2,7 @@
 
 import pytest
 
-from appliance.instance_client import ProtocolError, ReplyParser, encode_request
+from appliance.instances.client import ProtocolError, ReplyParser, encode_request
 
 PLAIN = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Faas-Exiting: 1\r\n\r\nhello"
 CHUNKED = b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
@@ -70,7 +70,7 @@ def test_requests_carry_their_length():
 
 
 def test_the_invoke_request_shortcut_is_the_general_encoding():
-    from appliance.instance_client import encode_invoke, invoke_headers
+    from appliance.instances.client import encode_invoke, invoke_headers
 
     for body in (b"", b'{"a":1}', "é".encode() * 300):
         assert encode_invoke(body, "r-1", 1795400000123) == encode_request(

@@ -1,6 +1,6 @@
 """What an instance's sandbox profile lets it see (the profile is pure data; applying it is integration-tested)."""
 
-from appliance import sandbox
+from appliance.instances import sandbox
 
 
 def _profile(tmp_path, **kw):

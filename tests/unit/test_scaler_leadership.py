@@ -2,13 +2,12 @@
 
 import pytest
 
-from appliance.activator import Activator
 from appliance.backends.local_registry import LocalRegistry
-from appliance.cluster_load import EdgeReport, FunctionLoad
-from appliance.errors import RegistryUnavailable
-from appliance.model import FunctionConfig, FunctionRecord, Instance
-from appliance.scaler import PolicyCache, Scaler
-
+from appliance.core.activator import Activator
+from appliance.core.cluster_load import EdgeReport, FunctionLoad
+from appliance.core.errors import RegistryUnavailable
+from appliance.core.model import FunctionConfig, FunctionRecord, Instance
+from appliance.core.scaler import PolicyCache, Scaler
 from tests.waiting import wait_for
 
 from .fakes import FakeScheduler

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from appliance import sandbox
+from appliance.instances import sandbox
 
 EPERM, ENOSYS = 1, 38
 ALLOW = "allow"

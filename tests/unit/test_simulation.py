@@ -8,8 +8,18 @@ import json
 import pytest
 
 from bench.simulate import (
-    KEEP_ALIVES_S, FunctionTrace, PlatformModel, Setting, Stats, TraceConfig, format_table, generate_trace, main,
-    simulate, simulate_function, summarise,
+    KEEP_ALIVES_S,
+    FunctionTrace,
+    PlatformModel,
+    Setting,
+    Stats,
+    TraceConfig,
+    format_table,
+    generate_trace,
+    main,
+    simulate,
+    simulate_function,
+    summarise,
 )
 
 TINY = TraceConfig(seed=7, functions=8, horizon_s=2 * 3600.0, max_per_day=5_000.0)

@@ -11,12 +11,13 @@ import json
 import pytest
 from flask import Flask, request
 
-from appliance.errors import QueueFull, ValidationError
-from appliance.invoker import Outcome
-from appliance.model import FunctionConfig, FunctionRecord, Trigger
-from appliance.records import InvocationRecord
-from appliance.trigger_path import EdgeApp, client_ip, host_name, read_body, wsgi_environ
-from appliance.triggers import RouteTable
+from appliance.core.errors import QueueFull, ValidationError
+from appliance.core.invoker import Outcome
+from appliance.core.model import FunctionConfig, FunctionRecord, Trigger
+from appliance.core.records import InvocationRecord
+from appliance.core.triggers import RouteTable
+from appliance.edge.request import client_ip, host_name
+from appliance.edge.trigger_path import EdgeApp, read_body, wsgi_environ
 
 
 class Headers:
@@ -92,20 +93,12 @@ class Invoker:
         return Outcome(record=rec, result=self.result, error=self.error)
 
 
-class Activator:
-    def __init__(self, ready=True):
-        self.ready = ready
-
-    def has_ready(self, function, version):
-        return self.ready
-
-
 def platform():
     app = Flask("platform")
 
     @app.route("/users/<uid>")
-    def cold(uid):
-        return {"flask": uid, "body": request.get_data(as_text=True)}
+    def never(uid):  # a trigger path never reaches the platform app
+        return {"flask": uid}
 
     @app.route("/_/echo", methods=["GET", "POST"])
     def echo():
@@ -115,9 +108,9 @@ def platform():
     return app
 
 
-def serve(invoker, scope, proto=None, store=None, max_bytes=1024, ready=True):
+def serve(invoker, scope, proto=None, store=None, max_bytes=1024):
     proto = proto or Proto()
-    edge = EdgeApp(platform(), store or Store(), Activator(ready), invoker, max_bytes, threads=2)
+    edge = EdgeApp(platform(), store or Store(), invoker, max_bytes, threads=2)
     try:
         asyncio.run(edge(scope, proto))
     finally:
@@ -134,13 +127,31 @@ def test_platform_paths_go_to_flask():
     assert inv.calls == []
 
 
-def test_a_trigger_without_a_ready_instance_goes_to_the_flask_edge_router():
-    """A cold start is the Flask app's: its trigger view starts the instance."""
-    inv = Invoker(result="warm")
-    status, _, body = serve(inv, Scope("GET", "/users/7", headers=[("content-length", "3")]), Proto(b"abc"),
-                            ready=False)
-    assert (status, json.loads(body)) == (200, {"flask": "7", "body": "abc"})
-    assert inv.calls == []
+def test_every_trigger_request_takes_the_one_trigger_path():
+    """Cold or warm, a trigger request is matched, turned into an event and invoked on the loop;
+    the platform app never sees it (it has a view on the same path to prove it)."""
+    inv = Invoker(result="served")
+    status, _, body = serve(inv, Scope("GET", "/users/7", headers=[("content-length", "3")]), Proto(b"abc"))
+    assert (status, body) == (200, b"served")
+    assert [c[0] for c in inv.calls] == ["users"]
+    assert inv.calls[0][1]["body"] == "abc"
+
+
+def test_the_event_keeps_the_request_as_received():
+    """Repeated headers joined in order, one cookie list from every Cookie line, ``_`` kept in
+    header names, repeated query keys joined, the protocol as received."""
+    inv = Invoker(result="x")
+    scope = Scope("GET", "/users/1", "a=1&a=2&b=", [("cookie", "a=1"), ("cookie", "b=2; c=3"), ("x-multi", "1"),
+                                                   ("x-multi", "2"), ("x_under", "u")])
+    scope.http_version = "2"
+    serve(inv, scope)
+    event = inv.calls[0][1]
+    assert event["cookies"] == ["a=1", "b=2", "c=3"]
+    assert event["headers"]["x-multi"] == "1,2"
+    assert event["headers"]["x_under"] == "u" and "x-under" not in event["headers"]
+    assert event["queryStringParameters"] == {"a": "1,2", "b": ""}
+    assert event["rawQueryString"] == "a=1&a=2&b="
+    assert event["requestContext"]["http"]["protocol"] == "HTTP/2"
 
 
 def test_a_trigger_builds_the_event_and_maps_the_result():

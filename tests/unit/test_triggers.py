@@ -1,8 +1,8 @@
 import pytest
 
-from appliance.errors import MethodNotAllowed, RouteNotFound, ValidationError
-from appliance.model import Trigger
-from appliance.triggers import RouteTable, parse_path, route_key
+from appliance.core.errors import MethodNotAllowed, RouteNotFound, ValidationError
+from appliance.core.model import Trigger
+from appliance.core.triggers import RouteTable, parse_path, route_key
 
 
 def table(*routes):

@@ -1,7 +1,7 @@
 import pytest
 
-from appliance.errors import ValidationError
-from appliance.model import FunctionConfig
+from appliance.core.errors import ValidationError
+from appliance.core.model import FunctionConfig
 
 
 def test_defaults_match_the_documented_ones():

@@ -1,0 +1,277 @@
+"""Functions, their code versions and their triggers, over a MetadataStore and a BlobStore.
+
+Invariants:
+- Code is written before any metadata that points at it, so a reader never sees a version whose
+  package is missing.
+- Every upload makes a new immutable version; the function record points at the newest.
+- Concurrent writers (two control planes in cluster mode) never lose an update: every record
+  write is a check-and-set, retried on conflict after re-reading.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import quote
+
+from appliance.core import codepkg
+from appliance.core.errors import Conflict, FunctionNotFound, NotFound, RevisionConflict, ValidationError
+from appliance.core.model import CodeVersion, FunctionConfig, FunctionRecord, Trigger, validate_name
+from appliance.core.ports import BlobStore, MetadataStore
+from appliance.core.triggers import RouteTable, normalise_method, parse_path, route_key
+
+CAS_ATTEMPTS = 20
+
+
+def _fkey(name: str) -> str:
+    return f"functions/{name}"
+
+
+def _vkey(name: str, version: int) -> str:
+    return f"versions/{name}/{version:08d}"
+
+
+def _tkey(key: str) -> str:
+    return "triggers/" + quote(key, safe="")
+
+
+class FunctionStore:
+    """The control plane's view of functions. Reads are cached for ``cache_ttl_s`` seconds
+    (cluster mode, where another control plane may write) and invalidated by local writes."""
+
+    def __init__(self, meta: MetadataStore, blobs: BlobStore, limits: codepkg.Limits, *, cache_ttl_s: float = 1.0,
+                 clock=time.monotonic):
+        self.meta = meta
+        self.blobs = blobs
+        self.limits = limits
+        self._ttl = cache_ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[str, tuple[float, FunctionRecord | None]] = {}
+        self._routes: tuple[float, RouteTable] | None = None
+        self._listeners = []
+
+    # -- change notification -------------------------------------------------------------
+
+    def on_change(self, callback) -> None:
+        """``callback(name)`` after a local write to function ``name``."""
+        self._listeners.append(callback)
+
+    def _changed(self, name: str) -> None:
+        with self._lock:
+            self._records.pop(name, None)
+            self._routes = None
+        for cb in list(self._listeners):
+            cb(name)
+
+    # -- functions -----------------------------------------------------------------------
+
+    def create(self, config: FunctionConfig) -> FunctionRecord:
+        now = time.time()
+        record = FunctionRecord(config=config, created_at=now, updated_at=now)
+        try:
+            self.meta.put(_fkey(config.name), record.to_doc(), expected_revision=0)
+        except RevisionConflict:
+            raise Conflict(f"function {config.name!r} already exists; update it with PUT or PATCH "
+                           f"/v1/functions/{config.name}", field="name") from None
+        self._changed(config.name)
+        return self.get(config.name, fresh=True)
+
+    def get(self, name: str, *, fresh: bool = False) -> FunctionRecord:
+        record = self.find(name, fresh=fresh)
+        if record is None:
+            raise FunctionNotFound(f"function {name!r} does not exist")
+        return record
+
+    def find(self, name: str, *, fresh: bool = False) -> FunctionRecord | None:
+        now = self._clock()
+        if not fresh:
+            with self._lock:
+                hit = self._records.get(name)
+            if hit and now - hit[0] < self._ttl:
+                return hit[1]
+        got = self.meta.get(_fkey(name))
+        record = FunctionRecord.from_doc(got[0], got[1]) if got else None
+        with self._lock:
+            self._records[name] = (now, record)
+        return record
+
+    def list(self) -> list[FunctionRecord]:
+        return [FunctionRecord.from_doc(doc, rev) for _, doc, rev in self.meta.list("functions/")]
+
+    def update(self, name: str, data: dict) -> FunctionRecord:
+        for _ in range(CAS_ATTEMPTS):
+            current = self.get(name, fresh=True)
+            config = FunctionConfig.from_request(data, base=current.config, name=name)
+            new = FunctionRecord(config=config, version=current.version, digest=current.digest,
+                                 created_at=current.created_at, updated_at=time.time())
+            try:
+                self.meta.put(_fkey(name), new.to_doc(), expected_revision=current.revision)
+            except RevisionConflict:
+                continue
+            self._changed(name)
+            return self.get(name, fresh=True)
+        raise Conflict(f"function {name!r} is being changed concurrently; try again")
+
+    def delete(self, name: str) -> FunctionRecord:
+        record = self.get(name, fresh=True)
+        for trigger in self.triggers(function=name):
+            self.meta.delete(_tkey(route_key(trigger.method, trigger.path)))
+        versions = self.versions(name)
+        for v in versions:
+            self.meta.delete(_vkey(name, v.version))
+        self.meta.delete(_fkey(name))
+        self._changed(name)
+        self._collect_garbage({v.digest for v in versions})
+        return record
+
+    def _collect_garbage(self, digests: set[str]) -> None:
+        """Delete packages no remaining version refers to (packages are shared by digest)."""
+        if not digests:
+            return
+        in_use = {doc.get("digest") for _, doc, _ in self.meta.list("versions/")}
+        for digest in digests - in_use:
+            self.blobs.delete(digest)
+
+    # -- code ----------------------------------------------------------------------------
+
+    def upload_code(self, name: str, data: bytes, *, filename: str | None = None,
+                    before_publish=None) -> tuple[FunctionRecord, CodeVersion, list[str]]:
+        """Store a package and make it the function's newest version. Returns warnings too.
+
+        ``before_publish(record)``, if given, is called with the record as it will be once published,
+        after the code and the version are stored and before the function points at them: the
+        pre-warm hook, which starts the new version's instances while the old one still takes traffic.
+        It may return a warning (str) for the caller.
+        """
+        record = self.get(name, fresh=True)
+        if filename is not None:
+            data = codepkg.zip_single_file(filename, data)
+        info = codepkg.inspect_zip(data, self.limits)
+        warnings = []
+        if not codepkg.handler_file_present(info.names, record.config.handler, record.config.runtime):
+            module = record.config.handler.rsplit(".", 1)[0]
+            warnings.append(f"the package has no {module} module for handler {record.config.handler!r}; "
+                            "invocations will fail with Runtime.ImportModuleError until the handler or code is fixed")
+        # 1. the code, durably
+        self.blobs.put(info.digest, data)
+        # 2. the version: claim the next number atomically
+        for _ in range(CAS_ATTEMPTS):
+            record = self.get(name, fresh=True)
+            existing = self.versions(name)
+            number = max([record.version] + [v.version for v in existing]) + 1
+            version = CodeVersion(version=number, digest=info.digest, size=info.size, files=info.files,
+                                  unpacked_size=info.unpacked_size, created_at=time.time())
+            try:
+                self.meta.put(_vkey(name, number), version.to_dict(), expected_revision=0)
+                break
+            except RevisionConflict:
+                continue
+        else:
+            raise Conflict(f"function {name!r} is receiving concurrent uploads; try again")
+        # 3. warm it up while the previous version still serves
+        if before_publish is not None:
+            pending = FunctionRecord(config=record.config, version=number, digest=info.digest,
+                                     created_at=record.created_at, updated_at=time.time())
+            note = before_publish(pending)
+            if note:
+                warnings.append(note)
+        # 4. point the function at it
+        for _ in range(CAS_ATTEMPTS):
+            record = self.get(name, fresh=True)
+            if record.version >= number:
+                break
+            new = FunctionRecord(config=record.config, version=number, digest=info.digest,
+                                 created_at=record.created_at, updated_at=time.time())
+            try:
+                self.meta.put(_fkey(name), new.to_doc(), expected_revision=record.revision)
+                break
+            except RevisionConflict:
+                continue
+        self._changed(name)
+        return self.get(name, fresh=True), version, warnings
+
+    def versions(self, name: str) -> list[CodeVersion]:
+        return [CodeVersion(**doc) for _, doc, _ in self.meta.list(f"versions/{name}/")]
+
+    def version(self, name: str, number: int) -> CodeVersion:
+        got = self.meta.get(_vkey(name, number))
+        if not got:
+            raise NotFound(f"function {name!r} has no version {number}")
+        return CodeVersion(**got[0])
+
+    def code(self, digest: str) -> bytes:
+        return self.blobs.get(digest)
+
+    # -- triggers ------------------------------------------------------------------------
+
+    def add_trigger(self, function: str, method: str, path: str) -> Trigger:
+        validate_name(function)
+        method = normalise_method(method)
+        parse_path(path)
+        self.get(function, fresh=True)
+        key = route_key(method, path)
+        trigger = Trigger(method=method, path=path, function=function, created_at=time.time())
+        try:
+            self.meta.put(_tkey(key), trigger.to_dict(), expected_revision=0)
+        except RevisionConflict:
+            got = self.meta.get(_tkey(key))
+            other = got[0] if got else {}
+            raise Conflict(f"{method} {path} conflicts with the trigger {other.get('method')} {other.get('path')} "
+                           f"of function {other.get('function')!r}; remove that one first or pick another path",
+                           field="path") from None
+        # A function deleted meanwhile must not keep a trigger.
+        if self.find(function, fresh=True) is None:
+            self.meta.delete(_tkey(key))
+            raise FunctionNotFound(f"function {function!r} does not exist")
+        self._changed(function)
+        return trigger
+
+    def remove_trigger(self, method: str, path: str) -> Trigger:
+        key = route_key(method, path)
+        got = self.meta.get(_tkey(key))
+        if not got:
+            raise NotFound(f"no trigger {method.upper()} {path}")
+        self.meta.delete(_tkey(key))
+        trigger = Trigger(**got[0])
+        self._changed(trigger.function)
+        return trigger
+
+    def triggers(self, function: str | None = None) -> list[Trigger]:
+        out = [Trigger(**doc) for _, doc, _ in self.meta.list("triggers/")]
+        return [t for t in out if function is None or t.function == function]
+
+    def peek_routes(self) -> RouteTable | None:
+        """The route table without waiting on the network: from the cache, or read when the
+        metadata store is local; None when only a remote read could answer (an event loop's
+        question: it then asks :meth:`routes` from a thread)."""
+        cached = self._routes
+        if cached and self._clock() - cached[0] < self._ttl:
+            return cached[1]
+        return None if getattr(self.meta, "remote", True) else self.routes()
+
+    def peek(self, name: str) -> FunctionRecord | None:
+        """The function without waiting on the network (see :meth:`peek_routes`); raises
+        Function.NotFound as :meth:`get` does when it can tell."""
+        hit = self._records.get(name)
+        if hit and hit[1] is not None and self._clock() - hit[0] < self._ttl:
+            return hit[1]
+        return None if getattr(self.meta, "remote", True) else self.get(name)
+
+    def routes(self) -> RouteTable:
+        now = self._clock()
+        with self._lock:
+            cached = self._routes
+        if cached and now - cached[0] < self._ttl:
+            return cached[1]
+        table = RouteTable(self.triggers())
+        with self._lock:
+            self._routes = (now, table)
+        return table
+
+
+def ensure_name(name: str) -> str:
+    try:
+        return validate_name(name)
+    except ValidationError:
+        raise FunctionNotFound(f"function {name!r} does not exist") from None

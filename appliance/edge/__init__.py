@@ -1,0 +1,1 @@
+"""The edge router: the HTTP trigger path, event building, answer mapping and its HTTP engine."""

@@ -1,0 +1,205 @@
+"""The edge's request entry: every trigger request takes one path, on an event loop.
+
+Granian hands every request to :class:`EdgeApp` (its RSGI interface) on one uvloop event loop.
+A trigger request, warm or cold, is served here start to finish: take the request once as a
+:class:`~.request.RawRequest`, match the trigger table, build the AWS HTTP API 2.0 event from it
+(:func:`.events.build_event`), invoke with :meth:`Invoker.invoke_async` (waiting for a busy
+instance's slot or for a cold start is a future; the activator runs the start on its own thread)
+and map the reply by the Lambda proxy rules (:func:`trigger_answer`). So the same request gets
+the same event and the same answer whether its function is cold or warm. Failures of a round
+trip (a refusal, a lost instance, a timeout) are settled on a thread by the invoker's shared code.
+The platform paths under ``/_/`` go to the edge router's Flask app (:mod:`.app`) on a thread.
+
+Why an event loop: on a 2-core host the edge's CPU per request bounds its throughput. Served as
+WSGI, each request held a Python thread for its whole round trip, and the threads handed the GIL
+to each other several times per request; with Flask's request context and Werkzeug's request and
+response objects on top (about 110 of 190 us of CPU per warm request, measured in-process), the
+edge topped out near 2,300 req/s at 16 connections. On the loop, one thread interleaves all
+requests' round trips with no handoff (see bench/results/findings.md for the steps and figures).
+
+Errors become HTTP statuses in :func:`appliance.core.errors.to_response_body`, the one place the
+Flask handlers use too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from appliance.core.codec import dumps_compact, new_request_id
+from appliance.core.errors import ApplianceError, MethodNotAllowed, PayloadTooLarge, ValidationError, to_response_body
+from appliance.core.invoker import encode_event
+from appliance.edge.events import build_event, to_http_response
+from appliance.edge.request import RawRequest, client_ip
+from appliance.web import REQUEST_ID_RE
+
+log = logging.getLogger("appliance.http")
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+#: Response headers the edge owns: a function cannot set framing or connection handling.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+                        "proxy-authorization", "proxy-authenticate", "content-length"})
+_JSON_HEADERS = (("content-type", "application/json"),)
+
+
+def request_id(headers) -> str:
+    """The caller's ``X-Request-Id`` when it is a sane token, else a new one."""
+    given = headers.get("x-request-id")
+    return given if given and REQUEST_ID_RE.match(given) else new_request_id()
+
+
+async def read_body(headers, proto, max_bytes: int) -> bytes:
+    """The request body, refused past ``max_bytes``: at once from Content-Length, or while a
+    chunked body streams in, so an oversized body is never held whole."""
+    raw = headers.get("content-length")
+    if raw:
+        try:
+            length = int(raw)
+        except ValueError:
+            raise ValidationError("Content-Length must be a number of bytes", field="Content-Length") from None
+        if length > max_bytes:
+            raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {max_bytes}")
+        return await proto() if length > 0 else b""
+    if "chunked" not in (headers.get("transfer-encoding") or "").lower():
+        return b""
+    parts, size = [], 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the request body is over the limit of {max_bytes} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def wsgi_environ(scope, body: bytes) -> dict:
+    """A WSGI environ for one request, so the Flask app serves the platform paths unchanged."""
+    server_host, _, server_port = (scope.server or "").rpartition(":")
+    environ = {
+        "REQUEST_METHOD": scope.method, "SCRIPT_NAME": "",
+        # WSGI carries the path's bytes as latin-1 text; Granian gives it decoded as UTF-8.
+        "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+        "QUERY_STRING": scope.query_string, "SERVER_NAME": server_host.strip("[]") or "localhost",
+        "SERVER_PORT": server_port or "80", "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
+        "REMOTE_ADDR": client_ip(scope.client or ""), "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr, "wsgi.url_scheme": scope.scheme, "wsgi.version": (1, 0),
+        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    for key, value in scope.headers.items():
+        if key == "content-type":
+            environ["CONTENT_TYPE"] = value
+        elif key == "content-length":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            name = "HTTP_" + key.upper().replace("-", "_")
+            environ[name] = f"{environ[name]},{value}" if name in environ else value
+    return environ
+
+
+def run_wsgi(app, environ: dict) -> tuple[int, list, bytes]:
+    """Call a WSGI app and collect its whole response."""
+    started = {}
+
+    def start_response(status, headers, exc_info=None):
+        started["status"], started["headers"] = status, headers
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return int(started["status"][:3]), list(started["headers"]), body
+
+
+def trigger_event(req: RawRequest, match, request_id: str) -> bytes:
+    """The encoded API Gateway HTTP API 2.0 event of one trigger request."""
+    return encode_event(build_event(req, route_key=match.route_key, path_params=match.params,
+                                    request_id=request_id))
+
+
+def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | None = None) -> tuple[int, list, bytes]:
+    """(status, headers, body) of a failed request, in the one error shape."""
+    status, extra, payload = to_response_body(exc, rid)
+    if status >= 500 and not isinstance(exc, ApplianceError):
+        log.error("event=internal_error request_id=%s path=%s", rid, path, exc_info=exc)
+    headers = [*_JSON_HEADERS, ("x-request-id", rid), *extra.items()]
+    if timing is not None:
+        headers.append(("server-timing", timing))
+    return status, headers, dumps_compact(payload)
+
+
+def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
+    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules."""
+    timing = outcome.server_timing()
+    if outcome.error is not None:
+        return error_answer(outcome.error, rid, timing=timing)
+    try:
+        mapped = to_http_response(outcome.result)
+    except ApplianceError as exc:
+        return error_answer(exc, rid, timing=timing)
+    headers = [("x-request-id", rid), ("server-timing", timing)]
+    for k, v in mapped.headers:
+        if k.lower() not in HOP_BY_HOP:
+            headers.append((k, v))
+    return mapped.status, headers, mapped.body if method != "HEAD" else b""
+
+
+class EdgeApp:
+    """The RSGI application Granian calls for each request (see the module docstring)."""
+
+    def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None):
+        self.flask_app = flask_app
+        self.store = store
+        self.invoker = invoker
+        self.max_event_bytes = max_event_bytes
+        #: Runs what may block: settling failed round trips, platform paths, remote metadata
+        #: reads. Waiting for a slot or a cold start holds none of these threads.
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
+        #: The event loop's client to instances (``AsyncInstanceClient``, given by the wiring).
+        self.client = client
+
+    def _offload(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def __call__(self, scope, proto):
+        if scope.proto != "http":
+            return
+        path = scope.path
+        if path[:3] == "/_/":
+            return await self._to_flask(scope, proto)
+        headers = scope.headers
+        rid = request_id(headers)
+        method = scope.method.upper()
+        try:
+            if method not in METHODS:
+                raise MethodNotAllowed(f"{method} is not served by the edge; use one of {', '.join(sorted(METHODS))}")
+            table = self.store.peek_routes() or await self._offload(self.store.routes)
+            match = table.match(method, path)
+            name = match.trigger.function
+            fn = self.store.peek(name) or await self._offload(self.store.get, name)
+            req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes))
+            event = trigger_event(req, match, rid)
+            outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
+                                                      client=self.client, offload=self._offload, fn=fn)
+            answer = trigger_answer(method, rid, outcome)
+        except Exception as exc:  # every failure answers in the one error shape
+            answer = error_answer(exc, rid, path)
+        proto.response_bytes(*answer)
+
+    async def _to_flask(self, scope, proto):
+        """A platform path (``/_/``) to the edge's Flask app, on a thread, from a WSGI environ."""
+        try:
+            body = await read_body(scope.headers, proto, self.max_event_bytes)
+        except ApplianceError as exc:
+            proto.response_bytes(*error_answer(exc, request_id(scope.headers), scope.path))
+            return
+        status, headers, data = await self._offload(run_wsgi, self.flask_app, wsgi_environ(scope, body))
+        proto.response_bytes(status, headers, data)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
