@@ -15,8 +15,6 @@ from pathlib import Path
 
 from appliance.cluster.peer_loads import PeerLoads
 from appliance.config import Settings
-from appliance.control.records_view import RecordsView
-from appliance.control.scaling_view import ScalingView
 from appliance.core import codepkg
 from appliance.core.activator import Activator
 from appliance.core.errors import ApplianceError, ValidationError
@@ -49,20 +47,25 @@ class Components:
     seccomp: str | None = None
     #: Ports actually listened on, by role ("edge", "control"), once the server has started.
     ports: dict[str, int] = field(default_factory=dict)
-    #: Invocation records as the control API reads them: this process's, and other edges' in cluster mode.
-    records_view: RecordsView | None = None
+    #: Invocation records as the control API reads them: this process's, and other edges' in cluster mode
+    #: (``appliance.control.records_view``, set by the control API when this process serves it).
+    records_view: object | None = None
     #: Cluster mode: where edges list themselves so control planes can find their records.
     edge_directory: object | None = None
     #: Which edge decides the scaling (appliance/core/leadership.py): a Consul lock, or this process.
     leadership: object | None = None
-    #: The deciding edge's scaling decisions, as the control API shows them.
-    scaling_view: ScalingView | None = None
+    #: The deciding edge's scaling decisions, as the control API shows them (set like ``records_view``).
+    scaling_view: object | None = None
     #: The host uids sandboxed instances run as (the control API refuses their connections).
     instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
         self.scaler.start()
+
+    def add_closer(self, close) -> None:
+        """Close ``close`` with the rest, before everything added earlier."""
+        self._closers.append(close)
 
     @staticmethod
     def event_loop_client() -> AsyncInstanceClient:
@@ -175,11 +178,10 @@ def _build_cluster(settings: Settings) -> Components:
                     edge_id=me, leadership=leadership, peers=peers)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
-                       records_view=RecordsView(records, edges.edges), edge_directory=edges, leadership=leadership,
-                       scaling_view=ScalingView(scaler, leadership))
+                       edge_directory=edges, leadership=leadership)
     # Closed last to first: the lock is released first, so another edge takes over at once.
-    comps._closers = [records.close, client.close_all, scheduler.close, registry.close, comps.records_view.close,
-                      edges.deregister, peers.close, comps.scaling_view.close, leadership.close]
+    comps._closers = [records.close, client.close_all, scheduler.close, registry.close, edges.deregister, peers.close,
+                      leadership.close]
     return comps
 
 
@@ -270,11 +272,9 @@ def _build_local(settings: Settings) -> Components:
                     edge_id=leadership.holder["edge"], leadership=leadership)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
-                       records_view=RecordsView(records), leadership=leadership,
-                       scaling_view=ScalingView(scaler, leadership))
+                       leadership=leadership)
     comps.seccomp = getattr(launcher, "seccomp", None)
-    comps._closers = [meta.close, records.close, client.close_all, scheduler.close, comps.records_view.close,
-                      comps.scaling_view.close]
+    comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
     return comps
 
 

@@ -16,7 +16,8 @@ from flask import Flask, Response, redirect, request, send_from_directory
 
 from appliance.control.invoke import invoke_response
 from appliance.control.peercred import from_instance
-from appliance.control.records_view import decode_cursor, encode_cursor
+from appliance.control.records_view import RecordsView, decode_cursor, encode_cursor
+from appliance.control.scaling_view import ScalingView
 from appliance.core.codepkg import check_entry_name
 from appliance.core.errors import NotFound, Unauthorized, ValidationError
 from appliance.core.function_store import ensure_name
@@ -77,11 +78,23 @@ def _since() -> float | None:
     return since
 
 
+def attach_views(c: Components) -> None:
+    """What the control API shows of every edge: records merged across edges (cluster mode: the
+    edges listed in Consul) and the deciding edge's scaling. Built here, where they are read."""
+    if c.records_view is None:
+        c.records_view = RecordsView(c.records, c.edge_directory.edges if c.edge_directory is not None else None)
+        c.add_closer(c.records_view.close)
+    if c.scaling_view is None:
+        c.scaling_view = ScalingView(c.scaler, c.leadership)
+        c.add_closer(c.scaling_view.close)
+
+
 def create_control_app(c: Components) -> Flask:
     app = Flask("appliance.control")
     app.config["MAX_CONTENT_LENGTH"] = c.settings.max_code_bytes + (1 << 20)
     install_error_handlers(app)
     store = c.store
+    attach_views(c)
 
     def _after_code_change(name: str) -> None:
         """Pre-warm a new version: unpack and byte-compile now; start min_instances before it
