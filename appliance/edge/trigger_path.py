@@ -45,6 +45,7 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 #: Response headers the edge owns: a function cannot set framing or connection handling.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-authorization", "proxy-authenticate", "content-length"})
+PREFLIGHT_FALLBACK = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _JSON_HEADERS = (("content-type", "application/json"),)
 
 
@@ -228,12 +229,17 @@ class EdgeApp:
     def _preflight(self, table, path: str, headers, rid: str):
         """The answer to a CORS preflight when the trigger it asks about has CORS settings, else
         None (the OPTIONS request is then routed like any other)."""
-        try:
-            match = table.match(headers.get("access-control-request-method").upper(), path)
-        except ApplianceError:
-            return None
-        cors = match.trigger.cors
-        return None if cors is None else preflight_answer(cors, headers, rid)
+        asked = headers.get("access-control-request-method").upper()
+        # The trigger the browser asks about, else any trigger of the path with CORS settings, which
+        # then answers for the path (a method it does not allow is refused with 403).
+        for method in (asked, *PREFLIGHT_FALLBACK):
+            try:
+                cors = table.match(method, path).trigger.cors
+            except ApplianceError:
+                continue
+            if cors is not None:
+                return preflight_answer(cors, headers, rid)
+        return None
 
     async def _authorize(self, verifier, headers, body: bytes):
         """Run a trigger's verifier; a JWKS document that must be fetched first is fetched on a thread."""
