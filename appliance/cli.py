@@ -445,6 +445,11 @@ def doctor(ctx):
                    f"{mgr.describe() if mgr else why + '; instance memory is bounded by rlimits only'}")
         if mgr is not None:
             mgr.close()
+    if reason is None:
+        nft = shutil.which("nft")
+        click.echo(f"[{'ok' if nft else 'warn'}] nftables: "
+                   + (f"{nft} (the packet filter that keeps instances off this host's services)" if nft else
+                      "not found: apt-get install nftables, or instances can reach this host's services"))
     bwrap = shutil.which("bwrap")
     click.echo(f"[info] bubblewrap: {bwrap or 'not found'} (not needed by the sandbox, which makes the same "
                "namespaces itself; bench/coldstart.py compares against it)")
@@ -454,6 +459,9 @@ def doctor(ctx):
         if h.get("seccomp"):
             active = h["seccomp"].startswith("active")
             click.echo(f"[{'ok' if active else 'warn'}] instance seccomp filter: {h['seccomp']}")
+        if h.get("instance_network"):
+            filtered = h["instance_network"].startswith("filtered")
+            click.echo(f"[{'ok' if filtered else 'warn'}] instance network policy: {h['instance_network']}")
         for note in h.get("notes") or []:
             click.echo(f"[note] {note}")
     except ApiError as exc:

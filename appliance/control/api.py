@@ -133,7 +133,8 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/_/health")
     def health():
         return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes,
-                              "edge_port": c.ports.get("edge"), "seccomp": c.seccomp})
+                              "edge_port": c.ports.get("edge"), "seccomp": c.seccomp,
+                              "instance_network": c.instance_network})
 
     # -- web console (static; it uses the API below) -----------------------------------
 
