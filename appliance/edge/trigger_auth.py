@@ -39,6 +39,9 @@ JWKS_TIMEOUT_S = 5.0
 JWKS_MAX_BYTES = 256 << 10
 #: Verifiers kept (one per trigger and set of keys); past it the cache starts over.
 CACHE_CAP = 4096
+#: Tokens a JWT verifier remembers as verified (a client sends the same token until it expires,
+#: and a signature check costs far more than the rest of a warm request); past it, it starts over.
+TOKEN_CACHE_CAP = 1024
 
 
 class ReplayGuard:
@@ -154,6 +157,9 @@ class JwtVerifier:
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
         self._lock = threading.Lock()
+        #: token -> (what the event gets, exp, nbf): the token's signature, issuer and audience were
+        #: checked once; only its time window is checked again on the next use.
+        self._verified: dict[str, tuple[dict, float, float]] = {}
         if auth.get("public_key"):
             self._pem = load_pem_public_key(auth["public_key"].encode())
         elif auth.get("jwks"):
@@ -206,6 +212,15 @@ class JwtVerifier:
         if token is None:
             raise TriggerUnauthorized("this trigger needs a token: send Authorization: Bearer <JWT>",
                                       challenge=_challenge("Bearer"))
+        hit = self._verified.get(token)
+        if hit is not None:
+            authorizer, exp, nbf = hit
+            if now > exp + self.leeway:
+                self._verified.pop(token, None)
+                raise _jwt_refused("the token has expired")
+            if now < nbf - self.leeway:
+                raise _jwt_refused("the token is not valid yet")
+            return authorizer
         try:
             header = jwt.get_unverified_header(token)
         except PyJWTError:
@@ -223,7 +238,14 @@ class JwtVerifier:
         except PyJWTError as exc:
             reason = next((r for cls, r in _JWT_REASONS if isinstance(exc, cls)), "the token is not valid")
             raise _jwt_refused(reason) from None
-        return {"jwt": policy.jwt_claims_for_event(claims)}
+        authorizer = {"jwt": policy.jwt_claims_for_event(claims)}
+        if self.url is None:  # keys from a URL may be rotated away: those tokens are checked every time
+            if len(self._verified) >= TOKEN_CACHE_CAP:
+                self._verified.clear()
+            nbf = claims.get("nbf")
+            self._verified[token] = (authorizer, float(claims["exp"]),
+                                     float(nbf) if isinstance(nbf, (int, float)) else float("-inf"))
+        return authorizer
 
 
 def fetch_jwks(url: str) -> dict:

@@ -138,3 +138,30 @@ def test_jwt_claims_as_api_gateway_gives_them():
     assert got == {"claims": {"sub": "u", "exp": "5", "groups": "[a b]", "scp": "[r w]", "admin": "true"},
                    "scopes": ["r", "w"]}
     assert p.jwt_claims_for_event({"sub": "u"})["scopes"] is None
+
+
+def test_jwt_verifier_remembers_a_verified_token_only_within_its_window():
+    import json
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from appliance.edge.trigger_auth import JwtVerifier
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks = {"keys": [{**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": "k"}]}
+    auth = p.validate_auth({"type": "jwt", "issuer": "i", "audience": "a", "jwks": jwks, "leeway_s": 0})
+    v = JwtVerifier(auth)
+    import time
+    now = time.time()
+    tok = jwt.encode({"iss": "i", "aud": "a", "sub": "s", "exp": int(now) + 10}, key, algorithm="ES256",
+                     headers={"kid": "k"})
+    headers = {"authorization": f"Bearer {tok}"}
+    first = v.check(headers, b"", now)
+    assert first["jwt"]["claims"]["sub"] == "s"
+    assert v.check(headers, b"", now + 5) is first          # remembered: no second signature check
+    with pytest.raises(TriggerUnauthorized) as err:
+        v.check(headers, b"", now + 3600)                   # past exp: refused, and forgotten
+    assert "expired" in err.value.message
+    with pytest.raises(TriggerUnauthorized):
+        v.check({"authorization": f"Bearer {tok[:-4]}AAAA"}, b"", now)
