@@ -134,7 +134,8 @@ def create_control_app(c: Components) -> Flask:
     def health():
         return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes,
                               "edge_port": c.ports.get("edge"), "seccomp": c.seccomp,
-                              "instance_network": c.instance_network})
+                              "instance_network": c.instance_network,
+                              "instance_uids": [c.instance_uids.start, c.instance_uids.stop - 1]})
 
     # -- web console (static; it uses the API below) -----------------------------------
 

@@ -5,19 +5,29 @@ outbound access with no per-instance cost), so without a rule they could connect
 listening on 127.0.0.1, ::1 or the host's other addresses: the control API, the edge's platform
 paths, Consul and Nomad agents, databases. Each sandboxed instance runs as a host uid of its own,
 from a block of uids this appliance holds alone (:func:`claim_uid_block`), so one nftables table
-in the host namespace can tell their packets from everyone else's (``meta skuid``, the uid owning
-the sending socket, which a process cannot choose) and refuse any that is addressed to the host
-itself (``fib daddr type local``: every local address, IPv4 and IPv6, whatever interfaces the host
-has now or later), except to the edge's public trigger port (a function may call another
-function's HTTP trigger as any client would) and to port 53 (a local DNS resolver such as
-systemd-resolved's 127.0.0.53; without it a function could not resolve any name).
+in the host namespace can tell their packets from everyone else's (``meta skuid``: the uid of the
+process that made the sending socket, which it cannot choose) and judge those addressed to the
+host itself (``fib daddr type local``: every local address, IPv4 and IPv6, whatever interfaces
+the host has now or later):
 
-Why this rather than a network namespace per instance: the rule is installed once when the
-appliance starts, so a cold start pays nothing for it (the bench measures both; see the README's
-"Instance sandbox"), whereas a namespace with a veth pair, addresses, routes and NAT costs several
-milliseconds per instance and a NAT rule anyway. TCP connections are refused with a reset, so a
-client fails at once (ECONNREFUSED) rather than after a timeout; anything else with an ICMP
-"administratively prohibited" (EPERM for UDP sends).
+- TCP to the edge's public trigger port passes (a function may call another function's HTTP
+  trigger as any client would), and so does DNS (port 53: a local resolver such as
+  systemd-resolved's 127.0.0.53; without it a function could not resolve any name).
+- Any other TCP connection to the host may start, and conntrack marks it with the instance's uid;
+  the answer decides. When the listening socket belongs to that same instance (a function that
+  talks to its own helper process or server over loopback, as ordinary programs do) it passes;
+  when it belongs to anyone else (a host service, or another instance) its SYN-ACK is rewritten
+  into a reset on its way to the instance, which sees ``ECONNREFUSED`` at once, as for a closed
+  port, and never exchanges a byte with it. (The listener keeps a half-open entry until its
+  SYN-ACK retries end, about a minute; its SYN backlog bounds them and SYN cookies keep it
+  answering others when that fills.)
+- Anything else to the host (UDP but DNS, ICMP, other protocols) is refused with an ICMP
+  "administratively prohibited" (EPERM for a UDP send).
+
+Why this rather than a network namespace per instance: the table is installed once when the
+appliance starts, so a cold start pays nothing for it (``python -m bench.netpolicy`` measures both;
+see the README's "Instance sandbox"), whereas a namespace with a veth pair, addresses, a route and
+NAT costs tens of milliseconds per instance.
 
 The table is named for the uid block (``faas_uids_<n>``), installed atomically (a stale table of
 the same name, left by an appliance that was killed, is replaced in the same transaction) and
@@ -81,19 +91,27 @@ def claim_uid_block(base: int, count: int, *, block: int = UID_BLOCK, lock_dir: 
 
 
 def ruleset(table: str, uids: range, allow_ports: tuple[int, ...]) -> str:
-    """The nft script that (re)creates ``table``: packets from sockets of ``uids`` to any local
-    address are refused unless to one of ``allow_ports`` (TCP) or to DNS. Pure: a unit test reads it."""
-    last = uids.stop - 1
+    """The nft script that (re)creates ``table``. Pure: a unit test reads it.
+
+    For packets sent by a socket of ``uids`` to any local address: TCP to one of ``allow_ports``
+    (the edge) and DNS pass; any other TCP connection may start, marked in conntrack with the
+    instance's uid, and its answer decides (see :data:`__doc__`); anything else is refused."""
+    first, last = uids.start, uids.stop - 1
     allowed = ", ".join(str(p) for p in sorted(set(allow_ports)))
+    marks = ", ".join(f"{u} : {u}" for u in uids)
+    pairs = ", ".join(f"{u} . {u}" for u in uids)
     lines = [
         f"table inet {table} {{}}",
         f"delete table inet {table}",
         f"table inet {table} {{",
+        f"  map mark_of {{ type uid : mark; elements = {{ {marks} }}; }}",
+        f"  set own {{ type uid . mark; elements = {{ {pairs} }}; }}",
         "  chain output {",
         "    type filter hook output priority filter; policy accept;",
-        # Only packets sent by an instance's socket: replies and the kernel's own packets carry no
-        # instance uid and pass untouched.
-        f"    meta skuid {uids.start}-{last} jump instance",
+        # Answers on a connection an instance opened to this host: only its own sockets may answer.
+        f"    ct direction reply ct mark {first}-{last} jump answer",
+        # Only packets sent by an instance's socket: the kernel's own packets carry no uid.
+        f"    meta skuid {first}-{last} jump instance",
         "  }",
         "  chain instance {",
         "    fib daddr type != local accept",
@@ -102,8 +120,16 @@ def ruleset(table: str, uids: range, allow_ports: tuple[int, ...]) -> str:
         lines.append(f"    tcp dport {{ {allowed} }} accept")
     lines += [
         f"    meta l4proto {{ tcp, udp }} th dport {DNS_PORT} accept",
-        "    meta l4proto tcp reject with tcp reset",
+        "    meta l4proto tcp ct state new ct mark set meta skuid map @mark_of accept",
+        "    meta l4proto tcp accept",
         "    reject with icmpx type admin-prohibited",
+        "  }",
+        "  chain answer {",
+        "    meta skuid . ct mark @own accept",
+        # Someone else's listener accepted: its SYN-ACK reaches the instance as a reset instead,
+        # so the instance's connect fails at once with ECONNREFUSED, as for a closed port.
+        "    tcp flags & (syn | ack) == syn | ack tcp flags set rst | ack accept",
+        f"    meta skuid 0-{2**32 - 1} drop",
         "  }",
         "}",
     ]

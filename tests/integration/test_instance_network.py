@@ -1,7 +1,7 @@
 """A ``network: default`` instance cannot connect to the host's own services, except the edge's
 public trigger port: the control API, a plain TCP listener on loopback (IPv4 and IPv6) and on the
 host's other addresses are all refused from inside a function, while the same function calls
-another function's HTTP trigger through the edge.
+another function's HTTP trigger through the edge and talks to a listener of its own on loopback.
 """
 
 from __future__ import annotations
@@ -32,8 +32,18 @@ def try_connect(host, port):
     finally:
         s.close()
 
+def own_listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    c = socket.create_connection(srv.getsockname(), timeout=5)
+    conn, _ = srv.accept()
+    c.sendall(b"own")
+    return conn.recv(3).decode()
+
 def handler(event, context):
     out = {label: try_connect(host, port) for label, host, port in event.get("targets", [])}
+    out["own listener"] = own_listener()
     if event.get("url"):
         try:
             with urllib.request.urlopen(event["url"], timeout=10) as r:
@@ -100,6 +110,7 @@ def test_instances_cannot_reach_host_services_but_can_call_a_trigger(appliance, 
     for label, _, _ in targets:
         assert got[label] == "refused", (label, got)
     assert got["url"] == [200, "Hello Serverless"], got
+    assert got["own listener"] == "own"     # a function may still talk to itself over loopback
     assert target
 
 
