@@ -10,11 +10,10 @@ Invariants:
 
 from __future__ import annotations
 
+import secrets as _secrets
 import threading
 import time
 from urllib.parse import quote
-
-import secrets as _secrets
 
 from appliance.core import codepkg, trigger_policy
 from appliance.core.errors import Conflict, FunctionNotFound, NotFound, RevisionConflict, ValidationError

@@ -24,8 +24,15 @@ import urllib.request
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt.exceptions import (ExpiredSignatureError, ImmatureSignatureError, InvalidAudienceError, InvalidIssuerError,
-                            InvalidSignatureError, MissingRequiredClaimError, PyJWTError)
+from jwt.exceptions import (
+    ExpiredSignatureError,
+    ImmatureSignatureError,
+    InvalidAudienceError,
+    InvalidIssuerError,
+    InvalidSignatureError,
+    MissingRequiredClaimError,
+    PyJWTError,
+)
 
 from appliance.core import trigger_policy as policy
 from appliance.core.errors import ReplayGuardFull, TriggerUnauthorized

@@ -31,8 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from appliance.core import trigger_policy
 from appliance.core.codec import dumps_compact, new_request_id
-from appliance.core.errors import (ApplianceError, MethodNotAllowed, OriginForbidden, PayloadTooLarge, ValidationError,
-                                   to_response_body)
+from appliance.core.errors import (
+    ApplianceError,
+    MethodNotAllowed,
+    OriginForbidden,
+    PayloadTooLarge,
+    ValidationError,
+    to_response_body,
+)
 from appliance.core.invoker import encode_event
 from appliance.edge.events import build_event, to_http_response
 from appliance.edge.request import RawRequest, client_ip

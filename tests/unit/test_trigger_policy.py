@@ -9,8 +9,8 @@ import pytest
 
 from appliance.core import trigger_policy as p
 from appliance.core.errors import ReplayGuardFull, TriggerUnauthorized, ValidationError
-from appliance.edge.trigger_auth import BearerVerifier, HmacVerifier, ReplayGuard, TriggerGuard
 from appliance.core.model import Trigger
+from appliance.edge.trigger_auth import BearerVerifier, HmacVerifier, ReplayGuard, TriggerGuard
 
 
 def test_auth_defaults_to_none_and_keeps_only_known_fields():
@@ -31,7 +31,8 @@ def test_jwt_settings_are_normalised():
     assert got == {"type": "jwt", "issuer": "https://i/", "audience": ["api"], "algorithms": ["RS256", "ES256"],
                    "leeway_s": 30, "jwks_url": "https://login.example/jwks.json"}
     with pytest.raises(ValidationError) as err:
-        p.validate_auth({"type": "jwt", "issuer": "i", "audience": "a", "jwks_url": "https://x/", "algorithms": ["HS256"]})
+        p.validate_auth({"type": "jwt", "issuer": "i", "audience": "a", "jwks_url": "https://x/",
+                         "algorithms": ["HS256"]})
     assert err.value.field == "auth.algorithms"
 
 
