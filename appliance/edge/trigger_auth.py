@@ -192,13 +192,13 @@ class JwtVerifier:
         if now - self._fetched_at < JWKS_TTL_S:
             kid = self._kid(headers)
             return kid not in self._by_kid and now - self._attempted_at >= JWKS_REFETCH_S
-        return now - self._attempted_at >= JWKS_REFETCH_S or not self._by_kid
+        return now - self._attempted_at >= JWKS_REFETCH_S
 
     def refresh(self, now: float) -> None:
         """Fetch the JWKS document (blocking: call it on a thread)."""
         with self._lock:
-            if now - self._attempted_at < JWKS_REFETCH_S and self._by_kid:
-                return
+            if now - self._attempted_at < JWKS_REFETCH_S:
+                return  # another request fetched (or failed to) just now: no second fetch
             self._attempted_at = now
             try:
                 self._load(self._fetch(self.url))
