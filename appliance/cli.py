@@ -71,6 +71,9 @@ def _run(settings: Settings, roles, example: str | None) -> None:
             _fail(f"cannot listen on {settings.host} ({ports}): {exc.strerror}; stop what uses it, or pick "
                   "other ports with --edge-port and --api-port (make up EDGE_PORT=... API_PORT=...)")
         _fail(f"the appliance could not start: {exc}")
+    except ApplianceError as exc:  # a setting that cannot be honoured here (APPLIANCE_INSTANCE_NET_FILTER=on)
+        app.stop()
+        _fail(f"{exc.code}: {exc.message}")
     edge = f"http://{settings.host}:{app.ports['edge']}" if "edge" in app.ports else None
     api = f"http://{settings.host}:{app.ports['control']}" if "control" in app.ports else None
     click.echo(f"FaaS Appliance is up ({settings.mode} mode). Edge router: {edge or '-'}  API: {api or '-'}")

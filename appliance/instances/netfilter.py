@@ -69,8 +69,8 @@ class UidBlock:
 
 
 def claim_uid_block(base: int, count: int, *, block: int = UID_BLOCK, lock_dir: Path = LOCK_DIR) -> UidBlock:
-    """The first free block of ``block`` uids in ``[base, base + count)``, held by an flock on
-    ``lock_dir/<n>.lock`` (released by the kernel when the process dies, so a crash frees it). When
+    """The first free block of ``block`` uids in ``[base, base + count)``, counted from the top, held
+    by an flock on ``lock_dir/<n>.lock`` (released by the kernel when the process dies, so a crash frees it). When
     every block is held or the lock directory cannot be used, the whole range is returned unheld:
     instances still run, only the packet filter then cannot tell this appliance's from others'."""
     blocks = max(1, count // block)
@@ -83,7 +83,9 @@ def claim_uid_block(base: int, count: int, *, block: int = UID_BLOCK, lock_dir: 
             except BlockingIOError:
                 os.close(fd)
                 continue
-            start = base + n * block
+            # From the top of the range down: an appliance that hands out uids from the bottom without
+            # holding a block (an older version) meets a held block last.
+            start = base + count - (n + 1) * block
             return UidBlock(n, range(start, start + block), fd)
     except OSError as exc:
         log.warning("event=uid_block_unavailable error=%r", str(exc))

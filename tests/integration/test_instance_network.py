@@ -131,3 +131,20 @@ def test_the_filter_is_removed_when_the_appliance_stops(make_appliance):
     stop_appliance(r)
     wait_for(lambda: subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode != 0, 10,
              message=f"the table {table} to be removed")
+
+
+def test_without_nft_the_appliance_says_so_or_refuses_to_start(make_appliance, tmp_path):
+    if os.path.exists("/usr/bin/nft") or os.path.exists("/bin/nft"):
+        pytest.skip("nft is on the restricted PATH too")
+    path = {"PATH": "/usr/bin:/bin"}   # Debian installs nft in /usr/sbin
+    r = make_appliance(env={**path, "APPLIANCE_INSTANCE_NET_FILTER": "auto"})
+    health = requests.get(f"{r.api_url}/v1/health", timeout=10).json()
+    assert health["instance_network"].startswith("unfiltered") and "nft" in health["instance_network"], health
+    assert health["instance_network"] in health["notes"]
+    from .test_cli import faas
+    doctor = faas(r, "doctor", check=False).stdout
+    assert "[warn] instance network policy: unfiltered" in doctor
+    from .conftest import start_appliance
+    with pytest.raises(AssertionError) as err:
+        start_appliance(tmp_path, {**path, "APPLIANCE_INSTANCE_NET_FILTER": "on"})
+    assert "APPLIANCE_INSTANCE_NET_FILTER=on but the filter cannot be installed" in str(err.value)

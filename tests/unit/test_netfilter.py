@@ -33,7 +33,7 @@ def test_uid_blocks_are_held_apart_and_freed_on_release(tmp_path):
     a = claim_uid_block(1000, 300, block=100, lock_dir=tmp_path)
     b = claim_uid_block(1000, 300, block=100, lock_dir=tmp_path)
     c = claim_uid_block(1000, 300, block=100, lock_dir=tmp_path)
-    assert (a.uids, b.uids, c.uids) == (range(1000, 1100), range(1100, 1200), range(1200, 1300))
+    assert (a.uids, b.uids, c.uids) == (range(1200, 1300), range(1100, 1200), range(1000, 1100))
     full = claim_uid_block(1000, 300, block=100, lock_dir=tmp_path)
     assert full.fd is None and full.number == -1      # every block held: the filter will say it cannot apply
     b.release()
