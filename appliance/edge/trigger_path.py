@@ -10,6 +10,12 @@ the same event and the same answer whether its function is cold or warm. Failure
 trip (a refusal, a lost instance, a timeout) are settled on a thread by the invoker's shared code.
 The platform paths under ``/_/`` go to the edge router's Flask app (:mod:`.app`) on a thread.
 
+Before the invocation, the matched trigger's authentication is checked (:mod:`.trigger_auth`: a
+trigger without ``auth`` costs one attribute test), and a trigger with CORS settings has its
+preflights answered here and its answers given the Access-Control headers
+(:mod:`appliance.core.trigger_policy`). A refused request never reaches the invoker, so it
+starts no instance.
+
 Why an event loop: on a 2-core host the edge's CPU per request bounds its throughput. Served as
 WSGI, each request held a Python thread for its whole round trip, and the threads handed the GIL
 to each other several times per request; with Flask's request context and Werkzeug's request and
