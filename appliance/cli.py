@@ -71,6 +71,9 @@ def _run(settings: Settings, roles, example: str | None) -> None:
             _fail(f"cannot listen on {settings.host} ({ports}): {exc.strerror}; stop what uses it, or pick "
                   "other ports with --edge-port and --api-port (make up EDGE_PORT=... API_PORT=...)")
         _fail(f"the appliance could not start: {exc}")
+    except ApplianceError as exc:  # a setting that cannot be honoured here (APPLIANCE_INSTANCE_NET_FILTER=on)
+        app.stop()
+        _fail(f"{exc.code}: {exc.message}")
     edge = f"http://{settings.host}:{app.ports['edge']}" if "edge" in app.ports else None
     api = f"http://{settings.host}:{app.ports['control']}" if "control" in app.ports else None
     click.echo(f"FaaS Appliance is up ({settings.mode} mode). Edge router: {edge or '-'}  API: {api or '-'}")
@@ -94,7 +97,7 @@ def _deploy_example(api: ApplianceClient, directory: Path) -> str | None:
     existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
     for t in triggers:
         if (t["method"].upper(), t["path"]) not in existing:
-            api.add_trigger(name, t["method"], t["path"])
+            api.add_trigger(name, t["method"], t["path"], auth=t.get("auth"), cors=t.get("cors"))
         path = path or t["path"]
     return path
 
@@ -185,7 +188,7 @@ def deploy(ctx, source, name, env, **opts):
     existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
     for t in triggers:
         if (t["method"].upper(), t["path"]) not in existing:
-            api.add_trigger(name, t["method"], t["path"])
+            api.add_trigger(name, t["method"], t["path"], auth=t.get("auth"), cors=t.get("cors"))
             click.echo(f"Trigger {t['method'].upper()} {t['path']} -> {name}", err=True)
     click.echo(json.dumps(out["function"], indent=2))
 
@@ -199,10 +202,98 @@ def trigger():
 @click.argument("function")
 @click.argument("method")
 @click.argument("path")
+@click.option("--auth", "auth_type", type=click.Choice(["none", "bearer", "hmac", "jwt"]), default="none",
+              show_default=True, help="Who may call: anyone, holders of a key (bearer), signed requests (hmac), "
+              "or bearers of a JWT (jwt).")
+@click.option("--issuer", help="jwt: the expected iss claim.")
+@click.option("--audience", multiple=True, help="jwt: an accepted aud value (repeatable).")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False), help="jwt: a PEM public key file.")
+@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False), help="jwt: a JWKS document file.")
+@click.option("--jwks-url", help="jwt: where the JWKS document is served (fetched and cached by the edge).")
+@click.option("--algorithm", multiple=True, type=click.Choice(["RS256", "ES256"]),
+              help="jwt: accepted algorithms [RS256, ES256].")
+@click.option("--leeway", type=int, help="jwt: seconds of clock skew allowed on exp and nbf [30].")
+@click.option("--cors-origin", multiple=True, help="CORS: an allowed origin, scheme://*.domain or * (repeatable).")
+@click.option("--cors-method", multiple=True, help="CORS: an allowed method [*] (repeatable).")
+@click.option("--cors-header", multiple=True, help="CORS: an allowed request header, or * (repeatable).")
+@click.option("--cors-expose", multiple=True, help="CORS: a response header browsers may read (repeatable).")
+@click.option("--cors-max-age", type=int, help="CORS: seconds a browser may cache a preflight.")
+@click.option("--cors-credentials", is_flag=True, help="CORS: allow cookies and credentials.")
 @click.pass_context
-def trigger_add(ctx, function, method, path):
-    t = _client(ctx).add_trigger(function, method, path)
-    click.echo(f"{t['method']} {t['path']} -> {t['function']}")
+def trigger_add(ctx, function, method, path, auth_type, issuer, audience, public_key, jwks_file, jwks_url, algorithm,
+                leeway, cors_origin, cors_method, cors_header, cors_expose, cors_max_age, cors_credentials):
+    """Bind METHOD PATH to FUNCTION, optionally with authentication and CORS."""
+    auth: dict = {"type": auth_type}
+    if auth_type == "jwt":
+        auth.update({"issuer": issuer, "audience": list(audience)})
+        if public_key:
+            auth["public_key"] = Path(public_key).read_text()
+        if jwks_file:
+            auth["jwks"] = Path(jwks_file).read_text()
+        if jwks_url:
+            auth["jwks_url"] = jwks_url
+        if algorithm:
+            auth["algorithms"] = list(algorithm)
+        if leeway is not None:
+            auth["leeway_s"] = leeway
+    elif issuer or audience or public_key or jwks_file or jwks_url or algorithm or leeway is not None:
+        _fail("Request.Invalid: --issuer, --audience, --public-key, --jwks, --jwks-url, --algorithm and --leeway "
+              "are for --auth jwt")
+    cors = None
+    if cors_origin:
+        cors = {"allow_origins": list(cors_origin), "allow_methods": list(cors_method) or ["*"],
+                "allow_headers": list(cors_header), "expose_headers": list(cors_expose),
+                "max_age": cors_max_age or 0, "allow_credentials": cors_credentials}
+    elif cors_method or cors_header or cors_expose or cors_max_age or cors_credentials:
+        _fail("Request.Invalid: give at least one --cors-origin with the other --cors options")
+    t = _client(ctx).add_trigger(function, method, path, auth=auth, cors=cors)
+    note = f" (auth: {t['auth']['type']}{', cors' if t.get('cors') else ''})" if auth_type != "none" or cors else ""
+    click.echo(f"{t['method']} {t['path']} -> {t['function']}{note}")
+    if auth_type in ("bearer", "hmac"):
+        click.echo(f"Create its {'key' if auth_type == 'bearer' else 'signing secret'} with: "
+                   f"faas trigger key create {t['method']} {t['path']}", err=True)
+
+
+@trigger.group("key")
+def trigger_key():
+    """Keys of bearer triggers and signing secrets of hmac triggers."""
+
+
+@trigger_key.command("create")
+@click.argument("method")
+@click.argument("path")
+@click.option("--name", help="A name for the key (to revoke it by) [key-<random>].")
+@click.pass_context
+def trigger_key_create(ctx, method, path, name):
+    """Make a key (bearer) or signing secret (hmac) for a trigger; it is printed this once."""
+    k = _client(ctx).create_trigger_key(method, path, name)
+    click.echo(k["key"])
+    how = ("send it as: Authorization: Bearer <key>" if k["type"] == "bearer" else
+           "sign with it: X-Faas-Signature: sha256=HMAC-SHA256(secret, \"<timestamp>.<body>\") and "
+           "X-Faas-Timestamp: <timestamp>")
+    click.echo(f"key {k['name']} of {k['method']} {k['path']}: shown only now, store it safely; {how}", err=True)
+
+
+@trigger_key.command("ls")
+@click.argument("method")
+@click.argument("path")
+@click.pass_context
+def trigger_key_ls(ctx, method, path):
+    """List a trigger's keys (names and hints, never the keys)."""
+    for k in _client(ctx).list_trigger_keys(method, path):
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(k["created_at"]))
+        click.echo(f"{k['name']:20} {k['type']:7} {k['hint']}...  {created}")
+
+
+@trigger_key.command("revoke")
+@click.argument("method")
+@click.argument("path")
+@click.argument("name")
+@click.pass_context
+def trigger_key_revoke(ctx, method, path, name):
+    """Revoke a key: requests with it are refused from now on."""
+    k = _client(ctx).revoke_trigger_key(method, path, name)["revoked"]
+    click.echo(f"revoked {k['name']} of {k['method']} {k['path']}")
 
 
 @trigger.command("ls")
@@ -210,7 +301,8 @@ def trigger_add(ctx, function, method, path):
 @click.pass_context
 def trigger_ls(ctx, function):
     for t in _client(ctx).list_triggers(function):
-        click.echo(f"{t['method']:7} {t['path']:40} {t['function']}")
+        extra = t.get("auth", {}).get("type", "none") + (" cors" if t.get("cors") else "")
+        click.echo(f"{t['method']:7} {t['path']:40} {t['function']:20} {extra}")
 
 
 @trigger.command("rm")
@@ -356,6 +448,11 @@ def doctor(ctx):
                    f"{mgr.describe() if mgr else why + '; instance memory is bounded by rlimits only'}")
         if mgr is not None:
             mgr.close()
+    if reason is None:
+        nft = shutil.which("nft")
+        click.echo(f"[{'ok' if nft else 'warn'}] nftables: "
+                   + (f"{nft} (the packet filter that keeps instances off this host's services)" if nft else
+                      "not found: apt-get install nftables, or instances can reach this host's services"))
     bwrap = shutil.which("bwrap")
     click.echo(f"[info] bubblewrap: {bwrap or 'not found'} (not needed by the sandbox, which makes the same "
                "namespaces itself; bench/coldstart.py compares against it)")
@@ -365,6 +462,9 @@ def doctor(ctx):
         if h.get("seccomp"):
             active = h["seccomp"].startswith("active")
             click.echo(f"[{'ok' if active else 'warn'}] instance seccomp filter: {h['seccomp']}")
+        if h.get("instance_network"):
+            filtered = h["instance_network"].startswith("filtered")
+            click.echo(f"[{'ok' if filtered else 'warn'}] instance network policy: {h['instance_network']}")
         for note in h.get("notes") or []:
             click.echo(f"[note] {note}")
     except ApiError as exc:

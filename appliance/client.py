@@ -99,8 +99,26 @@ class ApplianceClient:
             raise
 
     # triggers
-    def add_trigger(self, function: str, method: str, path: str) -> dict:
-        return self._req("POST", "/v1/triggers", json={"function": function, "method": method, "path": path}).json()
+    def add_trigger(self, function: str, method: str, path: str, *, auth: dict | None = None,
+                    cors: dict | None = None) -> dict:
+        body = {"function": function, "method": method, "path": path}
+        if auth is not None:
+            body["auth"] = auth
+        if cors is not None:
+            body["cors"] = cors
+        return self._req("POST", "/v1/triggers", json=body).json()
+
+    def create_trigger_key(self, method: str, path: str, name: str | None = None) -> dict:
+        body = {"method": method, "path": path}
+        if name:
+            body["name"] = name
+        return self._req("POST", "/v1/triggers/keys", json=body).json()
+
+    def list_trigger_keys(self, method: str, path: str) -> list[dict]:
+        return self._req("GET", "/v1/triggers/keys", params={"method": method, "path": path}).json()["keys"]
+
+    def revoke_trigger_key(self, method: str, path: str, name: str) -> dict:
+        return self._req("DELETE", "/v1/triggers/keys", params={"method": method, "path": path, "name": name}).json()
 
     def list_triggers(self, function: str | None = None) -> list[dict]:
         return self._req("GET", "/v1/triggers", params={"function": function} if function else None).json()["triggers"]

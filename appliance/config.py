@@ -54,6 +54,10 @@ class Settings:
     records_retention: int = 100_000
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
+    #: auto (install the packet filter that keeps network-default instances off this host's own
+    #: services when the host allows it, else run with a note in /v1/health), on (refuse to start
+    #: without it), off (no filter).
+    instance_net_filter: str = "auto"
     log_level: str = "info"
     # -- cluster mode (docs/cluster.md) --
     nomad_addr: str = "http://127.0.0.1:4646"
@@ -172,6 +176,8 @@ class Settings:
             raise bad("max_scale_up_rate", "use a factor greater than 1")
         if self.sandbox not in ("auto", "on", "off"):
             raise bad("sandbox", "use auto, on or off")
+        if self.instance_net_filter not in ("auto", "on", "off"):
+            raise bad("instance_net_filter", "use auto, on or off")
         for name in ("node_autoscaler_interval_s", "node_drain_deadline_s", "node_retry_initial_s",
                      "node_retry_max_s"):
             if getattr(self, name) <= 0:

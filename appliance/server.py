@@ -68,6 +68,7 @@ class Appliance:
             self.ports["control"] = server.effective_port
             self._servers.append(server)
         c.ports.update(self.ports)
+        c.install_net_filter()
         for server in self._servers:
             if server is edge:
                 edge.start()

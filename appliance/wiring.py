@@ -58,7 +58,31 @@ class Components:
     scaling_view: object | None = None
     #: The host uids sandboxed instances run as (the control API refuses their connections).
     instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
+    #: The packet filter keeping network-default instances off this host's services
+    #: (appliance/instances/netfilter.py); None when instances are not sandboxed here.
+    netfilter: object | None = None
+    #: What is in force for instances' connections to this host, as /v1/health and faas doctor show it.
+    instance_network: str | None = None
     _closers: list = field(default_factory=list)
+
+    def install_net_filter(self) -> None:
+        """Install the instances' packet filter, allowing the edge's trigger port (once it is known:
+        port 0 picks one). ``APPLIANCE_INSTANCE_NET_FILTER=on`` refuses to run without it."""
+        nf = self.netfilter
+        if nf is None:
+            return
+        if self.settings.instance_net_filter == "off":
+            self.instance_network = "unfiltered: APPLIANCE_INSTANCE_NET_FILTER=off"
+            self.notes.append("instances with network default can reach this host's services "
+                              "(APPLIANCE_INSTANCE_NET_FILTER=off)")
+            return
+        ok = nf.install((self.ports["edge"],) if "edge" in self.ports else ())
+        self.instance_network = nf.status
+        if not ok:
+            if self.settings.instance_net_filter == "on":
+                raise ValidationError(f"APPLIANCE_INSTANCE_NET_FILTER=on but the filter cannot be installed: "
+                                      f"{nf.status}", field="instance_net_filter")
+            self.notes.append(nf.status)
 
     def start(self) -> None:
         self.scaler.start()
@@ -213,9 +237,12 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
     if reason is None:
         from appliance.instances import cgroups
         from appliance.instances.zygote_launcher import ZygoteLauncher
+        from appliance.instances.netfilter import claim_uid_block
         cg, cg_reason = cgroups.detect()
+        block = claim_uid_block(UID_BASE, UID_COUNT)
         try:
-            launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg)
+            launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg, uids=block.uids)
+            launcher.uid_block = block
             launcher.check()
         except Exception as exc:  # noqa: BLE001 - any failure of the probe means no sandbox
             reason = f"the instance sandbox does not work on this host: {exc}"
@@ -223,6 +250,7 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
                 launcher.close()
             if cg is not None:
                 cg.close()
+            block.release()
             launcher = None
         else:
             if cg is None:
@@ -275,6 +303,16 @@ def _build_local(settings: Settings) -> Components:
                        leadership=leadership)
     comps.seccomp = getattr(launcher, "seccomp", None)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
+    block = getattr(launcher, "uid_block", None)
+    if block is not None:
+        from appliance.instances.netfilter import HostNetFilter
+        comps.instance_uids = block.uids
+        comps.netfilter = HostNetFilter(block)
+        # Closed last: the rule stays until every instance has stopped.
+        comps._closers.insert(0, comps.netfilter.remove)
+    else:
+        comps.instance_network = ("unfiltered: instances run as plain processes with the appliance's own uid, "
+                                  "which no packet filter can tell apart")
     return comps
 
 

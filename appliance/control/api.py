@@ -146,7 +146,9 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/_/health")
     def health():
         return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes,
-                              "edge_port": c.ports.get("edge"), "seccomp": c.seccomp})
+                              "edge_port": c.ports.get("edge"), "seccomp": c.seccomp,
+                              "instance_network": c.instance_network,
+                              "instance_uids": [c.instance_uids.start, c.instance_uids.stop - 1]})
 
     # -- web console (static; it uses the API below) -----------------------------------
 
@@ -335,14 +337,42 @@ def create_control_app(c: Components) -> Flask:
             if not isinstance(data.get(f), str):
                 raise ValidationError(f"{f} is required, for example "
                                       '{"function": "hello", "method": "GET", "path": "/hello/serverless"}', field=f)
-        t = store.add_trigger(data["function"], data["method"], data["path"])
+        t = store.add_trigger(data["function"], data["method"], data["path"], auth=data.get("auth"),
+                              cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
 
     @app.post("/v1/functions/<name>/triggers")
     def add_function_trigger(name: str):
         data = _json_body()
-        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""))
+        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""),
+                              auth=data.get("auth"), cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
+
+    def _trigger_args(source) -> tuple[str, str]:
+        method, path = source.get("method"), source.get("path")
+        if not isinstance(method, str) or not method or not isinstance(path, str) or not path:
+            raise ValidationError("name the trigger with method and path, for example method=GET&path=/hello",
+                                  field="path")
+        return method, path
+
+    @app.post("/v1/triggers/keys")
+    def create_trigger_key():
+        """A new bearer key or HMAC secret of a trigger; the only answer that ever contains it."""
+        data = _json_body()
+        method, path = _trigger_args(data)
+        record, value = store.create_trigger_key(method, path, data.get("name"))
+        return json_response({**record, "key": value}, 201)
+
+    @app.get("/v1/triggers/keys")
+    def list_trigger_keys():
+        method, path = _trigger_args(request.args)
+        return json_response({"keys": store.trigger_keys(method, path)})
+
+    @app.delete("/v1/triggers/keys")
+    def revoke_trigger_key():
+        method, path = _trigger_args(request.args)
+        name = request.args.get("name") or ""
+        return json_response({"revoked": store.revoke_trigger_key(method, path, name)})
 
     @app.delete("/v1/triggers")
     def remove_trigger():

@@ -153,6 +153,34 @@ class Unauthorized(ApplianceError):
     status = 401
 
 
+class TriggerUnauthorized(ApplianceError):
+    """A trigger's caller did not authenticate as the trigger requires (missing, wrong, expired or
+    replayed credentials). Nothing reached the function; ``challenge`` is the WWW-Authenticate value."""
+
+    code = "Trigger.Unauthorized"
+    status = 401
+
+    def __init__(self, message: str, *, challenge: str):
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class OriginForbidden(ApplianceError):
+    """A CORS preflight from an origin, method or header the trigger does not allow."""
+
+    code = "Trigger.OriginForbidden"
+    status = 403
+
+
+class ReplayGuardFull(ApplianceError):
+    """The edge remembers as many recent HMAC signatures as it may; it refuses new ones rather than
+    forget one that could then be replayed."""
+
+    code = "Trigger.ReplayGuardFull"
+    status = 503
+    retry_after = 5
+
+
 #: errorType reported by a runtime -> HTTP status at the edge. Anything else is a 502.
 RUNTIME_ERROR_STATUS = {
     "Function.Timeout": 504,
@@ -174,6 +202,9 @@ def to_response_body(exc: BaseException, request_id: str | None = None) -> tuple
         headers = {}
         if exc.retry_after is not None:
             headers["Retry-After"] = str(exc.retry_after)
+        challenge = getattr(exc, "challenge", None)
+        if challenge:
+            headers["WWW-Authenticate"] = challenge
         return exc.status, headers, exc.to_body(request_id)
     internal = ApplianceError("internal error; the appliance log has the details")
     return 500, {}, internal.to_body(request_id)

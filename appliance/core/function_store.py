@@ -10,11 +10,12 @@ Invariants:
 
 from __future__ import annotations
 
+import secrets as _secrets
 import threading
 import time
 from urllib.parse import quote
 
-from appliance.core import codepkg
+from appliance.core import codepkg, trigger_policy
 from appliance.core.errors import Conflict, FunctionNotFound, NotFound, RevisionConflict, ValidationError
 from appliance.core.model import CodeVersion, FunctionConfig, FunctionRecord, Trigger, validate_name
 from appliance.core.ports import BlobStore, MetadataStore
@@ -33,6 +34,10 @@ def _vkey(name: str, version: int) -> str:
 
 def _tkey(key: str) -> str:
     return "triggers/" + quote(key, safe="")
+
+
+def _kprefix(key: str) -> str:
+    return "triggerkeys/" + quote(key, safe="") + "/"
 
 
 class FunctionStore:
@@ -116,7 +121,7 @@ class FunctionStore:
     def delete(self, name: str) -> FunctionRecord:
         record = self.get(name, fresh=True)
         for trigger in self.triggers(function=name):
-            self.meta.delete(_tkey(route_key(trigger.method, trigger.path)))
+            self._delete_trigger_records(route_key(trigger.method, trigger.path))
         versions = self.versions(name)
         for v in versions:
             self.meta.delete(_vkey(name, v.version))
@@ -205,15 +210,17 @@ class FunctionStore:
 
     # -- triggers ------------------------------------------------------------------------
 
-    def add_trigger(self, function: str, method: str, path: str) -> Trigger:
+    def add_trigger(self, function: str, method: str, path: str, *, auth=None, cors=None) -> Trigger:
         validate_name(function)
         method = normalise_method(method)
         parse_path(path)
+        auth = trigger_policy.validate_auth(auth)
+        cors = trigger_policy.validate_cors(cors)
         self.get(function, fresh=True)
         key = route_key(method, path)
-        trigger = Trigger(method=method, path=path, function=function, created_at=time.time())
+        trigger = Trigger(method=method, path=path, function=function, created_at=time.time(), auth=auth, cors=cors)
         try:
-            self.meta.put(_tkey(key), trigger.to_dict(), expected_revision=0)
+            self.meta.put(_tkey(key), trigger.to_doc(), expected_revision=0)
         except RevisionConflict:
             got = self.meta.get(_tkey(key))
             other = got[0] if got else {}
@@ -222,24 +229,86 @@ class FunctionStore:
                            field="path") from None
         # A function deleted meanwhile must not keep a trigger.
         if self.find(function, fresh=True) is None:
-            self.meta.delete(_tkey(key))
+            self._delete_trigger_records(key)
             raise FunctionNotFound(f"function {function!r} does not exist")
+        # Keys left by an earlier trigger of the same route must not open this one.
+        for k, _, _ in self.meta.list(_kprefix(key)):
+            self.meta.delete(k)
         self._changed(function)
         return trigger
+
+    def _delete_trigger_records(self, key: str) -> None:
+        self.meta.delete(_tkey(key))
+        for k, _, _ in self.meta.list(_kprefix(key)):
+            self.meta.delete(k)
 
     def remove_trigger(self, method: str, path: str) -> Trigger:
         key = route_key(method, path)
         got = self.meta.get(_tkey(key))
         if not got:
             raise NotFound(f"no trigger {method.upper()} {path}")
-        self.meta.delete(_tkey(key))
-        trigger = Trigger(**got[0])
+        self._delete_trigger_records(key)
+        trigger = Trigger.from_doc(got[0])
         self._changed(trigger.function)
         return trigger
 
+    def trigger(self, method: str, path: str) -> Trigger:
+        got = self.meta.get(_tkey(route_key(method, path)))
+        if not got:
+            raise NotFound(f"no trigger {method.upper()} {path}")
+        return Trigger.from_doc(got[0])
+
     def triggers(self, function: str | None = None) -> list[Trigger]:
-        out = [Trigger(**doc) for _, doc, _ in self.meta.list("triggers/")]
-        return [t for t in out if function is None or t.function == function]
+        keys: dict[str, list[str]] = {}
+        for k, doc, _ in self.meta.list("triggerkeys/"):
+            keys.setdefault(k.split("/")[1], []).append(doc.get("sha256") or doc.get("secret") or "")
+        out = []
+        for k, doc, _ in self.meta.list("triggers/"):
+            if function is None or doc.get("function") == function:
+                out.append(Trigger.from_doc(doc, tuple(keys.get(k.split("/", 1)[1], ()))))
+        return out
+
+    # -- trigger keys (bearer keys and HMAC secrets) ---------------------------------------
+
+    def create_trigger_key(self, method: str, path: str, name: str | None = None) -> tuple[dict, str]:
+        """A new key of a bearer or hmac trigger: (its public record, the key itself). The key is
+        returned this once: a bearer key is stored as its SHA-256 only; an HMAC secret must be kept
+        to check signatures, but no API answer ever contains it again."""
+        trigger = self.trigger(method, path)
+        kind = trigger.auth_type
+        if kind not in ("bearer", "hmac"):
+            raise Conflict(f"the trigger {trigger.method} {trigger.path} has auth type {kind!r}; keys are for "
+                           "triggers with auth type bearer or hmac", field="auth")
+        key = route_key(method, path)
+        existing = {doc["name"] for _, doc, _ in self.meta.list(_kprefix(key))}
+        if len(existing) >= trigger_policy.MAX_KEYS:
+            raise Conflict(f"the trigger already has {trigger_policy.MAX_KEYS} keys, the most it may hold; revoke "
+                           "one first", field="name")
+        name = trigger_policy.validate_key_name(name) if name is not None else f"key-{_secrets.token_hex(3)}"
+        value = ("fk_" if kind == "bearer" else "fhs_") + _secrets.token_urlsafe(32)
+        doc = {"name": name, "kind": kind, "created_at": time.time(), "hint": value[:7]}
+        doc.update({"sha256": trigger_policy.hash_key(value)} if kind == "bearer" else {"secret": value})
+        try:
+            self.meta.put(_kprefix(key) + name, doc, expected_revision=0)
+        except RevisionConflict:
+            raise Conflict(f"the trigger already has a key named {name!r}; revoke it or pick another name",
+                           field="name") from None
+        self._changed(trigger.function)
+        return _public_key(doc, trigger), value
+
+    def trigger_keys(self, method: str, path: str) -> list[dict]:
+        trigger = self.trigger(method, path)
+        return [_public_key(doc, trigger) for _, doc, _ in self.meta.list(_kprefix(route_key(method, path)))]
+
+    def revoke_trigger_key(self, method: str, path: str, name: str) -> dict:
+        trigger = self.trigger(method, path)
+        k = _kprefix(route_key(method, path)) + trigger_policy.validate_key_name(name)
+        got = self.meta.get(k)
+        if not got:
+            raise NotFound(f"the trigger {trigger.method} {trigger.path} has no key named {name!r}")
+        self.meta.delete(k)
+        self._changed(trigger.function)
+        return _public_key(got[0], trigger)
 
     def peek_routes(self) -> RouteTable | None:
         """The route table without waiting on the network: from the cache, or read when the
@@ -268,6 +337,12 @@ class FunctionStore:
         with self._lock:
             self._routes = (now, table)
         return table
+
+
+def _public_key(doc: dict, trigger: Trigger) -> dict:
+    """What the API shows of a key: never the key, its hash or the HMAC secret."""
+    return {"name": doc["name"], "type": doc["kind"], "hint": doc.get("hint", ""), "created_at": doc["created_at"],
+            "method": trigger.method, "path": trigger.path, "function": trigger.function}
 
 
 def ensure_name(name: str) -> str:

@@ -260,16 +260,41 @@ class Instance:
 
 @dataclass(frozen=True)
 class Trigger:
-    """An HTTP route bound to a function."""
+    """An HTTP route bound to a function, with who may call it (``auth``) and from which browser
+    origins (``cors``); see :mod:`appliance.core.trigger_policy`."""
 
     method: str       # GET, POST, ... or ANY
     path: str         # /users/{id}, /files/{proxy+}
     function: str
     created_at: float = 0.0
+    #: Normalised auth settings; None = anyone may call.
+    auth: dict | None = None
+    #: Normalised CORS settings; None = no CORS headers, preflights are routed like any request.
+    cors: dict | None = None
+    #: The trigger's keys as the edge checks them: SHA-256 hashes of bearer keys, or HMAC secrets.
+    #: Loaded with the trigger, never part of what the API shows.
+    keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def key(self) -> str:
         return f"{self.method} {self.path}"
 
+    @property
+    def auth_type(self) -> str:
+        return self.auth["type"] if self.auth else "none"
+
+    def to_doc(self) -> dict:
+        """As stored (without keys: they are records of their own)."""
+        return {"method": self.method, "path": self.path, "function": self.function, "created_at": self.created_at,
+                "auth": self.auth, "cors": self.cors}
+
+    @classmethod
+    def from_doc(cls, doc: dict, keys: tuple[str, ...] = ()) -> "Trigger":
+        return cls(method=doc["method"], path=doc["path"], function=doc["function"],
+                   created_at=doc.get("created_at", 0.0), auth=doc.get("auth"), cors=doc.get("cors"), keys=keys)
+
     def to_dict(self) -> dict:
-        return {"method": self.method, "path": self.path, "function": self.function, "created_at": self.created_at}
+        """As the API shows it: secrets of the trigger are never included."""
+        out = self.to_doc()
+        out["auth"] = self.auth or {"type": "none"}
+        return out

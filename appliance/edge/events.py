@@ -35,7 +35,7 @@ def _clf_time(second: int) -> str:
 
 
 def build_event(req: RawRequest, *, route_key: str, path_params: dict[str, str], request_id: str,
-                now: float | None = None) -> dict:
+                now: float | None = None, authorizer: dict | None = None) -> dict:
     """The API Gateway HTTP API 2.0 event of one request: the only place an event is made, for
     cold and warm requests alike (see :mod:`.request`)."""
     now = time.time() if now is None else now
@@ -85,6 +85,8 @@ def build_event(req: RawRequest, *, route_key: str, path_params: dict[str, str],
         },
         "isBase64Encoded": is_b64,
     }
+    if authorizer is not None:  # what the trigger's JWT authorizer found, as API Gateway's gives it
+        event["requestContext"]["authorizer"] = authorizer
     if cookies:
         event["cookies"] = cookies
     if query:

@@ -10,6 +10,12 @@ the same event and the same answer whether its function is cold or warm. Failure
 trip (a refusal, a lost instance, a timeout) are settled on a thread by the invoker's shared code.
 The platform paths under ``/_/`` go to the edge router's Flask app (:mod:`.app`) on a thread.
 
+Before the invocation, the matched trigger's authentication is checked (:mod:`.trigger_auth`: a
+trigger without ``auth`` costs one attribute test), and a trigger with CORS settings has its
+preflights answered here and its answers given the Access-Control headers
+(:mod:`appliance.core.trigger_policy`). A refused request never reaches the invoker, so it
+starts no instance.
+
 Why an event loop: on a 2-core host the edge's CPU per request bounds its throughput. Served as
 WSGI, each request held a Python thread for its whole round trip, and the threads handed the GIL
 to each other several times per request; with Flask's request context and Werkzeug's request and
@@ -29,11 +35,20 @@ import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from appliance.core import trigger_policy
 from appliance.core.codec import dumps_compact, new_request_id
-from appliance.core.errors import ApplianceError, MethodNotAllowed, PayloadTooLarge, ValidationError, to_response_body
+from appliance.core.errors import (
+    ApplianceError,
+    MethodNotAllowed,
+    OriginForbidden,
+    PayloadTooLarge,
+    ValidationError,
+    to_response_body,
+)
 from appliance.core.invoker import encode_event
 from appliance.edge.events import build_event, to_http_response
 from appliance.edge.request import RawRequest, client_ip
+from appliance.edge.trigger_auth import TriggerGuard
 from appliance.web import REQUEST_ID_RE
 
 log = logging.getLogger("appliance.http")
@@ -42,6 +57,7 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 #: Response headers the edge owns: a function cannot set framing or connection handling.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-authorization", "proxy-authenticate", "content-length"})
+PREFLIGHT_FALLBACK = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _JSON_HEADERS = (("content-type", "application/json"),)
 
 
@@ -116,10 +132,10 @@ def run_wsgi(app, environ: dict) -> tuple[int, list, bytes]:
     return int(started["status"][:3]), list(started["headers"]), body
 
 
-def trigger_event(req: RawRequest, match, request_id: str) -> bytes:
+def trigger_event(req: RawRequest, match, request_id: str, authorizer: dict | None = None) -> bytes:
     """The encoded API Gateway HTTP API 2.0 event of one trigger request."""
     return encode_event(build_event(req, route_key=match.route_key, path_params=match.params,
-                                    request_id=request_id))
+                                    request_id=request_id, authorizer=authorizer))
 
 
 def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | None = None) -> tuple[int, list, bytes]:
@@ -133,8 +149,10 @@ def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | Non
     return status, headers, dumps_compact(payload)
 
 
-def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
-    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules."""
+def trigger_answer(method: str, rid: str, outcome, *, cors: bool = False) -> tuple[int, list, bytes]:
+    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules. With ``cors``
+    the function's own Access-Control-* headers are dropped: the trigger's CORS settings answer
+    for it, as API Gateway ignores an integration's CORS headers when CORS is configured."""
     timing = outcome.server_timing()
     if outcome.error is not None:
         return error_answer(outcome.error, rid, timing=timing)
@@ -144,9 +162,20 @@ def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
         return error_answer(exc, rid, timing=timing)
     headers = [("x-request-id", rid), ("server-timing", timing)]
     for k, v in mapped.headers:
-        if k.lower() not in HOP_BY_HOP:
+        lower = k.lower()
+        if lower not in HOP_BY_HOP and not (cors and lower.startswith("access-control-")):
             headers.append((k, v))
     return mapped.status, headers, mapped.body if method != "HEAD" else b""
+
+
+def preflight_answer(cors: dict, headers, rid: str) -> tuple[int, list, bytes]:
+    """The edge's own answer to a CORS preflight of a trigger with CORS settings."""
+    got = trigger_policy.preflight(cors, headers.get("origin") or "", headers.get("access-control-request-method"),
+                                   headers.get("access-control-request-headers") or "")
+    if got.status != 204:
+        status, out, body = error_answer(OriginForbidden(got.reason), rid)
+        return status, [*out, *got.headers], body
+    return 204, [("x-request-id", rid), *got.headers], b""
 
 
 class EdgeApp:
@@ -162,6 +191,8 @@ class EdgeApp:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
         #: The event loop's client to instances (``AsyncInstanceClient``, given by the wiring).
         self.client = client
+        #: Triggers' authentication (bearer keys, HMAC signatures, JWTs), checked before invoking.
+        self.guard = TriggerGuard()
 
     def _offload(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -175,21 +206,59 @@ class EdgeApp:
         headers = scope.headers
         rid = request_id(headers)
         method = scope.method.upper()
+        cors = None
         try:
             if method not in METHODS:
                 raise MethodNotAllowed(f"{method} is not served by the edge; use one of {', '.join(sorted(METHODS))}")
             table = self.store.peek_routes() or await self._offload(self.store.routes)
+            if method == "OPTIONS" and "access-control-request-method" in headers:
+                preflight = self._preflight(table, path, headers, rid)
+                if preflight is not None:
+                    proto.response_bytes(*preflight)
+                    return
             match = table.match(method, path)
-            name = match.trigger.function
+            trigger = match.trigger
+            cors = trigger.cors
+            name = trigger.function
             fn = self.store.peek(name) or await self._offload(self.store.get, name)
+            verifier = self.guard.verifier(trigger) if trigger.auth is not None else None
+            authorizer = None
+            if verifier is not None and not verifier.needs_body:
+                authorizer = await self._authorize(verifier, headers, b"")
             req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes))
-            event = trigger_event(req, match, rid)
+            if verifier is not None and verifier.needs_body:
+                authorizer = await self._authorize(verifier, headers, req.body)
+            event = trigger_event(req, match, rid, authorizer)
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn)
-            answer = trigger_answer(method, rid, outcome)
+            answer = trigger_answer(method, rid, outcome, cors=cors is not None)
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
+        if cors is not None:
+            answer[1].extend(trigger_policy.response_headers(cors, headers.get("origin")))
         proto.response_bytes(*answer)
+
+    def _preflight(self, table, path: str, headers, rid: str):
+        """The answer to a CORS preflight when the trigger it asks about has CORS settings, else
+        None (the OPTIONS request is then routed like any other)."""
+        asked = headers.get("access-control-request-method").upper()
+        # The trigger the browser asks about, else any trigger of the path with CORS settings, which
+        # then answers for the path (a method it does not allow is refused with 403).
+        for method in (asked, *PREFLIGHT_FALLBACK):
+            try:
+                cors = table.match(method, path).trigger.cors
+            except ApplianceError:
+                continue
+            if cors is not None:
+                return preflight_answer(cors, headers, rid)
+        return None
+
+    async def _authorize(self, verifier, headers, body: bytes):
+        """Run a trigger's verifier; a JWKS document that must be fetched first is fetched on a thread."""
+        now = self.guard.clock()
+        if getattr(verifier, "url", None) is not None and verifier.needs_fetch(headers, now):
+            await self._offload(verifier.refresh, now)
+        return verifier.check(headers, body, now)
 
     async def _to_flask(self, scope, proto):
         """A platform path (``/_/``) to the edge's Flask app, on a thread, from a WSGI environ."""

@@ -424,7 +424,7 @@ class ZygoteLauncher:
     """Launcher of sandboxed instances (see the module docstring)."""
 
     def __init__(self, runtimes_dir: Path, log_dir: Path, *, cgroups: CgroupManager | None = None,
-                 python: str | None = None):
+                 python: str | None = None, uids: range | None = None):
         self.runtimes_dir = Path(runtimes_dir).resolve()
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -446,7 +446,9 @@ class ZygoteLauncher:
         # namespaces of children the zygote detached before it (its spares).
         sandbox.mount(str(self.run_dir), str(self.run_dir), None, sandbox.MS_BIND)
         sandbox.mount(None, str(self.run_dir), None, sandbox.MS_SHARED)
-        self._uids = _Uids(UID_BASE, UID_COUNT)
+        #: The host uids instances run as: this appliance's own block (see instances/netfilter.py).
+        self.uids = uids if uids is not None else range(UID_BASE, UID_BASE + UID_COUNT)
+        self._uids = _Uids(self.uids.start, len(self.uids))
         self._cg_lock = threading.Lock()
         self._spare_cg: dict[bool, InstanceCgroup] = {}   # network profile -> cgroups its spare child is in
         self._unused_cg: list[InstanceCgroup] = []
