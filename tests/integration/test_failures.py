@@ -9,7 +9,7 @@ from .conftest import HELLO, wait_for
 
 
 def invoke(r, name, event=None, timeout=30):
-    return requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=timeout)
+    return r.http.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=timeout)
 
 
 @pytest.mark.parametrize("files, handler, error_type", [

@@ -5,7 +5,7 @@ import requests
 
 
 def call(r, method, path, **kw):
-    return requests.request(method, r.api_url + path, timeout=10, **kw)
+    return r.http.request(method, r.api_url + path, timeout=10, **kw)
 
 
 def test_create_get_list_update_delete(appliance):
