@@ -91,7 +91,9 @@ def _run(settings: Settings, roles, example: str | None) -> None:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and not exc.filename:
             ports = " and ".join(f"{label} port {port}" for label, port, role in (
                 ("edge", settings.edge_port, "edge"), ("API", settings.api_port, "control")) if role in roles)
-            _fail(f"cannot listen on {settings.edge_listen}/{settings.api_listen} ({ports}): {exc.strerror}; stop what uses it, or pick "
+            hosts = (settings.edge_listen if settings.edge_listen == settings.api_listen
+                     else f"{settings.edge_listen} (edge) / {settings.api_listen} (API)")
+            _fail(f"cannot listen on {hosts} ({ports}): {exc.strerror}; stop what uses it, or pick "
                   "other ports with --edge-port and --api-port (make up EDGE_PORT=... API_PORT=...)")
         _fail(f"the appliance could not start: {exc}")
     from appliance.server import read_info

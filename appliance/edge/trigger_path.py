@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from appliance.core.codec import dumps_compact, new_request_id
 from appliance.core.errors import ApplianceError, MethodNotAllowed, PayloadTooLarge, ValidationError, to_response_body
 from appliance.core.invoker import encode_event
-from appliance.edge.events import build_event, to_http_response
+from appliance.edge.events import build_event, public_error, to_http_response
 from appliance.edge.request import RawRequest, client_ip
 from appliance.web import REQUEST_ID_RE
 
@@ -133,15 +133,16 @@ def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | Non
     return status, headers, dumps_compact(payload)
 
 
-def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
-    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules."""
+def trigger_answer(method: str, rid: str, outcome, *, expose_errors: bool = False) -> tuple[int, list, bytes]:
+    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules. A function's
+    failure shows its message and stack trace only when the function sets ``expose_errors``."""
     timing = outcome.server_timing()
     if outcome.error is not None:
-        return error_answer(outcome.error, rid, timing=timing)
+        return error_answer(public_error(outcome.error, expose=expose_errors), rid, timing=timing)
     try:
         mapped = to_http_response(outcome.result)
     except ApplianceError as exc:
-        return error_answer(exc, rid, timing=timing)
+        return error_answer(public_error(exc, expose=expose_errors), rid, timing=timing)
     headers = [("x-request-id", rid), ("server-timing", timing)]
     for k, v in mapped.headers:
         if k.lower() not in HOP_BY_HOP:
@@ -186,7 +187,7 @@ class EdgeApp:
             event = trigger_event(req, match, rid)
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn)
-            answer = trigger_answer(method, rid, outcome)
+            answer = trigger_answer(method, rid, outcome, expose_errors=fn.config.expose_errors)
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
         proto.response_bytes(*answer)
