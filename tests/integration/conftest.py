@@ -91,7 +91,8 @@ def start_appliance(tmp: Path, env: dict[str, str] | None = None, example: str |
         return info_path.exists() and json.loads(info_path.read_text())
 
     info = wait_for(ready, 30, message="the appliance to listen")
-    token = (data / "admin.token").read_text().strip() if (data / "admin.token").exists() else ""
+    token = ((data / "admin.token").read_text().strip() if (data / "admin.token").exists()
+             else full_env.get("APPLIANCE_ADMIN_TOKEN", ""))  # cluster mode: seeded, as Ansible does
     api = ApplianceClient(info["api_url"], token=token or None)
     return Running(proc=proc, data_dir=data, edge=info["edge_url"], api_url=info["api_url"], api=api,
                    log_path=log_path, token=token)
