@@ -16,7 +16,15 @@ from pathlib import Path
 
 import click
 
-from appliance.client import DEFAULT_API, ApiError, ApplianceClient, find_token, local_api, read_config, read_function_json
+from appliance.client import (
+    DEFAULT_API,
+    ApiError,
+    ApplianceClient,
+    find_token,
+    local_api,
+    read_config,
+    read_function_json,
+)
 from appliance.config import Settings
 from appliance.core.errors import ApplianceError
 
