@@ -19,7 +19,7 @@ from appliance.control.records_view import RecordsView
 from appliance.control.scaling_view import ScalingView
 from appliance.core import codepkg
 from appliance.core.activator import Activator
-from appliance.core.errors import ApplianceError, ValidationError
+from appliance.core.errors import ApplianceError, Conflict, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
 from appliance.core.leadership import SoleLeader
@@ -160,16 +160,23 @@ def ensure_admin_token(c: Components) -> Path | None:
         if c.tokens.put_hash(tokens.ADMIN_NAME, "admin", sha, created_by="APPLIANCE_ADMIN_TOKEN"):
             log.info("event=admin_token_seeded source=APPLIANCE_ADMIN_TOKEN token=%s", tokens.ADMIN_NAME)
         return None
-    if c.tokens.has_admin(_time.time()):
-        return None
     path = s.data_path / ADMIN_TOKEN_FILE
-    name = tokens.ADMIN_NAME
-    existing = {t.name for t in c.tokens.list(fresh=True)}
-    n = 1
-    while name in existing:  # an expired admin token keeps its name until revoked
-        n += 1
-        name = f"{tokens.ADMIN_NAME}-{n}"
-    _, secret = c.tokens.create(name, "admin", created_by="first start")
+    for _ in range(5):
+        if c.tokens.has_admin(_time.time()):
+            return None
+        name = tokens.ADMIN_NAME
+        existing = {t.name for t in c.tokens.list(fresh=True)}
+        n = 1
+        while name in existing:  # an expired admin token keeps its name until revoked
+            n += 1
+            name = f"{tokens.ADMIN_NAME}-{n}"
+        try:
+            _, secret = c.tokens.create(name, "admin", created_by="first start")
+            break
+        except Conflict:  # another control plane made one at the same moment: use theirs
+            continue
+    else:
+        return None
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.unlink()

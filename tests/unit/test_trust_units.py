@@ -165,3 +165,27 @@ def test_credential_settings_never_show_their_values():
     assert "hidden-value" not in repr(Settings(internal_token="hidden-value" * 4))
     s = Settings(host="0.0.0.0", api_host="127.0.0.1")
     assert (s.edge_listen, s.api_listen) == ("0.0.0.0", "127.0.0.1")
+
+
+def test_first_start_makes_one_admin_token_in_a_private_file(tmp_path):
+    from types import SimpleNamespace
+
+    from appliance.wiring import ensure_admin_token
+
+    meta = SqliteMetadataStore(tmp_path / "m.sqlite3")
+    c = SimpleNamespace(settings=Settings(data_dir=str(tmp_path)), tokens=tokens.TokenStore(meta, cache_ttl_s=0))
+    path = ensure_admin_token(c)
+    assert path == tmp_path / "admin.token" and (path.stat().st_mode & 0o777) == 0o600
+    secret = path.read_text().strip()
+    assert c.tokens.authenticate(secret).scope == "admin"
+    assert ensure_admin_token(c) is None and path.read_text().strip() == secret  # one is enough
+    c.tokens.revoke("admin")
+    assert ensure_admin_token(c) == path and path.read_text().strip() != secret  # none left: a new one
+    # Cluster mode: the hash from the settings, no file.
+    other = tmp_path / "cluster"
+    other.mkdir()
+    seeded = SimpleNamespace(settings=Settings(data_dir=str(other), admin_token="sha256:" + tokens.digest("y" * 40)),
+                             tokens=tokens.TokenStore(SqliteMetadataStore(other / "m.sqlite3"), cache_ttl_s=0))
+    assert ensure_admin_token(seeded) is None and not (other / "admin.token").exists()
+    assert seeded.tokens.authenticate("y" * 40).name == "admin"
+    meta.close()
