@@ -56,7 +56,8 @@ def allowed_hosts(setting: str, listen_hosts: list[str], extra: list[str] = ()) 
     """The host names the API answers to, lower case and without ports; None means any (``*``).
 
     Empty setting: the loopback names, the addresses it listens on, and when it listens on every
-    address, this machine's names too (an operator reaches a cluster's control plane by them)."""
+    address, this machine's names and addresses too (an operator reaches a cluster's control plane
+    by them)."""
     names = [h.strip().lower() for h in setting.split(",") if h.strip()]
     if "*" in names:
         return None
@@ -71,9 +72,22 @@ def allowed_hosts(setting: str, listen_hosts: list[str], extra: list[str] = ()) 
             out.add(h)
             for name in (socket.gethostname(), socket.getfqdn()):
                 out.add(name.lower())
+            out.update(local_addresses())
             continue
         out.add(h)
     return frozenset(out)
+
+
+def local_addresses() -> set[str]:
+    """This machine's own IP addresses (a rebinding attack sends a name, never one of these)."""
+    import psutil
+
+    out = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                out.add(a.address.split("%")[0].lower())
+    return out
 
 
 def host_name(header: str) -> str:

@@ -189,3 +189,11 @@ def test_first_start_makes_one_admin_token_in_a_private_file(tmp_path):
     assert ensure_admin_token(seeded) is None and not (other / "admin.token").exists()
     assert seeded.tokens.authenticate("y" * 40).name == "admin"
     meta.close()
+
+
+def test_listening_on_every_address_serves_this_machines_names_and_addresses():
+    import socket
+
+    allowed = allowed_hosts("", ["0.0.0.0"])
+    assert socket.gethostname().lower() in allowed and "127.0.0.1" in allowed
+    assert not host_allowed("rebound.attacker.example", allowed)
