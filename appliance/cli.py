@@ -112,6 +112,8 @@ def _run(settings: Settings, roles, example: str | None) -> None:
     token_file = settings.data_path / "admin.token"
     if app.admin_token_path is not None:
         click.echo(f"Admin token written to {app.admin_token_path} (0600); `faas` run here finds it.")
+    elif api and token_file.exists():
+        click.echo(f"Admin token: {token_file}")
     if example and api:
         try:
             token = token_file.read_text().strip() if token_file.exists() else settings.admin_token or None
