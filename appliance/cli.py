@@ -16,13 +16,28 @@ from pathlib import Path
 
 import click
 
-from appliance.client import DEFAULT_API, ApiError, ApplianceClient, read_function_json
+from appliance.client import (
+    DEFAULT_API,
+    ApiError,
+    ApplianceClient,
+    find_token,
+    local_api,
+    read_config,
+    read_function_json,
+)
 from appliance.config import Settings
 from appliance.core.errors import ApplianceError
 
 
 def _client(ctx) -> ApplianceClient:
-    return ApplianceClient(ctx.obj["api"])
+    return ApplianceClient(ctx.obj["api"], token=ctx.obj["token"])
+
+
+def _data_dir() -> str:
+    try:
+        return Settings.from_env().data_dir
+    except ApplianceError:
+        return Settings.data_dir
 
 
 def _fail(message: str) -> None:
@@ -38,18 +53,34 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ApiError as exc:
             where = f" (field: {exc.field})" if exc.field else ""
-            _fail(f"{exc.code}: {exc.message}{where}")
+            hint = ""
+            if exc.status == 401 and ctx.obj and ctx.obj.get("token_source") == "none":
+                hint = (f"; no token found: give --token or FAAS_TOKEN, run from the directory holding the data "
+                        f"directory ({_data_dir()}/admin.token), or put token = ... in ~/.config/faas/config")
+            _fail(f"{exc.code}: {exc.message}{where}{hint}")
         except ApplianceError as exc:
             _fail(f"{exc.code}: {exc.message}")
 
 
 @click.group(cls=_Group)
-@click.option("--api", default=DEFAULT_API, show_default=True, envvar="FAAS_API", help="Control-plane API URL.")
+@click.option("--api", default=None, envvar="FAAS_API",
+              help=f"Control-plane API URL [the data directory's running appliance, else the config file's api, "
+                   f"else {DEFAULT_API}].")
+@click.option("--token", default=None, envvar="FAAS_TOKEN",
+              help="API token [FAAS_TOKEN, else <data dir>/admin.token, else the config file's token].")
 @click.pass_context
-def main(ctx, api):
-    """FaaS Appliance: deploy functions, bind HTTP triggers, call them."""
+def main(ctx, api, token):
+    """FaaS Appliance: deploy functions, bind HTTP triggers, call them.
+
+    The token and the API are found in this order: --token / --api, FAAS_TOKEN / FAAS_API, the
+    data directory of an appliance on this machine (APPLIANCE_DATA_DIR, default .faas: its
+    admin.token and appliance.json), then ~/.config/faas/config (lines `api = URL`, `token = ...`).
+    """
     ctx.ensure_object(dict)
+    data_dir = _data_dir()
+    api = api or local_api(data_dir) or read_config().get("api") or DEFAULT_API
     ctx.obj["api"] = api
+    ctx.obj["token"], ctx.obj["token_source"] = find_token(api, data_dir, token)
 
 
 # -- running the appliance -------------------------------------------------------------------
@@ -68,18 +99,28 @@ def _run(settings: Settings, roles, example: str | None) -> None:
         if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and not exc.filename:
             ports = " and ".join(f"{label} port {port}" for label, port, role in (
                 ("edge", settings.edge_port, "edge"), ("API", settings.api_port, "control")) if role in roles)
-            _fail(f"cannot listen on {settings.host} ({ports}): {exc.strerror}; stop what uses it, or pick "
+            hosts = (settings.edge_listen if settings.edge_listen == settings.api_listen
+                     else f"{settings.edge_listen} (edge) / {settings.api_listen} (API)")
+            _fail(f"cannot listen on {hosts} ({ports}): {exc.strerror}; stop what uses it, or pick "
                   "other ports with --edge-port and --api-port (make up EDGE_PORT=... API_PORT=...)")
         _fail(f"the appliance could not start: {exc}")
     except ApplianceError as exc:  # a setting that cannot be honoured here (APPLIANCE_INSTANCE_NET_FILTER=on)
         app.stop()
         _fail(f"{exc.code}: {exc.message}")
-    edge = f"http://{settings.host}:{app.ports['edge']}" if "edge" in app.ports else None
-    api = f"http://{settings.host}:{app.ports['control']}" if "control" in app.ports else None
+    from appliance.server import read_info
+
+    info = read_info(settings.data_path) or {}
+    edge, api = info.get("edge_url"), info.get("api_url")
     click.echo(f"FaaS Appliance is up ({settings.mode} mode). Edge router: {edge or '-'}  API: {api or '-'}")
+    token_file = settings.data_path / "admin.token"
+    if app.admin_token_path is not None:
+        click.echo(f"Admin token written to {app.admin_token_path} (0600); `faas` run here finds it.")
+    elif api and token_file.exists():
+        click.echo(f"Admin token: {token_file}")
     if example and api:
         try:
-            ex = _deploy_example(ApplianceClient(api), Path(example))
+            token = token_file.read_text().strip() if token_file.exists() else settings.admin_token or None
+            ex = _deploy_example(ApplianceClient(api, token=token), Path(example))
             if ex and edge:
                 click.echo(f"Example deployed. Try:  curl {edge}{ex}")
         except ApiError as exc:
@@ -102,35 +143,40 @@ def _deploy_example(api: ApplianceClient, directory: Path) -> str | None:
     return path
 
 
-def _settings(host, edge_port, api_port, data_dir) -> Settings:
+def _settings(host, edge_port, api_port, data_dir, edge_host=None, api_host=None) -> Settings:
     try:
-        return Settings.from_env(host=host, edge_port=edge_port, api_port=api_port, data_dir=data_dir)
+        return Settings.from_env(host=host, edge_port=edge_port, api_port=api_port, data_dir=data_dir,
+                                 edge_host=edge_host, api_host=api_host)
     except ApplianceError as exc:
         _fail(exc.message)
         raise
 
 
 @main.command()
-@click.option("--host", default=None, help="Address to listen on [127.0.0.1].")
+@click.option("--host", default=None, help="Address both listeners use unless the two below say [127.0.0.1].")
+@click.option("--edge-host", default=None, help="Address of the edge router (HTTP triggers) [--host].")
+@click.option("--api-host", default=None, help="Address of the control-plane API [--host]; keep it private.")
 @click.option("--edge-port", type=int, default=None, help="Edge router port [8080].")
 @click.option("--api-port", type=int, default=None, help="Control-plane API port [8081].")
 @click.option("--data-dir", default=None, help="Where state is kept [.faas].")
 @click.option("--example", default=None, help="A function directory to deploy once up (e.g. examples/hello).")
-def up(host, edge_port, api_port, data_dir, example):
+def up(host, edge_host, api_host, edge_port, api_port, data_dir, example):
     """Run the appliance (edge router + API) in the foreground."""
-    _run(_settings(host, edge_port, api_port, data_dir), ("edge", "control"), example)
+    _run(_settings(host, edge_port, api_port, data_dir, edge_host, api_host), ("edge", "control"), example)
 
 
 @main.command()
 @click.option("--role", type=click.Choice(["edge", "control", "all"]), default="all", show_default=True)
 @click.option("--host", default=None)
+@click.option("--edge-host", default=None)
+@click.option("--api-host", default=None)
 @click.option("--edge-port", type=int, default=None)
 @click.option("--api-port", type=int, default=None)
 @click.option("--data-dir", default=None)
-def serve(role, host, edge_port, api_port, data_dir):
+def serve(role, host, edge_host, api_host, edge_port, api_port, data_dir):
     """Run one role of the appliance (for systemd units and Nomad jobs)."""
     roles = ("edge", "control") if role == "all" else (role,)
-    _run(_settings(host, edge_port, api_port, data_dir), roles, None)
+    _run(_settings(host, edge_port, api_port, data_dir, edge_host, api_host), roles, None)
 
 
 @main.command(hidden=True)
@@ -143,11 +189,12 @@ def instance():
 
 # -- functions ---------------------------------------------------------------------------
 
-def _parse_env(pairs) -> dict:
+def _parse_env(pairs, option: str = "--env") -> dict:
     env = {}
     for p in pairs:
         if "=" not in p:
-            _fail(f"--env takes NAME=value, got {p!r}")
+            shown = repr(p) if option == "--env" else "a value without '='"
+            _fail(f"{option} takes NAME=value, got {shown}")
         k, _, v = p.partition("=")
         env[k] = v
     return env
@@ -165,9 +212,13 @@ def _parse_env(pairs) -> dict:
 @click.option("--min-instances", type=int)
 @click.option("--keep-alive", "keep_alive_s", type=int, help="Seconds an idle instance is kept.")
 @click.option("--env", "env", multiple=True, help="NAME=value (repeatable).")
+@click.option("--secret", "secret", multiple=True, help="NAME=value, a write-only variable: stored encrypted, "
+              "never shown (repeatable).")
+@click.option("--expose-errors/--no-expose-errors", default=None, help="Show HTTP trigger callers the function's "
+              "error message and stack trace (development) [off].")
 @click.option("--description")
 @click.pass_context
-def deploy(ctx, source, name, env, **opts):
+def deploy(ctx, source, name, env, secret, **opts):
     """Create or update a function from a directory, a zip or one source file."""
     cfg = read_function_json(source)
     triggers = cfg.pop("triggers", [])
@@ -176,6 +227,8 @@ def deploy(ctx, source, name, env, **opts):
     cfg.update({k: v for k, v in opts.items() if v is not None})
     if env:
         cfg["environment"] = {**cfg.get("environment", {}), **_parse_env(env)}
+    if secret:
+        cfg["secrets"] = _parse_env(secret, "--secret")
     api = _client(ctx)
     click.echo(f"Packaging {source} ...", err=True)
     t0 = time.monotonic()
@@ -312,6 +365,52 @@ def trigger_ls(ctx, function):
 def trigger_rm(ctx, method, path):
     t = _client(ctx).remove_trigger(method, path)["deleted"]
     click.echo(f"removed {t['method']} {t['path']}")
+
+
+@main.group()
+def token():
+    """API tokens: who may deploy, invoke or read (admin scope)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--scope", required=True, type=click.Choice(["admin", "deploy", "invoke", "read"]),
+              help="admin: everything; deploy: change functions and triggers, invoke, read; invoke: invoke and "
+                   "read records; read: read only.")
+@click.option("--functions", default=None, help="Limit deploy or invoke to functions matching this glob (shop-*).")
+@click.option("--expires", default=None, help="Lifetime: 3600s, 90m, 12h, 30d, 2w [never].")
+@click.pass_context
+def token_create(ctx, name, scope, functions, expires):
+    """Make a token and print it, once: it cannot be shown again."""
+    out = _client(ctx).create_token(name, scope, functions=functions, expires=expires)
+    click.echo(f"Token {out['name']} (scope {out['scope']}"
+               + (f", functions {out['functions']}" if out.get("functions") else "")
+               + (f", expires {_when(out['expires_at'])}" if out.get("expires_at") else "")
+               + "). It is shown this once; keep it secret:", err=True)
+    click.echo(out["token"])
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts)) if ts else "never"
+
+
+@token.command("ls")
+@click.pass_context
+def token_ls(ctx):
+    """List tokens (never their values)."""
+    click.echo(f"{'NAME':24} {'SCOPE':7} {'FUNCTIONS':16} {'EXPIRES':21} CREATED BY")
+    for t in _client(ctx).list_tokens():
+        click.echo(f"{t['name']:24} {t['scope']:7} {t.get('functions') or '*':16} {_when(t.get('expires_at')):21} "
+                   f"{t.get('created_by') or '-'}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx, name):
+    """Revoke a token: it stops working at once (within a second on other control planes)."""
+    t = _client(ctx).revoke_token(name)
+    click.echo(f"revoked {t['name']}")
 
 
 @main.command()

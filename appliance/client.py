@@ -29,9 +29,11 @@ class ApiError(Exception):
 
 
 class ApplianceClient:
-    def __init__(self, base_url: str = DEFAULT_API, *, timeout_s: float = 960.0):
+    def __init__(self, base_url: str = DEFAULT_API, *, token: str | None = None, timeout_s: float = 960.0):
         self.base = base_url.rstrip("/")
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
         self.timeout_s = timeout_s
 
     def _req(self, method: str, path: str, **kw):
@@ -154,6 +156,79 @@ class ApplianceClient:
 
     def health(self) -> dict:
         return self._req("GET", "/v1/health").json()
+
+    # tokens (admin scope)
+    def create_token(self, name: str, scope: str, *, functions: str | None = None, expires=None) -> dict:
+        body = {"name": name, "scope": scope}
+        if functions:
+            body["functions"] = functions
+        if expires:
+            body["expires"] = expires
+        return self._req("POST", "/v1/tokens", json=body).json()
+
+    def list_tokens(self) -> list[dict]:
+        return self._req("GET", "/v1/tokens").json()["tokens"]
+
+    def revoke_token(self, name: str) -> dict:
+        return self._req("DELETE", f"/v1/tokens/{name}").json()["revoked"]
+
+
+ADMIN_TOKEN_FILE = "admin.token"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def config_path() -> Path:
+    """``$XDG_CONFIG_HOME/faas/config`` (``~/.config/faas/config``): ``KEY = value`` lines,
+    ``api`` and ``token`` (``#`` starts a comment)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "faas" / "config"
+
+
+def read_config(path: Path | None = None) -> dict[str, str]:
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        k, _, v = line.partition("=")
+        out[k.strip().lower()] = v.strip().strip('"').strip("'")
+    return out
+
+
+def local_api(data_dir: str | Path) -> str | None:
+    """The API URL of the appliance running from ``data_dir`` (its ``appliance.json``), if any."""
+    try:
+        return json.loads((Path(data_dir) / "appliance.json").read_text()).get("api_url")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def find_token(api: str, data_dir: str | Path, given: str | None = None) -> tuple[str | None, str]:
+    """(token, where it came from) for calls to ``api``: ``given`` (``--token`` or ``FAAS_TOKEN``),
+    then the data directory's ``admin.token`` (only for an appliance on this machine, so a local
+    admin token is never sent elsewhere), then the config file's ``token``."""
+    if given:
+        return given.strip(), "--token/FAAS_TOKEN"
+    from urllib.parse import urlparse
+
+    path = Path(data_dir) / ADMIN_TOKEN_FILE
+    host = (urlparse(api).hostname or "").lower()
+    if host in LOOPBACK_HOSTS or api.rstrip("/") == (local_api(data_dir) or "").rstrip("/"):
+        try:
+            token = path.read_text().strip()
+            if token:
+                return token, str(path)
+        except OSError:
+            pass
+    token = read_config().get("token")
+    if token:
+        return token, str(config_path())
+    return None, "none"
 
 
 def package(source: str | Path) -> tuple[bytes, str | None]:

@@ -15,14 +15,37 @@ from pathlib import Path
 from appliance.core.errors import ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Settings whose values are credentials: never shown in messages or reprs.
+SECRET_FIELDS = frozenset({"internal_token", "admin_token", "secrets_key", "nomad_token", "consul_token",
+                           "instance_consul_token", "s3_secret_key"})
 
 
 @dataclass(frozen=True)
 class Settings:
     #: local (embedded: processes on this host, SQLite, files) or cluster (Nomad, Consul, S3).
     mode: str = "local"
-    #: Address the edge router and the control-plane API listen on.
+    #: Address the edge router and the control-plane API listen on, unless edge_host / api_host say.
     host: str = "127.0.0.1"
+    #: Address of the edge router (HTTP triggers) alone; empty: host.
+    edge_host: str = ""
+    #: Address of the control-plane API alone; empty: host. Keep it private: exposing the edge
+    #: does not need exposing the API.
+    api_host: str = ""
+    #: Host names the control API answers to (comma-separated; ``*`` for any). Empty: the loopback
+    #: names and the addresses it listens on (DNS rebinding sends a foreign name and is refused).
+    allowed_hosts: str = ""
+    #: The credential edges and control planes use between themselves (the edge's /_/ paths but
+    #: health and readiness). Empty: embedded mode generates <data_dir>/internal.token; cluster mode
+    #: shares one through the metadata store. Set it in cluster mode (Ansible does).
+    internal_token: str = dataclasses.field(default="", repr=False)
+    #: Cluster mode: the admin token's plaintext or ``sha256:<hex>`` of it, seeded into the token
+    #: store at start (embedded mode writes <data_dir>/admin.token instead).
+    admin_token: str = dataclasses.field(default="", repr=False)
+    #: Key of the function secrets' encryption (a Fernet key: 32 url-safe base64 bytes). Empty:
+    #: embedded mode keeps one in <data_dir>/secrets.key; cluster mode must set it to store secrets.
+    secrets_key: str = dataclasses.field(default="", repr=False)
+    #: Seconds a token lookup is cached (a revoked token stops working within this).
+    token_cache_s: float = 1.0
     edge_port: int = 8080
     api_port: int = 8081
     #: Where the embedded mode keeps its databases, code packages, unpacked code and logs.
@@ -146,7 +169,8 @@ class Settings:
 
     def validate(self) -> Settings:
         def bad(name: str, what: str):
-            return ValidationError(f"APPLIANCE_{name.upper()}={getattr(self, name)!r} is invalid: {what}", field=name)
+            shown = "(hidden)" if name in SECRET_FIELDS else repr(getattr(self, name))
+            return ValidationError(f"APPLIANCE_{name.upper()}={shown} is invalid: {what}", field=name)
 
         if self.mode not in ("local", "cluster"):
             raise bad("mode", "use local or cluster")
@@ -198,9 +222,24 @@ class Settings:
                 raise bad(name, "use a positive integer")
         if self.node_asg_name and self.node_launch_template:
             raise bad("node_launch_template", "set either APPLIANCE_NODE_ASG_NAME or APPLIANCE_NODE_LAUNCH_TEMPLATE, not both")
+        if not 0 <= self.token_cache_s <= 60:
+            raise bad("token_cache_s", "use from 0 to 60 seconds")
+        if self.admin_token and len(self.admin_token) < 32:
+            raise bad("admin_token", "use a token of at least 32 characters (faas token create makes them) "
+                      "or sha256:<64 hex digits>")
+        if self.internal_token and len(self.internal_token) < 32:
+            raise bad("internal_token", "use a random string of at least 32 characters")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
         return self
+
+    @property
+    def edge_listen(self) -> str:
+        return self.edge_host or self.host
+
+    @property
+    def api_listen(self) -> str:
+        return self.api_host or self.host
 
     @property
     def data_path(self) -> Path:

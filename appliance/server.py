@@ -44,6 +44,8 @@ class Appliance:
         self.ports: dict[str, int] = {}
         self._stopped = threading.Event()
         self._closed = threading.Event()
+        #: Where the first start wrote the admin token (None when one already existed).
+        self.admin_token_path: Path | None = None
 
     def start(self) -> None:
         raise_open_files_limit()
@@ -54,12 +56,12 @@ class Appliance:
         s = self.settings
         # poll() rather than select(): select() cannot watch descriptors above 1023, and past that
         # many connections waitress's IO thread would die and the server stop answering.
-        common = dict(host=s.host, ident="faas-appliance", connection_limit=2000, backlog=1024, asyncore_use_poll=True,
+        common = dict(host=s.api_listen, ident="faas-appliance", connection_limit=2000, backlog=1024, asyncore_use_poll=True,
                       channel_timeout=max(120, 900 + 30), cleanup_interval=30, clear_untrusted_proxy_headers=True)
         edge = None
         if "edge" in self.roles:
             self._edge_app = create_edge(c, threads=EDGE_THREADS)
-            edge = GranianServer(self._edge_app, s.host, s.edge_port)
+            edge = GranianServer(self._edge_app, s.edge_listen, s.edge_port)
             self.ports["edge"] = edge.effective_port
             self._servers.append(edge)
         if "control" in self.roles:
@@ -68,6 +70,9 @@ class Appliance:
             self.ports["control"] = server.effective_port
             self._servers.append(server)
         c.ports.update(self.ports)
+        if "control" in self.roles:
+            from appliance.wiring import ensure_admin_token
+            self.admin_token_path = ensure_admin_token(c)
         c.install_net_filter()
         for server in self._servers:
             if server is edge:
@@ -78,7 +83,7 @@ class Appliance:
             self._threads.append(t)
         c.start()
         if "edge" in self.ports:
-            addr = s.advertise_addr or (s.host if s.host not in ("0.0.0.0", "::", "") else socket.getfqdn())
+            addr = s.advertise_addr or (s.edge_listen if s.edge_listen not in ("0.0.0.0", "::", "") else socket.getfqdn())
             if c.edge_directory is not None:
                 c.edge_directory.register(f"faas-edge-{s.node_name or socket.gethostname()}-{self.ports['edge']}",
                                           addr, self.ports["edge"])
@@ -86,8 +91,9 @@ class Appliance:
             if c.leadership is not None:
                 c.leadership.start({"edge": c.scaler.edge_id, "url": f"http://{addr}:{self.ports['edge']}"})
         info = {"pid": os.getpid(), "host": s.host, "mode": s.mode,
-                "edge_url": f"http://{s.host}:{self.ports['edge']}" if "edge" in self.ports else None,
-                "api_url": f"http://{s.host}:{self.ports['control']}" if "control" in self.ports else None}
+                "edge_url": f"http://{url_host(s.edge_listen)}:{self.ports['edge']}" if "edge" in self.ports else None,
+                "api_url": f"http://{url_host(s.api_listen)}:{self.ports['control']}" if "control" in self.ports
+                else None}
         path = s.data_path / "appliance.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
@@ -124,6 +130,15 @@ class Appliance:
             threading.Thread(target=self.stop, daemon=True).start()
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+
+def url_host(host: str) -> str:
+    """The address to put in a URL for a listening address: a wildcard is reached on loopback."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def tune_gc() -> None:

@@ -17,12 +17,13 @@ from appliance.cluster.peer_loads import PeerLoads
 from appliance.config import Settings
 from appliance.core import codepkg
 from appliance.core.activator import Activator
-from appliance.core.errors import ApplianceError, ValidationError
+from appliance.core.errors import ApplianceError, Conflict, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
 from appliance.core.leadership import SoleLeader
 from appliance.core.records import RecordStore
 from appliance.core.scaler import PolicyCache, Scaler
+from appliance.core.tokens import TokenStore
 from appliance.instances.aio_client import AsyncInstanceClient
 from appliance.instances.client import InstanceClient
 from appliance.instances.sandbox import UID_BASE, UID_COUNT
@@ -63,6 +64,10 @@ class Components:
     netfilter: object | None = None
     #: What is in force for instances' connections to this host, as /v1/health and faas doctor show it.
     instance_network: str | None = None
+    #: API tokens (in the metadata store, so every control plane sees the same ones).
+    tokens: TokenStore | None = None
+    #: The credential edges and control planes show each other on the edge's internal /_/ paths.
+    internal_token: str = ""
     _closers: list = field(default_factory=list)
 
     def install_net_filter(self) -> None:
@@ -103,6 +108,116 @@ class Components:
                 close()
             except Exception:  # noqa: BLE001 - close everything we can
                 log.exception("event=close_failed")
+
+
+#: Files of the data directory that hold credentials (each 0600).
+ADMIN_TOKEN_FILE = "admin.token"
+INTERNAL_TOKEN_FILE = "internal.token"
+SECRETS_KEY_FILE = "secrets.key"
+INTERNAL_TOKEN_KEY = "internal/credential"
+
+
+def private_dir(path: Path) -> None:
+    """The data directory, readable by its owner alone: it holds the databases and credentials."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def private_file(path: Path, make=None) -> str | None:
+    """Make an existing file 0600 and return its text; or, with ``make``, create it 0600 (never
+    readable by others, not even for a moment) with ``make()``'s content when it is missing."""
+    try:
+        os.chmod(path, 0o600)
+        return path.read_text().strip() if make is not None else None
+    except FileNotFoundError:
+        if make is None:
+            return None
+    value = make()
+    value = value.decode() if isinstance(value, bytes) else value
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def private_db(path: Path) -> None:
+    """A SQLite database and its journal files, 0600 (SQLite gives later journals the database's mode)."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        private_file(p)
+
+
+def new_internal_token() -> str:
+    import secrets
+    return secrets.token_urlsafe(32)
+
+
+def shared_internal_token(meta) -> str:
+    """Cluster mode without APPLIANCE_INTERNAL_TOKEN: one credential for every edge and control
+    plane, made by whichever starts first and kept in the metadata store (Consul KV, readable only
+    with the appliance's own Consul token)."""
+    from appliance.core.errors import RevisionConflict
+
+    for _ in range(3):
+        got = meta.get(INTERNAL_TOKEN_KEY)
+        if got and isinstance(got[0].get("token"), str):
+            return got[0]["token"]
+        try:
+            meta.put(INTERNAL_TOKEN_KEY, {"token": new_internal_token()}, expected_revision=0)
+        except RevisionConflict:
+            continue
+    got = meta.get(INTERNAL_TOKEN_KEY)
+    if not got:
+        raise ValidationError("could not agree on the internal credential through the metadata store; "
+                              "set APPLIANCE_INTERNAL_TOKEN", field="internal_token")
+    return got[0]["token"]
+
+
+def ensure_admin_token(c: Components) -> Path | None:
+    """First start: an admin token when none exists, written to ``<data_dir>/admin.token`` (0600);
+    with APPLIANCE_ADMIN_TOKEN (cluster mode, from Ansible), that token is seeded instead. Only the
+    file's path is ever logged. Returns the file written, if any."""
+    import time as _time
+
+    from appliance.core import tokens
+
+    s = c.settings
+    if s.admin_token:
+        value = s.admin_token
+        sha = value[7:].lower() if value.startswith("sha256:") else tokens.digest(value)
+        if c.tokens.put_hash(tokens.ADMIN_NAME, "admin", sha, created_by="APPLIANCE_ADMIN_TOKEN"):
+            log.info("event=admin_token_seeded source=APPLIANCE_ADMIN_TOKEN token=%s", tokens.ADMIN_NAME)
+        return None
+    path = s.data_path / ADMIN_TOKEN_FILE
+    for _ in range(5):
+        if c.tokens.has_admin(_time.time()):
+            return None
+        name = tokens.ADMIN_NAME
+        existing = {t.name for t in c.tokens.list(fresh=True)}
+        n = 1
+        while name in existing:  # an expired admin token keeps its name until revoked
+            n += 1
+            name = f"{tokens.ADMIN_NAME}-{n}"
+        try:
+            _, secret = c.tokens.create(name, "admin", created_by="first start")
+            break
+        except Conflict:  # another control plane made one at the same moment: use theirs
+            continue
+    else:
+        return None
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.replace(tmp, path)
+    log.info("event=admin_token_created token=%s path=%s", name, path)
+    return path
 
 
 def limits(settings: Settings) -> codepkg.Limits:
@@ -164,11 +279,12 @@ def _build_cluster(settings: Settings) -> Components:
     from appliance.backends.consul_kv import ConsulMetadataStore
     from appliance.backends.consul_leader import ConsulLeaderLock
     from appliance.backends.consul_registry import ConsulRegistry
+    from appliance.backends.fernet_secrets import FernetSecretBox
     from appliance.backends.nomad_scheduler import NomadScheduler
     from appliance.backends.s3_blob import S3BlobStore
 
     data = settings.data_path
-    data.mkdir(parents=True, exist_ok=True)
+    private_dir(data)
     notes: list[str] = []
     blobs = S3BlobStore.from_settings(settings)
     try:
@@ -178,7 +294,9 @@ def _build_cluster(settings: Settings) -> Components:
         log.warning("event=s3_unavailable error=%r", exc.message)
     meta = ConsulMetadataStore(settings.consul_addr, token=settings.consul_token,
                                stale_limit_s=settings.consul_stale_limit_s)
-    store = FunctionStore(meta, blobs, limits(settings), cache_ttl_s=settings.metadata_cache_s)
+    store = FunctionStore(meta, blobs, limits(settings), cache_ttl_s=settings.metadata_cache_s,
+                          secrets=FernetSecretBox(settings.secrets_key or None))
+    internal = settings.internal_token or shared_internal_token(meta)
     registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token,
                               stale_limit_s=settings.consul_stale_limit_s)
     client = InstanceClient()
@@ -192,17 +310,19 @@ def _build_cluster(settings: Settings) -> Components:
         retry_s=settings.nomad_retry_s, edge_id=me)
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    private_db(data / "invocations.sqlite3")
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
                       queue_timeout_s=settings.queue_timeout_s)
     # Several edges: one, elected through a Consul lock, decides from the sum of every edge's load.
     leadership = ConsulLeaderLock(settings.consul_addr, token=settings.consul_token, ttl_s=settings.leader_ttl_s)
-    peers = PeerLoads(edges.edges)
+    peers = PeerLoads(edges.edges, credential=internal)
     scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s,
                     edge_id=me, leadership=leadership, peers=peers)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
-                       edge_directory=edges, leadership=leadership)
+                       edge_directory=edges, leadership=leadership,
+                       tokens=TokenStore(meta, cache_ttl_s=settings.token_cache_s), internal_token=internal)
     # Closed last to first: the lock is released first, so another edge takes over at once.
     comps._closers = [records.close, client.close_all, scheduler.close, registry.close, edges.deregister, peers.close,
                       leadership.close]
@@ -236,8 +356,8 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
     launcher = None
     if reason is None:
         from appliance.instances import cgroups
-        from appliance.instances.zygote_launcher import ZygoteLauncher
         from appliance.instances.netfilter import claim_uid_block
+        from appliance.instances.zygote_launcher import ZygoteLauncher
         cg, cg_reason = cgroups.detect()
         block = claim_uid_block(UID_BASE, UID_COUNT)
         try:
@@ -271,18 +391,22 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
 
 
 def _build_local(settings: Settings) -> Components:
+    from appliance.backends.fernet_secrets import FernetSecretBox
     from appliance.backends.local_blob import LocalBlobStore
     from appliance.backends.local_registry import LocalRegistry
     from appliance.backends.local_scheduler import CodeCache, LocalScheduler
     from appliance.backends.sqlite_meta import SqliteMetadataStore
 
     data = settings.data_path
-    data.mkdir(parents=True, exist_ok=True)
+    private_dir(data)
     lim = limits(settings)
     notes: list[str] = []
     meta = SqliteMetadataStore(data / "metadata.sqlite3")
+    private_db(data / "metadata.sqlite3")
     blobs = LocalBlobStore(data / "packages")
-    store = FunctionStore(meta, blobs, lim, cache_ttl_s=settings.metadata_cache_s)
+    key = settings.secrets_key or private_file(data / SECRETS_KEY_FILE, FernetSecretBox.generate_key)
+    store = FunctionStore(meta, blobs, lim, cache_ttl_s=settings.metadata_cache_s, secrets=FernetSecretBox(key))
+    internal = settings.internal_token or private_file(data / INTERNAL_TOKEN_FILE, new_internal_token)
     registry = LocalRegistry()
     client = InstanceClient()
     launcher = _launcher(settings, data / "logs" / "instances", notes)
@@ -291,6 +415,7 @@ def _build_local(settings: Settings) -> Components:
                                client=client, host="127.0.0.1")
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    private_db(data / "invocations.sqlite3")
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
                       queue_timeout_s=settings.queue_timeout_s)
@@ -300,7 +425,8 @@ def _build_local(settings: Settings) -> Components:
                     edge_id=leadership.holder["edge"], leadership=leadership)
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
-                       leadership=leadership)
+                       leadership=leadership,
+                       tokens=TokenStore(meta, cache_ttl_s=settings.token_cache_s), internal_token=internal)
     comps.seccomp = getattr(launcher, "seccomp", None)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
     block = getattr(launcher, "uid_block", None)

@@ -119,7 +119,9 @@ def start_appliance(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen, 
             proc.kill()
             raise RuntimeError(f"the appliance did not start (status {proc.poll()})")
         time.sleep(0.05)
-    return proc, json.loads(info_path.read_text())
+    info = json.loads(info_path.read_text())
+    info["token"] = (data / "admin.token").read_text().strip()  # the admin token of its first start
+    return proc, info
 
 
 def measure_appliance(sandbox: str, runs: int, work: Path) -> list[float]:
@@ -128,7 +130,7 @@ def measure_appliance(sandbox: str, runs: int, work: Path) -> list[float]:
     from appliance.client import ApplianceClient
     proc, info = start_appliance(work / f"appliance-{sandbox}", {"APPLIANCE_SANDBOX": sandbox})
     try:
-        api = ApplianceClient(info["api_url"])
+        api = ApplianceClient(info["api_url"], token=info["token"])
         out = []
         for i in range(runs):
             name = f"cold-{i}"

@@ -317,7 +317,8 @@ class Appliance(Peer):
         info = json.loads(info_path.read_text())
         host, port = info["edge_url"].rsplit("/", 1)[-1].rsplit(":", 1)
         self.target = httpc.Target(host, int(port), HELLO_PATH)
-        self.api = ApplianceClient(info["api_url"], timeout_s=60)
+        self.api = ApplianceClient(info["api_url"], token=(self.data_dir / "admin.token").read_text().strip(),
+                                   timeout_s=60)
         self.extra["health"] = self._health()
         fn = json.loads((ASSETS.parent.parent / "examples" / "hello" / "function.json").read_text())
         settings = {k: fn[k] for k in ("runtime", "handler", "memory_mb", "timeout_s", "concurrency") if k in fn}

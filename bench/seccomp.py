@@ -35,12 +35,21 @@ HELLO = "def handler(event, context):\n    return 'Hello Serverless'\n"
 def start(work: Path, env: dict):
     data = work / ("seccomp-off" if env.get("FAAS_SANDBOX_SECCOMP") == "0" else "seccomp-on")
     proc, info = start_appliance(data, {"APPLIANCE_REAP_INTERVAL_S": "0.1", **env})
+    TOKENS[info["api_url"]] = info["token"]
     return proc, info["api_url"]
+
+
+#: The admin token of each appliance started, by API URL.
+TOKENS: dict[str, str] = {}
+
+
+def auth(api: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[api]}"}
 
 
 def deploy(api: str, name: str, keep_alive_s: int) -> None:
     from appliance.client import ApplianceClient
-    c = ApplianceClient(api)
+    c = ApplianceClient(api, token=TOKENS[api])
     c.create_function(name=name, keep_alive_s=keep_alive_s)
     c.upload_code(name, HELLO, filename="index.py")
 
@@ -75,7 +84,7 @@ def main() -> None:
     try:
         for label, env in (("on", {}), ("off", {"FAAS_SANDBOX_SECCOMP": "0"})):
             proc, api = start(work, env)
-            health = requests.get(f"{api}/v1/health", timeout=5).json()
+            health = requests.get(f"{api}/v1/health", timeout=5, headers=auth(api)).json()
             print(f"{label}: seccomp {health.get('seccomp')}")
             deploy(api, "cold", 0)
             deploy(api, "warm", 3600)
@@ -87,7 +96,7 @@ def main() -> None:
                 url = f"{side['api']}/v1/functions/cold/invocations"
                 for _ in range(200):      # until the previous instance is reaped
                     time.sleep(0.15)
-                    resp = s.post(url, json={}, timeout=30)
+                    resp = s.post(url, json={}, timeout=30, headers=auth(side["api"]))
                     t = timing(resp)
                     if "cold" in resp.headers["Server-Timing"] and "sandbox" in t:
                         break
@@ -98,7 +107,7 @@ def main() -> None:
         for side in sides.values():      # warm up, and find the warm instance
             before = instance_pids()
             for _ in range(50):
-                s.post(f"{side['api']}/v1/functions/warm/invocations", json={}, timeout=30)
+                s.post(f"{side['api']}/v1/functions/warm/invocations", json={}, timeout=30, headers=auth(side["api"]))
             side["pid"] = max(instance_pids() - before or instance_pids())
         for r in range(args.rounds):
             for label in (("on", "off") if r % 2 == 0 else ("off", "on")):
@@ -106,7 +115,7 @@ def main() -> None:
                 url = f"{side['api']}/v1/functions/warm/invocations"
                 c0, t0 = cpu_ns(side["pid"]), time.perf_counter()
                 for _ in range(args.warm):
-                    s.post(url, json={}, timeout=30)
+                    s.post(url, json={}, timeout=30, headers=auth(side["api"]))
                 dt, dc = time.perf_counter() - t0, cpu_ns(side["pid"]) - c0
                 side["lat"].append(dt / args.warm * 1e6)
                 side["cpu"].append(dc / args.warm / 1000)

@@ -54,6 +54,18 @@ variable "consul_token" {
   description = "Consul ACL token of the appliance (APPLIANCE_CONSUL_TOKEN); empty without Consul ACLs. Stored in the job."
 }
 
+variable "internal_token" {
+  type        = string
+  default     = ""
+  description = "Credential between edges and control planes (APPLIANCE_INTERNAL_TOKEN); empty: one shared through Consul KV. Stored in the job."
+}
+
+variable "secrets_key" {
+  type        = string
+  default     = ""
+  description = "Fernet key of the function secrets (APPLIANCE_SECRETS_KEY), the same for every edge and control plane. Stored in the job."
+}
+
 variable "s3_endpoint" {
   type        = string
   default     = ""
@@ -101,6 +113,8 @@ job "edge-router" {
         APPLIANCE_CONSUL_ADDR  = var.consul_addr
         APPLIANCE_NOMAD_TOKEN  = var.nomad_token
         APPLIANCE_CONSUL_TOKEN = var.consul_token
+        APPLIANCE_INTERNAL_TOKEN = var.internal_token
+        APPLIANCE_SECRETS_KEY = var.secrets_key
         APPLIANCE_S3_ENDPOINT  = var.s3_endpoint
         APPLIANCE_S3_BUCKET    = var.s3_bucket
         APPLIANCE_S3_REGION    = var.s3_region

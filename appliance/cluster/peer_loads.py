@@ -25,10 +25,12 @@ PEER_TIMEOUT_S = 1.0
 
 
 class PeerLoads:
-    def __init__(self, edges: Callable[[], list[str]], *, timeout_s: float = PEER_TIMEOUT_S):
+    def __init__(self, edges: Callable[[], list[str]], *, timeout_s: float = PEER_TIMEOUT_S, credential: str = ""):
         self.edges = edges
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        if credential:  # the edges' /_/concurrency answers only the appliance's own parts
+            self._session.headers["Authorization"] = f"Bearer {credential}"
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="peer-loads")
 
     def _ask(self, url: str) -> EdgeReport:

@@ -8,29 +8,29 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import zipfile
 from pathlib import Path
 
-from flask import Flask, Response, redirect, request, send_from_directory
+from flask import Flask, Response, g, redirect, request, send_from_directory
 
+from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
 from appliance.control.invoke import invoke_response
-from appliance.control.peercred import from_instance
 from appliance.control.records_view import RecordsView, decode_cursor, encode_cursor
 from appliance.control.scaling_view import ScalingView
+from appliance.core import tokens as tokens_mod
 from appliance.core.codepkg import check_entry_name
-from appliance.core.errors import NotFound, Unauthorized, ValidationError
+from appliance.core.errors import NotFound, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
 from appliance.web import install_error_handlers, json_response, request_id
 from appliance.wiring import Components
 
-
-class InstanceForbidden(Unauthorized):
-    code = "Auth.Forbidden"
-    status = 403
-
-
+log = logging.getLogger("appliance.control.audit")
+JSON = "application/json"
+#: What a web page may POST anywhere without the browser asking first: never a body the API reads.
+BROWSER_SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 #: Files the online editor shows: text, at most this size each.
@@ -38,6 +38,7 @@ EDITABLE_MAX_BYTES = 256 << 10
 
 
 def _json_body() -> dict:
+    require_content_type(JSON)
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise ValidationError("the request body must be a JSON object", field="body")
@@ -82,10 +83,11 @@ def attach_views(c: Components) -> None:
     """What the control API shows of every edge: records merged across edges (cluster mode: the
     edges listed in Consul) and the deciding edge's scaling. Built here, where they are read."""
     if c.records_view is None:
-        c.records_view = RecordsView(c.records, c.edge_directory.edges if c.edge_directory is not None else None)
+        c.records_view = RecordsView(c.records, c.edge_directory.edges if c.edge_directory is not None else None,
+                                     credential=c.internal_token)
         c.add_closer(c.records_view.close)
     if c.scaling_view is None:
-        c.scaling_view = ScalingView(c.scaler, c.leadership)
+        c.scaling_view = ScalingView(c.scaler, c.leadership, credential=c.internal_token)
         c.add_closer(c.scaling_view.close)
 
 
@@ -95,6 +97,11 @@ def create_control_app(c: Components) -> Flask:
     install_error_handlers(app)
     store = c.store
     attach_views(c)
+    s = c.settings
+    hosts = allowed_hosts(s.allowed_hosts, [s.api_listen], [s.advertise_addr, s.node_name])
+    guard = Guard(c.tokens, hosts)
+    guard.install(app)
+    need = guard.require
 
     def _after_code_change(name: str) -> None:
         """Pre-warm a new version: unpack and byte-compile now; start min_instances before it
@@ -136,19 +143,38 @@ def create_control_app(c: Components) -> Flask:
                     "started taking traffic; see the function's logs")
         return None
 
-    @app.before_request
-    def refuse_function_instances():
-        """Functions with network access share the host's loopback; they must not drive the platform."""
-        if c.settings.sandbox != "off" and from_instance(request.environ, c.instance_uids):
-            raise InstanceForbidden("the control API does not answer function instances")
-
     @app.get("/v1/health")
     @app.get("/_/health")
     def health():
+        """Public, so a load balancer may probe it; the details only with a token."""
+        if g.get("token") is None:
+            return json_response({"status": "ok", "role": "control"})
         return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes,
                               "edge_port": c.ports.get("edge"), "seccomp": c.seccomp,
                               "instance_network": c.instance_network,
                               "instance_uids": [c.instance_uids.start, c.instance_uids.stop - 1]})
+
+    # -- tokens --------------------------------------------------------------------------
+
+    @app.get("/v1/tokens")
+    def list_tokens():
+        need("admin")
+        return json_response({"tokens": [t.to_api() for t in sorted(c.tokens.list(fresh=True), key=lambda t: t.name)]})
+
+    @app.post("/v1/tokens")
+    def create_token():
+        who = need("admin")
+        name, scope, functions, expires_at = tokens_mod.validate_request(_json_body(), time.time())
+        token, secret = c.tokens.create(name, scope, functions=functions, expires_at=expires_at, created_by=who.name)
+        log.info("event=token_created token=%s scope=%s functions=%s by=%s", name, scope, functions or "*", who.name)
+        return json_response({**token.to_api(), "token": secret}, 201, {"Cache-Control": "no-store"})
+
+    @app.delete("/v1/tokens/<name>")
+    def revoke_token(name: str):
+        who = need("admin")
+        token = c.tokens.revoke(name)
+        log.info("event=token_revoked token=%s by=%s", token.name, who.name)
+        return json_response({"revoked": token.to_api()})
 
     # -- web console (static; it uses the API below) -----------------------------------
 
@@ -165,17 +191,20 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/functions")
     def list_functions():
-        return json_response({"functions": [r.to_api() for r in store.list()]})
+        need("read")
+        return json_response({"functions": [r.to_api() for r in store.list() if guard.visible(r.name)]})
 
     @app.post("/v1/functions")
     def create_function():
         data = _json_body()
+        need("deploy", data.get("name") if isinstance(data.get("name"), str) else "")
         config = FunctionConfig.from_request(data)
         record = store.create(config)
         return json_response(record.to_api(), 201, {"Location": f"/v1/functions/{record.name}"})
 
     @app.get("/v1/functions/<name>")
     def get_function(name: str):
+        need("read", name)
         record = store.get(ensure_name(name), fresh=True)
         out = record.to_api()
         out["triggers"] = [t.to_dict() for t in store.triggers(function=name)]
@@ -192,6 +221,7 @@ def create_control_app(c: Components) -> Flask:
 
     @app.route("/v1/functions/<name>", methods=["PUT", "PATCH"])
     def update_function(name: str):
+        need("deploy", name)
         record = store.update(ensure_name(name), _json_body())
         if record.version:
             _after_code_change(name)
@@ -199,6 +229,7 @@ def create_control_app(c: Components) -> Flask:
 
     @app.delete("/v1/functions/<name>")
     def delete_function(name: str):
+        need("deploy", name)
         record = store.delete(ensure_name(name))
         c.scaler.remove_function(name)
         return json_response({"deleted": record.name})
@@ -207,9 +238,14 @@ def create_control_app(c: Components) -> Flask:
 
     @app.route("/v1/functions/<name>/code", methods=["PUT", "POST"])
     def upload_code(name: str):
+        need("deploy", name)
         name = ensure_name(name)
         filename = request.args.get("filename")
         ctype = (request.mimetype or "").lower()
+        if ctype in BROWSER_SIMPLE_TYPES:
+            raise UnsupportedMediaType(f"Content-Type {ctype} is not a code package: send application/zip, multipart "
+                                       "form data, JSON, or a source file with its own type and ?filename=index.py",
+                                       field="Content-Type")
         if ctype == "multipart/form-data":
             upload = request.files.get("code") or request.files.get("file")
             if upload is None:
@@ -238,6 +274,7 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/functions/<name>/code")
     def download_code(name: str):
+        need("read", name)
         record = store.get(ensure_name(name), fresh=True)
         version = _int_arg("version", record.version)
         if not version:
@@ -250,6 +287,7 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/v1/functions/<name>/files")
     def files(name: str):
         """The text files of a version, for the online editor (binary and large files left out)."""
+        need("read", name)
         record = store.get(ensure_name(name), fresh=True)
         version = _int_arg("version", record.version)
         if not version:
@@ -271,6 +309,7 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/functions/<name>/versions")
     def versions(name: str):
+        need("read", name)
         store.get(ensure_name(name))
         return json_response({"versions": [v.to_dict() for v in store.versions(name)]})
 
@@ -278,10 +317,13 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/functions/<name>/invocations")
     def invoke(name: str):
+        need("invoke", name)
+        require_content_type(JSON)
         return invoke_response(c, ensure_name(name), request.get_data(cache=False))
 
     @app.get("/v1/functions/<name>/invocations")
     def invocations(name: str):
+        need("records", name)
         store.get(ensure_name(name))
         c.records_view.flush(2.0)
         rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
@@ -290,6 +332,7 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/functions/<name>/logs")
     def logs(name: str):
+        need("records", name)
         store.get(ensure_name(name))
         c.records_view.flush(2.0)
         cursor = decode_cursor(request.args.get("after"))
@@ -316,19 +359,25 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/functions/<name>/instances")
     def instances(name: str):
+        need("read", name)
         store.get(ensure_name(name))
         return json_response({"instances": [i.to_api() for i in c.scheduler.instances(name)]})
 
     @app.get("/v1/usage")
     def usage():
+        fn = request.args.get("function") or None
+        need("records", fn)
         c.records_view.flush(2.0)
-        return json_response({"usage": c.records_view.usage(request.args.get("function") or None, since=_since())})
+        rows = c.records_view.usage(fn, since=_since())
+        return json_response({"usage": [u for u in rows if guard.visible(u["function"])]})
 
     # -- triggers ----------------------------------------------------------------------------
 
     @app.get("/v1/triggers")
     def list_triggers():
-        return json_response({"triggers": [t.to_dict() for t in store.triggers(request.args.get("function") or None)]})
+        fn = request.args.get("function") or None
+        need("read", fn)
+        return json_response({"triggers": [t.to_dict() for t in store.triggers(fn) if guard.visible(t.function)]})
 
     @app.post("/v1/triggers")
     def add_trigger():
@@ -337,12 +386,14 @@ def create_control_app(c: Components) -> Flask:
             if not isinstance(data.get(f), str):
                 raise ValidationError(f"{f} is required, for example "
                                       '{"function": "hello", "method": "GET", "path": "/hello/serverless"}', field=f)
+        need("deploy", data["function"])
         t = store.add_trigger(data["function"], data["method"], data["path"], auth=data.get("auth"),
                               cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
 
     @app.post("/v1/functions/<name>/triggers")
     def add_function_trigger(name: str):
+        need("deploy", name)
         data = _json_body()
         t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""),
                               auth=data.get("auth"), cors=data.get("cors"))
@@ -355,22 +406,30 @@ def create_control_app(c: Components) -> Flask:
                                   field="path")
         return method, path
 
+    def _need_for_trigger(action: str, method: str, path: str) -> None:
+        """The caller may ``action`` the function the trigger invokes (404 when there is none)."""
+        need(action)
+        need(action, store.trigger(method, path).function)
+
     @app.post("/v1/triggers/keys")
     def create_trigger_key():
         """A new bearer key or HMAC secret of a trigger; the only answer that ever contains it."""
         data = _json_body()
         method, path = _trigger_args(data)
+        _need_for_trigger("deploy", method, path)
         record, value = store.create_trigger_key(method, path, data.get("name"))
         return json_response({**record, "key": value}, 201)
 
     @app.get("/v1/triggers/keys")
     def list_trigger_keys():
         method, path = _trigger_args(request.args)
+        _need_for_trigger("read", method, path)
         return json_response({"keys": store.trigger_keys(method, path)})
 
     @app.delete("/v1/triggers/keys")
     def revoke_trigger_key():
         method, path = _trigger_args(request.args)
+        _need_for_trigger("deploy", method, path)
         name = request.args.get("name") or ""
         return json_response({"revoked": store.revoke_trigger_key(method, path, name)})
 
@@ -379,6 +438,10 @@ def create_control_app(c: Components) -> Flask:
         method, path = request.args.get("method", ""), request.args.get("path", "")
         if not method or not path:
             raise ValidationError("give the trigger as ?method=GET&path=/hello", field="path")
+        need("deploy")
+        bound = store.find_trigger(method, path)
+        if bound is not None:
+            need("deploy", bound.function)
         t = store.remove_trigger(method, path)
         return json_response({"deleted": t.to_dict()})
 

@@ -53,10 +53,13 @@ class RecordsView:
     """Queries over this process's records and, optionally, other edges' (``edges()`` gives their
     base URLs, this process excluded)."""
 
-    def __init__(self, local: RecordStore | None, edges: Callable[[], list[str]] | None = None):
+    def __init__(self, local: RecordStore | None, edges: Callable[[], list[str]] | None = None, *,
+                 credential: str = ""):
         self.local = local
         self.edges = edges or (lambda: [])
         self._session = requests.Session()
+        if credential:  # the edges' /_/ paths answer only the appliance's own parts
+            self._session.headers["Authorization"] = f"Bearer {credential}"
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="records-fanout")
 
     def flush(self, timeout_s: float = 2.0) -> None:

@@ -27,11 +27,13 @@ LEADER_TIMEOUT_S = 2.0
 
 
 class ScalingView:
-    def __init__(self, scaler, leadership, *, timeout_s: float = LEADER_TIMEOUT_S):
+    def __init__(self, scaler, leadership, *, timeout_s: float = LEADER_TIMEOUT_S, credential: str = ""):
         self.scaler = scaler
         self.leadership = leadership
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        if credential:  # the leader's /_/scaling answers only the appliance's own parts
+            self._session.headers["Authorization"] = f"Bearer {credential}"
 
     def get(self, name: str) -> dict:
         """The decision's fields (see ``ScalingRecord.to_dict``) with ``leader``; ``desired`` is

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from appliance.core import codepkg, trigger_policy
 from appliance.core.errors import Conflict, FunctionNotFound, NotFound, RevisionConflict, ValidationError
 from appliance.core.model import CodeVersion, FunctionConfig, FunctionRecord, Trigger, validate_name
-from appliance.core.ports import BlobStore, MetadataStore
+from appliance.core.ports import BlobStore, MetadataStore, SecretBox
 from appliance.core.triggers import RouteTable, normalise_method, parse_path, route_key
 
 CAS_ATTEMPTS = 20
@@ -45,8 +45,10 @@ class FunctionStore:
     (cluster mode, where another control plane may write) and invalidated by local writes."""
 
     def __init__(self, meta: MetadataStore, blobs: BlobStore, limits: codepkg.Limits, *, cache_ttl_s: float = 1.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, secrets: SecretBox | None = None):
         self.meta = meta
+        #: Seals function secrets before they are stored (None: secrets cannot be stored).
+        self.secrets = secrets
         self.blobs = blobs
         self.limits = limits
         self._ttl = cache_ttl_s
@@ -69,13 +71,31 @@ class FunctionStore:
         for cb in list(self._listeners):
             cb(name)
 
+    # -- stored documents ------------------------------------------------------------------
+
+    def _doc(self, record: FunctionRecord) -> dict:
+        """The record as stored: its secrets sealed, never in the clear."""
+        doc = record.to_doc()
+        if record.config.secrets:
+            if self.secrets is None:
+                raise ValidationError("this appliance has no secrets key, so it cannot store secrets", field="secrets")
+            doc["sealed_secrets"] = self.secrets.seal(record.config.secrets)
+        return doc
+
+    def _record(self, doc: dict, revision: int) -> FunctionRecord:
+        sealed = doc.get("sealed_secrets")
+        values = self.secrets.open(sealed) if sealed and self.secrets is not None else {}
+        if sealed and self.secrets is None:
+            raise ValidationError("the function has secrets but this appliance has no secrets key", field="secrets")
+        return FunctionRecord.from_doc(doc, revision, values)
+
     # -- functions -----------------------------------------------------------------------
 
     def create(self, config: FunctionConfig) -> FunctionRecord:
         now = time.time()
         record = FunctionRecord(config=config, created_at=now, updated_at=now)
         try:
-            self.meta.put(_fkey(config.name), record.to_doc(), expected_revision=0)
+            self.meta.put(_fkey(config.name), self._doc(record), expected_revision=0)
         except RevisionConflict:
             raise Conflict(f"function {config.name!r} already exists; update it with PUT or PATCH "
                            f"/v1/functions/{config.name}", field="name") from None
@@ -96,13 +116,13 @@ class FunctionStore:
             if hit and now - hit[0] < self._ttl:
                 return hit[1]
         got = self.meta.get(_fkey(name))
-        record = FunctionRecord.from_doc(got[0], got[1]) if got else None
+        record = self._record(got[0], got[1]) if got else None
         with self._lock:
             self._records[name] = (now, record)
         return record
 
     def list(self) -> list[FunctionRecord]:
-        return [FunctionRecord.from_doc(doc, rev) for _, doc, rev in self.meta.list("functions/")]
+        return [self._record(doc, rev) for _, doc, rev in self.meta.list("functions/")]
 
     def update(self, name: str, data: dict) -> FunctionRecord:
         for _ in range(CAS_ATTEMPTS):
@@ -111,7 +131,7 @@ class FunctionStore:
             new = FunctionRecord(config=config, version=current.version, digest=current.digest,
                                  created_at=current.created_at, updated_at=time.time())
             try:
-                self.meta.put(_fkey(name), new.to_doc(), expected_revision=current.revision)
+                self.meta.put(_fkey(name), self._doc(new), expected_revision=current.revision)
             except RevisionConflict:
                 continue
             self._changed(name)
@@ -189,7 +209,7 @@ class FunctionStore:
             new = FunctionRecord(config=record.config, version=number, digest=info.digest,
                                  created_at=record.created_at, updated_at=time.time())
             try:
-                self.meta.put(_fkey(name), new.to_doc(), expected_revision=record.revision)
+                self.meta.put(_fkey(name), self._doc(new), expected_revision=record.revision)
                 break
             except RevisionConflict:
                 continue
@@ -241,6 +261,10 @@ class FunctionStore:
         self.meta.delete(_tkey(key))
         for k, _, _ in self.meta.list(_kprefix(key)):
             self.meta.delete(k)
+
+    def find_trigger(self, method: str, path: str) -> Trigger | None:
+        got = self.meta.get(_tkey(route_key(method, path)))
+        return Trigger.from_doc(got[0]) if got else None
 
     def remove_trigger(self, method: str, path: str) -> Trigger:
         key = route_key(method, path)

@@ -29,6 +29,9 @@ CONCURRENCY = (1, 1000)
 MAX_INSTANCES = (1, 1000)
 KEEP_ALIVE_S = (0, 86400)
 ENV_MAX_BYTES = 4096
+SECRETS_MAX_BYTES = 4096
+#: How the API, the CLI and the console show a secret's value; sent back, it keeps the value.
+MASK = "****"
 DESCRIPTION_MAX = 256
 
 
@@ -71,10 +74,15 @@ class FunctionConfig:
     environment: dict[str, str] = field(default_factory=dict)
     description: str = ""
     network: str = "default"
+    #: Variables like ``environment`` whose values are write-only: stored encrypted, never shown.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Show anonymous HTTP trigger callers the function's error message and stack trace
+    #: (development); off, they get only the code and the request id.
+    expose_errors: bool = False
 
     FIELDS = (
         "name", "runtime", "handler", "memory_mb", "timeout_s", "concurrency", "max_instances",
-        "min_instances", "keep_alive_s", "environment", "description", "network",
+        "min_instances", "keep_alive_s", "environment", "description", "network", "secrets", "expose_errors",
     )
 
     @classmethod
@@ -89,6 +97,7 @@ class FunctionConfig:
             )
         merged = dataclasses.asdict(base) if base else {}
         merged.update(data)
+        merged["secrets"] = _merge_secrets(base.secrets if base else {}, data.get("secrets"))
         if name is not None:
             if "name" in data and data["name"] != name:
                 raise ValidationError(
@@ -119,31 +128,16 @@ class FunctionConfig:
                 f"min_instances ({min_instances}) cannot exceed max_instances ({max_instances}); "
                 "lower min_instances or raise max_instances", field="min_instances")
         keep_alive_s = _int_field(d, "keep_alive_s", 90, KEEP_ALIVE_S)
-        env = d.get("environment")
-        env = {} if env is None else env
-        if not isinstance(env, dict):
-            raise ValidationError("environment must be an object of NAME: value strings", field="environment")
-        size = 0
-        for key, value in env.items():
-            if not isinstance(key, str) or not ENV_KEY_RE.match(key):
-                raise ValidationError(
-                    f"environment variable name {key!r} is invalid: use letters, digits and '_', not starting with a digit",
-                    field="environment")
-            if key.upper().startswith(RESERVED_ENV_PREFIXES):
-                raise ValidationError(
-                    f"environment variable {key!r} uses a reserved prefix ({', '.join(RESERVED_ENV_PREFIXES)}); rename it",
-                    field="environment")
-            if not isinstance(value, str):
-                raise ValidationError(f"environment variable {key!r} must be a string, got {value!r}", field="environment")
-            if "\x00" in value:
-                # A process environment cannot hold NUL: every start of the function would fail.
-                raise ValidationError(f"environment variable {key!r} contains a NUL character; remove it",
-                                      field="environment")
-            size += len(key) + len(value)
-        if size > ENV_MAX_BYTES:
-            raise ValidationError(
-                f"environment is {size} bytes; the limit is {ENV_MAX_BYTES}: store large values in the code package",
-                field="environment")
+        env = _variables(d.get("environment"), "environment", ENV_MAX_BYTES)
+        secrets = _variables(d.get("secrets"), "secrets", SECRETS_MAX_BYTES)
+        clash = sorted(set(env) & set(secrets))
+        if clash:
+            raise ValidationError(f"{clash[0]!r} is both an environment variable and a secret; keep one",
+                                  field="secrets")
+        expose_errors = d.get("expose_errors")
+        expose_errors = False if expose_errors is None else expose_errors
+        if not isinstance(expose_errors, bool):
+            raise ValidationError(f"expose_errors must be true or false, got {expose_errors!r}", field="expose_errors")
         # Only a missing value (or null) takes the default: 0, false or [] are mistakes to report.
         description = d.get("description")
         description = "" if description is None else description
@@ -155,14 +149,70 @@ class FunctionConfig:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,
-                   keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network)
+                   keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network,
+                   secrets=dict(secrets), expose_errors=expose_errors)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field but the secrets' values (see :meth:`masked_secrets`); the store seals them apart."""
+        d = dataclasses.asdict(self)
+        d.pop("secrets")
+        return d
+
+    def masked_secrets(self) -> dict[str, str]:
+        return {k: MASK for k in sorted(self.secrets)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> FunctionConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.FIELDS})
+    def from_dict(cls, d: dict, secrets: dict[str, str] | None = None) -> FunctionConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.FIELDS and k != "secrets"}, secrets=dict(secrets or {}))
+
+
+def _variables(value: Any, field_name: str, max_bytes: int) -> dict[str, str]:
+    """Validated NAME: value strings for a process environment (``environment`` or ``secrets``)."""
+    what = "environment variable" if field_name == "environment" else "secret"
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise ValidationError(f"{field_name} must be an object of NAME: value strings", field=field_name)
+    size = 0
+    for key, v in value.items():
+        if not isinstance(key, str) or not ENV_KEY_RE.match(key):
+            raise ValidationError(
+                f"{what} name {key!r} is invalid: use letters, digits and '_', not starting with a digit",
+                field=field_name)
+        if key.upper().startswith(RESERVED_ENV_PREFIXES):
+            raise ValidationError(
+                f"{what} {key!r} uses a reserved prefix ({', '.join(RESERVED_ENV_PREFIXES)}); rename it",
+                field=field_name)
+        if not isinstance(v, str):
+            shown = "a " + type(v).__name__ if field_name == "secrets" else repr(v)
+            raise ValidationError(f"{what} {key!r} must be a string, got {shown}", field=field_name)
+        if "\x00" in v:
+            # A process environment cannot hold NUL: every start of the function would fail.
+            raise ValidationError(f"{what} {key!r} contains a NUL character; remove it", field=field_name)
+        size += len(key) + len(v)
+    if size > max_bytes:
+        raise ValidationError(
+            f"{field_name} is {size} bytes; the limit is {max_bytes}: store large values in the code package",
+            field=field_name)
+    return dict(value)
+
+
+def _merge_secrets(current: dict[str, str], given: Any) -> Any:
+    """An update's secrets: names given are set, a null removes one, and the mask ("****", what a
+    read shows) keeps the current value, so a client can send back what it read."""
+    if given is None:
+        return dict(current)
+    if not isinstance(given, dict):
+        return given  # reported by validation
+    out = dict(current)
+    for key, value in given.items():
+        if value is None:
+            out.pop(key, None)
+        elif value == MASK:
+            if key not in current:
+                raise ValidationError(f"secret {key!r} has no value yet; send its value, not {MASK}", field="secrets")
+        else:
+            out[key] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -196,17 +246,19 @@ class FunctionRecord:
         return self.config.name
 
     def to_doc(self) -> dict:
+        """The stored document, without the secrets (the store adds them sealed)."""
         return {"config": self.config.to_dict(), "version": self.version, "digest": self.digest,
                 "created_at": self.created_at, "updated_at": self.updated_at}
 
     @classmethod
-    def from_doc(cls, doc: dict, revision: int) -> FunctionRecord:
-        return cls(config=FunctionConfig.from_dict(doc["config"]), version=doc.get("version", 0),
+    def from_doc(cls, doc: dict, revision: int, secrets: dict[str, str] | None = None) -> FunctionRecord:
+        return cls(config=FunctionConfig.from_dict(doc["config"], secrets), version=doc.get("version", 0),
                    digest=doc.get("digest"), created_at=doc.get("created_at", 0.0),
                    updated_at=doc.get("updated_at", 0.0), revision=revision)
 
     def to_api(self) -> dict:
         d = self.config.to_dict()
+        d["secrets"] = self.config.masked_secrets()
         d.update(version=self.version, code_sha256=self.digest, created_at=self.created_at,
                  updated_at=self.updated_at)
         return d
@@ -224,7 +276,8 @@ class InstanceSpec:
     memory_mb: int
     timeout_s: int
     concurrency: int
-    environment: dict[str, str]
+    #: The function's environment and secrets together (kept out of reprs and log lines).
+    environment: dict[str, str] = field(repr=False)
     network: str = "default"
     #: True for instances kept for min_instances; schedulers may place them differently.
     reserved: bool = False
@@ -234,7 +287,7 @@ class InstanceSpec:
         c = record.config
         return cls(function=c.name, version=record.version, digest=record.digest or "", runtime=c.runtime,
                    handler=c.handler, memory_mb=c.memory_mb, timeout_s=c.timeout_s, concurrency=c.concurrency,
-                   environment=dict(c.environment), network=c.network, reserved=reserved)
+                   environment={**c.environment, **c.secrets}, network=c.network, reserved=reserved)
 
 
 @dataclass

@@ -87,6 +87,16 @@ class MetadataStore(Protocol):
     def delete(self, key: str, expected_revision: int | None = None) -> None: ...
 
 
+class SecretBox(Protocol):
+    """Encrypts function secrets for the metadata store, with a key kept out of that store."""
+
+    def seal(self, values: dict[str, str]) -> str:
+        """An opaque, authenticated ciphertext of ``values``."""
+
+    def open(self, sealed: str) -> dict[str, str]:
+        """The values back; raises ApplianceError when the key is missing or not the one that sealed them."""
+
+
 # The instance protocol (runtimes/README.md): what the core needs to say to an instance and what it
 # may hear back. ``appliance.instances.client`` speaks it over HTTP/1.1; the errors are split by what
 # they mean for a retry.

@@ -4,16 +4,26 @@
 :mod:`.trigger_path` (one path for every trigger request, cold or warm: match, build the event,
 invoke, map the answer) in front of the edge's Flask app, which serves the platform paths under
 ``/_/`` (health, readiness, stats, this edge's concurrency and records).
+
+Only health and readiness are public. The other platform paths show every function's load and
+printed output, so they answer only the appliance's own parts (control planes, other edges),
+which show the internal credential; function instances never hold it.
 """
 
 from __future__ import annotations
 
+import hmac
+
 from flask import Flask, request
 
 from appliance.core.errors import ValidationError
+from appliance.core.tokens import AuthRequired
 from appliance.edge.trigger_path import EdgeApp
 from appliance.web import install_error_handlers, json_response
 from appliance.wiring import Components
+
+#: The edge's platform paths anyone may call.
+PUBLIC_PATHS = frozenset({"/_/health", "/_/ready"})
 
 
 def create_edge(c: Components, *, threads: int) -> EdgeApp:
@@ -27,6 +37,22 @@ def create_edge_app(c: Components) -> Flask:
     app = Flask("appliance.edge")
     app.config["MAX_CONTENT_LENGTH"] = c.settings.max_event_bytes
     install_error_handlers(app)
+    credential = f"Bearer {c.internal_token}".encode()
+
+    @app.before_request
+    def internal_only():
+        if request.path in PUBLIC_PATHS:
+            return None
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not c.internal_token or not hmac.compare_digest(given, credential):
+            raise AuthRequired("this platform path answers only the appliance's own control planes and edges")
+        return None
+
+    @app.after_request
+    def challenge(resp):
+        if resp.status_code == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="faas-internal"'
+        return resp
 
     @app.get("/_/health")
     def health():

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from appliance.core.errors import FunctionError
+from appliance.core.errors import ApplianceError, FunctionError
 from appliance.edge.request import RawRequest
 
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
@@ -148,3 +148,29 @@ def to_http_response(result) -> HttpResponse:
                             result.get("isBase64Encoded") else "application/octet-stream"))
         return HttpResponse(status, headers, data)
     return HttpResponse(200, [("Content-Type", "application/json")], json.dumps(result).encode())
+
+
+#: Failures whose message the platform writes (a timeout, the memory limit): shown, without the
+#: runtime's detail; every other message comes from the function's code.
+PLATFORM_WORDED = frozenset({"Function.Timeout", "Function.OutOfMemory"})
+
+
+class RedactedFunctionError(ApplianceError):
+    """What an anonymous HTTP trigger caller learns of a function's failure: the code and, in the
+    answer, the request id; the message and stack trace (which may hold host paths, data or
+    secrets) stay in the invocation record and logs, where authorised users read them."""
+
+    def __init__(self, error: FunctionError):
+        super().__init__(error.message if error.code in PLATFORM_WORDED else
+                         "the function failed; its invocation record and logs have the details of this request id")
+        self.code = error.code
+        self.status = error.status
+        self.retry_after = error.retry_after
+
+
+def public_error(exc: BaseException, *, expose: bool) -> BaseException:
+    """The error as an HTTP trigger shows it: a function's own failure redacted unless the
+    function sets ``expose_errors`` (development); the platform's errors as they are."""
+    if expose or not isinstance(exc, FunctionError):
+        return exc
+    return RedactedFunctionError(exc)

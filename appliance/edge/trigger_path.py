@@ -46,7 +46,7 @@ from appliance.core.errors import (
     to_response_body,
 )
 from appliance.core.invoker import encode_event
-from appliance.edge.events import build_event, to_http_response
+from appliance.edge.events import build_event, public_error, to_http_response
 from appliance.edge.request import RawRequest, client_ip
 from appliance.edge.trigger_auth import TriggerGuard
 from appliance.web import REQUEST_ID_RE
@@ -149,17 +149,20 @@ def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | Non
     return status, headers, dumps_compact(payload)
 
 
-def trigger_answer(method: str, rid: str, outcome, *, cors: bool = False) -> tuple[int, list, bytes]:
+def trigger_answer(method: str, rid: str, outcome, *, cors: bool = False,
+                   expose_errors: bool = False) -> tuple[int, list, bytes]:
     """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules. With ``cors``
     the function's own Access-Control-* headers are dropped: the trigger's CORS settings answer
-    for it, as API Gateway ignores an integration's CORS headers when CORS is configured."""
+    for it, as API Gateway ignores an integration's CORS headers when CORS is configured. A
+    function's failure shows its message and stack trace only when the function sets
+    ``expose_errors``."""
     timing = outcome.server_timing()
     if outcome.error is not None:
-        return error_answer(outcome.error, rid, timing=timing)
+        return error_answer(public_error(outcome.error, expose=expose_errors), rid, timing=timing)
     try:
         mapped = to_http_response(outcome.result)
     except ApplianceError as exc:
-        return error_answer(exc, rid, timing=timing)
+        return error_answer(public_error(exc, expose=expose_errors), rid, timing=timing)
     headers = [("x-request-id", rid), ("server-timing", timing)]
     for k, v in mapped.headers:
         lower = k.lower()
@@ -231,7 +234,8 @@ class EdgeApp:
             event = trigger_event(req, match, rid, authorizer)
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn)
-            answer = trigger_answer(method, rid, outcome, cors=cors is not None)
+            answer = trigger_answer(method, rid, outcome, cors=cors is not None,
+                                    expose_errors=fn.config.expose_errors)
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
         if cors is not None:

@@ -9,7 +9,7 @@ import time
 
 import requests
 from helpers import moto_s3, package, wait_until  # noqa: F401 - moto_s3 is a fixture
-from test_end_to_end import cluster_env
+from test_end_to_end import ADMIN_TOKEN, cluster_env
 from test_records_merge import control_and_two_edges, stop
 
 from appliance.client import ApplianceClient
@@ -42,13 +42,13 @@ def test_the_elected_edge_scales_on_the_sum_of_both_edges_and_hands_over_when_it
         control, edge1, edge2 = control_and_two_edges(tmp_path, env, procs, consul_double)
         logs = {edge1["edge_url"]: tmp_path / "e1" / "edge.log", edge2["edge_url"]: tmp_path / "e2" / "edge.log"}
 
-        api = ApplianceClient(control["api_url"])
+        api = ApplianceClient(control["api_url"], token=ADMIN_TOKEN)
         api.create_function(name="gated", concurrency=1, max_instances=10, keep_alive_s=2, timeout_s=120)
         api.upload_code("gated", package(GATED))
         api.add_trigger("gated", "GET", "/gated")
 
         def scaling() -> dict:
-            return requests.get(f"{control['api_url']}/v1/functions/gated", timeout=10).json()["scaling"]
+            return api.get_function("gated")["scaling"]
 
         leader = wait_until(lambda: scaling()["leader"], 30, "an edge to lead")
         assert leader["url"] in logs

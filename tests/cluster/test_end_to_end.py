@@ -10,6 +10,11 @@ from helpers import job_vars, moto_s3, wait_until  # noqa: F401 - moto_s3 is a f
 from tests.integration.conftest import start_appliance, stop_appliance
 
 FAIL_AT_IMPORT = "import os\nos._exit(3)\n"
+#: The credentials Ansible generates per environment and gives every edge and control plane.
+ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijklmnopqrstuvwxyz"
+INTERNAL_TOKEN = "test-internal-token-0123456789abcdefghijklmnopqrstuvwxyz"
+SECRETS_KEY = "dGVzdC1zZWNyZXRzLWtleS0wMTIzNDU2Nzg5YWJjZGU="
+INTERNAL = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
 
 
 def cluster_env(consul_double, nomad_double, moto_s3, tmp_path) -> dict:
@@ -29,6 +34,9 @@ def cluster_env(consul_double, nomad_double, moto_s3, tmp_path) -> dict:
         "APPLIANCE_QUEUE_TIMEOUT_S": "25",
         "APPLIANCE_REAP_INTERVAL_S": "0.2",
         "APPLIANCE_METADATA_CACHE_S": "0.2",
+        "APPLIANCE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "APPLIANCE_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "APPLIANCE_SECRETS_KEY": SECRETS_KEY,
     }
     return env
 
@@ -165,7 +173,7 @@ def test_two_appliances_share_one_cluster(consul_double, nomad_double, moto_s3, 
         assert a.get("/shared").text == "Hello Serverless"
         started = last_record(a, "shared")
         assert started["cold"] is True
-        wait_until(lambda: b.get("/_/stats").json()["functions"].get("shared", {}).get("instances") == 1, 15,
+        wait_until(lambda: b.get("/_/stats", headers=INTERNAL).json()["functions"].get("shared", {}).get("instances") == 1, 15,
                    "edge b to adopt the instance edge a started")
         assert b.get("/shared").text == "Hello Serverless"
         seen = last_record(b, "shared")

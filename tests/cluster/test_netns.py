@@ -158,7 +158,7 @@ def test_edge_and_two_hosts_in_separate_network_namespaces(namespaces, tmp_path)
             from helpers import package
 
             from appliance.client import ApplianceClient
-            api = ApplianceClient(info["api_url"])
+            api = ApplianceClient(info["api_url"], token=(data / "admin.token").read_text().strip())
             answers = {}
             for name in ("first", "second", "third"):  # two from the pool (one per host), one dispatched
                 api.create_function(name=name)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 from helpers import moto_s3, package, wait_until  # noqa: F401 - moto_s3 is a fixture
-from test_end_to_end import cluster_env
+from test_end_to_end import ADMIN_TOKEN, cluster_env
 
 from appliance.client import ApplianceClient
 
@@ -58,7 +58,7 @@ def test_the_control_plane_merges_the_records_of_every_edge(consul_double, nomad
         control, edge1, edge2 = control_and_two_edges(tmp_path, env, procs, consul_double)
         assert control["edge_url"] is None and edge1["api_url"] is None
 
-        api = ApplianceClient(control["api_url"])
+        api = ApplianceClient(control["api_url"], token=ADMIN_TOKEN)
         api.create_function(name="merged", keep_alive_s=600)
         api.upload_code("merged", package(PRINTS))
         api.add_trigger("merged", "GET", "/merged")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -31,6 +30,17 @@ class Running:
     api_url: str
     api: ApplianceClient
     log_path: Path
+    #: The admin token the appliance wrote at its first start.
+    token: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def http(self) -> requests.Session:
+        """A requests session that sends the admin token (``r.http.get(url)`` as ``requests.get(url)``)."""
+        return self.api.session
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -46,7 +56,7 @@ class Running:
         return name
 
     def instances(self, name: str) -> list[dict]:
-        return requests.get(f"{self.api_url}/v1/functions/{name}/instances", timeout=5).json()["instances"]
+        return self.http.get(f"{self.api_url}/v1/functions/{name}/instances", timeout=5).json()["instances"]
 
     def get(self, path: str, **kw) -> requests.Response:
         return requests.get(self.edge + path, timeout=kw.pop("timeout", 30), **kw)
@@ -80,9 +90,11 @@ def start_appliance(tmp: Path, env: dict[str, str] | None = None, example: str |
         return info_path.exists() and json.loads(info_path.read_text())
 
     info = wait_for(ready, 30, message="the appliance to listen")
-    api = ApplianceClient(info["api_url"])
+    token = ((data / "admin.token").read_text().strip() if (data / "admin.token").exists()
+             else full_env.get("APPLIANCE_ADMIN_TOKEN", ""))  # cluster mode: seeded, as Ansible does
+    api = ApplianceClient(info["api_url"], token=token or None)
     return Running(proc=proc, data_dir=data, edge=info["edge_url"], api_url=info["api_url"], api=api,
-                   log_path=log_path)
+                   log_path=log_path, token=token)
 
 
 def stop_appliance(r: Running) -> None:

@@ -2,7 +2,6 @@
 
 import threading
 
-import requests
 
 from .conftest import wait_for
 
@@ -10,11 +9,11 @@ SLEEPY = "import time\ndef handler(event, context):\n    time.sleep(event.get('s
 
 
 def invoke(r, name, event=None):
-    return requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=60)
+    return r.http.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=60)
 
 
 def scaling(r, name):
-    return requests.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["scaling"]
+    return r.http.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["scaling"]
 
 
 def test_ramp_up_then_scale_in_under_traffic_then_to_zero(make_appliance):

@@ -11,8 +11,8 @@ from .conftest import REPO
 
 
 def faas(r, *args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "appliance", "--api", r.api_url, *args], cwd=str(REPO),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "appliance", "--api", r.api_url, "--token", r.token, *args],
+                          cwd=str(REPO), capture_output=True, text=True, timeout=60)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -90,8 +90,8 @@ def test_logs_follow_prints_new_invocations_as_they_happen(appliance, tmp_path):
     faas(appliance, "invoke", "followed", "--data", '{"n": 1}')
     out = tmp_path / "follow.out"
     with open(out, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "appliance", "--api", appliance.api_url, "logs", "followed",
-                                 "--follow"], cwd=str(REPO), stdout=sink, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "--api", appliance.api_url, "--token",
+                                 appliance.token, "logs", "followed", "--follow"], cwd=str(REPO), stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: "seen 1" in out.read_text(), 20, message="the earlier invocation")
         faas(appliance, "invoke", "followed", "--data", '{"n": 2}')

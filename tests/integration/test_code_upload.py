@@ -6,7 +6,6 @@ import stat
 import zipfile
 
 import pytest
-import requests
 
 from .conftest import make_zip
 
@@ -15,7 +14,7 @@ V2 = "def handler(event, context):\n    return 'v2'\n"
 
 
 def put_code(r, name, **kw):
-    return requests.put(f"{r.api_url}/v1/functions/{name}/code", timeout=30, **kw)
+    return r.http.put(f"{r.api_url}/v1/functions/{name}/code", timeout=30, **kw)
 
 
 @pytest.fixture
@@ -39,9 +38,9 @@ def test_a_new_upload_is_a_new_version_and_takes_the_traffic(appliance, fn):
     resp = put_code(appliance, fn, data=make_zip({"index.py": V2}), headers={"Content-Type": "application/zip"})
     assert resp.json()["version"]["version"] == 2
     assert appliance.api.invoke(fn) == "v2"
-    versions = requests.get(f"{appliance.api_url}/v1/functions/{fn}/versions", timeout=5).json()["versions"]
+    versions = appliance.http.get(f"{appliance.api_url}/v1/functions/{fn}/versions", timeout=5).json()["versions"]
     assert [v["version"] for v in versions] == [1, 2]
-    old = requests.get(f"{appliance.api_url}/v1/functions/{fn}/code", params={"version": 1}, timeout=5)
+    old = appliance.http.get(f"{appliance.api_url}/v1/functions/{fn}/code", params={"version": 1}, timeout=5)
     assert zipfile.ZipFile(io.BytesIO(old.content)).read("index.py").decode() == V1
 
 
@@ -120,9 +119,9 @@ def test_deleting_a_function_removes_its_triggers_and_stops_its_instances(applia
     assert appliance.get("/doomed").text == "Hello Serverless"
     assert len(appliance.instances(name)) == 1
     pid_before = appliance.instances(name)[0]["id"]
-    assert requests.delete(f"{appliance.api_url}/v1/functions/{name}", timeout=10).status_code == 200
+    assert appliance.http.delete(f"{appliance.api_url}/v1/functions/{name}", timeout=10).status_code == 200
     resp = appliance.get("/doomed")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "Trigger.NotFound"
-    assert requests.get(f"{appliance.api_url}/v1/triggers", params={"function": name}, timeout=5).json()["triggers"] == []
+    assert appliance.http.get(f"{appliance.api_url}/v1/triggers", params={"function": name}, timeout=5).json()["triggers"] == []
     wait_for(lambda: f"event=instance_exit instance={pid_before} " in appliance.log(), 10,
              message="the instance to exit")

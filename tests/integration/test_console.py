@@ -18,6 +18,10 @@ def page(appliance, tmp_path_factory):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         pg = browser.new_page()
         pg.set_default_timeout(30_000)
+        pg.goto(appliance.api_url + "/console/")
+        pg.fill("#login input[name=token]", appliance.token)  # kept in the tab's sessionStorage
+        pg.click("#login button[type=submit]")
+        pg.wait_for_selector("#create")
         yield pg
         pg.screenshot(path=str(tmp_path_factory.mktemp("console") / "last.png"), full_page=True)
         browser.close()
@@ -60,7 +64,7 @@ def test_api_errors_are_shown_with_the_field_to_fix(appliance, page):
 
 def test_usage_page_lists_invocations_and_gb_seconds(appliance, page):
     fn = appliance.deploy()
-    requests.post(f"{appliance.api_url}/v1/functions/{fn}/invocations", json={}, timeout=30)
+    appliance.http.post(f"{appliance.api_url}/v1/functions/{fn}/invocations", json={}, timeout=30)
     page.goto(appliance.api_url + "/console/#/usage")
     row = page.wait_for_selector(f"#usage tbody tr:has-text('{fn}')")
     assert row.text_content().startswith(fn)
@@ -68,6 +72,6 @@ def test_usage_page_lists_invocations_and_gb_seconds(appliance, page):
 
 def test_the_online_editor_reads_the_files_of_a_version(appliance):
     name = appliance.deploy({"index.py": "x = 1\n", "lib/util.py": "y = 2\n", "blob.bin": b"\xff\xfe\x00"})
-    files = requests.get(f"{appliance.api_url}/v1/functions/{name}/files", timeout=10).json()
+    files = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/files", timeout=10).json()
     assert files["files"] == {"index.py": "x = 1\n", "lib/util.py": "y = 2\n"}
     assert files["omitted"] == ["blob.bin"]

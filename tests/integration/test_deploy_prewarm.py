@@ -1,12 +1,11 @@
 """Deploying a new version warms it up before it takes traffic."""
 
-import requests
 
 from .conftest import make_zip, wait_for
 
 
 def invoke(r, name):
-    return requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json={}, timeout=30)
+    return r.http.post(f"{r.api_url}/v1/functions/{name}/invocations", json={}, timeout=30)
 
 
 def test_a_new_version_with_min_instances_is_ready_when_the_upload_returns(appliance):
@@ -22,5 +21,5 @@ def test_a_new_version_with_min_instances_is_ready_when_the_upload_returns(appli
 
 def test_a_new_version_without_min_instances_is_unpacked_and_compiled_before_it_is_published(appliance):
     name = appliance.deploy()
-    digest = requests.get(f"{appliance.api_url}/v1/functions/{name}", timeout=5).json()["code_sha256"]
+    digest = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}", timeout=5).json()["code_sha256"]
     assert (appliance.data_dir / "code" / digest / "__pycache__" / "index.cpython-311.pyc").exists()

@@ -36,7 +36,7 @@ def _deployed(r):
 
 def _triggers(r):
     try:
-        return requests.get(f"{r.api_url}/v1/triggers", timeout=5).json()["triggers"]
+        return r.http.get(f"{r.api_url}/v1/triggers", timeout=5).json()["triggers"]
     except requests.RequestException:
         return []
 

@@ -3,13 +3,12 @@
 import threading
 
 import pytest
-import requests
 
 from .conftest import HELLO, wait_for
 
 
 def invoke(r, name, event=None, timeout=30):
-    return requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=timeout)
+    return r.http.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=timeout)
 
 
 @pytest.mark.parametrize("files, handler, error_type", [

@@ -1,11 +1,10 @@
 """The /v1/functions REST API: CRUD, validation, not found, conflicts."""
 
 import pytest
-import requests
 
 
 def call(r, method, path, **kw):
-    return requests.request(method, r.api_url + path, timeout=10, **kw)
+    return r.http.request(method, r.api_url + path, timeout=10, **kw)
 
 
 def test_create_get_list_update_delete(appliance):

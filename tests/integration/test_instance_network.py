@@ -12,7 +12,6 @@ import socket
 import subprocess
 
 import pytest
-import requests
 
 from tests.waiting import wait_for
 
@@ -85,7 +84,7 @@ def listeners():
 
 
 def filtered(appliance) -> str:
-    status = requests.get(f"{appliance.api_url}/v1/health", timeout=10).json()["instance_network"]
+    status = appliance.http.get(f"{appliance.api_url}/v1/health", timeout=10).json()["instance_network"]
     assert status.startswith("filtered"), status
     return status
 
@@ -114,9 +113,9 @@ def test_instances_cannot_reach_host_services_but_can_call_a_trigger(appliance, 
     assert target
 
 
-@pytest.mark.xfail(strict=True, reason="the edge's /_/ platform paths need the internal credential instances never "
-                                       "hold; the port itself stays reachable, as the trigger port it is")
 def test_instances_cannot_read_the_edges_platform_paths(appliance):
+    """The edge's port is reachable (it is the trigger port), but its /_/ platform paths need the
+    internal credential, which instances never hold."""
     filtered(appliance)
     probe = appliance.deploy({"index.py": PROBE}, name="net-probe-internal", timeout_s=20)
     got = appliance.api.invoke(probe, {"url": f"{appliance.edge}/_/invocations"})
@@ -138,7 +137,7 @@ def test_without_nft_the_appliance_says_so_or_refuses_to_start(make_appliance, t
         pytest.skip("nft is on the restricted PATH too")
     path = {"PATH": "/usr/bin:/bin"}   # Debian installs nft in /usr/sbin
     r = make_appliance(env={**path, "APPLIANCE_INSTANCE_NET_FILTER": "auto"})
-    health = requests.get(f"{r.api_url}/v1/health", timeout=10).json()
+    health = r.http.get(f"{r.api_url}/v1/health", timeout=10).json()
     assert health["instance_network"].startswith("unfiltered") and "nft" in health["instance_network"], health
     assert health["instance_network"] in health["notes"]
     from .test_cli import faas

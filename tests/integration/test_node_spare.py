@@ -17,9 +17,8 @@ import tempfile
 
 import psutil
 import pytest
-import requests
 
-from .conftest import make_zip, wait_for
+from .conftest import wait_for
 
 PROBE = r'''
 const fs = require('fs');
@@ -52,7 +51,7 @@ def deploy_node(r, files=None, **config) -> str:
 
 
 def invoke(r, name, event=None):
-    resp = requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=60)
+    resp = r.http.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=60)
     assert resp.status_code == 200, resp.text
     return resp
 
@@ -137,7 +136,7 @@ def test_a_second_cold_start_after_scale_to_zero_is_a_specialised_spare(applianc
     assert me["uid"] == 1000 and me["pid"] == 1 and me["cwd"] == "/var/task"
     assert me["data"] == "read by a relative path"
     assert "--max-old-space-size=128" in me["execArgv"]
-    health = requests.get(f"{appliance.api_url}/v1/functions/{name}/instances", timeout=5).json()
+    health = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/instances", timeout=5).json()
     assert health["instances"][0]["id"] == iid
 
 
@@ -187,7 +186,7 @@ def test_a_spares_code_is_read_only_and_its_own(appliance, spare_probe):
 def test_a_spare_cannot_read_another_functions_code(appliance, spare_probe):
     other = deploy_node(appliance, {"index.js": "exports.handler = async () => 'other-function-secret';\n"})
     assert invoke(appliance, other).json() == "other-function-secret"
-    digest = requests.get(f"{appliance.api_url}/v1/functions/{other}", timeout=5).json()["code_sha256"]
+    digest = appliance.http.get(f"{appliance.api_url}/v1/functions/{other}", timeout=5).json()["code_sha256"]
     host_copy = appliance.data_dir / "code" / digest / "index.js"
     assert "other-function-secret" in host_copy.read_text()
     got = call(appliance, spare_probe, "read", str(host_copy))

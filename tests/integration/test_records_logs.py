@@ -3,7 +3,6 @@
 import math
 import time
 
-import requests
 
 PRINTS = ("import sys\ndef handler(event, context):\n    print('hello from', event.get('who'))\n"
           "    print('to stderr', file=sys.stderr)\n    context.log('via context')\n"
@@ -13,8 +12,8 @@ PRINTS = ("import sys\ndef handler(event, context):\n    print('hello from', eve
 def test_every_invocation_is_recorded_with_its_cost_and_output(appliance):
     name = appliance.deploy({"index.py": PRINTS}, memory_mb=256)
     t0 = time.time()
-    r1 = requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"who": "one"}, timeout=30)
-    r2 = requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"who": "two", "fail": True},
+    r1 = appliance.http.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"who": "one"}, timeout=30)
+    r2 = appliance.http.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"who": "two", "fail": True},
                        timeout=30)
     assert r1.status_code == 200 and r2.status_code == 502
     recs = {r["request_id"]: r for r in appliance.api.invocations(name)}
@@ -32,22 +31,22 @@ def test_every_invocation_is_recorded_with_its_cost_and_output(appliance):
 def test_invocation_filters(appliance):
     name = appliance.deploy({"index.py": PRINTS})
     for i in range(4):
-        requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"fail": i % 2 == 1}, timeout=30)
+        appliance.http.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"fail": i % 2 == 1}, timeout=30)
     assert len(appliance.api.invocations(name, limit=2)) == 2
     assert {r["status"] for r in appliance.api.invocations(name, status="error")} == {"error"}
     assert len(appliance.api.invocations(name, status="error")) == 2
     assert appliance.api.invocations(name, since=time.time() + 60) == []
     assert len(appliance.api.invocations(name, since=-300)) == 4  # negative: seconds ago
     for params, field in (({"since": "yesterday"}, "since"), ({"limit": 0}, "limit"), ({"limit": "x"}, "limit")):
-        resp = requests.get(f"{appliance.api_url}/v1/functions/{name}/invocations", params=params, timeout=5)
+        resp = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/invocations", params=params, timeout=5)
         assert resp.status_code == 400 and resp.json()["error"]["field"] == field, resp.text
-    resp = requests.get(f"{appliance.api_url}/v1/functions/{name}/invocations", params={"status": "meh"}, timeout=5)
+    resp = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/invocations", params={"status": "meh"}, timeout=5)
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "status"
 
 
 def test_logs_show_each_invocation_with_its_lines(appliance):
     name = appliance.deploy({"index.py": PRINTS})
-    rid = requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"who": "log"},
+    rid = appliance.http.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"who": "log"},
                         timeout=30).headers["X-Request-Id"]
     lines = [x["line"] for x in appliance.api.logs(name)["lines"]]
     assert lines[0].startswith(f"START RequestId: {rid}") and "Cold: no-instance" in lines[0]
@@ -58,7 +57,7 @@ def test_logs_show_each_invocation_with_its_lines(appliance):
 def test_usage_adds_up_invocations_and_gb_seconds(appliance):
     name = appliance.deploy({"index.py": PRINTS}, memory_mb=512)
     for _ in range(3):
-        requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={}, timeout=30)
+        appliance.http.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={}, timeout=30)
     usage = {u["function"]: u for u in appliance.api.usage()}[name]
     recs = appliance.api.invocations(name)
     assert usage["invocations"] == 3 and usage["cold_starts"] == 1 and usage["errors"] == 0

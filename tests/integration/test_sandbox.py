@@ -15,9 +15,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import requests
 
-from .conftest import REPO, make_zip, start_appliance, stop_appliance, wait_for
+from .conftest import REPO, start_appliance, stop_appliance, wait_for
 
 PROBE = r'''
 import json, os, socket
@@ -141,7 +140,7 @@ def ctypes_personality():
 
 
 def invoke(r, name, event=None, timeout=60):
-    return requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=timeout)
+    return r.http.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=timeout)
 
 
 def call(r, name, op, arg=None):
@@ -169,11 +168,11 @@ def probe(appliance):
 
 
 def _health(r):
-    return requests.get(f"{r.api_url}/v1/health", timeout=5).json()
+    return r.http.get(f"{r.api_url}/v1/health", timeout=5).json()
 
 
 def _digest(r, name):
-    return requests.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["code_sha256"]
+    return r.http.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["code_sha256"]
 
 
 def test_the_appliance_runs_sandboxed_and_says_so(appliance, probe):
@@ -208,7 +207,8 @@ def test_ordinary_work_passes_the_seccomp_filter(appliance, probe):
     assert health["seccomp"].startswith("active"), health
     import subprocess
     import sys
-    doctor = subprocess.run([sys.executable, "-m", "appliance", "--api", appliance.api_url, "doctor"], cwd=str(REPO),
+    doctor = subprocess.run([sys.executable, "-m", "appliance", "--api", appliance.api_url, "--token", appliance.token,
+                             "doctor"], cwd=str(REPO),
                             capture_output=True, text=True, timeout=60).stdout
     assert "[ok] instance seccomp filter: active" in doctor, doctor
 
@@ -352,7 +352,7 @@ def test_network_none_cannot_connect_to_a_host_listener(appliance, probe):
 def test_functions_cannot_use_the_control_api_to_read_other_functions_code(appliance, probe):
     other = appliance.deploy({"index.py": "SECRET = 'api-secret'\ndef handler(e, c):\n    return SECRET\n"})
     url = f"{appliance.api_url}/v1/functions/{other}/code"
-    assert requests.get(url, timeout=5).status_code == 200   # the API serves the code to the host...
+    assert appliance.http.get(url, timeout=5).status_code == 200   # the API serves the code to a token holder...
     # ...and a function cannot even connect to it: the instances' packet filter refuses the connection.
     for path in (url, f"{appliance.api_url}/v1/functions"):
         resp = invoke(appliance, probe, {"op": "http", "arg": path})
@@ -386,7 +386,7 @@ def test_a_fork_bomb_is_stopped_and_others_keep_serving(appliance):
     assert len(_sandbox_processes(appliance)) == out["forked"]
     assert invoke(appliance, hello).json() == "Hello Serverless"
     # The sleepers die with the instance (they live in its pid namespace).
-    requests.delete(f"{appliance.api_url}/v1/functions/{bomb}", timeout=10)
+    appliance.http.delete(f"{appliance.api_url}/v1/functions/{bomb}", timeout=10)
     wait_for(lambda: not _sandbox_processes(appliance), 20, message="the bomb's processes to be gone")
 
 

@@ -13,7 +13,7 @@ SLEEPY = "import time\ndef handler(event, context):\n    time.sleep(event.get('s
 
 
 def invoke(r, name, event=None):
-    return requests.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=60)
+    return r.http.post(f"{r.api_url}/v1/functions/{name}/invocations", json=event or {}, timeout=60)
 
 
 def run_parallel(n, fn):
@@ -102,7 +102,7 @@ def _inflight(r, name):
 
 
 def _scaling(r, name):
-    return requests.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["scaling"]
+    return r.http.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["scaling"]
 
 
 def test_idle_instances_are_reclaimed_and_the_next_call_is_a_cold_start(appliance):

@@ -100,13 +100,13 @@ def test_unknown_routes_are_404_and_wrong_methods_405(routes):
 
 
 def test_conflicting_and_invalid_triggers_are_refused(routes):
-    resp = requests.post(routes.api_url + "/v1/triggers", json={"function": "proxy", "method": "GET",
+    resp = routes.http.post(routes.api_url + "/v1/triggers", json={"function": "proxy", "method": "GET",
                                                                  "path": "/kind/{other}"}, timeout=10)
     assert resp.status_code == 409 and "/kind/{kind}" in resp.json()["error"]["message"]
-    resp = requests.post(routes.api_url + "/v1/triggers", json={"function": "proxy", "method": "GET",
+    resp = routes.http.post(routes.api_url + "/v1/triggers", json={"function": "proxy", "method": "GET",
                                                                  "path": "/v1/x"}, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "path"
-    resp = requests.post(routes.api_url + "/v1/triggers", json={"function": "ghost", "method": "GET", "path": "/g"},
+    resp = routes.http.post(routes.api_url + "/v1/triggers", json={"function": "ghost", "method": "GET", "path": "/g"},
                          timeout=10)
     assert resp.status_code == 404
 
@@ -119,9 +119,10 @@ def test_removing_a_trigger_unbinds_the_route(routes):
 
 
 def test_direct_invoke_returns_the_result_as_json(routes):
-    resp = requests.post(routes.api_url + "/v1/functions/echo/invocations", json={"k": "v"}, timeout=10)
+    resp = routes.http.post(routes.api_url + "/v1/functions/echo/invocations", json={"k": "v"}, timeout=10)
     assert resp.status_code == 200 and resp.json()["event"] == {"k": "v"}
-    resp = requests.post(routes.api_url + "/v1/functions/echo/invocations", data="{bad", timeout=10)
+    resp = routes.http.post(routes.api_url + "/v1/functions/echo/invocations", data="{bad", timeout=10,
+                            headers={"Content-Type": "application/json"})
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "body"
 
 

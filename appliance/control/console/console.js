@@ -1,6 +1,13 @@
 // The web console: a thin client of the control-plane REST API (/v1). No build step, no
 // dependencies: everything it shows or changes goes through the same API the CLI uses.
+// It logs in with an API token kept in this tab's sessionStorage (gone when the tab closes) and
+// sent as a Bearer header: no cookie, so no other page can make the browser use it.
 "use strict";
+
+const TOKEN_KEY = "faas.token";
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+class AuthNeeded extends Error {}
 
 const view = document.getElementById("view");
 const statusEl = document.getElementById("status");
@@ -12,8 +19,14 @@ function say(text, isError) {
   statusEl.className = isError ? "error" : "";
 }
 
+function authHeaders(headers) {
+  const out = Object.assign({}, headers || {});
+  if (token()) out["Authorization"] = `Bearer ${token()}`;
+  return out;
+}
+
 async function api(method, path, body, headers) {
-  const opts = {method, headers: headers || {}};
+  const opts = {method, headers: authHeaders(headers), credentials: "omit"};
   if (body !== undefined) {
     if (body instanceof Blob || body instanceof ArrayBuffer) {
       opts.body = body;
@@ -26,6 +39,10 @@ async function api(method, path, body, headers) {
   const text = await resp.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (e) { data = text; }
+  if (resp.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    throw new AuthNeeded((data && data.error && data.error.message) || "log in with a token");
+  }
   if (!resp.ok) {
     const err = (data && data.error) || {code: "Http.Error", message: text};
     const where = err.field ? ` (field: ${err.field})` : "";
@@ -177,11 +194,18 @@ async function showFunction(name) {
   const form = view.querySelector("#settings");
   for (const k of [...NUMERIC, "handler"]) form.elements[k].value = fn[k];
   form.elements.environment.value = JSON.stringify(fn.environment);
+  // Secrets are write-only: the API shows "****", and "****" sent back keeps the stored value.
+  form.elements.secrets.value = JSON.stringify(fn.secrets || {});
+  form.elements.expose_errors.checked = !!fn.expose_errors;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const cfg = formValues(form, NUMERIC);
     try {
       cfg.environment = cfg.environment ? JSON.parse(cfg.environment) : {};
+      const secrets = cfg.secrets ? JSON.parse(cfg.secrets) : {};
+      for (const k of Object.keys(fn.secrets || {})) if (!(k in secrets)) secrets[k] = null;  // removed here
+      cfg.secrets = secrets;
+      cfg.expose_errors = form.elements.expose_errors.checked;
       await api("PATCH", `/v1/functions/${name}`, cfg);
       say("Settings saved");
       showFunction(name);
@@ -217,7 +241,7 @@ async function showFunction(name) {
     try { event = JSON.parse(view.querySelector("#event").value || "{}"); }
     catch (e) { say(`The event is not valid JSON: ${e.message}`, true); return; }
     const resp = await fetch(`/v1/functions/${name}/invocations`, {method: "POST", body: JSON.stringify(event),
-      headers: {"Content-Type": "application/json"}});
+      headers: authHeaders({"Content-Type": "application/json"}), credentials: "omit"});
     const text = await resp.text();
     const timing = parseServerTiming(resp.headers.get("Server-Timing"));
     out.textContent = `HTTP ${resp.status} · request ${resp.headers.get("X-Request-Id")} · ` +
@@ -247,15 +271,37 @@ async function loadInvocations(name) {
   view.querySelector("#logs").textContent = logs.data.lines.map(l => l.line).join("\n");
 }
 
+function showLogin(message) {
+  mount("t-login");
+  document.getElementById("nav-logout").hidden = true;
+  if (message) say(message, true);
+  view.querySelector("#login").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, ev.target.elements.token.value.trim());
+    ev.target.elements.token.value = "";
+    await route();
+  });
+}
+
 async function route() {
   say("");
+  if (!token()) { showLogin(); return; }
+  document.getElementById("nav-logout").hidden = false;
   const hash = location.hash || "#/";
   try {
     if (hash.startsWith("#/functions/")) await showFunction(decodeURIComponent(hash.slice(12)));
     else if (hash === "#/usage") await showUsage();
     else await showFunctions();
-  } catch (e) { say(e.message, true); }
+  } catch (e) {
+    if (e instanceof AuthNeeded) showLogin(e.message); else say(e.message, true);
+  }
 }
+
+document.getElementById("nav-logout").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  sessionStorage.removeItem(TOKEN_KEY);
+  showLogin();
+});
 
 window.addEventListener("hashchange", route);
 route();
