@@ -184,8 +184,20 @@ def test_service_jobs_carry_the_appliance_settings(tmp_path, nomad):
     s3 = ['s3_bucket = "code"', 's3_endpoint = "http://minio.internal:9000"', 's3_region = "eu-west-1"']
     python = 'python = "/opt/faas-appliance/venv/bin/python"'
     tokens = ['consul_token = "c-tok"', 'nomad_token = "n-tok"']
-    assert control == [tokens[0], tokens[1], python, *s3]
-    assert edge == [tokens[0], "http_port = 8088", tokens[1], python, *s3]
+    # The appliance's own credentials (made per environment by the role): the admin token only as
+    # its hash, the internal credential and the secrets key as such; never printed by the role.
+    creds = {line.split(" = ")[0]: line.split(" = ")[1].strip('"') for line in control
+             if line.split(" = ")[0] in ("admin_token", "internal_token", "secrets_key")}
+    assert sorted(creds) == ["admin_token", "internal_token", "secrets_key"]
+    assert creds["admin_token"].startswith("sha256:") and len(creds["admin_token"]) == 7 + 64
+    assert len(creds["internal_token"]) >= 32 and len(creds["secrets_key"]) >= 32
+    assert [line for line in edge if line.startswith(("internal_token", "secrets_key"))] == \
+        [f'internal_token = "{creds["internal_token"]}"', f'secrets_key = "{creds["secrets_key"]}"']
+    assert creds["internal_token"] not in proc.stdout and creds["secrets_key"] not in proc.stdout
+    rest = [line for line in control if line.split(" = ")[0] not in creds]
+    assert rest == [tokens[0], tokens[1], python, *s3]
+    assert [line for line in edge if not line.startswith(("internal_token", "secrets_key"))] == \
+        [tokens[0], "http_port = 8088", tokens[1], python, *s3]
 
 
 @pytest.mark.parametrize("settings, token", [

@@ -342,7 +342,7 @@ def test_users_and_directories_exist(first_run, debian_root):
         assert entry is not None, f"user {user} missing"
         assert entry[6] == shell
         assert int(entry[2]) < 1000, f"{user} should be a system user"
-    assert owner_mode(debian_root, "/var/lib/faas-appliance") == ("faas", "faas", "0o750")
+    assert owner_mode(debian_root, "/var/lib/faas-appliance") == ("faas", "faas", "0o700")  # keys and tokens
     assert owner_mode(debian_root, "/etc/faas-appliance") == ("root", "faas", "0o755")
     assert owner_mode(debian_root, "/opt/consul") == ("consul", "consul", "0o750")
     assert owner_mode(debian_root, "/etc/nomad.d") == ("root", "root", "0o700")
