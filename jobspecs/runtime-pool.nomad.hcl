@@ -104,6 +104,15 @@ job "runtime-pool" {
       pool_service_suffix = "python3-11"
     }
 
+    # No deployments for the pool (forced updates, Nomad's documented meaning of max_parallel = 0).
+    # Nomad gives every service job a default update strategy, so each scale would open a
+    # deployment; specialised instances fail their "free" check by design, so it would never turn
+    # healthy, and until its 10-minute progress deadline Nomad refuses every further scale with
+    # 400 "job scaling blocked due to active deployment" (nomad/job_endpoint.go Job.Scale).
+    update {
+      max_parallel = 0
+    }
+
     network {
       port "http" {}
     }
@@ -183,6 +192,11 @@ job "runtime-pool" {
     meta {
       runtime             = "nodejs20"
       pool_service_suffix = "nodejs20"
+    }
+
+    # No deployments: see the python3.11 group.
+    update {
+      max_parallel = 0
     }
 
     network {

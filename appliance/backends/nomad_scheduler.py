@@ -63,6 +63,8 @@ POOL_SERVICE_PREFIX = "faas-pool-"
 #: Nomad 500 bodies that mean "try again" rather than "your request is wrong".
 TRANSIENT_500 = ("No cluster leader", "rpc error", "i/o timeout", "connection refused", "EOF",
                  "leadership lost", "Raft", "timed out")
+#: Nomad's answer (400) to a scale while the job has an active deployment (nomad/job_endpoint.go Job.Scale).
+DEPLOYMENT_BLOCKED = "job scaling blocked due to active deployment"
 #: How many pool entries one start tries to claim before it falls back to dispatch.
 CLAIM_TRIES = 3
 #: Job meta key of a memory-sized copy of function-instance: the JobModifyIndex it was copied from.
@@ -574,11 +576,20 @@ class NomadScheduler:
                          and (e["Service"].get("Meta") or {}).get("instance_id") in claimed)
             want = in_use + self.pool_target_free
             if want != g["Desired"]:
-                self._call(f"scale {self.pool_job}/{group}", lambda: self._session_request(
-                    "POST", f"/v1/job/{self.pool_job}/scale",
-                    json_body={"Count": want, "Target": {"Group": group},
-                               "Message": f"pool top-up: {len(free)} free, {in_use} specialised, "
-                                          f"target {self.pool_target_free} free"}))
+                try:
+                    self._call(f"scale {self.pool_job}/{group}", lambda: self._session_request(
+                        "POST", f"/v1/job/{self.pool_job}/scale",
+                        json_body={"Count": want, "Target": {"Group": group},
+                                   "Message": f"pool top-up: {len(free)} free, {in_use} specialised, "
+                                              f"target {self.pool_target_free} free"}))
+                except PlacementFailed as exc:
+                    if DEPLOYMENT_BLOCKED not in str(exc):
+                        raise
+                    # The job as registered has deployments (no `update { max_parallel = 0 }` in
+                    # its groups): Nomad refuses every scale until the deployment ends.
+                    log.warning("event=pool_scale_blocked group=%s reason=%r hint=%r", group, DEPLOYMENT_BLOCKED,
+                                "register runtime-pool with update { max_parallel = 0 } in each group")
+                    continue
                 log.info("event=pool_scaled group=%s from=%d to=%d free=%d specialised=%d",
                          group, g["Desired"], want, len(free), in_use)
                 scaled[group] = want

@@ -35,8 +35,9 @@ class Cluster:
         reg = ConsulRegistry(self.consul.url, removal_grace_s=0.2)
         self.registries.append(reg)
         kw.setdefault("nomad_addr", self.nomad_url)
+        kw.setdefault("jobspecs_dir", "jobspecs")
         s = NomadScheduler(consul_addr=self.consul.url, registry=reg, blobs=self.blobs, client=self.client,
-                           jobspecs_dir="jobspecs", job_vars=self.vars, pool_refill_s=0, retry_s=2.0,
+                           job_vars=self.vars, pool_refill_s=0, retry_s=2.0,
                            maintain=False, **kw)
         self.schedulers.append(s)
         return s
@@ -300,6 +301,40 @@ def test_pool_top_up_scales_the_runtime_group(make_cluster, consul_double, nomad
     assert s.refill_pool() == {"python3.11": 2}
     pool_ready(consul_double, 1)
     assert s.refill_pool() == {}  # one free again: nothing to do
+    # A second top-up right after the first: the pool groups open no deployment (update
+    # max_parallel = 0), so Nomad does not refuse it.
+    s.start(c.deploy(function="other"), time.monotonic() + 30)
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty again")
+    assert s.refill_pool() == {"python3.11": 3}
+    assert requests.get(f"{nomad_double.url}/v1/job/runtime-pool/deployment", timeout=5).json() is None
+
+
+def test_pool_groups_with_deployments_block_the_second_top_up(make_cluster, consul_double, nomad_double, tmp_path):
+    """What the update block prevents: a pool job with Nomad's default update strategy opens a
+    deployment on every scale; specialised instances fail their pool check, so it never turns
+    healthy, and Nomad refuses the next scale. The top-up pass logs it and scales nothing."""
+    specs = tmp_path / "jobspecs"
+    specs.mkdir()
+    for f in ("function-instance.nomad.hcl", "runtime-pool.nomad.hcl"):
+        text = open(f"jobspecs/{f}").read()
+        # Nomad's default strategy, with a progress deadline long enough for the doubles' scaled time.
+        (specs / f).write_text(text.replace("max_parallel = 0", 'max_parallel = 1\n      healthy_deadline = "50m"'
+                                                                '\n      progress_deadline = "1h"'))
+    c = make_cluster(python_count=1)
+    s = c.scheduler(jobspecs_dir=str(specs))
+    s.ensure_jobs()
+    pool_ready(consul_double, 1)
+    s.start(c.deploy(), time.monotonic() + 30)
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty")
+    assert s.refill_pool() == {"python3.11": 2}   # the registration's deployment was over: allowed
+    pool_ready(consul_double, 1)
+    # The scale's deployment includes the specialised instance, whose pool check fails: it stays running.
+    assert requests.get(f"{nomad_double.url}/v1/job/runtime-pool/deployment", timeout=5).json()["Status"] == "running"
+    s.start(c.deploy(function="other"), time.monotonic() + 30)
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty again")
+    assert s.refill_pool() == {}
+    status = requests.get(f"{nomad_double.url}/v1/job/runtime-pool/scale", timeout=5).json()
+    assert status["TaskGroups"]["python3.11"]["Desired"] == 2
 
 
 def test_pool_instances_that_never_pass_do_not_make_top_up_grow_the_group(make_cluster, consul_double, nomad_double):

@@ -112,6 +112,51 @@ def _reschedule_default(job_type: str) -> dict:
             "MaxDelay": 0, "Unlimited": False}
 
 
+def _update_default() -> dict:
+    """api.DefaultUpdateStrategy (api/jobs.go; nomad/structs/structs.go DefaultUpdateStrategy)."""
+    return {"Stagger": 30 * NS, "MaxParallel": 1, "HealthCheck": "checks", "MinHealthyTime": 10 * NS,
+            "HealthyDeadline": 300 * NS, "ProgressDeadline": 600 * NS, "AutoRevert": False,
+            "AutoPromote": False, "Canary": 0}
+
+
+_UPDATE_ZERO = {"Stagger": 0, "MaxParallel": 0, "HealthCheck": "", "MinHealthyTime": 0, "HealthyDeadline": 0,
+                "ProgressDeadline": 0, "AutoRevert": False, "AutoPromote": False, "Canary": 0}
+
+
+def _canon_update(job: dict) -> None:
+    """Update strategies as the server stores them.
+
+    api/jobs.go Job.Canonicalize gives service and system jobs DefaultUpdateStrategy when they have
+    no ``update`` block; api/tasks.go TaskGroup.Canonicalize merges the job's block into each group's
+    (a group's own fields win, so ``update { max_parallel = 0 }`` in a group empties it there).
+    command/agent/job_endpoint.go ApiJobToStructJob then keeps only Stagger and MaxParallel at the job
+    level (and only when MaxParallel > 0): the rest lives in the groups."""
+    ju = job.get("Update")
+    if ju is not None:
+        ju = {**_update_default(), **{k: v for k, v in ju.items() if v is not None}}
+    elif job["Type"] in ("service", "system"):
+        ju = _update_default()
+    for tg in job.get("TaskGroups") or []:
+        tu = tg.get("Update")
+        if ju is not None and tu is not None:
+            tg["Update"] = {**ju, **{k: v for k, v in tu.items() if v is not None}}
+        elif ju is not None and ju.get("MaxParallel"):
+            tg["Update"] = dict(ju)
+        elif tu is not None:
+            tg["Update"] = {**_update_default(), **{k: v for k, v in tu.items() if v is not None}}
+        else:
+            tg["Update"] = None
+    zero = dict(_UPDATE_ZERO)
+    if ju is not None and ju.get("MaxParallel", 0) > 0:
+        zero.update(Stagger=ju["Stagger"], MaxParallel=ju["MaxParallel"])
+    job["Update"] = zero
+
+
+def update_is_empty(u: dict | None) -> bool:
+    """nomad/structs/structs.go UpdateStrategy.IsEmpty: MaxParallel 0 means no deployments."""
+    return not u or not u.get("MaxParallel")
+
+
 def canonicalize(job: dict) -> dict:
     job = copy.deepcopy(job)
     job.setdefault("Name", job.get("ID"))
@@ -134,6 +179,7 @@ def canonicalize(job: dict) -> dict:
         pj["Payload"] = pj.get("Payload") or "optional"
         pj["MetaRequired"] = pj.get("MetaRequired") or []
         pj["MetaOptional"] = pj.get("MetaOptional") or []
+    _canon_update(job)
     for tg in job.get("TaskGroups") or []:
         if tg.get("Count") is None:
             tg["Count"] = 1
@@ -223,6 +269,21 @@ def validate(job: dict) -> list[str]:
                             f'{"less than minimum" if mn is not None and tg["Count"] < mn else "greater than maximum"} count in scaling policy')
         if not tg.get("Tasks"):
             errs.append(f"Task group {gname} validation failed: Missing tasks for task group")
+        u = tg.get("Update")
+        if u is not None:
+            pre = f"Task group {gname} validation failed: "
+            if jt not in ("service", "system"):
+                errs.append(pre + f'Job type "{jt}" does not allow update block')
+            if u["HealthCheck"] not in ("checks", "task_states", "manual"):
+                errs.append(pre + f'Invalid health check given: "{u["HealthCheck"]}"')
+            if u["MaxParallel"] < 0:
+                errs.append(pre + f'Max parallel can not be less than zero: {u["MaxParallel"]} < 0')
+            if u["HealthyDeadline"] <= 0:
+                errs.append(pre + "Healthy deadline must be greater than zero")
+            if u["MinHealthyTime"] >= u["HealthyDeadline"]:
+                errs.append(pre + "Minimum healthy time must be less than healthy deadline")
+            if u["ProgressDeadline"] and u["HealthyDeadline"] >= u["ProgressDeadline"]:
+                errs.append(pre + "Healthy deadline must be less than progress deadline")
         labels = {p["Label"] for n in tg.get("Networks") or [] for p in n["DynamicPorts"] + n["ReservedPorts"]}
         services = list(tg.get("Services") or [])
         for task in tg.get("Tasks") or []:
@@ -344,6 +405,9 @@ class _Alloc:
         self.not_before = 0.0
         self.lost = False
         self.dir = ""
+        self.deployment_id = ""
+        self.deployment_status = None   # {"Healthy": bool|None, ...} while part of a deployment
+        self.healthy_since = 0.0        # monotonic time its checks started passing (deployments)
 
     @property
     def terminal(self) -> bool:
@@ -366,7 +430,8 @@ class _Alloc:
             "DesiredDescription": self.desired_description, "ClientStatus": self.client_status,
             "ClientDescription": self.client_description,
             "DesiredTransition": {"Migrate": self.migrate or None},
-            "TaskStates": copy.deepcopy(self.task_states), "DeploymentStatus": None,
+            "TaskStates": copy.deepcopy(self.task_states),
+            "DeploymentID": self.deployment_id, "DeploymentStatus": copy.deepcopy(self.deployment_status),
             "FollowupEvalID": "", "NextAllocation": self.next_allocation,
             "PreviousAllocation": self.previous_allocation,
             "RescheduleTracker": {"Events": copy.deepcopy(self.reschedule_events)} if self.reschedule_events else None,
@@ -434,6 +499,8 @@ class NomadDouble(BlockingQueries):
         self.allocs: dict[str, _Alloc] = {}
         self._by_job: dict[str, list[_Alloc]] = {}  # job ID -> its allocations, oldest first
         self.evals: dict[str, dict] = {}
+        self.deployments: dict[str, dict] = {}   # ID -> deployment (nomad/structs Deployment)
+        self.deployments_index = self.index
         self.jobs_index = self.index
         self.job_alloc_index: dict[str, int] = {}
         self.allocs_index = self.index
@@ -576,6 +643,142 @@ class NomadDouble(BlockingQueries):
                 return ev
         return None
 
+    # ------------------------------------------------------------------ deployments
+    def _latest_deployment(self, job_id: str) -> dict | None:
+        ds = [d for d in self.deployments.values() if d["JobID"] == job_id]
+        return max(ds, key=lambda d: d["CreateIndex"]) if ds else None
+
+    @staticmethod
+    def deployment_active(d: dict | None) -> bool:
+        """nomad/structs/structs.go Deployment.Active."""
+        return d is not None and d["Status"] in ("running", "paused", "pending", "blocked", "unblocking",
+                                                 "initializing")
+
+    def _set_deployment_status(self, d: dict, status: str, why: str) -> None:
+        d["Status"], d["StatusDescription"] = status, why
+        d["ModifyIndex"] = self._bump()
+        d["ModifyTime"] = _now_ns()
+        self.deployments_index = d["ModifyIndex"]
+
+    def _new_deployment(self, job: dict) -> dict | None:
+        """A deployment for this version of a service job (scheduler/reconciler/reconcile_cluster.go
+        createDeployment): made when a group with a non-empty update strategy (MaxParallel > 0) wants
+        allocations and the job's spec or count changed. An older active one is cancelled
+        (nomad/deploymentwatcher: "Cancelled due to newer version of job")."""
+        if job["Type"] not in ("service",) or job.get("ParameterizedJob") or job["Stop"]:
+            return None
+        groups = {tg["Name"]: tg for tg in job["TaskGroups"]
+                  if not update_is_empty(tg.get("Update")) and tg["Count"] > 0}
+        if not groups:
+            return None
+        old = self._latest_deployment(job["ID"])
+        if self.deployment_active(old):
+            self._set_deployment_status(old, "cancelled", "Cancelled due to newer version of job")
+        idx = self._bump()
+        now = time.monotonic()
+        d = {"ID": str(uuid.uuid4()), "Namespace": "default", "JobID": job["ID"], "JobVersion": job["Version"],
+             "JobModifyIndex": job["JobModifyIndex"], "JobSpecModifyIndex": job["JobModifyIndex"],
+             "JobCreateIndex": job["CreateIndex"], "IsMultiregion": False, "TaskGroups": {},
+             "Status": "running", "StatusDescription": "Deployment is running", "EvalPriority": job["Priority"],
+             "CreateIndex": idx, "ModifyIndex": idx, "CreateTime": _now_ns(), "ModifyTime": _now_ns()}
+        for name, tg in groups.items():
+            u = tg["Update"]
+            d["TaskGroups"][name] = {
+                "AutoRevert": u["AutoRevert"], "AutoPromote": u["AutoPromote"],
+                "ProgressDeadline": u["ProgressDeadline"], "RequireProgressBy": ZERO_TIME, "Promoted": False,
+                "PlacedCanaries": None, "DesiredCanaries": u["Canary"], "DesiredTotal": tg["Count"],
+                "PlacedAllocs": 0, "HealthyAllocs": 0, "UnhealthyAllocs": 0,
+                "_progress_by": now + u["ProgressDeadline"] / 1e9 * self.delay_scale if u["ProgressDeadline"] else 0}
+        self.deployments[d["ID"]] = d
+        self.deployments_index = idx
+        for a in self._by_job.get(job["ID"], []):   # in-place updated allocations join it
+            if a.gen == job["_gen"] and a.desired_status == "run" and not a.terminal and a.group["Name"] in groups:
+                self._join_deployment(a, d)
+        return d
+
+    def _join_deployment(self, a: _Alloc, d: dict) -> None:
+        a.deployment_id = d["ID"]
+        a.deployment_status = {"Healthy": None, "Timestamp": ZERO_TIME, "Canary": False, "ModifyIndex": 0}
+        a.healthy_since = 0.0
+
+    def _alloc_checks_passing(self, a: _Alloc) -> bool:
+        """Every Consul check Nomad registered for the allocation passes (health_check = "checks")."""
+        consul = self.consul
+        if consul is None or isinstance(consul, str):
+            return True   # not observable here: taken as passing once the tasks run
+        ids = [c["CheckID"] for sid, (body, _n) in self._svc_desired.items()
+               if sid.startswith(f"_nomad-task-{a.id}-") for c in body["Checks"]]
+        return all(consul.checks.get(cid) is not None and consul.checks[cid].status == "passing" for cid in ids)
+
+    def _deployment_step(self) -> None:
+        """The deployment watcher (nomad/deploymentwatcher, client/allochealth): an allocation is
+        healthy once it runs and its checks pass for MinHealthyTime; a group is done when
+        HealthyAllocs reaches DesiredTotal; no new healthy allocation before RequireProgressBy
+        (ProgressDeadline after the last progress) fails the deployment. Times are scaled by
+        ``delay_scale`` like the restart delays."""
+        now = time.monotonic()
+        for d in list(self.deployments.values()):
+            if d["Status"] != "running":
+                continue
+            job = self.jobs.get(d["JobID"])
+            if job is None or job["Stop"]:
+                self._set_deployment_status(d, "cancelled", "Cancelled because job is stopped")
+                continue
+            changed = False
+            for name, st in d["TaskGroups"].items():
+                tg = next((g for g in job["TaskGroups"] if g["Name"] == name), None)
+                u = (tg or {}).get("Update") or _update_default()
+                mine = [a for a in self._by_job.get(job["ID"], []) if a.group["Name"] == name
+                        and a.desired_status == "run" and a.gen == job["_gen"]]
+                for a in mine:
+                    if a.deployment_id != d["ID"]:
+                        self._join_deployment(a, d)
+                    if a.deployment_status["Healthy"] is not None:
+                        continue
+                    if a.client_status == "failed":
+                        a.deployment_status.update(Healthy=False, Timestamp=_rfc3339())
+                        st["UnhealthyAllocs"] += 1
+                        changed = True
+                        continue
+                    ok = a.client_status == "running" and (u["HealthCheck"] != "checks" or self._alloc_checks_passing(a))
+                    if not ok:
+                        a.healthy_since = 0.0
+                        continue
+                    a.healthy_since = a.healthy_since or now
+                    if now - a.healthy_since >= u["MinHealthyTime"] / 1e9 * self.delay_scale:
+                        a.deployment_status.update(Healthy=True, Timestamp=_rfc3339())
+                        st["HealthyAllocs"] += 1
+                        if st["ProgressDeadline"]:
+                            st["_progress_by"] = now + st["ProgressDeadline"] / 1e9 * self.delay_scale
+                            st["RequireProgressBy"] = _rfc3339(time.time() + st["ProgressDeadline"] / 1e9 * self.delay_scale)
+                        changed = True
+                st["PlacedAllocs"] = len(mine)
+            if changed:
+                self._touch_deployment(d)
+            groups = d["TaskGroups"].values()
+            if any(st["UnhealthyAllocs"] for st in groups):
+                self._set_deployment_status(d, "failed", "Failed due to unhealthy allocations")
+            elif all(st["HealthyAllocs"] >= st["DesiredTotal"] for st in groups):
+                self._set_deployment_status(d, "successful", "Deployment completed successfully")
+            elif any(st["_progress_by"] and now > st["_progress_by"] for st in groups):
+                self._set_deployment_status(d, "failed", "Failed due to progress deadline")
+
+    def _touch_deployment(self, d: dict) -> None:
+        d["ModifyIndex"] = self._bump()
+        self.deployments_index = d["ModifyIndex"]
+        for a in self._by_job.get(d["JobID"], []):
+            if a.deployment_id == d["ID"] and a.deployment_status is not None and not a.deployment_status["ModifyIndex"]:
+                a.deployment_status["ModifyIndex"] = d["ModifyIndex"]
+
+    @staticmethod
+    def deployment_view(d: dict | None) -> dict | None:
+        if d is None:
+            return None
+        v = copy.deepcopy(d)
+        for st in v["TaskGroups"].values():
+            st.pop("_progress_by", None)
+        return v
+
     # ------------------------------------------------------------------ jobs
     def _job_status(self, job: dict) -> str:
         if job.get("ParameterizedJob") and not job.get("Dispatched") or job.get("Periodic"):
@@ -656,6 +859,8 @@ class NomadDouble(BlockingQueries):
             if not (job.get("ParameterizedJob") and not job.get("Dispatched")) and not job.get("Periodic"):
                 ev = self._new_eval(job, triggered_by)
                 eval_id, eval_index = ev["ID"], ev["CreateIndex"]
+                if not same:
+                    self._new_deployment(job)
                 self._reconcile(job, ev)
             return {"EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": idx,
                     "Warnings": "", "Index": idx, "LastContact": 0, "KnownLeader": False, "NextToken": ""}
@@ -1379,6 +1584,7 @@ class NomadDouble(BlockingQueries):
                     if job["ID"] in blocked or self._missing_slots(job):
                         self._reconcile(job)
                 self._drain_step()
+                self._deployment_step()
             self._stop.wait(self._tick)
 
     def _drain_step(self) -> None:
@@ -1605,6 +1811,23 @@ class NomadDouble(BlockingQueries):
                     raise HTTPError(404, "eval not found")
                 return as_json(copy.deepcopy(e), headers=d._read_headers(idx))
 
+        @app.route(["GET"], "/v1/deployments")
+        def deployments(request):
+            idx = d._block(request, lambda: d.deployments_index)
+            with d._cond:
+                out = [d.deployment_view(x) for x in sorted(d.deployments.values(), key=lambda x: -x["CreateIndex"])]
+            return as_json(out, headers=d._read_headers(idx))
+
+        @app.route(["GET"], "/v1/deployment/([^/]+)")
+        def deployment(request, did):
+            idx = d._block(request, lambda: d.deployments[did]["ModifyIndex"] if did in d.deployments
+                            else d.deployments_index)
+            with d._cond:
+                x = d.deployments.get(did)
+                if x is None:
+                    raise HTTPError(404, "deployment not found")
+                return as_json(d.deployment_view(x), headers=d._read_headers(idx))
+
         @app.route(["GET"], "/v1/nodes")
         def nodes(request):
             idx = d._block(request, lambda: d.nodes_index)
@@ -1675,7 +1898,8 @@ class NomadDouble(BlockingQueries):
         # /v1/job/<id>[/<action>] routed by suffix: child IDs contain '/' (§1).
         @app.route(["GET", "PUT", "POST", "DELETE"], "/v1/job/(.+)")
         def job_route(request, rest):
-            for action in ("allocations", "evaluations", "dispatch", "scale", "summary", "versions"):
+            for action in ("allocations", "evaluations", "dispatch", "scale", "summary", "versions",
+                           "deployment", "deployments"):
                 if rest.endswith("/" + action):
                     return job_action(request, rest[:-len(action) - 1], action)
             return job_action(request, rest, "")
@@ -1711,6 +1935,17 @@ class NomadDouble(BlockingQueries):
                 with d._cond:
                     out = [a.stub() for a in sorted(d.allocs.values(), key=lambda a: a.create_index)
                            if a.job["ID"] == job_id]
+                return as_json(out, headers=d._read_headers(idx))
+            if action in ("deployment", "deployments"):
+                if m != "GET":
+                    raise HTTPError(405, "Invalid method")
+                idx = d._block(request, lambda: d.deployments_index)
+                with d._cond:
+                    if action == "deployment":
+                        out = d.deployment_view(d._latest_deployment(job_id))
+                    else:
+                        out = [d.deployment_view(x) for x in sorted(d.deployments.values(), key=lambda x: -x["CreateIndex"])
+                               if x["JobID"] == job_id]
                 return as_json(out, headers=d._read_headers(idx))
             if action == "evaluations":
                 if m != "GET":
@@ -1781,6 +2016,11 @@ class NomadDouble(BlockingQueries):
                     if tg is None:
                         raise HTTPError(400, f'task group "{group}" specified for scaling does not exist in job')
                     sc = tg.get("Scaling") or {}
+                    if count is not None:
+                        # nomad/job_endpoint.go Job.Scale
+                        dep = d._latest_deployment(job_id)
+                        if d.deployment_active(dep) and dep["JobCreateIndex"] == j["CreateIndex"]:
+                            raise HTTPError(400, "job scaling blocked due to active deployment")
                     if count is not None and sc:
                         if sc.get("Min") is not None and count < sc["Min"]:
                             raise HTTPError(400, f'group count was less than scaling policy minimum: {count} < {sc["Min"]}')
@@ -1800,6 +2040,7 @@ class NomadDouble(BlockingQueries):
                         ev = d._new_eval(j, "job-scaling")
                         eval_id, eval_index = ev["ID"], ev["CreateIndex"]
                         j["_scale_events"][group][0]["EvalID"] = eval_id
+                        d._new_deployment(j)
                         d._reconcile(j, ev)
                     return write({"EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": j["JobModifyIndex"],
                                   "Warnings": "", "Index": d.index, "LastContact": 0, "KnownLeader": False}, d.index)
