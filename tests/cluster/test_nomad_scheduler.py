@@ -318,8 +318,8 @@ def test_pool_groups_with_deployments_block_the_second_top_up(make_cluster, cons
     for f in ("function-instance.nomad.hcl", "runtime-pool.nomad.hcl"):
         text = open(f"jobspecs/{f}").read()
         # Nomad's default strategy, with a progress deadline long enough for the doubles' scaled time.
-        (specs / f).write_text(text.replace("max_parallel = 0", 'max_parallel = 1\n      healthy_deadline = "50m"'
-                                                                '\n      progress_deadline = "1h"'))
+        (specs / f).write_text(text.replace("  max_parallel = 0\n", '  max_parallel = 1\n      healthy_deadline = "50m"'
+                                                                    '\n      progress_deadline = "1h"\n'))
     c = make_cluster(python_count=1)
     s = c.scheduler(jobspecs_dir=str(specs))
     s.ensure_jobs()
