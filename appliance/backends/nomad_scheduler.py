@@ -640,8 +640,10 @@ def _claim_age(item: dict) -> float:
 
 
 def vars_for(hcl: str, var_file: str) -> str:
-    """The assignments of ``var_file`` that ``hcl`` declares: Nomad refuses a var-file that assigns
-    a variable the job does not declare, and one file serves both jobs. One assignment per line."""
+    """The assignments of ``var_file`` that ``hcl`` declares. One file serves both jobs; Nomad's parse
+    endpoint only warns about assignments to variables a job does not declare (the CLI refuses
+    them), so they are left out here: each job receives, and stores, only its own variables. One
+    assignment per line."""
     declared = set(re.findall(r'^variable\s+"([^"]+)"', hcl, re.M))
     keep = []
     for line in var_file.splitlines():

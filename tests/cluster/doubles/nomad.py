@@ -327,8 +327,11 @@ class FakeNode:
     def __init__(self, name: str, address: str = "127.0.0.1", node_class: str = "",
                  datacenter: str = "dc1", meta: dict | None = None, attributes: dict | None = None,
                  cpu_mhz: int = 16000, memory_mb: int = 16384, drivers=("raw_exec", "exec"),
-                 exec_prefix: list[str] | None = None):
+                 exec_prefix: list[str] | None = None, max_kill_timeout: float = 30.0):
         self.id = str(uuid.uuid4())
+        # The client's cap on a task's kill_timeout (client max_kill_timeout, 30 s by default:
+        # command/agent/config.go; applied in client/allocrunner/taskrunner/driver_handle.go).
+        self.max_kill_timeout = max_kill_timeout
         # Prepended to every task command on this node, e.g. ["ip", "netns", "exec", "h1"] to run
         # the node's allocations inside a network namespace. Ports are then not probed from here.
         self.exec_prefix = list(exec_prefix or [])
@@ -1210,7 +1213,9 @@ class NomadDouble(BlockingQueries):
         """Kill signal, wait KillTimeout, then SIGKILL (§4a KillTimeout, KillSignal)."""
         sig_name = task.get("KillSignal") or "SIGINT"
         sig = getattr(signal, sig_name, signal.SIGINT)
-        timeout = (task.get("KillTimeout") or 0) / 1e9
+        # The client caps the job's kill_timeout at its max_kill_timeout (driver_handle.go:
+        # min(task.KillTimeout, maxKillTimeout)); the job keeps asking for more.
+        timeout = min((task.get("KillTimeout") or 0) / 1e9, a.node.max_kill_timeout)
         # Services are removed from Consul before the task is signalled, then ShutdownDelay
         # gives clients time to notice (Nomad's pre-kill hook).
         with self._cond:

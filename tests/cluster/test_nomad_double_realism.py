@@ -1,0 +1,143 @@
+"""Behaviours of real Nomad that the appliance depends on and that the Nomad double models (each one
+against the section of tests/cluster/doubles/README.md "Upstream behaviours" that cites its source):
+deployments of service jobs, the client's max_kill_timeout, ACL tokens, strict jobspec attributes,
+the job structure GET /v1/job returns, restart budgets with real delays."""
+from __future__ import annotations
+
+import sys
+
+import nomad
+import pytest
+import requests
+from doubles.nomad import NS, FakeNode
+
+SLEEPER = [sys.executable, "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)"]
+
+
+def get(d, path, **kw):
+    return requests.get(d.url + path, timeout=30, **kw)
+
+
+def post(d, path, body=None, **kw):
+    return requests.post(d.url + path, json=body, timeout=30, **kw)
+
+
+def service_job(command, job_id="svc", count=1, check_path="/_/health", update=None, kill_timeout=5):
+    group = {"Name": "g", "Count": count, "Networks": [{"DynamicPorts": [{"Label": "http"}]}],
+             "Scaling": {"Min": 0, "Max": 10, "Enabled": True},
+             "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                        "Config": {"command": command[0], "args": command[1:]},
+                        "KillSignal": "SIGTERM", "KillTimeout": kill_timeout * NS,
+                        "Services": [{"Name": "svc", "PortLabel": "http",
+                                      "Checks": [{"Name": "c", "Type": "http", "Path": check_path,
+                                                  "Interval": NS, "Timeout": NS}]}]}]}
+    if update is not None:
+        group["Update"] = update
+    return {"ID": job_id, "Type": "service", "TaskGroups": [group]}
+
+
+def deployment(d, job_id="svc"):
+    return get(d, f"/v1/job/{job_id}/deployment").json()
+
+
+def scale(d, count, job_id="svc"):
+    return post(d, f"/v1/job/{job_id}/scale", {"Count": count, "Target": {"Group": "g"}})
+
+
+# ------------------------------------------------------------------------------------------ deployments
+def test_service_jobs_get_the_default_update_strategy(nomad_double, tiny_server):
+    """api/jobs.go Job.Canonicalize + command/agent/job_endpoint.go ApiJobToStructJob."""
+    post(nomad_double, "/v1/jobs", {"Job": service_job(tiny_server)}).raise_for_status()
+    job = get(nomad_double, "/v1/job/svc").json()
+    assert job["Update"] == {"Stagger": 30 * NS, "MaxParallel": 1, "HealthCheck": "", "MinHealthyTime": 0,
+                             "HealthyDeadline": 0, "ProgressDeadline": 0, "AutoRevert": False,
+                             "AutoPromote": False, "Canary": 0}
+    tg = job["TaskGroups"][0]["Update"]
+    assert (tg["MaxParallel"], tg["HealthCheck"], tg["MinHealthyTime"], tg["HealthyDeadline"],
+            tg["ProgressDeadline"]) == (1, "checks", 10 * NS, 300 * NS, 600 * NS)
+
+
+def test_scaling_is_refused_while_a_deployment_is_active(nomad_double, tiny_server):
+    """nomad/job_endpoint.go Job.Scale: 400 "job scaling blocked due to active deployment". The
+    allocation's check fails (404 path), so the registration's deployment never turns healthy."""
+    job = service_job(tiny_server, check_path="/missing",
+                      update={"MaxParallel": 1, "HealthyDeadline": 3000 * NS, "ProgressDeadline": 3600 * NS})
+    post(nomad_double, "/v1/jobs", {"Job": job}).raise_for_status()
+    dep = deployment(nomad_double)
+    assert dep["Status"] == "running" and dep["StatusDescription"] == "Deployment is running"
+    assert dep["TaskGroups"]["g"]["DesiredTotal"] == 1
+    r = scale(nomad_double, 2)
+    assert (r.status_code, r.text) == (400, "job scaling blocked due to active deployment")
+    assert get(nomad_double, "/v1/job/svc/scale").json()["TaskGroups"]["g"]["Desired"] == 1
+
+
+def test_a_deployment_fails_at_its_progress_deadline_and_scaling_is_allowed_again(nomad_double, tiny_server):
+    job = service_job(tiny_server, check_path="/missing",
+                      update={"MaxParallel": 1, "MinHealthyTime": 0, "HealthyDeadline": 10 * NS,
+                              "ProgressDeadline": 20 * NS})   # x delay_scale 0.01: 0.2 s
+    post(nomad_double, "/v1/jobs", {"Job": job}).raise_for_status()
+    nomad_double.wait_for(lambda: deployment(nomad_double)["Status"] == "failed", what="the deadline")
+    assert deployment(nomad_double)["StatusDescription"] == "Failed due to progress deadline"
+    assert scale(nomad_double, 2).status_code == 200
+    assert deployment(nomad_double)["Status"] == "running"   # the scale opened the next one
+
+
+def test_a_healthy_deployment_succeeds_and_each_scale_opens_another(nomad_double, tiny_server):
+    post(nomad_double, "/v1/jobs", {"Job": service_job(tiny_server)}).raise_for_status()
+    nomad_double.wait_for(lambda: deployment(nomad_double)["Status"] == "successful", what="healthy")
+    first = deployment(nomad_double)
+    assert first["TaskGroups"]["g"]["HealthyAllocs"] == 1
+    alloc = nomad_double.allocations("svc")[0]
+    assert alloc["DeploymentID"] == first["ID"] and alloc["DeploymentStatus"]["Healthy"] is True
+    assert scale(nomad_double, 2).status_code == 200
+    second = deployment(nomad_double)
+    assert second["ID"] != first["ID"] and second["JobVersion"] == first["JobVersion"] + 1
+    assert scale(nomad_double, 3).status_code == 400
+    assert [x["ID"] for x in get(nomad_double, "/v1/job/svc/deployments").json()] == [second["ID"], first["ID"]]
+
+
+def test_max_parallel_zero_means_no_deployments_and_free_scaling(nomad_double, tiny_server):
+    """nomad/structs/structs.go UpdateStrategy.IsEmpty; the update block's documented max_parallel = 0."""
+    job = service_job(tiny_server, check_path="/missing", update={"MaxParallel": 0})
+    post(nomad_double, "/v1/jobs", {"Job": job}).raise_for_status()
+    for count in (2, 3, 1):
+        assert scale(nomad_double, count).status_code == 200
+    assert deployment(nomad_double) is None
+    assert get(nomad_double, "/v1/job/svc").json()["TaskGroups"][0]["Update"]["MaxParallel"] == 0
+
+
+def test_update_blocks_are_refused_on_batch_jobs(nomad_double, tiny_server):
+    job = service_job(tiny_server, update={"MaxParallel": 1})
+    job["Type"] = "batch"
+    r = post(nomad_double, "/v1/jobs", {"Job": job})
+    assert r.status_code == 500 and 'Job type "batch" does not allow update block' in r.text
+
+
+def test_the_runtime_pool_jobspec_has_no_deployments(nomad_double):
+    hcl = open("jobspecs/runtime-pool.nomad.hcl").read()
+    job = post(nomad_double, "/v1/jobs/parse", {"JobHCL": hcl, "Canonicalize": True}).json()
+    post(nomad_double, "/v1/jobs", {"Job": {**job, "TaskGroups": [{**g, "Count": 0} for g in job["TaskGroups"]]}})
+    assert all(g["Update"]["MaxParallel"] == 0 for g in get(nomad_double, "/v1/job/runtime-pool").json()["TaskGroups"])
+    for count in (1, 2):
+        assert post(nomad_double, "/v1/job/runtime-pool/scale",
+                    {"Count": count, "Target": {"Group": "nodejs20"}}).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ kill timeout
+def test_the_client_caps_kill_timeout_at_its_max_kill_timeout(make_nomad_double):
+    """client/allocrunner/taskrunner/driver_handle.go: min(task.KillTimeout, maxKillTimeout). The
+    task ignores SIGTERM and asks for 60 s; the node's cap (0.3 s here, 30 s by default) wins."""
+    d = make_nomad_double(nodes=[FakeNode("node-1", max_kill_timeout=0.3)])
+    job = service_job(SLEEPER, kill_timeout=60)
+    job["TaskGroups"][0]["Tasks"][0]["Services"] = []
+    post(d, "/v1/jobs", {"Job": job}).raise_for_status()
+    d.wait_for(lambda: d.allocations("svc") and d.allocations("svc")[0]["ClientStatus"] == "running", what="running")
+    requests.delete(d.url + "/v1/job/svc", timeout=10).raise_for_status()
+    a = d.wait_for(lambda: [a for a in d.allocations("svc") if a["ClientStatus"] == "complete"], what="killed")[0]
+    killing = next(e for e in a["TaskStates"]["t"]["Events"] if e["Type"] == "Killing")
+    assert killing["KillTimeout"] == int(0.3 * NS)
+    assert get(d, "/v1/job/svc").json()["TaskGroups"][0]["Tasks"][0]["KillTimeout"] == 60 * NS   # the job keeps its ask
+
+
+def test_the_default_cap_is_thirty_seconds():
+    assert FakeNode("n").max_kill_timeout == 30.0
