@@ -121,6 +121,18 @@ def test_pool_check_fetch_and_self_registration(pool_instance, files, consul_dou
     assert "fn-hello-alloc-1.abcd" not in consul_double.services  # deregistered on exit
 
 
+def test_a_specialised_instance_passes_as_soon_as_specialize_answers(pool_instance, files, consul_double, runtime):
+    """The instance registers once its code has loaded, with the check passing from the start:
+    Consul's first probe comes only after a random stagger of up to the interval (60 s here)."""
+    assert consul_double.probe_stagger
+    p, url = pool_instance(FAAS_CHECK_INTERVAL="60s")
+    data = hello(runtime)
+    r = specialize(url, instanceId="alloc-1.abcd", codeUrl=files.add("pkg.zip", data),
+                   codeSha256=hashlib.sha256(data).hexdigest())
+    assert r.status_code == 200 and r.json()["registered"], r.text
+    assert [e["ID"] for e in consul_double.passing_instances("fn-hello")] == ["fn-hello-alloc-1.abcd"]
+
+
 CLAIM = "/v1/kv/faas/pool/claims/alloc-1"
 
 

@@ -10,8 +10,10 @@ ACLs are off unless ``acl_tokens`` is given: then the default policy is deny, ev
 SecretID may do everything (a management token), a request without a token gets 403
 ``Permission denied`` and one with an unknown token 403 ``ACL not found`` (§15: plain text).
 
-Simplified (see README.md in this directory): one datacenter, no ACL policies, no jitter on blocking waits,
-the first probe of an interval check runs at once instead of after a random stagger, output-only
+The first probe of an HTTP or TCP check runs after a random stagger of up to its interval, as the
+agent does (``probe_stagger=False`` probes at once).
+
+Simplified (see README.md in this directory): one datacenter, no ACL policies, no jitter on blocking waits, output-only
 changes of a check do not bump the index (as the agent's deferred sync), script/gRPC checks keep
 their initial status.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import threading
 import time
 import uuid
@@ -171,8 +174,12 @@ class ConsulDouble(BlockingQueries):
                  node_address: str = "127.0.0.1", datacenter: str = "dc1",
                  min_deregister_after: float = 60.0, reap_interval: float = 30.0,
                  min_session_ttl: float = 10.0, session_ttl_multiplier: float = 2.0,
-                 max_wait: float = 600.0, tick: float = 0.02, acl_tokens=None):
+                 max_wait: float = 600.0, tick: float = 0.02, acl_tokens=None, probe_stagger: bool = True):
         self.datacenter = datacenter
+        #: The agent runs an HTTP/TCP check for the first time after a random pause of up to its
+        #: interval (agent/checks/check.go CheckHTTP.run / CheckTCP.run: lib.RandomStagger(c.Interval)),
+        #: also after an agent restart. False: the first probe runs at once.
+        self.probe_stagger = probe_stagger
         #: None: ACLs off. A collection of SecretIDs: ACLs on, default deny, those tokens allowed.
         self.acl_tokens = None if acl_tokens is None else set(acl_tokens)
         self.min_deregister_after = min_deregister_after
@@ -273,10 +280,14 @@ class ConsulDouble(BlockingQueries):
                 now = time.monotonic()
                 for c in self.checks.values():
                     if c.http or c.tcp:
-                        c.next_probe = now
+                        c.next_probe = self._first_probe(c, now)
                         self._set_status(c, CRITICAL, c.output)
             self._cond.notify_all()
         self.up()
+
+    def _first_probe(self, c: "_Check", now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return now + (random.uniform(0, c.interval) if self.probe_stagger else 0.0)
 
     # ------------------------------------------------------------------ index helpers
     def _bump(self) -> int:
@@ -380,6 +391,8 @@ class ConsulDouble(BlockingQueries):
                 c.create_index = old.create_index
             else:
                 c.create_index = idx
+            if c.http or c.tcp:
+                c.next_probe = self._first_probe(c)
             c.modify_index = idx
             self.checks[c.id] = c
         return svc
