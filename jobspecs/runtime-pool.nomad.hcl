@@ -4,8 +4,8 @@
 # FAAS_POOL=1: the runtime is loaded, no function code yet. A cold start claims one of them
 # (atomic claim in Consul KV, keyed by the instance id) and POSTs /_/specialize with the
 # function's code; the instance then registers itself under "fn-<function>" through the node's
-# Consul agent. When a specialised instance is reclaimed it exits; Nomad restarts it in the same
-# allocation as a fresh generic instance, so the pool refills itself. The appliance changes the
+# Consul agent. When a specialised instance is reclaimed it exits, and the launcher starts a fresh
+# generic instance in the same allocation, so the pool refills itself without Nomad restarts. The appliance changes the
 # pool size with POST /v1/job/runtime-pool/scale (Target.Group = the runtime group).
 
 variable "datacenters" {
@@ -117,8 +117,10 @@ job "runtime-pool" {
       port "http" {}
     }
 
-    # A generic instance that exits (after serving a specialised function, or by crashing) is
-    # restarted quickly in place: that is how the pool refills.
+    # A specialised instance that drains is replaced in place by the launcher, which stays the
+    # task's process (appliance/instances/launcher.py supervise_pool): Nomad sees no exit, so this
+    # budget counts only real failures (a runtime that crashes or cannot start), which are retried
+    # 10 times in 5 minutes and then after a delay until the interval is over.
     restart {
       attempts = 10
       interval = "5m"

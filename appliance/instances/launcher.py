@@ -14,8 +14,17 @@ It makes sure ``<cache>/<digest>/`` holds the unpacked code (fetched at most onc
 node: a file lock serialises instances starting together, the check after taking it skips the
 fetch), verifies the sha256, unpacks with :func:`appliance.core.codepkg.unpack` (all of its safety
 checks), then replaces itself with the runtime's bootstrap (``os.execv``), so Nomad's signals and
-exit status are the runtime's own. A pool instance starting afresh first clears a claim left on its
-allocation by an earlier incarnation (Nomad restarts a drained pool instance in place).
+exit status are the runtime's own.
+
+A pool instance is supervised instead (:func:`supervise_pool`): the launcher stays as the task's
+process and runs the bootstrap as its child. When the child exits 0 without having been told to
+stop (it was specialised, served, drained), the launcher clears the allocation's claim and starts
+a fresh generic instance in place. Nomad never sees that exit, so its restart policy (a budget of
+attempts per interval, then a delay) counts only real failures: a busy pool instance that is
+specialised and drained every few seconds does not use up the budget and then idle for the rest
+of the interval. A non-zero exit ends the launcher with the child's status, and Nomad's restart policy decides (so does a loop of more than
+``RECYCLE_LIMIT`` recycles within ``RECYCLE_WINDOW_S``). SIGTERM and SIGINT are
+passed to the child and end the launcher once it exits.
 
 ``python -m appliance.instances.launcher`` runs only the fetch (:func:`fetch_main`). A pool instance
 whose runtime cannot take the file lock itself (Node.js has no ``flock``) is given that command in
@@ -30,6 +39,8 @@ import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -40,6 +51,10 @@ from appliance.core.model import RESERVED_ENV_PREFIXES
 
 CLAIM_PREFIX = "faas/pool/claims/"
 DIGEST = re.compile(r"[0-9a-f]{64}")
+#: More than this many in-place recycles within RECYCLE_WINDOW_S is a loop, not work: the launcher
+#: then exits 1 and Nomad's restart policy (with its delay) takes over.
+RECYCLE_LIMIT = 20
+RECYCLE_WINDOW_S = 10.0
 
 
 def _say(event: str, **kv) -> None:
@@ -121,15 +136,49 @@ def function_env(text: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in doc.items() if not str(k).startswith(RESERVED_ENV_PREFIXES)}
 
 
+def supervise_pool(cmd: list[str], env: dict, clock=time.monotonic) -> int:
+    """Run generic pool instances one after the other in this process's place (see the module
+    docstring); returns the exit status for Nomad."""
+    alloc = env.get("FAAS_INSTANCE_ID") or env.get("NOMAD_ALLOC_ID")
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def forward(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    recycled: list[float] = []
+    while True:
+        if alloc and env.get("CONSUL_HTTP_ADDR"):
+            clear_stale_claim(env["CONSUL_HTTP_ADDR"], alloc)
+        if stopping:
+            return 0
+        child = subprocess.Popen(cmd, env=env)
+        if stopping:  # the signal came between the check above and the start
+            child.send_signal(signal.SIGTERM)
+        rc = child.wait()
+        if stopping or rc != 0:
+            return rc if rc >= 0 else 128 - rc
+        now = clock()
+        recycled = [t for t in recycled if now - t < RECYCLE_WINDOW_S] + [now]
+        if len(recycled) > RECYCLE_LIMIT:
+            _say("pool_instance_looping", alloc=alloc or "-", recycles=len(recycled), window_s=RECYCLE_WINDOW_S)
+            return 1
+        _say("pool_instance_recycled", alloc=alloc or "-")
+
+
 def main(environ=None) -> None:
     env = dict(os.environ if environ is None else environ)
     runtime = env.get("FAAS_RUNTIME") or "python3.11"
     runtimes_dir = Path(env.get("APPLIANCE_RUNTIMES_DIR") or Path(__file__).resolve().parents[2] / "runtimes")
     if env.get("FAAS_POOL") in ("1", "true", "yes"):
-        alloc = env.get("FAAS_INSTANCE_ID") or env.get("NOMAD_ALLOC_ID")
-        if alloc and env.get("CONSUL_HTTP_ADDR"):
-            clear_stale_claim(env["CONSUL_HTTP_ADDR"], alloc)
         env.setdefault("FAAS_CODE_FETCHER", json.dumps([sys.executable, "-m", "appliance.instances.launcher"]))
+        env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+        sys.exit(supervise_pool(bootstrap_command(runtime, runtimes_dir), env))
     else:
         digest = env.get("FAAS_CODE_DIGEST") or ""
         if not digest:

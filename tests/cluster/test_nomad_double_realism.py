@@ -141,3 +141,57 @@ def test_the_client_caps_kill_timeout_at_its_max_kill_timeout(make_nomad_double)
 
 def test_the_default_cap_is_thirty_seconds():
     assert FakeNode("n").max_kill_timeout == 30.0
+
+
+# ------------------------------------------------------------------------------------------ restarts
+def test_restart_budget_with_real_delays(make_nomad_double):
+    """client/allocrunner/taskrunner/restarts/restarts.go, at real speed (delay_scale 1): two restarts
+    within the interval after the 0.5 s delay, then (mode delay) a wait for the rest of the 3 s
+    interval, then counting starts again."""
+    d = make_nomad_double(delay_scale=1.0)
+    crash = [sys.executable, "-c", "raise SystemExit(3)"]
+    job = service_job(crash, update={"MaxParallel": 0})
+    g = job["TaskGroups"][0]
+    g["Tasks"][0]["Services"] = []
+    g["RestartPolicy"] = {"Attempts": 2, "Interval": 3 * NS, "Delay": NS // 2, "Mode": "delay"}
+    post(d, "/v1/jobs", {"Job": job}).raise_for_status()
+
+    def restarting():
+        a = d.allocations("svc")[0]
+        return [e for e in a["TaskStates"]["t"]["Events"] if e["Type"] == "Restarting"]
+    events = d.wait_for(lambda: len(r := restarting()) >= 4 and r, timeout=30, what="four restarts")
+    reasons = [e["RestartReason"] for e in events[:4]]
+    assert reasons == ["Restart within policy", "Restart within policy",
+                       "Exceeded allowed attempts, applying a delay", "Restart within policy"]
+    assert [e["StartDelay"] for e in events[:2]] == [NS // 2, NS // 2]
+    # The third waits for the rest of the interval: longer than the delay, at most the interval.
+    assert NS // 2 < events[2]["StartDelay"] <= 3 * NS
+    assert d.allocations("svc")[0]["ClientStatus"] in ("pending", "running")   # mode delay never fails
+
+
+def test_drained_pool_instances_do_not_use_the_restart_budget(make_nomad_double, consul_double, tmp_path):
+    """The runtime-pool job as shipped, at real speed (delay_scale 1, the job's 1 s restart delay):
+    a pool instance drained again and again is replaced in place by its launcher; Nomad records no
+    restart, the allocation stays the same and keeps running."""
+    from helpers import alloc_logs, job_vars, wait_until
+    d = make_nomad_double(delay_scale=1.0)
+    hcl = open("jobspecs/runtime-pool.nomad.hcl").read()
+    variables = job_vars(consul_double.url, str(tmp_path / "code"), python_count=1, node_count=0)
+    job = post(d, "/v1/jobs/parse", {"JobHCL": hcl, "Canonicalize": True, "Variables": variables}).json()
+    post(d, "/v1/jobs", {"Job": job}).raise_for_status()
+    entry = consul_double.wait_for(lambda: consul_double.passing_instances("faas-pool-python3-11"),
+                                   timeout=30, what="a free pool instance")[0]
+    url = f"http://{entry['Address']}:{entry['Port']}"
+    pids = [requests.get(url + "/_/health", timeout=5).json()["pid"]]
+    for turn in range(3):
+        assert requests.post(url + "/_/drain", json={}, timeout=5).json() == {"drained": True}
+
+        def fresh():
+            h = requests.get(url + "/_/health", timeout=1).json()
+            return h["state"] == "pool" and h["pid"] not in pids and h["pid"]
+        pids.append(wait_until(fresh, 30, f"a fresh generic instance (turn {turn})"))
+    assert "pool_instance_recycled" in alloc_logs(d)
+    (alloc,) = d.allocations("runtime-pool")
+    assert alloc["ID"] == entry["Meta"]["instance_id"] and alloc["ClientStatus"] == "running"
+    ts = alloc["TaskStates"]["runtime"]
+    assert ts["Restarts"] == 0 and not [e for e in ts["Events"] if e["Type"] in ("Restarting", "Terminated")]
