@@ -195,3 +195,32 @@ def test_drained_pool_instances_do_not_use_the_restart_budget(make_nomad_double,
     assert alloc["ID"] == entry["Meta"]["instance_id"] and alloc["ClientStatus"] == "running"
     ts = alloc["TaskStates"]["runtime"]
     assert ts["Restarts"] == 0 and not [e for e in ts["Events"] if e["Type"] in ("Restarting", "Terminated")]
+
+
+# ------------------------------------------------------------------------------------------ ACL tokens
+def _policy(name):
+    return open(f"playbooks/roles/appliance/files/acl/{name}").read()
+
+
+def test_tokens_are_checked_against_their_policies(make_nomad_double, tiny_server):
+    """§1/§11: an unknown token is 403 "ACL token not found"; a token whose policies lack the
+    endpoint's capability (or no token: anonymous) is 403 "Permission denied"."""
+    d = make_nomad_double(acl_tokens={"appliance": _policy("nomad-appliance.hcl"),
+                                      "autoscaler": _policy("nomad-autoscaler.hcl"), "root": None})
+    app, scaler = {"X-Nomad-Token": "appliance"}, {"X-Nomad-Token": "autoscaler"}
+    job = service_job(tiny_server, update={"MaxParallel": 0})
+    r = post(d, "/v1/jobs", {"Job": job})
+    assert (r.status_code, r.text) == (403, "Permission denied")
+    r = post(d, "/v1/jobs", {"Job": job}, headers={"X-Nomad-Token": "nope"})
+    assert (r.status_code, r.text) == (403, "ACL token not found")
+    assert post(d, "/v1/jobs", {"Job": job}, headers=scaler).status_code == 403
+    assert post(d, "/v1/jobs", {"Job": job}, headers={"Authorization": "Bearer appliance"}).status_code == 200
+    assert post(d, "/v1/job/svc/scale", {"Count": 2, "Target": {"Group": "g"}}, headers=app).status_code == 200
+    assert get(d, "/v1/job/svc", headers=scaler).status_code == 200
+    node = get(d, "/v1/nodes", headers=scaler).json()[0]["ID"]
+    assert get(d, "/v1/nodes", headers=app).status_code == 403
+    body = {"NodeID": node, "Eligibility": "ineligible"}
+    assert post(d, f"/v1/node/{node}/eligibility", body, headers=app).status_code == 403
+    assert post(d, f"/v1/node/{node}/eligibility", body, headers=scaler).status_code == 200
+    assert get(d, "/v1/status/leader").status_code == 200   # needs no token
+    assert ("POST", "/v1/jobs", "appliance") in d.request_tokens

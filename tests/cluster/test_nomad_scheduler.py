@@ -32,7 +32,7 @@ class Cluster:
         self.nomad_url = nomad_url or nomad.url
 
     def scheduler(self, **kw) -> NomadScheduler:
-        reg = ConsulRegistry(self.consul.url, removal_grace_s=0.2)
+        reg = ConsulRegistry(self.consul.url, token=kw.get("consul_token", ""), removal_grace_s=0.2)
         self.registries.append(reg)
         kw.setdefault("nomad_addr", self.nomad_url)
         kw.setdefault("jobspecs_dir", "jobspecs")
@@ -73,6 +73,39 @@ def make_cluster(consul_double, nomad_double, moto_s3, tmp_path):
         return c
     yield make
     for c in made:
+        c.close()
+
+
+def test_the_shipped_acl_policies_are_enough(make_consul_double, make_nomad_double, moto_s3, tmp_path):
+    """ACLs on in both doubles, default deny, each caller with a token bound to the policy file the
+    roles apply: the appliance (consul-appliance, nomad-appliance) registers the jobs, claims and
+    specialises a pool instance, dispatches, and tops up the pool; the instances (consul-instance)
+    clear their claims and register themselves. Consul filters what a token may not read, so a
+    missing rule would show up here as "no free instance" or a start that never passes."""
+    acl = "playbooks/roles/appliance/files/acl/"
+    consul_d = make_consul_double(acl_tokens={"c-app": open(acl + "consul-appliance.hcl").read(),
+                                              "c-inst": open(acl + "consul-instance.hcl").read(), "root": None})
+    nomad_d = make_nomad_double(consul=consul_d, acl_tokens={"n-app": open(acl + "nomad-appliance.hcl").read()})
+    c = Cluster(consul_d, nomad_d, moto_s3.url, tmp_path, python_count=1)
+    c.vars += 'consul_token = "c-inst"\n'
+    try:
+        s = c.scheduler(nomad_token="n-app", consul_token="c-app")
+        s.ensure_jobs()
+        pool_ready(consul_d, 1)
+        inst = s.start(c.deploy(), time.monotonic() + 30)
+        assert c.invoke(inst)
+        assert s.stats["pool_starts"] == 1
+        wait_until(lambda: not consul_d.passing_instances("faas-pool-python3-11"), what="pool empty")
+        assert s.refill_pool() == {"python3.11": 2}
+        pool_ready(consul_d, 1)
+        s.start(c.deploy(function="other"), time.monotonic() + 30)
+        wait_until(lambda: not consul_d.passing_instances("faas-pool-python3-11"), what="pool empty again")
+        d = s.start(c.deploy(function="third"), time.monotonic() + 30)   # no free instance: dispatched
+        assert s.stats["dispatch_starts"] == 1 and c.invoke(d)
+        s.stop(d)
+        assert not [t for _m, _p, t in nomad_d.request_tokens if t != "n-app"]
+        assert {t for _m, p, t in consul_d.request_tokens if p.startswith("/v1/agent/service/")} == {"c-inst"}
+    finally:
         c.close()
 
 

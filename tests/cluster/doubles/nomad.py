@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 import requests
 
 from ._http import App, BlockingQueries, DoubleServer, HTTPError, as_json, format_go_duration, text
+from .acl import NomadAuthorizer
 from .hcl import HCLError, hcl_to_job
 
 NS = 1_000_000_000
@@ -481,8 +482,15 @@ class NomadDouble(BlockingQueries):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, nodes: list[FakeNode] | None = None,
                  consul=None, data_dir: str | None = None, delay_scale: float = 1.0,
                  consul_sync_interval: float = 30.0, port_range: tuple[int, int] = (20000, 32000),
-                 max_wait: float = 300.0, placement: str = "binpack", tick: float = 0.02):
+                 max_wait: float = 300.0, placement: str = "binpack", tick: float = 0.02, acl_tokens=None):
         self._cond = threading.Condition(threading.RLock())
+        #: None: ACLs off. Else SecretID -> policy rules (HCL, as in playbooks/roles/appliance/files/acl/)
+        #: or None for a management token; a plain collection makes them all management tokens.
+        self.acl_tokens = None
+        if acl_tokens is not None:
+            tokens = acl_tokens if isinstance(acl_tokens, dict) else {t: None for t in acl_tokens}
+            self.acl_tokens = {t: NomadAuthorizer(rules) for t, rules in tokens.items()}
+        self.request_tokens: list[tuple[str, str, str]] = []   # (method, path, token or "")
         self.blocked_queries = 0  # requests waiting in a blocking query right now
         self.index = 10
         self.nodes: dict[str, FakeNode] = {}
@@ -1709,8 +1717,35 @@ class NomadDouble(BlockingQueries):
 
         def decorate(request, response):
             d.requests.append((request.method, request.path))
+            d.request_tokens.append((request.method, request.path, request_token(request)))
             return response
         app.decorate = decorate
+
+        def request_token(request) -> str:
+            """§1: X-Nomad-Token, else an Authorization Bearer token."""
+            token = request.headers.get("X-Nomad-Token", "")
+            auth = request.headers.get("Authorization", "")
+            if not token and auth.lower().startswith("bearer "):
+                token = auth[7:].strip()
+            return token
+
+        def authorize(request):
+            """§1/§11: 403 "ACL token not found" for an unknown token, "Permission denied" when the
+            token's policies lack the endpoint's capability (the anonymous token has none)."""
+            if d.acl_tokens is None:
+                return
+            need = required_acl(request.method, request.path)
+            if need is None:
+                return
+            token = request_token(request)
+            if token and token not in d.acl_tokens:
+                raise HTTPError(403, "ACL token not found")
+            authz = d.acl_tokens.get(token) if token else NomadAuthorizer("")
+            kind, what = need
+            ok = authz.allows_node(what) if kind == "node" else authz.allows_namespace(what)
+            if not ok:
+                raise HTTPError(403, "Permission denied")
+        app.authorize = authorize
 
         @app.route(["GET"], "/v1/status/leader")
         def leader(request):
@@ -2052,6 +2087,31 @@ class NomadDouble(BlockingQueries):
             raise HTTPError(404, "Invalid URL")
 
         return app
+
+
+def required_acl(method: str, path: str):
+    """The right an endpoint needs (command/agent/*_endpoint.go, nomad/*_endpoint.go): ("ns",
+    alternatives of namespace capabilities) or ("node", "read"|"write"); None for none."""
+    read = method == "GET"
+    if path in ("/v1/status/leader", "/v1/regions", "/v1/agent/self"):
+        return None
+    if path == "/v1/jobs/parse":
+        return ("ns", ("parse-job", "submit-job"))
+    if path == "/v1/jobs":
+        return ("ns", ("list-jobs",)) if read else ("ns", ("submit-job",))
+    if path.startswith("/v1/job/"):
+        if path.endswith("/dispatch"):
+            return ("ns", ("dispatch-job",))
+        if path.endswith("/scale"):
+            return ("ns", ("read-job-scaling", "read-job")) if read else ("ns", ("scale-job", "submit-job"))
+        return ("ns", ("read-job",)) if read else ("ns", ("submit-job",))
+    if path.startswith("/v1/allocation"):
+        return ("ns", ("read-job",)) if read else ("ns", ("alloc-lifecycle",))
+    if path.startswith(("/v1/evaluation", "/v1/deployment")):
+        return ("ns", ("read-job",))
+    if path.startswith("/v1/node"):
+        return ("node", "read" if read else "write")
+    return None
 
 
 def _killpg(p: subprocess.Popen, sig) -> None:
