@@ -224,3 +224,82 @@ def test_tokens_are_checked_against_their_policies(make_nomad_double, tiny_serve
     assert post(d, f"/v1/node/{node}/eligibility", body, headers=scaler).status_code == 200
     assert get(d, "/v1/status/leader").status_code == 200   # needs no token
     assert ("POST", "/v1/jobs", "appliance") in d.request_tokens
+
+
+# ------------------------------------------------------------------------------------------ jobspec schema
+BASE_HCL = '''job "x" {
+  group "g" {
+    network {
+      port "http" {}
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+      service {
+        name = "x"
+        port = "http"
+      }
+    }
+  }
+}
+'''
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('driver = "raw_exec"', 'driver = "raw_exec"\n      kill_timout = "5s"',
+     'Unsupported argument; An argument named "kill_timout" is not expected here.'),
+    ('group "g" {', 'group "g" {\n    bogus_field = 1', 'An argument named "bogus_field" is not expected here.'),
+    ('port = "http"', 'port = "http"\n        static = 8080', 'An argument named "static" is not expected here.'),
+    ('task "t" {', 'task "t" {\n      restarts {\n        attempts = 1\n      }',
+     'Unsupported block type; Blocks of type "restarts" are not expected here.'),
+])
+def test_unknown_attributes_and_blocks_are_refused_per_block(nomad_double, old, new, message):
+    """jobspec2 decodes each block into its Go struct (jobspec2/parse_job.go, gohcl): anything the
+    block does not define is a parse error (400), not silently dropped."""
+    assert post(nomad_double, "/v1/jobs/parse", {"JobHCL": BASE_HCL}).status_code == 200
+    r = post(nomad_double, "/v1/jobs/parse", {"JobHCL": BASE_HCL.replace(old, new, 1)})
+    assert r.status_code == 400 and r.text.startswith("Failed to parse job: ") and message in r.text, r.text
+
+
+def test_every_shipped_jobspec_passes_the_strict_schema(nomad_double):
+    import glob
+    for f in sorted(glob.glob("jobspecs/*.nomad.hcl")):
+        r = post(nomad_double, "/v1/jobs/parse", {"JobHCL": open(f).read()})
+        assert r.status_code == 200, (f, r.text)
+
+
+# ------------------------------------------------------------------------------------------ job structure
+def test_get_job_returns_the_internal_structure_and_it_registers_again(nomad_double):
+    """GET /v1/job/<id> answers with structs.Job (zero values present, job-level Update reduced to
+    Stagger/MaxParallel, full Resources); sized_job re-registers it and gets the same job back."""
+    from appliance.backends.nomad_scheduler import sized_job
+    hcl = open("jobspecs/function-instance.nomad.hcl").read()
+    job = post(nomad_double, "/v1/jobs/parse", {"JobHCL": hcl, "Canonicalize": True}).json()
+    assert "NomadTokenID" not in job   # the API shape
+    post(nomad_double, "/v1/jobs", {"Job": job}).raise_for_status()
+    stored = get(nomad_double, "/v1/job/function-instance").json()
+    task = stored["TaskGroups"][0]["Tasks"][0]
+    assert stored["NomadTokenID"] == "" and stored["Multiregion"] is None
+    assert stored["Update"]["MaxParallel"] == 0 and stored["TaskGroups"][0]["Update"] is None
+    assert {"IOPS", "Networks", "Devices", "SecretsMB"} <= set(task["Resources"])
+    copy_ = sized_job(stored, "function-instance-1024", 1024, str(stored["JobModifyIndex"]))
+    r = post(nomad_double, "/v1/jobs", {"Job": copy_})
+    assert r.status_code == 200, r.text
+    again = get(nomad_double, "/v1/job/function-instance-1024").json()
+    assert again["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"] == 1024
+
+    def same(j):
+        j = {k: v for k, v in j.items() if k not in ("ID", "Name", "Meta", "CreateIndex", "ModifyIndex",
+                                                      "JobModifyIndex", "SubmitTime", "Version", "Status")}
+        j["TaskGroups"][0]["Tasks"][0]["Resources"].pop("MemoryMB")
+        return j
+    assert same(again) == same(stored)
+
+
+def test_service_job_structure_carries_the_migrate_strategy(nomad_double, tiny_server):
+    post(nomad_double, "/v1/jobs", {"Job": service_job(tiny_server)}).raise_for_status()
+    tg = get(nomad_double, "/v1/job/svc").json()["TaskGroups"][0]
+    assert tg["Migrate"] == {"MaxParallel": 1, "HealthCheck": "checks", "MinHealthyTime": 10 * NS,
+                             "HealthyDeadline": 300 * NS}

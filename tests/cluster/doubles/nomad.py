@@ -221,6 +221,41 @@ def canonicalize(job: dict) -> dict:
     return job
 
 
+def structs_job(job: dict) -> dict:
+    """The job as ``GET /v1/job/<id>`` returns it: Nomad's internal ``structs.Job`` (nomad/structs/
+    structs.go), not the ``api.Job`` that was sent. Fields the API job left out are present with
+    their zero values (null maps and lists, empty strings, 0), the job-level Update keeps only
+    Stagger and MaxParallel (see :func:`_canon_update`), service groups carry the default migrate
+    strategy (structs.DefaultMigrateStrategy) and every task's Resources has the full structs shape.
+    A client that re-registers what it read (``sized_job``) must cope with exactly this."""
+    for k, zero in (("NomadTokenID", ""), ("VersionTag", None), ("UI", None), ("Multiregion", None),
+                    ("Affinities", None), ("Spreads", None), ("Periodic", None), ("ConsulNamespace", ""),
+                    ("VaultNamespace", ""), ("AllAtOnce", False), ("DispatchIdempotencyToken", ""),
+                    ("ParameterizedJob", None), ("Payload", None)):
+        job.setdefault(k, zero)
+    for tg in job.get("TaskGroups") or []:
+        if job["Type"] == "service" and tg.get("Migrate") is None:
+            tg["Migrate"] = {"MaxParallel": 1, "HealthCheck": "checks", "MinHealthyTime": 10 * NS,
+                             "HealthyDeadline": 300 * NS}
+        for k, zero in (("Affinities", None), ("Spreads", None), ("Volumes", None), ("Scaling", None),
+                        ("Services", None), ("StopAfterClientDisconnect", None), ("MaxClientDisconnect", None),
+                        ("Disconnect", None), ("ShutdownDelay", None), ("PreventRescheduleOnLost", False),
+                        ("Consul", {"Namespace": "", "Cluster": "default", "Partition": ""})):
+            tg.setdefault(k, zero)
+        for t in tg.get("Tasks") or []:
+            t["Resources"] = {"CPU": 0, "Cores": 0, "MemoryMB": 0, "MemoryMaxMB": 0, "DiskMB": 0, "IOPS": 0,
+                              "Networks": None, "Devices": None, "NUMA": None, "SecretsMB": 0, **t["Resources"]}
+            for k, zero in (("User", ""), ("Constraints", None), ("Affinities", None), ("Services", None),
+                            ("Templates", None), ("Artifacts", None), ("Lifecycle", None), ("VolumeMounts", None),
+                            ("DispatchPayload", None), ("Leader", False), ("ShutdownDelay", 0), ("KillSignal", ""),
+                            ("Kind", ""), ("ScalingPolicies", None), ("Vault", None), ("Consul", None),
+                            ("CSIPluginConfig", None), ("Identities", None), ("Actions", None), ("Schedule", None)):
+                if t.get(k) in (None, [], {}) and k not in ("KillSignal",):
+                    t[k] = zero
+                t.setdefault(k, zero)
+    return job
+
+
 def _spec(job: dict) -> str:
     skip = {"Version", "ModifyIndex", "JobModifyIndex", "CreateIndex", "SubmitTime", "Status",
             "StatusDescription", "Stable"}
@@ -804,7 +839,7 @@ class NomadDouble(BlockingQueries):
         return "pending"
 
     def _job_view(self, job: dict) -> dict:
-        v = {k: copy.deepcopy(val) for k, val in job.items() if not k.startswith("_")}
+        v = structs_job({k: copy.deepcopy(val) for k, val in job.items() if not k.startswith("_")})
         v["Status"] = self._job_status(job)
         return v
 
