@@ -13,12 +13,6 @@ variable "datacenters" {
   default = ["*"]
 }
 
-variable "driver" {
-  type        = string
-  default     = "raw_exec"
-  description = "raw_exec or exec, as for function-instance."
-}
-
 variable "instance_command" {
   type    = string
   default = "/opt/faas-appliance/venv/bin/python"
@@ -129,7 +123,7 @@ job "runtime-pool" {
     }
 
     task "runtime" {
-      driver = var.driver
+      driver = "raw_exec"
 
       config {
         command = var.instance_command
@@ -213,7 +207,7 @@ job "runtime-pool" {
     }
 
     task "runtime" {
-      driver = var.driver
+      driver = "raw_exec"
 
       config {
         command = var.instance_command

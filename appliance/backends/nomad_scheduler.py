@@ -25,7 +25,7 @@ exactly what the operator configured) and again when that job changes. Pool inst
 only by functions that fit their reservation (``memory_mb`` in the pool service's meta).
 
 Calls to Nomad are retried with exponential backoff on transient errors only (connection errors,
-502/503/504, and 500s that Nomad uses for leader loss or RPC failures). Nomad answers validation
+429, 502/503/504, and 500s that Nomad uses for leader loss or RPC failures). Nomad answers validation
 errors with 500 too; those are final. Nomad unreachable gives ``Scheduler.Unavailable``, which the
 edge turns into a clear 503 for cold starts while warm instances keep serving.
 
@@ -92,7 +92,7 @@ def _transient(exc: BaseException) -> bool:
         if isinstance(resp, (requests.ConnectionError, requests.Timeout)):
             return True
         if isinstance(resp, requests.Response):
-            if resp.status_code in (502, 503, 504):
+            if resp.status_code in (429, 502, 503, 504):   # 429: Nomad's RPC rate limit
                 return True
             if resp.status_code == 500:
                 return any(s in (resp.text or "") for s in TRANSIENT_500)
@@ -126,7 +126,8 @@ class NomadScheduler:
                  retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0,
                  job_cache_s: float = 30.0):
         self.nomad_addr = nomad_addr.rstrip("/")
-        self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10)
+        # python-nomad's own default is verify=False; TLS to Nomad is verified, as in _session_request.
+        self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10, verify=True)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
         self.registry = registry
         self.blobs = blobs
@@ -187,7 +188,7 @@ class NomadScheduler:
         req = self.n.job  # any endpoint object: they share the requests session and the token
         headers = {"X-Nomad-Token": req.token} if req.token else {}
         resp = req.session.request(method, f"{self.nomad_addr}{path}", params=params, json=json_body,
-                                   headers=headers, timeout=timeout)
+                                   headers=headers, timeout=timeout, verify=req.verify)
         if resp.status_code >= 400:
             raise nomad_exc.BaseNomadException(resp)
         return resp

@@ -299,16 +299,35 @@ def test_transient_errors_are_retried_and_dispatch_stays_idempotent(make_cluster
         c = make_cluster(python_count=0, nomad_url=proxy.url)
         s = c.scheduler()
         s.ensure_jobs()
-        # First attempt: Nomad dispatches but the answer is lost; second: a leader election.
-        proxy.plan = [("forward_then", 502, "bad gateway"), ("reply", 500, "No cluster leader")]
+        # First attempt: Nomad dispatches but the answer is lost; second: a leader election; third:
+        # Nomad's RPC rate limit (429).
+        proxy.plan = [("forward_then", 502, "bad gateway"), ("reply", 500, "No cluster leader"),
+                      ("reply", 429, "rate limit exceeded")]
         inst = s.start(c.deploy(), time.monotonic() + 30)
         assert c.invoke(inst)["result"] == "Hello Serverless"
-        assert proxy.count("/dispatch?") == 3
+        assert proxy.count("/dispatch?") == 4
         children = [j for j in requests.get(f"{nomad_double.url}/v1/jobs", timeout=5).json()
                     if j["ParentID"] == "function-instance"]
         assert len(children) == 1, "the retried dispatch reused its idempotency token"
     finally:
         proxy.close()
+
+
+def test_tls_to_nomad_is_verified_on_every_path(make_cluster):
+    """python-nomad defaults to verify=False; the scheduler's client and its own session calls both verify."""
+    s = make_cluster().scheduler()
+    assert s.n.job.verify is True and s.n.jobs.verify is True and s.n.allocation.verify is True
+
+
+def test_the_configured_consul_token_wins_over_the_environment(monkeypatch):
+    """py-consul reads CONSUL_HTTP_TOKEN over the token it is given; the configured token wins, the
+    environment's is only a fallback."""
+    from appliance.backends.consul_kv import consul_client
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
+    assert consul_client("http://127.0.0.1:8500", "configured").token == "configured"
+    assert consul_client("http://127.0.0.1:8500", "").token == "from-env"
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN")
+    assert consul_client("http://127.0.0.1:8500", "").token is None
 
 
 def test_validation_errors_are_not_retried(make_cluster, nomad_double):
