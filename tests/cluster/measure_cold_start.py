@@ -66,7 +66,7 @@ def main() -> None:
         for i in range(args.n):
             wait_until(lambda: consul.passing_instances("faas-pool-python3-11"), 60, "a free pool instance")
             spec = InstanceSpec(function=f"p{i}", version=1, digest=digest, runtime="python3.11",
-                                handler="index.handler", memory_mb=128, timeout_s=3, concurrency=1)
+                                handler="index.handler", memory_mb=128, timeout_s=3, concurrency=1, environment={})
             t0 = time.monotonic()
             inst = sched.start(spec, time.monotonic() + 60)
             pool.append((time.monotonic() - t0) * 1000)
@@ -74,7 +74,8 @@ def main() -> None:
             sched.refill_pool()
         for i in range(args.n):
             spec = InstanceSpec(function=f"d{i}", version=1, digest=digest, runtime="python3.11",
-                                handler="index.handler", memory_mb=512, timeout_s=3, concurrency=1)  # > pool's 256
+                                handler="index.handler", memory_mb=512, timeout_s=3, concurrency=1,
+                                environment={})  # more than a pool instance's 256 MB: dispatched
             t0 = time.monotonic()
             inst = sched.start(spec, time.monotonic() + 60)
             dispatch.append((time.monotonic() - t0) * 1000)
