@@ -5,8 +5,9 @@
 # (atomic claim in Consul KV, keyed by the instance id) and POSTs /_/specialize with the
 # function's code; the instance then registers itself under "fn-<function>" through the node's
 # Consul agent. When a specialised instance is reclaimed it exits, and the launcher starts a fresh
-# generic instance in the same allocation, so the pool refills itself without Nomad restarts. The appliance changes the
-# pool size with POST /v1/job/runtime-pool/scale (Target.Group = the runtime group).
+# generic instance in the same allocation, so the pool refills itself without Nomad restarts. The
+# appliance changes the pool size with POST /v1/job/runtime-pool/scale (Target.Group = the runtime
+# group).
 
 variable "datacenters" {
   type    = list(string)

@@ -370,7 +370,7 @@ class NomadScheduler:
         return inst
 
     def _release_instance(self, address: str) -> None:
-        """Ask a pool instance we could not use to exit; Nomad restarts it as a generic one."""
+        """Ask a pool instance we could not use to exit; its launcher starts a fresh generic one."""
         try:
             requests.post(f"http://{address}/_/drain", json={"minIdleMs": 0}, timeout=2)
         except requests.RequestException:
