@@ -113,7 +113,7 @@ job "runtime-pool" {
     }
 
     # A specialised instance that drains is replaced in place by the launcher, which stays the
-    # task's process (appliance/instances/launcher.py supervise_pool): Nomad sees no exit, so this
+    # task's process (appliance/instances/pool_supervisor.py): Nomad sees no exit, so this
     # budget counts only real failures (a runtime that crashes or cannot start), which are retried
     # 10 times in 5 minutes and then after a delay until the interval is over.
     restart {

@@ -16,15 +16,14 @@ fetch), verifies the sha256, unpacks with :func:`appliance.core.codepkg.unpack` 
 checks), then replaces itself with the runtime's bootstrap (``os.execv``), so Nomad's signals and
 exit status are the runtime's own.
 
-A pool instance is supervised instead (:func:`supervise_pool`): the launcher stays as the task's
-process and runs the bootstrap as its child. When the child exits 0 without having been told to
+A pool instance is supervised instead (:mod:`appliance.instances.pool_supervisor`, which the
+launcher execs): it stays as the task's process and runs the bootstrap as its child. When the child exits 0 without having been told to
 stop (it was specialised, served, drained), the launcher clears the allocation's claim and starts
 a fresh generic instance in place. Nomad never sees that exit, so its restart policy (a budget of
 attempts per interval, then a delay) counts only real failures: a busy pool instance that is
 specialised and drained every few seconds does not use up the budget and then idle for the rest
-of the interval. A non-zero exit ends the launcher with the child's status, and Nomad's restart policy decides (so does a loop of more than
-``RECYCLE_LIMIT`` recycles within ``RECYCLE_WINDOW_S``). SIGTERM and SIGINT are
-passed to the child and end the launcher once it exits.
+of the interval. A non-zero exit ends the supervisor with the child's status, and Nomad's restart policy decides (so does a loop of
+recycles). SIGTERM and SIGINT are passed to the child and end the supervisor once it exits.
 
 ``python -m appliance.instances.launcher`` runs only the fetch (:func:`fetch_main`). A pool instance
 whose runtime cannot take the file lock itself (Node.js has no ``flock``) is given that command in
@@ -39,8 +38,6 @@ import hashlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -48,13 +45,9 @@ from pathlib import Path
 
 from appliance.core import codepkg
 from appliance.core.model import RESERVED_ENV_PREFIXES
+from appliance.instances.pool_supervisor import CLAIM_PREFIX, clear_stale_claim  # noqa: F401 - re-exported
 
-CLAIM_PREFIX = "faas/pool/claims/"
 DIGEST = re.compile(r"[0-9a-f]{64}")
-#: More than this many in-place recycles within RECYCLE_WINDOW_S is a loop, not work: the launcher
-#: then exits 1 and Nomad's restart policy (with its delay) takes over.
-RECYCLE_LIMIT = 20
-RECYCLE_WINDOW_S = 10.0
 
 
 def _say(event: str, **kv) -> None:
@@ -95,18 +88,6 @@ def ensure_code(digest: str, cache_dir: Path, url: str, limits: codepkg.Limits) 
         return dest, True
 
 
-def clear_stale_claim(consul_addr: str, alloc_id: str) -> None:
-    addr = consul_addr if "://" in consul_addr else f"http://{consul_addr}"
-    req = urllib.request.Request(f"{addr.rstrip('/')}/v1/kv/{CLAIM_PREFIX}{alloc_id}", method="DELETE")
-    token = os.environ.get("CONSUL_HTTP_TOKEN")
-    if token:
-        req.add_header("X-Consul-Token", token)
-    try:
-        urllib.request.urlopen(req, timeout=5).close()
-    except OSError as exc:
-        _say("claim_clear_failed", alloc=alloc_id, error=repr(str(exc)))
-
-
 def fetch_main(environ=None) -> None:
     """Make sure the code of ``FAAS_CODE_DIGEST`` is in ``FAAS_CODE_CACHE_DIR`` (fetching it from
     ``FAAS_CODE_URL`` when it is not) and print its directory; exit 1 with the reason otherwise."""
@@ -136,41 +117,6 @@ def function_env(text: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in doc.items() if not str(k).startswith(RESERVED_ENV_PREFIXES)}
 
 
-def supervise_pool(cmd: list[str], env: dict, clock=time.monotonic) -> int:
-    """Run generic pool instances one after the other in this process's place (see the module
-    docstring); returns the exit status for Nomad."""
-    alloc = env.get("FAAS_INSTANCE_ID") or env.get("NOMAD_ALLOC_ID")
-    stopping = False
-    child: subprocess.Popen | None = None
-
-    def forward(signum, _frame):
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    recycled: list[float] = []
-    while True:
-        if alloc and env.get("CONSUL_HTTP_ADDR"):
-            clear_stale_claim(env["CONSUL_HTTP_ADDR"], alloc)
-        if stopping:
-            return 0
-        child = subprocess.Popen(cmd, env=env)
-        if stopping:  # the signal came between the check above and the start
-            child.send_signal(signal.SIGTERM)
-        rc = child.wait()
-        if stopping or rc != 0:
-            return rc if rc >= 0 else 128 - rc
-        now = clock()
-        recycled = [t for t in recycled if now - t < RECYCLE_WINDOW_S] + [now]
-        if len(recycled) > RECYCLE_LIMIT:
-            _say("pool_instance_looping", alloc=alloc or "-", recycles=len(recycled), window_s=RECYCLE_WINDOW_S)
-            return 1
-        _say("pool_instance_recycled", alloc=alloc or "-")
-
-
 def main(environ=None) -> None:
     env = dict(os.environ if environ is None else environ)
     runtime = env.get("FAAS_RUNTIME") or "python3.11"
@@ -178,7 +124,11 @@ def main(environ=None) -> None:
     if env.get("FAAS_POOL") in ("1", "true", "yes"):
         env.setdefault("FAAS_CODE_FETCHER", json.dumps([sys.executable, "-m", "appliance.instances.launcher"]))
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-        sys.exit(supervise_pool(bootstrap_command(runtime, runtimes_dir), env))
+        # The supervisor stays resident for the allocation's life: a standard-library-only script
+        # started in isolated mode, so it costs a bare interpreter, not this process's imports.
+        supervisor = str(Path(__file__).with_name("pool_supervisor.py"))
+        cmd = [sys.executable, "-I", supervisor, *bootstrap_command(runtime, runtimes_dir)]
+        os.execve(cmd[0], cmd, env)
     else:
         digest = env.get("FAAS_CODE_DIGEST") or ""
         if not digest:
