@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-import nomad
 import pytest
 import requests
 from doubles.nomad import NS, FakeNode
