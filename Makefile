@@ -12,7 +12,7 @@ API_PORT ?= 8081
 DATA_DIR ?= .faas
 PYTEST_ARGS ?=
 
-.PHONY: runtime-deps venv up test test-unit test-integration test-runtimes test-cluster test-ops bench doctor clean system-deps
+.PHONY: runtime-deps venv up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
 
 venv: $(VENV)/.installed
 
@@ -54,6 +54,20 @@ test-runtimes: venv
 
 test-cluster: venv system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests/cluster $(PYTEST_ARGS)
+
+# The end-to-end cluster checks against REAL agents (docs/cluster.md, "Conformance run"):
+#   NOMAD_ADDR=http://... CONSUL_ADDR=http://... APPLIANCE_S3_ENDPOINT=http://... make test-cluster-real
+# Without the addresses it says so and fails: nothing is counted as passed.
+test-cluster-real:
+	@if [ -z "$$NOMAD_ADDR" ] || [ -z "$${CONSUL_ADDR:-$$CONSUL_HTTP_ADDR}" ] || \
+	    [ -z "$$APPLIANCE_S3_ENDPOINT$$APPLIANCE_S3_BUCKET" ]; then \
+	  echo "test-cluster-real: no real agents given. Set NOMAD_ADDR, CONSUL_ADDR (or CONSUL_HTTP_ADDR) and" \
+	       "APPLIANCE_S3_ENDPOINT or APPLIANCE_S3_BUCKET (tokens: NOMAD_TOKEN, CONSUL_HTTP_TOKEN)." \
+	       "Nothing was run." >&2; \
+	  exit 2; \
+	fi
+	$(MAKE) venv
+	FAAS_REAL_CLUSTER=1 $(PY) -m pytest -c tests/pytest.ini tests/cluster/test_real_cluster.py -p no:cacheprovider $(PYTEST_ARGS)
 
 test-ops: venv system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests/ops $(PYTEST_ARGS)

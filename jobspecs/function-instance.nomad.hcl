@@ -26,12 +26,6 @@ variable "datacenters" {
   default = ["*"]
 }
 
-variable "driver" {
-  type        = string
-  default     = "raw_exec"
-  description = "raw_exec (unisolated, needs plugin raw_exec enabled on the clients) or exec (chroot + cgroups, Nomad as root; the venv and code cache must then be in the client's chroot_env)."
-}
-
 variable "instance_command" {
   type        = string
   default     = "/opt/faas-appliance/venv/bin/python"
@@ -141,7 +135,10 @@ job "function-instance" {
     }
 
     task "runtime" {
-      driver = var.driver
+      # raw_exec only: Nomad's exec driver would run the task in a chroot without the appliance's
+      # virtualenv and with a private copy of the code cache (its chroot_env copies files), so it is
+      # not offered. The bootstrap sandboxes the function itself (runtimes/README.md).
+      driver = "raw_exec"
 
       config {
         command = var.instance_command

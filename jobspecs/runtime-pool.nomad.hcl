@@ -4,19 +4,14 @@
 # FAAS_POOL=1: the runtime is loaded, no function code yet. A cold start claims one of them
 # (atomic claim in Consul KV, keyed by the instance id) and POSTs /_/specialize with the
 # function's code; the instance then registers itself under "fn-<function>" through the node's
-# Consul agent. When a specialised instance is reclaimed it exits; Nomad restarts it in the same
-# allocation as a fresh generic instance, so the pool refills itself. The appliance changes the
-# pool size with POST /v1/job/runtime-pool/scale (Target.Group = the runtime group).
+# Consul agent. When a specialised instance is reclaimed it exits, and the launcher starts a fresh
+# generic instance in the same allocation, so the pool refills itself without Nomad restarts. The
+# appliance changes the pool size with POST /v1/job/runtime-pool/scale (Target.Group = the runtime
+# group).
 
 variable "datacenters" {
   type    = list(string)
   default = ["*"]
-}
-
-variable "driver" {
-  type        = string
-  default     = "raw_exec"
-  description = "raw_exec or exec, as for function-instance."
 }
 
 variable "instance_command" {
@@ -104,12 +99,23 @@ job "runtime-pool" {
       pool_service_suffix = "python3-11"
     }
 
+    # No deployments for the pool (forced updates, Nomad's documented meaning of max_parallel = 0).
+    # Nomad gives every service job a default update strategy, so each scale would open a
+    # deployment; specialised instances fail their "free" check by design, so it would never turn
+    # healthy, and until its 10-minute progress deadline Nomad refuses every further scale with
+    # 400 "job scaling blocked due to active deployment" (nomad/job_endpoint.go Job.Scale).
+    update {
+      max_parallel = 0
+    }
+
     network {
       port "http" {}
     }
 
-    # A generic instance that exits (after serving a specialised function, or by crashing) is
-    # restarted quickly in place: that is how the pool refills.
+    # A specialised instance that drains is replaced in place by the launcher, which stays the
+    # task's process (appliance/instances/pool_supervisor.py): Nomad sees no exit, so this
+    # budget counts only real failures (a runtime that crashes or cannot start), which are retried
+    # 10 times in 5 minutes and then after a delay until the interval is over.
     restart {
       attempts = 10
       interval = "5m"
@@ -118,7 +124,7 @@ job "runtime-pool" {
     }
 
     task "runtime" {
-      driver = var.driver
+      driver = "raw_exec"
 
       config {
         command = var.instance_command
@@ -185,6 +191,11 @@ job "runtime-pool" {
       pool_service_suffix = "nodejs20"
     }
 
+    # No deployments: see the python3.11 group.
+    update {
+      max_parallel = 0
+    }
+
     network {
       port "http" {}
     }
@@ -197,7 +208,7 @@ job "runtime-pool" {
     }
 
     task "runtime" {
-      driver = var.driver
+      driver = "raw_exec"
 
       config {
         command = var.instance_command

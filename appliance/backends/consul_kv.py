@@ -42,12 +42,19 @@ class MetadataUnavailable(RegistryUnavailable):
 
 
 def consul_client(addr: str, token: str = "", timeout_s: float | None = None) -> consul.Consul:
-    """A py-consul client for ``http(s)://host:port``."""
+    """A py-consul client for ``http(s)://host:port``.
+
+    py-consul takes ``CONSUL_HTTP_TOKEN`` from the environment over the token it is given
+    (consul/base.py: ``os.getenv("CONSUL_HTTP_TOKEN", token)``); the configured token wins here, and
+    the environment's is used only when none is configured, as the consul CLI does."""
+    import os
     from urllib.parse import urlparse
 
     u = urlparse(addr if "://" in addr else f"http://{addr}")
-    return consul.Consul(host=u.hostname or "127.0.0.1", port=u.port or (443 if u.scheme == "https" else 8500),
-                         scheme=u.scheme or "http", token=token or None, connections_timeout=timeout_s)
+    c = consul.Consul(host=u.hostname or "127.0.0.1", port=u.port or (443 if u.scheme == "https" else 8500),
+                      scheme=u.scheme or "http", token=token or None, connections_timeout=timeout_s)
+    c.token = token or os.environ.get("CONSUL_HTTP_TOKEN") or None
+    return c
 
 
 class ConsulMetadataStore:

@@ -77,10 +77,13 @@ class ConsulRegistry:
     """The Registry port over Consul's health API (see the module docstring).
 
     ``stale_limit_s``: how long the last view is served while Consul does not answer.
-    ``removal_grace_s``: how long an entry that stopped passing is kept (Consul restart blips)."""
+    ``removal_grace_s``: how long an entry that stopped passing is kept (Consul restart blips). After
+    an agent restart Consul probes each check again only after a random stagger of up to its
+    interval (agent/checks/check.go), then within its timeout: with the jobs' 2 s interval and 1 s
+    timeout an entry can be critical for 3 s, so the grace is 5 s."""
 
     def __init__(self, addr: str, *, token: str = "", wait_s: float = 30.0, stale_limit_s: float = 60.0,
-                 removal_grace_s: float = 2.0, clock=time.monotonic):
+                 removal_grace_s: float = 5.0, clock=time.monotonic):
         self.addr = addr
         self.wait_s = wait_s
         self.stale_limit_s = stale_limit_s

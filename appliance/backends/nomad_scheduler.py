@@ -25,7 +25,7 @@ exactly what the operator configured) and again when that job changes. Pool inst
 only by functions that fit their reservation (``memory_mb`` in the pool service's meta).
 
 Calls to Nomad are retried with exponential backoff on transient errors only (connection errors,
-502/503/504, and 500s that Nomad uses for leader loss or RPC failures). Nomad answers validation
+429, 502/503/504, and 500s that Nomad uses for leader loss or RPC failures). Nomad answers validation
 errors with 500 too; those are final. Nomad unreachable gives ``Scheduler.Unavailable``, which the
 edge turns into a clear 503 for cold starts while warm instances keep serving.
 
@@ -63,6 +63,8 @@ POOL_SERVICE_PREFIX = "faas-pool-"
 #: Nomad 500 bodies that mean "try again" rather than "your request is wrong".
 TRANSIENT_500 = ("No cluster leader", "rpc error", "i/o timeout", "connection refused", "EOF",
                  "leadership lost", "Raft", "timed out")
+#: Nomad's answer (400) to a scale while the job has an active deployment (nomad/job_endpoint.go Job.Scale).
+DEPLOYMENT_BLOCKED = "job scaling blocked due to active deployment"
 #: How many pool entries one start tries to claim before it falls back to dispatch.
 CLAIM_TRIES = 3
 #: Job meta key of a memory-sized copy of function-instance: the JobModifyIndex it was copied from.
@@ -90,7 +92,7 @@ def _transient(exc: BaseException) -> bool:
         if isinstance(resp, (requests.ConnectionError, requests.Timeout)):
             return True
         if isinstance(resp, requests.Response):
-            if resp.status_code in (502, 503, 504):
+            if resp.status_code in (429, 502, 503, 504):   # 429: Nomad's RPC rate limit
                 return True
             if resp.status_code == 500:
                 return any(s in (resp.text or "") for s in TRANSIENT_500)
@@ -124,7 +126,8 @@ class NomadScheduler:
                  retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0,
                  job_cache_s: float = 30.0):
         self.nomad_addr = nomad_addr.rstrip("/")
-        self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10)
+        # python-nomad's own default is verify=False; TLS to Nomad is verified, as in _session_request.
+        self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10, verify=True)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
         self.registry = registry
         self.blobs = blobs
@@ -185,7 +188,7 @@ class NomadScheduler:
         req = self.n.job  # any endpoint object: they share the requests session and the token
         headers = {"X-Nomad-Token": req.token} if req.token else {}
         resp = req.session.request(method, f"{self.nomad_addr}{path}", params=params, json=json_body,
-                                   headers=headers, timeout=timeout)
+                                   headers=headers, timeout=timeout, verify=req.verify)
         if resp.status_code >= 400:
             raise nomad_exc.BaseNomadException(resp)
         return resp
@@ -367,7 +370,7 @@ class NomadScheduler:
         return inst
 
     def _release_instance(self, address: str) -> None:
-        """Ask a pool instance we could not use to exit; Nomad restarts it as a generic one."""
+        """Ask a pool instance we could not use to exit; its launcher starts a fresh generic one."""
         try:
             requests.post(f"http://{address}/_/drain", json={"minIdleMs": 0}, timeout=2)
         except requests.RequestException:
@@ -574,11 +577,20 @@ class NomadScheduler:
                          and (e["Service"].get("Meta") or {}).get("instance_id") in claimed)
             want = in_use + self.pool_target_free
             if want != g["Desired"]:
-                self._call(f"scale {self.pool_job}/{group}", lambda: self._session_request(
-                    "POST", f"/v1/job/{self.pool_job}/scale",
-                    json_body={"Count": want, "Target": {"Group": group},
-                               "Message": f"pool top-up: {len(free)} free, {in_use} specialised, "
-                                          f"target {self.pool_target_free} free"}))
+                try:
+                    self._call(f"scale {self.pool_job}/{group}", lambda: self._session_request(
+                        "POST", f"/v1/job/{self.pool_job}/scale",
+                        json_body={"Count": want, "Target": {"Group": group},
+                                   "Message": f"pool top-up: {len(free)} free, {in_use} specialised, "
+                                              f"target {self.pool_target_free} free"}))
+                except PlacementFailed as exc:
+                    if DEPLOYMENT_BLOCKED not in str(exc):
+                        raise
+                    # The job as registered has deployments (no `update { max_parallel = 0 }` in
+                    # its groups): Nomad refuses every scale until the deployment ends.
+                    log.warning("event=pool_scale_blocked group=%s reason=%r hint=%r", group, DEPLOYMENT_BLOCKED,
+                                "register runtime-pool with update { max_parallel = 0 } in each group")
+                    continue
                 log.info("event=pool_scaled group=%s from=%d to=%d free=%d specialised=%d",
                          group, g["Desired"], want, len(free), in_use)
                 scaled[group] = want
@@ -629,8 +641,10 @@ def _claim_age(item: dict) -> float:
 
 
 def vars_for(hcl: str, var_file: str) -> str:
-    """The assignments of ``var_file`` that ``hcl`` declares: Nomad refuses a var-file that assigns
-    a variable the job does not declare, and one file serves both jobs. One assignment per line."""
+    """The assignments of ``var_file`` that ``hcl`` declares. One file serves both jobs; Nomad's parse
+    endpoint only warns about assignments to variables a job does not declare (the CLI refuses
+    them), so they are left out here: each job receives, and stores, only its own variables. One
+    assignment per line."""
     declared = set(re.findall(r'^variable\s+"([^"]+)"', hcl, re.M))
     keep = []
     for line in var_file.splitlines():

@@ -193,7 +193,7 @@ class NomadNodes:
     def __init__(self, addr: str, token: str = "", retry: RetryPolicy = RetryPolicy(), timeout: float = 10.0,
                  sleep: Callable[[float], None] = time.sleep):
         import nomad
-        self.client = nomad.Nomad(address=addr.rstrip("/"), token=token or None, timeout=timeout)
+        self.client = nomad.Nomad(address=addr.rstrip("/"), token=token or None, timeout=timeout, verify=True)
         self.retry = retry
         self._sleep = sleep
 
@@ -248,6 +248,8 @@ class ConsulInstances:
         u = urlparse(addr if "//" in addr else f"http://{addr}")
         self.client = consul.Consul(host=u.hostname or "127.0.0.1", port=u.port or 8500,
                                     scheme=u.scheme or "http", token=token or None)
+        if token:   # py-consul lets CONSUL_HTTP_TOKEN override the token it is given: the configured one wins
+            self.client.token = token
         self.retry = retry
         self._sleep = sleep
 

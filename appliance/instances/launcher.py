@@ -14,8 +14,16 @@ It makes sure ``<cache>/<digest>/`` holds the unpacked code (fetched at most onc
 node: a file lock serialises instances starting together, the check after taking it skips the
 fetch), verifies the sha256, unpacks with :func:`appliance.core.codepkg.unpack` (all of its safety
 checks), then replaces itself with the runtime's bootstrap (``os.execv``), so Nomad's signals and
-exit status are the runtime's own. A pool instance starting afresh first clears a claim left on its
-allocation by an earlier incarnation (Nomad restarts a drained pool instance in place).
+exit status are the runtime's own.
+
+A pool instance is supervised instead (:mod:`appliance.instances.pool_supervisor`, which the
+launcher execs): it stays as the task's process and runs the bootstrap as its child. When the child exits 0 without having been told to
+stop (it was specialised, served, drained), the launcher clears the allocation's claim and starts
+a fresh generic instance in place. Nomad never sees that exit, so its restart policy (a budget of
+attempts per interval, then a delay) counts only real failures: a busy pool instance that is
+specialised and drained every few seconds does not use up the budget and then idle for the rest
+of the interval. A non-zero exit ends the supervisor with the child's status, and Nomad's restart policy decides (so does a loop of
+recycles). SIGTERM and SIGINT are passed to the child and end the supervisor once it exits.
 
 ``python -m appliance.instances.launcher`` runs only the fetch (:func:`fetch_main`). A pool instance
 whose runtime cannot take the file lock itself (Node.js has no ``flock``) is given that command in
@@ -37,8 +45,8 @@ from pathlib import Path
 
 from appliance.core import codepkg
 from appliance.core.model import RESERVED_ENV_PREFIXES
+from appliance.instances.pool_supervisor import CLAIM_PREFIX, clear_stale_claim  # noqa: F401 - re-exported
 
-CLAIM_PREFIX = "faas/pool/claims/"
 DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -80,18 +88,6 @@ def ensure_code(digest: str, cache_dir: Path, url: str, limits: codepkg.Limits) 
         return dest, True
 
 
-def clear_stale_claim(consul_addr: str, alloc_id: str) -> None:
-    addr = consul_addr if "://" in consul_addr else f"http://{consul_addr}"
-    req = urllib.request.Request(f"{addr.rstrip('/')}/v1/kv/{CLAIM_PREFIX}{alloc_id}", method="DELETE")
-    token = os.environ.get("CONSUL_HTTP_TOKEN")
-    if token:
-        req.add_header("X-Consul-Token", token)
-    try:
-        urllib.request.urlopen(req, timeout=5).close()
-    except OSError as exc:
-        _say("claim_clear_failed", alloc=alloc_id, error=repr(str(exc)))
-
-
 def fetch_main(environ=None) -> None:
     """Make sure the code of ``FAAS_CODE_DIGEST`` is in ``FAAS_CODE_CACHE_DIR`` (fetching it from
     ``FAAS_CODE_URL`` when it is not) and print its directory; exit 1 with the reason otherwise."""
@@ -126,10 +122,13 @@ def main(environ=None) -> None:
     runtime = env.get("FAAS_RUNTIME") or "python3.11"
     runtimes_dir = Path(env.get("APPLIANCE_RUNTIMES_DIR") or Path(__file__).resolve().parents[2] / "runtimes")
     if env.get("FAAS_POOL") in ("1", "true", "yes"):
-        alloc = env.get("FAAS_INSTANCE_ID") or env.get("NOMAD_ALLOC_ID")
-        if alloc and env.get("CONSUL_HTTP_ADDR"):
-            clear_stale_claim(env["CONSUL_HTTP_ADDR"], alloc)
         env.setdefault("FAAS_CODE_FETCHER", json.dumps([sys.executable, "-m", "appliance.instances.launcher"]))
+        env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+        # The supervisor stays resident for the allocation's life: a standard-library-only script
+        # started in isolated mode, so it costs a bare interpreter, not this process's imports.
+        supervisor = str(Path(__file__).with_name("pool_supervisor.py"))
+        cmd = [sys.executable, "-I", supervisor, *bootstrap_command(runtime, runtimes_dir)]
+        os.execve(cmd[0], cmd, env)
     else:
         digest = env.get("FAAS_CODE_DIGEST") or ""
         if not digest:

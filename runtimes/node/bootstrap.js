@@ -582,7 +582,9 @@ function clusterRegister(inst) {
     ID: sid, Name: `fn-${name}`, Address: host, Port: port,
     Tags: ['faas', `function=${name}`, `version=${version}`, `instance=${iid}`, 'source=pool'],
     Meta: { function: name, version, instance_id: iid, runtime: RUNTIME, concurrency: String(inst.maxInflight), source: 'pool' },
-    Check: { CheckID: `${sid}-ready`, Name: 'ready', HTTP: `http://${host}:${port}/_/ready`,
+    // Registered only once the code has loaded, so it starts passing (Consul's first probe comes
+    // after a random stagger of up to one interval).
+    Check: { CheckID: `${sid}-ready`, Name: 'ready', HTTP: `http://${host}:${port}/_/ready`, Status: 'passing',
       Interval: process.env.FAAS_CHECK_INTERVAL || '2s', Timeout: '1s', DeregisterCriticalServiceAfter: '1m' },
   }).then(() => { inst.consulServiceId = sid; return sid; });
 }

@@ -1103,7 +1103,10 @@ def _cluster_register(inst):
         "Tags": ["faas", f"function={name}", f"version={version}", f"instance={iid}", "source=pool"],
         "Meta": {"function": name, "version": version, "instance_id": iid, "runtime": RUNTIME,
                  "concurrency": str(inst.max_inflight), "source": "pool"},
+        # Registered only once the code has loaded, so it starts passing: Consul would otherwise
+        # keep it critical until its first probe, up to one interval later (a random stagger).
         "Check": {"CheckID": f"{sid}-ready", "Name": "ready", "HTTP": f"http://{host}:{port}/_/ready",
+                  "Status": "passing",
                   "Interval": os.environ.get("FAAS_CHECK_INTERVAL") or "2s", "Timeout": "1s",
                   "DeregisterCriticalServiceAfter": "1m"}})
     inst.consul_service_id = sid

@@ -506,7 +506,7 @@ def test_acls_off_by_default_and_tokens_are_logged(consul_double):
 def test_acls_on_refuse_missing_and_unknown_tokens(make_consul_double):
     d = make_consul_double(acl_tokens={"secret-1"})
     r = put(d, "/v1/kv/k", data=b"1")
-    assert (r.status_code, r.text) == (403, "Permission denied")
+    assert (r.status_code, r.text) == (403, "Permission denied: anonymous token lacks permission 'key:write' on \"k\"")
     assert r.headers["Content-Type"].startswith("text/plain") and r.headers["X-Consul-Default-ACL-Policy"] == "deny"
     r = put(d, "/v1/agent/service/register", json={"Name": "s"}, headers={"X-Consul-Token": "nope"})
     assert (r.status_code, r.text) == (403, "ACL not found")

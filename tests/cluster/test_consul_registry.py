@@ -126,10 +126,13 @@ def test_consul_restart_keeps_warm_instances_listed(consul_double, registry):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
+    # The first probe after the restart comes after a random stagger of up to the interval (1 s),
+    # then within the timeout: the grace must cover both (the default, 5 s, covers 2 s + 1 s).
+    registry.removal_grace_s = 2.5
     try:
         body = {"ID": "fn-hello-i-1", "Name": "fn-hello", "Address": "127.0.0.1", "Port": port,
                 "Meta": {"function": "hello", "version": "1", "instance_id": "i-1"},
-                "Check": {"HTTP": f"http://127.0.0.1:{port}/_/ready", "Interval": "1s"}}
+                "Check": {"HTTP": f"http://127.0.0.1:{port}/_/ready", "Interval": "1s", "Timeout": "1s"}}
         requests.put(f"{consul_double.url}/v1/agent/service/register", json=body, timeout=5).raise_for_status()
         wait_until(lambda: registry.ready("hello"), what="listed")
         sizes = []

@@ -96,12 +96,13 @@ def test_function_instance_fields(nomad_double):
     assert check["Interval"] >= NS and check["Timeout"] >= NS
 
 
-def test_function_instance_variables_select_driver_memory_and_id(nomad_double):
+def test_function_instance_variables_select_memory_and_id_and_the_driver_is_raw_exec(nomad_double):
+    # `driver` is no longer a variable: an old var-file that sets it only gets Nomad's warning.
     job = parse_json(nomad_double, "function-instance",
                      'driver = "exec"\nmemory_mb = 512\njob_id = "function-instance-512"\nkill_timeout = "1m"')
     (_, t), = all_tasks(job)
     assert job["ID"] == "function-instance-512"
-    assert (t["Driver"], t["Resources"]["MemoryMB"], t["KillTimeout"]) == ("exec", 512, 60 * NS)
+    assert (t["Driver"], t["Resources"]["MemoryMB"], t["KillTimeout"]) == ("raw_exec", 512, 60 * NS)
 
 
 def test_runtime_pool_fields(nomad_double):

@@ -32,11 +32,12 @@ class Cluster:
         self.nomad_url = nomad_url or nomad.url
 
     def scheduler(self, **kw) -> NomadScheduler:
-        reg = ConsulRegistry(self.consul.url, removal_grace_s=0.2)
+        reg = ConsulRegistry(self.consul.url, token=kw.get("consul_token", ""), removal_grace_s=0.2)
         self.registries.append(reg)
         kw.setdefault("nomad_addr", self.nomad_url)
+        kw.setdefault("jobspecs_dir", "jobspecs")
         s = NomadScheduler(consul_addr=self.consul.url, registry=reg, blobs=self.blobs, client=self.client,
-                           jobspecs_dir="jobspecs", job_vars=self.vars, pool_refill_s=0, retry_s=2.0,
+                           job_vars=self.vars, pool_refill_s=0, retry_s=2.0,
                            maintain=False, **kw)
         self.schedulers.append(s)
         return s
@@ -72,6 +73,39 @@ def make_cluster(consul_double, nomad_double, moto_s3, tmp_path):
         return c
     yield make
     for c in made:
+        c.close()
+
+
+def test_the_shipped_acl_policies_are_enough(make_consul_double, make_nomad_double, moto_s3, tmp_path):
+    """ACLs on in both doubles, default deny, each caller with a token bound to the policy file the
+    roles apply: the appliance (consul-appliance, nomad-appliance) registers the jobs, claims and
+    specialises a pool instance, dispatches, and tops up the pool; the instances (consul-instance)
+    clear their claims and register themselves. Consul filters what a token may not read, so a
+    missing rule would show up here as "no free instance" or a start that never passes."""
+    acl = "playbooks/roles/appliance/files/acl/"
+    consul_d = make_consul_double(acl_tokens={"c-app": open(acl + "consul-appliance.hcl").read(),
+                                              "c-inst": open(acl + "consul-instance.hcl").read(), "root": None})
+    nomad_d = make_nomad_double(consul=consul_d, acl_tokens={"n-app": open(acl + "nomad-appliance.hcl").read()})
+    c = Cluster(consul_d, nomad_d, moto_s3.url, tmp_path, python_count=1)
+    c.vars += 'consul_token = "c-inst"\n'
+    try:
+        s = c.scheduler(nomad_token="n-app", consul_token="c-app")
+        s.ensure_jobs()
+        pool_ready(consul_d, 1)
+        inst = s.start(c.deploy(), time.monotonic() + 30)
+        assert c.invoke(inst)
+        assert s.stats["pool_starts"] == 1
+        wait_until(lambda: not consul_d.passing_instances("faas-pool-python3-11"), what="pool empty")
+        assert s.refill_pool() == {"python3.11": 2}
+        pool_ready(consul_d, 1)
+        s.start(c.deploy(function="other"), time.monotonic() + 30)
+        wait_until(lambda: not consul_d.passing_instances("faas-pool-python3-11"), what="pool empty again")
+        d = s.start(c.deploy(function="third"), time.monotonic() + 30)   # no free instance: dispatched
+        assert s.stats["dispatch_starts"] == 1 and c.invoke(d)
+        s.stop(d)
+        assert not [t for _m, _p, t in nomad_d.request_tokens if t != "n-app"]
+        assert {t for _m, p, t in consul_d.request_tokens if p.startswith("/v1/agent/service/")} == {"c-inst"}
+    finally:
         c.close()
 
 
@@ -265,16 +299,35 @@ def test_transient_errors_are_retried_and_dispatch_stays_idempotent(make_cluster
         c = make_cluster(python_count=0, nomad_url=proxy.url)
         s = c.scheduler()
         s.ensure_jobs()
-        # First attempt: Nomad dispatches but the answer is lost; second: a leader election.
-        proxy.plan = [("forward_then", 502, "bad gateway"), ("reply", 500, "No cluster leader")]
+        # First attempt: Nomad dispatches but the answer is lost; second: a leader election; third:
+        # Nomad's RPC rate limit (429).
+        proxy.plan = [("forward_then", 502, "bad gateway"), ("reply", 500, "No cluster leader"),
+                      ("reply", 429, "rate limit exceeded")]
         inst = s.start(c.deploy(), time.monotonic() + 30)
         assert c.invoke(inst)["result"] == "Hello Serverless"
-        assert proxy.count("/dispatch?") == 3
+        assert proxy.count("/dispatch?") == 4
         children = [j for j in requests.get(f"{nomad_double.url}/v1/jobs", timeout=5).json()
                     if j["ParentID"] == "function-instance"]
         assert len(children) == 1, "the retried dispatch reused its idempotency token"
     finally:
         proxy.close()
+
+
+def test_tls_to_nomad_is_verified_on_every_path(make_cluster):
+    """python-nomad defaults to verify=False; the scheduler's client and its own session calls both verify."""
+    s = make_cluster().scheduler()
+    assert s.n.job.verify is True and s.n.jobs.verify is True and s.n.allocation.verify is True
+
+
+def test_the_configured_consul_token_wins_over_the_environment(monkeypatch):
+    """py-consul reads CONSUL_HTTP_TOKEN over the token it is given; the configured token wins, the
+    environment's is only a fallback."""
+    from appliance.backends.consul_kv import consul_client
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
+    assert consul_client("http://127.0.0.1:8500", "configured").token == "configured"
+    assert consul_client("http://127.0.0.1:8500", "").token == "from-env"
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN")
+    assert consul_client("http://127.0.0.1:8500", "").token is None
 
 
 def test_validation_errors_are_not_retried(make_cluster, nomad_double):
@@ -300,6 +353,40 @@ def test_pool_top_up_scales_the_runtime_group(make_cluster, consul_double, nomad
     assert s.refill_pool() == {"python3.11": 2}
     pool_ready(consul_double, 1)
     assert s.refill_pool() == {}  # one free again: nothing to do
+    # A second top-up right after the first: the pool groups open no deployment (update
+    # max_parallel = 0), so Nomad does not refuse it.
+    s.start(c.deploy(function="other"), time.monotonic() + 30)
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty again")
+    assert s.refill_pool() == {"python3.11": 3}
+    assert requests.get(f"{nomad_double.url}/v1/job/runtime-pool/deployment", timeout=5).json() is None
+
+
+def test_pool_groups_with_deployments_block_the_second_top_up(make_cluster, consul_double, nomad_double, tmp_path):
+    """What the update block prevents: a pool job with Nomad's default update strategy opens a
+    deployment on every scale; specialised instances fail their pool check, so it never turns
+    healthy, and Nomad refuses the next scale. The top-up pass logs it and scales nothing."""
+    specs = tmp_path / "jobspecs"
+    specs.mkdir()
+    for f in ("function-instance.nomad.hcl", "runtime-pool.nomad.hcl"):
+        text = open(f"jobspecs/{f}").read()
+        # Nomad's default strategy, with a progress deadline long enough for the doubles' scaled time.
+        (specs / f).write_text(text.replace("  max_parallel = 0\n", '  max_parallel = 1\n      healthy_deadline = "50m"'
+                                                                    '\n      progress_deadline = "1h"\n'))
+    c = make_cluster(python_count=1)
+    s = c.scheduler(jobspecs_dir=str(specs))
+    s.ensure_jobs()
+    pool_ready(consul_double, 1)
+    s.start(c.deploy(), time.monotonic() + 30)
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty")
+    assert s.refill_pool() == {"python3.11": 2}   # the registration's deployment was over: allowed
+    pool_ready(consul_double, 1)
+    # The scale's deployment includes the specialised instance, whose pool check fails: it stays running.
+    assert requests.get(f"{nomad_double.url}/v1/job/runtime-pool/deployment", timeout=5).json()["Status"] == "running"
+    s.start(c.deploy(function="other"), time.monotonic() + 30)
+    wait_until(lambda: not consul_double.passing_instances("faas-pool-python3-11"), what="pool empty again")
+    assert s.refill_pool() == {}
+    status = requests.get(f"{nomad_double.url}/v1/job/runtime-pool/scale", timeout=5).json()
+    assert status["TaskGroups"]["python3.11"]["Desired"] == 2
 
 
 def test_pool_instances_that_never_pass_do_not_make_top_up_grow_the_group(make_cluster, consul_double, nomad_double):

@@ -233,6 +233,33 @@ def test_worker_drivers_follow_the_settings(tmp_path):
     assert options["driver.denylist"] == "exec"
 
 
+def _seconds(duration: str) -> float:
+    return float(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
+
+
+def test_workers_let_every_job_use_its_kill_timeout(tmp_path):
+    """Nomad caps a task's kill_timeout at the client's max_kill_timeout (30s unless configured):
+    the role raises it to cover every kill_timeout the appliance's jobs ask for."""
+    config = render_worker_nomad_config(tmp_path / "kill")
+    cap = _seconds(config["client"][0]["max_kill_timeout"])
+    asked = {}
+    for job_file in sorted((REPO / "jobspecs").glob("*.nomad.hcl")):
+        text = job_file.read_text()
+        for m in re.finditer(r'kill_timeout\s*=\s*"(\d+[smh])"', text):
+            asked[job_file.name] = max(asked.get(job_file.name, 0), _seconds(m.group(1)))
+        if 'variable "kill_timeout"' in text:
+            asked[job_file.name] = max(asked.get(job_file.name, 0),
+                                       _seconds(jobspec_default(job_file.name, "kill_timeout")))
+    assert set(asked) >= {"function-instance.nomad.hcl", "runtime-pool.nomad.hcl", "edge-router.nomad.hcl"}
+    assert {f: t for f, t in asked.items() if t > cap} == {}, f"max_kill_timeout {cap}s"
+
+
+def test_the_nomad_unit_waits_for_the_agent_to_be_up(tmp_path):
+    unit = render_for_a_worker(tmp_path / "unit", "nomad", "nomad.service.j2",
+                               _nomad_is_server=False, _nomad_is_client=True, _nomad_binary="/usr/bin/nomad")
+    assert "Type=notify" in unit.splitlines()
+
+
 def test_instances_listen_on_the_interface_of_the_private_address(tmp_path):
     """Nomad gives instances the address of the default route's interface unless told otherwise; the
     role names the interface that holds the worker's private address (here: loopback's 127.0.0.1)."""

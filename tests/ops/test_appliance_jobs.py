@@ -34,6 +34,7 @@ class FakeNomad(http.server.ThreadingHTTPServer):
         self.jobs: dict[str, dict] = {}
         self.registrations: list[str] = []
         self.parse_bodies: list[dict] = []
+        self.register_bodies: list[dict] = []
 
     @property
     def url(self) -> str:
@@ -75,6 +76,7 @@ class NomadHandler(http.server.BaseHTTPRequestHandler):
             return self.reply(200, {"Diff": {"Type": diff, "ID": job["ID"]}, "Annotations": {}})
         if self.path == "/v1/jobs":
             job = body["Job"]
+            self.server.register_bodies.append(body)
             self.server.jobs[job["ID"]] = job
             self.server.registrations.append(job["ID"])
             return self.reply(200, {"EvalID": "", "JobModifyIndex": len(self.server.registrations)})
@@ -158,6 +160,8 @@ def test_jobs_are_registered_once_and_again_only_when_they_change(tmp_path, noma
     third = register_jobs(tmp_path, nomad, jobs)
     assert nomad.registrations[2:] == ["runtime-pool"]
     assert third["changed"] == 1
+    # Every registration keeps the group counts Nomad has (the pool the appliance scaled).
+    assert [b.get("PreserveCounts") for b in nomad.register_bodies] == [True, True, True]
 
 
 def test_a_missing_job_file_stops_the_run_before_any_registration(tmp_path, nomad):

@@ -6,12 +6,19 @@ blocking queries through one condition variable. HTTP and TCP checks are really 
 the registered address; TTL checks expire; services whose check stays critical are reaped after
 ``DeregisterCriticalServiceAfter``; sessions expire and release or delete their locks.
 
-ACLs are off unless ``acl_tokens`` is given: then the default policy is deny, every listed
-SecretID may do everything (a management token), a request without a token gets 403
-``Permission denied`` and one with an unknown token 403 ``ACL not found`` (§15: plain text).
+ACLs are off unless ``acl_tokens`` is given: then the default policy is deny. ``acl_tokens`` maps
+each SecretID to its policy rules (HCL text, as in playbooks/roles/appliance/files/acl/) or to None
+for a management token; a plain collection of SecretIDs makes them all management tokens. A
+request without a token is the anonymous token (``anonymous_rules``, default: nothing), one with
+an unknown token gets 403 ``ACL not found``. Writes without the right get 403 ``Permission
+denied``; list reads (health, catalog, KV recurse/keys, sessions) answer 200 with what the token
+may read, and ``X-Consul-Results-Filtered-By-ACLs: true`` when something was left out
+(agent/consul/health_endpoint.go, catalog_endpoint.go: filtered, never refused).
 
-Simplified (see README.md in this directory): one datacenter, no ACL policies, no jitter on blocking waits,
-the first probe of an interval check runs at once instead of after a random stagger, output-only
+The first probe of an HTTP or TCP check runs after a random stagger of up to its interval, as the
+agent does (``probe_stagger=False`` probes at once).
+
+Simplified (see README.md in this directory): one datacenter, no ACL policies, no jitter on blocking waits, output-only
 changes of a check do not bump the index (as the agent's deferred sync), script/gRPC checks keep
 their initial status.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import threading
 import time
 import uuid
@@ -26,6 +34,7 @@ from urllib.parse import unquote
 
 import requests
 
+from .acl import ConsulAuthorizer
 from ._http import App, BlockingQueries, DoubleServer, HTTPError, as_json, format_go_duration, parse_go_duration, text
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
@@ -171,10 +180,19 @@ class ConsulDouble(BlockingQueries):
                  node_address: str = "127.0.0.1", datacenter: str = "dc1",
                  min_deregister_after: float = 60.0, reap_interval: float = 30.0,
                  min_session_ttl: float = 10.0, session_ttl_multiplier: float = 2.0,
-                 max_wait: float = 600.0, tick: float = 0.02, acl_tokens=None):
+                 max_wait: float = 600.0, tick: float = 0.02, acl_tokens=None, probe_stagger: bool = True,
+                 anonymous_rules: str = ""):
         self.datacenter = datacenter
+        #: The agent runs an HTTP/TCP check for the first time after a random pause of up to its
+        #: interval (agent/checks/check.go CheckHTTP.run / CheckTCP.run: lib.RandomStagger(c.Interval)),
+        #: also after an agent restart. False: the first probe runs at once.
+        self.probe_stagger = probe_stagger
         #: None: ACLs off. A collection of SecretIDs: ACLs on, default deny, those tokens allowed.
-        self.acl_tokens = None if acl_tokens is None else set(acl_tokens)
+        self.acl_tokens = None
+        if acl_tokens is not None:
+            tokens = acl_tokens if isinstance(acl_tokens, dict) else {t: None for t in acl_tokens}
+            self.acl_tokens = {t: ConsulAuthorizer(rules) for t, rules in tokens.items()}
+        self.anonymous = ConsulAuthorizer(anonymous_rules)
         self.min_deregister_after = min_deregister_after
         self.reap_interval = reap_interval
         self.min_session_ttl = min_session_ttl
@@ -273,10 +291,14 @@ class ConsulDouble(BlockingQueries):
                 now = time.monotonic()
                 for c in self.checks.values():
                     if c.http or c.tcp:
-                        c.next_probe = now
+                        c.next_probe = self._first_probe(c, now)
                         self._set_status(c, CRITICAL, c.output)
             self._cond.notify_all()
         self.up()
+
+    def _first_probe(self, c: "_Check", now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return now + (random.uniform(0, c.interval) if self.probe_stagger else 0.0)
 
     # ------------------------------------------------------------------ index helpers
     def _bump(self) -> int:
@@ -380,6 +402,8 @@ class ConsulDouble(BlockingQueries):
                 c.create_index = old.create_index
             else:
                 c.create_index = idx
+            if c.http or c.tcp:
+                c.next_probe = self._first_probe(c)
             c.modify_index = idx
             self.checks[c.id] = c
         return svc
@@ -631,16 +655,35 @@ class ConsulDouble(BlockingQueries):
         app.decorate = decorate
 
         def authorize(request):
-            # status/leader needs no ACL; anonymous reads are refused here where Consul would
-            # filter them (no ACL policies in this double).
+            """Resolve the request's token (anonymous without one); the routes check the rights."""
+            request.environ["acl.authz"] = None
             if double.acl_tokens is None or request.path == "/v1/status/leader":
                 return
             token = request_token(request)
+            request.environ["acl.token"] = token
             if not token:
-                raise HTTPError(403, "Permission denied")
-            if token not in double.acl_tokens:
+                request.environ["acl.authz"] = double.anonymous
+            elif token not in double.acl_tokens:
                 raise HTTPError(403, "ACL not found")
+            else:
+                request.environ["acl.authz"] = double.acl_tokens[token]
         app.authorize = authorize
+
+        def can(request, kind, name, access) -> bool:
+            authz = request.environ.get("acl.authz")
+            return authz is None or authz.allows(kind, name, access)
+
+        def need(request, kind, name, access) -> None:
+            if not can(request, kind, name, access):
+                # acl/errors.go PermissionDeniedError
+                who = ("anonymous token" if not request.environ.get("acl.token")
+                       else "token with AccessorID '00000000-0000-0000-0000-000000000000'")
+                raise HTTPError(403, f"Permission denied: {who} lacks permission '{kind}:{access}' on \"{name}\"")
+
+        def filtered(request, headers: dict, dropped: bool) -> dict:
+            if dropped and request.environ.get("acl.token"):
+                headers = {**headers, "X-Consul-Results-Filtered-By-ACLs": "true"}
+            return headers
 
         @app.route(["GET"], "/v1/status/leader")
         def leader(request):
@@ -660,19 +703,26 @@ class ConsulDouble(BlockingQueries):
         @app.route(["PUT"], "/v1/agent/service/register")
         def svc_register(request):
             replace = request.args.get("replace-existing-checks")
-            double.register_service(body_json(request),
+            body = body_json(request)
+            need(request, "service", str(next((v for k, v in body.items() if k.lower() == "name"), "")), "write")
+            double.register_service(body,
                                     replace_existing_checks=replace is not None and replace.lower() not in ("false", "0"))
             return text(200, "")
 
         @app.route(["PUT"], "/v1/agent/service/deregister/(.+)")
         def svc_deregister(request, sid):
+            with double._cond:
+                svc = double.services.get(unquote(sid))
+            if svc is not None:
+                need(request, "service", svc["Service"], "write")
             double.deregister_service(unquote(sid))
             return text(200, "")
 
         @app.route(["GET"], "/v1/agent/services")
         def agent_services(request):
             with double._cond:
-                return as_json({sid: double._service_view(s) for sid, s in double.services.items()})
+                return as_json({sid: double._service_view(s) for sid, s in double.services.items()
+                                if can(request, "service", s["Service"], "read")})
 
         @app.route(["GET"], "/v1/agent/checks")
         def agent_checks(request):
@@ -734,6 +784,11 @@ class ConsulDouble(BlockingQueries):
         @app.route(["PUT"], "/v1/agent/check/(pass|warn|fail)/(.+)")
         def check_ttl(request, verb, cid):
             status = {"pass": PASSING, "warn": WARNING, "fail": CRITICAL}[verb]
+            with double._cond:
+                c = double.checks.get(unquote(cid))
+            if c is not None:
+                need(request, "service", c.service_name, "write") if c.service_name else \
+                    need(request, "node", double.default_node, "write")
             double.update_ttl(unquote(cid), status, request.args.get("note", ""))
             return text(200, "")
 
@@ -761,7 +816,12 @@ class ConsulDouble(BlockingQueries):
             tags = request.args.getlist("tag")
             idx = double._block(request, lambda: double.service_index.get(name, double.catalog_index))
             with double._cond:
-                return as_json(double._health_entries(name, passing, tags), headers=double._headers(idx))
+                entries = double._health_entries(name, passing, tags)
+            if not can(request, "service", name, "read"):
+                kept = []
+            else:
+                kept = [e for e in entries if can(request, "node", e["Node"]["Node"], "read")]
+            return as_json(kept, headers=filtered(request, double._headers(idx), len(kept) < len(entries)))
 
         @app.route(["GET"], "/v1/catalog/services")
         def catalog_services(request):
@@ -773,7 +833,8 @@ class ConsulDouble(BlockingQueries):
                     for t in s["Tags"]:
                         if t not in tags:
                             tags.append(t)
-                return as_json(out, headers=double._headers(idx))
+            kept = {k: v for k, v in out.items() if can(request, "service", k, "read")}
+            return as_json(kept, headers=filtered(request, double._headers(idx), len(kept) < len(out)))
 
         @app.route(["GET"], "/v1/catalog/service/(.+)")
         def catalog_service(request, name):
@@ -795,7 +856,8 @@ class ConsulDouble(BlockingQueries):
                                 "ServiceEnableTagOverride": s["EnableTagOverride"],
                                 "ServiceTaggedAddresses": s["TaggedAddresses"],
                                 "CreateIndex": s["CreateIndex"], "ModifyIndex": s["ModifyIndex"]})
-                return as_json(out, headers=double._headers(idx))
+            kept = [e for e in out if can(request, "service", name, "read") and can(request, "node", e["Node"], "read")]
+            return as_json(kept, headers=filtered(request, double._headers(idx), len(kept) < len(out)))
 
         # -------------------------------------------------------------- KV (§19)
         def kv_view(e):
@@ -814,6 +876,15 @@ class ConsulDouble(BlockingQueries):
         @app.route(["GET", "PUT", "DELETE"], "/v1/kv/(.*)")
         def kv(request, key):
             key = unquote(key)
+            if request.method == "GET" and not (_flag(request, "recurse") or _flag(request, "keys")):
+                need(request, "key", key, "read")
+            elif request.method != "GET":
+                if _flag(request, "recurse") and request.method == "DELETE":
+                    authz = request.environ.get("acl.authz")
+                    if authz is not None and not authz.allows_prefix("key", key, "write"):
+                        raise HTTPError(403, f"Permission denied: token lacks permission 'key:write' on \"{key}\"")
+                else:
+                    need(request, "key", key, "write")
             if request.method == "GET":
                 if _flag(request, "recurse") or _flag(request, "keys"):
                     idx = double._block(request, lambda: prefix_index(key))
@@ -835,14 +906,16 @@ class ConsulDouble(BlockingQueries):
                                     k = key + rest[:pos + len(sep)]
                             if k not in keys:
                                 keys.append(k)
-                        if not keys:
+                        kept = [k for k in keys if can(request, "key", k, "list")]
+                        if not kept:
                             return text(404, "", headers=h)
-                        return as_json(keys, headers=h)
+                        return as_json(kept, headers=filtered(request, h, len(kept) < len(keys)))
                     if _flag(request, "recurse"):
                         items = [kv_view(double.kv[k]) for k in sorted(double.kv) if k.startswith(key)]
-                        if not items:
+                        kept = [i for i in items if can(request, "key", i["Key"], "read")]
+                        if not kept:
                             return text(404, "", headers=h)
-                        return as_json(items, headers=h)
+                        return as_json(kept, headers=filtered(request, h, len(kept) < len(items)))
                     e = double.kv.get(key)
                     if e is None:
                         return text(404, "", headers=h)
@@ -945,6 +1018,7 @@ class ConsulDouble(BlockingQueries):
             else:
                 lock_delay = float(ld) if ld < 1000 else ld / 1e9
             lock_delay = min(max(lock_delay, 0.0), 60.0)
+            need(request, "session", d.get("node") or double.default_node, "write")
             with double._cond:
                 node = d.get("node") or double.default_node
                 if node not in double.nodes:
@@ -977,6 +1051,9 @@ class ConsulDouble(BlockingQueries):
 
         @app.route(["PUT"], "/v1/session/destroy/(.+)")
         def session_destroy(request, sid):
+            s = double.sessions.get(unquote(sid))
+            if s is not None:
+                need(request, "session", s["Node"], "write")
             with double._cond:
                 double._invalidate_session(unquote(sid))
             return as_json(True)
@@ -988,6 +1065,7 @@ class ConsulDouble(BlockingQueries):
                 s = double.sessions.get(sid)
                 if s is None:
                     raise HTTPError(404, f"Session id '{sid}' not found")
+                need(request, "session", s["Node"], "write")
                 if s["TTL"]:
                     ttl = parse_go_duration(s["TTL"])
                     double.session_deadlines[sid] = time.monotonic() + ttl * double.session_ttl_multiplier

@@ -6,6 +6,13 @@ group / task block tree with the JSON field names of §4, durations turned into 
 Runtime interpolations (``${NOMAD_META_x}``, ``${NOMAD_PORT_http}``, ``${node.unique.id}``,
 ``${meta.x}``, ``${attr.x}``...) are left in place for the client to resolve, as Nomad does.
 Any other HCL expression (functions, conditionals, ``for``) is refused as a parse error.
+
+Strict as jobspec2 is (it decodes each block into a Go struct with gohcl, jobspec2/parse_job.go):
+an attribute or block a block does not define is refused, "Unsupported argument; An argument named
+"kill_timout" is not expected here." (the real message also names the file position). A var-file
+assignment to a variable the job does not declare is only a warning (jobspec2/types.variables.go:
+``undefSev`` is DiagWarning unless ParseConfig.Strict, which the parse endpoint does not set), so
+it is ignored.
 """
 from __future__ import annotations
 
@@ -60,6 +67,68 @@ _SINGLE = {
     "logs", "update", "scaling", "ephemeral_disk", "migrate", "check_restart", "periodic",
     "config", "env", "meta", "options", "headers", "policy", "header",
 }
+
+
+def _names(text: str) -> frozenset:
+    return frozenset(text.split())
+
+
+# Attributes and blocks per block type (api/*.go hcl tags, which jobspec2 decodes into). Blocks of
+# types not listed here are not checked.
+_SCHEMA: dict[str, tuple[frozenset, frozenset]] = {
+    "job": (_names("id name region namespace type priority all_at_once datacenters node_pool consul_token "
+                   "vault_token meta"),
+            _names("group constraint affinity spread update multiregion periodic parameterized meta migrate "
+                   "reschedule vault consul ui")),
+    "group": (_names("count shutdown_delay stop_after_client_disconnect max_client_disconnect "
+                     "prevent_reschedule_on_lost meta"),
+              _names("task constraint affinity spread restart reschedule migrate update ephemeral_disk network "
+                     "service volume scaling meta consul disconnect")),
+    "task": (_names("driver user kill_timeout kill_signal leader shutdown_delay kind config env meta"),
+             _names("config env meta resources restart service artifact template constraint affinity "
+                    "dispatch_payload lifecycle logs volume_mount vault consul identity scaling csi_plugin action "
+                    "schedule")),
+    "resources": (_names("cpu cores memory memory_max disk iops secrets"), _names("device numa network")),
+    "network": (_names("mode hostname"), _names("port dns")),
+    "port": (_names("static to host_network ignore_collision"), frozenset()),
+    "service": (_names("name port tags canary_tags enable_tag_override address_mode address task provider "
+                       "on_update cluster kind meta canary_meta tagged_addresses"),
+                _names("check check_restart connect meta canary_meta tagged_addresses identity weights")),
+    "check": (_names("name type port path protocol method interval timeout initial_status tls_skip_verify "
+                     "tls_server_name command args grpc_service grpc_use_tls expose address_mode task on_update "
+                     "success_before_passing failures_before_critical failures_before_warning body notes header"),
+              _names("header check_restart")),
+    "check_restart": (_names("limit grace ignore_warnings"), frozenset()),
+    "restart": (_names("attempts interval delay mode render_templates"), frozenset()),
+    "reschedule": (_names("attempts interval delay delay_function max_delay unlimited"), frozenset()),
+    "update": (_names("max_parallel health_check min_healthy_time healthy_deadline progress_deadline "
+                      "auto_revert auto_promote canary stagger"), frozenset()),
+    "migrate": (_names("max_parallel health_check min_healthy_time healthy_deadline"), frozenset()),
+    "scaling": (_names("min max enabled type"), _names("policy")),
+    "parameterized": (_names("payload meta_required meta_optional"), frozenset()),
+    "constraint": (_names("attribute operator value"), frozenset()),
+    "affinity": (_names("attribute operator value weight"), frozenset()),
+    "dispatch_payload": (_names("file"), frozenset()),
+    "logs": (_names("max_files max_file_size disabled enabled"), frozenset()),
+    "lifecycle": (_names("hook sidecar"), frozenset()),
+    "ephemeral_disk": (_names("sticky migrate size"), frozenset()),
+    "volume_mount": (_names("volume destination read_only propagation_mode selinux_label"), frozenset()),
+    "artifact": (_names("source destination mode chown insecure options headers"), _names("options headers")),
+    "template": (_names("data source destination change_mode change_signal splay perms uid gid left_delimiter "
+                        "right_delimiter env error_on_missing_key once"), _names("change_script wait")),
+    "periodic": (_names("cron crons prohibit_overlap time_zone enabled"), frozenset()),
+}
+
+
+def _check_schema(ctx: str, key: str, is_block: bool) -> None:
+    schema = _SCHEMA.get(ctx)
+    if schema is None:
+        return
+    attrs, blocks = schema
+    if is_block and key not in blocks:
+        raise HCLError(f'input.hcl: Unsupported block type; Blocks of type "{key}" are not expected here.')
+    if not is_block and key not in attrs:
+        raise HCLError(f'input.hcl: Unsupported argument; An argument named "{key}" is not expected here.')
 
 
 def _pascal(name: str, ctx: str = "") -> str:
@@ -180,6 +249,7 @@ def _convert_body(body: dict, ctx: str, ev: _Evaluator) -> dict:
     for key, raw in body.items():
         if key == "__is_block__":
             continue
+        _check_schema(ctx, key, _is_block_list(raw))
         if _is_block_list(raw):
             blocks = _blocks(raw)
             if key in _FREE_FORM:
@@ -267,10 +337,7 @@ def hcl_to_job(text: str, variables_text: str = "") -> dict:
     declared: dict = {}
     for name, body in _blocks(data.get("variable", [])):
         declared[name] = body
-    given = parse_var_file(variables_text)
-    for name in given:
-        if name not in declared:
-            raise HCLError(f'Undefined variable: A "{name}" variable was assigned a value, but not declared in the job.')
+    given = parse_var_file(variables_text)   # undeclared names: a warning only, ignored
     values = {}
     for name, body in declared.items():
         if name in given:

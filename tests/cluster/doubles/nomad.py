@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 import requests
 
 from ._http import App, BlockingQueries, DoubleServer, HTTPError, as_json, format_go_duration, text
+from .acl import NomadAuthorizer
 from .hcl import HCLError, hcl_to_job
 
 NS = 1_000_000_000
@@ -112,6 +113,51 @@ def _reschedule_default(job_type: str) -> dict:
             "MaxDelay": 0, "Unlimited": False}
 
 
+def _update_default() -> dict:
+    """api.DefaultUpdateStrategy (api/jobs.go; nomad/structs/structs.go DefaultUpdateStrategy)."""
+    return {"Stagger": 30 * NS, "MaxParallel": 1, "HealthCheck": "checks", "MinHealthyTime": 10 * NS,
+            "HealthyDeadline": 300 * NS, "ProgressDeadline": 600 * NS, "AutoRevert": False,
+            "AutoPromote": False, "Canary": 0}
+
+
+_UPDATE_ZERO = {"Stagger": 0, "MaxParallel": 0, "HealthCheck": "", "MinHealthyTime": 0, "HealthyDeadline": 0,
+                "ProgressDeadline": 0, "AutoRevert": False, "AutoPromote": False, "Canary": 0}
+
+
+def _canon_update(job: dict) -> None:
+    """Update strategies as the server stores them.
+
+    api/jobs.go Job.Canonicalize gives service and system jobs DefaultUpdateStrategy when they have
+    no ``update`` block; api/tasks.go TaskGroup.Canonicalize merges the job's block into each group's
+    (a group's own fields win, so ``update { max_parallel = 0 }`` in a group empties it there).
+    command/agent/job_endpoint.go ApiJobToStructJob then keeps only Stagger and MaxParallel at the job
+    level (and only when MaxParallel > 0): the rest lives in the groups."""
+    ju = job.get("Update")
+    if ju is not None:
+        ju = {**_update_default(), **{k: v for k, v in ju.items() if v is not None}}
+    elif job["Type"] in ("service", "system"):
+        ju = _update_default()
+    for tg in job.get("TaskGroups") or []:
+        tu = tg.get("Update")
+        if ju is not None and tu is not None:
+            tg["Update"] = {**ju, **{k: v for k, v in tu.items() if v is not None}}
+        elif ju is not None and ju.get("MaxParallel"):
+            tg["Update"] = dict(ju)
+        elif tu is not None:
+            tg["Update"] = {**_update_default(), **{k: v for k, v in tu.items() if v is not None}}
+        else:
+            tg["Update"] = None
+    zero = dict(_UPDATE_ZERO)
+    if ju is not None and ju.get("MaxParallel", 0) > 0:
+        zero.update(Stagger=ju["Stagger"], MaxParallel=ju["MaxParallel"])
+    job["Update"] = zero
+
+
+def update_is_empty(u: dict | None) -> bool:
+    """nomad/structs/structs.go UpdateStrategy.IsEmpty: MaxParallel 0 means no deployments."""
+    return not u or not u.get("MaxParallel")
+
+
 def canonicalize(job: dict) -> dict:
     job = copy.deepcopy(job)
     job.setdefault("Name", job.get("ID"))
@@ -134,6 +180,7 @@ def canonicalize(job: dict) -> dict:
         pj["Payload"] = pj.get("Payload") or "optional"
         pj["MetaRequired"] = pj.get("MetaRequired") or []
         pj["MetaOptional"] = pj.get("MetaOptional") or []
+    _canon_update(job)
     for tg in job.get("TaskGroups") or []:
         if tg.get("Count") is None:
             tg["Count"] = 1
@@ -171,6 +218,41 @@ def canonicalize(job: dict) -> dict:
                 t["Splay"] = t.get("Splay") if t.get("Splay") is not None else 5 * NS
             for svc in task.get("Services") or []:
                 _canon_service(svc)
+    return job
+
+
+def structs_job(job: dict) -> dict:
+    """The job as ``GET /v1/job/<id>`` returns it: Nomad's internal ``structs.Job`` (nomad/structs/
+    structs.go), not the ``api.Job`` that was sent. Fields the API job left out are present with
+    their zero values (null maps and lists, empty strings, 0), the job-level Update keeps only
+    Stagger and MaxParallel (see :func:`_canon_update`), service groups carry the default migrate
+    strategy (structs.DefaultMigrateStrategy) and every task's Resources has the full structs shape.
+    A client that re-registers what it read (``sized_job``) must cope with exactly this."""
+    for k, zero in (("NomadTokenID", ""), ("VersionTag", None), ("UI", None), ("Multiregion", None),
+                    ("Affinities", None), ("Spreads", None), ("Periodic", None), ("ConsulNamespace", ""),
+                    ("VaultNamespace", ""), ("AllAtOnce", False), ("DispatchIdempotencyToken", ""),
+                    ("ParameterizedJob", None), ("Payload", None)):
+        job.setdefault(k, zero)
+    for tg in job.get("TaskGroups") or []:
+        if job["Type"] == "service" and tg.get("Migrate") is None:
+            tg["Migrate"] = {"MaxParallel": 1, "HealthCheck": "checks", "MinHealthyTime": 10 * NS,
+                             "HealthyDeadline": 300 * NS}
+        for k, zero in (("Affinities", None), ("Spreads", None), ("Volumes", None), ("Scaling", None),
+                        ("Services", None), ("StopAfterClientDisconnect", None), ("MaxClientDisconnect", None),
+                        ("Disconnect", None), ("ShutdownDelay", None), ("PreventRescheduleOnLost", False),
+                        ("Consul", {"Namespace": "", "Cluster": "default", "Partition": ""})):
+            tg.setdefault(k, zero)
+        for t in tg.get("Tasks") or []:
+            t["Resources"] = {"CPU": 0, "Cores": 0, "MemoryMB": 0, "MemoryMaxMB": 0, "DiskMB": 0, "IOPS": 0,
+                              "Networks": None, "Devices": None, "NUMA": None, "SecretsMB": 0, **t["Resources"]}
+            for k, zero in (("User", ""), ("Constraints", None), ("Affinities", None), ("Services", None),
+                            ("Templates", None), ("Artifacts", None), ("Lifecycle", None), ("VolumeMounts", None),
+                            ("DispatchPayload", None), ("Leader", False), ("ShutdownDelay", 0), ("KillSignal", ""),
+                            ("Kind", ""), ("ScalingPolicies", None), ("Vault", None), ("Consul", None),
+                            ("CSIPluginConfig", None), ("Identities", None), ("Actions", None), ("Schedule", None)):
+                if t.get(k) in (None, [], {}) and k not in ("KillSignal",):
+                    t[k] = zero
+                t.setdefault(k, zero)
     return job
 
 
@@ -223,6 +305,21 @@ def validate(job: dict) -> list[str]:
                             f'{"less than minimum" if mn is not None and tg["Count"] < mn else "greater than maximum"} count in scaling policy')
         if not tg.get("Tasks"):
             errs.append(f"Task group {gname} validation failed: Missing tasks for task group")
+        u = tg.get("Update")
+        if u is not None:
+            pre = f"Task group {gname} validation failed: "
+            if jt not in ("service", "system"):
+                errs.append(pre + f'Job type "{jt}" does not allow update block')
+            if u["HealthCheck"] not in ("checks", "task_states", "manual"):
+                errs.append(pre + f'Invalid health check given: "{u["HealthCheck"]}"')
+            if u["MaxParallel"] < 0:
+                errs.append(pre + f'Max parallel can not be less than zero: {u["MaxParallel"]} < 0')
+            if u["HealthyDeadline"] <= 0:
+                errs.append(pre + "Healthy deadline must be greater than zero")
+            if u["MinHealthyTime"] >= u["HealthyDeadline"]:
+                errs.append(pre + "Minimum healthy time must be less than healthy deadline")
+            if u["ProgressDeadline"] and u["HealthyDeadline"] >= u["ProgressDeadline"]:
+                errs.append(pre + "Healthy deadline must be less than progress deadline")
         labels = {p["Label"] for n in tg.get("Networks") or [] for p in n["DynamicPorts"] + n["ReservedPorts"]}
         services = list(tg.get("Services") or [])
         for task in tg.get("Tasks") or []:
@@ -266,8 +363,11 @@ class FakeNode:
     def __init__(self, name: str, address: str = "127.0.0.1", node_class: str = "",
                  datacenter: str = "dc1", meta: dict | None = None, attributes: dict | None = None,
                  cpu_mhz: int = 16000, memory_mb: int = 16384, drivers=("raw_exec", "exec"),
-                 exec_prefix: list[str] | None = None):
+                 exec_prefix: list[str] | None = None, max_kill_timeout: float = 30.0):
         self.id = str(uuid.uuid4())
+        # The client's cap on a task's kill_timeout (client max_kill_timeout, 30 s by default:
+        # command/agent/config.go; applied in client/allocrunner/taskrunner/driver_handle.go).
+        self.max_kill_timeout = max_kill_timeout
         # Prepended to every task command on this node, e.g. ["ip", "netns", "exec", "h1"] to run
         # the node's allocations inside a network namespace. Ports are then not probed from here.
         self.exec_prefix = list(exec_prefix or [])
@@ -344,6 +444,9 @@ class _Alloc:
         self.not_before = 0.0
         self.lost = False
         self.dir = ""
+        self.deployment_id = ""
+        self.deployment_status = None   # {"Healthy": bool|None, ...} while part of a deployment
+        self.healthy_since = 0.0        # monotonic time its checks started passing (deployments)
 
     @property
     def terminal(self) -> bool:
@@ -366,7 +469,8 @@ class _Alloc:
             "DesiredDescription": self.desired_description, "ClientStatus": self.client_status,
             "ClientDescription": self.client_description,
             "DesiredTransition": {"Migrate": self.migrate or None},
-            "TaskStates": copy.deepcopy(self.task_states), "DeploymentStatus": None,
+            "TaskStates": copy.deepcopy(self.task_states),
+            "DeploymentID": self.deployment_id, "DeploymentStatus": copy.deepcopy(self.deployment_status),
             "FollowupEvalID": "", "NextAllocation": self.next_allocation,
             "PreviousAllocation": self.previous_allocation,
             "RescheduleTracker": {"Events": copy.deepcopy(self.reschedule_events)} if self.reschedule_events else None,
@@ -413,8 +517,15 @@ class NomadDouble(BlockingQueries):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, nodes: list[FakeNode] | None = None,
                  consul=None, data_dir: str | None = None, delay_scale: float = 1.0,
                  consul_sync_interval: float = 30.0, port_range: tuple[int, int] = (20000, 32000),
-                 max_wait: float = 300.0, placement: str = "binpack", tick: float = 0.02):
+                 max_wait: float = 300.0, placement: str = "binpack", tick: float = 0.02, acl_tokens=None):
         self._cond = threading.Condition(threading.RLock())
+        #: None: ACLs off. Else SecretID -> policy rules (HCL, as in playbooks/roles/appliance/files/acl/)
+        #: or None for a management token; a plain collection makes them all management tokens.
+        self.acl_tokens = None
+        if acl_tokens is not None:
+            tokens = acl_tokens if isinstance(acl_tokens, dict) else {t: None for t in acl_tokens}
+            self.acl_tokens = {t: NomadAuthorizer(rules) for t, rules in tokens.items()}
+        self.request_tokens: list[tuple[str, str, str]] = []   # (method, path, token or "")
         self.blocked_queries = 0  # requests waiting in a blocking query right now
         self.index = 10
         self.nodes: dict[str, FakeNode] = {}
@@ -434,6 +545,8 @@ class NomadDouble(BlockingQueries):
         self.allocs: dict[str, _Alloc] = {}
         self._by_job: dict[str, list[_Alloc]] = {}  # job ID -> its allocations, oldest first
         self.evals: dict[str, dict] = {}
+        self.deployments: dict[str, dict] = {}   # ID -> deployment (nomad/structs Deployment)
+        self.deployments_index = self.index
         self.jobs_index = self.index
         self.job_alloc_index: dict[str, int] = {}
         self.allocs_index = self.index
@@ -576,6 +689,142 @@ class NomadDouble(BlockingQueries):
                 return ev
         return None
 
+    # ------------------------------------------------------------------ deployments
+    def _latest_deployment(self, job_id: str) -> dict | None:
+        ds = [d for d in self.deployments.values() if d["JobID"] == job_id]
+        return max(ds, key=lambda d: d["CreateIndex"]) if ds else None
+
+    @staticmethod
+    def deployment_active(d: dict | None) -> bool:
+        """nomad/structs/structs.go Deployment.Active."""
+        return d is not None and d["Status"] in ("running", "paused", "pending", "blocked", "unblocking",
+                                                 "initializing")
+
+    def _set_deployment_status(self, d: dict, status: str, why: str) -> None:
+        d["Status"], d["StatusDescription"] = status, why
+        d["ModifyIndex"] = self._bump()
+        d["ModifyTime"] = _now_ns()
+        self.deployments_index = d["ModifyIndex"]
+
+    def _new_deployment(self, job: dict) -> dict | None:
+        """A deployment for this version of a service job (scheduler/reconciler/reconcile_cluster.go
+        createDeployment): made when a group with a non-empty update strategy (MaxParallel > 0) wants
+        allocations and the job's spec or count changed. An older active one is cancelled
+        (nomad/deploymentwatcher: "Cancelled due to newer version of job")."""
+        if job["Type"] not in ("service",) or job.get("ParameterizedJob") or job["Stop"]:
+            return None
+        groups = {tg["Name"]: tg for tg in job["TaskGroups"]
+                  if not update_is_empty(tg.get("Update")) and tg["Count"] > 0}
+        if not groups:
+            return None
+        old = self._latest_deployment(job["ID"])
+        if self.deployment_active(old):
+            self._set_deployment_status(old, "cancelled", "Cancelled due to newer version of job")
+        idx = self._bump()
+        now = time.monotonic()
+        d = {"ID": str(uuid.uuid4()), "Namespace": "default", "JobID": job["ID"], "JobVersion": job["Version"],
+             "JobModifyIndex": job["JobModifyIndex"], "JobSpecModifyIndex": job["JobModifyIndex"],
+             "JobCreateIndex": job["CreateIndex"], "IsMultiregion": False, "TaskGroups": {},
+             "Status": "running", "StatusDescription": "Deployment is running", "EvalPriority": job["Priority"],
+             "CreateIndex": idx, "ModifyIndex": idx, "CreateTime": _now_ns(), "ModifyTime": _now_ns()}
+        for name, tg in groups.items():
+            u = tg["Update"]
+            d["TaskGroups"][name] = {
+                "AutoRevert": u["AutoRevert"], "AutoPromote": u["AutoPromote"],
+                "ProgressDeadline": u["ProgressDeadline"], "RequireProgressBy": ZERO_TIME, "Promoted": False,
+                "PlacedCanaries": None, "DesiredCanaries": u["Canary"], "DesiredTotal": tg["Count"],
+                "PlacedAllocs": 0, "HealthyAllocs": 0, "UnhealthyAllocs": 0,
+                "_progress_by": now + u["ProgressDeadline"] / 1e9 * self.delay_scale if u["ProgressDeadline"] else 0}
+        self.deployments[d["ID"]] = d
+        self.deployments_index = idx
+        for a in self._by_job.get(job["ID"], []):   # in-place updated allocations join it
+            if a.gen == job["_gen"] and a.desired_status == "run" and not a.terminal and a.group["Name"] in groups:
+                self._join_deployment(a, d)
+        return d
+
+    def _join_deployment(self, a: _Alloc, d: dict) -> None:
+        a.deployment_id = d["ID"]
+        a.deployment_status = {"Healthy": None, "Timestamp": ZERO_TIME, "Canary": False, "ModifyIndex": 0}
+        a.healthy_since = 0.0
+
+    def _alloc_checks_passing(self, a: _Alloc) -> bool:
+        """Every Consul check Nomad registered for the allocation passes (health_check = "checks")."""
+        consul = self.consul
+        if consul is None or isinstance(consul, str):
+            return True   # not observable here: taken as passing once the tasks run
+        ids = [c["CheckID"] for sid, (body, _n) in self._svc_desired.items()
+               if sid.startswith(f"_nomad-task-{a.id}-") for c in body["Checks"]]
+        return all(consul.checks.get(cid) is not None and consul.checks[cid].status == "passing" for cid in ids)
+
+    def _deployment_step(self) -> None:
+        """The deployment watcher (nomad/deploymentwatcher, client/allochealth): an allocation is
+        healthy once it runs and its checks pass for MinHealthyTime; a group is done when
+        HealthyAllocs reaches DesiredTotal; no new healthy allocation before RequireProgressBy
+        (ProgressDeadline after the last progress) fails the deployment. Times are scaled by
+        ``delay_scale`` like the restart delays."""
+        now = time.monotonic()
+        for d in list(self.deployments.values()):
+            if d["Status"] != "running":
+                continue
+            job = self.jobs.get(d["JobID"])
+            if job is None or job["Stop"]:
+                self._set_deployment_status(d, "cancelled", "Cancelled because job is stopped")
+                continue
+            changed = False
+            for name, st in d["TaskGroups"].items():
+                tg = next((g for g in job["TaskGroups"] if g["Name"] == name), None)
+                u = (tg or {}).get("Update") or _update_default()
+                mine = [a for a in self._by_job.get(job["ID"], []) if a.group["Name"] == name
+                        and a.desired_status == "run" and a.gen == job["_gen"]]
+                for a in mine:
+                    if a.deployment_id != d["ID"]:
+                        self._join_deployment(a, d)
+                    if a.deployment_status["Healthy"] is not None:
+                        continue
+                    if a.client_status == "failed":
+                        a.deployment_status.update(Healthy=False, Timestamp=_rfc3339())
+                        st["UnhealthyAllocs"] += 1
+                        changed = True
+                        continue
+                    ok = a.client_status == "running" and (u["HealthCheck"] != "checks" or self._alloc_checks_passing(a))
+                    if not ok:
+                        a.healthy_since = 0.0
+                        continue
+                    a.healthy_since = a.healthy_since or now
+                    if now - a.healthy_since >= u["MinHealthyTime"] / 1e9 * self.delay_scale:
+                        a.deployment_status.update(Healthy=True, Timestamp=_rfc3339())
+                        st["HealthyAllocs"] += 1
+                        if st["ProgressDeadline"]:
+                            st["_progress_by"] = now + st["ProgressDeadline"] / 1e9 * self.delay_scale
+                            st["RequireProgressBy"] = _rfc3339(time.time() + st["ProgressDeadline"] / 1e9 * self.delay_scale)
+                        changed = True
+                st["PlacedAllocs"] = len(mine)
+            if changed:
+                self._touch_deployment(d)
+            groups = d["TaskGroups"].values()
+            if any(st["UnhealthyAllocs"] for st in groups):
+                self._set_deployment_status(d, "failed", "Failed due to unhealthy allocations")
+            elif all(st["HealthyAllocs"] >= st["DesiredTotal"] for st in groups):
+                self._set_deployment_status(d, "successful", "Deployment completed successfully")
+            elif any(st["_progress_by"] and now > st["_progress_by"] for st in groups):
+                self._set_deployment_status(d, "failed", "Failed due to progress deadline")
+
+    def _touch_deployment(self, d: dict) -> None:
+        d["ModifyIndex"] = self._bump()
+        self.deployments_index = d["ModifyIndex"]
+        for a in self._by_job.get(d["JobID"], []):
+            if a.deployment_id == d["ID"] and a.deployment_status is not None and not a.deployment_status["ModifyIndex"]:
+                a.deployment_status["ModifyIndex"] = d["ModifyIndex"]
+
+    @staticmethod
+    def deployment_view(d: dict | None) -> dict | None:
+        if d is None:
+            return None
+        v = copy.deepcopy(d)
+        for st in v["TaskGroups"].values():
+            st.pop("_progress_by", None)
+        return v
+
     # ------------------------------------------------------------------ jobs
     def _job_status(self, job: dict) -> str:
         if job.get("ParameterizedJob") and not job.get("Dispatched") or job.get("Periodic"):
@@ -590,7 +839,7 @@ class NomadDouble(BlockingQueries):
         return "pending"
 
     def _job_view(self, job: dict) -> dict:
-        v = {k: copy.deepcopy(val) for k, val in job.items() if not k.startswith("_")}
+        v = structs_job({k: copy.deepcopy(val) for k, val in job.items() if not k.startswith("_")})
         v["Status"] = self._job_status(job)
         return v
 
@@ -656,6 +905,8 @@ class NomadDouble(BlockingQueries):
             if not (job.get("ParameterizedJob") and not job.get("Dispatched")) and not job.get("Periodic"):
                 ev = self._new_eval(job, triggered_by)
                 eval_id, eval_index = ev["ID"], ev["CreateIndex"]
+                if not same:
+                    self._new_deployment(job)
                 self._reconcile(job, ev)
             return {"EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": idx,
                     "Warnings": "", "Index": idx, "LastContact": 0, "KnownLeader": False, "NextToken": ""}
@@ -1005,7 +1256,9 @@ class NomadDouble(BlockingQueries):
         """Kill signal, wait KillTimeout, then SIGKILL (§4a KillTimeout, KillSignal)."""
         sig_name = task.get("KillSignal") or "SIGINT"
         sig = getattr(signal, sig_name, signal.SIGINT)
-        timeout = (task.get("KillTimeout") or 0) / 1e9
+        # The client caps the job's kill_timeout at its max_kill_timeout (driver_handle.go:
+        # min(task.KillTimeout, maxKillTimeout)); the job keeps asking for more.
+        timeout = min((task.get("KillTimeout") or 0) / 1e9, a.node.max_kill_timeout)
         # Services are removed from Consul before the task is signalled, then ShutdownDelay
         # gives clients time to notice (Nomad's pre-kill hook).
         with self._cond:
@@ -1379,6 +1632,7 @@ class NomadDouble(BlockingQueries):
                     if job["ID"] in blocked or self._missing_slots(job):
                         self._reconcile(job)
                 self._drain_step()
+                self._deployment_step()
             self._stop.wait(self._tick)
 
     def _drain_step(self) -> None:
@@ -1498,8 +1752,35 @@ class NomadDouble(BlockingQueries):
 
         def decorate(request, response):
             d.requests.append((request.method, request.path))
+            d.request_tokens.append((request.method, request.path, request_token(request)))
             return response
         app.decorate = decorate
+
+        def request_token(request) -> str:
+            """§1: X-Nomad-Token, else an Authorization Bearer token."""
+            token = request.headers.get("X-Nomad-Token", "")
+            auth = request.headers.get("Authorization", "")
+            if not token and auth.lower().startswith("bearer "):
+                token = auth[7:].strip()
+            return token
+
+        def authorize(request):
+            """§1/§11: 403 "ACL token not found" for an unknown token, "Permission denied" when the
+            token's policies lack the endpoint's capability (the anonymous token has none)."""
+            if d.acl_tokens is None:
+                return
+            need = required_acl(request.method, request.path)
+            if need is None:
+                return
+            token = request_token(request)
+            if token and token not in d.acl_tokens:
+                raise HTTPError(403, "ACL token not found")
+            authz = d.acl_tokens.get(token) if token else NomadAuthorizer("")
+            kind, what = need
+            ok = authz.allows_node(what) if kind == "node" else authz.allows_namespace(what)
+            if not ok:
+                raise HTTPError(403, "Permission denied")
+        app.authorize = authorize
 
         @app.route(["GET"], "/v1/status/leader")
         def leader(request):
@@ -1605,6 +1886,23 @@ class NomadDouble(BlockingQueries):
                     raise HTTPError(404, "eval not found")
                 return as_json(copy.deepcopy(e), headers=d._read_headers(idx))
 
+        @app.route(["GET"], "/v1/deployments")
+        def deployments(request):
+            idx = d._block(request, lambda: d.deployments_index)
+            with d._cond:
+                out = [d.deployment_view(x) for x in sorted(d.deployments.values(), key=lambda x: -x["CreateIndex"])]
+            return as_json(out, headers=d._read_headers(idx))
+
+        @app.route(["GET"], "/v1/deployment/([^/]+)")
+        def deployment(request, did):
+            idx = d._block(request, lambda: d.deployments[did]["ModifyIndex"] if did in d.deployments
+                            else d.deployments_index)
+            with d._cond:
+                x = d.deployments.get(did)
+                if x is None:
+                    raise HTTPError(404, "deployment not found")
+                return as_json(d.deployment_view(x), headers=d._read_headers(idx))
+
         @app.route(["GET"], "/v1/nodes")
         def nodes(request):
             idx = d._block(request, lambda: d.nodes_index)
@@ -1675,7 +1973,8 @@ class NomadDouble(BlockingQueries):
         # /v1/job/<id>[/<action>] routed by suffix: child IDs contain '/' (§1).
         @app.route(["GET", "PUT", "POST", "DELETE"], "/v1/job/(.+)")
         def job_route(request, rest):
-            for action in ("allocations", "evaluations", "dispatch", "scale", "summary", "versions"):
+            for action in ("allocations", "evaluations", "dispatch", "scale", "summary", "versions",
+                           "deployment", "deployments"):
                 if rest.endswith("/" + action):
                     return job_action(request, rest[:-len(action) - 1], action)
             return job_action(request, rest, "")
@@ -1711,6 +2010,17 @@ class NomadDouble(BlockingQueries):
                 with d._cond:
                     out = [a.stub() for a in sorted(d.allocs.values(), key=lambda a: a.create_index)
                            if a.job["ID"] == job_id]
+                return as_json(out, headers=d._read_headers(idx))
+            if action in ("deployment", "deployments"):
+                if m != "GET":
+                    raise HTTPError(405, "Invalid method")
+                idx = d._block(request, lambda: d.deployments_index)
+                with d._cond:
+                    if action == "deployment":
+                        out = d.deployment_view(d._latest_deployment(job_id))
+                    else:
+                        out = [d.deployment_view(x) for x in sorted(d.deployments.values(), key=lambda x: -x["CreateIndex"])
+                               if x["JobID"] == job_id]
                 return as_json(out, headers=d._read_headers(idx))
             if action == "evaluations":
                 if m != "GET":
@@ -1781,6 +2091,11 @@ class NomadDouble(BlockingQueries):
                     if tg is None:
                         raise HTTPError(400, f'task group "{group}" specified for scaling does not exist in job')
                     sc = tg.get("Scaling") or {}
+                    if count is not None:
+                        # nomad/job_endpoint.go Job.Scale
+                        dep = d._latest_deployment(job_id)
+                        if d.deployment_active(dep) and dep["JobCreateIndex"] == j["CreateIndex"]:
+                            raise HTTPError(400, "job scaling blocked due to active deployment")
                     if count is not None and sc:
                         if sc.get("Min") is not None and count < sc["Min"]:
                             raise HTTPError(400, f'group count was less than scaling policy minimum: {count} < {sc["Min"]}')
@@ -1800,12 +2115,38 @@ class NomadDouble(BlockingQueries):
                         ev = d._new_eval(j, "job-scaling")
                         eval_id, eval_index = ev["ID"], ev["CreateIndex"]
                         j["_scale_events"][group][0]["EvalID"] = eval_id
+                        d._new_deployment(j)
                         d._reconcile(j, ev)
                     return write({"EvalID": eval_id, "EvalCreateIndex": eval_index, "JobModifyIndex": j["JobModifyIndex"],
                                   "Warnings": "", "Index": d.index, "LastContact": 0, "KnownLeader": False}, d.index)
             raise HTTPError(404, "Invalid URL")
 
         return app
+
+
+def required_acl(method: str, path: str):
+    """The right an endpoint needs (command/agent/*_endpoint.go, nomad/*_endpoint.go): ("ns",
+    alternatives of namespace capabilities) or ("node", "read"|"write"); None for none."""
+    read = method == "GET"
+    if path in ("/v1/status/leader", "/v1/regions", "/v1/agent/self"):
+        return None
+    if path == "/v1/jobs/parse":
+        return ("ns", ("parse-job", "submit-job"))
+    if path == "/v1/jobs":
+        return ("ns", ("list-jobs",)) if read else ("ns", ("submit-job",))
+    if path.startswith("/v1/job/"):
+        if path.endswith("/dispatch"):
+            return ("ns", ("dispatch-job",))
+        if path.endswith("/scale"):
+            return ("ns", ("read-job-scaling", "read-job")) if read else ("ns", ("scale-job", "submit-job"))
+        return ("ns", ("read-job",)) if read else ("ns", ("submit-job",))
+    if path.startswith("/v1/allocation"):
+        return ("ns", ("read-job",)) if read else ("ns", ("alloc-lifecycle",))
+    if path.startswith(("/v1/evaluation", "/v1/deployment")):
+        return ("ns", ("read-job",))
+    if path.startswith("/v1/node"):
+        return ("node", "read" if read else "write")
+    return None
 
 
 def _killpg(p: subprocess.Popen, sig) -> None:
