@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -55,6 +56,9 @@ class Settings:
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     log_level: str = "info"
+    #: Region and 12-digit account id of the Lambda environment (AWS_REGION, function ARNs, accountId).
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
     # -- cluster mode (docs/cluster.md) --
     nomad_addr: str = "http://127.0.0.1:4646"
     nomad_token: str = ""
@@ -194,6 +198,10 @@ class Settings:
             raise bad("node_launch_template", "set either APPLIANCE_NODE_ASG_NAME or APPLIANCE_NODE_LAUNCH_TEMPLATE, not both")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", self.region):
+            raise bad("region", "use a region name like us-east-1")
+        if not re.fullmatch(r"\d{12}", self.account_id):
+            raise bad("account_id", "use 12 digits, like 000000000000")
         return self
 
     @property

@@ -78,6 +78,11 @@ class Components:
                 log.exception("event=close_failed")
 
 
+def instance_platform_env(settings: Settings) -> dict[str, str]:
+    """The runtime contract's variables that come from the appliance's settings (the Lambda environment)."""
+    return {"FAAS_REGION": settings.region, "FAAS_ACCOUNT_ID": settings.account_id}
+
+
 def limits(settings: Settings) -> codepkg.Limits:
     return codepkg.Limits(max_zip_bytes=settings.max_code_bytes, max_unpacked_bytes=settings.max_unpacked_bytes,
                           max_files=settings.max_files)
@@ -162,7 +167,7 @@ def _build_cluster(settings: Settings) -> Components:
         consul_token=settings.consul_token, registry=registry, blobs=blobs, client=client,
         jobspecs_dir=settings.jobspecs_dir, job_vars=nomad_job_vars(settings), code_url_ttl_s=settings.code_url_ttl_s,
         pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
-        retry_s=settings.nomad_retry_s, edge_id=me)
+        retry_s=settings.nomad_retry_s, edge_id=me, region=settings.region, account_id=settings.account_id)
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     policies = policy_cache(settings)
@@ -258,7 +263,7 @@ def _build_local(settings: Settings) -> Components:
     launcher = _launcher(settings, data / "logs" / "instances", notes)
     code_cache = CodeCache(data / "code", blobs, lim)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
-                               client=client, host="127.0.0.1")
+                               client=client, host="127.0.0.1", platform_env=instance_platform_env(settings))
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     policies = policy_cache(settings)

@@ -73,8 +73,10 @@ class CodeCache:
 
 class LocalScheduler:
     def __init__(self, *, registry: LocalRegistry, blobs: BlobStore, code_cache: CodeCache, launcher: Launcher,
-                 client: InstanceClient, host: str = "127.0.0.1"):
+                 client: InstanceClient, host: str = "127.0.0.1", platform_env: dict[str, str] | None = None):
         self.registry = registry
+        #: FAAS_REGION and FAAS_ACCOUNT_ID for every instance (the Lambda environment).
+        self.platform_env = dict(platform_env or {})
         self.blobs = blobs
         self.code = code_cache
         self.launcher = launcher
@@ -104,7 +106,8 @@ class LocalScheduler:
             raise PlacementFailed(f"code of {spec.function!r} version {spec.version} is missing: {exc}") from None
         phases["code_fetch"] = round((time.monotonic() - t0) * 1000, 3)
         instance_id = f"{spec.function}-{spec.version}-{uuid.uuid4().hex[:8]}"
-        req = LaunchRequest(spec=spec, code_dir=code_dir, instance_id=instance_id, host=self.host)
+        req = LaunchRequest(spec=spec, code_dir=code_dir, instance_id=instance_id, host=self.host,
+                            platform_env=self.platform_env)
         t1 = time.monotonic()
         try:
             handle, address, launch_phases = self.launcher.launch(req, deadline)

@@ -122,8 +122,10 @@ class NomadScheduler:
                  pool_job: str = "runtime-pool", jobspecs_dir: str | Path = "jobspecs", job_vars: str = "",
                  code_url_ttl_s: int = 900, pool_target_free: int = 1, pool_refill_s: float = 5.0,
                  retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0,
-                 job_cache_s: float = 30.0):
+                 job_cache_s: float = 30.0, region: str = "us-east-1", account_id: str = "000000000000"):
         self.nomad_addr = nomad_addr.rstrip("/")
+        #: The Lambda environment's region and account (FAAS_REGION, FAAS_ACCOUNT_ID of the runtime contract).
+        self.region, self.account_id = region, account_id
         self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
         self.registry = registry
@@ -342,6 +344,7 @@ class NomadScheduler:
         body = {"function": spec.function, "version": str(spec.version), "handler": spec.handler,
                 "memoryMb": spec.memory_mb, "timeoutS": spec.timeout_s, "maxInflight": spec.concurrency,
                 "env": spec.environment, "instanceId": inst_id, "codeSha256": spec.digest,
+                "region": self.region, "accountId": self.account_id,
                 "codeUrl": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s)}
         t0 = time.monotonic()
         timeout = max(1.0, deadline - time.monotonic())
@@ -425,6 +428,7 @@ class NomadScheduler:
         meta = {"function": spec.function, "version": str(spec.version), "digest": spec.digest,
                 "runtime": spec.runtime, "handler": spec.handler, "memory": str(spec.memory_mb),
                 "timeout": str(spec.timeout_s), "concurrency": str(spec.concurrency),
+                "region": self.region, "account_id": self.account_id,
                 "code_url": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s),
                 # The function's environment (at most 4 KB): the launcher sets it in the instance.
                 "env": json.dumps(spec.environment, sort_keys=True, separators=(",", ":"))}

@@ -21,6 +21,19 @@ NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIXES = ("FAAS_", "NOMAD_", "AWS_LAMBDA_")
+#: Names the runtime sets as Lambda does (runtimes/README.md, "The Lambda environment").
+RESERVED_ENV_NAMES = frozenset({"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_EXECUTION_ENV", "LAMBDA_TASK_ROOT",
+                                "LAMBDA_RUNTIME_DIR", "TZ"})
+#: Lambda's logging configuration, which a function sets through its variables here.
+USER_LAMBDA_ENV = frozenset({"AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL"})
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether a function may not set the variable ``name`` (the platform and the runtime own it)."""
+    upper = name.upper()
+    if upper in USER_LAMBDA_ENV:
+        return False
+    return upper.startswith(RESERVED_ENV_PREFIXES) or upper in RESERVED_ENV_NAMES
 NETWORK_MODES = ("default", "none")
 
 MEMORY_MB = (128, 10240)
@@ -123,15 +136,19 @@ class FunctionConfig:
         env = {} if env is None else env
         if not isinstance(env, dict):
             raise ValidationError("environment must be an object of NAME: value strings", field="environment")
+        reserved = sorted(k for k in env if isinstance(k, str) and is_reserved_env(k))
+        if reserved:
+            raise ValidationError(
+                f"environment variable{'s' if len(reserved) > 1 else ''} {', '.join(reserved)} "
+                f"{'are' if len(reserved) > 1 else 'is'} reserved (the platform sets {'them' if len(reserved) > 1 else 'it'}"
+                f"; prefixes {', '.join(RESERVED_ENV_PREFIXES)} and {', '.join(sorted(RESERVED_ENV_NAMES))} are "
+                f"reserved, but AWS_REGION, AWS_LAMBDA_LOG_FORMAT and AWS_LAMBDA_LOG_LEVEL may be set); rename "
+                f"{'them' if len(reserved) > 1 else 'it'}", field="environment")
         size = 0
         for key, value in env.items():
             if not isinstance(key, str) or not ENV_KEY_RE.match(key):
                 raise ValidationError(
                     f"environment variable name {key!r} is invalid: use letters, digits and '_', not starting with a digit",
-                    field="environment")
-            if key.upper().startswith(RESERVED_ENV_PREFIXES):
-                raise ValidationError(
-                    f"environment variable {key!r} uses a reserved prefix ({', '.join(RESERVED_ENV_PREFIXES)}); rename it",
                     field="environment")
             if not isinstance(value, str):
                 raise ValidationError(f"environment variable {key!r} must be a string, got {value!r}", field="environment")

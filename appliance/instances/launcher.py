@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 from appliance.core import codepkg
-from appliance.core.model import RESERVED_ENV_PREFIXES
+from appliance.core.model import is_reserved_env
 
 CLAIM_PREFIX = "faas/pool/claims/"
 DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -118,7 +118,7 @@ def function_env(text: str) -> dict[str, str]:
         raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object") from None
     if not isinstance(doc, dict):
         raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object")
-    return {str(k): str(v) for k, v in doc.items() if not str(k).startswith(RESERVED_ENV_PREFIXES)}
+    return {str(k): str(v) for k, v in doc.items() if not is_reserved_env(str(k))}
 
 
 def main(environ=None) -> None:

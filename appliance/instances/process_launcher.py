@@ -16,7 +16,7 @@ import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,8 @@ class LaunchRequest:
     code_dir: Path
     instance_id: str
     host: str = "127.0.0.1"
+    #: Contract variables of the platform's own settings (``FAAS_REGION``, ``FAAS_ACCOUNT_ID``).
+    platform_env: dict[str, str] = field(default_factory=dict)
 
 
 class Launcher(Protocol):
@@ -62,6 +64,7 @@ def runtime_env(req: LaunchRequest, *, port: int | None = 0, socket_path: str | 
         "FAAS_TIMEOUT_S": str(spec.timeout_s),
         "FAAS_MAX_INFLIGHT": str(spec.concurrency),
         "FAAS_INSTANCE_ID": req.instance_id,
+        **req.platform_env,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         # One malloc arena per thread reserves 64 MB of address space each; keep it bounded so

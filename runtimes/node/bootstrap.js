@@ -354,8 +354,9 @@ class Instance {
       memoryMb: Number(s.memoryMb) || this.cfg.memoryMb, timeoutS: Number(s.timeoutS) || this.cfg.timeoutS,
     });
     if (s.instanceId) this.cfg.instanceId = String(s.instanceId);
-    if (s.region) this.cfg.region = String(s.region);
-    if (s.accountId) this.cfg.accountId = String(s.accountId);
+    const env = s.env || {};
+    if (s.region || env.FAAS_REGION) this.cfg.region = String(s.region || env.FAAS_REGION);
+    if (s.accountId || env.FAAS_ACCOUNT_ID) this.cfg.accountId = String(s.accountId || env.FAAS_ACCOUNT_ID);
     this.maxInflight = Math.max(1, Number(s.maxInflight) || 1);
     this.setState(STARTING); // from here on the instance has left the pool (accepted once)
     // Anything that goes wrong on the cluster steps: answer 502 and leave; the platform starts the function elsewhere.

@@ -1002,9 +1002,9 @@ class _Instance:
             env = {str(k): str(v) for k, v in env.items()}
             if s.get("instanceId"):
                 update["instance_id"] = str(s["instanceId"])
-            for key, field in (("region", "region"), ("accountId", "account_id")):
-                if s.get(key):
-                    update[field] = str(s[key])
+            for key, field, var in (("region", "region", "FAAS_REGION"), ("accountId", "account_id", "FAAS_ACCOUNT_ID")):
+                if s.get(key) or env.get(var):
+                    update[field] = str(s.get(key) or env[var])
         except (ValueError, TypeError, AttributeError):
             return _json_response(400, {"error": "body must be a JSON object: {function, version, handler, codeDir, "
                                                  "memoryMb, timeoutS, maxInflight, env}"}, close=close)
