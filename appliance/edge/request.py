@@ -38,13 +38,21 @@ class RawRequest:
         return cls(method=scope.method.upper(), path=scope.path, query=scope.query_string,
                    headers=tuple(headers.items()), body=body, source_ip=client_ip(scope.client or ""),
                    host=host_name(headers.get("host") or scope.authority or scope.server or ""),
-                   protocol=f"HTTP/{scope.http_version}", scheme=scope.scheme, port=server_port(scope.server or ""))
+                   protocol=protocol_name(scope.http_version), scheme=scope.scheme, port=server_port(scope.server or ""))
 
 
 def client_ip(client: str) -> str:
     """``ip:port`` (``[v6]:port`` for IPv6) as Granian reports the peer, without the port."""
     host = client.rpartition(":")[0] if ":" in client else client
     return host.strip("[]")
+
+
+#: Granian's ``http_version`` is ``1`` for an HTTP/1.0 request line (``1.1`` and ``2`` are as named).
+_PROTOCOLS = {"1": "HTTP/1.0"}
+
+
+def protocol_name(http_version: str) -> str:
+    return _PROTOCOLS.get(http_version) or f"HTTP/{http_version}"
 
 
 def server_port(server: str) -> int:
