@@ -49,7 +49,7 @@ def _say(event: str, **kv) -> None:
 
 def bootstrap_command(runtime: str, runtimes_dir: Path) -> list[str]:
     if runtime.startswith("python"):
-        return [sys.executable, "-X", "frozen_modules=on", str(runtimes_dir / "python" / "bootstrap.py")]
+        return [sys.executable, "-S", "-X", "frozen_modules=on", str(runtimes_dir / "python" / "bootstrap.py")]
     if runtime.startswith("nodejs"):
         return [os.environ.get("APPLIANCE_NODE", "/usr/bin/node"), str(runtimes_dir / "node" / "bootstrap.js")]
     raise SystemExit(f"faas instance: unknown runtime {runtime!r}")

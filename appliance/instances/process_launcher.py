@@ -193,7 +193,8 @@ class ProcessLauncher:
 def bootstrap_path(runtimes_dir: Path, runtime: str) -> list[str]:
     """The command that runs a runtime's bootstrap."""
     if runtime.startswith("python"):
-        return [os.environ.get("APPLIANCE_PYTHON", "python3"), "-X", "frozen_modules=on",
+        # -S: no site module, so none of the interpreter's site-packages (the bootstrap narrows sys.path too).
+        return [os.environ.get("APPLIANCE_PYTHON", "python3"), "-S", "-X", "frozen_modules=on",
                 str(runtimes_dir / "python" / "bootstrap.py")]
     if runtime.startswith("nodejs"):
         return [os.environ.get("APPLIANCE_NODE", "node"), str(runtimes_dir / "node" / "bootstrap.js")]

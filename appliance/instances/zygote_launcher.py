@@ -345,7 +345,7 @@ class Zygote:
     def _start(self) -> None:
         with open(self.log_path, "ab") as err:
             proc = subprocess.Popen(
-                [self.python, "-u", "-s", "-B", "-X", "frozen_modules=on", str(ZYGOTE_PY), str(self.sock_path),
+                [self.python, "-u", "-S", "-B", "-X", "frozen_modules=on", str(ZYGOTE_PY), str(self.sock_path),
                  str(self.bootstrap or "")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd="/", start_new_session=True,
                 env=self._env())

@@ -484,6 +484,30 @@ def install_logging(inst, environ):
     return handler
 
 
+LAYERS_DIR = "/opt"
+
+
+def import_path(code_dir, current, pythonpath=""):
+    """The function's ``sys.path``, Lambda's order: its code, its layers (``/opt/python/lib/pythonX.Y/
+    site-packages``, ``/opt/python``), the function's own ``PYTHONPATH``, the runtime, the standard library.
+
+    Nothing else: no site-packages or dist-packages of the interpreter the instance runs on (the host's
+    or the appliance's virtualenv, with Flask, boto3, ...), and no directory of the process that
+    started it (a zygote's). Code that imports here imports on Lambda too, given the same packages."""
+    ver = "python%d.%d" % sys.version_info[:2]
+    layers = [f"{LAYERS_DIR}/python/lib/{ver}/site-packages", f"{LAYERS_DIR}/python"]
+    own = [p for p in pythonpath.split(os.pathsep) if p]
+    stdlib_roots = tuple({os.path.join(sys.base_prefix, "lib"), os.path.join(sys.base_exec_prefix, "lib"),
+                          os.path.join(sys.base_prefix, "lib64"), os.path.join(sys.base_exec_prefix, "lib64")})
+    stdlib = [p for p in current if p.startswith(stdlib_roots) and "site-packages" not in p
+              and "dist-packages" not in p]
+    out = []
+    for p in [code_dir, *layers, *own, os.path.dirname(_THIS_FILE), *stdlib]:
+        if p not in out:
+            out.append(p)
+    return out
+
+
 _LOOP_POLICY = None
 
 
@@ -718,8 +742,7 @@ class _Instance:
                 install_logging(self, os.environ)
                 modname, fname = m.group(1).replace("/", "."), m.group(2)
                 code_dir = os.path.abspath(code_dir)
-                if code_dir not in sys.path:
-                    sys.path.insert(0, code_dir)
+                sys.path[:] = import_path(code_dir, sys.path, os.environ.get("PYTHONPATH", ""))
                 try:
                     os.chdir(code_dir)
                 except OSError:

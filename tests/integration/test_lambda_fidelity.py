@@ -160,3 +160,19 @@ def test_reserved_variables_are_refused_by_name(lam, names):
     assert err.value.status == 400
     for n in names:
         assert n in str(err.value)
+
+
+IMPORTS = ("import sys, importlib.util\ndef handler(event, context):\n"
+           "    return {'path': sys.path, 'found': {m: importlib.util.find_spec(m) is not None"
+           " for m in ('flask', 'requests', 'granian', 'appliance', 'yaml', 'apt', 'json', 'mine')}}\n")
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_an_instance_imports_nothing_of_the_host_or_the_appliance(make_appliance_module, sandbox):
+    r = make_appliance_module({"APPLIANCE_SANDBOX": sandbox})
+    name = r.deploy({"index.py": IMPORTS, "mine.py": "X = 1\n"}, name=f"imports-{sandbox}")
+    got = r.api.invoke(name, {})
+    got = got.get("result", got)
+    assert got["found"] == {"flask": False, "requests": False, "granian": False, "appliance": False, "yaml": False,
+                            "apt": False, "json": True, "mine": True}
+    assert not any(("site-packages" in p or "dist-packages" in p) and not p.startswith("/opt/") for p in got["path"])

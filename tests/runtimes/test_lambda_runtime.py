@@ -244,3 +244,24 @@ def test_a_functions_own_region_is_kept_and_arn_has_the_account(runtime, start_r
     region, arn = result(inst.invoke({}))
     assert region == "ap-south-1"
     assert arn == "arn:aws:lambda:us-east-1:210987654321:function:f" and arn.split(":")[4] == "210987654321"
+
+
+PY_IMPORTS = r'''
+import sys, importlib.util
+def handler(event, context):
+    return {"path": sys.path, "found": {m: importlib.util.find_spec(m) is not None for m in event["modules"]}}
+'''
+
+
+def test_python_imports_only_the_code_layers_runtime_and_stdlib(start_runtime):
+    """The bootstrap runs here on the test's interpreter (a virtualenv with Flask, requests, pytest):
+    none of that may be importable by a function."""
+    inst = start_runtime("python3.11", {"index.py": PY_IMPORTS, "mine.py": "X = 1\n"},
+                         env={"PYTHONPATH": "/srv/extra"})
+    got = result(inst.invoke({"modules": ["flask", "requests", "pytest", "granian", "appliance", "mine", "json",
+                                          "sqlite3", "asyncio"]}))
+    assert got["found"] == {"flask": False, "requests": False, "pytest": False, "granian": False, "appliance": False,
+                            "mine": True, "json": True, "sqlite3": True, "asyncio": True}
+    path = got["path"]
+    assert path[:4] == [str(inst.code_dir), "/opt/python/lib/python3.11/site-packages", "/opt/python", "/srv/extra"]
+    assert not any("site-packages" in p or "dist-packages" in p for p in path[2:])
