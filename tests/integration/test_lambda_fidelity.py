@@ -176,3 +176,22 @@ def test_an_instance_imports_nothing_of_the_host_or_the_appliance(make_appliance
     assert got["found"] == {"flask": False, "requests": False, "granian": False, "appliance": False, "yaml": False,
                             "apt": False, "json": True, "mine": True}
     assert not any(("site-packages" in p or "dist-packages" in p) and not p.startswith("/opt/") for p in got["path"])
+
+
+def test_logs_show_the_error_message_and_stack_of_a_failed_invocation(lam):
+    name = lam.deploy({"index.py": "def handler(event, context):\n    print('about to fail')\n"
+                                   "    raise ValueError('the reason')\n"}, name="fails")
+    lam.api.add_trigger(name, "GET", "/fails")
+    resp = requests.get(lam.edge + "/fails", timeout=30)
+    assert resp.status_code == 502
+    rid = resp.headers["X-Request-Id"]
+    lines = [entry["line"] for entry in requests.get(f"{lam.api_url}/v1/functions/{name}/logs", timeout=10).json()["lines"]
+             if entry["request_id"] == rid]
+    assert "about to fail" in lines
+    assert "[ERROR] Function.Error: ValueError: the reason" in lines
+    at = lines.index("[ERROR] Function.Error: ValueError: the reason")
+    assert lines[at + 1] == "Traceback (most recent call last):"
+    assert any('index.py", line 3, in handler' in line for line in lines[at + 2:])
+    assert lines[-1].startswith(f"END RequestId: {rid} Status: error (Function.Error)")
+    rec = requests.get(f"{lam.api_url}/v1/functions/{name}/invocations", timeout=10).json()["invocations"][0]
+    assert rec["error_message"] == "ValueError: the reason"
