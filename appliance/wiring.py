@@ -22,6 +22,7 @@ from appliance.core.activator import Activator
 from appliance.core.errors import ApplianceError, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
+from appliance.core.layers import LayerStore
 from appliance.core.leadership import SoleLeader
 from appliance.core.records import RecordStore
 from appliance.core.scaler import PolicyCache, Scaler
@@ -76,6 +77,17 @@ class Components:
                 close()
             except Exception:  # noqa: BLE001 - close everything we can
                 log.exception("event=close_failed")
+
+
+def layer_resolver(layers: LayerStore):
+    """``NAME:VERSION`` -> digest, remembered: a layer version never changes while a function uses it."""
+    known: dict[str, str] = {}
+
+    def digest(ref: str) -> str:
+        if ref not in known:
+            known[ref] = layers.get(ref).digest
+        return known[ref]
+    return digest
 
 
 def instance_platform_env(settings: Settings) -> dict[str, str]:
@@ -263,7 +275,8 @@ def _build_local(settings: Settings) -> Components:
     launcher = _launcher(settings, data / "logs" / "instances", notes)
     code_cache = CodeCache(data / "code", blobs, lim)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
-                               client=client, host="127.0.0.1", platform_env=instance_platform_env(settings))
+                               client=client, host="127.0.0.1", platform_env=instance_platform_env(settings),
+                               layer_digest=layer_resolver(LayerStore(meta, blobs, lim)))
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     policies = policy_cache(settings)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from appliance.backends.local_registry import LocalRegistry
 from appliance.core import codepkg
-from appliance.core.errors import CodeNotFound, PlacementFailed, function_error
+from appliance.core.errors import CodeNotFound, NotFound, PlacementFailed, function_error
 from appliance.core.model import Instance, InstanceSpec
 from appliance.core.ports import BlobStore
 from appliance.instances.client import InstanceClient, InstanceLost, InstanceUnreachable
@@ -55,6 +55,46 @@ class CodeCache:
     def path(self, digest: str) -> Path:
         return self.root / digest
 
+    def ensure_layers(self, digests: list[str]) -> Path | None:
+        """The directory an instance sees as ``/opt``: its layers' packages unpacked in order, a later
+        one's files replacing an earlier one's (Lambda's rule). One layer is its unpacked package as is;
+        several are merged once per ordered list of digests, with hard links into the unpacked ones."""
+        if not digests:
+            return None
+        dirs = [self.ensure(d)[0] for d in digests]
+        if len(dirs) == 1:
+            return dirs[0]
+        import hashlib
+        import os
+        import shutil
+        dest = self.root / ("layers-" + hashlib.sha256(",".join(digests).encode()).hexdigest())
+        if dest.exists():
+            return dest
+        with self._guard:
+            lock = self._locks.setdefault(dest.name, threading.Lock())
+        with lock:
+            if dest.exists():
+                return dest
+            tmp = self.root / f".{dest.name}.{uuid.uuid4().hex[:8]}"
+            try:
+                for src in dirs:
+                    for top, subdirs, files in os.walk(src):
+                        rel = Path(top).relative_to(src)
+                        (tmp / rel).mkdir(parents=True, exist_ok=True)
+                        for f in files:
+                            target = tmp / rel / f
+                            if target.exists() or target.is_symlink():
+                                target.unlink()
+                            try:
+                                os.link(Path(top) / f, target)
+                            except OSError:
+                                shutil.copy2(Path(top) / f, target)
+                os.rename(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return dest
+
     def ensure(self, digest: str) -> tuple[Path, bool]:
         """(directory, fetched now?)"""
         dest = self.path(digest)
@@ -73,10 +113,13 @@ class CodeCache:
 
 class LocalScheduler:
     def __init__(self, *, registry: LocalRegistry, blobs: BlobStore, code_cache: CodeCache, launcher: Launcher,
-                 client: InstanceClient, host: str = "127.0.0.1", platform_env: dict[str, str] | None = None):
+                 client: InstanceClient, host: str = "127.0.0.1", platform_env: dict[str, str] | None = None,
+                 layer_digest=None):
         self.registry = registry
         #: FAAS_REGION and FAAS_ACCOUNT_ID for every instance (the Lambda environment).
         self.platform_env = dict(platform_env or {})
+        #: ``NAME:VERSION`` -> package digest (appliance.core.layers.LayerStore), for functions with layers.
+        self.layer_digest = layer_digest
         self.blobs = blobs
         self.code = code_cache
         self.launcher = launcher
@@ -104,10 +147,16 @@ class LocalScheduler:
             code_dir, fetched = self.code.ensure(spec.digest)
         except CodeNotFound as exc:
             raise PlacementFailed(f"code of {spec.function!r} version {spec.version} is missing: {exc}") from None
+        layers_dir = None
+        if spec.layers:
+            try:
+                layers_dir = self.code.ensure_layers([self.layer_digest(ref) for ref in spec.layers])
+            except (CodeNotFound, NotFound) as exc:
+                raise PlacementFailed(f"a layer of {spec.function!r} is missing: {exc}") from None
         phases["code_fetch"] = round((time.monotonic() - t0) * 1000, 3)
         instance_id = f"{spec.function}-{spec.version}-{uuid.uuid4().hex[:8]}"
         req = LaunchRequest(spec=spec, code_dir=code_dir, instance_id=instance_id, host=self.host,
-                            platform_env=self.platform_env)
+                            platform_env=self.platform_env, layers_dir=layers_dir)
         t1 = time.monotonic()
         try:
             handle, address, launch_phases = self.launcher.launch(req, deadline)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from flask import Flask, Response, redirect, request, send_from_directory
 
+from appliance.control import layers_view
 from appliance.control.invoke import invoke_response
 from appliance.control.peercred import from_instance
 from appliance.control.records_view import decode_cursor, encode_cursor
@@ -338,6 +339,8 @@ def create_control_app(c: Components) -> Flask:
             raise ValidationError("give the trigger as ?method=GET&path=/hello", field="path")
         t = store.remove_trigger(method, path)
         return json_response({"deleted": t.to_dict()})
+
+    layers_view.register(app, store)
 
     @app.after_request
     def add_request_id(resp):

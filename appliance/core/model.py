@@ -42,6 +42,9 @@ CONCURRENCY = (1, 1000)
 MAX_INSTANCES = (1, 1000)
 KEEP_ALIVE_S = (0, 86400)
 ENV_MAX_BYTES = 4096
+#: Layers a function may use, as on Lambda.
+MAX_LAYERS = 5
+LAYER_REF_RE = re.compile(r"^([a-z](?:[a-z0-9-]{0,58}[a-z0-9])?):([1-9][0-9]{0,8})\Z")
 DESCRIPTION_MAX = 256
 
 
@@ -84,10 +87,12 @@ class FunctionConfig:
     environment: dict[str, str] = field(default_factory=dict)
     description: str = ""
     network: str = "default"
+    #: Layer versions ``NAME:VERSION``, applied in order under /opt (later ones win on a clash).
+    layers: tuple[str, ...] = ()
 
     FIELDS = (
         "name", "runtime", "handler", "memory_mb", "timeout_s", "concurrency", "max_instances",
-        "min_instances", "keep_alive_s", "environment", "description", "network",
+        "min_instances", "keep_alive_s", "environment", "description", "network", "layers",
     )
 
     @classmethod
@@ -170,16 +175,41 @@ class FunctionConfig:
         network = "default" if network is None else network
         if network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
+        layers = validate_layer_refs(d.get("layers"))
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,
-                   keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network)
+                   keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network,
+                   layers=layers)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> FunctionConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.FIELDS})
+        got = {k: v for k, v in d.items() if k in cls.FIELDS}
+        got["layers"] = tuple(got.get("layers") or ())
+        return cls(**got)
+
+
+def validate_layer_refs(value: Any) -> tuple[str, ...]:
+    """``["NAME:VERSION", ...]``: at most MAX_LAYERS, each layer name once (whether each exists is the
+    function store's check)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValidationError('layers must be a list of "NAME:VERSION" strings', field="layers")
+    if len(value) > MAX_LAYERS:
+        raise ValidationError(f"a function may use at most {MAX_LAYERS} layers; got {len(value)}", field="layers")
+    names = set()
+    for ref in value:
+        m = LAYER_REF_RE.match(ref)
+        if not m:
+            raise ValidationError(f'layer {ref!r} is not "NAME:VERSION" (a layer name and a version number)',
+                                  field="layers")
+        if m.group(1) in names:
+            raise ValidationError(f"layer {m.group(1)!r} is listed twice; use one version of it", field="layers")
+        names.add(m.group(1))
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -245,13 +275,15 @@ class InstanceSpec:
     network: str = "default"
     #: True for instances kept for min_instances; schedulers may place them differently.
     reserved: bool = False
+    #: Layer versions ``NAME:VERSION`` in order (the scheduler resolves them to packages).
+    layers: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, record: FunctionRecord, *, reserved: bool = False) -> InstanceSpec:
         c = record.config
         return cls(function=c.name, version=record.version, digest=record.digest or "", runtime=c.runtime,
                    handler=c.handler, memory_mb=c.memory_mb, timeout_s=c.timeout_s, concurrency=c.concurrency,
-                   environment=dict(c.environment), network=c.network, reserved=reserved)
+                   environment=dict(c.environment), network=c.network, reserved=reserved, layers=tuple(c.layers))
 
 
 @dataclass

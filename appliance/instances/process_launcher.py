@@ -38,6 +38,9 @@ class LaunchRequest:
     host: str = "127.0.0.1"
     #: Contract variables of the platform's own settings (``FAAS_REGION``, ``FAAS_ACCOUNT_ID``).
     platform_env: dict[str, str] = field(default_factory=dict)
+    #: The function's layers merged (appliance.backends.local_scheduler.CodeCache.ensure_layers): the
+    #: sandbox mounts it at /opt; a plain process is told where it is (FAAS_LAYERS_DIR).
+    layers_dir: Path | None = None
 
 
 class Launcher(Protocol):
@@ -71,6 +74,8 @@ def runtime_env(req: LaunchRequest, *, port: int | None = 0, socket_path: str | 
         # the address-space limit measures memory the function uses.
         "MALLOC_ARENA_MAX": "2",
     })
+    if req.layers_dir is not None:
+        env["FAAS_LAYERS_DIR"] = str(req.layers_dir)
     if socket_path:
         env["FAAS_SOCKET"] = socket_path
     else:

@@ -94,6 +94,18 @@ function lambdaEnv(cfg, env) {
   };
 }
 
+/**
+ * Layers: /opt/nodejs/node20/node_modules and /opt/nodejs/node_modules are searched after the code's own
+ * node_modules, as on Lambda (FAAS_LAYERS_DIR replaces /opt for an unsandboxed instance).
+ */
+function useLayers(env) {
+  const opt = env.FAAS_LAYERS_DIR || '/opt';
+  const dirs = [`${opt}/nodejs/node20/node_modules`, `${opt}/nodejs/node_modules`];
+  const have = (env.NODE_PATH || '').split(path.delimiter).filter(Boolean);
+  env.NODE_PATH = [...dirs.filter((d) => !have.includes(d)), ...have].join(path.delimiter);
+  require('module').Module._initPaths();
+}
+
 // Lambda's levels (AWS_LAMBDA_LOG_LEVEL) and what each console method logs at.
 const LOG_LEVELS = { TRACE: 1, DEBUG: 2, INFO: 3, WARN: 4, ERROR: 5, FATAL: 6 };
 const CONSOLE_LEVELS = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO', log: 'INFO', warn: 'WARN', error: 'ERROR' };
@@ -231,6 +243,7 @@ class Instance {
     const cap = new Capture('', this.echo, undefined);
     let fn = null, err = null;
     Object.assign(process.env, lambdaEnv(this.cfg, process.env));
+    useLayers(process.env);
     patchConsole(() => { const c = this.als.getStore(); return c ? c.rid : this.lastRid; }, process.env);
     await this.als.run(cap, async () => {
       const { handler, codeDir } = this.cfg;

@@ -495,7 +495,8 @@ def import_path(code_dir, current, pythonpath=""):
     or the appliance's virtualenv, with Flask, boto3, ...), and no directory of the process that
     started it (a zygote's). Code that imports here imports on Lambda too, given the same packages."""
     ver = "python%d.%d" % sys.version_info[:2]
-    layers = [f"{LAYERS_DIR}/python/lib/{ver}/site-packages", f"{LAYERS_DIR}/python"]
+    opt = os.environ.get("FAAS_LAYERS_DIR") or LAYERS_DIR  # a plain (unsandboxed) instance's layers
+    layers = [f"{opt}/python/lib/{ver}/site-packages", f"{opt}/python"]
     own = [p for p in pythonpath.split(os.pathsep) if p]
     stdlib_roots = tuple({os.path.join(sys.base_prefix, "lib"), os.path.join(sys.base_exec_prefix, "lib"),
                           os.path.join(sys.base_prefix, "lib64"), os.path.join(sys.base_exec_prefix, "lib64")})
