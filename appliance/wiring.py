@@ -179,7 +179,8 @@ def _build_cluster(settings: Settings) -> Components:
         consul_token=settings.consul_token, registry=registry, blobs=blobs, client=client,
         jobspecs_dir=settings.jobspecs_dir, job_vars=nomad_job_vars(settings), code_url_ttl_s=settings.code_url_ttl_s,
         pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
-        retry_s=settings.nomad_retry_s, edge_id=me, region=settings.region, account_id=settings.account_id)
+        retry_s=settings.nomad_retry_s, edge_id=me, region=settings.region, account_id=settings.account_id,
+        layer_digest=layer_resolver(LayerStore(meta, blobs, limits(settings))))
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     policies = policy_cache(settings)

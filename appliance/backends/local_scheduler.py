@@ -58,42 +58,15 @@ class CodeCache:
     def ensure_layers(self, digests: list[str]) -> Path | None:
         """The directory an instance sees as ``/opt``: its layers' packages unpacked in order, a later
         one's files replacing an earlier one's (Lambda's rule). One layer is its unpacked package as is;
-        several are merged once per ordered list of digests, with hard links into the unpacked ones."""
+        several are merged once per ordered list of digests (:func:`codepkg.merge_layers`)."""
         if not digests:
             return None
         dirs = [self.ensure(d)[0] for d in digests]
-        if len(dirs) == 1:
-            return dirs[0]
-        import hashlib
-        import os
-        import shutil
-        dest = self.root / ("layers-" + hashlib.sha256(",".join(digests).encode()).hexdigest())
-        if dest.exists():
-            return dest
+        key = ",".join(digests)
         with self._guard:
-            lock = self._locks.setdefault(dest.name, threading.Lock())
+            lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            if dest.exists():
-                return dest
-            tmp = self.root / f".{dest.name}.{uuid.uuid4().hex[:8]}"
-            try:
-                for src in dirs:
-                    for top, subdirs, files in os.walk(src):
-                        rel = Path(top).relative_to(src)
-                        (tmp / rel).mkdir(parents=True, exist_ok=True)
-                        for f in files:
-                            target = tmp / rel / f
-                            if target.exists() or target.is_symlink():
-                                target.unlink()
-                            try:
-                                os.link(Path(top) / f, target)
-                            except OSError:
-                                shutil.copy2(Path(top) / f, target)
-                os.rename(tmp, dest)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        return dest
+            return codepkg.merge_layers(dirs, self.root)
 
     def ensure(self, digest: str) -> tuple[Path, bool]:
         """(directory, fetched now?)"""

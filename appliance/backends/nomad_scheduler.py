@@ -122,10 +122,13 @@ class NomadScheduler:
                  pool_job: str = "runtime-pool", jobspecs_dir: str | Path = "jobspecs", job_vars: str = "",
                  code_url_ttl_s: int = 900, pool_target_free: int = 1, pool_refill_s: float = 5.0,
                  retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0,
-                 job_cache_s: float = 30.0, region: str = "us-east-1", account_id: str = "000000000000"):
+                 job_cache_s: float = 30.0, region: str = "us-east-1", account_id: str = "000000000000",
+                 layer_digest=None):
         self.nomad_addr = nomad_addr.rstrip("/")
         #: The Lambda environment's region and account (FAAS_REGION, FAAS_ACCOUNT_ID of the runtime contract).
         self.region, self.account_id = region, account_id
+        #: ``NAME:VERSION`` -> package digest, for functions with layers (appliance.core.layers).
+        self.layer_digest = layer_digest
         self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
         self.registry = registry
@@ -244,7 +247,8 @@ class NomadScheduler:
             self.ensure_jobs()
         t0 = time.monotonic()
         try:
-            inst = self._start_from_pool(spec, deadline)
+            # Layers are fetched by the dispatched launcher (once per node, like code): no pool start.
+            inst = None if spec.layers else self._start_from_pool(spec, deadline)
         except FunctionError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the fast path falls back to dispatch
@@ -429,6 +433,9 @@ class NomadScheduler:
                 "runtime": spec.runtime, "handler": spec.handler, "memory": str(spec.memory_mb),
                 "timeout": str(spec.timeout_s), "concurrency": str(spec.concurrency),
                 "region": self.region, "account_id": self.account_id,
+                "layers": json.dumps([{"digest": d, "url": self.blobs.presigned_url(d, self.code_url_ttl_s)}
+                                      for d in (self.layer_digest(ref) for ref in spec.layers)],
+                                     separators=(",", ":")) if spec.layers else "[]",
                 "code_url": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s),
                 # The function's environment (at most 4 KB): the launcher sets it in the instance.
                 "env": json.dumps(spec.environment, sort_keys=True, separators=(",", ":"))}

@@ -80,6 +80,28 @@ def ensure_code(digest: str, cache_dir: Path, url: str, limits: codepkg.Limits) 
         return dest, True
 
 
+def ensure_layers(text: str, cache_dir: Path, limits: codepkg.Limits) -> Path | None:
+    """The function's layers (``FAAS_LAYERS``: a JSON list of ``{"digest", "url"}`` in order), each
+    fetched once per node like code, merged once per list (:func:`codepkg.merge_layers`) under the
+    same file lock discipline; None without layers."""
+    try:
+        layers = json.loads(text or "[]")
+        digests = [str(x["digest"]) for x in layers]
+        urls = [str(x.get("url") or "") for x in layers]
+    except (ValueError, TypeError, KeyError):
+        raise SystemExit("faas instance: FAAS_LAYERS is not a JSON list of {digest, url}") from None
+    if not digests:
+        return None
+    for d in digests:
+        if not DIGEST.fullmatch(d):
+            raise SystemExit("faas instance: a layer digest in FAAS_LAYERS is not 64 lowercase hex digits")
+    dirs = [ensure_code(d, cache_dir, u, limits)[0] for d, u in zip(digests, urls)]
+    key = hashlib.sha256(",".join(digests).encode()).hexdigest()
+    with open(cache_dir / f".layers-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return codepkg.merge_layers(dirs, cache_dir)
+
+
 def clear_stale_claim(consul_addr: str, alloc_id: str) -> None:
     addr = consul_addr if "://" in consul_addr else f"http://{consul_addr}"
     req = urllib.request.Request(f"{addr.rstrip('/')}/v1/kv/{CLAIM_PREFIX}{alloc_id}", method="DELETE")
@@ -137,6 +159,9 @@ def main(environ=None) -> None:
         cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas-appliance/code-cache")
         code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
         env["FAAS_CODE_DIR"] = str(code_dir)
+        layers_dir = ensure_layers(env.pop("FAAS_LAYERS", ""), cache, codepkg.Limits())
+        if layers_dir is not None:
+            env["FAAS_LAYERS_DIR"] = str(layers_dir)
         env.update(function_env(env.pop("FAAS_FUNCTION_ENV", "")))
     cmd = bootstrap_command(runtime, runtimes_dir)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
