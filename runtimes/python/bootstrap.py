@@ -234,6 +234,7 @@ def _json_response(status, obj, extra="", close=False):
 # whole reply is built as one str and encoded once.
 _OK_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 _END_KEEP, _END_CLOSE = "\r\n\r\n", "\r\nConnection: close\r\n\r\n"
+_SENT = object()  # an invoke whose reply the main thread has sent already
 
 
 def _parse_event(body):
@@ -894,11 +895,12 @@ class _Instance:
                     body, buf = buf[:n], buf[n:]
                 if target == "/_/invoke" and method == "POST":
                     out = self._invoke(headers, body, sock, conn, not keep)
-                    if out is None:  # the watchdog answered this invocation (timeout); the process is exiting
-                        return
                 else:
                     out = self._dispatch(method, target, headers, body, sock, conn, keep)
-                send(out)
+                if out is None:  # the watchdog answered this invocation (timeout), or the client left
+                    return
+                if out is not _SENT:  # the main thread sent it (a handler run there)
+                    send(out)
                 if not keep:
                     return
         except OSError:
@@ -1107,16 +1109,19 @@ class _Instance:
         cap, ident = inv.capture, inv.ident
         self.last_rid = rid
         if on_main:
-            payload, error = self._call_on_main(inv, event, deadline)
-        else:
-            if _LOOP_POLICY is None and "asyncio" in sys.modules:
-                thread_event_loops()
-            routes = self.routes
-            routes[ident] = cap
-            payload, error = self._call(inv, event, deadline)
-            del routes[ident]
+            return self._invoke_on_main(inv, event, deadline, close)
+        if _LOOP_POLICY is None and "asyncio" in sys.modules:
+            thread_event_loops()
+        routes = self.routes
+        routes[ident] = cap
+        payload, error = self._call(inv, event, deadline)
+        del routes[ident]
+        return self._reply(inv, payload, error, close)
+
+    def _reply(self, inv, payload, error, close):
+        """The invoke reply's bytes after the handler ran, or None when the watchdog answered already."""
         end = time.monotonic()
-        logs = cap.finish()
+        logs = inv.capture.finish()
         with self.lock:
             if inv.claimed:  # the watchdog already answered with Function.Timeout
                 return None
@@ -1134,18 +1139,29 @@ class _Instance:
         body = ('{"ok":true,"result":' + payload if error is None else '{"ok":false,"error":' + _ENC.encode(error)) + tail
         return (_OK_HEAD + str(len(body)) + (_END_CLOSE if close else _END_KEEP) + body).encode()
 
-    def _call_on_main(self, inv, event, deadline):
-        """Run the handler on the main thread (Lambda's model) and wait for its result here."""
+    def _invoke_on_main(self, inv, event, deadline, close):
+        """Run the handler on the main thread (Lambda's model). The main thread sends the reply too, so
+        the answer does not wait for the connection's thread to be scheduled again; that thread waits
+        here and then reads the connection's next request. Returns _SENT, or None when the connection
+        must end (the watchdog answered, or the client went away)."""
         done = _thread.allocate_lock()
         done.acquire()
-        out = []
+        out = [None]
 
         def job():
-            self.routes[inv.ident] = inv.capture
             try:
-                out.append(self._call(inv, event, deadline))
+                self.routes[inv.ident] = inv.capture
+                try:
+                    payload, error = self._call(inv, event, deadline)
+                finally:
+                    self.routes.pop(inv.ident, None)
+                reply = self._reply(inv, payload, error, close)
+                if reply is not None:
+                    inv.sock.sendall(reply)
+                    out[0] = _SENT
+            except OSError:
+                pass
             finally:
-                self.routes.pop(inv.ident, None)
                 done.release()
             return False
 
