@@ -10,7 +10,7 @@ import pytest
 from appliance.backends.local_blob import LocalBlobStore
 from appliance.backends.sqlite_meta import SqliteMetadataStore
 from appliance.core import codepkg
-from appliance.core.errors import Conflict, NotFound, ValidationError
+from appliance.core.errors import CodeNotFound, Conflict, NotFound, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.layers import LayerStore
 from appliance.core.model import FunctionConfig
@@ -53,7 +53,7 @@ def test_functions_name_existing_versions_and_keep_them(stores):
     functions.delete("f")  # the function's garbage collection must not take the layer's package
     assert layers.blobs.get(v.digest)
     layers.delete("libs:1")
-    with pytest.raises(Exception):
+    with pytest.raises(CodeNotFound):
         layers.blobs.get(v.digest)
 
 
