@@ -216,9 +216,10 @@ def _parse_env(pairs, option: str = "--env") -> dict:
               "never shown (repeatable).")
 @click.option("--expose-errors/--no-expose-errors", default=None, help="Show HTTP trigger callers the function's "
               "error message and stack trace (development) [off].")
+@click.option("--layer", "layers", multiple=True, help="NAME:VERSION of a layer (repeatable, at most 5, in order).")
 @click.option("--description")
 @click.pass_context
-def deploy(ctx, source, name, env, secret, **opts):
+def deploy(ctx, source, name, env, secret, layers, **opts):
     """Create or update a function from a directory, a zip or one source file."""
     cfg = read_function_json(source)
     triggers = cfg.pop("triggers", [])
@@ -229,6 +230,8 @@ def deploy(ctx, source, name, env, secret, **opts):
         cfg["environment"] = {**cfg.get("environment", {}), **_parse_env(env)}
     if secret:
         cfg["secrets"] = _parse_env(secret, "--secret")
+    if layers:
+        cfg["layers"] = list(layers)
     api = _client(ctx)
     click.echo(f"Packaging {source} ...", err=True)
     t0 = time.monotonic()
@@ -478,6 +481,42 @@ def logs(ctx, name, follow, since, status, limit):
             after = out["next"] or after
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends: not an error
+
+
+@main.group()
+def layer():
+    """Layers: shared packages functions find under /opt (publish, ls, rm)."""
+
+
+@layer.command("publish")
+@click.argument("name")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--description", default="")
+@click.pass_context
+def layer_publish(ctx, name, source, description):
+    """Publish a directory or a .zip as NAME's next version (python/ and nodejs/node_modules/ inside)."""
+    v = _client(ctx).publish_layer(name, source, description)
+    click.echo(f"Published {v['ref']} ({v['size']} bytes, {v['files']} files, sha256 {v['digest'][:12]})", err=True)
+    click.echo(v["ref"])
+
+
+@layer.command("ls")
+@click.pass_context
+def layer_ls(ctx):
+    """List layer versions and the functions that use them."""
+    click.echo(f"{'LAYER':32} {'SIZE':>10} {'SHA256':12} USED BY")
+    for v in _client(ctx).list_layers():
+        click.echo(f"{v['ref']:32} {v['size']:>10} {v['digest'][:12]} {', '.join(v['used_by']) or '-'}")
+
+
+@layer.command("rm")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_context
+def layer_rm(ctx, name, version):
+    """Delete a layer version (refused while a function uses it)."""
+    _client(ctx).delete_layer(name, version)
+    click.echo(f"Deleted {name}:{version}", err=True)
 
 
 @main.command("ls")

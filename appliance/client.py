@@ -73,6 +73,25 @@ class ApplianceClient:
         return self._req("PUT", f"/v1/functions/{name}/code", data=data, params=params,
                          headers={"Content-Type": "application/octet-stream" if filename else "application/zip"}).json()
 
+    # layers
+    def publish_layer(self, name: str, source: str | Path, description: str = "") -> dict:
+        """Publish a directory or a .zip as the layer's next version."""
+        p = Path(source)
+        if p.is_dir():
+            data = zip_directory(p)
+        elif p.is_file() and p.suffix == ".zip":
+            data = p.read_bytes()
+        else:
+            raise ApiError(0, "Client.NoSource", f"{source} is not a directory or a .zip file")
+        return self._req("POST", f"/v1/layers/{name}", data=data, params={"description": description} if description
+                         else None, headers={"Content-Type": "application/zip"}).json()
+
+    def list_layers(self) -> list[dict]:
+        return self._req("GET", "/v1/layers").json()["layers"]
+
+    def delete_layer(self, name: str, version: int) -> dict:
+        return self._req("DELETE", f"/v1/layers/{name}/versions/{version}").json()
+
     def deploy(self, name: str, source: str | Path, **config) -> dict:
         """Create or update ``name`` with ``config`` and upload ``source`` (dir, zip or file).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -82,6 +83,9 @@ class Settings:
     #: without it), off (no filter).
     instance_net_filter: str = "auto"
     log_level: str = "info"
+    #: Region and 12-digit account id of the Lambda environment (AWS_REGION, function ARNs, accountId).
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
     # -- cluster mode (docs/cluster.md) --
     nomad_addr: str = "http://127.0.0.1:4646"
     nomad_token: str = ""
@@ -231,6 +235,10 @@ class Settings:
             raise bad("internal_token", "use a random string of at least 32 characters")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "use debug, info, warning or error")
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", self.region):
+            raise bad("region", "use a region name like us-east-1")
+        if not re.fullmatch(r"\d{12}", self.account_id):
+            raise bad("account_id", "use 12 digits, like 000000000000")
         return self
 
     @property

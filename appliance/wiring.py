@@ -20,6 +20,7 @@ from appliance.core.activator import Activator
 from appliance.core.errors import ApplianceError, Conflict, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
+from appliance.core.layers import LayerStore
 from appliance.core.leadership import SoleLeader
 from appliance.core.records import RecordStore
 from appliance.core.scaler import PolicyCache, Scaler
@@ -220,6 +221,22 @@ def ensure_admin_token(c: Components) -> Path | None:
     return path
 
 
+def layer_resolver(layers: LayerStore):
+    """``NAME:VERSION`` -> digest, remembered: a layer version never changes while a function uses it."""
+    known: dict[str, str] = {}
+
+    def digest(ref: str) -> str:
+        if ref not in known:
+            known[ref] = layers.get(ref).digest
+        return known[ref]
+    return digest
+
+
+def instance_platform_env(settings: Settings) -> dict[str, str]:
+    """The runtime contract's variables that come from the appliance's settings (the Lambda environment)."""
+    return {"FAAS_REGION": settings.region, "FAAS_ACCOUNT_ID": settings.account_id}
+
+
 def limits(settings: Settings) -> codepkg.Limits:
     return codepkg.Limits(max_zip_bytes=settings.max_code_bytes, max_unpacked_bytes=settings.max_unpacked_bytes,
                           max_files=settings.max_files)
@@ -307,7 +324,8 @@ def _build_cluster(settings: Settings) -> Components:
         consul_token=settings.consul_token, registry=registry, blobs=blobs, client=client,
         jobspecs_dir=settings.jobspecs_dir, job_vars=nomad_job_vars(settings), code_url_ttl_s=settings.code_url_ttl_s,
         pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
-        retry_s=settings.nomad_retry_s, edge_id=me)
+        retry_s=settings.nomad_retry_s, edge_id=me, region=settings.region, account_id=settings.account_id,
+        layer_digest=layer_resolver(LayerStore(meta, blobs, limits(settings))))
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     private_db(data / "invocations.sqlite3")
@@ -412,7 +430,8 @@ def _build_local(settings: Settings) -> Components:
     launcher = _launcher(settings, data / "logs" / "instances", notes)
     code_cache = CodeCache(data / "code", blobs, lim)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
-                               client=client, host="127.0.0.1")
+                               client=client, host="127.0.0.1", platform_env=instance_platform_env(settings),
+                               layer_digest=layer_resolver(LayerStore(meta, blobs, lim)))
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     private_db(data / "invocations.sqlite3")

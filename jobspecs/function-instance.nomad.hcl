@@ -94,7 +94,7 @@ job "function-instance" {
   parameterized {
     payload       = "forbidden"
     meta_required = ["function", "version", "digest"]
-    meta_optional = ["handler", "runtime", "memory", "timeout", "concurrency", "code_url", "env"]
+    meta_optional = ["handler", "runtime", "memory", "timeout", "concurrency", "code_url", "env", "region", "account_id", "layers"]
   }
 
   # Defaults of the optional dispatch keys. Dispatch meta is merged into the *job* meta, so these
@@ -110,6 +110,11 @@ job "function-instance" {
     code_url = ""
     # The function's environment variables as a JSON object; the launcher sets them.
     env = "{}"
+    # The Lambda environment's region and account id (APPLIANCE_REGION, APPLIANCE_ACCOUNT_ID).
+    region     = "us-east-1"
+    account_id = "000000000000"
+    # The function's layers in order, a JSON list of {digest, url}; the launcher fetches each once per node.
+    layers = "[]"
   }
 
   group "instance" {
@@ -159,6 +164,9 @@ job "function-instance" {
         FAAS_CODE_CACHE_DIR   = var.code_cache_dir
         FAAS_CODE_URL         = "${NOMAD_META_code_url}"
         FAAS_FUNCTION_ENV     = "${NOMAD_META_env}"
+        FAAS_REGION           = "${NOMAD_META_region}"
+        FAAS_ACCOUNT_ID       = "${NOMAD_META_account_id}"
+        FAAS_LAYERS           = "${NOMAD_META_layers}"
         FAAS_CODE_DIR         = "${var.code_cache_dir}/${NOMAD_META_digest}"
         FAAS_HOST             = "${NOMAD_IP_http}"
         FAAS_PORT             = "${NOMAD_PORT_http}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from appliance.backends.local_registry import LocalRegistry
 from appliance.core import codepkg
-from appliance.core.errors import CodeNotFound, PlacementFailed, function_error
+from appliance.core.errors import CodeNotFound, NotFound, PlacementFailed, function_error
 from appliance.core.model import Instance, InstanceSpec
 from appliance.core.ports import BlobStore
 from appliance.instances.client import InstanceClient, InstanceLost, InstanceUnreachable
@@ -55,6 +55,19 @@ class CodeCache:
     def path(self, digest: str) -> Path:
         return self.root / digest
 
+    def ensure_layers(self, digests: list[str]) -> Path | None:
+        """The directory an instance sees as ``/opt``: its layers' packages unpacked in order, a later
+        one's files replacing an earlier one's (Lambda's rule). One layer is its unpacked package as is;
+        several are merged once per ordered list of digests (:func:`codepkg.merge_layers`)."""
+        if not digests:
+            return None
+        dirs = [self.ensure(d)[0] for d in digests]
+        key = ",".join(digests)
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            return codepkg.merge_layers(dirs, self.root)
+
     def ensure(self, digest: str) -> tuple[Path, bool]:
         """(directory, fetched now?)"""
         dest = self.path(digest)
@@ -73,8 +86,13 @@ class CodeCache:
 
 class LocalScheduler:
     def __init__(self, *, registry: LocalRegistry, blobs: BlobStore, code_cache: CodeCache, launcher: Launcher,
-                 client: InstanceClient, host: str = "127.0.0.1"):
+                 client: InstanceClient, host: str = "127.0.0.1", platform_env: dict[str, str] | None = None,
+                 layer_digest=None):
         self.registry = registry
+        #: FAAS_REGION and FAAS_ACCOUNT_ID for every instance (the Lambda environment).
+        self.platform_env = dict(platform_env or {})
+        #: ``NAME:VERSION`` -> package digest (appliance.core.layers.LayerStore), for functions with layers.
+        self.layer_digest = layer_digest
         self.blobs = blobs
         self.code = code_cache
         self.launcher = launcher
@@ -102,9 +120,16 @@ class LocalScheduler:
             code_dir, fetched = self.code.ensure(spec.digest)
         except CodeNotFound as exc:
             raise PlacementFailed(f"code of {spec.function!r} version {spec.version} is missing: {exc}") from None
+        layers_dir = None
+        if spec.layers:
+            try:
+                layers_dir = self.code.ensure_layers([self.layer_digest(ref) for ref in spec.layers])
+            except (CodeNotFound, NotFound) as exc:
+                raise PlacementFailed(f"a layer of {spec.function!r} is missing: {exc}") from None
         phases["code_fetch"] = round((time.monotonic() - t0) * 1000, 3)
         instance_id = f"{spec.function}-{spec.version}-{uuid.uuid4().hex[:8]}"
-        req = LaunchRequest(spec=spec, code_dir=code_dir, instance_id=instance_id, host=self.host)
+        req = LaunchRequest(spec=spec, code_dir=code_dir, instance_id=instance_id, host=self.host,
+                            platform_env=self.platform_env, layers_dir=layers_dir)
         t1 = time.monotonic()
         try:
             handle, address, launch_phases = self.launcher.launch(req, deadline)

@@ -124,8 +124,13 @@ class NomadScheduler:
                  pool_job: str = "runtime-pool", jobspecs_dir: str | Path = "jobspecs", job_vars: str = "",
                  code_url_ttl_s: int = 900, pool_target_free: int = 1, pool_refill_s: float = 5.0,
                  retry_s: float = 5.0, edge_id: str = "", maintain: bool = True, claim_ttl_s: float = 120.0,
-                 job_cache_s: float = 30.0):
+                 job_cache_s: float = 30.0, region: str = "us-east-1", account_id: str = "000000000000",
+                 layer_digest=None):
         self.nomad_addr = nomad_addr.rstrip("/")
+        #: The Lambda environment's region and account (FAAS_REGION, FAAS_ACCOUNT_ID of the runtime contract).
+        self.region, self.account_id = region, account_id
+        #: ``NAME:VERSION`` -> package digest, for functions with layers (appliance.core.layers).
+        self.layer_digest = layer_digest
         # python-nomad's own default is verify=False; TLS to Nomad is verified, as in _session_request.
         self.n = nomad.Nomad(address=self.nomad_addr, token=nomad_token or None, timeout=10, verify=True)
         self.consul = consul_client(consul_addr, consul_token, timeout_s=5.0)
@@ -245,7 +250,8 @@ class NomadScheduler:
             self.ensure_jobs()
         t0 = time.monotonic()
         try:
-            inst = self._start_from_pool(spec, deadline)
+            # Layers are fetched by the dispatched launcher (once per node, like code): no pool start.
+            inst = None if spec.layers else self._start_from_pool(spec, deadline)
         except FunctionError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the fast path falls back to dispatch
@@ -345,6 +351,7 @@ class NomadScheduler:
         body = {"function": spec.function, "version": str(spec.version), "handler": spec.handler,
                 "memoryMb": spec.memory_mb, "timeoutS": spec.timeout_s, "maxInflight": spec.concurrency,
                 "env": spec.environment, "instanceId": inst_id, "codeSha256": spec.digest,
+                "region": self.region, "accountId": self.account_id,
                 "codeUrl": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s)}
         t0 = time.monotonic()
         timeout = max(1.0, deadline - time.monotonic())
@@ -428,6 +435,10 @@ class NomadScheduler:
         meta = {"function": spec.function, "version": str(spec.version), "digest": spec.digest,
                 "runtime": spec.runtime, "handler": spec.handler, "memory": str(spec.memory_mb),
                 "timeout": str(spec.timeout_s), "concurrency": str(spec.concurrency),
+                "region": self.region, "account_id": self.account_id,
+                "layers": json.dumps([{"digest": d, "url": self.blobs.presigned_url(d, self.code_url_ttl_s)}
+                                      for d in (self.layer_digest(ref) for ref in spec.layers)],
+                                     separators=(",", ":")) if spec.layers else "[]",
                 "code_url": self.blobs.presigned_url(spec.digest, self.code_url_ttl_s),
                 # The function's environment (at most 4 KB): the launcher sets it in the instance.
                 "env": json.dumps(spec.environment, sort_keys=True, separators=(",", ":"))}

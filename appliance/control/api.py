@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
 
+from appliance.control import layers_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
 from appliance.control.invoke import invoke_response
 from appliance.control.records_view import RecordsView, decode_cursor, encode_cursor
@@ -444,6 +445,8 @@ def create_control_app(c: Components) -> Flask:
             need("deploy", bound.function)
         t = store.remove_trigger(method, path)
         return json_response({"deleted": t.to_dict()})
+
+    layers_view.register(app, store, need)
 
     @app.after_request
     def add_request_id(resp):

@@ -224,3 +224,47 @@ def _rmtree(path: Path) -> None:
 def remove_tree(path: Path) -> None:
     """Remove an unpacked (read-only) tree."""
     _rmtree(Path(path))
+
+
+def merge_layers(dirs: list, root) -> "Path":
+    """The directory an instance sees as ``/opt``: unpacked layer packages in order, a later one's files
+    replacing an earlier one's (Lambda's rule). One layer is its own directory; several are merged once
+    per ordered list, under ``root/layers-<sha256 of the list>``, with hard links into the unpacked
+    ones (copies where links fail), through a temporary directory and a rename. The caller serialises
+    concurrent merges of the same list (a lock); a merge that loses a race keeps the winner's."""
+    import hashlib
+    import os
+    import shutil
+    import uuid
+    from pathlib import Path
+    dirs = [Path(d) for d in dirs]
+    if len(dirs) == 1:
+        return dirs[0]
+    root = Path(root)
+    dest = root / ("layers-" + hashlib.sha256(",".join(d.name for d in dirs).encode()).hexdigest())
+    if dest.exists():
+        return dest
+    tmp = root / f".{dest.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        for src in dirs:
+            for top, _, files in os.walk(src):
+                rel = Path(top).relative_to(src)
+                (tmp / rel).mkdir(parents=True, exist_ok=True)
+                for f in files:
+                    target = tmp / rel / f
+                    if target.exists() or target.is_symlink():
+                        target.unlink()
+                    try:
+                        os.link(Path(top) / f, target)
+                    except OSError:
+                        shutil.copy2(Path(top) / f, target)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

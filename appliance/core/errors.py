@@ -66,6 +66,11 @@ class MethodNotAllowed(ApplianceError):
     code = "Trigger.MethodNotAllowed"
     status = 405
 
+    def __init__(self, message: str, *, allow: tuple[str, ...] = (), **kw):
+        super().__init__(message, **kw)
+        #: The methods the path has routes for (the ``Allow`` header of the 405).
+        self.allow = tuple(allow)
+
 
 class Conflict(ApplianceError):
     code = "Resource.Conflict"
@@ -205,6 +210,8 @@ def to_response_body(exc: BaseException, request_id: str | None = None) -> tuple
         challenge = getattr(exc, "challenge", None)
         if challenge:
             headers["WWW-Authenticate"] = challenge
+        if getattr(exc, "allow", None):
+            headers["Allow"] = ", ".join(exc.allow)
         return exc.status, headers, exc.to_body(request_id)
     internal = ApplianceError("internal error; the appliance log has the details")
     return 500, {}, internal.to_body(request_id)

@@ -91,7 +91,13 @@ class FunctionStore:
 
     # -- functions -----------------------------------------------------------------------
 
+    def _check_layers(self, config: FunctionConfig) -> None:
+        """Every layer version the function lists must exist (refused with 400 naming it)."""
+        from appliance.core.layers import LayerStore
+        LayerStore(self.meta, self.blobs, self.limits).check_refs(config.layers)
+
     def create(self, config: FunctionConfig) -> FunctionRecord:
+        self._check_layers(config)
         now = time.time()
         record = FunctionRecord(config=config, created_at=now, updated_at=now)
         try:
@@ -128,6 +134,8 @@ class FunctionStore:
         for _ in range(CAS_ATTEMPTS):
             current = self.get(name, fresh=True)
             config = FunctionConfig.from_request(data, base=current.config, name=name)
+            if config.layers != current.config.layers:
+                self._check_layers(config)
             new = FunctionRecord(config=config, version=current.version, digest=current.digest,
                                  created_at=current.created_at, updated_at=time.time())
             try:
@@ -155,6 +163,7 @@ class FunctionStore:
         if not digests:
             return
         in_use = {doc.get("digest") for _, doc, _ in self.meta.list("versions/")}
+        in_use |= {doc.get("digest") for _, doc, _ in self.meta.list("layers/")}  # layers share packages
         for digest in digests - in_use:
             self.blobs.delete(digest)
 

@@ -304,6 +304,8 @@ class Invoker:
         rec.http_status = err.status
         rec.error_type = err.code
         rec.error_message = err.message[:1000]
+        if isinstance(err, FunctionError):
+            rec.logs.extend(error_log_lines(err.error))
         if isinstance(err, FunctionTimeout):
             rec.status = "timeout"
         elif isinstance(err, FunctionError):
@@ -314,6 +316,24 @@ class Invoker:
             rec.status = "error"
         else:
             rec.status = "unavailable"
+
+
+#: Stack lines a failed invocation's log keeps (the innermost frames, where the error was raised).
+MAX_STACK_LINES = 100
+
+
+def error_log_lines(error: dict) -> list[str]:
+    """A failed invocation's error as Lambda's runtime writes it into the log: ``[ERROR] <type>:
+    <message>`` and the stack trace, so ``faas logs`` and the console show why it failed."""
+    error_type = str(error.get("errorType") or "Function.Error")
+    out = [f"[ERROR] {error_type}: {str(error.get('errorMessage') or '')[:1000]}".rstrip()]
+    stack = error.get("stackTrace") or []
+    if isinstance(stack, list) and stack:
+        lines = [ln for frame in stack for ln in str(frame).rstrip("\n").split("\n")]
+        if lines[0].startswith("  File "):  # Python's frames; Node.js's read "at ..." on their own
+            out.append("Traceback (most recent call last):")
+        out.extend(lines[-MAX_STACK_LINES:])
+    return out
 
 
 def _raise(call, exc):

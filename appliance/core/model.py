@@ -21,6 +21,19 @@ NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIXES = ("FAAS_", "NOMAD_", "AWS_LAMBDA_")
+#: Names the runtime sets as Lambda does (runtimes/README.md, "The Lambda environment").
+RESERVED_ENV_NAMES = frozenset({"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_EXECUTION_ENV", "LAMBDA_TASK_ROOT",
+                                "LAMBDA_RUNTIME_DIR", "TZ"})
+#: Lambda's logging configuration, which a function sets through its variables here.
+USER_LAMBDA_ENV = frozenset({"AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL"})
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether a function may not set the variable ``name`` (the platform and the runtime own it)."""
+    upper = name.upper()
+    if upper in USER_LAMBDA_ENV:
+        return False
+    return upper.startswith(RESERVED_ENV_PREFIXES) or upper in RESERVED_ENV_NAMES
 NETWORK_MODES = ("default", "none")
 
 MEMORY_MB = (128, 10240)
@@ -32,6 +45,9 @@ ENV_MAX_BYTES = 4096
 SECRETS_MAX_BYTES = 4096
 #: How the API, the CLI and the console show a secret's value; sent back, it keeps the value.
 MASK = "****"
+#: Layers a function may use, as on Lambda.
+MAX_LAYERS = 5
+LAYER_REF_RE = re.compile(r"^([a-z](?:[a-z0-9-]{0,58}[a-z0-9])?):([1-9][0-9]{0,8})\Z")
 DESCRIPTION_MAX = 256
 
 
@@ -80,9 +96,12 @@ class FunctionConfig:
     #: (development); off, they get only the code and the request id.
     expose_errors: bool = False
 
+    #: Layer versions ``NAME:VERSION``, applied in order under /opt (later ones win on a clash).
+    layers: tuple[str, ...] = ()
+
     FIELDS = (
         "name", "runtime", "handler", "memory_mb", "timeout_s", "concurrency", "max_instances",
-        "min_instances", "keep_alive_s", "environment", "description", "network", "secrets", "expose_errors",
+        "min_instances", "keep_alive_s", "environment", "description", "network", "secrets", "expose_errors", "layers",
     )
 
     @classmethod
@@ -147,10 +166,11 @@ class FunctionConfig:
         network = "default" if network is None else network
         if network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
+        layers = validate_layer_refs(d.get("layers"))
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,
                    keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network,
-                   secrets=dict(secrets), expose_errors=expose_errors)
+                   secrets=dict(secrets), expose_errors=expose_errors, layers=layers)
 
     def to_dict(self) -> dict:
         """Every field but the secrets' values (see :meth:`masked_secrets`); the store seals them apart."""
@@ -163,7 +183,9 @@ class FunctionConfig:
 
     @classmethod
     def from_dict(cls, d: dict, secrets: dict[str, str] | None = None) -> FunctionConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.FIELDS and k != "secrets"}, secrets=dict(secrets or {}))
+        got = {k: v for k, v in d.items() if k in cls.FIELDS and k != "secrets"}
+        got["layers"] = tuple(got.get("layers") or ())
+        return cls(**got, secrets=dict(secrets or {}))
 
 
 def _variables(value: Any, field_name: str, max_bytes: int) -> dict[str, str]:
@@ -178,10 +200,11 @@ def _variables(value: Any, field_name: str, max_bytes: int) -> dict[str, str]:
             raise ValidationError(
                 f"{what} name {key!r} is invalid: use letters, digits and '_', not starting with a digit",
                 field=field_name)
-        if key.upper().startswith(RESERVED_ENV_PREFIXES):
+        if is_reserved_env(key):
             raise ValidationError(
-                f"{what} {key!r} uses a reserved prefix ({', '.join(RESERVED_ENV_PREFIXES)}); rename it",
-                field=field_name)
+                f"{what} {key!r} is reserved (the platform sets it; prefixes {', '.join(RESERVED_ENV_PREFIXES)} and "
+                f"{', '.join(sorted(RESERVED_ENV_NAMES))} are reserved, but AWS_REGION, AWS_LAMBDA_LOG_FORMAT and "
+                "AWS_LAMBDA_LOG_LEVEL may be set); rename it", field=field_name)
         if not isinstance(v, str):
             shown = "a " + type(v).__name__ if field_name == "secrets" else repr(v)
             raise ValidationError(f"{what} {key!r} must be a string, got {shown}", field=field_name)
@@ -213,6 +236,27 @@ def _merge_secrets(current: dict[str, str], given: Any) -> Any:
         else:
             out[key] = value
     return out
+
+
+def validate_layer_refs(value: Any) -> tuple[str, ...]:
+    """``["NAME:VERSION", ...]``: at most MAX_LAYERS, each layer name once (whether each exists is the
+    function store's check)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValidationError('layers must be a list of "NAME:VERSION" strings', field="layers")
+    if len(value) > MAX_LAYERS:
+        raise ValidationError(f"a function may use at most {MAX_LAYERS} layers; got {len(value)}", field="layers")
+    names = set()
+    for ref in value:
+        m = LAYER_REF_RE.match(ref)
+        if not m:
+            raise ValidationError(f'layer {ref!r} is not "NAME:VERSION" (a layer name and a version number)',
+                                  field="layers")
+        if m.group(1) in names:
+            raise ValidationError(f"layer {m.group(1)!r} is listed twice; use one version of it", field="layers")
+        names.add(m.group(1))
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -281,13 +325,16 @@ class InstanceSpec:
     network: str = "default"
     #: True for instances kept for min_instances; schedulers may place them differently.
     reserved: bool = False
+    #: Layer versions ``NAME:VERSION`` in order (the scheduler resolves them to packages).
+    layers: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, record: FunctionRecord, *, reserved: bool = False) -> InstanceSpec:
         c = record.config
         return cls(function=c.name, version=record.version, digest=record.digest or "", runtime=c.runtime,
                    handler=c.handler, memory_mb=c.memory_mb, timeout_s=c.timeout_s, concurrency=c.concurrency,
-                   environment={**c.environment, **c.secrets}, network=c.network, reserved=reserved)
+                   environment={**c.environment, **c.secrets}, network=c.network, reserved=reserved,
+                   layers=tuple(c.layers))
 
 
 @dataclass

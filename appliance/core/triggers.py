@@ -1,7 +1,8 @@
 """HTTP trigger routes: validation, conflict detection and matching. Pure, no IO.
 
 A route is ``(method, path)``. Path segments are literals, ``{name}`` (one segment) or, last only,
-``{name+}`` (the rest of the path, at least one segment). When several routes match, the most
+``{name+}`` (the rest of the path, at least one segment); ``$default`` (method ``ANY``) is API Gateway's
+catch-all for whatever no other route matches. When several routes match, the most
 specific wins: more literal segments first, then single parameters over a greedy tail, then a
 named method over ``ANY``. Two routes conflict when they have the same method and the same shape
 (``/users/{id}`` and ``/users/{uid}`` are the same route).
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from appliance.core.errors import MethodNotAllowed, RouteNotFound, ValidationError
 from appliance.core.model import Trigger
@@ -21,6 +21,8 @@ RESERVED_PREFIXES = ("/_/", "/v1/")
 LITERAL_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*,;=:@-]+$")
 PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
 MAX_PATH = 512
+#: API Gateway's catch-all route: serves every request no other route matches (method ``ANY`` only).
+DEFAULT_ROUTE = "$default"
 
 
 def normalise_method(method: str) -> str:
@@ -32,8 +34,10 @@ def normalise_method(method: str) -> str:
 
 def parse_path(path: str) -> tuple[tuple[str, str], ...]:
     """Split a route path into ``(kind, value)`` segments: kind is lit, param or greedy."""
+    if path == DEFAULT_ROUTE:
+        return ()
     if not isinstance(path, str) or not path.startswith("/"):
-        raise ValidationError(f"path must start with '/', got {path!r}", field="path")
+        raise ValidationError(f"path must start with '/' (or be {DEFAULT_ROUTE!r}), got {path!r}", field="path")
     if len(path) > MAX_PATH:
         raise ValidationError(f"path is longer than {MAX_PATH} characters", field="path")
     if path.startswith(RESERVED_PREFIXES) or path in ("/_", "/v1"):
@@ -70,7 +74,12 @@ def shape(segments: tuple[tuple[str, str], ...]) -> str:
 
 def route_key(method: str, path: str) -> str:
     """Identity of a route for conflict detection."""
-    return f"{normalise_method(method)} {shape(parse_path(path))}"
+    method = normalise_method(method)
+    if path == DEFAULT_ROUTE:
+        if method != "ANY":
+            raise ValidationError(f"the {DEFAULT_ROUTE} route takes every method: use ANY, not {method}", field="method")
+        return DEFAULT_ROUTE
+    return f"{method} {shape(parse_path(path))}"
 
 
 @dataclass(frozen=True)
@@ -80,67 +89,118 @@ class Match:
     route_key: str
 
 
+class _Node:
+    """One position of the route trie: children by literal segment, one child for ``{param}``, and
+    the routes that end here (by method) or take the rest of the path from here (``{name+}``)."""
+
+    __slots__ = ("lit", "param", "routes", "greedy")
+
+    def __init__(self):
+        self.lit: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.routes: dict[str, tuple] = {}
+        self.greedy: dict[str, tuple] = {}
+
+
 class RouteTable:
-    """Immutable table built from the trigger list; rebuild it when triggers change."""
+    """Immutable table built from the trigger list; rebuild it when triggers change.
+
+    Routes live in a trie of their segments, so matching a path visits at most the trie nodes along
+    it (a literal child and a parameter child per segment), however many routes the table holds:
+    with 2,000 triggers an unmatched path used to compare against every one. Among the routes that
+    match, the most specific wins (module docstring); ``$default`` catches what nothing else does.
+    """
 
     def __init__(self, triggers: list[Trigger]):
-        compiled = []
+        self._root = _Node()
+        self._default: Trigger | None = None
+        self._count = 0
         for t in triggers:
+            self._count += 1
+            if t.path == DEFAULT_ROUTE:
+                self._default = t
+                continue
             segs = parse_path(t.path)
             literal = sum(1 for k, _ in segs if k == "lit")
             greedy = 1 if segs and segs[-1][0] == "greedy" else 0
-            specificity = (literal, -greedy, len(segs), 0 if t.method == "ANY" else 1)
-            compiled.append((specificity, segs, t))
-        compiled.sort(key=lambda c: c[0], reverse=True)
-        self._routes = compiled
-        # Routes of literal segments only, by (method, segments): no other route can be more
-        # specific for a path they match, so a hit needs no scan of the table.
-        self._literal: dict[tuple[str, tuple[str, ...]], Match] = {}
-        for _, segs, t in compiled:
-            if all(kind == "lit" for kind, _ in segs):
-                self._literal[(t.method, tuple(v for _, v in segs))] = Match(t, {}, f"{t.method} {t.path}")
+            entry = ((literal, -greedy, len(segs)), segs, t)
+            node = self._root
+            for kind, value in segs:
+                if kind == "lit":
+                    node = node.lit.setdefault(value, _Node())
+                elif kind == "param":
+                    node.param = node.param or _Node()
+                    node = node.param
+            (node.greedy if greedy else node.routes).setdefault(t.method, entry)
 
     def __len__(self) -> int:
-        return len(self._routes)
+        return self._count
+
+    def _candidates(self, parts: list[str]) -> tuple[list[dict], int]:
+        """The method maps of every route shape matching ``parts``, and how many nodes were visited."""
+        found: list[dict] = []
+        visits = 0
+        stack = [(self._root, 0)]
+        n = len(parts)
+        while stack:
+            node, i = stack.pop()
+            visits += 1
+            if node.greedy and i < n:
+                found.append(node.greedy)
+            if i == n:
+                if node.routes:
+                    found.append(node.routes)
+                continue
+            part = parts[i]
+            child = node.lit.get(part)
+            if child is not None:
+                stack.append((child, i + 1))
+            if node.param is not None and part:
+                stack.append((node.param, i + 1))
+        return found, visits
+
+    def visits(self, path: str) -> int:
+        """Trie nodes a match of ``path`` visits (the cost of matching; for tests and benchmarks)."""
+        return self._candidates(_parts(path))[1]
 
     def match(self, method: str, path: str) -> Match:
-        parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
+        """The route for ``method`` and ``path`` (the engine's decoded path: segments are not decoded again)."""
+        parts = _parts(path)
         method = method.upper()
-        literal = self._literal
-        if literal and method != "HEAD":  # HEAD's fallback to GET routes is left to the scan
-            key = tuple(parts)
-            hit = literal.get((method, key)) or literal.get(("ANY", key))
-            if hit is not None:
-                return Match(hit.trigger, {}, hit.route_key)
-        path_matched = False
-        for _, segs, trigger in self._routes:
-            params = _match_segments(segs, parts)
-            if params is None:
-                continue
-            path_matched = True
-            if trigger.method in (method, "ANY") or (method == "HEAD" and trigger.method == "GET"):
-                return Match(trigger, params, f"{trigger.method} {trigger.path}")
-        if path_matched:
-            raise MethodNotAllowed(f"{method} is not allowed on {path}")
+        found, _ = self._candidates(parts)
+        best = None
+        for by_method in found:
+            for m, rank in ((method, 1), ("GET" if method == "HEAD" else None, 1), ("ANY", 0)):
+                entry = by_method.get(m) if m else None
+                if entry is not None:
+                    key = (*entry[0], rank)
+                    if best is None or key > best[0]:
+                        best = (key, entry)
+                    break
+        if best is not None:
+            _, segs, trigger = best[1]
+            return Match(trigger, _params(segs, parts), f"{trigger.method} {trigger.path}")
+        if self._default is not None:
+            return Match(self._default, {}, DEFAULT_ROUTE)
+        if found:
+            allow = {m for by_method in found for m in by_method}
+            if "GET" in allow:
+                allow.add("HEAD")
+            allow = tuple(sorted(allow))
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {', '.join(allow)}", allow=allow)
         raise RouteNotFound(f"no trigger matches {method} {path}")
 
 
-def _match_segments(segs, parts) -> dict[str, str] | None:
+def _parts(path: str) -> list[str]:
+    stripped = path.strip("/")
+    return stripped.split("/") if stripped else []
+
+
+def _params(segs, parts) -> dict[str, str]:
     params: dict[str, str] = {}
     for i, (kind, value) in enumerate(segs):
         if kind == "greedy":
-            rest = parts[i:]
-            if not rest:
-                return None
-            params[value] = "/".join(rest)
-            return params
-        if i >= len(parts):
-            return None
-        if kind == "lit":
-            if parts[i] != value:
-                return None
-        else:
-            if not parts[i]:
-                return None
+            params[value] = "/".join(parts[i:])
+        elif kind == "param":
             params[value] = parts[i]
-    return params if len(parts) == len(segs) else None
+    return params

@@ -12,6 +12,7 @@ import base64
 import binascii
 import functools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -28,6 +29,19 @@ def _is_text(content_type: str) -> bool:
     return not ct or any(t in ct for t in TEXT_TYPES)
 
 
+#: Request headers that describe one connection (RFC 9110 7.6.1), never forwarded to a function: the
+#: edge has already de-chunked the body, so ``transfer-encoding: chunked`` beside it would make a WSGI
+#: adapter read an empty body or fail.
+HOP_BY_HOP_REQUEST = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                "transfer-encoding", "upgrade", "proxy-authorization"})
+DEFAULT_ACCOUNT = "000000000000"
+
+
+def trace_id(now: float) -> str:
+    """An X-Ray style ``Root=1-<epoch hex>-<96 random bits>``, as API Gateway adds when a request has none."""
+    return f"Root=1-{int(now):08x}-{os.urandom(12).hex()}"
+
+
 @functools.lru_cache(maxsize=4)
 def _clf_time(second: int) -> str:
     """The request time as API Gateway writes it, made once per second rather than per request."""
@@ -35,18 +49,39 @@ def _clf_time(second: int) -> str:
 
 
 def build_event(req: RawRequest, *, route_key: str, path_params: dict[str, str], request_id: str,
-                now: float | None = None, authorizer: dict | None = None) -> dict:
+                now: float | None = None, authorizer: dict | None = None,
+                account_id: str = DEFAULT_ACCOUNT) -> dict:
     """The API Gateway HTTP API 2.0 event of one request: the only place an event is made, for
-    cold and warm requests alike (see :mod:`.request`)."""
+    cold and warm requests alike (see :mod:`.request`).
+
+    Headers as API Gateway forwards them: names lowercased, repeats joined with commas, cookies
+    moved to ``cookies``, hop-by-hop ones (and any the ``connection`` header names) dropped, the
+    body's real length as ``content-length``, and ``x-forwarded-for`` (the client appended),
+    ``x-forwarded-proto``, ``x-forwarded-port`` and ``x-amzn-trace-id`` (kept when sent) added."""
     now = time.time() if now is None else now
     joined: dict[str, str] = {}
     cookies: list[str] = []
+    drop = HOP_BY_HOP_REQUEST
     for k, v in req.headers:
         k = k.lower()
+        if k == "connection":
+            named = {n.strip().lower() for n in v.split(",")} - {"close", "keep-alive", ""}
+            if named:
+                drop = drop | named
+    for k, v in req.headers:
+        k = k.lower()
+        if k in drop:
+            continue
         if k == "cookie":
             cookies.extend(c.strip() for c in v.split(";") if c.strip())
             continue
         joined[k] = f"{joined[k]},{v}" if k in joined else v
+    forwarded = joined.get("x-forwarded-for")
+    joined["x-forwarded-for"] = f"{forwarded}, {req.source_ip}" if forwarded else req.source_ip
+    joined["x-forwarded-proto"] = req.scheme
+    joined["x-forwarded-port"] = str(req.port)
+    if "x-amzn-trace-id" not in joined:
+        joined["x-amzn-trace-id"] = trace_id(now)
     query: dict[str, str] = {}
     raw_query = req.query
     body = req.body
@@ -57,6 +92,7 @@ def build_event(req: RawRequest, *, route_key: str, path_params: dict[str, str],
     is_b64 = False
     text = ""
     if body:
+        joined["content-length"] = str(len(body))
         if _is_text(joined.get("content-type", "")):
             try:
                 text = body.decode("utf-8")
@@ -71,7 +107,7 @@ def build_event(req: RawRequest, *, route_key: str, path_params: dict[str, str],
         "rawQueryString": raw_query,
         "headers": joined,
         "requestContext": {
-            "accountId": "local",
+            "accountId": account_id,
             "apiId": "faas",
             "domainName": domain,
             "domainPrefix": domain.split(".")[0],

@@ -28,6 +28,8 @@ class RawRequest:
     host: str
     protocol: str = "HTTP/1.1"
     scheme: str = "http"
+    #: The port the client connected to (the edge's), for ``x-forwarded-port``.
+    port: int = 80
 
     @classmethod
     def from_scope(cls, scope, body: bytes) -> "RawRequest":
@@ -36,13 +38,27 @@ class RawRequest:
         return cls(method=scope.method.upper(), path=scope.path, query=scope.query_string,
                    headers=tuple(headers.items()), body=body, source_ip=client_ip(scope.client or ""),
                    host=host_name(headers.get("host") or scope.authority or scope.server or ""),
-                   protocol=f"HTTP/{scope.http_version}", scheme=scope.scheme)
+                   protocol=protocol_name(scope.http_version), scheme=scope.scheme, port=server_port(scope.server or ""))
 
 
 def client_ip(client: str) -> str:
     """``ip:port`` (``[v6]:port`` for IPv6) as Granian reports the peer, without the port."""
     host = client.rpartition(":")[0] if ":" in client else client
     return host.strip("[]")
+
+
+#: Granian's ``http_version`` is ``1`` for an HTTP/1.0 request line (``1.1`` and ``2`` are as named).
+_PROTOCOLS = {"1": "HTTP/1.0"}
+
+
+def protocol_name(http_version: str) -> str:
+    return _PROTOCOLS.get(http_version) or f"HTTP/{http_version}"
+
+
+def server_port(server: str) -> int:
+    """The port of Granian's ``ip:port`` server address (80 when it has none)."""
+    port = server.rpartition(":")[2]
+    return int(port) if port.isdigit() else 80
 
 
 def host_name(host: str) -> str:

@@ -46,7 +46,7 @@ from appliance.core.errors import (
     to_response_body,
 )
 from appliance.core.invoker import encode_event
-from appliance.edge.events import build_event, public_error, to_http_response
+from appliance.edge.events import DEFAULT_ACCOUNT, build_event, public_error, to_http_response
 from appliance.edge.request import RawRequest, client_ip
 from appliance.edge.trigger_auth import TriggerGuard
 from appliance.web import REQUEST_ID_RE
@@ -132,10 +132,11 @@ def run_wsgi(app, environ: dict) -> tuple[int, list, bytes]:
     return int(started["status"][:3]), list(started["headers"]), body
 
 
-def trigger_event(req: RawRequest, match, request_id: str, authorizer: dict | None = None) -> bytes:
+def trigger_event(req: RawRequest, match, request_id: str, authorizer: dict | None = None,
+                  account_id: str = DEFAULT_ACCOUNT) -> bytes:
     """The encoded API Gateway HTTP API 2.0 event of one trigger request."""
     return encode_event(build_event(req, route_key=match.route_key, path_params=match.params,
-                                    request_id=request_id, authorizer=authorizer))
+                                    request_id=request_id, authorizer=authorizer, account_id=account_id))
 
 
 def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | None = None) -> tuple[int, list, bytes]:
@@ -184,7 +185,10 @@ def preflight_answer(cors: dict, headers, rid: str) -> tuple[int, list, bytes]:
 class EdgeApp:
     """The RSGI application Granian calls for each request (see the module docstring)."""
 
-    def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None):
+    def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None,
+                 account_id: str = DEFAULT_ACCOUNT):
+        #: ``requestContext.accountId`` of every event (APPLIANCE_ACCOUNT_ID).
+        self.account_id = account_id
         self.flask_app = flask_app
         self.store = store
         self.invoker = invoker
@@ -231,7 +235,7 @@ class EdgeApp:
             req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes))
             if verifier is not None and verifier.needs_body:
                 authorizer = await self._authorize(verifier, headers, req.body)
-            event = trigger_event(req, match, rid, authorizer)
+            event = trigger_event(req, match, rid, authorizer, self.account_id)
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn)
             answer = trigger_answer(method, rid, outcome, cors=cors is not None,

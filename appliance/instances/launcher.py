@@ -44,7 +44,7 @@ import urllib.request
 from pathlib import Path
 
 from appliance.core import codepkg
-from appliance.core.model import RESERVED_ENV_PREFIXES
+from appliance.core.model import is_reserved_env
 from appliance.instances.pool_supervisor import CLAIM_PREFIX, clear_stale_claim  # noqa: F401 - re-exported
 
 DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -57,7 +57,7 @@ def _say(event: str, **kv) -> None:
 
 def bootstrap_command(runtime: str, runtimes_dir: Path) -> list[str]:
     if runtime.startswith("python"):
-        return [sys.executable, "-X", "frozen_modules=on", str(runtimes_dir / "python" / "bootstrap.py")]
+        return [sys.executable, "-S", "-X", "frozen_modules=on", str(runtimes_dir / "python" / "bootstrap.py")]
     if runtime.startswith("nodejs"):
         return [os.environ.get("APPLIANCE_NODE", "/usr/bin/node"), str(runtimes_dir / "node" / "bootstrap.js")]
     raise SystemExit(f"faas instance: unknown runtime {runtime!r}")
@@ -88,6 +88,28 @@ def ensure_code(digest: str, cache_dir: Path, url: str, limits: codepkg.Limits) 
         return dest, True
 
 
+def ensure_layers(text: str, cache_dir: Path, limits: codepkg.Limits) -> Path | None:
+    """The function's layers (``FAAS_LAYERS``: a JSON list of ``{"digest", "url"}`` in order), each
+    fetched once per node like code, merged once per list (:func:`codepkg.merge_layers`) under the
+    same file lock discipline; None without layers."""
+    try:
+        layers = json.loads(text or "[]")
+        digests = [str(x["digest"]) for x in layers]
+        urls = [str(x.get("url") or "") for x in layers]
+    except (ValueError, TypeError, KeyError):
+        raise SystemExit("faas instance: FAAS_LAYERS is not a JSON list of {digest, url}") from None
+    if not digests:
+        return None
+    for d in digests:
+        if not DIGEST.fullmatch(d):
+            raise SystemExit("faas instance: a layer digest in FAAS_LAYERS is not 64 lowercase hex digits")
+    dirs = [ensure_code(d, cache_dir, u, limits)[0] for d, u in zip(digests, urls)]
+    key = hashlib.sha256(",".join(digests).encode()).hexdigest()
+    with open(cache_dir / f".layers-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return codepkg.merge_layers(dirs, cache_dir)
+
+
 def fetch_main(environ=None) -> None:
     """Make sure the code of ``FAAS_CODE_DIGEST`` is in ``FAAS_CODE_CACHE_DIR`` (fetching it from
     ``FAAS_CODE_URL`` when it is not) and print its directory; exit 1 with the reason otherwise."""
@@ -114,7 +136,7 @@ def function_env(text: str) -> dict[str, str]:
         raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object") from None
     if not isinstance(doc, dict):
         raise SystemExit("faas instance: FAAS_FUNCTION_ENV is not a JSON object")
-    return {str(k): str(v) for k, v in doc.items() if not str(k).startswith(RESERVED_ENV_PREFIXES)}
+    return {str(k): str(v) for k, v in doc.items() if not is_reserved_env(str(k))}
 
 
 def main(environ=None) -> None:
@@ -136,6 +158,9 @@ def main(environ=None) -> None:
         cache = Path(env.get("FAAS_CODE_CACHE_DIR") or "/var/lib/faas-appliance/code-cache")
         code_dir, _ = ensure_code(digest, cache, env.get("FAAS_CODE_URL") or "", codepkg.Limits())
         env["FAAS_CODE_DIR"] = str(code_dir)
+        layers_dir = ensure_layers(env.pop("FAAS_LAYERS", ""), cache, codepkg.Limits())
+        if layers_dir is not None:
+            env["FAAS_LAYERS_DIR"] = str(layers_dir)
         env.update(function_env(env.pop("FAAS_FUNCTION_ENV", "")))
     cmd = bootstrap_command(runtime, runtimes_dir)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")

@@ -16,7 +16,7 @@ import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,11 @@ class LaunchRequest:
     code_dir: Path
     instance_id: str
     host: str = "127.0.0.1"
+    #: Contract variables of the platform's own settings (``FAAS_REGION``, ``FAAS_ACCOUNT_ID``).
+    platform_env: dict[str, str] = field(default_factory=dict)
+    #: The function's layers merged (appliance.backends.local_scheduler.CodeCache.ensure_layers): the
+    #: sandbox mounts it at /opt; a plain process is told where it is (FAAS_LAYERS_DIR).
+    layers_dir: Path | None = None
 
 
 class Launcher(Protocol):
@@ -62,12 +67,15 @@ def runtime_env(req: LaunchRequest, *, port: int | None = 0, socket_path: str | 
         "FAAS_TIMEOUT_S": str(spec.timeout_s),
         "FAAS_MAX_INFLIGHT": str(spec.concurrency),
         "FAAS_INSTANCE_ID": req.instance_id,
+        **req.platform_env,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         # One malloc arena per thread reserves 64 MB of address space each; keep it bounded so
         # the address-space limit measures memory the function uses.
         "MALLOC_ARENA_MAX": "2",
     })
+    if req.layers_dir is not None:
+        env["FAAS_LAYERS_DIR"] = str(req.layers_dir)
     if socket_path:
         env["FAAS_SOCKET"] = socket_path
     else:
@@ -190,7 +198,8 @@ class ProcessLauncher:
 def bootstrap_path(runtimes_dir: Path, runtime: str) -> list[str]:
     """The command that runs a runtime's bootstrap."""
     if runtime.startswith("python"):
-        return [os.environ.get("APPLIANCE_PYTHON", "python3"), "-X", "frozen_modules=on",
+        # -S: no site module, so none of the interpreter's site-packages (the bootstrap narrows sys.path too).
+        return [os.environ.get("APPLIANCE_PYTHON", "python3"), "-S", "-X", "frozen_modules=on",
                 str(runtimes_dir / "python" / "bootstrap.py")]
     if runtime.startswith("nodejs"):
         return [os.environ.get("APPLIANCE_NODE", "node"), str(runtimes_dir / "node" / "bootstrap.js")]

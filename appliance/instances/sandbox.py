@@ -79,8 +79,10 @@ _CAP_VERSION_3 = 0x20080522
 TASK_DIR = "/var/task"
 RUNTIME_DIR = "/var/runtime"
 SOCKET_DIR = "/run/faas"
+#: The function's layers, read-only (empty without layers), as on Lambda.
+LAYERS_DIR = "/opt"
 #: Where an instance's own directories are attached (empty directories in a prepared root).
-INSTANCE_MOUNT_POINTS = (RUNTIME_DIR, TASK_DIR, SOCKET_DIR)
+INSTANCE_MOUNT_POINTS = (RUNTIME_DIR, TASK_DIR, SOCKET_DIR, LAYERS_DIR)
 INNER_UID = 1000
 #: Host uids handed to instances, one per live instance; nothing on the host owns files with them.
 UID_BASE, UID_COUNT = 420000, 60000
@@ -167,7 +169,7 @@ def _host_parts(extra_ro: tuple[str, ...]) -> tuple[tuple, tuple]:
 
 def profile(*, root: str, code_dir: str, runtime_dir: str | None, socket_dir: str, uid: int, network: bool,
             extra_ro: list[str] = (), rlimits: dict[str, int] | None = None, cgroup_procs: list[str] = (),
-            tmp_mb: int = 64, hostname: str = "faas") -> dict:
+            tmp_mb: int = 64, hostname: str = "faas", layers_dir: str | None = None) -> dict:
     """The plain, JSON-able description of one instance's sandbox that :func:`prepare` and :func:`confine`
     apply.
 
@@ -181,6 +183,8 @@ def profile(*, root: str, code_dir: str, runtime_dir: str | None, socket_dir: st
     ro, links = _host_parts(tuple(extra_ro))
     mounts = [(runtime_dir, RUNTIME_DIR, True)] if runtime_dir else []
     mounts += [(code_dir, TASK_DIR, True), (socket_dir, SOCKET_DIR, False)]
+    if layers_dir:
+        mounts.append((layers_dir, LAYERS_DIR, True))
     base = {
         "root": root, "ro": [list(p) for p in ro], "links": [list(p) for p in links], "network": bool(network),
         "tmp_mb": int(tmp_mb), "hostname": hostname,

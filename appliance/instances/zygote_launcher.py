@@ -345,7 +345,7 @@ class Zygote:
     def _start(self) -> None:
         with open(self.log_path, "ab") as err:
             proc = subprocess.Popen(
-                [self.python, "-u", "-s", "-B", "-X", "frozen_modules=on", str(ZYGOTE_PY), str(self.sock_path),
+                [self.python, "-u", "-S", "-B", "-X", "frozen_modules=on", str(ZYGOTE_PY), str(self.sock_path),
                  str(self.bootstrap or "")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd="/", start_new_session=True,
                 env=self._env())
@@ -504,6 +504,8 @@ class ZygoteLauncher:
             raise PlacementFailed(f"no bootstrap for runtime {spec.runtime!r}")
         env = runtime_env(req, socket_path=f"{sandbox.SOCKET_DIR}/instance.sock")
         env.update(FAAS_CODE_DIR=sandbox.TASK_DIR, PATH=SANDBOX_PATH, HOME="/tmp", TMPDIR="/tmp")
+        if req.layers_dir is not None:
+            env["FAAS_LAYERS_DIR"] = sandbox.LAYERS_DIR
         argv = None
         if lang == "node":
             argv = self._node_argv(spec.memory_mb)
@@ -516,7 +518,7 @@ class ZygoteLauncher:
         env = {k: v for k, v in env.items() if k not in own}
         handle, lines = self._start(req.instance_id, req.code_dir, lang, network=spec.network != "none",
                                     memory_mb=spec.memory_mb, python=lang == "python", env=env, argv=argv,
-                                    deadline=deadline, want_listen=True, own_env=own)
+                                    deadline=deadline, want_listen=True, own_env=own, layers_dir=req.layers_dir)
         if lang == "node":  # a spare for the next one, started while this one loads its code
             self._want_node_spare(spec.network != "none", spec.memory_mb)
         at = float(lines.get("sandboxAt", t0))
@@ -573,7 +575,8 @@ class ZygoteLauncher:
             self._drop_node_spare(sp)
             return None
         try:
-            self.zygote.attach(sp.handle.pid, [[str(req.code_dir), sandbox.TASK_DIR, True]])
+            self.zygote.attach(sp.handle.pid, [[str(req.code_dir), sandbox.TASK_DIR, True]]
+                               + ([[str(req.layers_dir), sandbox.LAYERS_DIR, True]] if req.layers_dir else []))
             cg = getattr(sp.handle, "cgroup", None)
             if cg is not None:
                 cg.set_limits(spec.memory_mb << 20, PIDS_MAX)
@@ -713,7 +716,7 @@ class ZygoteLauncher:
 
     def _start(self, instance_id: str, code_dir: Path, lang: str | None, *, network: bool, memory_mb: int,
                python: bool, env: dict, argv: list[str] | None, deadline: float, want_listen: bool,
-               own_env: dict | None = None):
+               own_env: dict | None = None, layers_dir: Path | None = None):
         key = uuid.uuid4().hex[:12]
         uid = self._uids.acquire()
         sock_dir = self.run_dir / key
@@ -737,7 +740,8 @@ class ZygoteLauncher:
             prof = sandbox.profile(root=str(self.root_dir), code_dir=str(code_dir),
                                    runtime_dir=str(self.runtimes_dir / lang) if lang else None,
                                    socket_dir=str(sock_dir), uid=uid, network=network, extra_ro=self.extra_ro,
-                                   rlimits=limits, cgroup_procs=cg.procs_files if cg else [], tmp_mb=TMP_MB)
+                                   rlimits=limits, cgroup_procs=cg.procs_files if cg else [], tmp_mb=TMP_MB,
+                                   layers_dir=str(layers_dir) if layers_dir else None)
         except BaseException:
             self._release(uid, sock_dir, cg)
             raise

@@ -61,7 +61,80 @@ function configFromEnv(e) {
     // function brings at /_/specialize may name its own Consul and must not redirect ours.
     consulAddr: e.CONSUL_HTTP_ADDR || null,
     consulToken: e.CONSUL_HTTP_TOKEN || '',
+    region: e.FAAS_REGION || null,
+    accountId: e.FAAS_ACCOUNT_ID || null,
   };
+}
+
+const DEFAULT_REGION = 'us-east-1', DEFAULT_ACCOUNT = '000000000000';
+
+/** Lambda's unqualified function ARN (7 fields): a trigger invokes the function, not a version. */
+const functionArn = (cfg) => `arn:aws:lambda:${cfg.region || DEFAULT_REGION}:${cfg.accountId || DEFAULT_ACCOUNT}:function:${cfg.functionName}`;
+
+/** Lambda's log stream name shape, YYYY/MM/DD/[version]<id>, with the instance id as the id. */
+const logStream = (cfg) => `${new Date().toISOString().slice(0, 10).replace(/-/g, '/')}/[${cfg.functionVersion}]${cfg.instanceId}`;
+
+/** The variables Lambda sets (runtimes/README.md section 1); AWS_REGION and AWS_DEFAULT_REGION keep a function's own. */
+function lambdaEnv(cfg, env) {
+  const region = cfg.region || DEFAULT_REGION;
+  return {
+    AWS_LAMBDA_FUNCTION_NAME: cfg.functionName,
+    AWS_LAMBDA_FUNCTION_VERSION: String(cfg.functionVersion),
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE: String(cfg.memoryMb),
+    AWS_LAMBDA_LOG_GROUP_NAME: `/aws/lambda/${cfg.functionName}`,
+    AWS_LAMBDA_LOG_STREAM_NAME: logStream(cfg),
+    AWS_LAMBDA_INITIALIZATION_TYPE: 'on-demand',
+    AWS_EXECUTION_ENV: `AWS_Lambda_${RUNTIME}`,
+    LAMBDA_TASK_ROOT: cfg.codeDir ? path.resolve(cfg.codeDir) : '',
+    LAMBDA_RUNTIME_DIR: __dirname,
+    _HANDLER: cfg.handler || '',
+    TZ: ':UTC',
+    AWS_REGION: env.AWS_REGION || region,
+    AWS_DEFAULT_REGION: env.AWS_DEFAULT_REGION || env.AWS_REGION || region,
+  };
+}
+
+/**
+ * Layers: /opt/nodejs/node20/node_modules and /opt/nodejs/node_modules are searched after the code's own
+ * node_modules, as on Lambda (FAAS_LAYERS_DIR replaces /opt for an unsandboxed instance).
+ */
+function useLayers(env) {
+  const opt = env.FAAS_LAYERS_DIR || '/opt';
+  const dirs = [`${opt}/nodejs/node20/node_modules`, `${opt}/nodejs/node_modules`];
+  const have = (env.NODE_PATH || '').split(path.delimiter).filter(Boolean);
+  env.NODE_PATH = [...dirs.filter((d) => !have.includes(d)), ...have].join(path.delimiter);
+  require('module').Module._initPaths();
+}
+
+// Lambda's levels (AWS_LAMBDA_LOG_LEVEL) and what each console method logs at.
+const LOG_LEVELS = { TRACE: 1, DEBUG: 2, INFO: 3, WARN: 4, ERROR: 5, FATAL: 6 };
+const CONSOLE_LEVELS = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO', log: 'INFO', warn: 'WARN', error: 'ERROR' };
+
+/**
+ * console.* as Lambda's Node.js runtime patches it: each call is one record,
+ * `<ISO time>\t<request id>\t<LEVEL>\t<message>` (text), or with AWS_LAMBDA_LOG_FORMAT=JSON one JSON
+ * object {timestamp, level, requestId, message} (an Error argument adds errorType, errorMessage,
+ * stackTrace). AWS_LAMBDA_LOG_LEVEL drops records below it (JSON without it: INFO, as on Lambda).
+ * Written through process.stdout, so they land in the running invocation's log.
+ */
+function patchConsole(requestId, env) {
+  const util = require('util');
+  const json = String(env.AWS_LAMBDA_LOG_FORMAT || '').toUpperCase() === 'JSON';
+  let min = LOG_LEVELS[String(env.AWS_LAMBDA_LOG_LEVEL || '').toUpperCase()] || (json ? LOG_LEVELS.INFO : 0);
+  for (const [method, level] of Object.entries(CONSOLE_LEVELS)) {
+    console[method] = (...args) => {
+      if (LOG_LEVELS[level] < min) return;
+      let message = util.format(...args);
+      if (method === 'trace') message += '\n' + String(new Error().stack).split('\n').slice(2).join('\n');
+      const ts = new Date().toISOString();
+      if (!json) { process.stdout.write(`${ts}\t${requestId()}\t${level}\t${message}\n`); return; }
+      const rec = { timestamp: ts, level, requestId: requestId(), message };
+      const err = args.find((a) => a instanceof Error);
+      if (err) Object.assign(rec, { errorType: err.name, errorMessage: err.message, stackTrace: String(err.stack || '').split('\n') });
+      process.stdout.write(JSON.stringify(rec) + '\n');
+    };
+  }
+  return (m) => { min = m; };
 }
 
 const errorOf = (errorType, errorMessage, requestId = null, stackTrace = []) => ({ errorType, errorMessage, requestId, stackTrace });
@@ -82,7 +155,7 @@ const isOutOfMemory = (err) => err instanceof RangeError && /allocation failed|o
 
 /** One invocation's log: complete lines, capped at LOG_CAP bytes, echoed to stdout with a prefix. */
 class Capture {
-  constructor(prefix, echo) { this.prefix = prefix; this.echo = echo; this.lines = []; this.partial = ''; this.size = 0; this.cut = 0; }
+  constructor(prefix, echo, rid) { this.prefix = prefix; this.echo = echo; this.rid = rid; this.lines = []; this.partial = ''; this.size = 0; this.cut = 0; }
   write(s) {
     if (!s.includes('\n')) { this.partial += s; return; }
     const parts = (this.partial + s).split('\n');
@@ -167,8 +240,11 @@ class Instance {
   /** Load the handler module; READY with the function or FAILED with the structured error. */
   async load() {
     const t0 = process.hrtime.bigint();
-    const cap = new Capture('', this.echo);
+    const cap = new Capture('', this.echo, undefined);
     let fn = null, err = null;
+    Object.assign(process.env, lambdaEnv(this.cfg, process.env));
+    useLayers(process.env);
+    patchConsole(() => { const c = this.als.getStore(); return c ? c.rid : this.lastRid; }, process.env);
     await this.als.run(cap, async () => {
       const { handler, codeDir } = this.cfg;
       const m = HANDLER_RE.exec(handler || '');
@@ -291,6 +367,9 @@ class Instance {
       memoryMb: Number(s.memoryMb) || this.cfg.memoryMb, timeoutS: Number(s.timeoutS) || this.cfg.timeoutS,
     });
     if (s.instanceId) this.cfg.instanceId = String(s.instanceId);
+    const env = s.env || {};
+    if (s.region || env.FAAS_REGION) this.cfg.region = String(s.region || env.FAAS_REGION);
+    if (s.accountId || env.FAAS_ACCOUNT_ID) this.cfg.accountId = String(s.accountId || env.FAAS_ACCOUNT_ID);
     this.maxInflight = Math.max(1, Number(s.maxInflight) || 1);
     this.setState(STARTING); // from here on the instance has left the pool (accepted once)
     // Anything that goes wrong on the cluster steps: answer 502 and leave; the platform starts the function elsewhere.
@@ -334,7 +413,8 @@ class Instance {
       return this.send(res, 200, { ok: false, error: errorOf('Function.Timeout', 'Task timed out before it started: the deadline had passed', rid), logs: [], durationMs: 0 });
     }
     this.inflight++;
-    const inv = { rid, res, done: false, t0: process.hrtime.bigint(), cap: new Capture(`requestId=${rid} `, this.echo), slot: -1, timer: null };
+    this.lastRid = rid;
+    const inv = { rid, res, done: false, t0: process.hrtime.bigint(), cap: new Capture(`requestId=${rid} `, this.echo, rid), slot: -1, timer: null };
     inv.timer = setTimeout(() => this.timedOut(inv), Math.min(Math.max(deadline - Date.now(), 0), 2147483647));
     this.watch(inv, req.socket, deadline);
     const ctx = this.context(rid, deadline, inv.cap);
@@ -356,8 +436,9 @@ class Instance {
     const { functionName: name, functionVersion: version } = this.cfg;
     return {
       awsRequestId: rid, requestId: rid, functionName: name, functionVersion: version,
-      memoryLimitInMB: String(this.cfg.memoryMb), invokedFunctionArn: `arn:faas:local:function:${name}:${version}`,
-      logGroupName: `/faas/${name}`, logStreamName: this.cfg.instanceId, callbackWaitsForEmptyEventLoop: true,
+      memoryLimitInMB: String(this.cfg.memoryMb), invokedFunctionArn: functionArn(this.cfg),
+      logGroupName: `/aws/lambda/${name}`, logStreamName: this.logStream || (this.logStream = logStream(this.cfg)),
+      callbackWaitsForEmptyEventLoop: true,
       identity: undefined, clientContext: undefined,
       getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
       log: (msg) => cap.log(msg),

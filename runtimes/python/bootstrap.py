@@ -23,10 +23,21 @@ Why the shape it has:
   for that client; the Python part alone (no system calls) 7.6 us against 10.5 us. What is left is mostly
   the interpreter (parsing ~2 us, the rest of the path ~5 us) and the kernel's wake-ups; a selector loop
   would add system calls rather than remove them.
-* The handler runs on the connection's own thread (no hand-off). A watchdog thread sleeps until the
+* With ``FAAS_MAX_INFLIGHT`` 1 (Lambda's model) the handler runs on the main thread, the one that
+  imported the code: the connection's thread hands the invocation over and waits for its result, so
+  ``asyncio.get_event_loop()`` (Mangum), ``signal.signal()`` (signal-based timeouts) and thread-local
+  state set at import behave as on Lambda. The hand-off is a lock released each way (no system call of
+  its own, but two thread wake-ups): 12.6 -> 18.1 us of CPU per warm invoke (bench/runtime_cpu.py, quiet).
+  With more than one at once, each runs on its connection's thread, and every such thread gets an
+  event loop of its own on first ``asyncio.get_event_loop()`` (see :class:`_ThreadLoopPolicy`).
+  A watchdog thread sleeps until the
   earliest deadline among running invocations; on expiry it writes the ``Function.Timeout`` reply on that
   connection itself and the instance exits, since a Python thread cannot be stopped. The watchdog is only
   woken when a new deadline is earlier than the one it sleeps towards, so it costs nothing per request.
+* The root logger gets a handler as Lambda's runtime installs one (``[LEVEL]\t<time>Z\t<request id>\t<msg>``,
+  or JSON with ``AWS_LAMBDA_LOG_FORMAT=JSON``; level from ``AWS_LAMBDA_LOG_LEVEL``), writing through the
+  per-invocation capture. ``logging`` is imported by :func:`preload` (free in a zygote's children,
+  about 2 ms of a plain process start).
 * Admission, ``/_/drain`` and the deadline bookkeeping share one lock, which makes drain atomic with
   admission: an invoke either wins (it is served) or loses (``503 draining``, safe to retry elsewhere).
 * ``sys.stdout``/``sys.stderr`` are replaced by a writer that routes by thread to the running
@@ -69,7 +80,7 @@ _SCAN = json.JSONDecoder().scan_once
 
 def preload():
     """Import what the bootstrap may need later, so a zygote pays for it once and user files never shadow it."""
-    import importlib, re, traceback, signal, ctypes, select  # noqa: F401,E401
+    import importlib, re, traceback, signal, ctypes, select, logging  # noqa: F401,E401
     return None
 
 
@@ -104,8 +115,6 @@ def rehearse(environ):
     finally:
         ours.close()
         theirs.close()
-        os.close(inst.wake_r)
-        os.close(inst.wake_w)
 
 
 def _limit_malloc_arenas():
@@ -140,6 +149,8 @@ def config_from_env(environ):
         "instance_id": e.get("FAAS_INSTANCE_ID") or e.get("NOMAD_ALLOC_ID") or None,
         "pool": e.get("FAAS_POOL") in ("1", "true", "yes"),
         "ready_fd": int(fd) if fd else None,
+        "region": e.get("FAAS_REGION") or None,
+        "account_id": e.get("FAAS_ACCOUNT_ID") or None,
         # The node's Consul agent and this instance's token, read once here: the environment a
         # function brings at /_/specialize may name its own Consul and must not redirect ours.
         "consul_addr": e.get("CONSUL_HTTP_ADDR") or None,
@@ -223,6 +234,7 @@ def _json_response(status, obj, extra="", close=False):
 # whole reply is built as one str and encoded once.
 _OK_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 _END_KEEP, _END_CLOSE = "\r\n\r\n", "\r\nConnection: close\r\n\r\n"
+_SENT = object()  # an invoke whose reply the main thread has sent already
 
 
 def _parse_event(body):
@@ -265,10 +277,11 @@ def _refuse(sock, status, message):
 class _Capture:
     """One invocation's log: complete lines, capped at LOG_CAP bytes, echoed to fd 1 with a prefix."""
 
-    __slots__ = ("prefix", "lines", "partial", "size", "cut")
+    __slots__ = ("prefix", "lines", "partial", "size", "cut", "rid")
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, rid=""):
         self.prefix, self.lines, self.partial, self.size, self.cut = prefix, [], "", 0, 0
+        self.rid = rid
 
     def write(self, s):
         if "\n" not in s:
@@ -366,19 +379,175 @@ class LambdaContext:
 
 def _context_static(cfg):
     name, version = cfg["function_name"], cfg["function_version"]
-    return (name, version, int(cfg["memory_mb"]), f"arn:faas:local:function:{name}:{version}", f"/faas/{name}",
-            cfg["instance_id"])
+    return (name, version, int(cfg["memory_mb"]), function_arn(cfg), f"/aws/lambda/{name}", _log_stream(cfg))
+
+
+DEFAULT_REGION, DEFAULT_ACCOUNT = "us-east-1", "000000000000"
+
+
+def function_arn(cfg):
+    """Lambda's unqualified function ARN (7 fields): a trigger invokes the function, not a version."""
+    region = cfg.get("region") or DEFAULT_REGION
+    return f"arn:aws:lambda:{region}:{cfg.get('account_id') or DEFAULT_ACCOUNT}:function:{cfg['function_name']}"
+
+
+def _log_stream(cfg):
+    """Lambda's stream name shape, ``YYYY/MM/DD/[version]<id>``, with the instance id as the id."""
+    return time.strftime("%Y/%m/%d/", time.gmtime()) + f"[{cfg['function_version']}]{cfg['instance_id']}"
+
+
+def lambda_environ(cfg, environ):
+    """The variables Lambda sets in a function's environment (runtimes/README.md section 1).
+
+    Reserved ones always win (the control plane refuses them in a function's settings); ``AWS_REGION``,
+    ``AWS_DEFAULT_REGION`` and the log settings keep a value the function brings."""
+    name, region = cfg["function_name"], cfg.get("region") or DEFAULT_REGION
+    out = {
+        "AWS_LAMBDA_FUNCTION_NAME": name,
+        "AWS_LAMBDA_FUNCTION_VERSION": str(cfg["function_version"]),
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(int(cfg["memory_mb"])),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": _log_stream(cfg),
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_" + RUNTIME,
+        "LAMBDA_TASK_ROOT": os.path.abspath(cfg["code_dir"]) if cfg.get("code_dir") else "",
+        "LAMBDA_RUNTIME_DIR": os.path.dirname(_THIS_FILE),
+        "_HANDLER": cfg.get("handler") or "",
+        "TZ": ":UTC",
+        "AWS_REGION": environ.get("AWS_REGION") or region,
+        "AWS_DEFAULT_REGION": environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or region,
+    }
+    return out
+
+
+# Lambda's levels (AWS_LAMBDA_LOG_LEVEL) and the names its JSON format gives Python's levels.
+_LOG_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "FATAL": 50,
+               "CRITICAL": 50}
+_JSON_LEVEL = {5: "TRACE", 10: "DEBUG", 20: "INFO", 30: "WARN", 40: "ERROR", 50: "FATAL"}
+_TEXT_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s"
+
+
+def install_logging(inst, environ):
+    """Give the root logger the handler Lambda's Python runtime installs, so the documented pattern
+    (``logging.getLogger().setLevel(logging.INFO); logger.info(...)``) prints, with the request id.
+
+    Records go to ``sys.stdout`` at emit time, so they land in the running invocation's log (and in
+    the process's output with its prefix). Text by default; ``AWS_LAMBDA_LOG_FORMAT=JSON`` writes
+    one JSON object per record (Lambda's keys: timestamp, level, message, logger, requestId, and for
+    an exception errorType, errorMessage, stackTrace, location, plus any ``extra`` fields).
+    ``AWS_LAMBDA_LOG_LEVEL`` sets the root level (JSON without it: INFO, as on Lambda)."""
+    import logging
+    as_json = (environ.get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "JSON"
+    level = _LOG_LEVELS.get((environ.get("AWS_LAMBDA_LOG_LEVEL") or "").upper())
+    if as_json and level is None:
+        level = logging.INFO
+    routes = inst.routes
+    standard = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "aws_request_id"}
+
+    def request_id():
+        cap = routes.get(threading.get_ident())
+        return cap.rid if cap is not None else inst.last_rid
+
+    class LambdaLogFormatter(logging.Formatter):
+        converter = time.gmtime
+
+        def format(self, record):
+            record.aws_request_id = request_id()
+            if not as_json:
+                return super().format(record)
+            out = {"timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + ".%03dZ" % record.msecs,
+                   "level": _JSON_LEVEL.get(record.levelno, record.levelname), "message": record.getMessage(),
+                   "logger": record.name, "requestId": record.aws_request_id}
+            if record.exc_info and record.exc_info[0] is not None:
+                import traceback
+                etype, evalue, tb = record.exc_info
+                out.update(errorType=etype.__name__, errorMessage=str(evalue),
+                           stackTrace=traceback.format_tb(tb),
+                           location=f"{record.pathname}:{record.funcName}:{record.lineno}")
+            for k, v in vars(record).items():
+                if k not in standard and k not in out:
+                    out[k] = v
+            return json.dumps(out, default=str, ensure_ascii=False)
+
+    class LambdaLogHandler(logging.Handler):
+        def emit(self, record):
+            try:
+                text = self.format(record)
+                sys.stdout.write(text + "\n")
+            except Exception:  # noqa: BLE001 - logging never breaks the handler
+                self.handleError(record)
+
+    handler = LambdaLogHandler()
+    handler.setFormatter(LambdaLogFormatter(_TEXT_FORMAT, "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    if level is not None:
+        root.setLevel(level)
+    return handler
+
+
+LAYERS_DIR = "/opt"
+
+
+def import_path(code_dir, current, pythonpath=""):
+    """The function's ``sys.path``, Lambda's order: its code, its layers (``/opt/python/lib/pythonX.Y/
+    site-packages``, ``/opt/python``), the function's own ``PYTHONPATH``, the runtime, the standard library.
+
+    Nothing else: no site-packages or dist-packages of the interpreter the instance runs on (the host's
+    or the appliance's virtualenv, with Flask, boto3, ...), and no directory of the process that
+    started it (a zygote's). Code that imports here imports on Lambda too, given the same packages."""
+    ver = "python%d.%d" % sys.version_info[:2]
+    opt = os.environ.get("FAAS_LAYERS_DIR") or LAYERS_DIR  # a plain (unsandboxed) instance's layers
+    layers = [f"{opt}/python/lib/{ver}/site-packages", f"{opt}/python"]
+    own = [p for p in pythonpath.split(os.pathsep) if p]
+    stdlib_roots = tuple({os.path.join(sys.base_prefix, "lib"), os.path.join(sys.base_exec_prefix, "lib"),
+                          os.path.join(sys.base_prefix, "lib64"), os.path.join(sys.base_exec_prefix, "lib64")})
+    stdlib = [p for p in current if p.startswith(stdlib_roots) and "site-packages" not in p
+              and "dist-packages" not in p]
+    out = []
+    for p in [code_dir, *layers, *own, os.path.dirname(_THIS_FILE), *stdlib]:
+        if p not in out:
+            out.append(p)
+    return out
+
+
+_LOOP_POLICY = None
+
+
+def thread_event_loops():
+    """Make ``asyncio.get_event_loop()`` work on every thread (a new loop for a thread that has none).
+
+    Lambda calls a handler on the main thread, where asyncio makes a loop when none is set; with
+    ``FAAS_MAX_INFLIGHT`` above 1 handlers run on connection threads, where it would raise
+    ``RuntimeError: There is no current event loop``. Installed when the function may run more than
+    one invocation at once and has imported asyncio (checked after loading and per invocation)."""
+    global _LOOP_POLICY
+    if _LOOP_POLICY is not None:
+        return
+    import asyncio
+
+    class ThreadLoopPolicy(asyncio.DefaultEventLoopPolicy):
+        def get_event_loop(self):
+            try:
+                return super().get_event_loop()
+            except RuntimeError:
+                loop = self.new_event_loop()
+                self.set_event_loop(loop)
+                return loop
+
+    _LOOP_POLICY = ThreadLoopPolicy()
+    asyncio.set_event_loop_policy(_LOOP_POLICY)
 
 
 class _Invocation:
     __slots__ = ("rid", "deadline", "mono_deadline", "sock", "conn", "ident", "capture", "claimed", "t0")
 
-    def __init__(self, rid, deadline, now, sock, conn):
+    def __init__(self, rid, deadline, now, sock, conn, ident):
         self.rid, self.deadline, self.sock, self.conn = rid, deadline, sock, conn
         self.t0 = t0 = time.monotonic()  # also the clock of durations (perf_counter is the same clock on Linux)
         self.mono_deadline = t0 + (deadline - now)
-        self.ident = conn.ident
-        self.capture = _Capture(f"requestId={rid} ")
+        self.ident = ident  # the thread that runs the handler: the main thread, or the connection's
+        self.capture = _Capture(f"requestId={rid} ", rid)
         self.claimed = False
 
 
@@ -389,6 +558,13 @@ class _Conn:
         self.abandoned = False
         self.ident = threading.get_ident()  # the connection's thread, which runs its invocations
         self.result_encoder = _ResultEncoder()
+
+
+def _quiet_thread():
+    """Block SIGTERM in a platform thread (never the main one), so the kernel gives it to the main
+    thread, whose wait it interrupts (a lock's wait returns on EINTR to run Python's signal handlers)."""
+    import signal
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
 class _Instance:
@@ -417,11 +593,17 @@ class _Instance:
         self.init_logs = []
         self.init_ms = None
         self.routes = {}
+        self.last_rid = ""  # the request id of log records from threads the handler started
+        self.main_ident = None  # set while the main thread runs the jobs loop (handlers may run there)
         self.conns = 0
         self.no_conns = threading.Event()
         self.no_conns.set()
         self.jobs = []
-        self.wake_r, self.wake_w = os.pipe()
+        # The main thread's wake-up: a lock used as a binary semaphore, held while no job is pending.
+        # Releasing it does not give up the GIL (a pipe write does), so handing an invocation to the
+        # main thread costs two GIL hand-overs and no system call of the connection's thread.
+        self.wake = _thread.allocate_lock()
+        self.wake.acquire()
         self.listener = None
 
     # --- process life -------------------------------------------------------------------------------
@@ -433,9 +615,8 @@ class _Instance:
         threading.stack_size(STACK_SIZE)
         self.listener = self._listen()
         if threading.current_thread() is threading.main_thread():
-            # The kernel may deliver SIGTERM to any thread; the wakeup fd makes the main thread's read return.
-            os.set_blocking(self.wake_w, False)
-            signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+            # SIGTERM interrupts the main thread's wait (Linux gives a process-directed signal to the
+            # main thread unless it blocks it; the platform's threads block it, see _quiet_thread).
             signal.signal(signal.SIGTERM, lambda *_: self._post(self._on_sigterm))
         # Ready as soon as it listens: connections wait in the backlog until the accept thread runs, so
         # the launcher's next steps overlap the rest of the start.
@@ -454,11 +635,13 @@ class _Instance:
         # on these two (connection threads, which run handlers, are threading.Thread).
         _thread.start_new_thread(self._watchdog, ())
         _thread.start_new_thread(self._accept_loop, ())
+        if threading.current_thread() is threading.main_thread():
+            self.main_ident = threading.get_ident()
         if not self.cfg["pool"]:
             self._load()
         try:
-            while True:  # the main thread runs jobs: code loading, SIGTERM, the final exit
-                os.read(self.wake_r, 512)
+            while True:  # the main thread runs jobs: code loading, handlers, SIGTERM, the final exit
+                self.wake.acquire()
                 while self.jobs:
                     if self.jobs.pop(0)():
                         return 0
@@ -466,11 +649,11 @@ class _Instance:
             self._close()
 
     def _post(self, job):
-        """Run ``job`` on the main thread; lock-free, so a signal handler may call it."""
+        """Run ``job`` on the main thread; never blocks, so a signal handler may call it."""
         self.jobs.append(job)
         try:
-            os.write(self.wake_w, b"j")
-        except BlockingIOError:  # the pipe is full of wake-ups already
+            self.wake.release()
+        except RuntimeError:  # a wake-up is pending already
             pass
 
     def _listen(self):
@@ -557,10 +740,12 @@ class _Instance:
             elif not code_dir:
                 err = _error("Runtime.ImportModuleError", "Unable to import module: no code directory given")
             else:
+                os.environ.update(lambda_environ(cfg, os.environ))
+                time.tzset()
+                install_logging(self, os.environ)
                 modname, fname = m.group(1).replace("/", "."), m.group(2)
                 code_dir = os.path.abspath(code_dir)
-                if code_dir not in sys.path:
-                    sys.path.insert(0, code_dir)
+                sys.path[:] = import_path(code_dir, sys.path, os.environ.get("PYTHONPATH", ""))
                 try:
                     os.chdir(code_dir)
                 except OSError:
@@ -589,6 +774,8 @@ class _Instance:
         finally:
             self.routes.pop(threading.get_ident(), None)
         logs = cap.finish()
+        if self.max_inflight > 1 and "asyncio" in sys.modules:
+            thread_event_loops()
         with self.lock:
             self.ctx_static = _context_static(cfg)
             self.handler, self.init_error, self.init_logs = fn, err, logs
@@ -601,6 +788,7 @@ class _Instance:
     # --- HTTP ---------------------------------------------------------------------------------------
 
     def _accept_loop(self):
+        _quiet_thread()  # connection threads inherit its signal mask
         tcp = not self.cfg["socket"]
         family = self.listener.family
         while True:
@@ -707,11 +895,12 @@ class _Instance:
                     body, buf = buf[:n], buf[n:]
                 if target == "/_/invoke" and method == "POST":
                     out = self._invoke(headers, body, sock, conn, not keep)
-                    if out is None:  # the watchdog answered this invocation (timeout); the process is exiting
-                        return
                 else:
                     out = self._dispatch(method, target, headers, body, sock, conn, keep)
-                send(out)
+                if out is None:  # the watchdog answered this invocation (timeout), or the client left
+                    return
+                if out is not _SENT:  # the main thread sent it (a handler run there)
+                    send(out)
                 if not keep:
                     return
         except OSError:
@@ -840,6 +1029,9 @@ class _Instance:
             env = {str(k): str(v) for k, v in env.items()}
             if s.get("instanceId"):
                 update["instance_id"] = str(s["instanceId"])
+            for key, field, var in (("region", "region", "FAAS_REGION"), ("accountId", "account_id", "FAAS_ACCOUNT_ID")):
+                if s.get(key) or env.get(var):
+                    update[field] = str(s.get(key) or env[var])
         except (ValueError, TypeError, AttributeError):
             return _json_response(400, {"error": "body must be a JSON object: {function, version, handler, codeDir, "
                                                  "memoryMb, timeoutS, maxInflight, env}"}, close=close)
@@ -889,7 +1081,8 @@ class _Instance:
         except ValueError as e:  # includes bad UTF-8
             return _json_response(400, {"ok": False, "error": _error("Runtime.InvalidEvent",
                                         f"The event is not valid JSON: {e}", rid)}, close=close)
-        inv = _Invocation(rid, deadline, now, sock, conn)
+        on_main = self.max_inflight == 1 and self.main_ident is not None
+        inv = _Invocation(rid, deadline, now, sock, conn, self.main_ident if on_main else conn.ident)
         refused = answer = None
         with self.lock:
             state = self.state
@@ -914,12 +1107,21 @@ class _Instance:
             return _json_response(200, {"ok": False, "error": answer, "logs": logs, "durationMs": 0},
                                   close=close)
         cap, ident = inv.capture, inv.ident
+        self.last_rid = rid
+        if on_main:
+            return self._invoke_on_main(inv, event, deadline, close)
+        if _LOOP_POLICY is None and "asyncio" in sys.modules:
+            thread_event_loops()
         routes = self.routes
         routes[ident] = cap
         payload, error = self._call(inv, event, deadline)
-        end = time.monotonic()
         del routes[ident]
-        logs = cap.finish()
+        return self._reply(inv, payload, error, close)
+
+    def _reply(self, inv, payload, error, close):
+        """The invoke reply's bytes after the handler ran, or None when the watchdog answered already."""
+        end = time.monotonic()
+        logs = inv.capture.finish()
         with self.lock:
             if inv.claimed:  # the watchdog already answered with Function.Timeout
                 return None
@@ -936,6 +1138,36 @@ class _Instance:
                 + "%.3f" % ((end - inv.t0) * 1000) + "}")
         body = ('{"ok":true,"result":' + payload if error is None else '{"ok":false,"error":' + _ENC.encode(error)) + tail
         return (_OK_HEAD + str(len(body)) + (_END_CLOSE if close else _END_KEEP) + body).encode()
+
+    def _invoke_on_main(self, inv, event, deadline, close):
+        """Run the handler on the main thread (Lambda's model). The main thread sends the reply too, so
+        the answer does not wait for the connection's thread to be scheduled again; that thread waits
+        here and then reads the connection's next request. Returns _SENT, or None when the connection
+        must end (the watchdog answered, or the client went away)."""
+        done = _thread.allocate_lock()
+        done.acquire()
+        out = [None]
+
+        def job():
+            try:
+                self.routes[inv.ident] = inv.capture
+                try:
+                    payload, error = self._call(inv, event, deadline)
+                finally:
+                    self.routes.pop(inv.ident, None)
+                reply = self._reply(inv, payload, error, close)
+                if reply is not None:
+                    inv.sock.sendall(reply)
+                    out[0] = _SENT
+            except OSError:
+                pass
+            finally:
+                done.release()
+            return False
+
+        self._post(job)
+        done.acquire()
+        return out[0]
 
     def _call(self, inv, event, deadline):
         """Run the handler; returns (result JSON text, None) or (None, structured error)."""
@@ -961,6 +1193,7 @@ class _Instance:
 
     def _watchdog(self):
         """Sleep until the earliest running deadline; answer and exit for any invocation past it."""
+        _quiet_thread()
         while True:
             with self.lock:
                 now = time.monotonic()
@@ -984,6 +1217,11 @@ class _Instance:
                 drained = self.inflight == 0
             for inv in expired:
                 self._answer_timeout(inv)
+            if any(inv.ident == self.main_ident for inv in expired):
+                # The main thread is stuck in the handler and cannot run the exit job: leave from here.
+                self._finish()
+                self._close()
+                os._exit(0)
             if drained:
                 self._post(self._finish)
 

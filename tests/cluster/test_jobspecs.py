@@ -72,7 +72,8 @@ def test_function_instance_fields(nomad_double):
     assert job["ID"] == "function-instance" and job["Type"] == "batch"
     pj = job["ParameterizedJob"]
     assert pj["MetaRequired"] == ["function", "version", "digest"]
-    assert set(pj["MetaOptional"]) == {"handler", "runtime", "memory", "timeout", "concurrency", "code_url", "env"}
+    assert set(pj["MetaOptional"]) == {"handler", "runtime", "memory", "timeout", "concurrency", "code_url", "env",
+                                           "region", "account_id", "layers"}
     assert pj["Payload"] == "forbidden"
     # Optional meta defaults live at job level so the dispatch can override them.
     assert set(job["Meta"]) == set(pj["MetaOptional"])

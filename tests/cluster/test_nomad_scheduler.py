@@ -485,3 +485,26 @@ def test_a_sized_job_removed_meanwhile_is_registered_again_by_the_next_start(mak
         s.start(big, time.monotonic() + 30)
     inst = s.start(big, time.monotonic() + 30)
     assert c.invoke(inst)["result"] == "Hello Serverless"
+
+
+def test_layers_are_fetched_once_per_node_by_the_dispatched_launcher(make_cluster, consul_double, nomad_double):
+    c = make_cluster(python_count=1)
+    pkgs = {"libs:1": package("WHO = 'layer one'\nLEFT = 'kept'\n", "python/shared.py"),
+            "libs:2": package("WHO = 'layer two'\n", "python/shared.py")}
+    digests = {}
+    for ref, data in pkgs.items():
+        digests[ref] = hashlib.sha256(data).hexdigest()
+        c.blobs.put(digests[ref], data)
+    s = c.scheduler(layer_digest=digests.__getitem__)
+    s.ensure_jobs()
+    pool_ready(consul_double, 1)
+    src = "import shared\ndef handler(e, c):\n    return [shared.WHO, getattr(shared, 'LEFT', None)]\n"
+    spec = dataclasses.replace(c.deploy(source=src), layers=("libs:1",))
+    a = s.start(spec, time.monotonic() + 30)
+    assert c.invoke(a)["result"] == ["layer one", "kept"]
+    assert s.stats["pool_starts"] == 0 and s.stats["dispatch_starts"] == 1  # the free pool instance was left alone
+    b = s.start(dataclasses.replace(spec, layers=("libs:1", "libs:2")), time.monotonic() + 30)
+    assert c.invoke(b)["result"] == ["layer two", None]  # the later layer's file replaces the earlier one's
+    logs = alloc_logs(nomad_double)
+    assert logs.count(f"event=code_fetched digest={digests['libs:1']}") == 1
+    assert logs.count(f"event=code_fetched digest={digests['libs:2']}") == 1

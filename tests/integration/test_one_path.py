@@ -80,6 +80,7 @@ def event_of(headers) -> dict:
     ctx = event["requestContext"]
     for key in ("requestId", "time", "timeEpoch"):
         ctx.pop(key)
+    event["headers"].pop("x-amzn-trace-id")  # a new trace per request (API Gateway's too)
     return event
 
 

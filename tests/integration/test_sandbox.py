@@ -306,7 +306,12 @@ def test_the_environment_holds_only_the_contract_and_the_functions_variables(app
     assert env["GREETING"] == "hi" and env["FAAS_CODE_DIR"] == "/var/task"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     allowed = {"GREETING", "PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE",
-               "PYTHONUNBUFFERED", "MALLOC_ARENA_MAX"}
+               "PYTHONUNBUFFERED", "MALLOC_ARENA_MAX",
+               # the Lambda environment (runtimes/README.md)
+               "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION",
+               "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+               "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_EXECUTION_ENV", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+               "_HANDLER"}
     extra = {k for k in env if not k.startswith("FAAS_")} - allowed
     assert not extra, extra
     assert env["PATH"] != os.environ["PATH"]

@@ -1,4 +1,5 @@
 import base64
+import re
 import json
 
 import pytest
@@ -13,8 +14,9 @@ def event(**kw):
         ("content-type", "application/json"), ("x-multi", "1"), ("x-multi", "2"), ("cookie", "s=1; t=2"),
         ("user-agent", "curl/8")), body=b'{"k": 1}', source_ip="127.0.0.1", host="localhost")
     args = dict(route_key="POST /users/{id}", path_params={"id": "7"}, request_id="rid", now=1700000000.0)
+    raw_fields = set(RawRequest.__dataclass_fields__)
     for k, v in kw.items():
-        (raw if k in raw else args)[k] = v
+        (raw if k in raw_fields else args)[k] = v
     return build_event(RawRequest(**raw), **args)
 
 
@@ -79,3 +81,31 @@ def test_malformed_proxy_responses_are_a_function_error(bad):
     with pytest.raises(FunctionError) as err:
         to_http_response(bad)
     assert err.value.code == "Function.InvalidResponse" and err.value.status == 502
+
+
+def test_hop_by_hop_headers_are_never_forwarded_and_the_length_is_the_bodys():
+    e = event(headers=(("content-type", "text/plain"), ("transfer-encoding", "chunked"), ("connection", "keep-alive, x-hop"),
+                       ("keep-alive", "timeout=5"), ("te", "trailers"), ("x-hop", "1"), ("upgrade", "h2c"),
+                       ("x-kept", "yes")), body=b"hello")
+    h = e["headers"]
+    for name in ("transfer-encoding", "connection", "keep-alive", "te", "x-hop", "upgrade"):
+        assert name not in h, name
+    assert h["x-kept"] == "yes" and h["content-length"] == "5" and e["body"] == "hello"
+
+
+def test_forwarding_and_trace_headers_are_added():
+    e = event(source_ip="10.1.2.3", scheme="http", port=8080)
+    h = e["headers"]
+    assert h["x-forwarded-for"] == "10.1.2.3" and h["x-forwarded-proto"] == "http" and h["x-forwarded-port"] == "8080"
+    assert re.fullmatch(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24}", h["x-amzn-trace-id"])
+    assert h["x-amzn-trace-id"].split("-")[1] == f"{1700000000:08x}"
+    sent = event(headers=(("x-forwarded-for", "1.1.1.1"), ("x-amzn-trace-id", "Root=1-abc-def")), source_ip="10.0.0.9")
+    assert sent["headers"]["x-forwarded-for"] == "1.1.1.1, 10.0.0.9"
+    assert sent["headers"]["x-amzn-trace-id"] == "Root=1-abc-def"
+
+
+def test_account_id_and_protocol_as_received():
+    e = event(account_id="123456789012", protocol="HTTP/1.0")
+    assert e["requestContext"]["accountId"] == "123456789012"
+    assert e["requestContext"]["http"]["protocol"] == "HTTP/1.0"
+    assert event()["requestContext"]["accountId"] == "000000000000"

@@ -80,3 +80,17 @@ def test_instances_that_are_gone_as_soon_as_they_start_are_tried_only_max_attemp
     assert isinstance(out.error, ColdStartTimeout)
     assert sorted(c for c in client.calls if c.startswith("gone-")) == ["gone-0", "gone-1"]
     assert len(scheduler.started) == 5  # the two stale slots cost nothing; five cold starts were tried
+
+
+def test_a_failed_invocations_error_is_written_into_its_log():
+    from appliance.core.invoker import MAX_STACK_LINES, error_log_lines
+    py = {"errorType": "Function.Error", "errorMessage": "ValueError: bad thing",
+          "stackTrace": ['  File "/var/task/index.py", line 3, in handler\n    raise ValueError("bad thing")\n']}
+    assert error_log_lines(py) == ["[ERROR] Function.Error: ValueError: bad thing", "Traceback (most recent call last):",
+                                   '  File "/var/task/index.py", line 3, in handler', '    raise ValueError("bad thing")']
+    node = {"errorType": "Function.Error", "errorMessage": "TypeError: x", "stackTrace": ["at handler (/var/task/index.js:2:9)"]}
+    assert error_log_lines(node) == ["[ERROR] Function.Error: TypeError: x", "at handler (/var/task/index.js:2:9)"]
+    deep = {"errorType": "Function.Error", "errorMessage": "RecursionError", "stackTrace": ["  File x\n"] * 5000}
+    assert len(error_log_lines(deep)) == 2 + MAX_STACK_LINES
+    assert error_log_lines({"errorType": "Function.Timeout", "errorMessage": "Task timed out"}) == [
+        "[ERROR] Function.Timeout: Task timed out"]

@@ -264,7 +264,8 @@ async function loadInvocations(name) {
   if (!tbody) return;
   tbody.replaceChildren(...data.invocations.map(r => el("tr", {},
     el("td", {}, new Date(r.started_at * 1000).toLocaleTimeString()), el("td", {}, r.request_id.slice(0, 12)),
-    el("td", {}, r.status + (r.error_type ? ` (${r.error_type})` : "")),
+    el("td", {title: r.error_message || ""}, r.status + (r.error_type ? ` (${r.error_type})` : "")
+      + (r.error_message ? `: ${r.error_message}` : "")),
     el("td", {class: r.cold ? "cold" : ""}, r.cold ? `cold: ${r.cold_cause}` : "warm"),
     el("td", {}, r.duration_ms.toFixed(2)), el("td", {}, r.billed_gb_s.toFixed(6)), el("td", {}, phaseBar(r.phases)))));
   const logs = await api("GET", `/v1/functions/${name}/logs?limit=20`);
