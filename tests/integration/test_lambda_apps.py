@@ -141,7 +141,7 @@ def test_an_asgi_app_with_concurrency_above_1(apps, vendored):
             got = list(pool.map(lambda i: requests.get(f"{apps.edge}/star/items/{i}", timeout=60), range(16)))
         assert [r.status_code for r in got] == [200] * 16, [r.text for r in got if r.status_code != 200]
         assert sorted(int(r.json()["id"]) for r in got) == list(range(16))
-        recs = requests.get(f"{apps.api_url}/v1/functions/starlette-many/invocations?limit=100", timeout=10).json()
+        recs = apps.http.get(f"{apps.api_url}/v1/functions/starlette-many/invocations?limit=100", timeout=10).json()
         assert [r["status"] for r in recs["invocations"]] == ["ok"] * 16
     finally:
         apps.api.remove_trigger("GET", "/star/items/{id}")

@@ -185,13 +185,13 @@ def test_logs_show_the_error_message_and_stack_of_a_failed_invocation(lam):
     resp = requests.get(lam.edge + "/fails", timeout=30)
     assert resp.status_code == 502
     rid = resp.headers["X-Request-Id"]
-    lines = [entry["line"] for entry in requests.get(f"{lam.api_url}/v1/functions/{name}/logs", timeout=10).json()["lines"]
-             if entry["request_id"] == rid]
+    logs = lam.http.get(f"{lam.api_url}/v1/functions/{name}/logs", timeout=10).json()["lines"]
+    lines = [entry["line"] for entry in logs if entry["request_id"] == rid]
     assert "about to fail" in lines
     assert "[ERROR] Function.Error: ValueError: the reason" in lines
     at = lines.index("[ERROR] Function.Error: ValueError: the reason")
     assert lines[at + 1] == "Traceback (most recent call last):"
     assert any('index.py", line 3, in handler' in line for line in lines[at + 2:])
     assert lines[-1].startswith(f"END RequestId: {rid} Status: error (Function.Error)")
-    rec = requests.get(f"{lam.api_url}/v1/functions/{name}/invocations", timeout=10).json()["invocations"][0]
+    rec = lam.http.get(f"{lam.api_url}/v1/functions/{name}/invocations", timeout=10).json()["invocations"][0]
     assert rec["error_message"] == "ValueError: the reason"
