@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.cluster.peer_loads import PeerLoads
 from appliance.config import Settings
+from appliance.control.metrics import Metrics
 from appliance.control.records_view import RecordsView
 from appliance.control.scaling_view import ScalingView
 from appliance.core import codepkg
@@ -59,6 +60,8 @@ class Components:
     scaling_view: ScalingView | None = None
     #: The host uids sandboxed instances run as (the control API refuses their connections).
     instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
+    #: Prometheus metrics (appliance/control/metrics.py): the core's observer, served on /metrics and /_/metrics.
+    metrics: Metrics | None = None
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
@@ -163,11 +166,13 @@ def _build_cluster(settings: Settings) -> Components:
         jobspecs_dir=settings.jobspecs_dir, job_vars=nomad_job_vars(settings), code_url_ttl_s=settings.code_url_ttl_s,
         pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
         retry_s=settings.nomad_retry_s, edge_id=me)
-    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
+    metrics = Metrics()
+    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s,
+                          observer=metrics)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
-                      queue_timeout_s=settings.queue_timeout_s)
+                      queue_timeout_s=settings.queue_timeout_s, observer=metrics)
     # Several edges: one, elected through a Consul lock, decides from the sum of every edge's load.
     leadership = ConsulLeaderLock(settings.consul_addr, token=settings.consul_token, ttl_s=settings.leader_ttl_s)
     peers = PeerLoads(edges.edges)
@@ -176,7 +181,9 @@ def _build_cluster(settings: Settings) -> Components:
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
                        records_view=RecordsView(records, edges.edges), edge_directory=edges, leadership=leadership,
-                       scaling_view=ScalingView(scaler, leadership))
+                       scaling_view=ScalingView(scaler, leadership), metrics=metrics)
+    scheduler.observer = metrics
+    metrics.watch(activator=activator, scheduler=scheduler, edge_port=lambda: comps.ports.get("edge"))
     # Closed last to first: the lock is released first, so another edge takes over at once.
     comps._closers = [records.close, client.close_all, scheduler.close, registry.close, comps.records_view.close,
                       edges.deregister, peers.close, comps.scaling_view.close, leadership.close]
@@ -259,11 +266,13 @@ def _build_local(settings: Settings) -> Components:
     code_cache = CodeCache(data / "code", blobs, lim)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
                                client=client, host="127.0.0.1")
-    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
+    metrics = Metrics()
+    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s,
+                          observer=metrics)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
-                      queue_timeout_s=settings.queue_timeout_s)
+                      queue_timeout_s=settings.queue_timeout_s, observer=metrics)
     # One edge: it is its own scaling leader and decides from its own pools.
     leadership = SoleLeader(edge_id(settings))
     scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s,
@@ -271,7 +280,8 @@ def _build_local(settings: Settings) -> Components:
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
                        records_view=RecordsView(records), leadership=leadership,
-                       scaling_view=ScalingView(scaler, leadership))
+                       scaling_view=ScalingView(scaler, leadership), metrics=metrics)
+    metrics.watch(activator=activator, scheduler=scheduler, edge_port=lambda: comps.ports.get("edge"))
     comps.seccomp = getattr(launcher, "seccomp", None)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close, comps.records_view.close,
                       comps.scaling_view.close]

@@ -135,6 +135,13 @@ def create_control_app(c: Components) -> Flask:
         return json_response({"status": "ok", "role": "control", "mode": c.settings.mode, "notes": c.notes,
                               "edge_port": c.ports.get("edge"), "seccomp": c.seccomp})
 
+    @app.get("/metrics")
+    def metrics():
+        """Prometheus text format (appliance/control/metrics.py). A normal route: whatever the
+        before_request checks demand of a read applies to it too."""
+        body, ctype = c.metrics.render()
+        return Response(body, content_type=ctype)
+
     # -- web console (static; it uses the API below) -----------------------------------
 
     @app.get("/")

@@ -8,7 +8,7 @@ invoke, map the answer) in front of the edge's Flask app, which serves the platf
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from appliance.core.errors import ValidationError
 from appliance.edge.trigger_path import EdgeApp
@@ -37,6 +37,12 @@ def create_edge_app(c: Components) -> Flask:
             if body["registry"].get("consul") != "ok":
                 body["status"] = "degraded"
         return json_response(body)
+
+    @app.get("/_/metrics")
+    def metrics():
+        """This edge's Prometheus metrics (appliance/control/metrics.py), under the platform's /_/ area."""
+        body, ctype = c.metrics.render()
+        return Response(body, content_type=ctype)
 
     @app.get("/_/ready")
     def ready():
