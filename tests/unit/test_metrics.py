@@ -52,6 +52,10 @@ def test_an_invocation_is_counted_by_function_status_and_code():
     assert s[("faas_invocation_duration_seconds_count", (("function", "f"),))] == 4
     assert s[("faas_invocation_duration_seconds_sum", (("function", "f"),))] == pytest.approx(0.048)
     assert s[("faas_queue_wait_seconds_count", (("function", "f"),))] == 4
+    # 12 ms each: above the 10 ms bound, within the 25 ms one (buckets are cumulative, "le").
+    assert s[("faas_invocation_duration_seconds_bucket", (("function", "f"), ("le", "0.01")))] == 0
+    assert s[("faas_invocation_duration_seconds_bucket", (("function", "f"), ("le", "0.025")))] == 4
+    assert s[("faas_invocation_duration_seconds_bucket", (("function", "f"), ("le", "+Inf")))] == 4
     assert s[("faas_cold_start_phase_seconds_count", (("phase", "sandbox"),))] == 1
     assert s[("faas_cold_start_phase_seconds_sum", (("phase", "placement"),))] == pytest.approx(0.002)
     # Request ids are never labels.
@@ -157,3 +161,17 @@ def test_edge_connections_counts_established_connections_to_a_port():
     finally:
         for s in clients + accepted + [server]:
             s.close()
+
+
+def test_the_grafana_dashboard_uses_only_exported_metrics():
+    import json
+    import re
+    from pathlib import Path
+
+    m = Metrics(process=False)
+    m.watch(edge_port=lambda: 1)
+    exported = {fam.name for fam in m.registry.collect()}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", name)
+            for p in dashboard["panels"] for t in p["targets"] for name in re.findall(r"faas_[a-z_]+", t["expr"])}
+    assert used == exported, (used - exported, exported - used)  # every panel works, every metric is shown
