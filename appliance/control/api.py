@@ -14,6 +14,7 @@ from pathlib import Path
 
 from flask import Flask, Response, redirect, request, send_from_directory
 
+from appliance.control import openapi
 from appliance.control.invoke import invoke_response
 from appliance.control.peercred import from_instance
 from appliance.control.records_view import decode_cursor, encode_cursor
@@ -141,6 +142,13 @@ def create_control_app(c: Components) -> Flask:
         before_request checks demand of a read applies to it too."""
         body, ctype = c.metrics.render()
         return Response(body, content_type=ctype)
+
+    @app.get("/v1/openapi.json")
+    def openapi_document():
+        """The API's contract (appliance/control/openapi.py), with this server as its server."""
+        # Bearer auth is declared either way; it is marked optional while this server enforces no tokens.
+        return json_response(openapi.document(request.host_url.rstrip("/"),
+                                              auth_required=bool(getattr(c, "auth_required", False))))
 
     # -- web console (static; it uses the API below) -----------------------------------
 
@@ -335,7 +343,11 @@ def create_control_app(c: Components) -> Flask:
     @app.post("/v1/functions/<name>/triggers")
     def add_function_trigger(name: str):
         data = _json_body()
-        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""))
+        method, path = data.get("method", "GET"), data.get("path")
+        if not isinstance(method, str) or not isinstance(path, str):
+            raise ValidationError('give the trigger as {"method": "GET", "path": "/hello"} (strings)',
+                                  field="method" if not isinstance(method, str) else "path")
+        t = store.add_trigger(ensure_name(name), method, path)
         return json_response(t.to_dict(), 201)
 
     @app.delete("/v1/triggers")
