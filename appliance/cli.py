@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from appliance import __version__
 from appliance.client import DEFAULT_API, ApiError, ApplianceClient, read_function_json
 from appliance.config import Settings
 from appliance.core.errors import ApplianceError
@@ -23,6 +24,71 @@ from appliance.core.errors import ApplianceError
 
 def _client(ctx) -> ApplianceClient:
     return ApplianceClient(ctx.obj["api"])
+
+
+# -- output: text for people, --output json for scripts ------------------------------------
+
+#: ``--output``/``-o`` on every command that prints data; ``faas -o json CMD`` sets it for all.
+output_option = click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None,
+                             help="text (default) or json.")
+
+
+def _json_out(ctx, output) -> bool:
+    return (output or ctx.obj.get("output") or "text") == "json"
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _complete_functions(ctx, param, incomplete):
+    """Shell completion of function names, from the API the command line names (silent when it is down)."""
+    root = ctx.find_root()
+    api = root.params.get("api") or DEFAULT_API
+    try:
+        names = [f["name"] for f in ApplianceClient(api, timeout_s=2.0).list_functions()]
+    except Exception:  # noqa: BLE001 - completion must never print an error into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def _edge_url(ctx) -> str | None:
+    """Where HTTP triggers are served: FAAS_EDGE, else the API's host with the edge port it reports."""
+    if os.environ.get("FAAS_EDGE"):
+        return os.environ["FAAS_EDGE"].rstrip("/")
+    from urllib.parse import urlsplit
+    try:
+        port = _client(ctx).health().get("edge_port")
+    except ApiError:
+        return None
+    if not port:
+        return None
+    u = urlsplit(ctx.obj["api"])
+    host = u.hostname or "127.0.0.1"
+    return f"{u.scheme or 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def _with_url(t: dict, edge: str | None) -> dict:
+    return {**t, "url": f"{edge}{t['path']}" if edge else None}
+
+
+def _read_data(data: str | None):
+    """The event of ``--data``: JSON text, ``@file`` (a file of JSON) or ``-`` (JSON on stdin)."""
+    if data is None:
+        return {}
+    if data == "-":
+        text, where = sys.stdin.read(), "stdin"
+    elif data.startswith("@"):
+        try:
+            text, where = Path(data[1:]).read_text(), data[1:]
+        except OSError as exc:
+            _fail(f"--data {data}: cannot read {data[1:]}: {exc.strerror}")
+    else:
+        text, where = data, None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        _fail(f"--data is not valid JSON{' (' + where + ')' if where else ''}: {exc}")
 
 
 def _fail(message: str) -> None:
@@ -45,11 +111,19 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.option("--api", default=DEFAULT_API, show_default=True, envvar="FAAS_API", help="Control-plane API URL.")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, envvar="FAAS_OUTPUT",
+              help="Default output of every command: text or json [text].")
+@click.version_option(__version__, "--version", prog_name="faas", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx, api):
-    """FaaS Appliance: deploy functions, bind HTTP triggers, call them."""
+def main(ctx, api, output):
+    """FaaS Appliance: deploy functions, bind HTTP triggers, call them.
+
+    Shell completion (commands, options and function names): add
+    `eval "$(_FAAS_COMPLETE=bash_source faas)"` to ~/.bashrc (zsh: zsh_source, fish: fish_source).
+    """
     ctx.ensure_object(dict)
     ctx.obj["api"] = api
+    ctx.obj["output"] = output
 
 
 # -- running the appliance -------------------------------------------------------------------
@@ -163,9 +237,12 @@ def _parse_env(pairs) -> dict:
 @click.option("--keep-alive", "keep_alive_s", type=int, help="Seconds an idle instance is kept.")
 @click.option("--env", "env", multiple=True, help="NAME=value (repeatable).")
 @click.option("--description")
+@output_option
 @click.pass_context
-def deploy(ctx, source, name, env, **opts):
-    """Create or update a function from a directory, a zip or one source file."""
+def deploy(ctx, source, name, env, output, **opts):
+    """Create or update a function from a directory, a zip or one source file.
+
+    Progress goes to stderr; stdout is the deployed function as JSON (either --output)."""
     cfg = read_function_json(source)
     triggers = cfg.pop("triggers", [])
     name = name or cfg.pop("name", None) or Path(source).resolve().name.removesuffix(".zip")
@@ -196,49 +273,60 @@ def trigger():
 
 
 @trigger.command("add")
-@click.argument("function")
+@click.argument("function", shell_complete=_complete_functions)
 @click.argument("method")
 @click.argument("path")
+@output_option
 @click.pass_context
-def trigger_add(ctx, function, method, path):
-    t = _client(ctx).add_trigger(function, method, path)
-    click.echo(f"{t['method']} {t['path']} -> {t['function']}")
+def trigger_add(ctx, function, method, path, output):
+    """Bind METHOD PATH to FUNCTION; prints the trigger's full URL on the edge router."""
+    t = _with_url(_client(ctx).add_trigger(function, method, path), _edge_url(ctx))
+    if _json_out(ctx, output):
+        return _echo_json(t)
+    click.echo(f"{t['method']} {t['path']} -> {t['function']}" + (f"  {t['url']}" if t["url"] else ""))
 
 
 @trigger.command("ls")
-@click.argument("function", required=False)
+@click.argument("function", required=False, shell_complete=_complete_functions)
+@output_option
 @click.pass_context
-def trigger_ls(ctx, function):
-    for t in _client(ctx).list_triggers(function):
-        click.echo(f"{t['method']:7} {t['path']:40} {t['function']}")
+def trigger_ls(ctx, function, output):
+    """HTTP triggers (of one function, or all) with their full URLs."""
+    edge = _edge_url(ctx)
+    triggers = [_with_url(t, edge) for t in _client(ctx).list_triggers(function)]
+    if _json_out(ctx, output):
+        return _echo_json(triggers)
+    for t in triggers:
+        click.echo(f"{t['method']:7} {t['path']:40} {t['function']:24} {t['url'] or ''}".rstrip())
 
 
 @trigger.command("rm")
 @click.argument("method")
 @click.argument("path")
+@output_option
 @click.pass_context
-def trigger_rm(ctx, method, path):
+def trigger_rm(ctx, method, path, output):
+    """Remove the trigger METHOD PATH."""
     t = _client(ctx).remove_trigger(method, path)["deleted"]
+    if _json_out(ctx, output):
+        return _echo_json({"deleted": t})
     click.echo(f"removed {t['method']} {t['path']}")
 
 
 @main.command()
-@click.argument("name")
-@click.option("--data", default=None, help="The event as JSON [{}].")
+@click.argument("name", shell_complete=_complete_functions)
+@click.option("--data", "-d", default=None, help="The event: JSON, @FILE (a file of JSON) or - (stdin) [{}].")
 @click.option("--verbose", "-v", is_flag=True, help="Also print request id, cold start and timing, and the "
               "stack trace of a failed invocation.")
+@output_option
 @click.pass_context
-def invoke(ctx, name, data, verbose):
+def invoke(ctx, name, data, verbose, output):
     """Invoke a function directly and print its result.
 
     A failed invocation prints one error line and exits 1; -v adds the function's stack trace.
+    With --output json the result is always printed as JSON (a string result too).
     """
-    event = {}
-    if data:
-        try:
-            event = json.loads(data)
-        except ValueError as exc:
-            _fail(f"--data is not valid JSON: {exc}")
+    event = _read_data(data)
     resp = _client(ctx).invoke_raw(name, event)
     if verbose:
         click.echo(f"request id: {resp.headers.get('X-Request-Id')}  cold: {resp.headers.get('X-Faas-Cold-Start')}  "
@@ -256,72 +344,137 @@ def invoke(ctx, name, data, verbose):
         _fail(f"{err.get('code')}: {message}"
               + (f" (request {resp.headers.get('X-Request-Id')}; -v shows the stack trace)" if trace and not verbose
                  else ""))
-    click.echo(json.dumps(body) if not isinstance(body, str) else body)
+    click.echo(json.dumps(body) if _json_out(ctx, output) or not isinstance(body, str) else body)
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_functions)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations.")
-@click.option("--since", type=float, default=None, help="Seconds ago (e.g. 300) to start from.")
+@click.option("--since", type=float, default=None, help="Seconds ago (e.g. 300) to start from; with --follow, "
+              "nothing older is printed.")
 @click.option("--status", default=None, help="ok, error, timeout, throttled or unavailable.")
 @click.option("--limit", type=int, default=100)
+@output_option
 @click.pass_context
-def logs(ctx, name, follow, since, status, limit):
-    """Print a function's invocations with their log lines and cold-start phases."""
+def logs(ctx, name, follow, since, status, limit, output):
+    """Print a function's invocations with their log lines and cold-start phases.
+
+    --output json prints one JSON object a line ({"seq", "request_id", "ts", "line"})."""
     api = _client(ctx)
+    as_json = _json_out(ctx, output)
     params = {"limit": limit}
-    if since is not None:
-        params["since"] = -abs(since)
     if status:
         params["status"] = status
+    if since is not None:
+        # An absolute start, so following goes on from it too: a cursor from an empty window
+        # (nothing since then yet) would otherwise start at the beginning of the history.
+        params["since"] = time.time() - abs(since)
+
+    def show(lines):
+        for line in lines:
+            click.echo(json.dumps(line) if as_json else line["line"])
+
     out = api.logs(name, **params)
-    for line in out["lines"]:
-        click.echo(line["line"])
+    show(out["lines"])
     after = out["next"]
+    params.pop("limit")
     try:
         while follow:
             time.sleep(1.0)
-            out = api.logs(name, after=after, limit=1000, **({"status": status} if status else {}))
-            for line in out["lines"]:
-                click.echo(line["line"])
+            out = api.logs(name, after=after, limit=1000, **params)
+            show(out["lines"])
             after = out["next"] or after
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends: not an error
 
 
 @main.command("ls")
+@output_option
 @click.pass_context
-def list_functions(ctx):
+def list_functions(ctx, output):
     """List functions."""
     fns = _client(ctx).list_functions()
+    if _json_out(ctx, output):
+        return _echo_json(fns)
     click.echo(f"{'NAME':24} {'RUNTIME':11} {'VERSION':7} {'MEMORY':6} {'TIMEOUT':7} HANDLER")
     for f in fns:
         click.echo(f"{f['name']:24} {f['runtime']:11} {f['version']:<7} {f['memory_mb']:<6} {f['timeout_s']:<7} {f['handler']}")
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_functions)
+@output_option
 @click.pass_context
-def describe(ctx, name):
+def describe(ctx, name, output):
     """Show a function's settings, triggers, instances and scaling state."""
-    click.echo(json.dumps(_client(ctx).get_function(name), indent=2))
+    fn = _client(ctx).get_function(name)
+    edge = _edge_url(ctx)
+    fn["triggers"] = [_with_url(t, edge) for t in fn.get("triggers", [])]
+    if _json_out(ctx, output):
+        return _echo_json(fn)
+    click.echo(describe_text(fn))
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+def describe_text(fn: dict) -> str:
+    """``faas describe`` for people: settings, code, triggers with URLs, instances, scaling."""
+    env = fn.get("environment") or {}
+    rows = [
+        ("Name", fn["name"]),
+        ("Description", fn.get("description") or "-"),
+        ("Runtime", f"{fn['runtime']}, handler {fn['handler']}"),
+        ("Code", f"version {fn['version']}, sha256 {fn['code_sha256'][:12]}" if fn.get("version") else
+         "none yet: faas deploy DIR --name " + fn["name"]),
+        ("Memory", f"{fn['memory_mb']} MB, timeout {fn['timeout_s']} s, network {fn.get('network', 'default')}"),
+        ("Scaling", f"{fn['concurrency']} request(s) per instance, {fn['min_instances']}..{fn['max_instances']} "
+                    f"instances, keep-alive {fn['keep_alive_s']} s"),
+        ("Environment", ", ".join(sorted(env)) + " (values: --output json)" if env else "-"),
+        ("Created", f"{_when(fn.get('created_at'))}, updated {_when(fn.get('updated_at'))}"),
+    ]
+    lines = [f"{k + ':':13} {v}" for k, v in rows]
+    triggers = fn.get("triggers") or []
+    lines.append(f"{'Triggers:':13} {len(triggers) or '-'}")
+    for t in triggers:
+        lines.append(f"  {t['method']:7} {t['path']}" + (f"  {t['url']}" if t.get("url") else ""))
+    instances = fn.get("instances") or []
+    lines.append(f"{'Instances:':13} {len(instances) or '-'}")
+    for i in instances:
+        lines.append(f"  {i['id']}  version {i['version']}  on {i.get('node', '-')}  since {_when(i.get('started_at'))}")
+    sc = fn.get("scaling") or {}
+    if sc:
+        lines.append(f"{'Now:':13} " + ", ".join(f"{k} {sc[k]}" for k in ("ready", "starting", "inflight", "waiting")
+                                                  if k in sc))
+        rest = {k: v for k, v in sc.items() if k not in ("ready", "starting", "inflight", "waiting", "current")}
+        if rest:
+            lines.append(f"{'Decision:':13} " + ", ".join(f"{k} {v}" for k, v in rest.items()
+                                                         if not isinstance(v, (dict, list))))
+    return "\n".join(lines)
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_functions)
+@output_option
 @click.pass_context
-def rm(ctx, name):
+def rm(ctx, name, output):
     """Delete a function, its triggers and its instances."""
-    _client(ctx).delete_function(name)
+    out = _client(ctx).delete_function(name)
+    if _json_out(ctx, output):
+        return _echo_json(out)
     click.echo(f"deleted {name}")
 
 
 @main.command()
 @click.option("--since", type=float, default=None, help="Seconds ago.")
+@output_option
 @click.pass_context
-def usage(ctx, since):
+def usage(ctx, since, output):
     """Invocations, errors, cold starts and GB-seconds per function."""
     rows = _client(ctx).usage(**({"since": -abs(since)} if since else {}))
+    if _json_out(ctx, output):
+        return _echo_json(rows)
     click.echo(f"{'FUNCTION':24} {'INVOCATIONS':>11} {'ERRORS':>6} {'COLD':>5} {'GB-SECONDS':>12}")
     for r in rows:
         click.echo(f"{r['function']:24} {r['invocations']:>11} {r['errors']:>6} {r['cold_starts']:>5} {r['gb_seconds']:>12.6f}")
