@@ -59,8 +59,8 @@ def test_routes_with_the_same_shape_conflict():
 
 @pytest.mark.parametrize("path, fragment", [
     ("hello", "start with '/'"),
-    ("/v1/functions", "reserved"),
-    ("/_/health", "reserved"),
+    ("/_/health", "the edge router's own"),
+    ("/_", "the edge router's own"),
     ("/a/{p+}/b", "last segment"),
     ("/a/{x}/{x}", "twice"),
     ("/a b", "not a literal"),
@@ -99,3 +99,9 @@ def test_the_literal_route_shortcut_matches_as_the_full_scan_does():
                 except Exception as exc:  # noqa: BLE001 - the error's type is the outcome
                     outcomes.append(type(exc).__name__)
             assert outcomes[0] == outcomes[1], (method, path, outcomes)
+
+
+def test_paths_under_v1_are_a_function_s_like_any_other():
+    t = table(("GET", "/v1/users/{id}", "f"))
+    m = t.match("GET", "/v1/users/7")
+    assert m.trigger.path == "/v1/users/{id}" and m.params == {"id": "7"}
