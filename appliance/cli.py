@@ -160,17 +160,22 @@ def _run(settings: Settings, roles, example: str | None) -> None:
 
 
 def _deploy_example(api: ApplianceClient, directory: Path) -> str | None:
+    """Deploy the example once: a function of its name that exists (the user's own, or the example
+    from an earlier start) is left as it is. Returns a trigger path to try, if the function has one."""
     cfg = read_function_json(directory)
     name = cfg.pop("name", directory.name)
     triggers = cfg.pop("triggers", [])
-    api.deploy(name, directory, **cfg)
-    path = None
-    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
-    for t in triggers:
-        if (t["method"].upper(), t["path"]) not in existing:
-            api.add_trigger(name, t["method"], t["path"])
-        path = path or t["path"]
-    return path
+    try:
+        api.get_function(name)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        click.echo(f"Deploying the example {directory} as {name} ...")
+        api.deploy(name, directory, triggers=triggers, **cfg)
+    else:
+        click.echo(f"A function named {name} exists: the example {directory} is not deployed over it.")
+    paths = [t["path"] for t in api.list_triggers(name) if "{" not in t["path"]]
+    return paths[0] if paths else None
 
 
 def _settings(host, edge_port, api_port, data_dir) -> Settings:
@@ -235,36 +240,79 @@ def _parse_env(pairs) -> dict:
 @click.option("--max-instances", type=int)
 @click.option("--min-instances", type=int)
 @click.option("--keep-alive", "keep_alive_s", type=int, help="Seconds an idle instance is kept.")
-@click.option("--env", "env", multiple=True, help="NAME=value (repeatable).")
+@click.option("--env", "env", multiple=True, help="NAME=value (repeatable). Replaces the function's whole "
+              "environment (function.json's included); with --env-merge, adds to what it has.")
+@click.option("--env-merge", is_flag=True, help="--env adds to (or changes) the function's current variables "
+              "instead of replacing them all.")
 @click.option("--description")
 @output_option
 @click.pass_context
-def deploy(ctx, source, name, env, output, **opts):
+def deploy(ctx, source, name, env, env_merge, output, **opts):
     """Create or update a function from a directory, a zip or one source file.
 
-    Progress goes to stderr; stdout is the deployed function as JSON (either --output)."""
+    The name defaults to function.json's, else the directory's or file's (my_fn.py -> my-fn); a
+    single file sets the handler's module (my_fn.py -> my_fn.handler) and its runtime (.js ->
+    nodejs20); so does a directory with index.js and no index.py. Progress goes to stderr; stdout is
+    the deployed function as JSON (either --output). A trigger in function.json that cannot be bound
+    fails the deploy, and a function it created is removed again.
+    """
     cfg = read_function_json(source)
     triggers = cfg.pop("triggers", [])
-    name = name or cfg.pop("name", None) or Path(source).resolve().name.removesuffix(".zip")
+    name = name or cfg.pop("name", None) or derive_name(source)
     cfg.pop("name", None)
+    for key, value in derive_code_settings(source).items():
+        cfg.setdefault(key, value)
     cfg.update({k: v for k, v in opts.items() if v is not None})
-    if env:
-        cfg["environment"] = {**cfg.get("environment", {}), **_parse_env(env)}
     api = _client(ctx)
+    if env:
+        given = _parse_env(env)
+        if env_merge:
+            try:
+                current = api.get_function(name).get("environment") or {}
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                current = {}
+            cfg["environment"] = {**cfg.get("environment", {}), **current, **given}
+        else:
+            cfg["environment"] = {**cfg.get("environment", {}), **given}
     click.echo(f"Packaging {source} ...", err=True)
     t0 = time.monotonic()
-    out = api.deploy(name, source, **cfg)
+    out = api.deploy(name, source, triggers=triggers, **cfg)
     v = out["version"]
     click.echo(f"Deployed {name} version {v['version']} ({v['size']} bytes, {v['files']} files, "
                f"sha256 {v['digest'][:12]}) in {time.monotonic() - t0:.1f}s", err=True)
     for w in out.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
-    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
-    for t in triggers:
-        if (t["method"].upper(), t["path"]) not in existing:
-            api.add_trigger(name, t["method"], t["path"])
-            click.echo(f"Trigger {t['method'].upper()} {t['path']} -> {name}", err=True)
+    edge = _edge_url(ctx) if out.get("triggers_added") else None
+    for t in out.get("triggers_added", []):
+        click.echo(f"Trigger {t['method']} {t['path']} -> {name}" + (f"  {edge}{t['path']}" if edge else ""),
+                   err=True)
     click.echo(json.dumps(out["function"], indent=2))
+
+
+def derive_name(source) -> str:
+    """A valid function name from a path: my_fn.py -> my-fn, "My Project/" -> my-project."""
+    import re
+
+    p = Path(source).resolve()
+    stem = p.name if p.is_dir() else p.name.split(".")[0]
+    name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"fn-{name}".rstrip("-")
+    return name[:60].rstrip("-")
+
+
+def derive_code_settings(source) -> dict:
+    """What the code itself says: a single file names the handler's module and the runtime
+    (.py -> python3.11, .js/.mjs/.cjs -> nodejs20); a directory with index.js and no index.py is nodejs20."""
+    p = Path(source)
+    node = (".js", ".mjs", ".cjs")
+    if p.is_file() and p.suffix in (".py", *node):
+        return {"handler": f"{p.stem}.handler", "runtime": "nodejs20" if p.suffix in node else "python3.11"}
+    if p.is_dir() and not (p / "index.py").exists() and any((p / f"index{s}").exists() for s in node):
+        return {"runtime": "nodejs20"}
+    return {}
 
 
 @main.group()

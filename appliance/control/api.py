@@ -201,6 +201,7 @@ def create_control_app(c: Components) -> Flask:
     def delete_function(name: str):
         record = store.delete(ensure_name(name))
         c.scaler.remove_function(name)
+        c.records.forget(name)  # this edge's; other edges' older records are hidden by created_at below
         return json_response({"deleted": record.name})
 
     # -- code ----------------------------------------------------------------------------
@@ -280,20 +281,27 @@ def create_control_app(c: Components) -> Flask:
     def invoke(name: str):
         return invoke_response(c, ensure_name(name), request.get_data(cache=False))
 
+    def _since_created(name: str) -> float:
+        """``since``, never before the function was created: a function deleted and made again
+        under the same name shows none of the old one's records."""
+        created = store.get(ensure_name(name)).created_at
+        since = _since()
+        return created if since is None else max(since, created)
+
     @app.get("/v1/functions/<name>/invocations")
     def invocations(name: str):
-        store.get(ensure_name(name))
+        since = _since_created(name)
         c.records_view.flush(2.0)
-        rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
+        rows = c.records_view.query(name, since=since, status=request.args.get("status") or None,
                                     limit=_int_arg("limit", 50), request_id=request.args.get("request_id") or None)
         return json_response({"invocations": rows})
 
     @app.get("/v1/functions/<name>/logs")
     def logs(name: str):
-        store.get(ensure_name(name))
+        since = _since_created(name)
         c.records_view.flush(2.0)
         cursor = decode_cursor(request.args.get("after"))
-        rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
+        rows = c.records_view.query(name, since=since, status=request.args.get("status") or None,
                                     limit=_int_arg("limit", 100), after=cursor)
         if cursor is None:
             rows.reverse()  # oldest first reads naturally
@@ -322,7 +330,9 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/v1/usage")
     def usage():
         c.records_view.flush(2.0)
-        return json_response({"usage": c.records_view.usage(request.args.get("function") or None, since=_since())})
+        function = request.args.get("function") or None
+        since = _since_created(function) if function else _since()
+        return json_response({"usage": c.records_view.usage(function, since=since)})
 
     # -- triggers ----------------------------------------------------------------------------
 

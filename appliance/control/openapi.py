@@ -285,7 +285,7 @@ def document(server_url: str | None = None, *, auth_required: bool = True) -> di
                     "method": {**METHOD_SCHEMA, "default": "GET"},
                     "path": {"type": "string", "pattern": "^/"}}})})},
         "/v1/usage": {"get": _op("Invocations, errors, cold starts and GB-seconds per function", _ok(
-            "200", "usage", _listing("usage", _ref("Usage"))), "400", op_id="usage", params=[
+            "200", "usage", _listing("usage", _ref("Usage"))), "400", "404", op_id="usage", params=[
             SINCE, _query("function", {"type": "string"}, "only this function")])},
         "/v1/triggers": {
             "get": _op("HTTP triggers", _ok("200", "triggers", _listing("triggers", _ref("Trigger"))),
