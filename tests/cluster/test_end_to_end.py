@@ -9,7 +9,7 @@ from helpers import job_vars, moto_s3, wait_until  # noqa: F401 - moto_s3 is a f
 
 from tests.integration.conftest import start_appliance, stop_appliance
 
-FAIL_AT_IMPORT = "import os\nos._exit(3)\n"
+FAIL_AT_IMPORT = "import os\nos._exit(3)\ndef handler(event, context):\n    return 1\n"
 
 
 def cluster_env(consul_double, nomad_double, moto_s3, tmp_path) -> dict:
