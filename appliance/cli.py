@@ -490,7 +490,8 @@ def describe_text(fn: dict) -> str:
     instances = fn.get("instances") or []
     lines.append(f"{'Instances:':13} {len(instances) or '-'}")
     for i in instances:
-        lines.append(f"  {i['id']}  version {i['version']}  on {i.get('node', '-')}  since {_when(i.get('started_at'))}")
+        lines.append(f"  {i['id']}  version {i['version']}  on {i.get('node', '-')}  "
+                     f"since {_when(i.get('started_at'))}")
     sc = fn.get("scaling") or {}
     if sc:
         lines.append(f"{'Now:':13} " + ", ".join(f"{k} {sc[k]}" for k in ("ready", "starting", "inflight", "waiting")
