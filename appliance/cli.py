@@ -530,18 +530,28 @@ def usage(ctx, since, output):
 
 
 @main.command()
+@output_option
 @click.pass_context
-def doctor(ctx):
-    """Check this machine and the appliance: runtimes, sandbox, API."""
+def doctor(ctx, output):
+    """Check this machine and the appliance: runtimes, sandbox, API.
+
+    --output json prints [{"check", "status", "detail"}]; the exit status is 1 when a check fails."""
     import shutil
     import subprocess
 
     ok = True
+    as_json = _json_out(ctx, output)
+    results = []
+
+    def say(status, label, detail=""):
+        results.append({"check": label, "status": status, "detail": detail})
+        if not as_json:
+            click.echo(f"[{status}] {label}{': ' + detail if detail else ''}")
 
     def check(label, good, detail=""):
         nonlocal ok
         ok = ok and good
-        click.echo(f"[{'ok' if good else 'FAIL'}] {label}{': ' + detail if detail else ''}")
+        say("ok" if good else "FAIL", label, detail)
 
     check("python3", bool(shutil.which("python3")), sys.version.split()[0])
     node = shutil.which("node")
@@ -554,21 +564,21 @@ def doctor(ctx):
     if reason is None:
         from appliance.instances import cgroups
         mgr, why = cgroups.detect()
-        click.echo(f"[{'ok' if mgr else 'warn'}] memory and pids cgroups: "
-                   f"{mgr.describe() if mgr else why + '; instance memory is bounded by rlimits only'}")
+        say("ok" if mgr else "warn", "memory and pids cgroups",
+            mgr.describe() if mgr else why + "; instance memory is bounded by rlimits only")
         if mgr is not None:
             mgr.close()
     bwrap = shutil.which("bwrap")
-    click.echo(f"[info] bubblewrap: {bwrap or 'not found'} (not needed by the sandbox, which makes the same "
-               "namespaces itself; bench/coldstart.py compares against it)")
+    say("info", "bubblewrap", f"{bwrap or 'not found'} (not needed by the sandbox, which makes the same "
+        "namespaces itself; bench/coldstart.py compares against it)")
     try:
         h = _client(ctx).health()
         check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")
         if h.get("seccomp"):
             active = h["seccomp"].startswith("active")
-            click.echo(f"[{'ok' if active else 'warn'}] instance seccomp filter: {h['seccomp']}")
+            say("ok" if active else "warn", "instance seccomp filter", h["seccomp"])
         for note in h.get("notes") or []:
-            click.echo(f"[note] {note}")
+            say("note", note)
     except ApiError as exc:
         check("control API", False, exc.message)
     try:
@@ -581,6 +591,8 @@ def doctor(ctx):
 
         for label, good, detail in cluster_checks(settings):
             check(label, good, detail)
+    if as_json:
+        _echo_json(results)
     sys.exit(0 if ok else 1)
 
 

@@ -51,6 +51,8 @@ def test_json_output_of_every_data_command(appliance, tmp_path):
     assert json.loads(faas(appliance, "trigger", "rm", "GET", "/jsonout", "-o", "json").stdout)["deleted"]["path"] \
         == "/jsonout"
     assert json.loads(faas(appliance, "rm", "jsonout", "-o", "json").stdout) == {"deleted": "jsonout"}
+    checks = json.loads(faas(appliance, "doctor", "-o", "json", check=False).stdout)
+    assert {"check": "control API", "status": "ok", "detail": f"{appliance.api_url} (local mode)"} in checks
 
 
 def test_describe_is_readable_text(appliance, tmp_path):
