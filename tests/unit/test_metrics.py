@@ -175,3 +175,17 @@ def test_the_grafana_dashboard_uses_only_exported_metrics():
     used = {re.sub(r"_(total|bucket|count|sum)$", "", name)
             for p in dashboard["panels"] for t in p["targets"] for name in re.findall(r"faas_[a-z_]+", t["expr"])}
     assert used == exported, (used - exported, exported - used)  # every panel works, every metric is shown
+
+
+def test_the_runtime_pool_is_read_from_the_scheduler_when_scraped():
+    class Scheduler:
+        pool_sizes = {}
+
+    sched = Scheduler()
+    m = Metrics(process=False)
+    m.watch(scheduler=sched)
+    assert not any(k[0] == "faas_runtime_pool_instances" for k in samples(m))
+    sched.pool_sizes = {"python3.11": {"free": 2, "specialised": 3, "desired": 5}}
+    s = samples(m)
+    assert s[("faas_runtime_pool_instances", (("group", "python3.11"), ("state", "free")))] == 2
+    assert s[("faas_runtime_pool_instances", (("group", "python3.11"), ("state", "desired")))] == 5
