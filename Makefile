@@ -1,6 +1,7 @@
 # FaaS Appliance: the commands a user and CI run.
-#   make up      start the appliance on 127.0.0.1 with the hello example deployed
-#   make test    run the whole test suite (what CI runs)
+#   make up      start the appliance on 127.0.0.1 with the hello example deployed (runtime packages only)
+#   make test    run the whole test suite (what CI runs; adds the test, bench and ops packages)
+#   make dev     the virtualenv with the test, benchmark and operations tools (the pinned Ansible)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,21 +13,33 @@ API_PORT ?= 8081
 DATA_DIR ?= .faas
 PYTEST_ARGS ?=
 
-.PHONY: runtime-deps venv up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
+.PHONY: runtime-deps venv dev up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
 
 venv: $(VENV)/.installed
 
-# The virtualenv is rebuilt when requirements.txt changes. The appliance package is put on the
-# venv's path with a .pth file and the `faas` command is a two-line wrapper, so no packaging
-# metadata is needed beside the fixed top-level layout.
+dev: $(VENV)/.dev-installed
+
+# Two layers: requirements.txt is what running the appliance needs (make up); requirements-dev.txt
+# adds the test, benchmark and operations tools (make test, make bench, make dev). Each is rebuilt
+# when its file changes. The appliance package is put on the venv's path with a .pth file and the
+# `faas` command is a two-line wrapper, so no packaging metadata is needed beside the fixed layout.
+# pip's own lines (Collecting, Downloading, Installing) show the progress of a first build.
 $(VENV)/.installed: requirements.txt
-	@echo "Creating $(VENV) from requirements.txt (a few minutes the first time) ..."
+	@echo "==> [1/3] Creating $(VENV) with $$($(PYTHON) --version 2>&1)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> [2/3] Updating pip"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@echo "==> [3/3] Installing $$(grep -c '^[a-zA-Z]' requirements.txt) packages (and their dependencies) from requirements.txt"
+	$(PY) -m pip install -r requirements.txt
 	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/faas-appliance.pth"
 	printf '#!/bin/sh\nexec "%s" -m appliance "$$@"\n' "$(abspath $(PY))" > $(FAAS)
 	chmod +x $(FAAS)
+	@echo "==> $(VENV) is ready"
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	@echo "==> Installing the test, benchmark and operations tools from requirements-dev.txt"
+	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
 # Debian packages the sandbox, the benchmarks and the operations tests use. Installed only when
@@ -40,19 +53,19 @@ runtime-deps:
 up: venv runtime-deps
 	$(FAAS) up --host $(HOST) --edge-port $(EDGE_PORT) --api-port $(API_PORT) --data-dir $(DATA_DIR) --example examples/hello
 
-test: venv system-deps
+test: dev system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: dev
 	$(PY) -m pytest -c tests/pytest.ini tests/unit $(PYTEST_ARGS)
 
-test-integration: venv system-deps
+test-integration: dev system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests/integration $(PYTEST_ARGS)
 
-test-runtimes: venv
+test-runtimes: dev
 	$(PY) -m pytest -c tests/pytest.ini tests/runtimes $(PYTEST_ARGS)
 
-test-cluster: venv system-deps
+test-cluster: dev system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests/cluster $(PYTEST_ARGS)
 
 # The end-to-end cluster checks against REAL agents (docs/cluster.md, "Conformance run"):
@@ -66,15 +79,15 @@ test-cluster-real:
 	       "Nothing was run." >&2; \
 	  exit 2; \
 	fi
-	$(MAKE) venv
+	$(MAKE) dev
 	FAAS_REAL_CLUSTER=1 $(PY) -m pytest -c tests/pytest.ini tests/cluster/test_real_cluster.py -p no:cacheprovider $(PYTEST_ARGS)
 
-test-ops: venv system-deps
+test-ops: dev system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests/ops $(PYTEST_ARGS)
 
 # Installs the peers under ~/.cache/faas-appliance/bench and writes bench/results/latest.{json,md}.
 #   make bench BENCH_ARGS=--quick
-bench: venv system-deps
+bench: dev system-deps
 	@bash bench/system-deps
 	$(PY) -m bench $(BENCH_ARGS)
 

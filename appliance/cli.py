@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from appliance import __version__
 from appliance.client import (
     DEFAULT_API,
     ApiError,
@@ -38,6 +39,71 @@ def _data_dir() -> str:
         return Settings.from_env().data_dir
     except ApplianceError:
         return Settings.data_dir
+
+
+# -- output: text for people, --output json for scripts ------------------------------------
+
+#: ``--output``/``-o`` on every command that prints data; ``faas -o json CMD`` sets it for all.
+output_option = click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None,
+                             help="text (default) or json.")
+
+
+def _json_out(ctx, output) -> bool:
+    return (output or ctx.obj.get("output") or "text") == "json"
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _complete_functions(ctx, param, incomplete):
+    """Shell completion of function names, from the API the command line names (silent when it is down)."""
+    root = ctx.find_root()
+    api = root.params.get("api") or DEFAULT_API
+    try:
+        names = [f["name"] for f in ApplianceClient(api, timeout_s=2.0).list_functions()]
+    except Exception:  # noqa: BLE001 - completion must never print an error into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def _edge_url(ctx) -> str | None:
+    """Where HTTP triggers are served: FAAS_EDGE, else the API's host with the edge port it reports."""
+    if os.environ.get("FAAS_EDGE"):
+        return os.environ["FAAS_EDGE"].rstrip("/")
+    from urllib.parse import urlsplit
+    try:
+        port = _client(ctx).health().get("edge_port")
+    except ApiError:
+        return None
+    if not port:
+        return None
+    u = urlsplit(ctx.obj["api"])
+    host = u.hostname or "127.0.0.1"
+    return f"{u.scheme or 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def _with_url(t: dict, edge: str | None) -> dict:
+    return {**t, "url": f"{edge}{t['path']}" if edge else None}
+
+
+def _read_data(data: str | None):
+    """The event of ``--data``: JSON text, ``@file`` (a file of JSON) or ``-`` (JSON on stdin)."""
+    if data is None:
+        return {}
+    if data == "-":
+        text, where = sys.stdin.read(), "stdin"
+    elif data.startswith("@"):
+        try:
+            text, where = Path(data[1:]).read_text(), data[1:]
+        except OSError as exc:
+            _fail(f"--data {data}: cannot read {data[1:]}: {exc.strerror}")
+    else:
+        text, where = data, None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        _fail(f"--data is not valid JSON{' (' + where + ')' if where else ''}: {exc}")
 
 
 def _fail(message: str) -> None:
@@ -68,19 +134,26 @@ class _Group(click.Group):
                    f"else {DEFAULT_API}].")
 @click.option("--token", default=None, envvar="FAAS_TOKEN",
               help="API token [FAAS_TOKEN, else <data dir>/admin.token, else the config file's token].")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, envvar="FAAS_OUTPUT",
+              help="Default output of every command: text or json [text].")
+@click.version_option(__version__, "--version", prog_name="faas", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx, api, token):
+def main(ctx, api, token, output):
     """FaaS Appliance: deploy functions, bind HTTP triggers, call them.
 
     The token and the API are found in this order: --token / --api, FAAS_TOKEN / FAAS_API, the
     data directory of an appliance on this machine (APPLIANCE_DATA_DIR, default .faas: its
     admin.token and appliance.json), then ~/.config/faas/config (lines `api = URL`, `token = ...`).
+
+    Shell completion (commands, options and function names): add
+    `eval "$(_FAAS_COMPLETE=bash_source faas)"` to ~/.bashrc (zsh: zsh_source, fish: fish_source).
     """
     ctx.ensure_object(dict)
     data_dir = _data_dir()
     api = api or local_api(data_dir) or read_config().get("api") or DEFAULT_API
     ctx.obj["api"] = api
     ctx.obj["token"], ctx.obj["token_source"] = find_token(api, data_dir, token)
+    ctx.obj["output"] = output
 
 
 # -- running the appliance -------------------------------------------------------------------
@@ -130,17 +203,22 @@ def _run(settings: Settings, roles, example: str | None) -> None:
 
 
 def _deploy_example(api: ApplianceClient, directory: Path) -> str | None:
+    """Deploy the example once: a function of its name that exists (the user's own, or the example
+    from an earlier start) is left as it is. Returns a trigger path to try, if the function has one."""
     cfg = read_function_json(directory)
     name = cfg.pop("name", directory.name)
     triggers = cfg.pop("triggers", [])
-    api.deploy(name, directory, **cfg)
-    path = None
-    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
-    for t in triggers:
-        if (t["method"].upper(), t["path"]) not in existing:
-            api.add_trigger(name, t["method"], t["path"], auth=t.get("auth"), cors=t.get("cors"))
-        path = path or t["path"]
-    return path
+    try:
+        api.get_function(name)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        click.echo(f"Deploying the example {directory} as {name} ...")
+        api.deploy(name, directory, triggers=triggers, **cfg)
+    else:
+        click.echo(f"A function named {name} exists: the example {directory} is not deployed over it.")
+    paths = [t["path"] for t in api.list_triggers(name) if "{" not in t["path"]]
+    return paths[0] if paths else None
 
 
 def _settings(host, edge_port, api_port, data_dir, edge_host=None, api_host=None) -> Settings:
@@ -211,42 +289,88 @@ def _parse_env(pairs, option: str = "--env") -> dict:
 @click.option("--max-instances", type=int)
 @click.option("--min-instances", type=int)
 @click.option("--keep-alive", "keep_alive_s", type=int, help="Seconds an idle instance is kept.")
-@click.option("--env", "env", multiple=True, help="NAME=value (repeatable).")
+@click.option("--env", "env", multiple=True, help="NAME=value (repeatable). Replaces the function's whole "
+              "environment (function.json's included); with --env-merge, adds to what it has.")
+@click.option("--env-merge", is_flag=True, help="--env adds to (or changes) the function's current variables "
+              "instead of replacing them all.")
 @click.option("--secret", "secret", multiple=True, help="NAME=value, a write-only variable: stored encrypted, "
               "never shown (repeatable).")
 @click.option("--expose-errors/--no-expose-errors", default=None, help="Show HTTP trigger callers the function's "
               "error message and stack trace (development) [off].")
 @click.option("--layer", "layers", multiple=True, help="NAME:VERSION of a layer (repeatable, at most 5, in order).")
 @click.option("--description")
+@output_option
 @click.pass_context
-def deploy(ctx, source, name, env, secret, layers, **opts):
-    """Create or update a function from a directory, a zip or one source file."""
+def deploy(ctx, source, name, env, env_merge, secret, layers, output, **opts):
+    """Create or update a function from a directory, a zip or one source file.
+
+    The name defaults to function.json's, else the directory's or file's (my_fn.py -> my-fn); a
+    single file sets the handler's module (my_fn.py -> my_fn.handler) and its runtime (.js ->
+    nodejs20); so does a directory with index.js and no index.py. Progress goes to stderr; stdout is
+    the deployed function as JSON (either --output). A trigger in function.json that cannot be bound
+    fails the deploy, and a function it created is removed again.
+    """
     cfg = read_function_json(source)
     triggers = cfg.pop("triggers", [])
-    name = name or cfg.pop("name", None) or Path(source).resolve().name.removesuffix(".zip")
+    name = name or cfg.pop("name", None) or derive_name(source)
     cfg.pop("name", None)
+    for key, value in derive_code_settings(source).items():
+        cfg.setdefault(key, value)
     cfg.update({k: v for k, v in opts.items() if v is not None})
-    if env:
-        cfg["environment"] = {**cfg.get("environment", {}), **_parse_env(env)}
     if secret:
         cfg["secrets"] = _parse_env(secret, "--secret")
     if layers:
         cfg["layers"] = list(layers)
     api = _client(ctx)
+    if env:
+        given = _parse_env(env)
+        if env_merge:
+            try:
+                current = api.get_function(name).get("environment") or {}
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                current = {}
+            cfg["environment"] = {**cfg.get("environment", {}), **current, **given}
+        else:
+            cfg["environment"] = {**cfg.get("environment", {}), **given}
     click.echo(f"Packaging {source} ...", err=True)
     t0 = time.monotonic()
-    out = api.deploy(name, source, **cfg)
+    out = api.deploy(name, source, triggers=triggers, **cfg)
     v = out["version"]
     click.echo(f"Deployed {name} version {v['version']} ({v['size']} bytes, {v['files']} files, "
                f"sha256 {v['digest'][:12]}) in {time.monotonic() - t0:.1f}s", err=True)
     for w in out.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
-    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
-    for t in triggers:
-        if (t["method"].upper(), t["path"]) not in existing:
-            api.add_trigger(name, t["method"], t["path"], auth=t.get("auth"), cors=t.get("cors"))
-            click.echo(f"Trigger {t['method'].upper()} {t['path']} -> {name}", err=True)
+    edge = _edge_url(ctx) if out.get("triggers_added") else None
+    for t in out.get("triggers_added", []):
+        click.echo(f"Trigger {t['method']} {t['path']} -> {name}" + (f"  {edge}{t['path']}" if edge else ""),
+                   err=True)
     click.echo(json.dumps(out["function"], indent=2))
+
+
+def derive_name(source) -> str:
+    """A valid function name from a path: my_fn.py -> my-fn, "My Project/" -> my-project."""
+    import re
+
+    p = Path(source).resolve()
+    stem = p.name if p.is_dir() else p.name.split(".")[0]
+    name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"fn-{name}".rstrip("-")
+    return name[:60].rstrip("-")
+
+
+def derive_code_settings(source) -> dict:
+    """What the code itself says: a single file names the handler's module and the runtime
+    (.py -> python3.11, .js/.mjs/.cjs -> nodejs20); a directory with index.js and no index.py is nodejs20."""
+    p = Path(source)
+    node = (".js", ".mjs", ".cjs")
+    if p.is_file() and p.suffix in (".py", *node):
+        return {"handler": f"{p.stem}.handler", "runtime": "nodejs20" if p.suffix in node else "python3.11"}
+    if p.is_dir() and not (p / "index.py").exists() and any((p / f"index{s}").exists() for s in node):
+        return {"runtime": "nodejs20"}
+    return {}
 
 
 @main.group()
@@ -255,7 +379,7 @@ def trigger():
 
 
 @trigger.command("add")
-@click.argument("function")
+@click.argument("function", shell_complete=_complete_functions)
 @click.argument("method")
 @click.argument("path")
 @click.option("--auth", "auth_type", type=click.Choice(["none", "bearer", "hmac", "jwt"]), default="none",
@@ -275,10 +399,12 @@ def trigger():
 @click.option("--cors-expose", multiple=True, help="CORS: a response header browsers may read (repeatable).")
 @click.option("--cors-max-age", type=int, help="CORS: seconds a browser may cache a preflight.")
 @click.option("--cors-credentials", is_flag=True, help="CORS: allow cookies and credentials.")
+@output_option
 @click.pass_context
 def trigger_add(ctx, function, method, path, auth_type, issuer, audience, public_key, jwks_file, jwks_url, algorithm,
-                leeway, cors_origin, cors_method, cors_header, cors_expose, cors_max_age, cors_credentials):
-    """Bind METHOD PATH to FUNCTION, optionally with authentication and CORS."""
+                leeway, cors_origin, cors_method, cors_header, cors_expose, cors_max_age, cors_credentials, output):
+    """Bind METHOD PATH to FUNCTION, optionally with authentication and CORS; prints the trigger's full
+    URL on the edge router."""
     auth: dict = {"type": auth_type}
     if auth_type == "jwt":
         auth.update({"issuer": issuer, "audience": list(audience)})
@@ -302,9 +428,11 @@ def trigger_add(ctx, function, method, path, auth_type, issuer, audience, public
                 "max_age": cors_max_age or 0, "allow_credentials": cors_credentials}
     elif cors_method or cors_header or cors_expose or cors_max_age or cors_credentials:
         _fail("Request.Invalid: give at least one --cors-origin with the other --cors options")
-    t = _client(ctx).add_trigger(function, method, path, auth=auth, cors=cors)
+    t = _with_url(_client(ctx).add_trigger(function, method, path, auth=auth, cors=cors), _edge_url(ctx))
+    if _json_out(ctx, output):
+        return _echo_json(t)
     note = f" (auth: {t['auth']['type']}{', cors' if t.get('cors') else ''})" if auth_type != "none" or cors else ""
-    click.echo(f"{t['method']} {t['path']} -> {t['function']}{note}")
+    click.echo(f"{t['method']} {t['path']} -> {t['function']}{note}" + (f"  {t['url']}" if t["url"] else ""))
     if auth_type in ("bearer", "hmac"):
         click.echo(f"Create its {'key' if auth_type == 'bearer' else 'signing secret'} with: "
                    f"faas trigger key create {t['method']} {t['path']}", err=True)
@@ -353,20 +481,30 @@ def trigger_key_revoke(ctx, method, path, name):
 
 
 @trigger.command("ls")
-@click.argument("function", required=False)
+@click.argument("function", required=False, shell_complete=_complete_functions)
+@output_option
 @click.pass_context
-def trigger_ls(ctx, function):
-    for t in _client(ctx).list_triggers(function):
+def trigger_ls(ctx, function, output):
+    """HTTP triggers (of one function, or all) with their full URLs."""
+    edge = _edge_url(ctx)
+    triggers = [_with_url(t, edge) for t in _client(ctx).list_triggers(function)]
+    if _json_out(ctx, output):
+        return _echo_json(triggers)
+    for t in triggers:
         extra = t.get("auth", {}).get("type", "none") + (" cors" if t.get("cors") else "")
-        click.echo(f"{t['method']:7} {t['path']:40} {t['function']:20} {extra}")
+        click.echo(f"{t['method']:7} {t['path']:40} {t['function']:24} {extra:12} {t['url'] or ''}".rstrip())
 
 
 @trigger.command("rm")
 @click.argument("method")
 @click.argument("path")
+@output_option
 @click.pass_context
-def trigger_rm(ctx, method, path):
+def trigger_rm(ctx, method, path, output):
+    """Remove the trigger METHOD PATH."""
     t = _client(ctx).remove_trigger(method, path)["deleted"]
+    if _json_out(ctx, output):
+        return _echo_json({"deleted": t})
     click.echo(f"removed {t['method']} {t['path']}")
 
 
@@ -417,22 +555,19 @@ def token_revoke(ctx, name):
 
 
 @main.command()
-@click.argument("name")
-@click.option("--data", default=None, help="The event as JSON [{}].")
+@click.argument("name", shell_complete=_complete_functions)
+@click.option("--data", "-d", default=None, help="The event: JSON, @FILE (a file of JSON) or - (stdin) [{}].")
 @click.option("--verbose", "-v", is_flag=True, help="Also print request id, cold start and timing, and the "
               "stack trace of a failed invocation.")
+@output_option
 @click.pass_context
-def invoke(ctx, name, data, verbose):
+def invoke(ctx, name, data, verbose, output):
     """Invoke a function directly and print its result.
 
     A failed invocation prints one error line and exits 1; -v adds the function's stack trace.
+    With --output json the result is always printed as JSON (a string result too).
     """
-    event = {}
-    if data:
-        try:
-            event = json.loads(data)
-        except ValueError as exc:
-            _fail(f"--data is not valid JSON: {exc}")
+    event = _read_data(data)
     resp = _client(ctx).invoke_raw(name, event)
     if verbose:
         click.echo(f"request id: {resp.headers.get('X-Request-Id')}  cold: {resp.headers.get('X-Faas-Cold-Start')}  "
@@ -450,34 +585,45 @@ def invoke(ctx, name, data, verbose):
         _fail(f"{err.get('code')}: {message}"
               + (f" (request {resp.headers.get('X-Request-Id')}; -v shows the stack trace)" if trace and not verbose
                  else ""))
-    click.echo(json.dumps(body) if not isinstance(body, str) else body)
+    click.echo(json.dumps(body) if _json_out(ctx, output) or not isinstance(body, str) else body)
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_functions)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations.")
-@click.option("--since", type=float, default=None, help="Seconds ago (e.g. 300) to start from.")
+@click.option("--since", type=float, default=None, help="Seconds ago (e.g. 300) to start from; with --follow, "
+              "nothing older is printed.")
 @click.option("--status", default=None, help="ok, error, timeout, throttled or unavailable.")
 @click.option("--limit", type=int, default=100)
+@output_option
 @click.pass_context
-def logs(ctx, name, follow, since, status, limit):
-    """Print a function's invocations with their log lines and cold-start phases."""
+def logs(ctx, name, follow, since, status, limit, output):
+    """Print a function's invocations with their log lines and cold-start phases.
+
+    --output json prints one JSON object a line ({"seq", "request_id", "ts", "line"})."""
     api = _client(ctx)
+    as_json = _json_out(ctx, output)
     params = {"limit": limit}
-    if since is not None:
-        params["since"] = -abs(since)
     if status:
         params["status"] = status
+    if since is not None:
+        # An absolute start, so following goes on from it too: a cursor from an empty window
+        # (nothing since then yet) would otherwise start at the beginning of the history.
+        params["since"] = time.time() - abs(since)
+
+    def show(lines):
+        for line in lines:
+            click.echo(json.dumps(line) if as_json else line["line"])
+
     out = api.logs(name, **params)
-    for line in out["lines"]:
-        click.echo(line["line"])
+    show(out["lines"])
     after = out["next"]
+    params.pop("limit")
     try:
         while follow:
             time.sleep(1.0)
-            out = api.logs(name, after=after, limit=1000, **({"status": status} if status else {}))
-            for line in out["lines"]:
-                click.echo(line["line"])
+            out = api.logs(name, after=after, limit=1000, **params)
+            show(out["lines"])
             after = out["next"] or after
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends: not an error
@@ -520,56 +666,121 @@ def layer_rm(ctx, name, version):
 
 
 @main.command("ls")
+@output_option
 @click.pass_context
-def list_functions(ctx):
+def list_functions(ctx, output):
     """List functions."""
     fns = _client(ctx).list_functions()
+    if _json_out(ctx, output):
+        return _echo_json(fns)
     click.echo(f"{'NAME':24} {'RUNTIME':11} {'VERSION':7} {'MEMORY':6} {'TIMEOUT':7} HANDLER")
     for f in fns:
         click.echo(f"{f['name']:24} {f['runtime']:11} {f['version']:<7} {f['memory_mb']:<6} {f['timeout_s']:<7} {f['handler']}")
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_functions)
+@output_option
 @click.pass_context
-def describe(ctx, name):
+def describe(ctx, name, output):
     """Show a function's settings, triggers, instances and scaling state."""
-    click.echo(json.dumps(_client(ctx).get_function(name), indent=2))
+    fn = _client(ctx).get_function(name)
+    edge = _edge_url(ctx)
+    fn["triggers"] = [_with_url(t, edge) for t in fn.get("triggers", [])]
+    if _json_out(ctx, output):
+        return _echo_json(fn)
+    click.echo(describe_text(fn))
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+def describe_text(fn: dict) -> str:
+    """``faas describe`` for people: settings, code, triggers with URLs, instances, scaling."""
+    env = fn.get("environment") or {}
+    rows = [
+        ("Name", fn["name"]),
+        ("Description", fn.get("description") or "-"),
+        ("Runtime", f"{fn['runtime']}, handler {fn['handler']}"),
+        ("Code", f"version {fn['version']}, sha256 {fn['code_sha256'][:12]}" if fn.get("version") else
+         "none yet: faas deploy DIR --name " + fn["name"]),
+        ("Memory", f"{fn['memory_mb']} MB, timeout {fn['timeout_s']} s, network {fn.get('network', 'default')}"),
+        ("Scaling", f"{fn['concurrency']} request(s) per instance, {fn['min_instances']}..{fn['max_instances']} "
+                    f"instances, keep-alive {fn['keep_alive_s']} s"),
+        ("Environment", ", ".join(sorted(env)) + " (values: --output json)" if env else "-"),
+        ("Created", f"{_when(fn.get('created_at'))}, updated {_when(fn.get('updated_at'))}"),
+    ]
+    lines = [f"{k + ':':13} {v}" for k, v in rows]
+    triggers = fn.get("triggers") or []
+    lines.append(f"{'Triggers:':13} {len(triggers) or '-'}")
+    for t in triggers:
+        lines.append(f"  {t['method']:7} {t['path']}" + (f"  {t['url']}" if t.get("url") else ""))
+    instances = fn.get("instances") or []
+    lines.append(f"{'Instances:':13} {len(instances) or '-'}")
+    for i in instances:
+        lines.append(f"  {i['id']}  version {i['version']}  on {i.get('node', '-')}  "
+                     f"since {_when(i.get('started_at'))}")
+    sc = fn.get("scaling") or {}
+    if sc:
+        lines.append(f"{'Now:':13} " + ", ".join(f"{k} {sc[k]}" for k in ("ready", "starting", "inflight", "waiting")
+                                                  if k in sc))
+        rest = {k: v for k, v in sc.items() if k not in ("ready", "starting", "inflight", "waiting", "current")}
+        if rest:
+            lines.append(f"{'Decision:':13} " + ", ".join(f"{k} {v}" for k, v in rest.items()
+                                                         if not isinstance(v, (dict, list))))
+    return "\n".join(lines)
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_functions)
+@output_option
 @click.pass_context
-def rm(ctx, name):
+def rm(ctx, name, output):
     """Delete a function, its triggers and its instances."""
-    _client(ctx).delete_function(name)
+    out = _client(ctx).delete_function(name)
+    if _json_out(ctx, output):
+        return _echo_json(out)
     click.echo(f"deleted {name}")
 
 
 @main.command()
 @click.option("--since", type=float, default=None, help="Seconds ago.")
+@output_option
 @click.pass_context
-def usage(ctx, since):
+def usage(ctx, since, output):
     """Invocations, errors, cold starts and GB-seconds per function."""
     rows = _client(ctx).usage(**({"since": -abs(since)} if since else {}))
+    if _json_out(ctx, output):
+        return _echo_json(rows)
     click.echo(f"{'FUNCTION':24} {'INVOCATIONS':>11} {'ERRORS':>6} {'COLD':>5} {'GB-SECONDS':>12}")
     for r in rows:
         click.echo(f"{r['function']:24} {r['invocations']:>11} {r['errors']:>6} {r['cold_starts']:>5} {r['gb_seconds']:>12.6f}")
 
 
 @main.command()
+@output_option
 @click.pass_context
-def doctor(ctx):
-    """Check this machine and the appliance: runtimes, sandbox, API."""
+def doctor(ctx, output):
+    """Check this machine and the appliance: runtimes, sandbox, API.
+
+    --output json prints [{"check", "status", "detail"}]; the exit status is 1 when a check fails."""
     import shutil
     import subprocess
 
     ok = True
+    as_json = _json_out(ctx, output)
+    results = []
+
+    def say(status, label, detail=""):
+        results.append({"check": label, "status": status, "detail": detail})
+        if not as_json:
+            click.echo(f"[{status}] {label}{': ' + detail if detail else ''}")
 
     def check(label, good, detail=""):
         nonlocal ok
         ok = ok and good
-        click.echo(f"[{'ok' if good else 'FAIL'}] {label}{': ' + detail if detail else ''}")
+        say("ok" if good else "FAIL", label, detail)
 
     check("python3", bool(shutil.which("python3")), sys.version.split()[0])
     node = shutil.which("node")
@@ -582,8 +793,8 @@ def doctor(ctx):
     if reason is None:
         from appliance.instances import cgroups
         mgr, why = cgroups.detect()
-        click.echo(f"[{'ok' if mgr else 'warn'}] memory and pids cgroups: "
-                   f"{mgr.describe() if mgr else why + '; instance memory is bounded by rlimits only'}")
+        say("ok" if mgr else "warn", "memory and pids cgroups",
+            mgr.describe() if mgr else why + "; instance memory is bounded by rlimits only")
         if mgr is not None:
             mgr.close()
     if reason is None:
@@ -592,19 +803,19 @@ def doctor(ctx):
                    + (f"{nft} (the packet filter that keeps instances off this host's services)" if nft else
                       "not found: apt-get install nftables, or instances can reach this host's services"))
     bwrap = shutil.which("bwrap")
-    click.echo(f"[info] bubblewrap: {bwrap or 'not found'} (not needed by the sandbox, which makes the same "
-               "namespaces itself; bench/coldstart.py compares against it)")
+    say("info", "bubblewrap", f"{bwrap or 'not found'} (not needed by the sandbox, which makes the same "
+        "namespaces itself; bench/coldstart.py compares against it)")
     try:
         h = _client(ctx).health()
         check("control API", True, f"{ctx.obj['api']} ({h.get('mode')} mode)")
         if h.get("seccomp"):
             active = h["seccomp"].startswith("active")
-            click.echo(f"[{'ok' if active else 'warn'}] instance seccomp filter: {h['seccomp']}")
+            say("ok" if active else "warn", "instance seccomp filter", h["seccomp"])
         if h.get("instance_network"):
             filtered = h["instance_network"].startswith("filtered")
-            click.echo(f"[{'ok' if filtered else 'warn'}] instance network policy: {h['instance_network']}")
+            say("ok" if filtered else "warn", "instance network policy", h["instance_network"])
         for note in h.get("notes") or []:
-            click.echo(f"[note] {note}")
+            say("note", note)
     except ApiError as exc:
         check("control API", False, exc.message)
     try:
@@ -617,6 +828,8 @@ def doctor(ctx):
 
         for label, good, detail in cluster_checks(settings):
             check(label, good, detail)
+    if as_json:
+        _echo_json(results)
     sys.exit(0 if ok else 1)
 
 

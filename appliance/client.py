@@ -92,16 +92,31 @@ class ApplianceClient:
     def delete_layer(self, name: str, version: int) -> dict:
         return self._req("DELETE", f"/v1/layers/{name}/versions/{version}").json()
 
-    def deploy(self, name: str, source: str | Path, **config) -> dict:
-        """Create or update ``name`` with ``config`` and upload ``source`` (dir, zip or file).
+    def deploy(self, name: str, source: str | Path, *, triggers=(), **config) -> dict:
+        """Create or update ``name`` with ``config``, upload ``source`` (dir, zip or file) and bind
+        ``triggers`` (``[{"method", "path"}]``; those already bound to it are kept).
 
-        A failed deploy of a new function leaves nothing behind: the source is read before the
-        function is created, and a function created here is removed again when its code is refused.
+        A failed deploy of a new function leaves nothing behind: the source is read and the routes
+        are checked for clashes before the function is created, and a function created here is
+        removed again (with the triggers bound here) when its code or a trigger is refused. For an
+        existing function, the triggers bound here are removed again and the error says which
+        version is live without them. The answer has ``triggers_added``.
         """
         data, filename = package(source)
+        wanted = [(str(t.get("method", "GET")).upper(), t.get("path", "")) for t in triggers]
+        extras = {(str(t.get("method", "GET")).upper(), t.get("path", "")): {k: t[k] for k in ("auth", "cors")
+                                                                            if t.get(k) is not None}
+                  for t in triggers}
+        if wanted:
+            taken = {(t["method"], t["path"]): t["function"] for t in self.list_triggers()}
+            for key in wanted:
+                if taken.get(key, name) != name:
+                    raise ApiError(409, "Resource.Conflict", f"trigger {key[0]} {key[1]} is bound to function "
+                                   f"{taken[key]!r}; nothing was deployed", "path")
         created = False
+        before = None
         try:
-            self.get_function(name)
+            before = self.get_function(name)
             if config:
                 self.update_function(name, **config)
         except ApiError as exc:
@@ -109,9 +124,35 @@ class ApplianceClient:
                 raise
             self.create_function(name=name, **config)
             created = True
+        added = []
+        out = None
         try:
-            return self.upload_code(name, data, filename=filename)
+            out = self.upload_code(name, data, filename=filename)
+            mine = {(t["method"], t["path"]) for t in self.list_triggers(name)}
+            for method, path in wanted:
+                if (method, path) in mine:
+                    continue
+                try:
+                    added.append(self.add_trigger(name, method, path, **extras.get((method, path), {})))
+                except ApiError as exc:
+                    live = "nothing was deployed" if created else \
+                        f"version {out['version']['version']} is live without it"
+                    raise ApiError(exc.status, exc.code, f"trigger {method} {path} was not bound: {exc.message}; "
+                                   f"{live}", exc.field, exc.body) from None
+            out["triggers_added"] = added
+            return out
         except ApiError:
+            if before is not None and config and out is None:
+                # The code was refused: the settings go back to what the live code was deployed with.
+                try:
+                    self.update_function(name, **{k: before[k] for k in config if k in before})
+                except ApiError:
+                    pass
+            for t in added:
+                try:
+                    self.remove_trigger(t["method"], t["path"])
+                except ApiError:
+                    pass
             if created:
                 try:
                     self.delete_function(name)

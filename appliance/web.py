@@ -45,6 +45,8 @@ def error_response(exc: BaseException) -> Response:
         body = {"error": {"code": codes.get(exc.code, "Request.Invalid"), "message": exc.description,
                           "requestId": rid}}
         resp = json_response(body, exc.code or 500)
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # RFC 9110: a 405 says what is allowed
     else:
         status, headers, body = to_response_body(exc, rid)
         if status >= 500 and not isinstance(exc, ApplianceError):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.cluster.peer_loads import PeerLoads
 from appliance.config import Settings
+from appliance.backends.prometheus_metrics import Metrics
 from appliance.core import codepkg
 from appliance.core.activator import Activator
 from appliance.core.errors import ApplianceError, Conflict, ValidationError
@@ -69,6 +70,8 @@ class Components:
     tokens: TokenStore | None = None
     #: The credential edges and control planes show each other on the edge's internal /_/ paths.
     internal_token: str = ""
+    #: Prometheus metrics (appliance/backends/prometheus_metrics.py): the core's observer, served on /metrics and /_/metrics.
+    metrics: Metrics | None = None
     _closers: list = field(default_factory=list)
 
     def install_net_filter(self) -> None:
@@ -326,12 +329,14 @@ def _build_cluster(settings: Settings) -> Components:
         pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
         retry_s=settings.nomad_retry_s, edge_id=me, region=settings.region, account_id=settings.account_id,
         layer_digest=layer_resolver(LayerStore(meta, blobs, limits(settings))))
-    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
+    metrics = Metrics()
+    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s,
+                          observer=metrics)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     private_db(data / "invocations.sqlite3")
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
-                      queue_timeout_s=settings.queue_timeout_s)
+                      queue_timeout_s=settings.queue_timeout_s, observer=metrics)
     # Several edges: one, elected through a Consul lock, decides from the sum of every edge's load.
     leadership = ConsulLeaderLock(settings.consul_addr, token=settings.consul_token, ttl_s=settings.leader_ttl_s)
     peers = PeerLoads(edges.edges, credential=internal)
@@ -340,7 +345,10 @@ def _build_cluster(settings: Settings) -> Components:
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
                        edge_directory=edges, leadership=leadership,
-                       tokens=TokenStore(meta, cache_ttl_s=settings.token_cache_s), internal_token=internal)
+                       tokens=TokenStore(meta, cache_ttl_s=settings.token_cache_s), internal_token=internal,
+                       metrics=metrics)
+    scheduler.observer = metrics
+    metrics.watch(activator=activator, scheduler=scheduler, edge_port=lambda: comps.ports.get("edge"))
     # Closed last to first: the lock is released first, so another edge takes over at once.
     comps._closers = [records.close, client.close_all, scheduler.close, registry.close, edges.deregister, peers.close,
                       leadership.close]
@@ -432,12 +440,14 @@ def _build_local(settings: Settings) -> Components:
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
                                client=client, host="127.0.0.1", platform_env=instance_platform_env(settings),
                                layer_digest=layer_resolver(LayerStore(meta, blobs, lim)))
-    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
+    metrics = Metrics()
+    activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s,
+                          observer=metrics)
     records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
     private_db(data / "invocations.sqlite3")
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
-                      queue_timeout_s=settings.queue_timeout_s)
+                      queue_timeout_s=settings.queue_timeout_s, observer=metrics)
     # One edge: it is its own scaling leader and decides from its own pools.
     leadership = SoleLeader(edge_id(settings))
     scaler = Scaler(activator, store, scheduler, registry, client, policies, interval_s=settings.reap_interval_s,
@@ -445,7 +455,9 @@ def _build_local(settings: Settings) -> Components:
     comps = Components(settings=settings, store=store, scheduler=scheduler, registry=registry, activator=activator,
                        client=client, records=records, invoker=invoker, scaler=scaler, notes=notes,
                        leadership=leadership,
-                       tokens=TokenStore(meta, cache_ttl_s=settings.token_cache_s), internal_token=internal)
+                       tokens=TokenStore(meta, cache_ttl_s=settings.token_cache_s), internal_token=internal,
+                       metrics=metrics)
+    metrics.watch(activator=activator, scheduler=scheduler, edge_port=lambda: comps.ports.get("edge"))
     comps.seccomp = getattr(launcher, "seccomp", None)
     comps._closers = [meta.close, records.close, client.close_all, scheduler.close]
     block = getattr(launcher, "uid_block", None)

@@ -55,6 +55,7 @@ from appliance.backends.consul_kv import consul_client
 from appliance.backends.consul_registry import ConsulRegistry
 from appliance.core.errors import FunctionError, PlacementFailed, SchedulerUnavailable, function_error
 from appliance.core.model import Instance, InstanceSpec
+from appliance.core.observe import NULL_OBSERVER, safely
 
 log = logging.getLogger("appliance.nomad")
 
@@ -143,6 +144,10 @@ class NomadScheduler:
         self.job_vars = job_vars
         self.code_url_ttl_s = code_url_ttl_s
         self.pool_target_free = pool_target_free
+        #: The runtime pool as the last top-up pass saw it, per group: free, specialised, desired (metrics).
+        self.pool_sizes: dict[str, dict[str, int]] = {}
+        #: Told of failed pool maintenance passes (metrics; set by the wiring).
+        self.observer = NULL_OBSERVER
         self.pool_refill_s = pool_refill_s
         self.retry_s = retry_s
         #: Age after which a claim on a still-generic pool instance is taken as abandoned.
@@ -560,6 +565,7 @@ class NomadScheduler:
                     self.refill_pool()
             except Exception as exc:  # noqa: BLE001 - retried on the next tick
                 log.warning("event=pool_maintenance_failed error=%r", str(exc)[:300])
+                safely(self.observer.backend_error, "pool", getattr(exc, "code", type(exc).__name__))
             if self._stop.wait(self.pool_refill_s if self.pool_refill_s > 0 else 5.0):
                 return
 
@@ -587,6 +593,7 @@ class NomadScheduler:
             in_use = sum(1 for e in entries or [] if not _passing(e)
                          and (e["Service"].get("Meta") or {}).get("instance_id") in claimed)
             want = in_use + self.pool_target_free
+            self.pool_sizes[group] = {"free": len(free), "specialised": in_use, "desired": want}
             if want != g["Desired"]:
                 try:
                     self._call(f"scale {self.pool_job}/{group}", lambda: self._session_request(

@@ -17,6 +17,7 @@ from flask import Flask, Response, g, redirect, request, send_from_directory
 
 from appliance.control import layers_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
+from appliance.control import openapi
 from appliance.control.invoke import invoke_response
 from appliance.control.records_view import RecordsView, decode_cursor, encode_cursor
 from appliance.control.scaling_view import ScalingView
@@ -177,6 +178,20 @@ def create_control_app(c: Components) -> Flask:
         log.info("event=token_revoked token=%s by=%s", token.name, who.name)
         return json_response({"revoked": token.to_api()})
 
+    @app.get("/metrics")
+    def metrics():
+        """Prometheus text format (appliance/backends/prometheus_metrics.py). A normal route: whatever the
+        before_request checks demand of a read applies to it too."""
+        need("read")
+        body, ctype = c.metrics.render()
+        return Response(body, content_type=ctype)
+
+    @app.get("/v1/openapi.json")
+    def openapi_document():
+        """The API's contract (appliance/control/openapi.py), with this server as its server."""
+        need("read")
+        return json_response(openapi.document(request.host_url.rstrip("/"), auth_required=True))
+
     # -- web console (static; it uses the API below) -----------------------------------
 
     @app.get("/")
@@ -233,6 +248,7 @@ def create_control_app(c: Components) -> Flask:
         need("deploy", name)
         record = store.delete(ensure_name(name))
         c.scaler.remove_function(name)
+        c.records.forget(name)  # this edge's; other edges' older records are hidden by created_at below
         return json_response({"deleted": record.name})
 
     # -- code ----------------------------------------------------------------------------
@@ -322,22 +338,29 @@ def create_control_app(c: Components) -> Flask:
         require_content_type(JSON)
         return invoke_response(c, ensure_name(name), request.get_data(cache=False))
 
+    def _since_created(name: str) -> float:
+        """``since``, never before the function was created: a function deleted and made again
+        under the same name shows none of the old one's records."""
+        created = store.get(ensure_name(name)).created_at
+        since = _since()
+        return created if since is None else max(since, created)
+
     @app.get("/v1/functions/<name>/invocations")
     def invocations(name: str):
         need("records", name)
-        store.get(ensure_name(name))
+        since = _since_created(name)
         c.records_view.flush(2.0)
-        rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
+        rows = c.records_view.query(name, since=since, status=request.args.get("status") or None,
                                     limit=_int_arg("limit", 50), request_id=request.args.get("request_id") or None)
         return json_response({"invocations": rows})
 
     @app.get("/v1/functions/<name>/logs")
     def logs(name: str):
         need("records", name)
-        store.get(ensure_name(name))
+        since = _since_created(name)
         c.records_view.flush(2.0)
         cursor = decode_cursor(request.args.get("after"))
-        rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
+        rows = c.records_view.query(name, since=since, status=request.args.get("status") or None,
                                     limit=_int_arg("limit", 100), after=cursor)
         if cursor is None:
             rows.reverse()  # oldest first reads naturally
@@ -369,7 +392,8 @@ def create_control_app(c: Components) -> Flask:
         fn = request.args.get("function") or None
         need("records", fn)
         c.records_view.flush(2.0)
-        rows = c.records_view.usage(fn, since=_since())
+        since = _since_created(fn) if fn else _since()
+        rows = c.records_view.usage(fn, since=since)
         return json_response({"usage": [u for u in rows if guard.visible(u["function"])]})
 
     # -- triggers ----------------------------------------------------------------------------
@@ -396,8 +420,11 @@ def create_control_app(c: Components) -> Flask:
     def add_function_trigger(name: str):
         need("deploy", name)
         data = _json_body()
-        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""),
-                              auth=data.get("auth"), cors=data.get("cors"))
+        method, path = data.get("method", "GET"), data.get("path")
+        if not isinstance(method, str) or not isinstance(path, str):
+            raise ValidationError('give the trigger as {"method": "GET", "path": "/hello"} (strings)',
+                                  field="method" if not isinstance(method, str) else "path")
+        t = store.add_trigger(ensure_name(name), method, path, auth=data.get("auth"), cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
 
     def _trigger_args(source) -> tuple[str, str]:

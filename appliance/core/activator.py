@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from appliance.core.autoscaler import ConcurrencyWindow, Decision, Observation, ScalerState, ScalingPolicy, decide
 from appliance.core.errors import ApplianceError, ColdStartTimeout, FunctionError, PlacementFailed, QueueFull
 from appliance.core.model import Instance, InstanceSpec
+from appliance.core.observe import NULL_OBSERVER, Observer, safely
 from appliance.core.ports import Registry, Scheduler
 
 log = logging.getLogger("appliance.core.activator")
@@ -232,6 +233,8 @@ class FunctionPool:
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiters
             log.warning("event=cold_start_failed function=%s version=%s error=%s message=%r",
                         spec.function, spec.version, getattr(exc, "code", type(exc).__name__), str(exc))
+            if not isinstance(exc, FunctionError):  # the function's own init failure is not the scheduler's
+                safely(a.observer.backend_error, "scheduler", getattr(exc, "code", type(exc).__name__))
             with self.lock:
                 self.starting -= 1
                 if isinstance(exc, FunctionError):
@@ -285,7 +288,7 @@ class Activator:
     """Hands out instances for requests; see the module docstring."""
 
     def __init__(self, scheduler: Scheduler, registry: Registry, *, max_queue: int = 100,
-                 start_timeout_s: float = 30.0, clock=time.monotonic):
+                 start_timeout_s: float = 30.0, clock=time.monotonic, observer: Observer = NULL_OBSERVER):
         self.scheduler = scheduler
         self.registry = registry
         #: Requests that may wait per function (Knative's breaker queue depth, per function).
@@ -293,6 +296,8 @@ class Activator:
         #: Longest a scheduler may take to make one instance ready.
         self.start_timeout_s = start_timeout_s
         self.clock = clock
+        #: Told of failed instance starts (metrics; see appliance/core/observe.py).
+        self.observer = observer
         self._lock = threading.Lock()  # guards _pools
         self._pools: dict[str, FunctionPool] = {}
         registry.subscribe(self._registry_changed)

@@ -44,6 +44,16 @@ class UnsafeCode(ValidationError):
     code = "Code.Unsafe"
 
 
+class CodeSyntaxError(ValidationError):
+    """The handler's module does not compile (found at upload; ``file`` and ``line`` say where)."""
+    code = "Code.SyntaxError"
+
+
+class HandlerNotFound(ValidationError):
+    """The package has no module or no function for the handler setting (found at upload)."""
+    code = "Code.HandlerNotFound"
+
+
 class PayloadTooLarge(ValidationError):
     code = "Request.TooLarge"
     status = 413

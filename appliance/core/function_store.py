@@ -15,7 +15,7 @@ import threading
 import time
 from urllib.parse import quote
 
-from appliance.core import codepkg, trigger_policy
+from appliance.core import codepkg, handler_check, trigger_policy
 from appliance.core.errors import Conflict, FunctionNotFound, NotFound, RevisionConflict, ValidationError
 from appliance.core.model import CodeVersion, FunctionConfig, FunctionRecord, Trigger, validate_name
 from appliance.core.ports import BlobStore, MetadataStore, SecretBox
@@ -182,11 +182,12 @@ class FunctionStore:
         if filename is not None:
             data = codepkg.zip_single_file(filename, data)
         info = codepkg.inspect_zip(data, self.limits)
-        warnings = []
-        if not codepkg.handler_file_present(info.names, record.config.handler, record.config.runtime):
-            module = record.config.handler.rsplit(".", 1)[0]
-            warnings.append(f"the package has no {module} module for handler {record.config.handler!r}; "
-                            "invocations will fail with Runtime.ImportModuleError until the handler or code is fixed")
+        if record.version and info.digest == record.digest:
+            # The same code again (make up, a CI redeploy): no new version, nothing restarted.
+            return record, self.version(name, record.version), [
+                f"the code is identical to version {record.version}; no new version was made"]
+        # A handler that cannot load is refused here, with its file and line, not at the first call.
+        warnings = handler_check.check_package(data, record.config.handler, record.config.runtime)
         # 1. the code, durably
         self.blobs.put(info.digest, data)
         # 2. the version: claim the next number atomically

@@ -27,6 +27,7 @@ from appliance.core.errors import (
 )
 from appliance.core.function_store import FunctionStore
 from appliance.core.model import InstanceSpec
+from appliance.core.observe import NULL_OBSERVER, Observer, safely
 from appliance.core.ports import (
     InstanceClient,
     InstanceLost,
@@ -83,7 +84,7 @@ class Outcome:
 class Invoker:
     def __init__(self, store: FunctionStore, activator: Activator, client: InstanceClient, scheduler: Scheduler,
                  registry: Registry, records: RecordStore, policies, *, queue_timeout_s: float = 10.0, max_attempts: int = 5,
-                 clock=time.monotonic):
+                 clock=time.monotonic, observer: Observer = NULL_OBSERVER):
         self.store = store
         self.activator = activator
         self.client = client
@@ -95,6 +96,8 @@ class Invoker:
         self.queue_timeout_s = queue_timeout_s
         self.max_attempts = max_attempts
         self.clock = clock
+        #: Told of every finished invocation (metrics; see appliance/core/observe.py).
+        self.observer = observer
         self._specs: dict[str, tuple[object, InstanceSpec]] = {}
 
     def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None) -> Outcome:
@@ -164,6 +167,7 @@ class Invoker:
         rec.duration_ms = round((self.clock() - call.t0) * 1000, 3)
         self._finish(rec, outcome, lease)
         self.records.add(rec)
+        safely(self.observer.invocation, rec)
         logs.info(log, "event=invoke request_id=%s function=%s version=%s status=%s http_status=%s cold=%s "
                   "duration_ms=%.3f error_type=%s instance=%s", call.request_id, rec.function, rec.version, rec.status,
                   rec.http_status, rec.cold, rec.duration_ms, rec.error_type or "-", rec.instance_id or "-")

@@ -55,6 +55,8 @@ def _int_field(data: dict, name: str, default: int | None, bounds: tuple[int, in
     value = data.get(name, default)
     if value is None:
         raise ValidationError(f"{name} is required: give an integer from {bounds[0]} to {bounds[1]}", field=name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 5.0 is the integer 5 (JSON Schema agrees)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(
             f"{name} must be an integer from {bounds[0]} to {bounds[1]}, got {value!r}", field=name

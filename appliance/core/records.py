@@ -218,6 +218,15 @@ class RecordStore:
             out.append(d)
         return out
 
+    def forget(self, function: str) -> int:
+        """Drop a deleted function's records, so a function made again under its name starts empty.
+        Returns how many were dropped."""
+        self.flush(5.0)
+        with self._db_lock:
+            cur = self._db.execute("DELETE FROM invocations WHERE function = ?", (function,))
+            self._db.commit()
+            return cur.rowcount
+
     def usage(self, function: str | None = None, *, since: float | None = None) -> list[dict]:
         sql, args = _filtered("SELECT function, count(*), sum(billed_gb_s), sum(cold), sum(status != 'ok'), "
                               "avg(duration_ms) FROM invocations", function=function, since=since)

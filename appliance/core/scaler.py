@@ -40,6 +40,7 @@ from appliance.core.errors import ApplianceError
 from appliance.core.function_store import FunctionStore
 from appliance.core.leadership import SoleLeader
 from appliance.core.model import FunctionRecord, InstanceSpec
+from appliance.core.observe import safely
 from appliance.core.ports import InstanceClient, Registry, Scheduler
 
 log = logging.getLogger("appliance.core.scaler")
@@ -125,8 +126,9 @@ class Scaler:
         while not self._stop.wait(self.interval_s):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - the loop must survive one bad tick
+            except Exception as exc:  # noqa: BLE001 - the loop must survive one bad tick
                 log.exception("event=scaler_tick_failed")
+                safely(self.activator.observer.backend_error, "scaler", getattr(exc, "code", type(exc).__name__))
 
     def tick(self) -> dict[str, Decision]:
         """One pass over all functions; returns the decisions taken (none unless this edge leads)."""

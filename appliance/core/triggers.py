@@ -17,7 +17,9 @@ from appliance.core.errors import MethodNotAllowed, RouteNotFound, ValidationErr
 from appliance.core.model import Trigger
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY")
-RESERVED_PREFIXES = ("/_/", "/v1/")
+#: The edge's own paths. The control API's /v1/ lives on another port (or host), so a function may
+#: serve /v1/... on the edge like any API would.
+RESERVED_PREFIXES = ("/_/",)
 LITERAL_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*,;=:@-]+$")
 PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
 MAX_PATH = 512
@@ -40,9 +42,9 @@ def parse_path(path: str) -> tuple[tuple[str, str], ...]:
         raise ValidationError(f"path must start with '/' (or be {DEFAULT_ROUTE!r}), got {path!r}", field="path")
     if len(path) > MAX_PATH:
         raise ValidationError(f"path is longer than {MAX_PATH} characters", field="path")
-    if path.startswith(RESERVED_PREFIXES) or path in ("/_", "/v1"):
-        raise ValidationError(f"paths under {' and '.join(RESERVED_PREFIXES)} are reserved by the platform; "
-                              "choose another prefix", field="path")
+    if path.startswith(RESERVED_PREFIXES) or path == "/_":
+        raise ValidationError("paths under /_/ are the edge router's own (health, metrics); choose another prefix",
+                              field="path")
     if path == "/":
         return ()
     raw = path[1:].rstrip("/") if len(path) > 1 else ""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from appliance.core.errors import ValidationError
 from appliance.core.tokens import AuthRequired
@@ -63,6 +63,12 @@ def create_edge_app(c: Components) -> Flask:
             if body["registry"].get("consul") != "ok":
                 body["status"] = "degraded"
         return json_response(body)
+
+    @app.get("/_/metrics")
+    def metrics():
+        """This edge's Prometheus metrics (appliance/backends/prometheus_metrics.py), under the platform's /_/ area."""
+        body, ctype = c.metrics.render()
+        return Response(body, content_type=ctype)
 
     @app.get("/_/ready")
     def ready():

@@ -9,7 +9,7 @@ from helpers import job_vars, moto_s3, wait_until  # noqa: F401 - moto_s3 is a f
 
 from tests.integration.conftest import start_appliance, stop_appliance
 
-FAIL_AT_IMPORT = "import os\nos._exit(3)\n"
+FAIL_AT_IMPORT = "import os\nos._exit(3)\ndef handler(event, context):\n    return 1\n"
 #: The credentials Ansible generates per environment and gives every edge and control plane.
 ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijklmnopqrstuvwxyz"
 INTERNAL_TOKEN = "test-internal-token-0123456789abcdefghijklmnopqrstuvwxyz"

@@ -29,14 +29,15 @@ def test_deploy_trigger_invoke_logs_ls_describe_rm(appliance, tmp_path):
     assert (fn["name"], fn["memory_mb"], fn["timeout_s"], fn["concurrency"], fn["version"]) == ("greeter", 256, 5, 2, 1)
     assert fn["environment"] == {"MODE": "test"}
     assert "Deployed greeter version 1" in out.stderr
-    assert faas(appliance, "trigger", "add", "greeter", "GET", "/greet").stdout.strip() == "GET /greet -> greeter"
+    assert faas(appliance, "trigger", "add", "greeter", "GET", "/greet").stdout.strip() == \
+        f"GET /greet -> greeter  {appliance.edge}/greet"
     assert requests.get(appliance.edge + "/greet", timeout=10).json() == {"greeting": "hi there"}
     out = faas(appliance, "invoke", "greeter", "--data", '{"name": "cli"}')
     assert json.loads(out.stdout) == {"greeting": "hi cli"}
     logs = faas(appliance, "logs", "greeter").stdout
     assert "greeting cli" in logs and "START RequestId" in logs and "END RequestId" in logs
     assert "greeter" in faas(appliance, "ls").stdout
-    described = json.loads(faas(appliance, "describe", "greeter").stdout)
+    described = json.loads(faas(appliance, "describe", "greeter", "-o", "json").stdout)
     assert described["triggers"][0]["path"] == "/greet" and described["scaling"]["ready"] >= 1
     assert "greeter" in faas(appliance, "usage").stdout
     # a second deploy is an update with a new version

@@ -71,7 +71,8 @@ def test_usage_page_lists_invocations_and_gb_seconds(appliance, page):
 
 
 def test_the_online_editor_reads_the_files_of_a_version(appliance):
-    name = appliance.deploy({"index.py": "x = 1\n", "lib/util.py": "y = 2\n", "blob.bin": b"\xff\xfe\x00"})
+    index = "def handler(event, context):\n    return 1\n"
+    name = appliance.deploy({"index.py": index, "lib/util.py": "y = 2\n", "blob.bin": b"\xff\xfe\x00"})
     files = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/files", timeout=10).json()
-    assert files["files"] == {"index.py": "x = 1\n", "lib/util.py": "y = 2\n"}
+    assert files["files"] == {"index.py": index, "lib/util.py": "y = 2\n"}
     assert files["omitted"] == ["blob.bin"]

@@ -12,14 +12,24 @@ def invoke(r, name, event=None, timeout=30):
 
 
 @pytest.mark.parametrize("files, handler, error_type", [
-    ({"index.py": "import not_a_module_anywhere\n"}, "index.handler", "Runtime.ImportModuleError"),
-    ({"index.py": "def handler(event, context)\n    return 1\n"}, "index.handler", "Runtime.UserCodeSyntaxError"),
-    ({"index.py": "def other(event, context):\n    return 1\n"}, "index.handler", "Runtime.HandlerNotFound"),
-    ({"main.py": HELLO}, "index.handler", "Runtime.ImportModuleError"),
-    ({"index.py": "raise RuntimeError('init failed')\n"}, "index.handler", "Runtime.ImportModuleError"),
+    ({"index.py": "import not_a_module_anywhere\ndef handler(event, context):\n    return 1\n"}, "index.handler",
+     "Runtime.ImportModuleError"),
+    # The handler's own module is compiled at upload; a module it imports is only warned about.
+    ({"index.py": "import helper\ndef handler(event, context):\n    return 1\n",
+      "helper.py": "def broken(event, context)\n    return 1\n"}, "index.handler", "Runtime.UserCodeSyntaxError"),
+    # Bound in a branch the upload check cannot rule out, never at run time.
+    ({"index.py": "if False:\n    def handler(event, context):\n        return 1\n"}, "index.handler",
+     "Runtime.HandlerNotFound"),
+    # The handler setting changed after the upload to a module the package does not have.
+    ({"main.py": HELLO}, "main.handler>index.handler", "Runtime.ImportModuleError"),
+    ({"index.py": "raise RuntimeError('init failed')\ndef handler(event, context):\n    return 1\n"},
+     "index.handler", "Runtime.ImportModuleError"),
 ])
 def test_code_that_fails_to_load_gets_a_structured_error(appliance, files, handler, error_type):
+    handler, _, later = handler.partition(">")
     name = appliance.deploy(files, handler=handler)
+    if later:
+        appliance.api.update_function(name, handler=later)
     resp = invoke(appliance, name)
     assert resp.status_code == 502, resp.text
     err = resp.json()["error"]

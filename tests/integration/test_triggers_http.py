@@ -104,7 +104,7 @@ def test_conflicting_and_invalid_triggers_are_refused(routes):
                                                                  "path": "/kind/{other}"}, timeout=10)
     assert resp.status_code == 409 and "/kind/{kind}" in resp.json()["error"]["message"]
     resp = routes.http.post(routes.api_url + "/v1/triggers", json={"function": "proxy", "method": "GET",
-                                                                 "path": "/v1/x"}, timeout=10)
+                                                                 "path": "/_/x"}, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "path"
     resp = routes.http.post(routes.api_url + "/v1/triggers", json={"function": "ghost", "method": "GET", "path": "/g"},
                          timeout=10)

@@ -48,7 +48,7 @@ def test_ansible_core_is_the_pinned_series():
     proc = subprocess.run([str(VENV_BIN / "ansible"), "--version"], text=True, capture_output=True, check=True)
     version = proc.stdout.split("[core ", 1)[1].split("]", 1)[0]
     assert tuple(int(x) for x in version.split(".")[:2]) == (2, 19), version
-    assert "ansible==12." in (REPO / "requirements.txt").read_text()
+    assert "ansible==12." in (REPO / "requirements-dev.txt").read_text()
 
 
 def test_every_tier_has_a_playbook_and_site_imports_them():

@@ -54,10 +54,23 @@ def test_each_upload_is_a_new_version_and_the_function_points_at_the_newest(stor
     assert store.code(v1.digest) != store.code(v2.digest)
 
 
-def test_a_package_without_the_handler_module_is_stored_with_a_warning(store):
+def test_a_package_without_the_handler_module_is_refused_and_nothing_is_stored(store):
+    from appliance.core.errors import HandlerNotFound
+
     store.create(cfg(handler="main.handler"))
-    _, _, warnings = store.upload_code("f", SRC, filename="index.py")
-    assert warnings and "main" in warnings[0]
+    with pytest.raises(HandlerNotFound, match="main.py"):
+        store.upload_code("f", SRC, filename="index.py")
+    assert store.get("f", fresh=True).version == 0 and store.versions("f") == []
+
+
+def test_an_identical_upload_adds_no_version(store):
+    store.create(cfg())
+    _, first, _ = store.upload_code("f", SRC, filename="index.py")
+    record, again, warnings = store.upload_code("f", SRC, filename="index.py")
+    assert again == first and record.version == 1 and len(store.versions("f")) == 1
+    assert warnings == ["the code is identical to version 1; no new version was made"]
+    _, changed, _ = store.upload_code("f", SRC + b"\n# changed\n", filename="index.py")
+    assert changed.version == 2
 
 
 def test_code_is_stored_before_metadata_so_a_failed_store_changes_nothing(store, monkeypatch):

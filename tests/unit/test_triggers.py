@@ -78,8 +78,8 @@ def test_routes_with_the_same_shape_conflict():
 
 @pytest.mark.parametrize("path, fragment", [
     ("hello", "start with '/'"),
-    ("/v1/functions", "reserved"),
-    ("/_/health", "reserved"),
+    ("/_/health", "the edge router's own"),
+    ("/_", "the edge router's own"),
     ("/a/{p+}/b", "last segment"),
     ("/a/{x}/{x}", "twice"),
     ("/a b", "not a literal"),
@@ -165,3 +165,9 @@ def test_matching_cost_does_not_grow_with_the_number_of_routes():
     assert large.match("GET", "/svc1999/items/x").trigger.function == "f1999"
     with pytest.raises(RouteNotFound):
         large.match("GET", "/nothing/here")
+
+
+def test_paths_under_v1_are_a_function_s_like_any_other():
+    t = table(("GET", "/v1/users/{id}", "f"))
+    m = t.match("GET", "/v1/users/7")
+    assert m.trigger.path == "/v1/users/{id}" and m.params == {"id": "7"}
