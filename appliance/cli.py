@@ -199,10 +199,12 @@ def trigger():
 @click.argument("function")
 @click.argument("method")
 @click.argument("path")
+@click.option("--async", "asynchronous", is_flag=True, help="Answer 202 once the event is queued; the function "
+              "runs it later, with retries (see `faas events`).")
 @click.pass_context
-def trigger_add(ctx, function, method, path):
-    t = _client(ctx).add_trigger(function, method, path)
-    click.echo(f"{t['method']} {t['path']} -> {t['function']}")
+def trigger_add(ctx, function, method, path, asynchronous):
+    t = _client(ctx).add_trigger(function, method, path, "async" if asynchronous else None)
+    click.echo(f"{t['method']} {t['path']} -> {t['function']}" + (" (async)" if asynchronous else ""))
 
 
 @trigger.command("ls")
@@ -210,7 +212,8 @@ def trigger_add(ctx, function, method, path):
 @click.pass_context
 def trigger_ls(ctx, function):
     for t in _client(ctx).list_triggers(function):
-        click.echo(f"{t['method']:7} {t['path']:40} {t['function']}")
+        click.echo(f"{t['method']:7} {t['path']:40} {t['function']}"
+                   + (f" ({t['invocation']})" if t.get("invocation") else ""))
 
 
 @trigger.command("rm")
@@ -227,8 +230,10 @@ def trigger_rm(ctx, method, path):
 @click.option("--data", default=None, help="The event as JSON [{}].")
 @click.option("--verbose", "-v", is_flag=True, help="Also print request id, cold start and timing, and the "
               "stack trace of a failed invocation.")
+@click.option("--async", "asynchronous", is_flag=True, help="Queue the event and print its request id (202); "
+              "`faas events NAME` shows how it went.")
 @click.pass_context
-def invoke(ctx, name, data, verbose):
+def invoke(ctx, name, data, verbose, asynchronous):
     """Invoke a function directly and print its result.
 
     A failed invocation prints one error line and exits 1; -v adds the function's stack trace.
@@ -239,7 +244,10 @@ def invoke(ctx, name, data, verbose):
             event = json.loads(data)
         except ValueError as exc:
             _fail(f"--data is not valid JSON: {exc}")
-    resp = _client(ctx).invoke_raw(name, event)
+    resp = _client(ctx).invoke_raw(name, event, asynchronous=asynchronous)
+    if asynchronous and resp.status_code == 202:
+        click.echo(resp.json()["requestId"])
+        return
     if verbose:
         click.echo(f"request id: {resp.headers.get('X-Request-Id')}  cold: {resp.headers.get('X-Faas-Cold-Start')}  "
                    f"timing: {resp.headers.get('Server-Timing')}", err=True)
@@ -287,6 +295,52 @@ def logs(ctx, name, follow, since, status, limit):
             after = out["next"] or after
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends: not an error
+
+
+@main.command()
+@click.argument("name")
+@click.option("--status", default=None, help="queued, running, retrying, succeeded or dead.")
+@click.option("--limit", type=int, default=50)
+@click.pass_context
+def events(ctx, name, status, limit):
+    """List a function's asynchronous events, newest first, with counts per state."""
+    out = _client(ctx).events(name, limit=limit, **({"status": status} if status else {}))
+    counts = out["counts"]
+    click.echo("  ".join(f"{k}={counts.get(k, 0)}" for k in ("queued", "running", "retrying", "succeeded", "dead")))
+    click.echo(f"{'REQUEST ID':34} {'STATE':9} {'ATTEMPTS':8} {'AGE S':>7}  SOURCE / LAST ERROR")
+    now = time.time()
+    for e in out["events"]:
+        note = e["last_error"] or e["source"] or ""
+        click.echo(f"{e['id']:34} {e['state']:9} {e['attempts']:<8} {now - e['created_at']:>7.1f}  {note[:100]}")
+
+
+@main.command("async")
+@click.argument("name")
+@click.option("--max-retry-attempts", type=int, default=None, help="0..2 [2]")
+@click.option("--max-event-age", type=int, default=None, help="Seconds, 60..21600 [21600].")
+@click.option("--on-success", default=None, help="function:NAME, url:https://... or queue:NAME ('none' clears).")
+@click.option("--on-failure", default=None, help="function:NAME, url:https://... or queue:NAME ('none' clears).")
+@click.pass_context
+def async_config(ctx, name, max_retry_attempts, max_event_age, on_success, on_failure):
+    """Show or change a function's asynchronous invocation settings (retries, event age, destinations)."""
+    patch: dict = {}
+    if max_retry_attempts is not None:
+        patch["max_retry_attempts"] = max_retry_attempts
+    if max_event_age is not None:
+        patch["max_event_age_s"] = max_event_age
+    for key, value in (("on_success", on_success), ("on_failure", on_failure)):
+        if value is None:
+            continue
+        if value == "none":
+            patch[key] = None
+            continue
+        kind, sep, target = value.partition(":")
+        if not sep or kind not in ("function", "url", "queue"):
+            _fail(f"Request.Invalid: --{key.replace('_', '-')} must be function:NAME, url:URL or queue:NAME")
+        patch[key] = {kind: target}
+    api = _client(ctx)
+    out = api.update_function(name, **{"async": patch}) if patch else api.get_function(name)
+    click.echo(json.dumps(out.get("async", {}), indent=2))
 
 
 @main.command("ls")

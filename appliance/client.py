@@ -99,8 +99,11 @@ class ApplianceClient:
             raise
 
     # triggers
-    def add_trigger(self, function: str, method: str, path: str) -> dict:
-        return self._req("POST", "/v1/triggers", json={"function": function, "method": method, "path": path}).json()
+    def add_trigger(self, function: str, method: str, path: str, invocation: str | None = None) -> dict:
+        body = {"function": function, "method": method, "path": path}
+        if invocation:
+            body["invocation"] = invocation
+        return self._req("POST", "/v1/triggers", json=body).json()
 
     def list_triggers(self, function: str | None = None) -> list[dict]:
         return self._req("GET", "/v1/triggers", params={"function": function} if function else None).json()["triggers"]
@@ -109,12 +112,15 @@ class ApplianceClient:
         return self._req("DELETE", "/v1/triggers", params={"method": method, "path": path}).json()
 
     # invocations
-    def invoke_raw(self, name: str, event=None) -> requests.Response:
+    def invoke_raw(self, name: str, event=None, *, asynchronous: bool = False) -> requests.Response:
         body = json.dumps({} if event is None else event)
         kw = {"timeout": (5.0, self.timeout_s)}
+        headers = {"Content-Type": "application/json"}
+        if asynchronous:
+            headers["X-Amz-Invocation-Type"] = "Event"
         try:
             return self.session.post(f"{self.base}/v1/functions/{name}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"}, **kw)
+                                     headers=headers, **kw)
         except requests.ConnectionError:
             raise ApiError(0, "Client.Unreachable", f"cannot reach the appliance at {self.base}") from None
 
@@ -124,6 +130,10 @@ class ApplianceClient:
             err = resp.json().get("error", {})
             raise ApiError(resp.status_code, err.get("code", "Error"), err.get("message", ""), None, err)
         return resp.json()
+
+    def events(self, name: str, **params) -> dict:
+        """Asynchronous events of a function: ``{"events": [...], "counts": {state: n}}``."""
+        return self._req("GET", f"/v1/functions/{name}/events", params=params).json()
 
     def invocations(self, name: str, **params) -> list[dict]:
         return self._req("GET", f"/v1/functions/{name}/invocations", params=params).json()["invocations"]

@@ -52,6 +52,15 @@ class Settings:
     metadata_cache_s: float = 1.0
     #: Invocation records kept per edge.
     records_retention: int = 100_000
+    #: Asynchronous invocation (appliance/core/async_runner.py): events run at once by this process,
+    #: the share of a function's capacity (max_instances x concurrency) its events may take, the
+    #: first retry's wait after a function error (the second waits twice as long), the pending
+    #: events accepted before 429 Async.QueueFull, and the finished events kept for `faas events`.
+    async_workers: int = 4
+    async_share: float = 0.5
+    async_backoff_s: float = 60.0
+    async_max_pending: int = 10000
+    async_retention: int = 10000
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     log_level: str = "info"
@@ -170,6 +179,13 @@ class Settings:
             raise bad("target_utilisation", "use a fraction greater than 0 and at most 1")
         if self.max_scale_up_rate <= 1:
             raise bad("max_scale_up_rate", "use a factor greater than 1")
+        for name in ("async_workers", "async_max_pending", "async_retention"):
+            if getattr(self, name) < 1:
+                raise bad(name, "use a positive integer")
+        if not 0 < self.async_share <= 1:
+            raise bad("async_share", "use a fraction greater than 0 and at most 1")
+        if self.async_backoff_s < 0:
+            raise bad("async_backoff_s", "use zero or a positive number of seconds")
         if self.sandbox not in ("auto", "on", "off"):
             raise bad("sandbox", "use auto, on or off")
         for name in ("node_autoscaler_interval_s", "node_drain_deadline_s", "node_retry_initial_s",

@@ -19,6 +19,7 @@ from appliance.control.records_view import RecordsView
 from appliance.control.scaling_view import ScalingView
 from appliance.core import codepkg
 from appliance.core.activator import Activator
+from appliance.core.async_runner import AsyncRunner
 from appliance.core.errors import ApplianceError, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
@@ -57,12 +58,16 @@ class Components:
     leadership: object | None = None
     #: The deciding edge's scaling decisions, as the control API shows them.
     scaling_view: ScalingView | None = None
+    #: Runs asynchronous events (queued in SQLite on this process's disk).
+    async_runner: AsyncRunner | None = None
     #: The host uids sandboxed instances run as (the control API refuses their connections).
     instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
     _closers: list = field(default_factory=list)
 
     def start(self) -> None:
         self.scaler.start()
+        if self.async_runner is not None:
+            self.async_runner.start()
 
     @staticmethod
     def event_loop_client() -> AsyncInstanceClient:
@@ -70,6 +75,8 @@ class Components:
         return AsyncInstanceClient()
 
     def close(self) -> None:
+        if self.async_runner is not None:
+            self.async_runner.stop()
         self.scaler.stop()
         for close in reversed(self._closers):
             try:
@@ -95,9 +102,22 @@ def edge_id(settings: Settings) -> str:
 
 
 def build(settings: Settings) -> Components:
-    if settings.mode == "cluster":
-        return _build_cluster(settings)
-    return _build_local(settings)
+    comps = _build_cluster(settings) if settings.mode == "cluster" else _build_local(settings)
+    _add_async(comps)
+    return comps
+
+
+def _add_async(c: Components) -> None:
+    """The asynchronous-event queue and its runner: SQLite in the data directory, in both modes
+    (in cluster mode each process keeps the events it accepted; see the README)."""
+    from appliance.backends.sqlite_queue import SqliteEventQueue
+
+    s = c.settings
+    queue = SqliteEventQueue(s.data_path / "events.sqlite3", max_pending=s.async_max_pending,
+                             retention=s.async_retention)
+    c.async_runner = AsyncRunner(queue, c.store, c.invoker, workers=s.async_workers, share=s.async_share,
+                                 backoff_s=s.async_backoff_s)
+    c._closers.insert(0, queue.close)
 
 
 def nomad_job_vars(settings: Settings) -> str:

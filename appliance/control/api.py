@@ -14,9 +14,10 @@ from pathlib import Path
 
 from flask import Flask, Response, redirect, request, send_from_directory
 
-from appliance.control.invoke import invoke_response
+from appliance.control.invoke import invocation_type, invoke_response
 from appliance.control.peercred import from_instance
 from appliance.control.records_view import decode_cursor, encode_cursor
+from appliance.core.async_invoke import STATES as ASYNC_STATES
 from appliance.core.codepkg import check_entry_name
 from appliance.core.errors import NotFound, Unauthorized, ValidationError
 from appliance.core.function_store import ensure_name
@@ -263,7 +264,32 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/functions/<name>/invocations")
     def invoke(name: str):
-        return invoke_response(c, ensure_name(name), request.get_data(cache=False))
+        kind = invocation_type(request.headers.get("X-Amz-Invocation-Type"), request.args.get("type"))
+        return invoke_response(c, ensure_name(name), request.get_data(cache=False), kind)
+
+    @app.get("/v1/functions/<name>/events")
+    def events(name: str):
+        """Asynchronous events of a function, newest first, and counts per state."""
+        store.get(ensure_name(name))
+        state = request.args.get("status") or request.args.get("state") or None
+        if state is not None and state not in ASYNC_STATES:
+            raise ValidationError(f"status must be one of {', '.join(ASYNC_STATES)}; got {state!r}", field="status")
+        limit = _int_arg("limit", 50)
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be from 1 to 1000; got {limit}", field="limit")
+        return json_response({"events": c.async_runner.queue.list(name, state=state, limit=limit),
+                              "counts": c.async_runner.queue.counts(name)})
+
+    @app.get("/v1/queues/<queue>/messages")
+    def queue_messages(queue: str):
+        """Messages an async destination of kind ``queue`` sent to an embedded queue (``?delete=1`` takes them)."""
+        limit = _int_arg("limit", 10)
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be from 1 to 1000; got {limit}", field="limit")
+        messages = getattr(c.async_runner.queue, "messages", None)
+        if messages is None:
+            raise NotFound("this appliance has no embedded queues")
+        return json_response({"messages": messages(queue, limit, delete=request.args.get("delete") in ("1", "true"))})
 
     @app.get("/v1/functions/<name>/invocations")
     def invocations(name: str):
@@ -322,13 +348,13 @@ def create_control_app(c: Components) -> Flask:
             if not isinstance(data.get(f), str):
                 raise ValidationError(f"{f} is required, for example "
                                       '{"function": "hello", "method": "GET", "path": "/hello/serverless"}', field=f)
-        t = store.add_trigger(data["function"], data["method"], data["path"])
+        t = store.add_trigger(data["function"], data["method"], data["path"], data.get("invocation"))
         return json_response(t.to_dict(), 201)
 
     @app.post("/v1/functions/<name>/triggers")
     def add_function_trigger(name: str):
         data = _json_body()
-        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""))
+        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""), data.get("invocation"))
         return json_response(t.to_dict(), 201)
 
     @app.delete("/v1/triggers")

@@ -90,6 +90,14 @@ class QueueFull(ApplianceError):
     retry_after = 1
 
 
+class EventQueueFull(ApplianceError):
+    """Too many asynchronous events are already pending (APPLIANCE_ASYNC_MAX_PENDING)."""
+
+    code = "Async.QueueFull"
+    status = 429
+    retry_after = 1
+
+
 class ColdStartTimeout(ApplianceError):
     """No instance became free before the request's queue deadline."""
 

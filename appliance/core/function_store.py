@@ -205,13 +205,16 @@ class FunctionStore:
 
     # -- triggers ------------------------------------------------------------------------
 
-    def add_trigger(self, function: str, method: str, path: str) -> Trigger:
+    def add_trigger(self, function: str, method: str, path: str, invocation: str | None = None) -> Trigger:
         validate_name(function)
+        invocation = invocation or "sync"
+        if invocation not in ("sync", "async"):
+            raise ValidationError(f"invocation must be sync or async; got {invocation!r}", field="invocation")
         method = normalise_method(method)
         parse_path(path)
         self.get(function, fresh=True)
         key = route_key(method, path)
-        trigger = Trigger(method=method, path=path, function=function, created_at=time.time())
+        trigger = Trigger(method=method, path=path, function=function, created_at=time.time(), invocation=invocation)
         try:
             self.meta.put(_tkey(key), trigger.to_dict(), expected_revision=0)
         except RevisionConflict:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.core.async_invoke import merge_config, validate_config
 from appliance.core.errors import ValidationError
 
 RUNTIMES = ("python3.11", "nodejs20")
@@ -71,10 +72,13 @@ class FunctionConfig:
     environment: dict[str, str] = field(default_factory=dict)
     description: str = ""
     network: str = "default"
+    #: The API's ``async`` field (a keyword in Python): retries, event age, destinations
+    #: (appliance/core/async_invoke.py).
+    async_config: dict = field(default_factory=dict)
 
     FIELDS = (
         "name", "runtime", "handler", "memory_mb", "timeout_s", "concurrency", "max_instances",
-        "min_instances", "keep_alive_s", "environment", "description", "network",
+        "min_instances", "keep_alive_s", "environment", "description", "network", "async",
     )
 
     @classmethod
@@ -87,8 +91,10 @@ class FunctionConfig:
             raise ValidationError(
                 f"unknown field {unknown[0]!r}; known fields are: {', '.join(cls.FIELDS)}", field=unknown[0]
             )
-        merged = dataclasses.asdict(base) if base else {}
+        merged = base.to_dict() if base else {}
         merged.update(data)
+        if base is not None and "async" in data:
+            merged["async"] = merge_config(base.async_config, data["async"])
         if name is not None:
             if "name" in data and data["name"] != name:
                 raise ValidationError(
@@ -153,16 +159,23 @@ class FunctionConfig:
         network = "default" if network is None else network
         if network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
+        async_config = validate_config(d.get("async"))
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,
-                   keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network)
+                   keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network,
+                   async_config=async_config)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["async"] = d.pop("async_config")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FunctionConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.FIELDS})
+        kw = {k: v for k, v in d.items() if k in cls.FIELDS and k != "async"}
+        if d.get("async"):
+            kw["async_config"] = d["async"]
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -266,10 +279,15 @@ class Trigger:
     path: str         # /users/{id}, /files/{proxy+}
     function: str
     created_at: float = 0.0
+    #: "sync" (the answer is the function's) or "async" (202 once the event is queued).
+    invocation: str = "sync"
 
     @property
     def key(self) -> str:
         return f"{self.method} {self.path}"
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "path": self.path, "function": self.function, "created_at": self.created_at}
+        d = {"method": self.method, "path": self.path, "function": self.function, "created_at": self.created_at}
+        if self.invocation != "sync":
+            d["invocation"] = self.invocation
+        return d

@@ -152,7 +152,8 @@ def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
 class EdgeApp:
     """The RSGI application Granian calls for each request (see the module docstring)."""
 
-    def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None):
+    def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None,
+                 async_runner=None):
         self.flask_app = flask_app
         self.store = store
         self.invoker = invoker
@@ -162,6 +163,8 @@ class EdgeApp:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
         #: The event loop's client to instances (``AsyncInstanceClient``, given by the wiring).
         self.client = client
+        #: Queues the events of ``"invocation": "async"`` triggers (appliance/core/async_runner.py).
+        self.async_runner = async_runner
 
     def _offload(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -184,12 +187,21 @@ class EdgeApp:
             fn = self.store.peek(name) or await self._offload(self.store.get, name)
             req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes))
             event = trigger_event(req, match, rid)
+            if match.trigger.invocation == "async" and self.async_runner is not None:
+                # A durable write (fsync): on a thread, not on the loop.
+                await self._offload(self._accept, name, event, rid, match.route_key)
+                proto.response_bytes(202, [*_JSON_HEADERS, ("x-request-id", rid)],
+                                     dumps_compact({"requestId": rid, "status": "queued"}))
+                return
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn)
             answer = trigger_answer(method, rid, outcome)
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
         proto.response_bytes(*answer)
+
+    def _accept(self, name: str, event: bytes, rid: str, route_key: str) -> None:
+        self.async_runner.accept(name, event, event_id=rid, source=route_key)
 
     async def _to_flask(self, scope, proto):
         """A platform path (``/_/``) to the edge's Flask app, on a thread, from a WSGI environ."""
