@@ -91,7 +91,7 @@ def _deploy_example(api: ApplianceClient, directory: Path) -> str | None:
     triggers = cfg.pop("triggers", [])
     api.deploy(name, directory, **cfg)
     path = None
-    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
+    existing = {(t.get("method"), t.get("path")) for t in api.list_triggers(name)}
     for t in triggers:
         if (t["method"].upper(), t["path"]) not in existing:
             api.add_trigger(name, t["method"], t["path"])
@@ -182,7 +182,7 @@ def deploy(ctx, source, name, env, **opts):
                f"sha256 {v['digest'][:12]}) in {time.monotonic() - t0:.1f}s", err=True)
     for w in out.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
-    existing = {(t["method"], t["path"]) for t in api.list_triggers(name)}
+    existing = {(t.get("method"), t.get("path")) for t in api.list_triggers(name)}
     for t in triggers:
         if (t["method"].upper(), t["path"]) not in existing:
             api.add_trigger(name, t["method"], t["path"])
@@ -192,18 +192,40 @@ def deploy(ctx, source, name, env, **opts):
 
 @main.group()
 def trigger():
-    """HTTP triggers: bind METHOD PATH to a function."""
+    """Triggers: bind METHOD PATH (HTTP) or a schedule to a function."""
 
 
 @trigger.command("add")
 @click.argument("function")
-@click.argument("method")
-@click.argument("path")
+@click.argument("method", required=False)
+@click.argument("path", required=False)
 @click.option("--async", "asynchronous", is_flag=True, help="Answer 202 once the event is queued; the function "
               "runs it later, with retries (see `faas events`).")
+@click.option("--schedule", default=None, help="'rate(5 minutes)' or 'cron(0 9 ? * MON-FRI *)' instead of "
+              "METHOD PATH.")
+@click.option("--event", "event_json", default=None, help="The schedule's constant event as JSON [EventBridge's "
+              "Scheduled Event].")
+@click.option("--timezone", default=None, help="IANA time zone of a cron schedule [UTC].")
+@click.option("--disabled", is_flag=True, help="Create the schedule disabled.")
 @click.pass_context
-def trigger_add(ctx, function, method, path, asynchronous):
-    t = _client(ctx).add_trigger(function, method, path, "async" if asynchronous else None)
+def trigger_add(ctx, function, method, path, asynchronous, schedule, event_json, timezone, disabled):
+    """Add an HTTP trigger (FUNCTION METHOD PATH) or a schedule (FUNCTION --schedule EXPR)."""
+    api = _client(ctx)
+    if schedule:
+        if method or path:
+            _fail("Request.Invalid: give either METHOD PATH or --schedule, not both")
+        event = None
+        if event_json:
+            try:
+                event = json.loads(event_json)
+            except ValueError as exc:
+                _fail(f"Request.Invalid: --event is not valid JSON: {exc}")
+        t = api.add_schedule(function, schedule, event=event, timezone=timezone, enabled=not disabled)
+        click.echo(f"{t['id']} {t['schedule']} -> {t['function']} next run {t['next_run'] or '-'}")
+        return
+    if not (method and path):
+        _fail("Request.Invalid: give METHOD PATH (an HTTP trigger) or --schedule EXPR")
+    t = api.add_trigger(function, method, path, "async" if asynchronous else None)
     click.echo(f"{t['method']} {t['path']} -> {t['function']}" + (" (async)" if asynchronous else ""))
 
 
@@ -212,17 +234,45 @@ def trigger_add(ctx, function, method, path, asynchronous):
 @click.pass_context
 def trigger_ls(ctx, function):
     for t in _client(ctx).list_triggers(function):
+        if t.get("kind") == "schedule":
+            state = f"next run {t['next_run']}" if t.get("enabled", True) else "disabled"
+            click.echo(f"{'SCHED':7} {t['schedule']:40} {t['function']} {t['id']} {state}"
+                       + (f" ({t['timezone']})" if t.get("timezone", "UTC") != "UTC" else ""))
+            continue
         click.echo(f"{t['method']:7} {t['path']:40} {t['function']}"
                    + (f" ({t['invocation']})" if t.get("invocation") else ""))
 
 
 @trigger.command("rm")
 @click.argument("method")
-@click.argument("path")
+@click.argument("path", required=False)
 @click.pass_context
 def trigger_rm(ctx, method, path):
+    """Remove an HTTP trigger (METHOD PATH) or a schedule (its ID)."""
+    if path is None:
+        t = _client(ctx).remove_trigger_id(method)["deleted"]
+        click.echo(f"removed {t['id']}")
+        return
     t = _client(ctx).remove_trigger(method, path)["deleted"]
     click.echo(f"removed {t['method']} {t['path']}")
+
+
+@trigger.command("enable")
+@click.argument("trigger_id")
+@click.pass_context
+def trigger_enable(ctx, trigger_id):
+    """Enable a schedule."""
+    t = _client(ctx).update_trigger(trigger_id, enabled=True)
+    click.echo(f"{t['id']} enabled, next run {t['next_run']}")
+
+
+@trigger.command("disable")
+@click.argument("trigger_id")
+@click.pass_context
+def trigger_disable(ctx, trigger_id):
+    """Disable a schedule (it keeps its settings)."""
+    t = _client(ctx).update_trigger(trigger_id, enabled=False)
+    click.echo(f"{t['id']} disabled")
 
 
 @main.command()

@@ -105,6 +105,21 @@ class ApplianceClient:
             body["invocation"] = invocation
         return self._req("POST", "/v1/triggers", json=body).json()
 
+    def add_schedule(self, function: str, schedule: str, *, event=None, timezone: str | None = None,
+                     enabled: bool = True) -> dict:
+        body = {"function": function, "kind": "schedule", "schedule": schedule, "enabled": enabled}
+        if event is not None:
+            body["event"] = event
+        if timezone:
+            body["timezone"] = timezone
+        return self._req("POST", "/v1/triggers", json=body).json()
+
+    def update_trigger(self, trigger_id: str, **patch) -> dict:
+        return self._req("PATCH", f"/v1/triggers/{trigger_id}", json=patch).json()
+
+    def remove_trigger_id(self, trigger_id: str) -> dict:
+        return self._req("DELETE", "/v1/triggers", params={"id": trigger_id}).json()
+
     def list_triggers(self, function: str | None = None) -> list[dict]:
         return self._req("GET", "/v1/triggers", params={"function": function} if function else None).json()["triggers"]
 

@@ -20,6 +20,7 @@ from appliance.control.scaling_view import ScalingView
 from appliance.core import codepkg
 from appliance.core.activator import Activator
 from appliance.core.async_runner import AsyncRunner
+from appliance.core.event_triggers import EventTriggerStore, ScheduleLoop
 from appliance.core.errors import ApplianceError, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
@@ -60,6 +61,9 @@ class Components:
     scaling_view: ScalingView | None = None
     #: Runs asynchronous events (queued in SQLite on this process's disk).
     async_runner: AsyncRunner | None = None
+    #: Schedule triggers, and the loop that fires them while this process leads.
+    event_triggers: EventTriggerStore | None = None
+    schedules: ScheduleLoop | None = None
     #: The host uids sandboxed instances run as (the control API refuses their connections).
     instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
     _closers: list = field(default_factory=list)
@@ -68,6 +72,8 @@ class Components:
         self.scaler.start()
         if self.async_runner is not None:
             self.async_runner.start()
+        if self.schedules is not None:
+            self.schedules.start()
 
     @staticmethod
     def event_loop_client() -> AsyncInstanceClient:
@@ -75,6 +81,8 @@ class Components:
         return AsyncInstanceClient()
 
     def close(self) -> None:
+        if self.schedules is not None:
+            self.schedules.stop()
         if self.async_runner is not None:
             self.async_runner.stop()
         self.scaler.stop()
@@ -118,6 +126,8 @@ def _add_async(c: Components) -> None:
     c.async_runner = AsyncRunner(queue, c.store, c.invoker, workers=s.async_workers, share=s.async_share,
                                  backoff_s=s.async_backoff_s)
     c._closers.insert(0, queue.close)
+    c.event_triggers = EventTriggerStore(c.store.meta, c.store)
+    c.schedules = ScheduleLoop(c.event_triggers, c.async_runner, c.leadership)
 
 
 def nomad_job_vars(settings: Settings) -> str:

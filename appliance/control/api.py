@@ -164,7 +164,7 @@ def create_control_app(c: Components) -> Flask:
     def get_function(name: str):
         record = store.get(ensure_name(name), fresh=True)
         out = record.to_api()
-        out["triggers"] = [t.to_dict() for t in store.triggers(function=name)]
+        out["triggers"] = [t.to_dict() for t in store.triggers(function=name)] + c.event_triggers.list(name)
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         pool = c.activator.pool(name)
         with pool.lock:  # what this process sees; the decision below is the deciding edge's
@@ -186,6 +186,7 @@ def create_control_app(c: Components) -> Flask:
     @app.delete("/v1/functions/<name>")
     def delete_function(name: str):
         record = store.delete(ensure_name(name))
+        c.event_triggers.remove_function(name)
         c.scaler.remove_function(name)
         return json_response({"deleted": record.name})
 
@@ -339,11 +340,16 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/triggers")
     def list_triggers():
-        return json_response({"triggers": [t.to_dict() for t in store.triggers(request.args.get("function") or None)]})
+        function = request.args.get("function") or None
+        return json_response({"triggers": [t.to_dict() for t in store.triggers(function)]
+                              + c.event_triggers.list(function)})
 
     @app.post("/v1/triggers")
     def add_trigger():
         data = _json_body()
+        if data.get("kind", "http") != "http":
+            return json_response(c.event_triggers.add(data), 201)
+        data.pop("kind", None)
         for f in ("function", "method", "path"):
             if not isinstance(data.get(f), str):
                 raise ValidationError(f"{f} is required, for example "
@@ -357,11 +363,18 @@ def create_control_app(c: Components) -> Flask:
         t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""), data.get("invocation"))
         return json_response(t.to_dict(), 201)
 
+    @app.patch("/v1/triggers/<trigger_id>")
+    def update_trigger(trigger_id: str):
+        """A schedule trigger's schedule, event, timezone or enabled."""
+        return json_response(c.event_triggers.update(trigger_id, _json_body()))
+
     @app.delete("/v1/triggers")
     def remove_trigger():
+        if request.args.get("id"):
+            return json_response({"deleted": c.event_triggers.remove(request.args["id"])})
         method, path = request.args.get("method", ""), request.args.get("path", "")
         if not method or not path:
-            raise ValidationError("give the trigger as ?method=GET&path=/hello", field="path")
+            raise ValidationError("give the trigger as ?method=GET&path=/hello, or a schedule as ?id=ID", field="path")
         t = store.remove_trigger(method, path)
         return json_response({"deleted": t.to_dict()})
 
