@@ -206,14 +206,34 @@ def trigger():
 @click.option("--event", "event_json", default=None, help="The schedule's constant event as JSON [EventBridge's "
               "Scheduled Event].")
 @click.option("--timezone", default=None, help="IANA time zone of a cron schedule [UTC].")
-@click.option("--disabled", is_flag=True, help="Create the schedule disabled.")
+@click.option("--disabled", is_flag=True, help="Create the schedule or queue source disabled.")
+@click.option("--queue", default=None, help="A queue name or SQS URL to read, instead of METHOD PATH.")
+@click.option("--batch-size", type=int, default=None, help="Messages per invocation, 1..10 [10].")
+@click.option("--batching-window", type=int, default=None, help="Seconds to gather a batch, 0..20 [0].")
+@click.option("--max-concurrency", type=int, default=None, help="Batches of this source at once, 1..20 [2].")
+@click.option("--visibility-timeout", type=int, default=None, help="Embedded queues: seconds a received message "
+              "stays hidden [30] (SQS queues use their own).")
+@click.option("--report-batch-item-failures", is_flag=True, help="Honour batchItemFailures in the result.")
 @click.pass_context
-def trigger_add(ctx, function, method, path, asynchronous, schedule, event_json, timezone, disabled):
-    """Add an HTTP trigger (FUNCTION METHOD PATH) or a schedule (FUNCTION --schedule EXPR)."""
+def trigger_add(ctx, function, method, path, asynchronous, schedule, event_json, timezone, disabled, queue,
+                batch_size, batching_window, max_concurrency, visibility_timeout, report_batch_item_failures):
+    """Add an HTTP trigger (FUNCTION METHOD PATH), a schedule (--schedule EXPR) or a queue source (--queue Q)."""
     api = _client(ctx)
+    if (method or path) and (schedule or queue) or (schedule and queue):
+        _fail("Request.Invalid: give one of METHOD PATH, --schedule or --queue")
+    if queue:
+        opts = {"batch_size": batch_size, "batching_window_s": batching_window, "max_concurrency": max_concurrency,
+                "visibility_timeout_s": visibility_timeout}
+        settings = {k: v for k, v in opts.items() if v is not None}
+        if report_batch_item_failures:
+            settings["report_batch_item_failures"] = True
+        if disabled:
+            settings["enabled"] = False
+        t = api.add_queue_source(function, queue, **settings)
+        click.echo(f"{t['id']} {t['queue']} -> {t['function']} batch {t['batch_size']} "
+                   f"concurrency {t['max_concurrency']}")
+        return
     if schedule:
-        if method or path:
-            _fail("Request.Invalid: give either METHOD PATH or --schedule, not both")
         event = None
         if event_json:
             try:
@@ -234,6 +254,11 @@ def trigger_add(ctx, function, method, path, asynchronous, schedule, event_json,
 @click.pass_context
 def trigger_ls(ctx, function):
     for t in _client(ctx).list_triggers(function):
+        if t.get("kind") == "queue":
+            click.echo(f"{'QUEUE':7} {t['queue']:40} {t['function']} {t['id']} batch {t['batch_size']} "
+                       f"window {t['batching_window_s']}s concurrency {t['max_concurrency']}"
+                       + ("" if t.get("enabled", True) else " disabled"))
+            continue
         if t.get("kind") == "schedule":
             state = f"next run {t['next_run']}" if t.get("enabled", True) else "disabled"
             click.echo(f"{'SCHED':7} {t['schedule']:40} {t['function']} {t['id']} {state}"
@@ -263,7 +288,7 @@ def trigger_rm(ctx, method, path):
 def trigger_enable(ctx, trigger_id):
     """Enable a schedule."""
     t = _client(ctx).update_trigger(trigger_id, enabled=True)
-    click.echo(f"{t['id']} enabled, next run {t['next_run']}")
+    click.echo(f"{t['id']} enabled" + (f", next run {t['next_run']}" if t.get('next_run') else ""))
 
 
 @trigger.command("disable")
@@ -362,6 +387,19 @@ def events(ctx, name, status, limit):
     for e in out["events"]:
         note = e["last_error"] or e["source"] or ""
         click.echo(f"{e['id']:34} {e['state']:9} {e['attempts']:<8} {now - e['created_at']:>7.1f}  {note[:100]}")
+
+
+@main.group()
+def queue():
+    """Queues: send a message (embedded queues, or SQS with APPLIANCE_SQS_* settings)."""
+
+
+@queue.command("send")
+@click.argument("name")
+@click.option("--data", required=True, help="The message body (text).")
+@click.pass_context
+def queue_send(ctx, name, data):
+    click.echo(_client(ctx).send_message(name, data)["messageId"])
 
 
 @main.command("async")

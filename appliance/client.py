@@ -114,6 +114,13 @@ class ApplianceClient:
             body["timezone"] = timezone
         return self._req("POST", "/v1/triggers", json=body).json()
 
+    def add_queue_source(self, function: str, queue: str, **settings) -> dict:
+        body = {"function": function, "kind": "queue", "queue": queue, **settings}
+        return self._req("POST", "/v1/triggers", json=body).json()
+
+    def send_message(self, queue: str, body: str) -> dict:
+        return self._req("POST", f"/v1/queues/{queue}/messages", data=body.encode()).json()
+
     def update_trigger(self, trigger_id: str, **patch) -> dict:
         return self._req("PATCH", f"/v1/triggers/{trigger_id}", json=patch).json()
 

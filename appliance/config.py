@@ -61,6 +61,12 @@ class Settings:
     async_backoff_s: float = 60.0
     async_max_pending: int = 10000
     async_retention: int = 10000
+    #: Amazon SQS or an SQS-compatible endpoint, for queue triggers and queue destinations. With a
+    #: region or an endpoint set, queue names are SQS queues; without, they are embedded queues.
+    sqs_endpoint: str = ""
+    sqs_region: str = ""
+    sqs_access_key: str = ""
+    sqs_secret_key: str = ""
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     log_level: str = "info"

@@ -21,6 +21,7 @@ from appliance.core import codepkg
 from appliance.core.activator import Activator
 from appliance.core.async_runner import AsyncRunner
 from appliance.core.event_triggers import EventTriggerStore, ScheduleLoop
+from appliance.core.queue_source import QueuePoller, QueueRouter
 from appliance.core.errors import ApplianceError, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
@@ -64,6 +65,9 @@ class Components:
     #: Schedule triggers, and the loop that fires them while this process leads.
     event_triggers: EventTriggerStore | None = None
     schedules: ScheduleLoop | None = None
+    #: Queue triggers' pollers, and which backend serves a queue name (embedded or SQS).
+    queue_poller: QueuePoller | None = None
+    queues: QueueRouter | None = None
     #: The host uids sandboxed instances run as (the control API refuses their connections).
     instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
     _closers: list = field(default_factory=list)
@@ -74,6 +78,8 @@ class Components:
             self.async_runner.start()
         if self.schedules is not None:
             self.schedules.start()
+        if self.queue_poller is not None:
+            self.queue_poller.start()
 
     @staticmethod
     def event_loop_client() -> AsyncInstanceClient:
@@ -81,6 +87,8 @@ class Components:
         return AsyncInstanceClient()
 
     def close(self) -> None:
+        if self.queue_poller is not None:
+            self.queue_poller.stop()
         if self.schedules is not None:
             self.schedules.stop()
         if self.async_runner is not None:
@@ -128,6 +136,14 @@ def _add_async(c: Components) -> None:
     c._closers.insert(0, queue.close)
     c.event_triggers = EventTriggerStore(c.store.meta, c.store)
     c.schedules = ScheduleLoop(c.event_triggers, c.async_runner, c.leadership)
+    sqs = None
+    if s.sqs_region or s.sqs_endpoint:
+        from appliance.backends.sqs_queue import SqsQueues
+        sqs = SqsQueues.from_settings(s)
+    c.queues = QueueRouter(queue, sqs)
+    c.async_runner.queues = c.queues
+    c.event_triggers.queue_check = c.queues.pick
+    c.queue_poller = QueuePoller(c.event_triggers, c.queues, c.invoker, region=s.sqs_region or "local")
 
 
 def nomad_job_vars(settings: Settings) -> str:

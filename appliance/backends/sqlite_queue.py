@@ -42,8 +42,11 @@ class SqliteEventQueue:
         self._db.execute("CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "event_id TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL, record TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "queue TEXT NOT NULL, body BLOB NOT NULL, sent_at REAL NOT NULL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS messages_q ON messages (queue, id)")
+                         "queue TEXT NOT NULL, body BLOB NOT NULL, sent_at REAL NOT NULL, "
+                         "visible_at REAL NOT NULL DEFAULT 0, receive_count INTEGER NOT NULL DEFAULT 0, "
+                         "first_receive REAL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS messages_q ON messages (queue, visible_at)")
+        self._sent = threading.Condition()
         self._pending = self._db.execute("SELECT count(*) FROM events WHERE state IN ('queued', 'retrying', "
                                          "'running')").fetchone()[0]
         self._since_prune = 0
@@ -207,7 +210,70 @@ class SqliteEventQueue:
                 raise
             self._pending += added
 
-    # -- embedded message queues (destinations of kind "queue") -----------------------------
+    # -- embedded message queues (MessageQueues port: destinations, queue sources) ----------
+
+    def send(self, queue: str, body) -> str:
+        data = body.encode() if isinstance(body, str) else body
+        with self._lock:
+            cur = self._db.execute("INSERT INTO messages (queue, body, sent_at) VALUES (?, ?, ?)",
+                                   (queue, data, self._clock()))
+        with self._sent:
+            self._sent.notify_all()
+        return str(cur.lastrowid)
+
+    def receive(self, queue: str, max_messages: int, wait_s: float, visibility_s: int) -> list:
+        """Up to ``max_messages`` visible messages, hidden for ``visibility_s``; waits up to ``wait_s``
+        for the first (a long poll) and then returns what there is."""
+        from appliance.core.ports import Message
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = self._clock()
+            with self._lock:
+                self._tx_begin()
+                try:
+                    rows = self._db.execute("SELECT id, body, sent_at, receive_count, first_receive FROM messages "
+                                            "WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT ?",
+                                            (queue, now, max_messages)).fetchall()
+                    for r in rows:
+                        self._db.execute("UPDATE messages SET visible_at = ?, receive_count = receive_count + 1, "
+                                         "first_receive = coalesce(first_receive, ?) WHERE id = ?",
+                                         (now + visibility_s, now, r[0]))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            if rows:
+                return [Message(id=str(r[0]), receipt=f"{r[0]}:{r[3] + 1}", body=bytes(r[1]).decode(),
+                                receive_count=r[3] + 1, sent_at_ms=int(r[2] * 1000),
+                                first_receive_ms=int((r[4] or now) * 1000)) for r in rows]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            with self._sent:
+                self._sent.wait(min(left, 1.0))  # a send wakes it; hidden messages reappear within 1 s
+
+    def delete(self, queue: str, receipts: list[str]) -> None:
+        """Delete by receipt: a receipt from an earlier receive (the message was received again since)
+        no longer deletes it, as with SQS."""
+        with self._lock:
+            self._tx_begin()
+            try:
+                for receipt in receipts:
+                    mid, _, count = receipt.partition(":")
+                    self._db.execute("DELETE FROM messages WHERE id = ? AND queue = ? AND receive_count = ?",
+                                     (mid, queue, count))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def arn(self, queue: str) -> str:
+        return f"arn:faas:local:queue:{queue}"
+
+    def depth(self, queue: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM messages WHERE queue = ?", (queue,)).fetchone()[0]
 
     def messages(self, queue: str, limit: int = 10, *, delete: bool = False) -> list[dict]:
         """The oldest messages of ``queue``; with ``delete`` they are taken off it."""
@@ -217,7 +283,7 @@ class SqliteEventQueue:
             if delete and rows:
                 self._db.execute(f"DELETE FROM messages WHERE id IN ({', '.join('?' * len(rows))})",
                                  [r[0] for r in rows])
-        return [{"id": r[0], "body": json.loads(r[1]), "sent_at": r[2]} for r in rows]
+        return [{"id": str(r[0]), "body": bytes(r[1]).decode(errors="replace"), "sent_at": r[2]} for r in rows]
 
     def close(self) -> None:
         with self._lock:

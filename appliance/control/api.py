@@ -19,7 +19,7 @@ from appliance.control.peercred import from_instance
 from appliance.control.records_view import decode_cursor, encode_cursor
 from appliance.core.async_invoke import STATES as ASYNC_STATES
 from appliance.core.codepkg import check_entry_name
-from appliance.core.errors import NotFound, Unauthorized, ValidationError
+from appliance.core.errors import NotFound, PayloadTooLarge, Unauthorized, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
 from appliance.web import install_error_handlers, json_response, request_id
@@ -174,6 +174,7 @@ def create_control_app(c: Components) -> Flask:
         if decision.get("current") is None:
             decision.pop("current")
         out["scaling"] = {**here, **decision}
+        out["queue_sources"] = c.queue_poller.stats(name)  # this process's pollers of each queue trigger
         return json_response(out)
 
     @app.route("/v1/functions/<name>", methods=["PUT", "PATCH"])
@@ -280,6 +281,20 @@ def create_control_app(c: Components) -> Flask:
             raise ValidationError(f"limit must be from 1 to 1000; got {limit}", field="limit")
         return json_response({"events": c.async_runner.queue.list(name, state=state, limit=limit),
                               "counts": c.async_runner.queue.counts(name)})
+
+    @app.post("/v1/queues/<queue>/messages")
+    def send_message(queue: str):
+        """Send one message (the body, as text) to an embedded queue or, with SQS settings, an SQS queue."""
+        from appliance.core.queue_source import validate_queue
+        validate_queue(queue)
+        body = request.get_data(cache=False)
+        if len(body) > 256 << 10:
+            raise PayloadTooLarge("a message is at most 262144 bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError("a message must be UTF-8 text", field="body") from None
+        return json_response({"messageId": c.queues.pick(queue).send(queue, text)}, 201)
 
     @app.get("/v1/queues/<queue>/messages")
     def queue_messages(queue: str):

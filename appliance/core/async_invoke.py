@@ -75,9 +75,10 @@ def validate_destination(value, where: str) -> dict | None:
             raise ValidationError(f"{field}.url must be an http:// or https:// URL of at most {MAX_URL} "
                                   f"characters, got {target!r}", field=field)
     elif kind == "queue":
-        if not isinstance(target, str) or not QUEUE_NAME_RE.match(target):
+        if not isinstance(target, str) or not (QUEUE_NAME_RE.match(target) or (
+                target.startswith(("https://", "http://")) and len(target) <= MAX_URL)):
             raise ValidationError(f"{field}.queue must be a queue name of 1-80 letters, digits, '-' and '_', "
-                                  f"got {target!r}", field=field)
+                                  f"or an SQS queue URL; got {target!r}", field=field)
     else:
         raise ValidationError(f"{field} has an unknown destination {kind!r}; use function, url or queue", field=field)
     return {kind: target}

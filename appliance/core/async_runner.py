@@ -55,6 +55,8 @@ class AsyncRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
+        #: Where ``{"queue": ...}`` destinations go (core/queue_source.QueueRouter); None: the event queue's own.
+        self.queues = None
         self._thread: threading.Thread | None = None
 
     # -- accepting ----------------------------------------------------------------------
@@ -225,7 +227,16 @@ class AsyncRunner:
                 event.available_at = event.updated_at = event.created_at
                 self.queue.complete_delivery(d["id"], event=event)
             elif d["kind"] == "queue":
-                self.queue.complete_delivery(d["id"], message=(d["target"], body))
+                backend = self.queues.pick(d["target"]) if self.queues is not None else self.queue
+                if backend is self.queue:  # the embedded queue: in the same transaction
+                    self.queue.complete_delivery(d["id"], message=(d["target"], body))
+                    continue
+                try:
+                    backend.send(d["target"], body.decode())
+                except ApplianceError as exc:  # SQS unreachable: keep the delivery, try again later
+                    log.warning("event=destination_failed request_id=%s error=%r", d["event_id"], exc.message)
+                    return
+                self.queue.complete_delivery(d["id"])
             else:
                 error = None
                 try:

@@ -26,18 +26,22 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from appliance.core import queue_source
 from appliance.core import schedule as sched
 from appliance.core.async_invoke import MAX_EVENT_BYTES
 from appliance.core.errors import ApplianceError, NotFound, RevisionConflict, ValidationError
 from appliance.core.model import validate_name
 
-KINDS = ("schedule",)
+KINDS = ("schedule", "queue")
 #: Schedules per appliance (each is read on every pass of the loop).
 MAX_TRIGGERS = 1000
 #: Longest the loop sleeps between passes (a new or changed schedule is seen within it).
 MAX_WAIT_S = 1.0
 
 log = logging.getLogger("appliance.schedule")
+
+
+SCHEDULE_FIELDS = {"schedule", "event", "timezone", "enabled"}
 
 
 def _key(trigger_id: str) -> str:
@@ -53,22 +57,27 @@ class EventTriggerStore:
         self.meta = meta
         self.functions = functions
         self.clock = clock
+        #: ``check(queue)`` raises when no queue backend can serve ``queue`` (set by the wiring).
+        self.queue_check = None
 
     def add(self, data: dict) -> dict:
         kind = data.get("kind")
         if kind not in KINDS:
             raise ValidationError(f"kind must be http or one of {', '.join(KINDS)}; got {kind!r}", field="kind")
-        known = {"kind", "function", "schedule", "event", "timezone", "enabled"}
+        known = {"kind", "function", *(SCHEDULE_FIELDS if kind == "schedule" else queue_source.FIELDS)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValidationError(f"unknown field {unknown[0]!r} for a schedule trigger; known fields are: "
+            raise ValidationError(f"unknown field {unknown[0]!r} for a {kind} trigger; known fields are: "
                                   f"{', '.join(sorted(known))}", field=unknown[0])
         function = validate_name(data.get("function"))
         doc = {"kind": kind, "function": function, "created_at": self.clock()}
-        doc.update(self._validated(data))
+        doc.update(self._validated(data) if kind == "schedule" else queue_source.validate(data))
         self.functions.get(function, fresh=True)
+        if kind == "queue" and self.queue_check is not None:
+            self.queue_check(doc["queue"])
         if len(self.meta.list("event-triggers/")) >= MAX_TRIGGERS:
-            raise ValidationError(f"at most {MAX_TRIGGERS} schedule triggers; remove some first", field="kind")
+            raise ValidationError(f"at most {MAX_TRIGGERS} schedule and queue triggers; remove some first",
+                                  field="kind")
         doc["id"] = f"{kind}-{secrets.token_hex(5)}"
         self.meta.put(_key(doc["id"]), doc, expected_revision=0)
         return self.describe(doc)
@@ -98,13 +107,15 @@ class EventTriggerStore:
         return got
 
     def update(self, trigger_id: str, patch: dict) -> dict:
-        unknown = sorted(set(patch) - {"schedule", "event", "timezone", "enabled"})
-        if unknown:
-            raise ValidationError(f"{unknown[0]!r} cannot be changed; change schedule, event, timezone or enabled",
-                                  field=unknown[0])
         for _ in range(20):
             doc, rev = self.get(trigger_id)
-            new = {**doc, **self._validated(patch, doc)}
+            fields = SCHEDULE_FIELDS if doc["kind"] == "schedule" else set(queue_source.FIELDS) - {"queue"}
+            unknown = sorted(set(patch) - set(fields))
+            if unknown:
+                raise ValidationError(f"{unknown[0]!r} cannot be changed; change {', '.join(sorted(fields))}",
+                                      field=unknown[0])
+            new = {**doc, **(self._validated(patch, doc) if doc["kind"] == "schedule"
+                             else queue_source.validate(patch, doc))}
             if "event" in patch and patch["event"] is None:
                 new.pop("event", None)
             try:
@@ -146,6 +157,8 @@ class EventTriggerStore:
     def describe(self, doc: dict) -> dict:
         """The trigger as the API shows it, with its last and next run (ISO 8601, UTC)."""
         out = dict(doc)
+        if doc["kind"] != "schedule":
+            return out
         state, _ = self.state(doc["id"])
         last = state.get("last_tick")
         out["last_run"] = _iso(last) if last else None

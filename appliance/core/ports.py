@@ -176,3 +176,29 @@ class EventQueue(Protocol):
                           message: tuple[str, bytes] | None = None, error: str | None = None) -> None:
         """Drop a delivery; in the same transaction queue ``event`` (a function destination) or append
         ``message`` = (queue, body) to an embedded queue, so a delivery is made exactly once."""
+
+
+@dataclass
+class Message:
+    """One message received from a queue (a queue source's batch item)."""
+    id: str
+    receipt: str
+    body: str
+    receive_count: int = 1
+    sent_at_ms: int = 0
+    first_receive_ms: int = 0
+    attributes: dict | None = None
+
+
+class MessageQueues(Protocol):
+    """Named message queues with visibility timeouts: SQS through boto3, or the embedded queue
+    (SQLite). A received message is hidden for ``visibility_s``; one not deleted by then is
+    received again (and, on SQS, moved to its dead-letter queue by the queue's redrive policy)."""
+
+    def send(self, queue: str, body: str) -> str: ...
+
+    def receive(self, queue: str, max_messages: int, wait_s: float, visibility_s: int) -> list[Message]: ...
+
+    def delete(self, queue: str, receipts: list[str]) -> None: ...
+
+    def arn(self, queue: str) -> str: ...

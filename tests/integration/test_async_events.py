@@ -52,7 +52,8 @@ def settled(r, name, rid):
 
 
 def messages(r, queue):
-    return requests.get(f"{r.api_url}/v1/queues/{queue}/messages", params={"limit": 100}, timeout=5).json()["messages"]
+    out = requests.get(f"{r.api_url}/v1/queues/{queue}/messages", params={"limit": 100}, timeout=5).json()
+    return [{**m, "body": json.loads(m["body"])} for m in out["messages"]]
 
 
 def test_event_header_answers_202_and_runs_once(appliance):
