@@ -67,6 +67,11 @@ class Settings:
     sqs_region: str = ""
     sqs_access_key: str = ""
     sqs_secret_key: str = ""
+    #: The SQS queue (name or URL) of asynchronous events; unset: SQLite in the data directory. Set it in
+    #: cluster mode so every edge router and control plane shares the events. The visibility timeout of
+    #: a received event: longer than any attempt (a process that dies mid-attempt leaves it to reappear).
+    sqs_async_queue: str = ""
+    sqs_async_visibility_s: int = 960
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     log_level: str = "info"
@@ -188,6 +193,8 @@ class Settings:
         for name in ("async_workers", "async_max_pending", "async_retention"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
+        if not 1 <= self.sqs_async_visibility_s <= 43200:
+            raise bad("sqs_async_visibility_s", "use from 1 to 43200 seconds (SQS's visibility timeout bounds)")
         if not 0 < self.async_share <= 1:
             raise bad("async_share", "use a fraction greater than 0 and at most 1")
         if self.async_backoff_s < 0:

@@ -129,18 +129,22 @@ def _add_async(c: Components) -> None:
     from appliance.backends.sqlite_queue import SqliteEventQueue
 
     s = c.settings
+    sqs = None
+    if s.sqs_region or s.sqs_endpoint or s.sqs_async_queue:
+        from appliance.backends.sqs_queue import SqsQueues
+        sqs = SqsQueues.from_settings(s)
     queue = SqliteEventQueue(s.data_path / "events.sqlite3", max_pending=s.async_max_pending,
-                             retention=s.async_retention)
-    c.async_runner = AsyncRunner(queue, c.store, c.invoker, workers=s.async_workers, share=s.async_share,
+                             retention=s.async_retention, ledger=bool(s.sqs_async_queue))
+    events = queue
+    if s.sqs_async_queue:
+        from appliance.backends.sqs_event_queue import SqsEventQueue
+        events = SqsEventQueue(sqs, s.sqs_async_queue, queue, visibility_s=s.sqs_async_visibility_s)
+    c.async_runner = AsyncRunner(events, c.store, c.invoker, workers=s.async_workers, share=s.async_share,
                                  backoff_s=s.async_backoff_s)
     c._closers.insert(0, queue.close)
     c.event_triggers = EventTriggerStore(c.store.meta, c.store)
     c.schedules = ScheduleLoop(c.event_triggers, c.async_runner, c.leadership)
-    sqs = None
-    if s.sqs_region or s.sqs_endpoint:
-        from appliance.backends.sqs_queue import SqsQueues
-        sqs = SqsQueues.from_settings(s)
-    c.queues = QueueRouter(queue, sqs)
+    c.queues = QueueRouter(queue, sqs if (s.sqs_region or s.sqs_endpoint) else None)
     c.async_runner.queues = c.queues
     c.event_triggers.queue_check = c.queues.pick
     c.queue_poller = QueuePoller(c.event_triggers, c.queues, c.invoker, region=s.sqs_region or "local")

@@ -23,8 +23,13 @@ _EVENT_COLS = ("id", "function", "payload", "created_at", "state", "attempts", "
 
 
 class SqliteEventQueue:
-    def __init__(self, path: Path, *, max_pending: int = 10000, retention: int = 10000, clock=time.time):
+    def __init__(self, path: Path, *, max_pending: int = 10000, retention: int = 10000, clock=time.time,
+                 ledger: bool = False):
+        """``ledger``: only a record of events whose queue is elsewhere (SQS, backends/sqs_event_queue.py):
+        no bound on pending events (the real queue has its own), and the oldest rows beyond ``retention``
+        go whatever their state (an event accepted here may have been run by another process)."""
         self.path = Path(path)
+        self.ledger = ledger
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_pending = max_pending
         self.retention = retention
@@ -55,7 +60,7 @@ class SqliteEventQueue:
 
     def put(self, event: QueuedEvent) -> bool:
         with self._lock:
-            if self._pending >= self.max_pending:
+            if self._pending >= self.max_pending and not self.ledger:
                 raise EventQueueFull(f"{self._pending} asynchronous events are already pending; the limit is "
                                      f"{self.max_pending} (APPLIANCE_ASYNC_MAX_PENDING); retry later")
             self._tx_begin()
@@ -66,7 +71,27 @@ class SqliteEventQueue:
                 self._db.execute("ROLLBACK")
                 raise
             self._pending += added
+            if self.ledger:
+                self._count_for_prune()
             return bool(added)
+
+    def track(self, e: QueuedEvent) -> None:
+        """Ledger: an event this process received from the real queue is running here now."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO events (id, function, payload, created_at, state, attempts, failures, available_at, "
+                "source, last_error, updated_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, NULL, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state = 'running', attempts = excluded.attempts, "
+                "failures = excluded.failures, updated_at = excluded.updated_at",
+                (e.id, e.function, e.payload, e.created_at, e.attempts, e.failures, e.updated_at, e.source,
+                 e.updated_at))
+            self._count_for_prune()
+
+    def _count_for_prune(self) -> None:
+        self._since_prune += 1
+        if self._since_prune >= 100:
+            self._since_prune = 0
+            self._prune()
 
     def _insert(self, e: QueuedEvent) -> int:
         cur = self._db.execute(
@@ -127,13 +152,14 @@ class SqliteEventQueue:
                 raise
             if state in ("succeeded", "dead"):
                 self._pending = max(0, self._pending - 1)
-                self._since_prune += 1
-                if self._since_prune >= 100:
-                    self._since_prune = 0
-                    self._prune()
+                self._count_for_prune()
 
     def _prune(self) -> None:
         """Finished events beyond ``retention`` go, oldest first (pending ones are never dropped)."""
+        if self.ledger:
+            self._db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY updated_at DESC "
+                             "LIMIT -1 OFFSET ?)", (self.retention,))
+            return
         self._db.execute("DELETE FROM events WHERE state IN ('succeeded', 'dead') AND id IN (SELECT id FROM events "
                          "WHERE state IN ('succeeded', 'dead') ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
                          (self.retention,))

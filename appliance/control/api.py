@@ -302,7 +302,7 @@ def create_control_app(c: Components) -> Flask:
         limit = _int_arg("limit", 10)
         if not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be from 1 to 1000; got {limit}", field="limit")
-        messages = getattr(c.async_runner.queue, "messages", None)
+        messages = getattr(c.queues.embedded, "messages", None)
         if messages is None:
             raise NotFound("this appliance has no embedded queues")
         return json_response({"messages": messages(queue, limit, delete=request.args.get("delete") in ("1", "true"))})
