@@ -389,6 +389,31 @@ def events(ctx, name, status, limit):
         click.echo(f"{e['id']:34} {e['state']:9} {e['attempts']:<8} {now - e['created_at']:>7.1f}  {note[:100]}")
 
 
+@main.command("warm")
+@click.argument("name")
+@click.argument("actions", nargs=-1)
+@click.option("--timezone", default="UTC", help="IANA time zone of the cron expressions [UTC].")
+@click.option("--clear", is_flag=True, help="Remove the schedule (min_instances applies again).")
+@click.pass_context
+def warm(ctx, name, actions, timezone, clear):
+    """Show or set scheduled min_instances: ACTIONS are 'cron(...)=N', for example
+    'cron(0 8 ? * MON-FRI *)=5' 'cron(0 19 ? * MON-FRI *)=0'."""
+    api = _client(ctx)
+    if clear or actions:
+        schedule = []
+        for action in actions:
+            expr, sep, n = action.rpartition("=")
+            if not sep or not n.isdigit():
+                _fail(f"Request.Invalid: {action!r} is not 'cron(...)=N'")
+            schedule.append({"schedule": expr, "min_instances": int(n), "timezone": timezone})
+        api.update_function(name, min_instances_schedule=schedule)
+    fn = api.get_function(name)
+    for a in fn.get("min_instances_schedule", []):
+        click.echo(f"{a['schedule']:32} {a['timezone']:16} min_instances {a['min_instances']}")
+    now = fn.get("min_instances_in_force")
+    click.echo(f"in force now: min_instances {now['min_instances'] if now else fn['min_instances']}")
+
+
 @main.group()
 def queue():
     """Queues: send a message (embedded queues, or SQS with APPLIANCE_SQS_* settings)."""

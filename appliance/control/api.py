@@ -19,6 +19,7 @@ from appliance.control.peercred import from_instance
 from appliance.control.records_view import decode_cursor, encode_cursor
 from appliance.core.async_invoke import STATES as ASYNC_STATES
 from appliance.core.codepkg import check_entry_name
+from appliance.core.scheduled_min import effective_min
 from appliance.core.errors import NotFound, PayloadTooLarge, Unauthorized, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
@@ -175,6 +176,9 @@ def create_control_app(c: Components) -> Flask:
             decision.pop("current")
         out["scaling"] = {**here, **decision}
         out["queue_sources"] = c.queue_poller.stats(name)  # this process's pollers of each queue trigger
+        if record.config.min_instances_schedule:
+            n, action = effective_min(record.config.min_instances_schedule, record.config.min_instances, time.time())
+            out["min_instances_in_force"] = {"min_instances": n, "set_by": action}
         return json_response(out)
 
     @app.route("/v1/functions/<name>", methods=["PUT", "PATCH"])

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.core import scheduled_min
 from appliance.core.async_invoke import merge_config, validate_config
 from appliance.core.errors import ValidationError
 
@@ -75,10 +76,14 @@ class FunctionConfig:
     #: The API's ``async`` field (a keyword in Python): retries, event age, destinations
     #: (appliance/core/async_invoke.py).
     async_config: dict = field(default_factory=dict)
+    #: Scheduled min_instances: [{"schedule": "cron(...)", "min_instances": N, "timezone": ...}]
+    #: (appliance/core/scheduled_min.py).
+    min_instances_schedule: list = field(default_factory=list)
 
     FIELDS = (
         "name", "runtime", "handler", "memory_mb", "timeout_s", "concurrency", "max_instances",
         "min_instances", "keep_alive_s", "environment", "description", "network", "async",
+        "min_instances_schedule",
     )
 
     @classmethod
@@ -160,10 +165,11 @@ class FunctionConfig:
         if network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
         async_config = validate_config(d.get("async"))
+        min_schedule = scheduled_min.validate(d.get("min_instances_schedule"), max_instances)
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,
                    keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network,
-                   async_config=async_config)
+                   async_config=async_config, min_instances_schedule=min_schedule)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

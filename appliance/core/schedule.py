@@ -106,6 +106,30 @@ class Cron:
                               field="schedule")
 
 
+    def prev_at_or_before(self, t: float) -> float | None:
+        """The latest matching time at or before ``t`` (epoch seconds), or None within SEARCH_YEARS."""
+        zone = ZoneInfo(self.zone)
+        end = datetime.fromtimestamp(int(t) // 60 * 60, zone)  # the whole minute at or before t
+        day = end.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+        first = True
+        for _ in range(366 * SEARCH_YEARS):
+            if (self.years is None or day.year in self.years) and day.month in self.months and self._day_ok(day):
+                for h in sorted(self.hours, reverse=True):
+                    for m in sorted(self.minutes, reverse=True):
+                        if first and (h, m) > (end.hour, end.minute):
+                            continue
+                        local = day.replace(hour=h, minute=m, tzinfo=zone)
+                        if local.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None) != \
+                                local.replace(tzinfo=None):
+                            continue
+                        ts = local.timestamp()
+                        if ts <= t:
+                            return ts
+            day -= timedelta(days=1)
+            first = False
+        return None
+
+
 def _values(part: str, lo: int, hi: int, names: dict | None, what: str) -> frozenset:
     out = set()
     for item in part.split(","):
