@@ -35,6 +35,8 @@ log = logging.getLogger("appliance.async")
 #: Longest the dispatcher sleeps with nothing due (a put or a finished attempt wakes it sooner).
 IDLE_WAIT_S = 1.0
 URL_TIMEOUT_S = 5.0
+#: How long a stop waits for attempts under way.
+STOP_GRACE_S = 10.0
 
 
 class AsyncRunner:
@@ -52,6 +54,7 @@ class AsyncRunner:
         self._busy: dict[str, int] = {}
         self._running = 0
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
@@ -96,8 +99,11 @@ class AsyncRunner:
         if self._thread is not None:
             self._thread.join(10)
         if self._pool is not None:
-            # Attempts under way finish (their instances answer within their timeout) and are recorded.
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            # Attempts under way get a bounded grace to finish and be recorded; one still running
+            # after it stays "running" in the queue and is run again after the restart.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._idle:
+                self._idle.wait_for(lambda: self._running == 0, STOP_GRACE_S)
 
     def _cap(self, function: str) -> int:
         fn = self.store.find(function)
@@ -138,6 +144,7 @@ class AsyncRunner:
         finally:
             with self._lock:
                 self._running -= 1
+                self._idle.notify_all()
                 n = self._busy.get(e.function, 1) - 1
                 if n:
                     self._busy[e.function] = n
