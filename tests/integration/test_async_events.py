@@ -223,3 +223,14 @@ def test_cli_async_invoke_events_settings_and_trigger(appliance):
     faas(appliance, "trigger", "add", name, "POST", f"/cli/{name}", "--async")
     assert "(async)" in faas(appliance, "trigger", "ls", name).stdout
     assert requests.post(f"{appliance.edge}/cli/{name}", timeout=10).status_code == 202
+
+
+def test_nodejs_context_has_the_attempt_too(appliance):
+    src = ("exports.handler = async (event, context) => {\n"
+           "  if (context.attempt < 2) throw new Error('first attempt fails');\n"
+           "  return {attempt: context.attempt, id: context.awsRequestId};\n};\n")
+    name = appliance.deploy({"index.js": src}, runtime="nodejs20")
+    appliance.api.update_function(name, **{"async": {"on_success": {"queue": f"ok-{name}"}}})
+    rid = appliance.api.invoke_raw(name, {}, asynchronous=True).json()["requestId"]
+    body = wait_for(lambda: messages(appliance, f"ok-{name}"), 30, message="the retried event")[0]["body"]
+    assert body["responsePayload"] == {"attempt": 2, "id": f"{rid}.2"}

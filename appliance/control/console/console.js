@@ -70,7 +70,8 @@ async function showFunctions() {
   const tbody = view.querySelector("#functions tbody");
   for (const f of data.functions) {
     const routes = trig.triggers.filter(t => t.function === f.name)
-      .map(t => t.kind === "schedule" ? t.schedule : `${t.method} ${t.path}`).join(", ");
+      .map(t => t.kind === "schedule" ? t.schedule : t.kind === "queue" ? `queue ${t.queue}` : `${t.method} ${t.path}`)
+      .join(", ");
     tbody.append(el("tr", {}, el("td", {}, el("a", {href: `#/functions/${f.name}`}, f.name)), el("td", {}, f.runtime),
       el("td", {}, f.version), el("td", {}, f.memory_mb), el("td", {}, f.timeout_s), el("td", {}, f.concurrency),
       el("td", {}, routes)));
@@ -196,7 +197,19 @@ async function showFunction(name) {
 
   // Triggers
   const ul = view.querySelector("#triggers");
+  const sources = Object.fromEntries((fn.queue_sources || []).map(s => [s.id, s]));
   for (const t of fn.triggers) {
+    if (t.kind === "queue") {
+      const s = sources[t.id] || {};
+      ul.append(el("li", {}, `queue ${t.queue} · batch ${t.batch_size} · window ${t.batching_window_s}s · ` +
+        `concurrency ${t.max_concurrency}` + (t.enabled ? "" : " · disabled") +
+        ` · in flight ${s.in_flight || 0}, deleted ${s.messages_deleted || 0}, failed ${s.messages_failed || 0} `,
+        el("button", {type: "button", onclick: async () => {
+          try { await api("DELETE", `/v1/triggers?id=${encodeURIComponent(t.id)}`); showFunction(name); }
+          catch (e) { say(e.message, true); }
+        }}, "remove")));
+      continue;
+    }
     if (t.kind === "schedule") {
       ul.append(el("li", {}, `${t.schedule} (${t.timezone}) · ${t.enabled ? `next run ${t.next_run}` : "disabled"} · ` +
         `last run ${t.last_run || "-"} `,
