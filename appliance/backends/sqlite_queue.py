@@ -15,7 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from appliance.core.errors import EventQueueFull
+from appliance.core.errors import EventQueueFull, MessageQueueFull
+
+#: Messages all embedded queues may hold together (a queue nobody reads must not fill the disk).
+MAX_MESSAGES = 100_000
 from appliance.core.ports import QueuedEvent
 
 _EVENT_COLS = ("id", "function", "payload", "created_at", "state", "attempts", "failures", "available_at",
@@ -241,6 +244,10 @@ class SqliteEventQueue:
     def send(self, queue: str, body) -> str:
         data = body.encode() if isinstance(body, str) else body
         with self._lock:
+            held = self._db.execute("SELECT count(*) FROM messages").fetchone()[0]
+            if held >= MAX_MESSAGES:
+                raise MessageQueueFull(f"the embedded queues hold {held} messages, the most they may; "
+                                       "read or delete some (or use SQS)")
             cur = self._db.execute("INSERT INTO messages (queue, body, sent_at) VALUES (?, ?, ?)",
                                    (queue, data, self._clock()))
         with self._sent:

@@ -98,6 +98,14 @@ class EventQueueFull(ApplianceError):
     retry_after = 1
 
 
+class MessageQueueFull(ApplianceError):
+    """An embedded queue holds as many messages as it may."""
+
+    code = "Queue.Full"
+    status = 429
+    retry_after = 1
+
+
 class ColdStartTimeout(ApplianceError):
     """No instance became free before the request's queue deadline."""
 

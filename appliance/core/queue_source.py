@@ -37,6 +37,8 @@ VISIBILITY_TIMEOUT_S = (1, 43200)
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 #: How long an idle poller waits on an empty queue per receive (SQS's longest long poll).
 LONG_POLL_S = 20
+#: Poller threads one process runs for all queue sources together.
+MAX_POLLERS = 200
 #: Pause after a failed receive or invocation, so a broken queue or function is not hammered.
 ERROR_PAUSE_S = 1.0
 
@@ -175,9 +177,15 @@ class QueuePoller:
             if tid not in want or want[tid] != src.doc:
                 src.stop.set()
                 del self._sources[tid]
-        for tid, doc in want.items():
+        pollers = sum(len(s.threads) for s in self._sources.values())
+        for tid, doc in sorted(want.items(), key=lambda kv: kv[1].get("created_at", 0)):
             if tid in self._sources:
                 continue
+            if pollers + doc["max_concurrency"] > MAX_POLLERS:
+                log.warning("event=queue_source_skipped trigger=%s reason=%r", tid,
+                            f"this process already runs {pollers} of at most {MAX_POLLERS} pollers")
+                continue
+            pollers += doc["max_concurrency"]
             src = self._sources[tid] = _Source(doc)
             for i in range(doc["max_concurrency"]):
                 t = threading.Thread(target=self._poll, args=(src,), daemon=True, name=f"queue-{tid}-{i}")

@@ -64,3 +64,19 @@ def test_embedded_queue_hides_received_messages_until_their_visibility_ends(tmp_
     q.delete("in", [m.receipt for m in again])
     assert q.depth("in") == 0
     q.close()
+
+
+def test_embedded_queues_are_bounded(tmp_path, monkeypatch):
+    from appliance.backends import sqlite_queue
+    from appliance.core.errors import MessageQueueFull
+
+    monkeypatch.setattr(sqlite_queue, "MAX_MESSAGES", 2)
+    q = SqliteEventQueue(tmp_path / "q.sqlite3")
+    q.send("a", "1")
+    q.send("b", "2")
+    with pytest.raises(MessageQueueFull):
+        q.send("a", "3")
+    (m,) = q.receive("a", 1, 0, 30)
+    q.delete("a", [m.receipt])
+    q.send("a", "3")
+    q.close()
