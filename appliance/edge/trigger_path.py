@@ -189,9 +189,10 @@ class EdgeApp:
             event = trigger_event(req, match, rid)
             if match.trigger.invocation == "async" and self.async_runner is not None:
                 # A durable write (fsync): on a thread, not on the loop.
-                await self._offload(self._accept, name, event, rid, match.route_key)
+                added = await self._offload(self._accept, name, event, rid, match.route_key)
                 proto.response_bytes(202, [*_JSON_HEADERS, ("x-request-id", rid)],
-                                     dumps_compact({"requestId": rid, "status": "queued"}))
+                                     dumps_compact({"requestId": rid, "status": "queued" if added else
+                                                    "already-accepted"}))
                 return
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn)
@@ -200,8 +201,8 @@ class EdgeApp:
             answer = error_answer(exc, rid, path)
         proto.response_bytes(*answer)
 
-    def _accept(self, name: str, event: bytes, rid: str, route_key: str) -> None:
-        self.async_runner.accept(name, event, event_id=rid, source=route_key)
+    def _accept(self, name: str, event: bytes, rid: str, route_key: str) -> bool:
+        return self.async_runner.accept(name, event, event_id=rid, source=route_key)
 
     async def _to_flask(self, scope, proto):
         """A platform path (``/_/``) to the edge's Flask app, on a thread, from a WSGI environ."""

@@ -172,6 +172,8 @@ def test_async_http_trigger_answers_202_and_the_function_gets_the_http_event(app
     assert event["routeKey"] == f"POST /hooks/{name}" and event["body"] == "payload"
     assert event["queryStringParameters"] == {"a": "1"}
     assert settled(appliance, name, rid)["source"] == f"POST /hooks/{name}"
+    again = requests.post(f"{appliance.edge}/hooks/{name}", data="payload", headers={"X-Request-Id": rid}, timeout=10)
+    assert (again.status_code, again.json()["status"]) == (202, "already-accepted")
 
 
 def test_invalid_input_gets_clear_errors(appliance):
