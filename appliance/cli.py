@@ -375,13 +375,13 @@ def derive_code_settings(source) -> dict:
 
 @main.group()
 def trigger():
-    """HTTP triggers: bind METHOD PATH to a function."""
+    """Triggers: bind METHOD PATH (HTTP) or a schedule to a function."""
 
 
 @trigger.command("add")
 @click.argument("function", shell_complete=_complete_functions)
-@click.argument("method")
-@click.argument("path")
+@click.argument("method", required=False)
+@click.argument("path", required=False)
 @click.option("--auth", "auth_type", type=click.Choice(["none", "bearer", "hmac", "jwt"]), default="none",
               show_default=True, help="Who may call: anyone, holders of a key (bearer), signed requests (hmac), "
               "or bearers of a JWT (jwt).")
@@ -399,12 +399,57 @@ def trigger():
 @click.option("--cors-expose", multiple=True, help="CORS: a response header browsers may read (repeatable).")
 @click.option("--cors-max-age", type=int, help="CORS: seconds a browser may cache a preflight.")
 @click.option("--cors-credentials", is_flag=True, help="CORS: allow cookies and credentials.")
+@click.option("--async", "asynchronous", is_flag=True, help="Answer 202 once the event is queued; the function "
+              "runs it later, with retries (see `faas events`).")
+@click.option("--schedule", default=None, help="'rate(5 minutes)' or 'cron(0 9 ? * MON-FRI *)' instead of "
+              "METHOD PATH.")
+@click.option("--event", "event_json", default=None, help="The schedule's constant event as JSON [EventBridge's "
+              "Scheduled Event].")
+@click.option("--timezone", default=None, help="IANA time zone of a cron schedule [UTC].")
+@click.option("--disabled", is_flag=True, help="Create the schedule or queue source disabled.")
+@click.option("--queue", default=None, help="A queue name or SQS URL to read, instead of METHOD PATH.")
+@click.option("--batch-size", type=int, default=None, help="Messages per invocation, 1..10 [10].")
+@click.option("--batching-window", type=int, default=None, help="Seconds to gather a batch, 0..20 [0].")
+@click.option("--max-concurrency", type=int, default=None, help="Batches of this source at once, 1..20 [2].")
+@click.option("--visibility-timeout", type=int, default=None, help="Embedded queues: seconds a received message "
+              "stays hidden [30] (SQS queues use their own).")
+@click.option("--report-batch-item-failures", is_flag=True, help="Honour batchItemFailures in the result.")
 @output_option
 @click.pass_context
 def trigger_add(ctx, function, method, path, auth_type, issuer, audience, public_key, jwks_file, jwks_url, algorithm,
-                leeway, cors_origin, cors_method, cors_header, cors_expose, cors_max_age, cors_credentials, output):
-    """Bind METHOD PATH to FUNCTION, optionally with authentication and CORS; prints the trigger's full
-    URL on the edge router."""
+                leeway, cors_origin, cors_method, cors_header, cors_expose, cors_max_age, cors_credentials,
+                asynchronous, schedule, event_json, timezone, disabled, queue, batch_size, batching_window,
+                max_concurrency, visibility_timeout, report_batch_item_failures, output):
+    """Add an HTTP trigger (FUNCTION METHOD PATH, optionally with authentication, CORS or --async), a
+    schedule (--schedule EXPR) or a queue source (--queue Q). An HTTP trigger's full URL on the edge
+    router is printed."""
+    api = _client(ctx)
+    if (method or path) and (schedule or queue) or (schedule and queue):
+        _fail("Request.Invalid: give one of METHOD PATH, --schedule or --queue")
+    if queue:
+        opts = {"batch_size": batch_size, "batching_window_s": batching_window, "max_concurrency": max_concurrency,
+                "visibility_timeout_s": visibility_timeout}
+        settings = {k: v for k, v in opts.items() if v is not None}
+        if report_batch_item_failures:
+            settings["report_batch_item_failures"] = True
+        if disabled:
+            settings["enabled"] = False
+        t = api.add_queue_source(function, queue, **settings)
+        click.echo(f"{t['id']} {t['queue']} -> {t['function']} batch {t['batch_size']} "
+                   f"concurrency {t['max_concurrency']}")
+        return
+    if schedule:
+        event = None
+        if event_json:
+            try:
+                event = json.loads(event_json)
+            except ValueError as exc:
+                _fail(f"Request.Invalid: --event is not valid JSON: {exc}")
+        t = api.add_schedule(function, schedule, event=event, timezone=timezone, enabled=not disabled)
+        click.echo(f"{t['id']} {t['schedule']} -> {t['function']} next run {t['next_run'] or '-'}")
+        return
+    if not (method and path):
+        _fail("Request.Invalid: give METHOD PATH (an HTTP trigger) or --schedule EXPR")
     auth: dict = {"type": auth_type}
     if auth_type == "jwt":
         auth.update({"issuer": issuer, "audience": list(audience)})
@@ -428,10 +473,12 @@ def trigger_add(ctx, function, method, path, auth_type, issuer, audience, public
                 "max_age": cors_max_age or 0, "allow_credentials": cors_credentials}
     elif cors_method or cors_header or cors_expose or cors_max_age or cors_credentials:
         _fail("Request.Invalid: give at least one --cors-origin with the other --cors options")
-    t = _with_url(_client(ctx).add_trigger(function, method, path, auth=auth, cors=cors), _edge_url(ctx))
+    t = _with_url(api.add_trigger(function, method, path, "async" if asynchronous else None, auth=auth, cors=cors),
+                  _edge_url(ctx))
     if _json_out(ctx, output):
         return _echo_json(t)
     note = f" (auth: {t['auth']['type']}{', cors' if t.get('cors') else ''})" if auth_type != "none" or cors else ""
+    note += " (async)" if asynchronous else ""
     click.echo(f"{t['method']} {t['path']} -> {t['function']}{note}" + (f"  {t['url']}" if t["url"] else ""))
     if auth_type in ("bearer", "hmac"):
         click.echo(f"Create its {'key' if auth_type == 'bearer' else 'signing secret'} with: "
@@ -485,27 +532,63 @@ def trigger_key_revoke(ctx, method, path, name):
 @output_option
 @click.pass_context
 def trigger_ls(ctx, function, output):
-    """HTTP triggers (of one function, or all) with their full URLs."""
+    """Triggers (of one function, or all): HTTP routes with their full URLs, schedules, queue sources."""
     edge = _edge_url(ctx)
-    triggers = [_with_url(t, edge) for t in _client(ctx).list_triggers(function)]
+    triggers = [t if t.get("kind") in ("queue", "schedule") else _with_url(t, edge)
+                for t in _client(ctx).list_triggers(function)]
     if _json_out(ctx, output):
         return _echo_json(triggers)
     for t in triggers:
-        extra = t.get("auth", {}).get("type", "none") + (" cors" if t.get("cors") else "")
+        if t.get("kind") == "queue":
+            click.echo(f"{'QUEUE':7} {t['queue']:40} {t['function']} {t['id']} batch {t['batch_size']} "
+                       f"window {t['batching_window_s']}s concurrency {t['max_concurrency']}"
+                       + ("" if t.get("enabled", True) else " disabled"))
+            continue
+        if t.get("kind") == "schedule":
+            state = f"next run {t['next_run']}" if t.get("enabled", True) else "disabled"
+            click.echo(f"{'SCHED':7} {t['schedule']:40} {t['function']} {t['id']} {state}"
+                       + (f" ({t['timezone']})" if t.get("timezone", "UTC") != "UTC" else ""))
+            continue
+        extra = t.get("auth", {}).get("type", "none") + (" cors" if t.get("cors") else "") \
+            + (f" {t['invocation']}" if t.get("invocation") else "")
         click.echo(f"{t['method']:7} {t['path']:40} {t['function']:24} {extra:12} {t['url'] or ''}".rstrip())
 
 
 @trigger.command("rm")
 @click.argument("method")
-@click.argument("path")
+@click.argument("path", required=False)
 @output_option
 @click.pass_context
 def trigger_rm(ctx, method, path, output):
-    """Remove the trigger METHOD PATH."""
+    """Remove an HTTP trigger (METHOD PATH) or a schedule or queue source (its ID)."""
+    if path is None:
+        t = _client(ctx).remove_trigger_id(method)["deleted"]
+        if _json_out(ctx, output):
+            return _echo_json({"deleted": t})
+        click.echo(f"removed {t['id']}")
+        return
     t = _client(ctx).remove_trigger(method, path)["deleted"]
     if _json_out(ctx, output):
         return _echo_json({"deleted": t})
     click.echo(f"removed {t['method']} {t['path']}")
+
+
+@trigger.command("enable")
+@click.argument("trigger_id")
+@click.pass_context
+def trigger_enable(ctx, trigger_id):
+    """Enable a schedule."""
+    t = _client(ctx).update_trigger(trigger_id, enabled=True)
+    click.echo(f"{t['id']} enabled" + (f", next run {t['next_run']}" if t.get('next_run') else ""))
+
+
+@trigger.command("disable")
+@click.argument("trigger_id")
+@click.pass_context
+def trigger_disable(ctx, trigger_id):
+    """Disable a schedule (it keeps its settings)."""
+    t = _client(ctx).update_trigger(trigger_id, enabled=False)
+    click.echo(f"{t['id']} disabled")
 
 
 @main.group()
@@ -559,16 +642,21 @@ def token_revoke(ctx, name):
 @click.option("--data", "-d", default=None, help="The event: JSON, @FILE (a file of JSON) or - (stdin) [{}].")
 @click.option("--verbose", "-v", is_flag=True, help="Also print request id, cold start and timing, and the "
               "stack trace of a failed invocation.")
+@click.option("--async", "asynchronous", is_flag=True, help="Queue the event and print its request id (202); "
+              "`faas events NAME` shows how it went.")
 @output_option
 @click.pass_context
-def invoke(ctx, name, data, verbose, output):
+def invoke(ctx, name, data, verbose, asynchronous, output):
     """Invoke a function directly and print its result.
 
     A failed invocation prints one error line and exits 1; -v adds the function's stack trace.
     With --output json the result is always printed as JSON (a string result too).
     """
     event = _read_data(data)
-    resp = _client(ctx).invoke_raw(name, event)
+    resp = _client(ctx).invoke_raw(name, event, asynchronous=asynchronous)
+    if asynchronous and resp.status_code == 202:
+        click.echo(resp.json()["requestId"])
+        return
     if verbose:
         click.echo(f"request id: {resp.headers.get('X-Request-Id')}  cold: {resp.headers.get('X-Faas-Cold-Start')}  "
                    f"timing: {resp.headers.get('Server-Timing')}", err=True)
@@ -627,6 +715,90 @@ def logs(ctx, name, follow, since, status, limit, output):
             after = out["next"] or after
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends: not an error
+
+
+@main.command()
+@click.argument("name")
+@click.option("--status", default=None, help="queued, running, retrying, succeeded or dead.")
+@click.option("--limit", type=int, default=50)
+@click.pass_context
+def events(ctx, name, status, limit):
+    """List a function's asynchronous events, newest first, with counts per state."""
+    out = _client(ctx).events(name, limit=limit, **({"status": status} if status else {}))
+    counts = out["counts"]
+    click.echo("  ".join(f"{k}={counts.get(k, 0)}" for k in ("queued", "running", "retrying", "succeeded", "dead")))
+    click.echo(f"{'REQUEST ID':34} {'STATE':9} {'ATTEMPTS':8} {'AGE S':>7}  SOURCE / LAST ERROR")
+    now = time.time()
+    for e in out["events"]:
+        note = e["last_error"] or e["source"] or ""
+        click.echo(f"{e['id']:34} {e['state']:9} {e['attempts']:<8} {now - e['created_at']:>7.1f}  {note[:100]}")
+
+
+@main.command("warm")
+@click.argument("name")
+@click.argument("actions", nargs=-1)
+@click.option("--timezone", default="UTC", help="IANA time zone of the cron expressions [UTC].")
+@click.option("--clear", is_flag=True, help="Remove the schedule (min_instances applies again).")
+@click.pass_context
+def warm(ctx, name, actions, timezone, clear):
+    """Show or set scheduled min_instances: ACTIONS are 'cron(...)=N', for example
+    'cron(0 8 ? * MON-FRI *)=5' 'cron(0 19 ? * MON-FRI *)=0'."""
+    api = _client(ctx)
+    if clear or actions:
+        schedule = []
+        for action in actions:
+            expr, sep, n = action.rpartition("=")
+            if not sep or not n.isdigit():
+                _fail(f"Request.Invalid: {action!r} is not 'cron(...)=N'")
+            schedule.append({"schedule": expr, "min_instances": int(n), "timezone": timezone})
+        api.update_function(name, min_instances_schedule=schedule)
+    fn = api.get_function(name)
+    for a in fn.get("min_instances_schedule", []):
+        click.echo(f"{a['schedule']:32} {a['timezone']:16} min_instances {a['min_instances']}")
+    now = fn.get("min_instances_in_force")
+    click.echo(f"in force now: min_instances {now['min_instances'] if now else fn['min_instances']}")
+
+
+@main.group()
+def queue():
+    """Queues: send a message (embedded queues, or SQS with APPLIANCE_SQS_* settings)."""
+
+
+@queue.command("send")
+@click.argument("name")
+@click.option("--data", required=True, help="The message body (text).")
+@click.pass_context
+def queue_send(ctx, name, data):
+    click.echo(_client(ctx).send_message(name, data)["messageId"])
+
+
+@main.command("async")
+@click.argument("name")
+@click.option("--max-retry-attempts", type=int, default=None, help="0..2 [2]")
+@click.option("--max-event-age", type=int, default=None, help="Seconds, 60..21600 [21600].")
+@click.option("--on-success", default=None, help="function:NAME, url:https://... or queue:NAME ('none' clears).")
+@click.option("--on-failure", default=None, help="function:NAME, url:https://... or queue:NAME ('none' clears).")
+@click.pass_context
+def async_config(ctx, name, max_retry_attempts, max_event_age, on_success, on_failure):
+    """Show or change a function's asynchronous invocation settings (retries, event age, destinations)."""
+    patch: dict = {}
+    if max_retry_attempts is not None:
+        patch["max_retry_attempts"] = max_retry_attempts
+    if max_event_age is not None:
+        patch["max_event_age_s"] = max_event_age
+    for key, value in (("on_success", on_success), ("on_failure", on_failure)):
+        if value is None:
+            continue
+        if value == "none":
+            patch[key] = None
+            continue
+        kind, sep, target = value.partition(":")
+        if not sep or kind not in ("function", "url", "queue"):
+            _fail(f"Request.Invalid: --{key.replace('_', '-')} must be function:NAME, url:URL or queue:NAME")
+        patch[key] = {kind: target}
+    api = _client(ctx)
+    out = api.update_function(name, **{"async": patch}) if patch else api.get_function(name)
+    click.echo(json.dumps(out.get("async", {}), indent=2))
 
 
 @main.group()

@@ -161,9 +161,11 @@ class ApplianceClient:
             raise
 
     # triggers
-    def add_trigger(self, function: str, method: str, path: str, *, auth: dict | None = None,
-                    cors: dict | None = None) -> dict:
+    def add_trigger(self, function: str, method: str, path: str, invocation: str | None = None, *,
+                    auth: dict | None = None, cors: dict | None = None) -> dict:
         body = {"function": function, "method": method, "path": path}
+        if invocation:
+            body["invocation"] = invocation
         if auth is not None:
             body["auth"] = auth
         if cors is not None:
@@ -182,6 +184,28 @@ class ApplianceClient:
     def revoke_trigger_key(self, method: str, path: str, name: str) -> dict:
         return self._req("DELETE", "/v1/triggers/keys", params={"method": method, "path": path, "name": name}).json()
 
+    def add_schedule(self, function: str, schedule: str, *, event=None, timezone: str | None = None,
+                     enabled: bool = True) -> dict:
+        body = {"function": function, "kind": "schedule", "schedule": schedule, "enabled": enabled}
+        if event is not None:
+            body["event"] = event
+        if timezone:
+            body["timezone"] = timezone
+        return self._req("POST", "/v1/triggers", json=body).json()
+
+    def add_queue_source(self, function: str, queue: str, **settings) -> dict:
+        body = {"function": function, "kind": "queue", "queue": queue, **settings}
+        return self._req("POST", "/v1/triggers", json=body).json()
+
+    def send_message(self, queue: str, body: str) -> dict:
+        return self._req("POST", f"/v1/queues/{queue}/messages", data=body.encode()).json()
+
+    def update_trigger(self, trigger_id: str, **patch) -> dict:
+        return self._req("PATCH", f"/v1/triggers/{trigger_id}", json=patch).json()
+
+    def remove_trigger_id(self, trigger_id: str) -> dict:
+        return self._req("DELETE", "/v1/triggers", params={"id": trigger_id}).json()
+
     def list_triggers(self, function: str | None = None) -> list[dict]:
         return self._req("GET", "/v1/triggers", params={"function": function} if function else None).json()["triggers"]
 
@@ -189,12 +213,15 @@ class ApplianceClient:
         return self._req("DELETE", "/v1/triggers", params={"method": method, "path": path}).json()
 
     # invocations
-    def invoke_raw(self, name: str, event=None) -> requests.Response:
+    def invoke_raw(self, name: str, event=None, *, asynchronous: bool = False) -> requests.Response:
         body = json.dumps({} if event is None else event)
         kw = {"timeout": (5.0, self.timeout_s)}
+        headers = {"Content-Type": "application/json"}
+        if asynchronous:
+            headers["X-Amz-Invocation-Type"] = "Event"
         try:
             return self.session.post(f"{self.base}/v1/functions/{name}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"}, **kw)
+                                     headers=headers, **kw)
         except requests.ConnectionError:
             raise ApiError(0, "Client.Unreachable", f"cannot reach the appliance at {self.base}") from None
 
@@ -204,6 +231,10 @@ class ApplianceClient:
             err = resp.json().get("error", {})
             raise ApiError(resp.status_code, err.get("code", "Error"), err.get("message", ""), None, err)
         return resp.json()
+
+    def events(self, name: str, **params) -> dict:
+        """Asynchronous events of a function: ``{"events": [...], "counts": {state: n}}``."""
+        return self._req("GET", f"/v1/functions/{name}/events", params=params).json()
 
     def invocations(self, name: str, **params) -> list[dict]:
         return self._req("GET", f"/v1/functions/{name}/invocations", params=params).json()["invocations"]

@@ -76,6 +76,26 @@ class Settings:
     metadata_cache_s: float = 1.0
     #: Invocation records kept per edge.
     records_retention: int = 100_000
+    #: Asynchronous invocation (appliance/core/async_runner.py): events run at once by this process,
+    #: the share of a function's capacity (max_instances x concurrency) its events may take, the
+    #: first retry's wait after a function error (the second waits twice as long), the pending
+    #: events accepted before 429 Async.QueueFull, and the finished events kept for `faas events`.
+    async_workers: int = 4
+    async_share: float = 0.5
+    async_backoff_s: float = 60.0
+    async_max_pending: int = 10000
+    async_retention: int = 10000
+    #: Amazon SQS or an SQS-compatible endpoint, for queue triggers and queue destinations. With a
+    #: region or an endpoint set, queue names are SQS queues; without, they are embedded queues.
+    sqs_endpoint: str = ""
+    sqs_region: str = ""
+    sqs_access_key: str = ""
+    sqs_secret_key: str = ""
+    #: The SQS queue (name or URL) of asynchronous events; unset: SQLite in the data directory. Set it in
+    #: cluster mode so every edge router and control plane shares the events. The visibility timeout of
+    #: a received event: longer than any attempt (a process that dies mid-attempt leaves it to reappear).
+    sqs_async_queue: str = ""
+    sqs_async_visibility_s: int = 960
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     #: auto (install the packet filter that keeps network-default instances off this host's own
@@ -202,6 +222,15 @@ class Settings:
             raise bad("target_utilisation", "use a fraction greater than 0 and at most 1")
         if self.max_scale_up_rate <= 1:
             raise bad("max_scale_up_rate", "use a factor greater than 1")
+        for name in ("async_workers", "async_max_pending", "async_retention"):
+            if getattr(self, name) < 1:
+                raise bad(name, "use a positive integer")
+        if not 1 <= self.sqs_async_visibility_s <= 43200:
+            raise bad("sqs_async_visibility_s", "use from 1 to 43200 seconds (SQS's visibility timeout bounds)")
+        if not 0 < self.async_share <= 1:
+            raise bad("async_share", "use a fraction greater than 0 and at most 1")
+        if self.async_backoff_s < 0:
+            raise bad("async_backoff_s", "use zero or a positive number of seconds")
         if self.sandbox not in ("auto", "on", "off"):
             raise bad("sandbox", "use auto, on or off")
         if self.instance_net_filter not in ("auto", "on", "off"):

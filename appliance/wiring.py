@@ -18,6 +18,9 @@ from appliance.config import Settings
 from appliance.backends.prometheus_metrics import Metrics
 from appliance.core import codepkg
 from appliance.core.activator import Activator
+from appliance.core.async_runner import AsyncRunner
+from appliance.core.event_triggers import EventTriggerStore, ScheduleLoop
+from appliance.core.queue_source import QueuePoller, QueueRouter
 from appliance.core.errors import ApplianceError, Conflict, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
@@ -59,6 +62,14 @@ class Components:
     leadership: object | None = None
     #: The deciding edge's scaling decisions, as the control API shows them (set like ``records_view``).
     scaling_view: object | None = None
+    #: Runs asynchronous events (queued in SQLite on this process's disk).
+    async_runner: AsyncRunner | None = None
+    #: Schedule triggers, and the loop that fires them while this process leads.
+    event_triggers: EventTriggerStore | None = None
+    schedules: ScheduleLoop | None = None
+    #: Queue triggers' pollers, and which backend serves a queue name (embedded or SQS).
+    queue_poller: QueuePoller | None = None
+    queues: QueueRouter | None = None
     #: The host uids sandboxed instances run as (the control API refuses their connections).
     instance_uids: range = range(UID_BASE, UID_BASE + UID_COUNT)
     #: The packet filter keeping network-default instances off this host's services
@@ -95,6 +106,12 @@ class Components:
 
     def start(self) -> None:
         self.scaler.start()
+        if self.async_runner is not None:
+            self.async_runner.start()
+        if self.schedules is not None:
+            self.schedules.start()
+        if self.queue_poller is not None:
+            self.queue_poller.start()
 
     def add_closer(self, close) -> None:
         """Close ``close`` with the rest, before everything added earlier."""
@@ -106,6 +123,12 @@ class Components:
         return AsyncInstanceClient()
 
     def close(self) -> None:
+        if self.queue_poller is not None:
+            self.queue_poller.stop()
+        if self.schedules is not None:
+            self.schedules.stop()
+        if self.async_runner is not None:
+            self.async_runner.stop()
         self.scaler.stop()
         for close in reversed(self._closers):
             try:
@@ -257,9 +280,36 @@ def edge_id(settings: Settings) -> str:
 
 
 def build(settings: Settings) -> Components:
-    if settings.mode == "cluster":
-        return _build_cluster(settings)
-    return _build_local(settings)
+    comps = _build_cluster(settings) if settings.mode == "cluster" else _build_local(settings)
+    _add_async(comps)
+    return comps
+
+
+def _add_async(c: Components) -> None:
+    """The asynchronous-event queue and its runner: SQLite in the data directory, in both modes
+    (in cluster mode each process keeps the events it accepted; see the README)."""
+    from appliance.backends.sqlite_queue import SqliteEventQueue
+
+    s = c.settings
+    sqs = None
+    if s.sqs_region or s.sqs_endpoint or s.sqs_async_queue:
+        from appliance.backends.sqs_queue import SqsQueues
+        sqs = SqsQueues.from_settings(s)
+    queue = SqliteEventQueue(s.data_path / "events.sqlite3", max_pending=s.async_max_pending,
+                             retention=s.async_retention, ledger=bool(s.sqs_async_queue))
+    events = queue
+    if s.sqs_async_queue:
+        from appliance.backends.sqs_event_queue import SqsEventQueue
+        events = SqsEventQueue(sqs, s.sqs_async_queue, queue, visibility_s=s.sqs_async_visibility_s)
+    c.async_runner = AsyncRunner(events, c.store, c.invoker, workers=s.async_workers, share=s.async_share,
+                                 backoff_s=s.async_backoff_s)
+    c._closers.insert(0, queue.close)
+    c.event_triggers = EventTriggerStore(c.store.meta, c.store)
+    c.schedules = ScheduleLoop(c.event_triggers, c.async_runner, c.leadership)
+    c.queues = QueueRouter(queue, sqs if (s.sqs_region or s.sqs_endpoint) else None)
+    c.async_runner.queues = c.queues
+    c.event_triggers.queue_check = c.queues.pick
+    c.queue_poller = QueuePoller(c.event_triggers, c.queues, c.invoker, region=s.sqs_region or "local")
 
 
 def nomad_job_vars(settings: Settings) -> str:

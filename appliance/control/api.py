@@ -18,12 +18,14 @@ from flask import Flask, Response, g, redirect, request, send_from_directory
 from appliance.control import layers_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
 from appliance.control import openapi
-from appliance.control.invoke import invoke_response
+from appliance.control.invoke import invocation_type, invoke_response
 from appliance.control.records_view import RecordsView, decode_cursor, encode_cursor
 from appliance.control.scaling_view import ScalingView
 from appliance.core import tokens as tokens_mod
+from appliance.core.async_invoke import STATES as ASYNC_STATES
 from appliance.core.codepkg import check_entry_name
-from appliance.core.errors import NotFound, ValidationError
+from appliance.core.scheduled_min import effective_min
+from appliance.core.errors import NotFound, PayloadTooLarge, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
 from appliance.web import install_error_handlers, json_response, request_id
@@ -223,7 +225,7 @@ def create_control_app(c: Components) -> Flask:
         need("read", name)
         record = store.get(ensure_name(name), fresh=True)
         out = record.to_api()
-        out["triggers"] = [t.to_dict() for t in store.triggers(function=name)]
+        out["triggers"] = [t.to_dict() for t in store.triggers(function=name)] + c.event_triggers.list(name)
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         pool = c.activator.pool(name)
         with pool.lock:  # what this process sees; the decision below is the deciding edge's
@@ -233,6 +235,10 @@ def create_control_app(c: Components) -> Flask:
         if decision.get("current") is None:
             decision.pop("current")
         out["scaling"] = {**here, **decision}
+        out["queue_sources"] = c.queue_poller.stats(name)  # this process's pollers of each queue trigger
+        if record.config.min_instances_schedule:
+            n, action = effective_min(record.config.min_instances_schedule, record.config.min_instances, time.time())
+            out["min_instances_in_force"] = {"min_instances": n, "set_by": action}
         return json_response(out)
 
     @app.route("/v1/functions/<name>", methods=["PUT", "PATCH"])
@@ -247,6 +253,7 @@ def create_control_app(c: Components) -> Flask:
     def delete_function(name: str):
         need("deploy", name)
         record = store.delete(ensure_name(name))
+        c.event_triggers.remove_function(name)
         c.scaler.remove_function(name)
         c.records.forget(name)  # this edge's; other edges' older records are hidden by created_at below
         return json_response({"deleted": record.name})
@@ -336,7 +343,49 @@ def create_control_app(c: Components) -> Flask:
     def invoke(name: str):
         need("invoke", name)
         require_content_type(JSON)
-        return invoke_response(c, ensure_name(name), request.get_data(cache=False))
+        kind = invocation_type(request.headers.get("X-Amz-Invocation-Type"), request.args.get("type"))
+        return invoke_response(c, ensure_name(name), request.get_data(cache=False), kind)
+
+    @app.get("/v1/functions/<name>/events")
+    def events(name: str):
+        """Asynchronous events of a function, newest first, and counts per state."""
+        need("records", name)
+        store.get(ensure_name(name))
+        state = request.args.get("status") or request.args.get("state") or None
+        if state is not None and state not in ASYNC_STATES:
+            raise ValidationError(f"status must be one of {', '.join(ASYNC_STATES)}; got {state!r}", field="status")
+        limit = _int_arg("limit", 50)
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be from 1 to 1000; got {limit}", field="limit")
+        return json_response({"events": c.async_runner.queue.list(name, state=state, limit=limit),
+                              "counts": c.async_runner.queue.counts(name)})
+
+    @app.post("/v1/queues/<queue>/messages")
+    def send_message(queue: str):
+        """Send one message (the body, as text) to an embedded queue or, with SQS settings, an SQS queue."""
+        from appliance.core.queue_source import validate_queue
+        need("invoke")
+        validate_queue(queue)
+        body = request.get_data(cache=False)
+        if len(body) > 256 << 10:
+            raise PayloadTooLarge("a message is at most 262144 bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError("a message must be UTF-8 text", field="body") from None
+        return json_response({"messageId": c.queues.pick(queue).send(queue, text)}, 201)
+
+    @app.get("/v1/queues/<queue>/messages")
+    def queue_messages(queue: str):
+        """Messages an async destination of kind ``queue`` sent to an embedded queue (``?delete=1`` takes them)."""
+        need("read")
+        limit = _int_arg("limit", 10)
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be from 1 to 1000; got {limit}", field="limit")
+        messages = getattr(c.queues.embedded, "messages", None)
+        if messages is None:
+            raise NotFound("this appliance has no embedded queues")
+        return json_response({"messages": messages(queue, limit, delete=request.args.get("delete") in ("1", "true"))})
 
     def _since_created(name: str) -> float:
         """``since``, never before the function was created: a function deleted and made again
@@ -402,18 +451,24 @@ def create_control_app(c: Components) -> Flask:
     def list_triggers():
         fn = request.args.get("function") or None
         need("read", fn)
-        return json_response({"triggers": [t.to_dict() for t in store.triggers(fn) if guard.visible(t.function)]})
+        listed = [t.to_dict() for t in store.triggers(fn)] + c.event_triggers.list(fn)
+        return json_response({"triggers": [t for t in listed if guard.visible(t["function"])]})
 
     @app.post("/v1/triggers")
     def add_trigger():
         data = _json_body()
+        if data.get("kind", "http") != "http":
+            fn = data.get("function")
+            need("deploy", fn if isinstance(fn, str) else None)
+            return json_response(c.event_triggers.add(data), 201)
+        data.pop("kind", None)
         for f in ("function", "method", "path"):
             if not isinstance(data.get(f), str):
                 raise ValidationError(f"{f} is required, for example "
                                       '{"function": "hello", "method": "GET", "path": "/hello/serverless"}', field=f)
         need("deploy", data["function"])
-        t = store.add_trigger(data["function"], data["method"], data["path"], auth=data.get("auth"),
-                              cors=data.get("cors"))
+        t = store.add_trigger(data["function"], data["method"], data["path"], data.get("invocation"),
+                              auth=data.get("auth"), cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
 
     @app.post("/v1/functions/<name>/triggers")
@@ -424,7 +479,8 @@ def create_control_app(c: Components) -> Flask:
         if not isinstance(method, str) or not isinstance(path, str):
             raise ValidationError('give the trigger as {"method": "GET", "path": "/hello"} (strings)',
                                   field="method" if not isinstance(method, str) else "path")
-        t = store.add_trigger(ensure_name(name), method, path, auth=data.get("auth"), cors=data.get("cors"))
+        t = store.add_trigger(ensure_name(name), method, path, data.get("invocation"), auth=data.get("auth"),
+                              cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
 
     def _trigger_args(source) -> tuple[str, str]:
@@ -461,11 +517,20 @@ def create_control_app(c: Components) -> Flask:
         name = request.args.get("name") or ""
         return json_response({"revoked": store.revoke_trigger_key(method, path, name)})
 
+    @app.patch("/v1/triggers/<trigger_id>")
+    def update_trigger(trigger_id: str):
+        """A schedule trigger's schedule, event, timezone or enabled."""
+        need("deploy", c.event_triggers.get(trigger_id)[0]["function"])
+        return json_response(c.event_triggers.update(trigger_id, _json_body()))
+
     @app.delete("/v1/triggers")
     def remove_trigger():
+        if request.args.get("id"):
+            need("deploy", c.event_triggers.get(request.args["id"])[0]["function"])
+            return json_response({"deleted": c.event_triggers.remove(request.args["id"])})
         method, path = request.args.get("method", ""), request.args.get("path", "")
         if not method or not path:
-            raise ValidationError("give the trigger as ?method=GET&path=/hello", field="path")
+            raise ValidationError("give the trigger as ?method=GET&path=/hello, or a schedule as ?id=ID", field="path")
         need("deploy")
         bound = store.find_trigger(method, path)
         if bound is not None:

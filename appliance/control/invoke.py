@@ -11,8 +11,23 @@ from appliance.web import json_response, request_id
 from appliance.wiring import Components
 
 
-def invoke_response(c: Components, function: str, body: bytes) -> Response:
-    """Direct invoke (control API): the result as JSON, or the structured error."""
+def invocation_type(header: str | None, arg: str | None) -> str:
+    """``RequestResponse`` (default) or ``Event``, from Lambda's ``X-Amz-Invocation-Type`` header or ``?type=``."""
+    if arg:
+        value = {"event": "Event", "async": "Event", "requestresponse": "RequestResponse",
+                 "sync": "RequestResponse"}.get(arg.lower())
+        if value is None:
+            raise ValidationError(f"type must be event or sync; got {arg!r}", field="type")
+        return value
+    if header and header not in ("Event", "RequestResponse"):
+        raise ValidationError(f"X-Amz-Invocation-Type must be Event or RequestResponse; got {header!r}",
+                              field="X-Amz-Invocation-Type")
+    return header or "RequestResponse"
+
+
+def invoke_response(c: Components, function: str, body: bytes, kind: str = "RequestResponse") -> Response:
+    """Direct invoke (control API): the result as JSON, or the structured error; an ``Event``
+    invocation answers 202 with its request id once the event is durably queued."""
     rid = request_id()
     if body.strip():
         try:
@@ -21,6 +36,10 @@ def invoke_response(c: Components, function: str, body: bytes) -> Response:
             raise ValidationError(f"the request body must be the event as JSON: {exc}", field="body") from None
     else:
         body = b"{}"
+    if kind == "Event":
+        added = c.async_runner.accept(function, body, event_id=rid, source="api")
+        return json_response({"requestId": rid, "status": "queued" if added else "already-accepted"}, 202,
+                             {"X-Request-Id": rid})
     outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None)
     headers = {"X-Request-Id": rid, "Server-Timing": outcome.server_timing(),
                "X-Faas-Cold-Start": "1" if outcome.record.cold else "0"}

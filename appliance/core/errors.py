@@ -105,6 +105,22 @@ class QueueFull(ApplianceError):
     retry_after = 1
 
 
+class EventQueueFull(ApplianceError):
+    """Too many asynchronous events are already pending (APPLIANCE_ASYNC_MAX_PENDING)."""
+
+    code = "Async.QueueFull"
+    status = 429
+    retry_after = 1
+
+
+class MessageQueueFull(ApplianceError):
+    """An embedded queue holds as many messages as it may."""
+
+    code = "Queue.Full"
+    status = 429
+    retry_after = 1
+
+
 class ColdStartTimeout(ApplianceError):
     """No instance became free before the request's queue deadline."""
 

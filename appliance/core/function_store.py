@@ -240,15 +240,20 @@ class FunctionStore:
 
     # -- triggers ------------------------------------------------------------------------
 
-    def add_trigger(self, function: str, method: str, path: str, *, auth=None, cors=None) -> Trigger:
+    def add_trigger(self, function: str, method: str, path: str, invocation: str | None = None, *, auth=None,
+                    cors=None) -> Trigger:
         validate_name(function)
+        invocation = invocation or "sync"
+        if invocation not in ("sync", "async"):
+            raise ValidationError(f"invocation must be sync or async; got {invocation!r}", field="invocation")
         method = normalise_method(method)
         parse_path(path)
         auth = trigger_policy.validate_auth(auth)
         cors = trigger_policy.validate_cors(cors)
         self.get(function, fresh=True)
         key = route_key(method, path)
-        trigger = Trigger(method=method, path=path, function=function, created_at=time.time(), auth=auth, cors=cors)
+        trigger = Trigger(method=method, path=path, function=function, created_at=time.time(), auth=auth, cors=cors,
+                          invocation=invocation)
         try:
             self.meta.put(_tkey(key), trigger.to_doc(), expected_revision=0)
         except RevisionConflict:

@@ -61,6 +61,8 @@ class _Call:
     timeout_s: int
     max_instances: int
     policy: object
+    #: Asynchronous events: the attempt number, sent to the instance (context.attempt).
+    attempt: int | None = None
 
 
 @dataclass
@@ -100,9 +102,11 @@ class Invoker:
         self.observer = observer
         self._specs: dict[str, tuple[object, InstanceSpec]] = {}
 
-    def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None) -> Outcome:
+    def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None,
+               attempt: int | None = None) -> Outcome:
         """Run one invocation to its end on this thread (waiting for a slot or a cold start)."""
         call = self._begin(function, body, request_id, trigger)
+        call.attempt = attempt
         return self._complete(call, self._call)
 
     async def invoke_async(self, function: str, body: bytes, *, request_id: str, trigger: str | None,
@@ -193,10 +197,11 @@ class Invoker:
                 lease = self.activator.acquire(call.spec, max_instances=call.max_instances, deadline=deadline,
                                                policy=call.policy)
                 self._leased(call, lease)
+                extra = {"attempt": call.attempt} if call.attempt else {}
                 try:
                     reply = self.client.invoke(lease.instance, call.body, request_id=call.request_id,
                                                deadline_ms=int((time.time() + call.timeout_s) * 1000),
-                                               read_timeout_s=call.timeout_s + TIMEOUT_GRACE_S)
+                                               read_timeout_s=call.timeout_s + TIMEOUT_GRACE_S, **extra)
                 except (InstanceUnreachable, InstanceTimeout, InstanceLost) as exc:
                     reply = exc
             first_attempt = False

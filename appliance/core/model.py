@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.core import scheduled_min
+from appliance.core.async_invoke import merge_config, validate_config
 from appliance.core.errors import ValidationError
 
 RUNTIMES = ("python3.11", "nodejs20")
@@ -101,9 +103,17 @@ class FunctionConfig:
     #: Layer versions ``NAME:VERSION``, applied in order under /opt (later ones win on a clash).
     layers: tuple[str, ...] = ()
 
+    #: The API's ``async`` field (a keyword in Python): retries, event age, destinations
+    #: (appliance/core/async_invoke.py).
+    async_config: dict = field(default_factory=dict)
+    #: Scheduled min_instances: [{"schedule": "cron(...)", "min_instances": N, "timezone": ...}]
+    #: (appliance/core/scheduled_min.py).
+    min_instances_schedule: list = field(default_factory=list)
+
     FIELDS = (
         "name", "runtime", "handler", "memory_mb", "timeout_s", "concurrency", "max_instances",
         "min_instances", "keep_alive_s", "environment", "description", "network", "secrets", "expose_errors", "layers",
+        "async", "min_instances_schedule",
     )
 
     @classmethod
@@ -116,9 +126,11 @@ class FunctionConfig:
             raise ValidationError(
                 f"unknown field {unknown[0]!r}; known fields are: {', '.join(cls.FIELDS)}", field=unknown[0]
             )
-        merged = dataclasses.asdict(base) if base else {}
+        merged = base.to_dict() if base else {}
         merged.update(data)
         merged["secrets"] = _merge_secrets(base.secrets if base else {}, data.get("secrets"))
+        if base is not None and "async" in data:
+            merged["async"] = merge_config(base.async_config, data["async"])
         if name is not None:
             if "name" in data and data["name"] != name:
                 raise ValidationError(
@@ -169,15 +181,19 @@ class FunctionConfig:
         if network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
         layers = validate_layer_refs(d.get("layers"))
+        async_config = validate_config(d.get("async"))
+        min_schedule = scheduled_min.validate(d.get("min_instances_schedule"), max_instances)
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,
                    keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network,
-                   secrets=dict(secrets), expose_errors=expose_errors, layers=layers)
+                   secrets=dict(secrets), expose_errors=expose_errors, layers=layers,
+                   async_config=async_config, min_instances_schedule=min_schedule)
 
     def to_dict(self) -> dict:
         """Every field but the secrets' values (see :meth:`masked_secrets`); the store seals them apart."""
         d = dataclasses.asdict(self)
         d.pop("secrets")
+        d["async"] = d.pop("async_config")
         return d
 
     def masked_secrets(self) -> dict[str, str]:
@@ -185,8 +201,10 @@ class FunctionConfig:
 
     @classmethod
     def from_dict(cls, d: dict, secrets: dict[str, str] | None = None) -> FunctionConfig:
-        got = {k: v for k, v in d.items() if k in cls.FIELDS and k != "secrets"}
+        got = {k: v for k, v in d.items() if k in cls.FIELDS and k not in ("secrets", "async")}
         got["layers"] = tuple(got.get("layers") or ())
+        if d.get("async"):
+            got["async_config"] = d["async"]
         return cls(**got, secrets=dict(secrets or {}))
 
 
@@ -376,6 +394,8 @@ class Trigger:
     #: The trigger's keys as the edge checks them: SHA-256 hashes of bearer keys, or HMAC secrets.
     #: Loaded with the trigger, never part of what the API shows.
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    #: "sync" (the answer is the function's) or "async" (202 once the event is queued).
+    invocation: str = "sync"
 
     @property
     def key(self) -> str:
@@ -388,15 +408,18 @@ class Trigger:
     def to_doc(self) -> dict:
         """As stored (without keys: they are records of their own)."""
         return {"method": self.method, "path": self.path, "function": self.function, "created_at": self.created_at,
-                "auth": self.auth, "cors": self.cors}
+                "auth": self.auth, "cors": self.cors, "invocation": self.invocation}
 
     @classmethod
     def from_doc(cls, doc: dict, keys: tuple[str, ...] = ()) -> "Trigger":
         return cls(method=doc["method"], path=doc["path"], function=doc["function"],
-                   created_at=doc.get("created_at", 0.0), auth=doc.get("auth"), cors=doc.get("cors"), keys=keys)
+                   created_at=doc.get("created_at", 0.0), auth=doc.get("auth"), cors=doc.get("cors"), keys=keys,
+                   invocation=doc.get("invocation") or "sync")
 
     def to_dict(self) -> dict:
         """As the API shows it: secrets of the trigger are never included."""
         out = self.to_doc()
         out["auth"] = self.auth or {"type": "none"}
+        if self.invocation == "sync":
+            out.pop("invocation", None)
         return out

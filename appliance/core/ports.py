@@ -134,3 +134,81 @@ class InstanceClient(Protocol):
 
     def close(self, address: str) -> None:
         """Drop the pooled connections to ``address``."""
+
+
+@dataclass
+class QueuedEvent:
+    """One asynchronous event as the queue holds it (appliance.core.async_invoke has its rules)."""
+    id: str
+    function: str
+    payload: bytes
+    created_at: float
+    state: str = "queued"
+    attempts: int = 0             # attempts started
+    failures: int = 0             # attempts that counted against max_retry_attempts
+    available_at: float = 0.0
+    source: str = "api"           # api, a trigger's route key, a destination, a schedule
+    last_error: str | None = None
+    updated_at: float = 0.0
+
+
+class EventQueue(Protocol):
+    """Durable queue of asynchronous events (embedded: SQLite). Every write is durable on return:
+    an accepted event survives ``kill -9`` of any process."""
+
+    def put(self, event: QueuedEvent) -> bool:
+        """Queue ``event``; False when an event of that id was already accepted (nothing changes)."""
+
+    def claim(self, now: float, limit: int, busy: dict[str, int], caps: Callable[[str], int]) -> list[QueuedEvent]:
+        """Mark up to ``limit`` due events running (attempts + 1) and return them; a function with
+        ``busy[f] >= caps(f)`` events running here gets no more."""
+
+    def finish(self, event_id: str, state: str, *, now: float, available_at: float = 0.0, failures: int = 0,
+               error: str | None = None, destination: dict | None = None) -> None:
+        """Record the step after an attempt (``retrying`` at ``available_at``, ``succeeded``, ``dead``);
+        ``destination`` is a destination delivery to make, stored in the same transaction."""
+
+    def recover(self, now: float) -> int:
+        """Events left ``running`` by a process that ended: due again now. Returns how many."""
+
+    def next_due(self) -> float | None: ...
+
+    def get(self, event_id: str) -> QueuedEvent | None: ...
+
+    def list(self, function: str, *, state: str | None, limit: int) -> list[dict]: ...
+
+    def counts(self, function: str | None = None) -> dict[str, int]: ...
+
+    def deliveries(self, limit: int) -> list[dict]:
+        """Destination deliveries not yet made: ``{"id", "event_id", "kind", "target", "record"}``."""
+
+    def complete_delivery(self, delivery_id: int, *, event: QueuedEvent | None = None,
+                          message: tuple[str, bytes] | None = None, error: str | None = None) -> None:
+        """Drop a delivery; in the same transaction queue ``event`` (a function destination) or append
+        ``message`` = (queue, body) to an embedded queue, so a delivery is made exactly once."""
+
+
+@dataclass
+class Message:
+    """One message received from a queue (a queue source's batch item)."""
+    id: str
+    receipt: str
+    body: str
+    receive_count: int = 1
+    sent_at_ms: int = 0
+    first_receive_ms: int = 0
+    attributes: dict | None = None
+
+
+class MessageQueues(Protocol):
+    """Named message queues with visibility timeouts: SQS through boto3, or the embedded queue
+    (SQLite). A received message is hidden for ``visibility_s``; one not deleted by then is
+    received again (and, on SQS, moved to its dead-letter queue by the queue's redrive policy)."""
+
+    def send(self, queue: str, body: str) -> str: ...
+
+    def receive(self, queue: str, max_messages: int, wait_s: float, visibility_s: int) -> list[Message]: ...
+
+    def delete(self, queue: str, receipts: list[str]) -> None: ...
+
+    def arn(self, queue: str) -> str: ...

@@ -28,11 +28,13 @@ Embedded mode has no peers: the one edge decides from its pools as it always has
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
+from appliance.core import scheduled_min
 from appliance.core.activator import Activator, FunctionPool, Slot
 from appliance.core.autoscaler import Decision, InstanceView, ScalerState, ScalingPolicy, decide, plan_reaping
 from appliance.core.cluster_load import EdgeReport, SummedLoad, report_of, sum_reports
@@ -52,16 +54,24 @@ class PolicyCache:
     ``overrides`` are the operator's cluster-wide policy settings (windows, utilisation, rates).
     """
 
-    def __init__(self, **overrides: float) -> None:
+    def __init__(self, wall=time.time, **overrides: float) -> None:
         self._overrides = overrides
         self._cache: dict[str, tuple[object, ScalingPolicy]] = {}
+        self._wall = wall
 
     def get(self, record: FunctionRecord) -> ScalingPolicy:
+        config = record.config
+        schedule = getattr(config, "min_instances_schedule", None)
+        # A scheduled min_instances changes at most once a minute (cron's resolution).
+        key = (config, int(self._wall() // 60)) if schedule else config
         hit = self._cache.get(record.name)
-        if hit is not None and hit[0] is record.config:
+        if hit is not None and (hit[0] is key if not schedule else hit[0] == key and hit[0][0] is config):
             return hit[1]
-        policy = ScalingPolicy.for_function(record.config, **self._overrides)
-        self._cache[record.name] = (record.config, policy)
+        policy = ScalingPolicy.for_function(config, **self._overrides)
+        if schedule:
+            n, _ = scheduled_min.effective_min(schedule, config.min_instances, self._wall())
+            policy = dataclasses.replace(policy, min_instances=min(n, config.max_instances))
+        self._cache[record.name] = (key, policy)
         return policy
 
 
@@ -143,7 +153,8 @@ class Scaler:
             return {}
         records = {r.name: r for r in self.store.list()}
         names = {p.name for p in self.activator.pools()}
-        names |= {n for n, r in records.items() if r.config.min_instances and r.version}
+        names |= {n for n, r in records.items() if (r.config.min_instances or r.config.min_instances_schedule)
+                  and r.version}
         summed = own = None
         if self.peers is not None:
             summed, own = self._sum_loads()

@@ -30,7 +30,8 @@ def create_edge(c: Components, *, threads: int) -> EdgeApp:
     """The edge router as Granian serves it: every trigger request on the event loop of
     :mod:`.trigger_path`, the platform paths on the Flask app below."""
     return EdgeApp(create_edge_app(c), c.store, c.invoker, c.settings.max_event_bytes, threads=threads,
-                   client=c.event_loop_client(), account_id=c.settings.account_id)
+                   client=c.event_loop_client(), account_id=c.settings.account_id,
+                   async_runner=c.async_runner)
 
 
 def create_edge_app(c: Components) -> Flask:

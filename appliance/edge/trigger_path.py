@@ -186,7 +186,7 @@ class EdgeApp:
     """The RSGI application Granian calls for each request (see the module docstring)."""
 
     def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None,
-                 account_id: str = DEFAULT_ACCOUNT):
+                 account_id: str = DEFAULT_ACCOUNT, async_runner=None):
         #: ``requestContext.accountId`` of every event (APPLIANCE_ACCOUNT_ID).
         self.account_id = account_id
         self.flask_app = flask_app
@@ -200,6 +200,8 @@ class EdgeApp:
         self.client = client
         #: Triggers' authentication (bearer keys, HMAC signatures, JWTs), checked before invoking.
         self.guard = TriggerGuard()
+        #: Queues the events of ``"invocation": "async"`` triggers (appliance/core/async_runner.py).
+        self.async_runner = async_runner
 
     def _offload(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -236,6 +238,13 @@ class EdgeApp:
             if verifier is not None and verifier.needs_body:
                 authorizer = await self._authorize(verifier, headers, req.body)
             event = trigger_event(req, match, rid, authorizer, self.account_id)
+            if match.trigger.invocation == "async" and self.async_runner is not None:
+                # A durable write (fsync): on a thread, not on the loop.
+                added = await self._offload(self._accept, name, event, rid, match.route_key)
+                proto.response_bytes(202, [*_JSON_HEADERS, ("x-request-id", rid)],
+                                     dumps_compact({"requestId": rid, "status": "queued" if added else
+                                                    "already-accepted"}))
+                return
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn)
             answer = trigger_answer(method, rid, outcome, cors=cors is not None,
@@ -267,6 +276,9 @@ class EdgeApp:
         if getattr(verifier, "url", None) is not None and verifier.needs_fetch(headers, now):
             await self._offload(verifier.refresh, now)
         return verifier.check(headers, body, now)
+
+    def _accept(self, name: str, event: bytes, rid: str, route_key: str) -> bool:
+        return self.async_runner.accept(name, event, event_id=rid, source=route_key)
 
     async def _to_flask(self, scope, proto):
         """A platform path (``/_/``) to the edge's Flask app, on a thread, from a WSGI environ."""

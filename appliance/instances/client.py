@@ -40,9 +40,12 @@ def encode_request(method: str, path: str, body: bytes | None, headers: dict) ->
     return data + body if body else data
 
 
-def invoke_headers(request_id: str, deadline_ms: int) -> dict:
-    """The headers of ``POST /_/invoke`` (runtimes/README.md)."""
-    return {"Content-Type": "application/json", "X-Request-Id": request_id, "X-Deadline-Ms": str(deadline_ms)}
+def invoke_headers(request_id: str, deadline_ms: int, attempt: int | None = None) -> dict:
+    """The headers of ``POST /_/invoke`` (runtimes/README.md); ``attempt`` for asynchronous events."""
+    headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "X-Deadline-Ms": str(deadline_ms)}
+    if attempt:
+        headers["X-Faas-Attempt"] = str(attempt)
+    return headers
 
 
 def encode_invoke(body: bytes, request_id: str, deadline_ms: int) -> bytes:
@@ -331,9 +334,10 @@ class InstanceClient:
         raise InstanceUnreachable(f"cannot reach {instance.address}")  # pragma: no cover
 
     def invoke(self, instance: Instance, body: bytes, *, request_id: str, deadline_ms: int,
-               read_timeout_s: float) -> InvokeReply:
+               read_timeout_s: float, attempt: int | None = None) -> InvokeReply:
         status, hdrs, data = self._request(instance, "POST", "/_/invoke", body=body,
-                                           headers=invoke_headers(request_id, deadline_ms), timeout=read_timeout_s)
+                                           headers=invoke_headers(request_id, deadline_ms, attempt),
+                                           timeout=read_timeout_s)
         return invoke_reply(instance, status, hdrs, data)
 
     def ready(self, instance: Instance, wait_ms: int = 0) -> tuple[int, dict]:

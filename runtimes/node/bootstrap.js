@@ -418,6 +418,7 @@ class Instance {
     inv.timer = setTimeout(() => this.timedOut(inv), Math.min(Math.max(deadline - Date.now(), 0), 2147483647));
     this.watch(inv, req.socket, deadline);
     const ctx = this.context(rid, deadline, inv.cap);
+    ctx.attempt = Number(req.headers['x-faas-attempt']) || 1; // retried asynchronous events (an extension)
     this.als.run(inv.cap, () => callHandler(this.handler, event, ctx)).then(
       (result) => {
         let text;

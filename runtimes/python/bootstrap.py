@@ -356,11 +356,13 @@ class LambdaContext:
 
     __slots__ = ("aws_request_id", "function_name", "function_version", "memory_limit_in_mb",
                  "invoked_function_arn", "log_group_name", "log_stream_name", "identity", "client_context",
-                 "_deadline", "_capture")
+                 "attempt", "_deadline", "_capture")
 
-    def __init__(self, request_id, deadline, capture, static):
-        """``static``: the per-function attributes, built once per load by :func:`_context_static`."""
+    def __init__(self, request_id, deadline, capture, static, attempt=1):
+        """``static``: the per-function attributes, built once per load by :func:`_context_static`.
+        ``attempt``: 1, or the attempt number of a retried asynchronous event (an extension)."""
         self.aws_request_id = request_id
+        self.attempt = attempt
         (self.function_name, self.function_version, self.memory_limit_in_mb, self.invoked_function_arn,
          self.log_group_name, self.log_stream_name) = static
         self.identity = self.client_context = None
@@ -540,7 +542,7 @@ def thread_event_loops():
 
 
 class _Invocation:
-    __slots__ = ("rid", "deadline", "mono_deadline", "sock", "conn", "ident", "capture", "claimed", "t0")
+    __slots__ = ("rid", "deadline", "mono_deadline", "sock", "conn", "ident", "capture", "claimed", "t0", "attempt")
 
     def __init__(self, rid, deadline, now, sock, conn, ident):
         self.rid, self.deadline, self.sock, self.conn = rid, deadline, sock, conn
@@ -549,6 +551,7 @@ class _Invocation:
         self.ident = ident  # the thread that runs the handler: the main thread, or the connection's
         self.capture = _Capture(f"requestId={rid} ", rid)
         self.claimed = False
+        self.attempt = 1
 
 
 class _Conn:
@@ -1083,6 +1086,9 @@ class _Instance:
                                         f"The event is not valid JSON: {e}", rid)}, close=close)
         on_main = self.max_inflight == 1 and self.main_ident is not None
         inv = _Invocation(rid, deadline, now, sock, conn, self.main_ident if on_main else conn.ident)
+        attempt = headers.get("x-faas-attempt")
+        if attempt:
+            inv.attempt = int(attempt) if attempt.isdigit() else 1
         refused = answer = None
         with self.lock:
             state = self.state
@@ -1174,7 +1180,7 @@ class _Instance:
         rid = inv.rid
         try:
             try:
-                result = self.handler(event, LambdaContext(rid, deadline, inv.capture, self.ctx_static))
+                result = self.handler(event, LambdaContext(rid, deadline, inv.capture, self.ctx_static, inv.attempt))
             except MemoryError as e:
                 return None, _error("Function.OutOfMemory", f"MemoryError: {e}", rid, _user_stack(e.__traceback__))
             except BaseException as e:  # noqa: B902 - whatever the handler raised (even SystemExit) is the answer

@@ -86,7 +86,9 @@ async function showFunctions() {
   const {data: trig} = await api("GET", "/v1/triggers");
   const tbody = view.querySelector("#functions tbody");
   for (const f of data.functions) {
-    const routes = trig.triggers.filter(t => t.function === f.name).map(t => `${t.method} ${t.path}`).join(", ");
+    const routes = trig.triggers.filter(t => t.function === f.name)
+      .map(t => t.kind === "schedule" ? t.schedule : t.kind === "queue" ? `queue ${t.queue}` : `${t.method} ${t.path}`)
+      .join(", ");
     tbody.append(el("tr", {}, el("td", {}, el("a", {href: `#/functions/${f.name}`}, f.name)), el("td", {}, f.runtime),
       el("td", {}, f.version), el("td", {}, f.memory_mb), el("td", {}, f.timeout_s), el("td", {}, f.concurrency),
       el("td", {}, routes)));
@@ -219,9 +221,34 @@ async function showFunction(name) {
 
   // Triggers
   const ul = view.querySelector("#triggers");
+  const sources = Object.fromEntries((fn.queue_sources || []).map(s => [s.id, s]));
   for (const t of fn.triggers) {
+    if (t.kind === "queue") {
+      const s = sources[t.id] || {};
+      ul.append(el("li", {}, `queue ${t.queue} · batch ${t.batch_size} · window ${t.batching_window_s}s · ` +
+        `concurrency ${t.max_concurrency}` + (t.enabled ? "" : " · disabled") +
+        ` · in flight ${s.in_flight || 0}, deleted ${s.messages_deleted || 0}, failed ${s.messages_failed || 0} `,
+        el("button", {type: "button", onclick: async () => {
+          try { await api("DELETE", `/v1/triggers?id=${encodeURIComponent(t.id)}`); showFunction(name); }
+          catch (e) { say(e.message, true); }
+        }}, "remove")));
+      continue;
+    }
+    if (t.kind === "schedule") {
+      ul.append(el("li", {}, `${t.schedule} (${t.timezone}) · ${t.enabled ? `next run ${t.next_run}` : "disabled"} · ` +
+        `last run ${t.last_run || "-"} `,
+        el("button", {type: "button", onclick: async () => {
+          try { await api("PATCH", `/v1/triggers/${t.id}`, {enabled: !t.enabled}); showFunction(name); }
+          catch (e) { say(e.message, true); }
+        }}, t.enabled ? "disable" : "enable"), " ",
+        el("button", {type: "button", onclick: async () => {
+          try { await api("DELETE", `/v1/triggers?id=${encodeURIComponent(t.id)}`); showFunction(name); }
+          catch (e) { say(e.message, true); }
+        }}, "remove")));
+      continue;
+    }
     const edge = `${location.protocol}//${location.hostname}:${(await edgePort())}${t.path}`;
-    ul.append(el("li", {}, `${t.method} ${t.path} `, el("a", {href: edge, target: "_blank"}, "open"), " ",
+    ul.append(el("li", {}, `${t.method} ${t.path}${t.invocation === "async" ? " (async)" : ""} `, el("a", {href: edge, target: "_blank"}, "open"), " ",
       el("button", {type: "button", onclick: async () => {
         try { await api("DELETE", `/v1/triggers?method=${encodeURIComponent(t.method)}&path=${encodeURIComponent(t.path)}`); showFunction(name); }
         catch (e) { say(e.message, true); }
@@ -233,6 +260,18 @@ async function showFunction(name) {
     try { await api("POST", `/v1/functions/${name}/triggers`, t); say(`Trigger ${t.method} ${t.path} added`); showFunction(name); }
     catch (e) { say(e.message, true); }
   });
+  view.querySelector("#schedule-add").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = formValues(ev.target, []);
+    const body = {function: name, kind: "schedule", schedule: f.schedule};
+    if (f.timezone) body.timezone = f.timezone;
+    try { await api("POST", "/v1/triggers", body); say(`Schedule ${f.schedule} added`); showFunction(name); }
+    catch (e) { say(e.message, true); }
+  });
+
+  // Asynchronous events: settings (retries, age, destinations) and the latest events
+  view.querySelector("#async-config").textContent = JSON.stringify(fn.async || {}, null, 2);
+  loadEvents(name);
 
   // Invoke
   view.querySelector("#invoke").addEventListener("click", async () => {
@@ -282,6 +321,16 @@ function showLogin(message) {
     ev.target.elements.token.value = "";
     await route();
   });
+
+async function loadEvents(name) {
+  const {data} = await api("GET", `/v1/functions/${name}/events?limit=20`);
+  const tbody = view.querySelector("#events tbody");
+  if (!tbody) return;
+  view.querySelector("#event-counts").textContent =
+    ["queued", "running", "retrying", "succeeded", "dead"].map(k => `${k}: ${data.counts[k] || 0}`).join(" · ");
+  tbody.replaceChildren(...data.events.map(e => el("tr", {},
+    el("td", {}, new Date(e.created_at * 1000).toLocaleTimeString()), el("td", {}, e.id.slice(0, 12)),
+    el("td", {}, e.state), el("td", {}, e.attempts), el("td", {}, e.last_error || e.source || ""))));
 }
 
 async function route() {
