@@ -21,7 +21,7 @@ from appliance.control.records_view import RecordsView, decode_cursor, encode_cu
 from appliance.control.scaling_view import ScalingView
 from appliance.core import tokens as tokens_mod
 from appliance.core.codepkg import check_entry_name
-from appliance.core.errors import NotFound, ValidationError
+from appliance.core.errors import ConsoleNotBuilt, NotFound, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
 from appliance.web import install_error_handlers, json_response, request_id
@@ -33,6 +33,9 @@ JSON = "application/json"
 BROWSER_SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+#: The console's bundle (CodeMirror, uPlot and our code), built from console/src by `make console`.
+CONSOLE_DIST = CONSOLE_DIR / "dist"
+CONSOLE_ASSETS = ("index.html", "console.css")
 #: Files the online editor shows: text, at most this size each.
 EDITABLE_MAX_BYTES = 256 << 10
 
@@ -185,6 +188,11 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/console/")
     @app.get("/console/<path:filename>")
     def console(filename: str = "index.html"):
+        if filename in CONSOLE_ASSETS:
+            return send_from_directory(CONSOLE_DIR, filename, max_age=0)
+        if filename.startswith("dist/") and not (CONSOLE_DIST / "console.js").is_file():
+            raise ConsoleNotBuilt("the console's bundle is not built: run `make console` (npm ci and esbuild from "
+                                  "appliance/control/console/src/package-lock.json), then reload")
         return send_from_directory(CONSOLE_DIR, filename, max_age=0)
 
     # -- functions -----------------------------------------------------------------------
@@ -362,6 +370,14 @@ def create_control_app(c: Components) -> Flask:
         need("read", name)
         store.get(ensure_name(name))
         return json_response({"instances": [i.to_api() for i in c.scheduler.instances(name)]})
+
+    @app.get("/v1/functions/<name>/series")
+    def series(name: str):
+        """Chart points of one function over a window: a fixed number, whatever the traffic."""
+        need("records", name)
+        store.get(ensure_name(name))
+        c.records_view.flush(2.0)
+        return json_response(c.records_view.series(name, request.args.get("window") or "1h", time.time()))
 
     @app.get("/v1/usage")
     def usage():
