@@ -157,6 +157,27 @@ def test_api_errors_are_shown_next_to_the_field_to_fix(appliance, page):
     assert page.get_attribute("#create input[name=memory_mb]", "aria-invalid") == "true"
 
 
+def test_settings_are_saved_and_a_bad_one_is_marked_at_its_field(appliance, page):
+    page.goto(appliance.api_url + "/console/#/functions/webfn")
+    page.wait_for_selector("#settings input[name=handler]")
+    expect(page.locator("#settings input[name=handler]")).to_have_value("index.handler")
+    page.fill("#settings input[name=min_instances]", "50")
+    page.click("#settings button[type=submit]")
+    expect(page.locator("#settings .field-error[data-for=min_instances]")).to_contain_text("cannot exceed max_instances")
+    page.fill("#settings input[name=min_instances]", "0")
+    page.fill("#settings input[name=description]", "says hello from the console")
+    page.select_option("#settings select[name=network]", "none")
+    page.click("#settings button[type=submit]")
+    page.wait_for_selector("#status:has-text('Settings saved')")
+    expect(page.locator("#fn-description")).to_have_text("says hello from the console")
+    expect(page.locator("#settings .field-error[data-for=min_instances]")).to_be_hidden()
+    fn = appliance.http.get(f"{appliance.api_url}/v1/functions/webfn", timeout=10).json()
+    assert fn["description"] == "says hello from the console" and fn["network"] == "none"
+    # the list shows the last hour's calls
+    page.goto(appliance.api_url + "/console/#/")
+    expect(page.locator("#functions tbody tr:has-text('webfn') td[data-label='Calls (1 h)']")).not_to_have_text("0")
+
+
 def test_usage_page_lists_invocations_and_gb_seconds(appliance, page):
     fn = appliance.deploy()
     appliance.http.post(f"{appliance.api_url}/v1/functions/{fn}/invocations", json={}, timeout=30)

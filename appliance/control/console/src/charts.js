@@ -13,6 +13,8 @@ export const CHARTS = [
     total: pts => max(pts, "p99_ms"), summary: t => t === null ? "no calls" : `highest p99 ${t.toFixed(1)} ms`},
   {id: "cold", title: "Cold-start rate (%)", series: [{key: "cold_pct", label: "cold %", stroke: "#7c3aed"}],
     total: pts => sum(pts, "cold_starts"), summary: t => `${t} cold start${t === 1 ? "" : "s"}`},
+  {id: "instances", title: "Instances serving", series: [{key: "instances", label: "instances", stroke: "#475569"}],
+    total: pts => max(pts, "instances") || 0, summary: t => `at most ${t} at once`},
   {id: "gbs", title: "GB-seconds", series: [{key: "gb_seconds", label: "GB-s", stroke: "#0891b2"}],
     total: pts => Number(sum(pts, "gb_seconds").toFixed(6)), summary: t => `${t} GB-s in the window`},
 ];

@@ -148,13 +148,17 @@ async function showFunctions() {
   const load = async () => {
     setState(state, "loading", "Loading functions…");
     try {
-      const [{data}, {data: trig}] = await Promise.all([api("GET", "/v1/functions"), api("GET", "/v1/triggers")]);
+      const [{data}, {data: trig}, recent] = await Promise.all([api("GET", "/v1/functions"), api("GET", "/v1/triggers"),
+        api("GET", "/v1/usage?since=-3600").then(r => r.data.usage, () => null)]);  // a token may not read records
+      const lastHour = Object.fromEntries((recent || []).map(u => [u.function, u]));
+      const hourly = (f, k) => recent === null ? "–" : (lastHour[f.name] ? lastHour[f.name][k] : 0);
       const tbody = table.querySelector("tbody");
       tbody.replaceChildren(...data.functions.map(f => {
         const routes = trig.triggers.filter(t => t.function === f.name).map(t => `${t.method} ${t.path}`).join(", ");
         return el("tr", {}, el("td", {"data-label": "Name"}, el("a", {href: `#/functions/${f.name}`}, f.name)),
           el("td", {"data-label": "Runtime"}, f.runtime), el("td", {"data-label": "Version"}, f.version || "no code"),
-          el("td", {"data-label": "Memory"}, `${f.memory_mb} MB`), el("td", {"data-label": "Timeout"}, `${f.timeout_s} s`),
+          el("td", {"data-label": "Memory"}, `${f.memory_mb} MB`), el("td", {"data-label": "Calls (1 h)"}, hourly(f, "invocations")),
+          el("td", {"data-label": "Errors (1 h)", class: hourly(f, "errors") > 0 ? "bad" : ""}, hourly(f, "errors")),
           el("td", {"data-label": "Triggers"}, routes || "–"));
       }));
       setState(state, null);
@@ -297,6 +301,8 @@ async function showFunction(name) {
     view.querySelector("#fn-summary").textContent =
       `${fn.runtime} · ${fn.handler} · ${fn.memory_mb} MB · ${fn.timeout_s} s · version ${fn.version}` +
       (fn.code_sha256 ? ` · sha256 ${fn.code_sha256.slice(0, 12)}` : "");
+    view.querySelector("#fn-description").textContent = fn.description || "";
+    view.querySelector("#fn-description").hidden = !fn.description;
     const s = fn.scaling;
     view.querySelector("#fn-scaling").textContent = s ?
       `Instances: ${s.ready} ready, ${s.starting} starting, ${s.waiting} waiting, ${s.inflight} in flight. ` +
@@ -503,6 +509,7 @@ function setupLogs(name) {
 
   const loadInvocations = async () => {
     const {data} = await api("GET", `/v1/functions/${name}/invocations?limit=20`);
+    tbody.closest("table").hidden = !data.invocations.length;
     tbody.replaceChildren(...data.invocations.map(r => el("tr", {},
       el("td", {"data-label": "Time"}, new Date(r.started_at * 1000).toLocaleTimeString()),
       el("td", {"data-label": "Request"}, el("code", {}, r.request_id.slice(0, 12))),
@@ -572,7 +579,7 @@ async function setupVersions(name, fn, refreshFn) {
 function setupSettings(name, fn, refreshFn) {
   const form = view.querySelector("#settings");
   const fill = () => {
-    for (const k of [...NUMERIC, "handler"]) form.elements[k].value = fn[k];
+    for (const k of [...NUMERIC, "handler", "network", "description"]) form.elements[k].value = fn[k] ?? "";
     form.elements.environment.value = JSON.stringify(fn.environment || {});
     // Secrets are write-only: the API shows "****", and "****" sent back keeps the stored value.
     form.elements.secrets.value = JSON.stringify(fn.secrets || {});
@@ -590,6 +597,7 @@ function setupSettings(name, fn, refreshFn) {
       }
       for (const k of Object.keys(fn.secrets || {})) if (!(k in cfg.secrets)) cfg.secrets[k] = null;  // removed here
       cfg.expose_errors = form.elements.expose_errors.checked;
+      cfg.description = form.elements.description.value;  // emptied on purpose: sent as ""
       await api("PATCH", `/v1/functions/${name}`, cfg);
       say("Settings saved");
       await refreshFn();
