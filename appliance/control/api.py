@@ -35,9 +35,17 @@ ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/oct
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 #: The console's bundle (CodeMirror, uPlot and our code), built from console/src by `make console`.
 CONSOLE_DIST = CONSOLE_DIR / "dist"
-CONSOLE_ASSETS = ("index.html", "console.css")
 #: Files the online editor shows: text, at most this size each.
 EDITABLE_MAX_BYTES = 256 << 10
+
+
+def check_console_built(filename: str, dist: Path) -> None:
+    """Raise ConsoleNotBuilt when ``filename`` (the page or a bundle file) needs a bundle that was
+    never built: the page alone would load and stay blank. The stylesheet is served either way."""
+    if filename in ("index.html", "") or filename.startswith("dist/"):
+        if not (dist / "console.js").is_file():
+            raise ConsoleNotBuilt("the console's bundle is not built: run `make console` (npm ci and esbuild from "
+                                  "appliance/control/console/src/package-lock.json), then reload")
 
 
 def _json_body() -> dict:
@@ -188,11 +196,14 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/console/")
     @app.get("/console/<path:filename>")
     def console(filename: str = "index.html"):
-        if filename in CONSOLE_ASSETS:
-            return send_from_directory(CONSOLE_DIR, filename, max_age=0)
-        if filename.startswith("dist/") and not (CONSOLE_DIST / "console.js").is_file():
-            raise ConsoleNotBuilt("the console's bundle is not built: run `make console` (npm ci and esbuild from "
-                                  "appliance/control/console/src/package-lock.json), then reload")
+        try:
+            check_console_built(filename, CONSOLE_DIST)
+        except ConsoleNotBuilt as exc:
+            if filename != "index.html":
+                raise
+            # A browser opening the console reads the reason on the page, not a blank one.
+            page = f"<!doctype html><title>FaaS Appliance</title><h1>The console is not built</h1><p>{exc.message}</p>"
+            return Response(page, 503, mimetype="text/html")
         return send_from_directory(CONSOLE_DIR, filename, max_age=0)
 
     # -- functions -----------------------------------------------------------------------
