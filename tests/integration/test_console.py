@@ -204,6 +204,10 @@ def test_the_console_fits_a_phone_and_a_laptop(appliance, browser, shots):
         assert overflow <= 0, f"{label}: the page is {overflow}px wider than the window"
         pg.click("#file-tree li[data-path='lib/util.py'] button.file")
         expect(pg.locator("#editor .cm-content")).to_contain_text("y = 2")
+        pg.click("#editor .cm-content")
+        pg.keyboard.press("Control+f")  # the editor's own search panel
+        expect(pg.locator("#editor .cm-search input[name=search]")).to_be_visible()
+        pg.keyboard.press("Escape")
         box = pg.locator("#editor .cm-editor").bounding_box()
         assert box["width"] >= viewport["width"] * 0.75 or label == "1280"
         pg.screenshot(path=str(shots / f"function-{label}.png"), full_page=True)

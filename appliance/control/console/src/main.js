@@ -509,7 +509,7 @@ function setupLogs(name) {
 
   const loadInvocations = async () => {
     const {data} = await api("GET", `/v1/functions/${name}/invocations?limit=20`);
-    tbody.closest("table").hidden = !data.invocations.length;
+    tbody.closest("table").hidden = view.querySelector("#invocations-title").hidden = !data.invocations.length;
     tbody.replaceChildren(...data.invocations.map(r => el("tr", {},
       el("td", {"data-label": "Time"}, new Date(r.started_at * 1000).toLocaleTimeString()),
       el("td", {"data-label": "Request"}, el("code", {}, r.request_id.slice(0, 12))),
