@@ -72,6 +72,27 @@ def test_a_wrong_token_is_refused_next_to_the_field(appliance, browser):
     pg.close()
 
 
+def test_a_narrow_token_sees_its_functions_and_an_invoke_token_is_told_why_not(appliance, browser):
+    appliance.deploy(name="tok-mine")
+    appliance.deploy(name="not-mine")
+    made = {}
+    for scope, pattern in (("deploy", "tok-*"), ("invoke", None)):
+        body = {"name": f"console-{scope}", "scope": scope, **({"functions": pattern} if pattern else {})}
+        resp = appliance.http.post(f"{appliance.api_url}/v1/tokens", json=body, timeout=10)
+        assert resp.status_code == 201, resp.text
+        made[scope] = resp.json()["token"]
+    pg = browser.new_page(viewport=WIDE)
+    pg.goto(appliance.api_url + "/console/")
+    pg.fill("#login input[name=token]", made["invoke"])
+    pg.click("#login button[type=submit]")
+    expect(pg.locator("#login .field-error[data-for=token]")).to_contain_text("scope read, deploy or admin")
+    pg.fill("#login input[name=token]", made["deploy"])
+    pg.click("#login button[type=submit]")
+    expect(pg.locator("#functions tbody tr:has-text('tok-mine')")).to_be_visible()
+    assert pg.locator("#functions tbody tr").count() == 1  # not-mine is not listed
+    pg.close()
+
+
 def test_a_function_is_created_edited_deployed_triggered_invoked_and_charted(appliance, page, shots):
     page.goto(appliance.api_url + "/")
     assert page.url.endswith("/console/")

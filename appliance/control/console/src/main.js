@@ -625,7 +625,12 @@ function showLogin(message) {
       if (!value) throw new FieldError("token", "paste a token");
       sessionStorage.setItem(TOKEN_KEY, value);
       try { await api("GET", "/v1/functions"); }
-      catch (e) { if (e instanceof AuthNeeded) throw new FieldError("token", `this token was refused: ${e.message}`); throw e; }
+      catch (e) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        if (e instanceof AuthNeeded) throw new FieldError("token", `this token was refused: ${e.message}`);
+        if (e.status === 403) throw new FieldError("token", `${e.message}: the console needs a token of scope read, deploy or admin`);
+        throw e;
+      }
       form.elements.token.value = "";
       await route();
     });
