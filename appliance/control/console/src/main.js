@@ -639,6 +639,7 @@ function showLogin(message) {
 }
 
 async function route() {
+  if (statusEl.className === "error") say("");  // an error belongs to the page it happened on
   if (!token()) { showLogin(); return; }
   document.getElementById("nav-logout").hidden = false;
   const hash = location.hash || "#/";
