@@ -311,6 +311,9 @@ async function showFunction(name) {
   };
   renderHeader();
   const refreshFn = async () => { fn = (await api("GET", `/v1/functions/${name}`)).data; renderHeader(); };
+  // The instance counts and the autoscaler's decision change by themselves: keep them current.
+  const headerTimer = setInterval(() => { if (!document.hidden) refreshFn().catch(() => {}); }, CHART_MS);
+  cleanup.push(() => clearInterval(headerTimer));
 
   await Promise.all([setupCode(name, fn, refreshFn), setupCharts(name), setupTriggers(name, fn),
     setupLogs(name), setupVersions(name, fn, refreshFn)]);
