@@ -7,7 +7,7 @@ import {Charts} from "./charts.js";
 
 const TOKEN_KEY = "faas.token";
 const token = () => sessionStorage.getItem(TOKEN_KEY);
-/** How often the open function page asks for new log lines, and redraws its charts. */
+/** How often the open function page asks for new log lines; the least time between two chart queries. */
 const TAIL_MS = 1000;
 const CHART_MS = 5000;
 /** Log lines kept on the page: a long tail must not grow the tab without bound. */
@@ -401,15 +401,20 @@ async function setupCode(name, fn, refreshFn) {
   try { await load(); } catch (e) { if (e instanceof AuthNeeded) throw e; state.textContent = `Could not load the code: ${e.message}`; }
 }
 
+/** Seconds per chart bucket of each window (the API answers 60 buckets). */
+const WINDOW_STEP_S = {"15m": 15, "1h": 60, "6h": 360, "24h": 1440, "7d": 10080};
+
 async function setupCharts(name) {
   const state = view.querySelector("#charts-state");
   const charts = new Charts(view.querySelector("#charts"));
   const select = view.querySelector("#window");
   select.value = sessionStorage.getItem("faas.window") || "1h";
-  let busy = false;
-  const load = async () => {
-    if (busy) return;
+  // One query at a time and at most one every CHART_MS: a day's window reads every record of the
+  // day, so new calls and the timer ask for a redraw and this coalesces the asks.
+  let busy = false, again = false, last = 0, soon = null;
+  const run = async () => {
     busy = true;
+    last = Date.now();
     try {
       const {data} = await api("GET", `/v1/functions/${name}/series?window=${encodeURIComponent(select.value)}`);
       setState(state, null);
@@ -417,15 +422,29 @@ async function setupCharts(name) {
       const calls = data.points.reduce((a, p) => a + p.invocations, 0);
       if (!calls) setState(state, "empty", "No invocations in this window yet: the charts fill in as the function is called.");
     } catch (e) {
-      if (e instanceof AuthNeeded) throw e;
-      setState(state, "error", `Could not load the metrics: ${e.message}`, load);
-    } finally { busy = false; }
+      if (e instanceof AuthNeeded) { showLogin(e.message); return; }
+      setState(state, "error", `Could not load the metrics: ${e.message}`, () => request());
+    } finally {
+      busy = false;
+      if (again) { again = false; request(); }
+    }
   };
-  select.addEventListener("change", () => { sessionStorage.setItem("faas.window", select.value); load(); });
-  const timer = setInterval(() => { if (!document.hidden) load().catch(() => {}); }, CHART_MS);
-  cleanup.push(() => { clearInterval(timer); charts.destroy(); });
-  view.addEventListener("activity", () => load().catch(() => {}));
-  await load();
+  const request = () => {
+    if (busy) { again = true; return; }
+    clearTimeout(soon);
+    soon = setTimeout(run, Math.max(0, last + CHART_MS - Date.now()));
+  };
+  // Unprompted redraws every half bucket (at least CHART_MS): a 24-hour chart moves every 12 minutes.
+  let timer = null;
+  const every = () => {
+    clearInterval(timer);
+    timer = setInterval(() => { if (!document.hidden) request(); }, Math.max(CHART_MS, WINDOW_STEP_S[select.value] * 500));
+  };
+  select.addEventListener("change", () => { sessionStorage.setItem("faas.window", select.value); last = 0; request(); every(); });
+  every();
+  cleanup.push(() => { clearInterval(timer); clearTimeout(soon); charts.destroy(); });
+  view.addEventListener("activity", request);
+  await run();
 }
 
 async function setupTriggers(name, fn) {
