@@ -111,8 +111,10 @@ def test_a_function_is_created_edited_deployed_triggered_invoked_and_charted(app
     expect(page.locator("#charts-state")).to_contain_text("No invocations")
 
     set_code(page, "def handler(event, context):\n    print('edited online')\n    return 'from the console'\n")
+    expect(page.locator("#file-tree li[data-path='index.py']")).to_have_class(re.compile("modified"))
     page.click("#save-code")
     page.wait_for_selector("#status:has-text('Deployed version 2')")
+    expect(page.locator("#file-tree li[data-path='index.py']")).not_to_have_class(re.compile("modified"))
     page.wait_for_selector("#fn-summary:has-text('version 2')")
     page.wait_for_selector("#versions tbody tr[data-version='2']:has-text('current')")
 
@@ -164,6 +166,7 @@ def test_an_old_version_is_redeployed_from_the_versions_list(appliance, page):
     page.click("#versions tbody tr[data-version='1'] button:has-text('Redeploy')")
     page.wait_for_selector("#status:has-text('Version 1 redeployed as version 3')")
     page.wait_for_selector("#versions tbody tr[data-version='3']:has-text('current')")
+    expect(page.locator("#editor .cm-content")).to_contain_text('return "Hello Serverless"')  # the editor shows it
     assert requests.get(appliance.edge + "/web/x", timeout=10).text == "Hello Serverless"
 
 

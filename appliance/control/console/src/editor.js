@@ -17,11 +17,14 @@ function languageOf(path) {
 }
 
 export class CodeEditor {
-  constructor(parent, onSave) {
+  constructor(parent, onSave, onChange) {
     this.states = new Map();
+    this.saved = new Map();   // path -> text as last loaded or saved: what "modified" compares with
     this.current = null;
     this.onSave = onSave;
-    this.view = new EditorView({parent, state: EditorState.create({doc: ""})});
+    this.onChange = onChange || (() => {});
+    this.view = new EditorView({parent, state: EditorState.create({doc: ""}),
+      dispatch: (tr, view) => { view.update([tr]); if (tr.docChanged) this.onChange(); }});
   }
 
   _state(path, text) {
@@ -35,6 +38,7 @@ export class CodeEditor {
   /** Replace every file (after a load or a deploy); opens ``open``. */
   load(files, open) {
     this.states = new Map(Object.entries(files).map(([p, t]) => [p, this._state(p, t)]));
+    this.saved = new Map(Object.entries(files));
     this.current = null;
     this.open(open);
   }
@@ -54,6 +58,16 @@ export class CodeEditor {
   }
 
   paths() { return [...this.states.keys()].sort(); }
+
+  /** Whether ``path`` differs from what was loaded or last saved (a new file always does). */
+  modified(path) {
+    const state = path === this.current ? this.view.state : this.states.get(path);
+    return !this.saved.has(path) || state.doc.toString() !== this.saved.get(path);
+  }
+
+  anyModified() { return this.paths().some(p => this.modified(p)) || [...this.saved.keys()].some(p => !this.states.has(p)); }
+
+  markSaved() { this.saved = new Map(Object.entries(this.files())); }
 
   files() {
     if (this.current !== null) this.states.set(this.current, this.view.state);

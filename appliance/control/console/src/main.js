@@ -24,7 +24,9 @@ const statusEl = document.getElementById("status");
 const PHASE_COLOURS = {queue: "#b0bec5", placement: "#90caf9", code_fetch: "#80cbc4", sandbox: "#ce93d8",
   runtime_init: "#ffcc80", user_init: "#ffab91", run: "#a5d6a7", overhead: "#e0e0e0"};
 let cleanup = [];
-let pageFn = null;  // the function the page shows, as last read   // what the current page started (timers, editors, charts), stopped on leaving it
+let pageFn = null;  // the function the page shows, as last read
+let unsaved = () => false;  // whether leaving the page would lose edits
+let shownHash = location.hash;   // what the current page started (timers, editors, charts), stopped on leaving it
 
 let statusTimer = null;
 function say(text, isError) {
@@ -326,7 +328,19 @@ async function setupCode(name, fn, refreshFn) {
   const form = view.querySelector("#code-form");
   const tree = view.querySelector("#file-tree");
   const fileLabel = view.querySelector("#editor-file");
-  const editor = new CodeEditor(view.querySelector("#editor"), () => save());
+  let marked = null;
+  const markModified = () => {  // the tree's dots and the save button follow the edits
+    const now = JSON.stringify(editor.paths().map(p => editor.modified(p)));
+    if (now === marked) return;
+    marked = now;
+    for (const li of tree.querySelectorAll("li[data-path]")) li.classList.toggle("modified", editor.modified(li.dataset.path));
+    view.querySelector("#save-code").classList.toggle("pending", editor.anyModified());
+  };
+  const editor = new CodeEditor(view.querySelector("#editor"), () => save(), markModified);
+  const leaving = (ev) => { if (editor.anyModified()) { ev.preventDefault(); ev.returnValue = ""; } };
+  window.addEventListener("beforeunload", leaving);
+  unsaved = () => editor.anyModified();
+  cleanup.push(() => { window.removeEventListener("beforeunload", leaving); unsaved = () => false; });
   cleanup.push(() => editor.destroy());
   let omitted = [];
 
@@ -351,11 +365,14 @@ async function setupCode(name, fn, refreshFn) {
       lastDir = dir;
     }
     fileLabel.textContent = editor.current || "";
+    marked = null;
+    markModified();
   };
 
   const load = async () => {
     state.textContent = "Loading the code…";
     let files = {};
+    fn = pageFn || fn;
     if (fn.version) {
       const {data} = await api("GET", `/v1/functions/${name}/files`);
       files = data.files;
@@ -371,12 +388,18 @@ async function setupCode(name, fn, refreshFn) {
   const save = () => submitting(form, async () => {
     if (omitted.length) throw new FieldError("files", `this version has files the editor cannot show (${omitted.join(", ")}); saving here would drop them: upload a zip instead`);
     const {data} = await api("PUT", `/v1/functions/${name}/code`, {files: editor.files()});
+    editor.markSaved();
+    marked = null;
+    markModified();
     say(`Deployed version ${data.version.version}` + (data.warnings.length ? ` (warning: ${data.warnings[0]})` : ""));
     await refreshFn();
     view.dispatchEvent(new CustomEvent("deployed"));
   });
 
   view.querySelector("#save-code").addEventListener("click", save);
+  view.addEventListener("deployed", (ev) => {  // another version's code became current: show it
+    if (ev.detail && ev.detail.reload) load().catch(e => { state.textContent = `Could not load the code: ${e.message}`; });
+  });
   const addForm = view.querySelector("#file-add");
   addForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -590,7 +613,7 @@ async function setupVersions(name, fn, refreshFn) {
           const {data: up} = await api("PUT", `/v1/functions/${name}/code`, await zip.blob(), {"Content-Type": "application/zip"});
           say(`Version ${v.version} redeployed as version ${up.version.version}`);
           await refreshFn();
-          view.dispatchEvent(new CustomEvent("deployed"));
+          view.dispatchEvent(new CustomEvent("deployed", {detail: {reload: true}}));
         } catch (e) { say(e.message, true); ev.target.disabled = false; }
       }}, "Redeploy")))));
   };
@@ -665,6 +688,7 @@ async function route() {
   if (!token()) { showLogin(); return; }
   document.getElementById("nav-logout").hidden = false;
   const hash = location.hash || "#/";
+  shownHash = location.hash;
   for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("current", a.getAttribute("href") === hash);
   try {
     if (hash.startsWith("#/functions/")) await showFunction(decodeURIComponent(hash.slice(12)));
@@ -690,5 +714,15 @@ document.addEventListener("click", (ev) => {
   if (target) target.scrollIntoView({behavior: "smooth", block: "start"});
 });
 
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => {
+  if (location.hash === shownHash) return;  // put back below
+  if (unsaved() && !confirm("The code has changes that are not deployed. Leave this page and lose them?")) {
+    const back = shownHash;
+    shownHash = back;
+    history.replaceState(null, "", back || "#/");
+    return;
+  }
+  shownHash = location.hash;
+  route();
+});
 route();
