@@ -151,6 +151,9 @@ def test_a_function_is_created_edited_deployed_triggered_invoked_and_charted(app
     expect(printed).to_have_count(3)  # the link opened, the request above, the invoke: each line once
     appliance.http.post(f"{appliance.api_url}/v1/functions/webfn/invocations", json={}, timeout=30)
     expect(printed).to_have_count(4)
+    page.fill("#log-filter", "EDITED ONLINE")  # the filter keeps the matching lines only
+    expect(page.locator("#logs .line:visible")).to_have_count(4)
+    page.fill("#log-filter", "")
     # the charts count the calls (two through the trigger, two invocations); the window can be changed
     expect(page.locator("#chart-invocations")).to_have_attribute("data-total", "4")
     assert float(page.get_attribute("#chart-gbs", "data-total")) > 0

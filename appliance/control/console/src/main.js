@@ -532,6 +532,9 @@ function setupLogs(name) {
   const live = view.querySelector("#tail-live");
   const dot = view.querySelector("#tail-dot");
   const tbody = view.querySelector("#invocations tbody");
+  const filter = view.querySelector("#log-filter");
+  const shows = (span) => !filter.value || span.textContent.toLowerCase().includes(filter.value.toLowerCase());
+  filter.addEventListener("input", () => { for (const span of pre.children) span.hidden = !shows(span); });
   let cursor = null;
   let lines = 0;
   let busy = false;
@@ -542,7 +545,9 @@ function setupLogs(name) {
     const frag = document.createDocumentFragment();
     for (const l of rows) {
       const cls = /^(START|END) RequestId/.test(l.line) ? "meta" : /error|Traceback|Exception/i.test(l.line) ? "err" : "";
-      frag.append(el("span", {class: `line ${cls}`}, `${new Date(l.ts * 1000).toLocaleTimeString()}  ${l.line}\n`));
+      const span = el("span", {class: `line ${cls}`}, `${new Date(l.ts * 1000).toLocaleTimeString()}  ${l.line}\n`);
+      span.hidden = !shows(span);
+      frag.append(span);
     }
     pre.append(frag);
     lines += rows.length;
