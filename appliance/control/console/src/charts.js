@@ -4,18 +4,18 @@ import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
 
 export const CHARTS = [
-  {id: "invocations", title: "Invocations", series: [{key: "invocations", label: "invocations", stroke: "#2563eb"}],
+  {id: "invocations", top: 1, title: "Invocations", series: [{key: "invocations", label: "invocations", stroke: "#2563eb"}],
     total: pts => sum(pts, "invocations"), summary: t => `${t} in the window`},
-  {id: "errors", title: "Errors", series: [{key: "errors", label: "errors", stroke: "#dc2626"}],
+  {id: "errors", top: 1, title: "Errors", series: [{key: "errors", label: "errors", stroke: "#dc2626"}],
     total: pts => sum(pts, "errors"), summary: t => `${t} in the window`},
-  {id: "duration", sparse: true, title: "Duration (ms)", series: [{key: "p50_ms", label: "p50", stroke: "#059669"},
+  {id: "duration", top: 1, sparse: true, title: "Duration (ms)", series: [{key: "p50_ms", label: "p50", stroke: "#059669"},
     {key: "p99_ms", label: "p99", stroke: "#d97706"}],
     total: pts => max(pts, "p99_ms"), summary: t => t === null ? "no calls" : `highest p99 ${t.toFixed(1)} ms`},
-  {id: "cold", sparse: true, title: "Cold-start rate (%)", series: [{key: "cold_pct", label: "cold %", stroke: "#7c3aed"}],
+  {id: "cold", top: 100, sparse: true, title: "Cold-start rate (%)", series: [{key: "cold_pct", label: "cold %", stroke: "#7c3aed"}],
     total: pts => sum(pts, "cold_starts"), summary: t => `${t} cold start${t === 1 ? "" : "s"}`},
-  {id: "instances", title: "Instances serving", series: [{key: "instances", label: "instances", stroke: "#475569"}],
+  {id: "instances", top: 1, title: "Instances serving", series: [{key: "instances", label: "instances", stroke: "#475569"}],
     total: pts => max(pts, "instances") || 0, summary: t => `at most ${t} at once`},
-  {id: "gbs", title: "GB-seconds", series: [{key: "gb_seconds", label: "GB-s", stroke: "#0891b2"}],
+  {id: "gbs", top: 0.000001, title: "GB-seconds", series: [{key: "gb_seconds", label: "GB-s", stroke: "#0891b2"}],
     total: pts => Number(sum(pts, "gb_seconds").toFixed(6)), summary: t => `${t} GB-s in the window`},
 ];
 
@@ -48,13 +48,13 @@ export class Charts {
         this.container.append(box);
         const opts = {...this._size(box), title: "", legend: {show: true},
           cursor: {drag: {x: false, y: false}},
-          scales: {x: {time: true}, y: {range: (u, lo, hi) => [0, Math.max(hi || 0, c.id === "cold" ? 100 : 1)]}},
+          scales: {x: {time: true}, y: {range: (u, lo, hi) => [0, Math.max((hi || 0) * 1.1, c.top)]}},
           axes: [{}, {size: 48}],
           series: [{}, ...c.series.map(s => ({label: s.label, stroke: s.stroke, width: 2, spanGaps: c.id === "duration",
             fill: c.series.length === 1 ? s.stroke + "22" : undefined,
             // Buckets without calls have no duration or cold-start rate: a lone bucket between gaps
             // would draw nothing as a line, so those charts mark every point.
-            points: {show: c.sparse === true, size: 5}}))]};
+            points: {show: c.sparse === true, size: 7, fill: s.stroke}}))]};
         const plot = new uPlot(opts, data, box);
         entry = {plot, box, cap};
         this.plots.set(c.id, entry);
