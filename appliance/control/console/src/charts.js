@@ -19,6 +19,8 @@ export const CHARTS = [
     total: pts => Number(sum(pts, "gb_seconds").toFixed(6)), summary: t => `${t} GB-s in the window`},
 ];
 
+/** An axis label: tiny GB-s values would otherwise all read "0". */
+function small(v) { return v === 0 ? "0" : Math.abs(v) < 0.01 ? v.toExponential(0) : String(Number(v.toFixed(2))); }
 function sum(pts, k) { return pts.reduce((a, p) => a + (p[k] || 0), 0); }
 function max(pts, k) { const v = pts.map(p => p[k]).filter(x => x !== null && x !== undefined); return v.length ? Math.max(...v) : null; }
 
@@ -49,7 +51,7 @@ export class Charts {
         const opts = {...this._size(box), title: "", legend: {show: true},
           cursor: {drag: {x: false, y: false}},
           scales: {x: {time: true}, y: {range: (u, lo, hi) => [0, Math.max((hi || 0) * 1.1, c.top)]}},
-          axes: [{}, {size: 48}],
+          axes: [{}, {size: 56, values: (u, vals) => vals.map(small)}],
           series: [{}, ...c.series.map(s => ({label: s.label, stroke: s.stroke, width: 2, spanGaps: c.id === "duration",
             fill: c.series.length === 1 ? s.stroke + "22" : undefined,
             // Buckets without calls have no duration or cold-start rate: a lone bucket between gaps
