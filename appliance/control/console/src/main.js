@@ -694,7 +694,7 @@ async function route() {
   document.getElementById("nav-logout").hidden = false;
   const hash = location.hash || "#/";
   shownHash = location.hash;
-  for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("current", a.getAttribute("href") === hash);
+  for (const a of document.querySelectorAll("header nav a:not(#nav-logout)")) a.classList.toggle("current", a.getAttribute("href") === hash);
   try {
     if (hash.startsWith("#/functions/")) await showFunction(decodeURIComponent(hash.slice(12)));
     else if (hash === "#/usage") await showUsage();
