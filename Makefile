@@ -13,7 +13,10 @@ API_PORT ?= 8081
 DATA_DIR ?= .faas
 PYTEST_ARGS ?=
 
-.PHONY: runtime-deps venv dev up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
+CONSOLE_SRC := appliance/control/console/src
+CONSOLE_DIST := appliance/control/console/dist
+
+.PHONY: console runtime-deps venv dev up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
 
 venv: $(VENV)/.installed
 
@@ -42,6 +45,19 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
+# The web console's bundle: CodeMirror, uPlot and the console's code, installed with `npm ci` from
+# the committed package-lock.json and bundled by esbuild into $(CONSOLE_DIST) (not committed; the
+# control API answers Console.NotBuilt until it exists). Rebuilt when a source or the lock changes.
+console: $(CONSOLE_DIST)/console.js
+
+$(CONSOLE_SRC)/node_modules/.package-lock.json: $(CONSOLE_SRC)/package-lock.json
+	@command -v npm >/dev/null || { echo "The console needs Node.js 18+ and npm to build (apt-get install nodejs npm)"; exit 1; }
+	cd $(CONSOLE_SRC) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(CONSOLE_DIST)/console.js: $(CONSOLE_SRC)/node_modules/.package-lock.json $(wildcard $(CONSOLE_SRC)/*.js) $(CONSOLE_SRC)/package.json
+	cd $(CONSOLE_SRC) && npm run --silent build
+
 # Debian packages the sandbox, the benchmarks and the operations tests use. Installed only when
 # missing and only when we may (root); otherwise the appliance says what is missing at start.
 system-deps:
@@ -50,16 +66,16 @@ system-deps:
 runtime-deps:
 	@bash .ci/system-deps runtime
 
-up: venv runtime-deps
+up: venv runtime-deps console
 	$(FAAS) up --host $(HOST) --edge-port $(EDGE_PORT) --api-port $(API_PORT) --data-dir $(DATA_DIR) --example examples/hello
 
-test: dev system-deps
+test: dev system-deps console
 	$(PY) -m pytest -c tests/pytest.ini tests $(PYTEST_ARGS)
 
 test-unit: dev
 	$(PY) -m pytest -c tests/pytest.ini tests/unit $(PYTEST_ARGS)
 
-test-integration: dev system-deps
+test-integration: dev system-deps console
 	$(PY) -m pytest -c tests/pytest.ini tests/integration $(PYTEST_ARGS)
 
 test-runtimes: dev
@@ -95,4 +111,4 @@ doctor: venv
 	$(FAAS) doctor
 
 clean:
-	rm -rf $(VENV) $(DATA_DIR) .pytest_cache
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache $(CONSOLE_DIST) $(CONSOLE_SRC)/node_modules

@@ -25,7 +25,7 @@ from appliance.core import tokens as tokens_mod
 from appliance.core.async_invoke import STATES as ASYNC_STATES
 from appliance.core.codepkg import check_entry_name
 from appliance.core.scheduled_min import effective_min
-from appliance.core.errors import NotFound, PayloadTooLarge, ValidationError
+from appliance.core.errors import ConsoleNotBuilt, NotFound, PayloadTooLarge, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
 from appliance.web import install_error_handlers, json_response, request_id
@@ -37,8 +37,19 @@ JSON = "application/json"
 BROWSER_SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/octet-stream")
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+#: The console's bundle (CodeMirror, uPlot and our code), built from console/src by `make console`.
+CONSOLE_DIST = CONSOLE_DIR / "dist"
 #: Files the online editor shows: text, at most this size each.
 EDITABLE_MAX_BYTES = 256 << 10
+
+
+def check_console_built(filename: str, dist: Path) -> None:
+    """Raise ConsoleNotBuilt when ``filename`` (the page or a bundle file) needs a bundle that was
+    never built: the page alone would load and stay blank. The stylesheet is served either way."""
+    if filename in ("index.html", "") or filename.startswith("dist/"):
+        if not (dist / "console.js").is_file():
+            raise ConsoleNotBuilt("the console's bundle is not built: run `make console` (npm ci and esbuild from "
+                                  "appliance/control/console/src/package-lock.json), then reload")
 
 
 def _json_body() -> dict:
@@ -203,6 +214,14 @@ def create_control_app(c: Components) -> Flask:
     @app.get("/console/")
     @app.get("/console/<path:filename>")
     def console(filename: str = "index.html"):
+        try:
+            check_console_built(filename, CONSOLE_DIST)
+        except ConsoleNotBuilt as exc:
+            if filename != "index.html":
+                raise
+            # A browser opening the console reads the reason on the page, not a blank one.
+            page = f"<!doctype html><title>FaaS Appliance</title><h1>The console is not built</h1><p>{exc.message}</p>"
+            return Response(page, 503, mimetype="text/html")
         return send_from_directory(CONSOLE_DIR, filename, max_age=0)
 
     # -- functions -----------------------------------------------------------------------
@@ -435,6 +454,14 @@ def create_control_app(c: Components) -> Flask:
         need("read", name)
         store.get(ensure_name(name))
         return json_response({"instances": [i.to_api() for i in c.scheduler.instances(name)]})
+
+    @app.get("/v1/functions/<name>/series")
+    def series(name: str):
+        """Chart points of one function over a window: a fixed number, whatever the traffic."""
+        need("records", name)
+        store.get(ensure_name(name))
+        c.records_view.flush(2.0)
+        return json_response(c.records_view.series(name, request.args.get("window") or "1h", time.time()))
 
     @app.get("/v1/usage")
     def usage():

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from appliance.core import series as series_mod
 from appliance.core.errors import ValidationError
 from appliance.core.records import RecordStore
 
@@ -77,7 +78,7 @@ class RecordsView:
                                      timeout=(1.0, EDGE_TIMEOUT_S))
             resp.raise_for_status()
             body = resp.json()
-            return source, body.get("invocations") or body.get("usage") or []
+            return source, body.get("invocations") or body.get("usage") or body.get("buckets") or []
         except (requests.RequestException, ValueError) as exc:
             log.warning("event=edge_records_unavailable edge=%s error=%r", source, str(exc))
             return source, []
@@ -131,6 +132,18 @@ class RecordsView:
             t["avg_duration_ms"] = round(n / t["invocations"], 3) if t["invocations"] else 0.0
             out.append(t)
         return out
+
+    def series(self, function: str, window: str, now: float) -> dict:
+        """The chart points of ``function`` over ``window`` (a fixed number, whatever the traffic)."""
+        since, step = series_mod.plan(window, now)
+        parts: list[list[dict]] = []
+        if self.local is not None:
+            parts.append(self.local.series(function, since, step))
+        jobs = [self._pool.submit(self._ask, edge, "/_/series", {"function": function, "since": since, "step": step})
+                for edge in self._sources() if edge != "local"]
+        parts.extend(job.result()[1] for job in jobs)
+        return {"function": function, "window": window, "step_s": step, "since": since,
+                "points": series_mod.merge(parts, since, step)}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -82,6 +82,13 @@ class MethodNotAllowed(ApplianceError):
         self.allow = tuple(allow)
 
 
+class ConsoleNotBuilt(ApplianceError):
+    """The console's page is served but its JavaScript bundle was never built (`make console`)."""
+
+    code = "Console.NotBuilt"
+    status = 503
+
+
 class Conflict(ApplianceError):
     code = "Resource.Conflict"
     status = 409

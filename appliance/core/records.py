@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from appliance.core import series as series_mod
 from appliance.core.codec import dumps_compact
 from appliance.core.errors import ValidationError
 
@@ -235,6 +236,11 @@ class RecordStore:
             rows = self._db.execute(sql, args).fetchall()
         return [{"function": f, "invocations": n, "gb_seconds": round(gb or 0.0, 6), "cold_starts": cold or 0,
                  "errors": errs or 0, "avg_duration_ms": round(avg or 0.0, 3)} for f, n, gb, cold, errs, avg in rows]
+
+    def series(self, function: str, since: float, step: float) -> list[dict]:
+        """This store's buckets of ``function`` for a chart (see core/series.py)."""
+        with self._db_lock:
+            return series_mod.query(self._db, function, since, step)
 
     def close(self) -> None:
         self.flush(5.0)

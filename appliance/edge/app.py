@@ -118,4 +118,16 @@ def create_edge_app(c: Components) -> Flask:
         return json_response({"usage": c.records.usage(a.get("function") or None,
                                                        since=float(a["since"]) if a.get("since") else None)})
 
+    @app.get("/_/series")
+    def series():
+        """This edge's chart buckets of one function, for the control plane to merge."""
+        a = request.args
+        try:
+            since, step = float(a.get("since") or "x"), float(a.get("step") or "x")
+        except ValueError:
+            raise ValidationError("since and step must be numbers", field="query") from None
+        if not step > 0:
+            raise ValidationError("step must be positive", field="step")
+        return json_response({"buckets": c.records.series(a.get("function") or "", since, step)})
+
     return app

@@ -86,6 +86,11 @@ def test_the_control_plane_merges_the_records_of_every_edge(consul_double, nomad
         assert {line["request_id"] for line in follow["lines"]} == {new}
         usage = {u["function"]: u for u in api.usage()}["merged"]
         assert usage["invocations"] == 5 and usage["cold_starts"] >= 1
+        # The console's charts: both edges' buckets, merged.
+        series = requests.get(control["api_url"] + "/v1/functions/merged/series", params={"window": "15m"},
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10).json()
+        assert sum(p["invocations"] for p in series["points"]) == 5 and len(series["points"]) == 60
+        assert max(p["p99_ms"] or 0 for p in series["points"]) > 0
 
         # An edge that stops leaves Consul; the merge goes on with the others.
         stop(procs.pop())

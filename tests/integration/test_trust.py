@@ -305,7 +305,7 @@ def test_the_edge_serves_only_health_and_ready_to_anyone(appliance, probe):
     appliance.get("/probe")  # something to show
     assert anon("GET", appliance.edge + "/_/health").status_code == 200
     assert anon("GET", appliance.edge + "/_/ready").status_code == 200
-    for path in ("/_/invocations", "/_/usage", "/_/stats", "/_/concurrency", f"/_/scaling/{probe}"):
+    for path in ("/_/invocations", "/_/usage", "/_/series", "/_/stats", "/_/concurrency", f"/_/scaling/{probe}"):
         resp = anon("GET", appliance.edge + path)
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "Auth.Required", (path, resp.text)
         assert anon("GET", appliance.edge + path, headers=bearer(appliance.token)).status_code == 401  # not the admin's
