@@ -13,7 +13,7 @@ that head start away. (``appliance/instances/zygote_launcher.py`` has the measur
 child that is pid 1 of a new pid namespace and already confined:
 
 1. ``unshare`` mount, pid, ipc and uts namespaces, and the network namespace when the function's
-   ``network`` is ``none`` (a fresh namespace holds only a downed loopback) (:func:`detach`);
+   ``network`` is ``none`` (a fresh namespace holds only a loopback, which is brought up) (:func:`detach`);
 2. fork: the first child reports the second's host pid and exits; the zygote, a child subreaper,
    inherits the second and reaps it, so no helper process stays per instance;
 3. join the instance's cgroups (memory, pids) while still root, so every later process is charged,
@@ -210,6 +210,8 @@ def detach(network: bool, report_fd: int) -> None:
         if not network:
             flags |= CLONE_NEWNET
         unshare(flags)
+        if not network:
+            _loopback_up()
         pid = os.fork()
     except BaseException as exc:  # noqa: B902 - reported, then this helper process ends
         os.write(report_fd, b"E" + f"{type(exc).__name__}: {exc}".encode(errors="replace")[:4000])
@@ -218,6 +220,20 @@ def detach(network: bool, report_fd: int) -> None:
         os.write(report_fd, b"P" + struct.pack("i", pid))
         os._exit(0)
     os.close(report_fd)
+
+
+def _loopback_up() -> None:
+    """Bring up the loopback interface of a fresh network namespace (still root here, so with the
+    capability over it), as every Lambda environment has one: an instance without network can still
+    talk to itself, a custom runtime's bootstrap to its Runtime API on 127.0.0.1. Nothing else is
+    reachable through it. About 20 us, in the spare before its launch."""
+    import fcntl
+    import socket
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), siocgifflags, req))[1]
+        fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
 
 
 def join_cgroups(procs_files) -> None:

@@ -499,12 +499,15 @@ class ZygoteLauncher:
     def launch(self, req: LaunchRequest, deadline: float):
         spec = req.spec
         t0 = time.monotonic()
-        lang = "python" if spec.runtime.startswith("python") else "node" if spec.runtime.startswith("nodejs") else None
+        lang = ("python" if spec.runtime.startswith("python") else "node" if spec.runtime.startswith("nodejs")
+                else "provided" if spec.runtime.startswith("provided") else None)
         if lang is None:
             raise PlacementFailed(f"no bootstrap for runtime {spec.runtime!r}")
         env = runtime_env(req, socket_path=f"{sandbox.SOCKET_DIR}/instance.sock")
         env.update(FAAS_CODE_DIR=sandbox.TASK_DIR, PATH=SANDBOX_PATH, HOME="/tmp", TMPDIR="/tmp")
         argv = None
+        if lang == "provided":   # runtimes/provided/bootstrap.py in a fresh interpreter; it runs the package's bootstrap
+            argv = [self.python, "-I", "-X", "frozen_modules=on", f"{sandbox.RUNTIME_DIR}/bootstrap.py"]
         if lang == "node":
             argv = self._node_argv(spec.memory_mb)
             got = self._launch_node_spare(req, env, spec.network != "none", t0, deadline)
