@@ -1,6 +1,7 @@
 # FaaS Appliance: the commands a user and CI run.
 #   make up      start the appliance on 127.0.0.1 with the hello example deployed
 #   make test    run the whole test suite (what CI runs)
+#   make examples  build the Go, Java and awslambdaric examples of the provided runtime
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ API_PORT ?= 8081
 DATA_DIR ?= .faas
 PYTEST_ARGS ?=
 
-.PHONY: runtime-deps venv up test test-unit test-integration test-runtimes test-cluster test-ops bench doctor clean system-deps
+.PHONY: examples runtime-deps venv up test test-unit test-integration test-runtimes test-cluster test-ops bench doctor clean system-deps
 
 venv: $(VENV)/.installed
 
@@ -63,6 +64,10 @@ test-ops: venv system-deps
 bench: venv system-deps
 	@bash bench/system-deps
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The custom-runtime examples' builds (Go binary, Java classes, vendored awslambdaric); see examples/build.
+examples: venv system-deps
+	PIP="$(abspath $(PY)) -m pip" bash examples/build
 
 doctor: venv
 	$(FAAS) doctor

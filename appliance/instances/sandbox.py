@@ -91,6 +91,17 @@ ETC_PARTS = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "host
              "gai.conf", "localtime", "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "mime.types")
 #: Top-level host entries bound read-only (or recreated as symlinks where the host has symlinks).
 ROOT_PARTS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: What each language of the ``provided`` runtime (a package's own ``bootstrap``) needs from the host
+#: besides /usr, where the interpreters, the JRE and curl live: each path the host has is bound read-only
+#: (a symlink recreated) in every sandbox, so instances of all runtimes share one root. ``command`` is what
+#: ``faas doctor`` looks for on the host. A Go binary or a shell script needs nothing more.
+LANGUAGES = {
+    "sh": {"command": "sh", "parts": ()},
+    "go": {"command": "go", "parts": ()},              # to build: the binary itself runs on its own
+    "java": {"command": "java", "parts": ("/etc/alternatives/java", "/etc/java-17-openjdk", "/etc/java-21-openjdk",
+                                          "/etc/ssl/certs/java")},
+    "python": {"command": "python3", "parts": ("/etc/alternatives/python3",)},
+}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -158,6 +169,14 @@ def _host_parts(extra_ro: tuple[str, ...]) -> tuple[tuple, tuple]:
             if os.path.islink(host):
                 links.append((os.readlink(host), host))
             elif present(host):
+                ro.append((host, host))
+    for lang in LANGUAGES.values():
+        for host in lang["parts"]:
+            if any(host.startswith(d + "/") for _, d in ro):
+                continue
+            if os.path.islink(host):
+                links.append((os.readlink(host), host))
+            elif os.path.exists(host):
                 ro.append((host, host))
     for path in extra_ro:
         if not any(path == d or path.startswith(d + "/") for _, d in ro):

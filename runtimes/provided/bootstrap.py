@@ -925,7 +925,7 @@ class _ApiServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
 
     def verify_request(self, request, client_address):
-        if _peer_is_ours(client_address):
+        if _peer_is_ours(client_address, self.server_address[1]):
             return True
         body = b'{"errorType":"Forbidden","errorMessage":"this Runtime API serves its own instance only"}'
         try:
@@ -936,21 +936,26 @@ class _ApiServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         return False
 
 
-def _peer_is_ours(client_address):
-    """Whether the connecting socket (``127.0.0.1:<port>``) belongs to this process's uid, read from
-    ``/proc/net/tcp`` (which shows uids of other user namespaces as the overflow uid). True when the
-    table cannot be read: the packet filter is the barrier then."""
+def _peer_is_ours(client_address, server_port):
+    """Whether the connecting socket (``127.0.0.1:<port>`` connected to ours) belongs to this process's
+    uid, read from ``/proc/net/tcp`` (which shows uids of other user namespaces as the overflow uid, and
+    sockets in TIME_WAIT, which may share the port, as 0). True when the tables cannot be read: the
+    packet filter is the barrier then."""
     host, port = client_address[0], client_address[1]
     if host != "127.0.0.1":
         return False
-    want = f"0100007F:{port:04X}"
+    v4, v6 = "0100007F", "0000000000000000FFFF00000100007F"  # IPv4, or dual-stack IPv6 (Java's)
+    wanted = {(f"{a}:{port:04X}", f"{a}:{server_port:04X}") for a in (v4, v6)}
+    uid = os.getuid()
     try:
-        with open("/proc/net/tcp") as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                if len(fields) > 7 and fields[1] == want:
-                    return int(fields[7]) == os.getuid()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and (fields[1], fields[2]) in wanted and fields[3] == "01" \
+                            and int(fields[7]) == uid:
+                        return True
     except OSError:
         return True
     return False

@@ -88,3 +88,32 @@ while True:
     elif do == "deadline":
         post(f"/invocation/{rid}/response", {"deadline": int(headers["Lambda-Runtime-Deadline-Ms"]),
                                              "now": int(time.time() * 1000)})
+    elif do == "try":
+        # sandbox escape attempts (tests/integration/test_provided_examples.py): each says what happened
+        import socket
+        op, arg = event["op"], event.get("arg")
+        try:
+            if op == "read":
+                with open(arg, "rb") as f:
+                    value = f.read(100).decode("latin-1")
+            elif op == "write":
+                with open(arg, "w") as f:
+                    f.write("escaped")
+                value = arg
+            elif op == "listdir":
+                value = sorted(os.listdir(arg))
+            elif op == "connect":
+                s = socket.create_connection(("127.0.0.1", int(arg)), timeout=3)
+                s.sendall(b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.settimeout(3)
+                try:
+                    value = s.recv(200).decode("latin-1")
+                except socket.timeout:
+                    value = "connected, no answer"
+                s.close()
+            elif op == "uid":
+                value = [os.getuid(), os.getgid()]
+            out = {"ok": True, "value": value}
+        except OSError as e:
+            out = {"ok": False, "error": type(e).__name__, "errno": e.errno}
+        post(f"/invocation/{rid}/response", out)
