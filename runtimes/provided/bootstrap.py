@@ -80,6 +80,10 @@ def config_from_env(environ):
         "instance_id": e.get("FAAS_INSTANCE_ID") or e.get("NOMAD_ALLOC_ID") or "i-" + os.urandom(6).hex(),
         "pool": e.get("FAAS_POOL") in ("1", "true", "yes"),
         "ready_fd": int(fd) if fd else None,
+        # cluster mode (runtimes/README.md section 6): read once, a function's own variables cannot redirect them
+        "consul_addr": e.get("CONSUL_HTTP_ADDR") or None,
+        "consul_token": e.get("CONSUL_HTTP_TOKEN") or "",
+        "code_fetcher": e.get("FAAS_CODE_FETCHER") or None,
     }
 
 
@@ -283,6 +287,12 @@ class _Instance:
 
     def _close(self):
         self._kill_child()
+        sid = getattr(self, "consul_service_id", None)
+        if sid:
+            try:
+                _consul(self.cfg, "PUT", f"/v1/agent/service/deregister/{sid}")
+            except Exception:  # noqa: BLE001 - Consul reaps it after DeregisterCriticalServiceAfter
+                pass
         for server in (self.platform, self.api):
             try:
                 server.socket.close()
@@ -589,10 +599,13 @@ class _Instance:
                              "timeout_s": float(s.get("timeoutS") or self.cfg["timeout_s"])})
             if s.get("instanceId"):
                 self.cfg["instance_id"] = str(s["instanceId"])
-            if not self.cfg["code_dir"]:
-                return 400, {"error": "codeDir is required by the provided runtime"}
-            os.environ.update(env)
-            self._set_state(STARTING)
+            self._set_state(STARTING)   # accepted once: it has left the pool
+        if not self.cfg["code_dir"]:
+            try:
+                self.cfg["code_dir"] = _fetch_code(self.cfg, s.get("codeUrl"), s.get("codeSha256"))
+            except Exception as e:  # noqa: BLE001 - any fetch failure: leave, the platform starts it elsewhere
+                return self._leave(502, f"code fetch failed: {type(e).__name__}: {e}")
+        os.environ.update(env)
         self._start_bootstrap()
         with self.lock:
             self.changed.wait_for(lambda: self.state != STARTING)
@@ -600,7 +613,36 @@ class _Instance:
                    "version": self.cfg["function_version"], "initDurationMs": self.init_ms}
             if self.state == FAILED:
                 out["error"], out["logs"] = self.init_error, self.init_logs
+        if out["state"] == READY and self.cfg.get("consul_addr"):
+            try:
+                out["registered"] = self._register()
+            except Exception as e:  # noqa: BLE001 - unlisted, it would serve nobody: leave
+                return self._leave(502, f"Consul registration failed: {type(e).__name__}: {e}")
         return 200, out
+
+    def _leave(self, status, message):
+        with self.lock:
+            self._set_state(DRAINING)
+        self._post(self._finish)
+        return status, {"error": message}
+
+    def _register(self):
+        """A specialised pool instance lists itself as ``fn-<function>`` through the node's Consul agent
+        (runtimes/README.md section 6), as the other bootstraps do."""
+        cfg = self.cfg
+        host, port = cfg["host"], self.platform.server_address[1]
+        name, version, iid = cfg["function_name"], cfg["function_version"], cfg["instance_id"]
+        sid = f"fn-{name}-{iid}"
+        _consul(cfg, "PUT", "/v1/agent/service/register", {
+            "ID": sid, "Name": f"fn-{name}", "Address": host, "Port": port,
+            "Tags": ["faas", f"function={name}", f"version={version}", f"instance={iid}", "source=pool"],
+            "Meta": {"function": name, "version": version, "instance_id": iid, "runtime": RUNTIME,
+                     "concurrency": "1", "source": "pool"},
+            "Check": {"CheckID": f"{sid}-ready", "Name": "ready", "HTTP": f"http://{host}:{port}/_/ready",
+                      "Interval": os.environ.get("FAAS_CHECK_INTERVAL") or "2s", "Timeout": "1s",
+                      "DeregisterCriticalServiceAfter": "1m"}})
+        self.consul_service_id = sid
+        return sid
 
     def invoke(self, headers, body):
         """(status, reply object, extra headers) of one ``POST /_/invoke``."""
@@ -666,6 +708,35 @@ class _Instance:
         if drained:
             self._post(self._finish)
         return 200, reply, ({"X-Faas-Exiting": "1", "Connection": "close"} if exiting else {})
+
+
+def _fetch_code(cfg, url, digest):
+    """Cluster mode: the directory of the code named by ``codeSha256`` in the node's cache, fetched from
+    ``codeUrl`` at most once per node by the command in ``FAAS_CODE_FETCHER`` (``python -m
+    appliance.instances.launcher``: the same lock, checks and unpacking as every other runtime's)."""
+    import subprocess
+    if not digest:
+        raise ValueError("codeDir or codeSha256 is required")
+    if not cfg.get("code_fetcher"):
+        raise ValueError("FAAS_CODE_FETCHER is not set, so code named by URL cannot be fetched")
+    cmd = json.loads(cfg["code_fetcher"])
+    env = dict(os.environ, FAAS_CODE_DIGEST=str(digest), FAAS_CODE_URL=str(url or ""))
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise ValueError((out.stderr or out.stdout).strip()[-500:] or f"the fetcher exited {out.returncode}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _consul(cfg, method, path, body=None):
+    import urllib.request
+    addr = cfg["consul_addr"]
+    addr = addr if "://" in addr else "http://" + addr
+    req = urllib.request.Request(addr.rstrip("/") + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    if cfg.get("consul_token"):
+        req.add_header("X-Consul-Token", cfg["consul_token"])
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status
 
 
 class _Raw(str):

@@ -207,3 +207,10 @@ def test_zip_uploads_keep_a_bootstrap_executable(appliance):
                              "done\n"}, runtime="provided", handler="x")
     assert appliance.api.invoke(name, {}) == "ok"
     assert make_zip  # the fixture's zips carry no file modes: the unpacker makes a top-level bootstrap executable
+
+
+def test_doctor_lists_the_languages_available_to_custom_runtimes(appliance):
+    out = subprocess.run([sys.executable, "-m", "appliance", "--api", appliance.api_url, "doctor"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60).stdout
+    line = next(line for line in out.splitlines() if "provided runtime languages" in line)
+    assert "sh" in line and "java" in line and "go" in line, line
