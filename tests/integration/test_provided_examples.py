@@ -145,6 +145,11 @@ def test_a_provided_instance_runs_as_an_unprivileged_uid(appliance, probes):
     assert out == {"ok": True, "value": [1000, 1000]}
 
 
+def test_the_runtime_api_checks_its_peer_with_sock_diag_inside_the_sandbox(appliance, probes):
+    # the exact, cheap lookup works under the sandbox (user namespace, seccomp): no /proc/net/tcp scan
+    assert run(appliance, probes[0], do="try", op="diag") == {"ok": True, "value": 1000}
+
+
 def test_another_instance_cannot_reach_a_runtime_api(appliance, probes):
     a, b = probes
     port_a = int(run(appliance, a, do="echo")["env"]["AWS_LAMBDA_RUNTIME_API"].split(":")[1])
