@@ -64,6 +64,7 @@ test-ops: venv system-deps
 bench: venv system-deps
 	@bash bench/system-deps
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.provided --runs 10
 
 # The custom-runtime examples' builds (Go binary, Java classes, vendored awslambdaric); see examples/build.
 examples: venv system-deps
