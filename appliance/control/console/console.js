@@ -61,7 +61,13 @@ const NUMERIC = ["memory_mb", "timeout_s", "concurrency", "max_instances", "min_
 const STARTERS = {
   "python3.11": ["index.py", "def handler(event, context):\n    return \"Hello Serverless\"\n"],
   "nodejs20": ["index.js", "exports.handler = async (event, context) => {\n  return \"Hello Serverless\";\n};\n"],
+  "provided.al2023": ["bootstrap", "#!/bin/sh\n# A custom runtime: poll the Lambda Runtime API, answer each event.\n" +
+    "API=\"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime\"\nwhile true; do\n  H=$(mktemp)\n" +
+    "  EVENT=$(curl -sS -D \"$H\" \"$API/invocation/next\")\n" +
+    "  ID=$(grep -Fi Lambda-Runtime-Aws-Request-Id \"$H\" | tr -d '[:space:]' | cut -d: -f2)\n" +
+    "  curl -sS -o /dev/null \"$API/invocation/$ID/response\" -d '\"Hello Serverless\"'\ndone\n"],
 };
+STARTERS["provided"] = STARTERS["provided.al2023"];
 
 async function showFunctions() {
   mount("t-functions");
