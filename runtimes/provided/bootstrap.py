@@ -55,6 +55,8 @@ MAX_EVENT = 32 * 1024 * 1024
 #: Error documents and init errors a bootstrap may post.
 MAX_ERROR_BODY = 1024 * 1024
 LOG_CAP = 256 * 1024
+#: Connections the bootstrap may hold open to its Runtime API at once (one thread each); more are refused.
+API_MAX_CONNECTIONS = 64
 #: Bytes of a refused (too large) body read and dropped before the connection closes.
 DISCARD_MAX = 64 * 1024 * 1024
 DRAIN_GRACE_S = 2.0
@@ -248,6 +250,7 @@ class _Instance:
         self.child_pid = None
         self.child_status = None
         self.conns = 0
+        self.api_conns = 0
         self.jobs = []
         self.wake_r, self.wake_w = os.pipe()
         self.logs = None
@@ -950,6 +953,18 @@ class _PlatformHandler(_Handler):
 class _ApiHandler(_Handler):
     """The Lambda Runtime API, 2018-06-01."""
 
+    def setup(self):
+        super().setup()
+        with self.inst.lock:
+            self.inst.api_conns += 1
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.inst.lock:
+                self.inst.api_conns -= 1
+
     def do_GET(self):
         if self.path == API_PREFIX + "/runtime/invocation/next":
             status, body, headers = self.inst.api_next(self)
@@ -1003,6 +1018,7 @@ class _ApiServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     request_queue_size = 16
 
     def __init__(self, inst):
+        self.inst = inst
         handler = type("ApiHandler", (_ApiHandler,), {"inst": inst})
         super().__init__(("127.0.0.1", 0), handler)
 
@@ -1012,12 +1028,17 @@ class _ApiServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
 
     def verify_request(self, request, client_address):
-        if _peer_is_ours(client_address, self.server_address[1]):
+        if self.inst.api_conns >= API_MAX_CONNECTIONS:
+            body = b'{"errorType":"TooManyConnections","errorMessage":"too many connections to the Runtime API"}'
+            status = b"429 Too Many Requests"
+        elif _peer_is_ours(client_address, self.server_address[1]):
             return True
-        body = b'{"errorType":"Forbidden","errorMessage":"this Runtime API serves its own instance only"}'
+        else:
+            body = b'{"errorType":"Forbidden","errorMessage":"this Runtime API serves its own instance only"}'
+            status = b"403 Forbidden"
         try:
-            request.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                            b"Connection: close\r\n\r\n%s" % (len(body), body))
+            request.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                            b"Connection: close\r\n\r\n%s" % (status, len(body), body))
         except OSError:
             pass
         return False

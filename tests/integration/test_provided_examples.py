@@ -219,3 +219,10 @@ def test_doctor_lists_the_languages_available_to_custom_runtimes(appliance):
                          capture_output=True, text=True, timeout=60).stdout
     line = next(line for line in out.splitlines() if "provided runtime languages" in line)
     assert "sh" in line and "java" in line and "go" in line, line
+
+
+def test_the_shell_example_runs_without_the_sandbox_too(make_appliance, built_examples):
+    plain = make_appliance(env={"APPLIANCE_SANDBOX": "off"})
+    _, path = deploy(plain, built_examples / "shell")
+    r = plain.get(path, timeout=60)
+    assert r.status_code == 200 and r.text == f"Hello from sh at {path}", r.text

@@ -291,6 +291,11 @@ def test_pool_instance_specializes_into_the_function(start_runtime, tmp_path):
     assert inst.request("POST", "/_/specialize", {"codeDir": str(code)}).status == 409
 
 
+def test_connections_to_the_runtime_api_are_bounded(provided):
+    out = ok_result(provided().invoke({"do": "hoard", "n": 80}, deadline_ms=time.time() * 1000 + 20000))
+    assert out["last"] == "HTTP/1.1 429 Too Many Requests"
+
+
 # --- the Runtime API serves its own instance only -------------------------------------------------------
 
 def test_runtime_api_refuses_a_socket_of_another_uid(provided):

@@ -85,6 +85,20 @@ while True:
         c.request("POST", f"/2018-06-01/runtime/invocation/{rid}/response", body=iter([b'{"chun', b'ked": true}']),
                   encode_chunked=True)
         c.getresponse().read()
+    elif do == "hoard":   # hold many connections to the Runtime API open: the runtime bounds them
+        import socket
+        host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
+        held, answers = [], []
+        for _ in range(event["n"]):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            held.append(s)
+        s = held[-1]
+        s.sendall(b"GET /2018-06-01/runtime/nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers.append(s.recv(100).decode("latin-1").split("\r\n")[0])
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        post(f"/invocation/{rid}/response", {"last": answers[0]})
     elif do == "deadline":
         post(f"/invocation/{rid}/response", {"deadline": int(headers["Lambda-Runtime-Deadline-Ms"]),
                                              "now": int(time.time() * 1000)})
