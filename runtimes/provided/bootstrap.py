@@ -319,14 +319,19 @@ class _Instance:
             self.logs.flush()
 
     def _kill_child(self):
+        """Kill the bootstrap's session: the bootstrap and whatever it started (in a sandbox, this
+        process is pid 1 of its own pid namespace, so its exit ends them anyway)."""
         pid = self.child_pid
-        if pid is not None and self.child_status is None:
-            for kill in (os.killpg, os.kill):
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            if self.child_status is None:
                 try:
-                    kill(pid, signal.SIGKILL)
-                    break
+                    os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
-                    continue
+                    pass
 
     def _on_sigterm(self):
         with self.lock:
