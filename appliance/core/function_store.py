@@ -156,8 +156,13 @@ class FunctionStore:
         warnings = []
         if not codepkg.handler_file_present(info.names, record.config.handler, record.config.runtime):
             module = record.config.handler.rsplit(".", 1)[0]
-            warnings.append(f"the package has no {module} module for handler {record.config.handler!r}; "
-                            "invocations will fail with Runtime.ImportModuleError until the handler or code is fixed")
+            if record.config.runtime.startswith("provided"):
+                warnings.append(f"the package has no bootstrap (nor a file {record.config.handler!r}); invocations "
+                                "will fail with Runtime.InvalidEntrypoint until the code is fixed (for the Go and "
+                                "Java examples: make examples)")
+            else:
+                warnings.append(f"the package has no {module} module for handler {record.config.handler!r}; "
+                                "invocations will fail with Runtime.ImportModuleError until the handler or code is fixed")
         # 1. the code, durably
         self.blobs.put(info.digest, data)
         # 2. the version: claim the next number atomically
