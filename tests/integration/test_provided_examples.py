@@ -211,7 +211,7 @@ def test_zip_uploads_keep_a_bootstrap_executable(appliance):
                              "  curl -sS -o /dev/null \"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/invocation/$ID/response\" -d '\"ok\"'\n"
                              "done\n"}, runtime="provided", handler="x")
     assert appliance.api.invoke(name, {}) == "ok"
-    assert make_zip  # the fixture's zips carry no file modes: the unpacker makes a top-level bootstrap executable
+    # the fixture's zips carry no file modes: the unpacker makes a top-level bootstrap executable
 
 
 def test_doctor_lists_the_languages_available_to_custom_runtimes(appliance):
@@ -226,3 +226,12 @@ def test_the_shell_example_runs_without_the_sandbox_too(make_appliance, built_ex
     _, path = deploy(plain, built_examples / "shell")
     r = plain.get(path, timeout=60)
     assert r.status_code == 200 and r.text == f"Hello from sh at {path}", r.text
+
+
+def test_a_package_without_a_bootstrap_is_warned_about_and_fails_as_an_invalid_entrypoint(appliance):
+    name = f"nb-{uuid.uuid4().hex[:6]}"
+    appliance.api.create_function(name=name, runtime="provided.al2023", handler="function.handler")
+    out = appliance.api.upload_code(name, make_zip({"function.sh": "handler () { echo hi; }\n"}))
+    assert any("no bootstrap" in w and "Runtime.InvalidEntrypoint" in w for w in out["warnings"]), out
+    r = appliance.api.invoke_raw(name, {})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "Runtime.InvalidEntrypoint"
