@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.coldstart import start_appliance, summary  # noqa: E402
+from bench.coldstart import start_appliance, summary
 
 EXAMPLES = ("shell", "go")
 EVENT = {"version": "2.0", "rawPath": "/bench", "queryStringParameters": {"name": "bench"}}
@@ -74,10 +74,11 @@ def fresh_process(example: Path, runs: int, work: Path) -> list[float]:
                 self.send_response(202)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                done.set()
+                self.server.done.set()
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
         server.handle_error = lambda *a: None   # the killed bootstrap's connection resets: expected
+        server.done = done
         threading.Thread(target=server.serve_forever, daemon=True).start()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{server.server_port}",
                "_HANDLER": cfg["handler"], "LAMBDA_TASK_ROOT": str(example), "TMPDIR": str(work)}
@@ -97,7 +98,6 @@ def fresh_process(example: Path, runs: int, work: Path) -> list[float]:
 
 def through_edge(examples: list[Path], runs: int, work: Path) -> dict[str, dict]:
     from appliance.cli import _deploy_example
-
     from appliance.client import ApplianceClient
 
     proc, info = start_appliance(work / "appliance", {"APPLIANCE_SANDBOX": "on"})
@@ -124,9 +124,9 @@ def through_edge(examples: list[Path], runs: int, work: Path) -> dict[str, dict]
                         if "cold;" not in timing:
                             raise SystemExit(f"{name}: the first request was not a cold start")
                         res[ex.name]["cold"].append(ms)
-                        res[ex.name]["phases"].append(dict(
-                            (p.split(";dur=")[0].strip(), float(p.split(";dur=")[1]))
-                            for p in timing.split(",") if ";dur=" in p))
+                        res[ex.name]["phases"].append({
+                            p.split(";dur=")[0].strip(): float(p.split(";dur=")[1])
+                            for p in timing.split(",") if ";dur=" in p})
                     else:
                         res[ex.name]["warm"].append(ms)
                 api.delete_function(name)
@@ -140,7 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
-    build = subprocess.run(["bash", str(REPO / "examples" / "build"), "go"], capture_output=True, text=True)
+    build = subprocess.run(["bash", str(REPO / "examples" / "build"), "go"], capture_output=True, text=True, check=False)
     if build.returncode != 0:
         raise SystemExit(f"building the Go example failed: {build.stderr.strip()}")
     examples = [REPO / "examples" / name for name in EXAMPLES]

@@ -122,7 +122,7 @@ while True:
                 s.settimeout(3)
                 try:
                     value = s.recv(200).decode("latin-1")
-                except socket.timeout:
+                except TimeoutError:
                     value = "connected, no answer"
                 s.close()
             elif op == "diag":   # the runtime's own cheap peer check, run here in the sandbox
