@@ -155,7 +155,7 @@ def main() -> None:
             print(summary(f"{ex.name} edge warm", e["warm"]))
             print(summary(f"{ex.name} fresh proc", f))
             phases = {k: statistics.median(p[k] for p in e["phases"]) for k in e["phases"][0]
-                      if k in ("sandbox", "runtime_init", "user_init", "run")}
+                      if k in ("placement", "sandbox", "runtime_init", "user_init", "run", "total")}
             print(f"{'':18s} cold phases p50: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
             fp = statistics.median(f)
             print(f"{'':18s} ratios to a fresh process per request (p50): cold x{statistics.median(e['cold']) / fp:.2f}, "
