@@ -1,8 +1,9 @@
 """Cold starts of the ``provided`` runtime (custom runtimes through the Lambda Runtime API).
 
-    .venv/bin/python -m bench.provided [--runs 20]      (make bench runs it with --runs 10)
+    .venv/bin/python -m bench.provided [--runs 20] [--examples shell,go,java,python-ric]  (make bench: --runs 10)
 
-For the shell and Go examples (examples/shell, examples/go; built by examples/build), side by side:
+For the examples named (by default shell and Go: examples/shell, examples/go; built by examples/build),
+side by side:
 
 * ``edge cold``: the first request of a freshly deployed copy of the example through the edge of a
   real, sandboxed appliance (sandbox, the Runtime API server, the bootstrap's init, the invocation,
@@ -41,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from bench.coldstart import start_appliance, summary
 
 EXAMPLES = ("shell", "go")
+BUILT = {"go", "java", "python-ric"}
 EVENT = {"version": "2.0", "rawPath": "/bench", "queryStringParameters": {"name": "bench"}}
 
 
@@ -139,11 +141,17 @@ def through_edge(examples: list[Path], runs: int, work: Path) -> dict[str, dict]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--examples", default=",".join(EXAMPLES),
+                    help="comma-separated: shell, go, java, python-ric (default: shell,go)")
     args = ap.parse_args()
-    build = subprocess.run(["bash", str(REPO / "examples" / "build"), "go"], capture_output=True, text=True, check=False)
-    if build.returncode != 0:
-        raise SystemExit(f"building the Go example failed: {build.stderr.strip()}")
-    examples = [REPO / "examples" / name for name in EXAMPLES]
+    names = [n.strip() for n in args.examples.split(",") if n.strip()]
+    to_build = [n for n in names if n in BUILT]
+    if to_build:
+        build = subprocess.run(["bash", str(REPO / "examples" / "build"), *to_build], capture_output=True, text=True,
+                               check=False, env={**os.environ, "PIP": f"{sys.executable} -m pip"})
+        if build.returncode != 0:
+            raise SystemExit(f"building the examples failed: {build.stderr.strip()}")
+    examples = [REPO / "examples" / name for name in names]
     work = Path(tempfile.mkdtemp(prefix="faas-provided-"))
     try:
         fresh = {ex.name: fresh_process(ex, args.runs, work) for ex in examples}
