@@ -20,9 +20,14 @@ Why the shape it has:
   own and the host's packet filter (appliance/instances/netfilter.py) lets a TCP connection to a local
   address through only when the listening socket belongs to the connecting socket's uid, so no other
   instance can reach it. On top of that (and where that filter is not installed) each connection's
-  peer socket is looked up in ``/proc/net/tcp``: only a socket owned by this process's uid is served,
+  peer socket is looked up (one ``sock_diag`` netlink query, about 15 us; scanning ``/proc/net/tcp``
+  took 12.5 ms on a host with 6,700 sockets): only a socket owned by this process's uid is served,
   anything else gets ``403`` and is closed. In an instance without network the loopback interface of
-  its own empty network namespace carries it.
+  its own network namespace (brought up by the sandbox) carries it.
+* In the sandbox it runs in the runtime zygote's preloaded interpreter (``appliance/instances/zygote.py``
+  loads this file next to the Python bootstrap), so a cold start pays no interpreter start for it:
+  ``runtime_init`` 2-5 ms instead of 40-190 ms on the loaded 2-core build machine. Importing it has
+  no side effects; ``serve(config_from_env(environ))`` runs it.
 * Init is the time from starting ``bootstrap`` to its first ``GET .../next`` (the cold start's
   ``user_init`` phase, ``initDurationMs``). A ``POST /runtime/init/error``, or the bootstrap exiting
   before that first call, fails the instance with that error (``/_/ready`` 500, every invoke answers
