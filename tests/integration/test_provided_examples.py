@@ -22,7 +22,7 @@ from appliance.cli import _deploy_example
 from .conftest import REPO, make_zip, wait_for
 
 EXAMPLES = REPO / "examples"
-PROBE = (REPO / "tests" / "runtimes" / "provided" / "test_bootstrap.py").read_text()
+PROBE = (REPO / "tests" / "runtimes" / "provided" / "probe_runtime.py").read_text()
 SANDBOX_PYTHON = "/usr/bin/python3"
 
 

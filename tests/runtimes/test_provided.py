@@ -1,7 +1,7 @@
 """The ``provided`` runtime: the Lambda Runtime API served to a function's own ``bootstrap``, and the
 platform's runtime contract (runtimes/README.md) served to the edge, with real processes and sockets.
 
-The test bootstrap (``provided/test_bootstrap.py``) is a custom runtime written with the standard
+The test bootstrap (``provided/probe_runtime.py``) is a custom runtime written with the standard
 library; the event's ``do`` says what it does with each invocation, ``TEST_INIT`` what it does first."""
 
 import json
@@ -17,7 +17,7 @@ import pytest
 from conftest import wait_until
 
 HERE = Path(__file__).resolve().parent
-SOURCE = (HERE / "provided" / "test_bootstrap.py").read_text()
+SOURCE = (HERE / "provided" / "probe_runtime.py").read_text()
 MAX_RESPONSE = 6291556
 
 
