@@ -2,6 +2,7 @@
 #   make up      start the appliance on 127.0.0.1 with the hello example deployed (runtime packages only)
 #   make test    run the whole test suite (what CI runs; adds the test, bench and ops packages)
 #   make dev     the virtualenv with the test, benchmark and operations tools (the pinned Ansible)
+#   make examples  build the Go, Java and awslambdaric examples of the provided runtime
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,7 @@ PYTEST_ARGS ?=
 CONSOLE_SRC := appliance/control/console/src
 CONSOLE_DIST := appliance/control/console/dist
 
-.PHONY: console runtime-deps venv dev up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
+.PHONY: console examples runtime-deps venv dev up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
 
 venv: $(VENV)/.installed
 
@@ -106,6 +107,11 @@ test-ops: dev system-deps
 bench: dev system-deps
 	@bash bench/system-deps
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.provided --runs 10
+
+# The custom-runtime examples' builds (Go binary, Java classes, vendored awslambdaric); see examples/build.
+examples: venv system-deps
+	PIP="$(abspath $(PY)) -m pip" bash examples/build
 
 doctor: venv
 	$(FAAS) doctor

@@ -281,7 +281,7 @@ def _parse_env(pairs, option: str = "--env") -> dict:
 @main.command()
 @click.argument("source", type=click.Path())
 @click.option("--name", help="Function name [function.json's, or the directory name].")
-@click.option("--runtime", help="python3.11 or nodejs20.")
+@click.option("--runtime", help="python3.11, nodejs20 or provided (provided.al2023).")
 @click.option("--handler", help="module.function [index.handler].")
 @click.option("--memory", "memory_mb", type=int, help="Memory in MB (128..10240).")
 @click.option("--timeout", "timeout_s", type=int, help="Timeout in seconds (1..900).")
@@ -958,6 +958,11 @@ def doctor(ctx, output):
     node = shutil.which("node")
     ver = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else ""
     check("node (nodejs20 runtime)", bool(node), ver or "not found: apt-get install nodejs")
+    from appliance.instances.sandbox import LANGUAGES
+    have = [lang for lang, spec in LANGUAGES.items() if shutil.which(spec["command"])]
+    missing = [lang for lang in LANGUAGES if lang not in have]
+    click.echo(f"[{'warn' if missing else 'ok'}] provided runtime languages: {', '.join(have) or 'none'} available"
+               + (f"; {', '.join(missing)} not found (make system-deps installs them)" if missing else ""))
     from appliance.wiring import sandbox_unavailable
     reason = sandbox_unavailable()
     check("instance sandbox (namespaces, read-only root, own uid per instance)", reason is None,

@@ -42,6 +42,12 @@ variable "node_count" {
   description = "Generic nodejs20 instances kept per cluster."
 }
 
+variable "provided_count" {
+  type        = number
+  default     = 0
+  description = "Generic provided (custom runtime) instances kept per cluster: its Runtime API server, waiting for a function's code and bootstrap."
+}
+
 variable "pool_max" {
   type        = number
   default     = 50
@@ -209,6 +215,81 @@ job "runtime-pool" {
 
     task "runtime" {
       driver = "raw_exec"
+
+      config {
+        command = var.instance_command
+        args    = var.instance_args
+      }
+
+      env {
+        FAAS_POOL           = "1"
+        FAAS_RUNTIME        = "${NOMAD_META_runtime}"
+        FAAS_CODE_CACHE_DIR = var.code_cache_dir
+        FAAS_HOST           = "${NOMAD_IP_http}"
+        FAAS_PORT           = "${NOMAD_PORT_http}"
+        FAAS_INSTANCE_ID    = "${NOMAD_ALLOC_ID}"
+        CONSUL_HTTP_ADDR    = var.consul_http_addr
+        CONSUL_HTTP_TOKEN   = var.consul_token
+        FAAS_CHECK_INTERVAL = var.check_interval
+      }
+
+      resources {
+        cpu    = 200
+        memory = var.memory_mb
+      }
+
+      kill_signal  = "SIGTERM"
+      kill_timeout = var.kill_timeout
+
+      service {
+        name     = "faas-pool-${NOMAD_META_pool_service_suffix}"
+        port     = "http"
+        provider = "consul"
+        tags     = ["faas", "pool", "runtime=${NOMAD_META_runtime}", "instance=${NOMAD_ALLOC_ID}"]
+        meta {
+          runtime     = "${NOMAD_META_runtime}"
+          instance_id = "${NOMAD_ALLOC_ID}"
+          memory_mb   = "${var.memory_mb}"
+        }
+
+        check {
+          name     = "free"
+          type     = "http"
+          path     = "/_/pool"
+          interval = var.check_interval
+          timeout  = "1s"
+        }
+      }
+    }
+  }
+
+  group "provided" {
+    count = var.provided_count
+
+    scaling {
+      enabled = true
+      min     = 0
+      max     = var.pool_max
+    }
+
+    meta {
+      runtime             = "provided"
+      pool_service_suffix = "provided"
+    }
+
+    network {
+      port "http" {}
+    }
+
+    restart {
+      attempts = 10
+      interval = "5m"
+      delay    = "1s"
+      mode     = "delay"
+    }
+
+    task "runtime" {
+      driver = var.driver
 
       config {
         command = var.instance_command

@@ -82,6 +82,8 @@ class _Transient(Exception):
 def pool_service(runtime: str) -> str:
     """Consul name of a runtime's pool (RFC 1123: python3.11 -> faas-pool-python3-11), as the
     runtime-pool jobspec names it."""
+    if runtime.startswith("provided"):   # provided.al2023 is an alias: one pool serves both
+        runtime = "provided"
     return POOL_SERVICE_PREFIX + re.sub(r"[^a-z0-9-]", "-", runtime.lower())
 
 

@@ -152,13 +152,17 @@ def zip_directory(root: Path) -> bytes:
                 continue
             if path.is_file():
                 info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                # the executable bit survives: a custom runtime's bootstrap must stay runnable
+                mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+                info.external_attr = (stat.S_IFREG | mode) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(info, path.read_bytes())
     return buf.getvalue()
 
 
 def handler_file_present(names: tuple[str, ...], handler: str, runtime: str) -> bool:
+    if runtime.startswith("provided"):   # the executable the instance runs (runtimes/provided/bootstrap.py)
+        return "bootstrap" in names or handler in names
     module = handler.rsplit(".", 1)[0]
     suffixes = (".py",) if runtime.startswith("python") else (".js", ".mjs", ".cjs")
     return any(f"{module}{s}" in names for s in suffixes) or (
@@ -177,6 +181,7 @@ def unpack(data: bytes, dest: Path, limits: Limits, *, compile_python: bool = Tr
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        executable = set()
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             for info in zf.infolist():
                 target = tmp / check_entry_name(info.filename)
@@ -188,6 +193,10 @@ def unpack(data: bytes, dest: Path, limits: Limits, *, compile_python: bool = Tr
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "xb") as out:
                     shutil.copyfileobj(src, out, 1 << 16)
+                # Executable files stay executable; a top-level ``bootstrap`` (the custom runtime's entry
+                # point, which an online edit or a Windows zip cannot mark) always is.
+                if (info.external_attr >> 16) & 0o111 or info.filename == "bootstrap":
+                    executable.add(str(target))
         if compile_python:
             # Byte-compile once here so no instance pays for it (and instances run with
             # PYTHONDONTWRITEBYTECODE on a read-only tree). Syntax errors are left for the runtime
@@ -195,7 +204,8 @@ def unpack(data: bytes, dest: Path, limits: Limits, *, compile_python: bool = Tr
             compileall.compile_dir(str(tmp), quiet=2, workers=1)
         for dirpath, dirnames, filenames in os.walk(tmp):
             for f in filenames:
-                os.chmod(os.path.join(dirpath, f), 0o444)
+                path = os.path.join(dirpath, f)
+                os.chmod(path, 0o555 if path in executable else 0o444)
             for d in dirnames:
                 os.chmod(os.path.join(dirpath, d), 0o555)
         os.chmod(tmp, 0o555)

@@ -186,8 +186,16 @@ class FunctionStore:
             # The same code again (make up, a CI redeploy): no new version, nothing restarted.
             return record, self.version(name, record.version), [
                 f"the code is identical to version {record.version}; no new version was made"]
-        # A handler that cannot load is refused here, with its file and line, not at the first call.
-        warnings = handler_check.check_package(data, record.config.handler, record.config.runtime)
+        if record.config.runtime.startswith("provided"):
+            # A custom runtime's entry point is an executable: present or not is all that can be checked.
+            warnings = []
+            if not codepkg.handler_file_present(info.names, record.config.handler, record.config.runtime):
+                warnings.append(f"the package has no bootstrap (nor a file {record.config.handler!r}); invocations "
+                                "will fail with Runtime.InvalidEntrypoint until the code is fixed (for the Go and "
+                                "Java examples: make examples)")
+        else:
+            # A handler that cannot load is refused here, with its file and line, not at the first call.
+            warnings = handler_check.check_package(data, record.config.handler, record.config.runtime)
         # 1. the code, durably
         self.blobs.put(info.digest, data)
         # 2. the version: claim the next number atomically

@@ -16,11 +16,16 @@ from appliance.core import scheduled_min
 from appliance.core.async_invoke import merge_config, validate_config
 from appliance.core.errors import ValidationError
 
-RUNTIMES = ("python3.11", "nodejs20")
+#: ``provided`` (alias ``provided.al2023``) runs the package's own executable ``bootstrap`` through the
+#: Lambda Runtime API (runtimes/provided/bootstrap.py), which is how any language runs here.
+PROVIDED_RUNTIMES = ("provided", "provided.al2023")
+RUNTIMES = ("python3.11", "nodejs20", *PROVIDED_RUNTIMES)
 #: Functions become Consul/Nomad service names ("fn-<name>"): RFC 1123 labels of at most 63
 #: characters, so names are 1-60 characters and do not end with '-'.
 NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
+#: A custom runtime's handler is the bootstrap's to read (``_HANDLER``), as on Lambda: any short name.
+PROVIDED_HANDLER_RE = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_.$/:-]{0,127}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIXES = ("FAAS_", "NOMAD_", "AWS_LAMBDA_")
 #: Names the runtime sets as Lambda does (runtimes/README.md, "The Lambda environment").
@@ -146,7 +151,12 @@ class FunctionConfig:
         if runtime not in RUNTIMES:
             raise ValidationError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}", field="runtime")
         handler = d.get("handler", "index.handler")
-        if not isinstance(handler, str) or not HANDLER_RE.match(handler) or ".." in handler:
+        if runtime in PROVIDED_RUNTIMES:
+            if not isinstance(handler, str) or not PROVIDED_HANDLER_RE.match(handler) or ".." in handler:
+                raise ValidationError(
+                    "handler of a provided runtime must be 1-128 characters of letters, digits and '_.$/:-' "
+                    f"(the bootstrap reads it as _HANDLER); got {handler!r}", field="handler")
+        elif not isinstance(handler, str) or not HANDLER_RE.match(handler) or ".." in handler:
             raise ValidationError(
                 f"handler must look like 'module.function' (for example 'index.handler'); got {handler!r}",
                 field="handler",
@@ -154,6 +164,10 @@ class FunctionConfig:
         memory_mb = _int_field(d, "memory_mb", 128, MEMORY_MB)
         timeout_s = _int_field(d, "timeout_s", 3, TIMEOUT_S)
         concurrency = _int_field(d, "concurrency", 1, CONCURRENCY)
+        if runtime in PROVIDED_RUNTIMES and concurrency != 1:
+            raise ValidationError(
+                "concurrency of a provided runtime must be 1: its bootstrap process handles one invocation at a "
+                "time, as on Lambda; raise max_instances instead", field="concurrency")
         max_instances = _int_field(d, "max_instances", 10, MAX_INSTANCES)
         min_instances = _int_field(d, "min_instances", 0, (0, MAX_INSTANCES[1]))
         if min_instances > max_instances:

@@ -2,7 +2,7 @@
 
 Nomad starts this with the runtime contract's environment (runtimes/README.md) plus:
 
-* ``FAAS_RUNTIME``: which bootstrap to run (``python3.11``, ``nodejs20``);
+* ``FAAS_RUNTIME``: which bootstrap to run (``python3.11``, ``nodejs20``, ``provided``);
 * ``FAAS_CODE_DIGEST``, ``FAAS_CODE_CACHE_DIR``, ``FAAS_CODE_URL``: the code to serve, the node's
   content-addressed cache, and where to fetch the package from (a presigned S3 URL, so nodes need
   no S3 credentials);
@@ -60,6 +60,8 @@ def bootstrap_command(runtime: str, runtimes_dir: Path) -> list[str]:
         return [sys.executable, "-S", "-X", "frozen_modules=on", str(runtimes_dir / "python" / "bootstrap.py")]
     if runtime.startswith("nodejs"):
         return [os.environ.get("APPLIANCE_NODE", "/usr/bin/node"), str(runtimes_dir / "node" / "bootstrap.js")]
+    if runtime.startswith("provided"):  # serves the Lambda Runtime API to the package's own bootstrap
+        return [sys.executable, "-I", str(runtimes_dir / "provided" / "bootstrap.py")]
     raise SystemExit(f"faas instance: unknown runtime {runtime!r}")
 
 

@@ -203,4 +203,6 @@ def bootstrap_path(runtimes_dir: Path, runtime: str) -> list[str]:
                 str(runtimes_dir / "python" / "bootstrap.py")]
     if runtime.startswith("nodejs"):
         return [os.environ.get("APPLIANCE_NODE", "node"), str(runtimes_dir / "node" / "bootstrap.js")]
+    if runtime.startswith("provided"):  # the Runtime API server that runs the package's own bootstrap
+        return [os.environ.get("APPLIANCE_PYTHON", "python3"), "-I", str(runtimes_dir / "provided" / "bootstrap.py")]
     raise PlacementFailed(f"no bootstrap for runtime {runtime!r}")

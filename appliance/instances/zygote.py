@@ -6,7 +6,8 @@ so nothing of the appliance (Flask, its settings, its open files) is ever in an 
 user file named ``bootstrap.py`` or ``sandbox.py`` cannot be shadowed by ours.
 
 Protocol: one SOCK_SEQPACKET connection per launch. The launcher sends one JSON message
-``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null, "next_cgroup": [...]}`` with two
+``{"profile": <sandbox.profile()>, "env": {...}, "exec": [argv] | null, "serve": "provided" | null,
+"next_cgroup": [...]}`` (``serve``: which preloaded bootstrap runs without ``exec``) with two
 file descriptors attached (the instance's ready pipe and its log file), and gets ``{"pid": N}`` (the instance's host pid)
 or ``{"error": "..."}``; the connection then stays open and, when the instance ends, carries
 ``{"exit": returncode}`` (negative: killed by that signal) before it closes. If the zygote dies the
@@ -115,6 +116,10 @@ class Zygote:
         self.bootstrap = _load("_faas_bootstrap", bootstrap_path) if bootstrap_path else None
         if self.bootstrap is not None:
             self.bootstrap.preload()
+        # The provided runtime's Runtime API server (runtimes/provided/bootstrap.py) runs in this same
+        # preloaded interpreter: a custom runtime's cold start skips an interpreter start and its imports.
+        provided = os.path.join(os.path.dirname(os.path.dirname(bootstrap_path or "")), "provided", "bootstrap.py")
+        self.provided = _load("_faas_provided", provided) if bootstrap_path and os.path.exists(provided) else None
         # Everything imported so far is shared with every child; keep the collector from walking
         # (and so copying) those pages in each of them.
         gc.collect()
@@ -405,7 +410,7 @@ class Zygote:
             if req.get("exec"):
                 argv = req["exec"]
                 os.execve(argv[0], argv, env)
-            self._serve(env)
+            self._serve(env, self.provided if req.get("serve") == "provided" else self.bootstrap)
         except BaseException as exc:  # noqa: B902 - report whatever stopped the start, then go
             try:
                 os.write(out, (json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
@@ -418,13 +423,12 @@ class Zygote:
                 pass
         os._exit(70)
 
-    def _serve(self, env):
+    def _serve(self, env, bootstrap):
         os.environ.clear()
         os.environ.update(env)
         sys.dont_write_bytecode = True  # the code directory is read-only and byte-compiled at deploy time
-        sys.argv = [self.bootstrap.__file__]
-        bootstrap = self.bootstrap
-        for name in ("_faas_sandbox", "_faas_bootstrap"):
+        sys.argv = [bootstrap.__file__]
+        for name in ("_faas_sandbox", "_faas_bootstrap", "_faas_provided"):
             sys.modules.pop(name, None)
         code = bootstrap.serve(bootstrap.config_from_env(env))
         for stream in (sys.stdout, sys.stderr):

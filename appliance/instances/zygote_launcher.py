@@ -499,7 +499,8 @@ class ZygoteLauncher:
     def launch(self, req: LaunchRequest, deadline: float):
         spec = req.spec
         t0 = time.monotonic()
-        lang = "python" if spec.runtime.startswith("python") else "node" if spec.runtime.startswith("nodejs") else None
+        lang = ("python" if spec.runtime.startswith("python") else "node" if spec.runtime.startswith("nodejs")
+                else "provided" if spec.runtime.startswith("provided") else None)
         if lang is None:
             raise PlacementFailed(f"no bootstrap for runtime {spec.runtime!r}")
         env = runtime_env(req, socket_path=f"{sandbox.SOCKET_DIR}/instance.sock")
@@ -516,9 +517,12 @@ class ZygoteLauncher:
         # The function's own variables (often secrets) do not travel in the launch message: see _env_fd.
         own = {k: v for k, v in spec.environment.items() if env.get(k) == v}
         env = {k: v for k, v in env.items() if k not in own}
+        # provided: runtimes/provided/bootstrap.py served by the zygote's preloaded interpreter, which
+        # runs the package's own bootstrap (no address-space limit: Go and the JVM reserve large ranges).
         handle, lines = self._start(req.instance_id, req.code_dir, lang, network=spec.network != "none",
                                     memory_mb=spec.memory_mb, python=lang == "python", env=env, argv=argv,
-                                    deadline=deadline, want_listen=True, own_env=own, layers_dir=req.layers_dir)
+                                    deadline=deadline, want_listen=True, own_env=own, layers_dir=req.layers_dir,
+                                    serve="provided" if lang == "provided" else None)
         if lang == "node":  # a spare for the next one, started while this one loads its code
             self._want_node_spare(spec.network != "none", spec.memory_mb)
         at = float(lines.get("sandboxAt", t0))
@@ -716,7 +720,7 @@ class ZygoteLauncher:
 
     def _start(self, instance_id: str, code_dir: Path, lang: str | None, *, network: bool, memory_mb: int,
                python: bool, env: dict, argv: list[str] | None, deadline: float, want_listen: bool,
-               own_env: dict | None = None, layers_dir: Path | None = None):
+               own_env: dict | None = None, layers_dir: Path | None = None, serve: str | None = None):
         key = uuid.uuid4().hex[:12]
         uid = self._uids.acquire()
         sock_dir = self.run_dir / key
@@ -752,7 +756,7 @@ class ZygoteLauncher:
         try:
             env_fd = _env_fd(own_env or {})
             with open(log_path, "ab") as out:
-                conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv,
+                conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv, "serve": serve,
                                                    "next_cgroup": next_cg.procs_files if next_cg else []},
                                                   [w, out.fileno(), env_fd])
         except BaseException:

@@ -143,7 +143,8 @@ class FaultyProxy:
         self.server.server_close()
 
 
-def job_vars(consul_url: str, code_cache: str, *, python_count: int = 1, node_count: int = 0, extra: str = "") -> str:
+def job_vars(consul_url: str, code_cache: str, *, python_count: int = 1, node_count: int = 0, provided_count: int = 0,
+             extra: str = "") -> str:
     """An HCL2 var-file pointing the jobspecs at this checkout's venv and the test's Consul."""
     return "\n".join([
         f'instance_command = "{sys.executable}"',
@@ -153,6 +154,7 @@ def job_vars(consul_url: str, code_cache: str, *, python_count: int = 1, node_co
         f'consul_http_addr = "{consul_url}"',
         f"python_count = {python_count}",
         f"node_count = {node_count}",
+        f"provided_count = {provided_count}",
         'kill_timeout = "5s"',
     ]) + "\n" + extra
 

@@ -107,11 +107,12 @@ def test_function_instance_variables_select_memory_and_id_and_the_driver_is_raw_
 
 
 def test_runtime_pool_fields(nomad_double):
-    job = parse_json(nomad_double, "runtime-pool", "python_count = 3\nnode_count = 0\nmemory_mb = 512")
+    job = parse_json(nomad_double, "runtime-pool", "python_count = 3\nnode_count = 0\nmemory_mb = 512\n"
+                                                   "provided_count = 2")
     assert job["Type"] == "service" and "ParameterizedJob" not in job
     groups = {tg["Name"]: tg for tg in job["TaskGroups"]}
-    assert set(groups) == {"python3.11", "nodejs20"}
-    assert (groups["python3.11"]["Count"], groups["nodejs20"]["Count"]) == (3, 0)
+    assert set(groups) == {"python3.11", "nodejs20", "provided"}
+    assert (groups["python3.11"]["Count"], groups["nodejs20"]["Count"], groups["provided"]["Count"]) == (3, 0, 2)
     for name, tg in groups.items():
         assert tg["Meta"]["runtime"] == name
         assert tg["Scaling"]["Min"] == 0 and tg["Scaling"]["Max"] >= 1

@@ -1,5 +1,7 @@
 """What an instance's sandbox profile lets it see (the profile is pure data; applying it is integration-tested)."""
 
+import os
+
 from appliance.instances import sandbox
 
 
@@ -33,7 +35,9 @@ def test_only_the_listed_parts_of_etc_are_visible_and_no_secrets(tmp_path):
     visible = ({dst for _, dst in base["ro"]} | {dst for _, dst in base["links"]} | set(base["files"])
                | {dst for _, dst, _ in p["mounts"]})
     etc = {d for d in visible if d.startswith("/etc/")}
-    assert etc <= {"/etc/" + part for part in sandbox.ETC_PARTS} | {"/etc/passwd", "/etc/group", "/etc/hostname"}
+    languages = {part for lang in sandbox.LANGUAGES.values() for part in lang["parts"]}
+    assert etc <= ({"/etc/" + part for part in sandbox.ETC_PARTS} | {"/etc/passwd", "/etc/group", "/etc/hostname"}
+                   | languages)
     assert not {"/etc/shadow", "/etc/gshadow", "/etc/ssl/private", "/root", "/home", "/var", "/proc"} & visible
     assert "sbx_user:x:1000:1000" in base["files"]["/etc/passwd"]
 
@@ -42,3 +46,14 @@ def test_an_interpreter_prefix_is_bound_at_its_own_path_unless_already_under_a_b
     p = _profile(tmp_path, extra_ro=["/opt/python3.11", "/usr/lib/python3.11"])
     assert ["/opt/python3.11", "/opt/python3.11"] in p["base"]["ro"]
     assert ["/usr/lib/python3.11", "/usr/lib/python3.11"] not in p["base"]["ro"]   # /usr is bound already
+
+
+def test_the_languages_host_parts_are_bound_read_only_when_the_host_has_them(tmp_path):
+    p = _profile(tmp_path)
+    visible = {dst for _, dst in p["base"]["ro"]} | {dst for _, dst in p["base"]["links"]}
+    for lang in sandbox.LANGUAGES.values():
+        for part in lang["parts"]:
+            if os.path.lexists(part) and not part.startswith("/etc/ssl/certs/"):
+                assert part in visible, part
+    assert not {d for d in visible if d.startswith("/etc/alternatives/")} - {"/etc/alternatives/java",
+                                                                           "/etc/alternatives/python3"}
