@@ -39,6 +39,9 @@ class Settings:
     max_files: int = 5000
     #: Largest request body an HTTP trigger or invoke accepts (Lambda's synchronous limit).
     max_event_bytes: int = 6 << 20
+    #: Largest result a function may return (Lambda's synchronous limit); over it the request gets
+    #: 502 Function.ResponseTooLarge. The instance's reply may carry its logs besides (1 MiB more).
+    max_reply_bytes: int = 6 << 20
     #: Seconds between keep-alive sweeps (idle instance reclaiming, min_instances upkeep).
     reap_interval_s: float = 1.0
     #: Autoscaling (docs/autoscaling.md): seconds of history averaged in stable mode and to detect
@@ -153,7 +156,7 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise bad(name, "use a positive number of seconds")
         for name in ("max_queue", "max_code_bytes", "max_unpacked_bytes", "max_files", "max_event_bytes",
-                     "records_retention"):
+                     "records_retention", "max_reply_bytes"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
         for name in ("nomad_retry_s", "consul_stale_limit_s", "code_url_ttl_s"):

@@ -64,10 +64,9 @@ class Components:
     def start(self) -> None:
         self.scaler.start()
 
-    @staticmethod
-    def event_loop_client() -> AsyncInstanceClient:
+    def event_loop_client(self) -> AsyncInstanceClient:
         """A client to instances for the edge's event loop (one per loop)."""
-        return AsyncInstanceClient()
+        return AsyncInstanceClient(self.settings.max_reply_bytes)
 
     def close(self) -> None:
         self.scaler.stop()
@@ -154,7 +153,7 @@ def _build_cluster(settings: Settings) -> Components:
     store = FunctionStore(meta, blobs, limits(settings), cache_ttl_s=settings.metadata_cache_s)
     registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token,
                               stale_limit_s=settings.consul_stale_limit_s)
-    client = InstanceClient()
+    client = InstanceClient(settings.max_reply_bytes)
     edges = EdgeDirectory(settings.consul_addr, token=settings.consul_token)
     me = edge_id(settings)
     scheduler = NomadScheduler(
@@ -254,7 +253,7 @@ def _build_local(settings: Settings) -> Components:
     blobs = LocalBlobStore(data / "packages")
     store = FunctionStore(meta, blobs, lim, cache_ttl_s=settings.metadata_cache_s)
     registry = LocalRegistry()
-    client = InstanceClient()
+    client = InstanceClient(settings.max_reply_bytes)
     launcher = _launcher(settings, data / "logs" / "instances", notes)
     code_cache = CodeCache(data / "code", blobs, lim)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,

@@ -34,6 +34,7 @@ from appliance.core.ports import (
     InstanceUnreachable,
     InvokeReply,
     Registry,
+    ReplyTooLarge,
     Scheduler,
 )
 from appliance.core.records import InvocationRecord, RecordStore, billed_gb_seconds
@@ -60,6 +61,9 @@ class _Call:
     timeout_s: int
     max_instances: int
     policy: object
+    #: When the last attempt's request went to its instance (the platform's clock): what is billed
+    #: is measured from here to the reply, never the duration the instance reports about itself.
+    sent: float = 0.0
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Invoker:
         except ApplianceError as exc:
             return self._complete(call, _raise, exc)
         self._leased(call, lease)
+        call.sent = self.clock()
         try:
             reply = await client.invoke(lease.instance, body, request_id=request_id,
                                         deadline_ms=int((time.time() + call.timeout_s) * 1000),
@@ -189,6 +194,7 @@ class Invoker:
                 lease = self.activator.acquire(call.spec, max_instances=call.max_instances, deadline=deadline,
                                                policy=call.policy)
                 self._leased(call, lease)
+                call.sent = self.clock()
                 try:
                     reply = self.client.invoke(lease.instance, call.body, request_id=call.request_id,
                                                deadline_ms=int((time.time() + call.timeout_s) * 1000),
@@ -235,6 +241,13 @@ class Invoker:
             raise FunctionTimeout({"errorType": "Function.Timeout", "requestId": request_id,
                                    "errorMessage": f"the function did not answer within {call.timeout_s} s; "
                                                    "its instance was stopped"})
+        if isinstance(reply, ReplyTooLarge):
+            # It ran and answered; the answer was not read past the limit (its connection is closed).
+            call.rec.run_ms = (self.clock() - call.sent) * 1000.0
+            self.activator.release(lease, outcome="ok")
+            raise function_error({"errorType": "Function.ResponseTooLarge", "requestId": request_id,
+                                  "errorMessage": f"the function's reply is over the limit: {reply}; "
+                                                  "return less (Lambda's limit is 6 MiB)"})
         if isinstance(reply, InstanceLost):
             cause = self.scheduler.exit_cause(inst.id)
             if cause == "drained":
@@ -257,14 +270,21 @@ class Invoker:
                 self.activator.release(lease, outcome="gone")
             return False, None
         self.activator.release(lease, outcome="gone" if reply.exiting else "ok")
-        env = reply.body
+        env = reply.body if isinstance(reply.body, dict) else {}
         rec = call.rec
-        rec.logs = list(env.get("logs") or [])
-        rec.run_ms = float(env.get("durationMs") or 0.0)
+        logs_ = env.get("logs")
+        rec.logs = [line if isinstance(line, str) else str(line) for line in logs_] if isinstance(logs_, list) else []
+        # Billed: the round trip on the platform's own clock. The instance's ``durationMs`` is its
+        # own say and a handler can rewrite it (it was billed 0.01 GB-s for 20 that way).
+        rec.run_ms = (self.clock() - call.sent) * 1000.0 if call.sent else 0.0
         if reply.status == 200 and env.get("ok"):
             return True, env.get("result")
-        error = env.get("error") or {"errorType": "Runtime.Unknown",
-                                     "errorMessage": f"the instance answered {reply.status} without an error"}
+        error = env.get("error")
+        if not isinstance(error, dict) or not isinstance(error.get("errorType", ""), str):
+            error = {"errorType": "Runtime.Unknown",
+                     "errorMessage": f"the instance answered {reply.status} without a well-formed error"}
+        if not isinstance(error.get("errorMessage", ""), str):
+            error["errorMessage"] = str(error["errorMessage"])
         error.setdefault("requestId", request_id)
         raise function_error(error)
 

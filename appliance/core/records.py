@@ -49,7 +49,7 @@ class InvocationRecord:
     version: int
     started_at: float                 # epoch seconds
     duration_ms: float = 0.0          # end to end at the edge
-    run_ms: float = 0.0               # the handler's own run time, as the runtime measured it
+    run_ms: float = 0.0               # the round trip to the instance on the platform's clock (billed)
     billed_gb_s: float = 0.0
     memory_mb: int = 128
     cold: bool = False
