@@ -53,8 +53,15 @@ class Settings:
     max_scale_up_rate: float = 10.0
     #: Seconds function settings and routes may be served from cache (other control planes' writes).
     metadata_cache_s: float = 1.0
-    #: Invocation records kept per edge.
+    #: Invocation records kept per edge: at most this many, this old, and this many bytes in all
+    #: and per function (the oldest go first). Usage is metered apart and is not pruned with them.
     records_retention: int = 100_000
+    records_max_age_s: float = 7 * 86400
+    records_max_bytes: int = 1 << 30
+    records_max_function_bytes: int = 256 << 20
+    #: Largest answer of a records query (invocations, logs): past it the answer stops and says
+    #: where to go on (``next``).
+    max_answer_bytes: int = 4 << 20
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     log_level: str = "info"
@@ -156,7 +163,8 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise bad(name, "use a positive number of seconds")
         for name in ("max_queue", "max_code_bytes", "max_unpacked_bytes", "max_files", "max_event_bytes",
-                     "records_retention", "max_reply_bytes"):
+                     "records_retention", "max_reply_bytes", "records_max_bytes",
+                     "records_max_function_bytes", "max_answer_bytes", "records_max_age_s"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
         for name in ("nomad_retry_s", "consul_stale_limit_s", "code_url_ttl_s"):

@@ -23,7 +23,7 @@ from appliance.core.errors import ApplianceError, ValidationError
 from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
 from appliance.core.leadership import SoleLeader
-from appliance.core.records import RecordStore
+from appliance.core.records import RecordStore, Retention
 from appliance.core.scaler import PolicyCache, Scaler
 from appliance.instances.aio_client import AsyncInstanceClient
 from appliance.instances.client import InstanceClient
@@ -163,7 +163,7 @@ def _build_cluster(settings: Settings) -> Components:
         pool_target_free=settings.pool_target_free, pool_refill_s=settings.pool_refill_s,
         retry_s=settings.nomad_retry_s, edge_id=me)
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
-    records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    records = RecordStore(data / "invocations.sqlite3", retention=retention(settings))
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
                       queue_timeout_s=settings.queue_timeout_s)
@@ -180,6 +180,12 @@ def _build_cluster(settings: Settings) -> Components:
     comps._closers = [records.close, client.close_all, scheduler.close, registry.close, comps.records_view.close,
                       edges.deregister, peers.close, comps.scaling_view.close, leadership.close]
     return comps
+
+
+def retention(settings: Settings) -> Retention:
+    """How much of the invocation records is kept (APPLIANCE_RECORDS_*)."""
+    return Retention(max_records=settings.records_retention, max_age_s=settings.records_max_age_s,
+                     max_bytes=settings.records_max_bytes, max_function_bytes=settings.records_max_function_bytes)
 
 
 def sandbox_unavailable() -> str | None:
@@ -259,7 +265,7 @@ def _build_local(settings: Settings) -> Components:
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
                                client=client, host="127.0.0.1")
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)
-    records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    records = RecordStore(data / "invocations.sqlite3", retention=retention(settings))
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
                       queue_timeout_s=settings.queue_timeout_s)

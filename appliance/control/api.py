@@ -14,14 +14,14 @@ from pathlib import Path
 
 from flask import Flask, Response, redirect, request, send_from_directory
 
-from appliance.control.invoke import invoke_response
+from appliance.control.invoke import invoke_response, read_event
 from appliance.control.peercred import from_instance
 from appliance.control.records_view import decode_cursor, encode_cursor
 from appliance.core.codepkg import check_entry_name
 from appliance.core.errors import NotFound, Unauthorized, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
-from appliance.web import install_error_handlers, json_response, request_id
+from appliance.web import correlation_id_of, install_error_handlers, json_response, request_id
 from appliance.wiring import Components
 
 
@@ -263,15 +263,18 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/functions/<name>/invocations")
     def invoke(name: str):
-        return invoke_response(c, ensure_name(name), request.get_data(cache=False))
+        return invoke_response(c, ensure_name(name), read_event(c.settings.max_event_bytes))
 
     @app.get("/v1/functions/<name>/invocations")
     def invocations(name: str):
         store.get(ensure_name(name))
         c.records_view.flush(2.0)
+        limit = _int_arg("limit", 50)
         rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
-                                    limit=_int_arg("limit", 50), request_id=request.args.get("request_id") or None)
-        return json_response({"invocations": rows})
+                                    limit=limit, request_id=request.args.get("request_id") or None,
+                                    before=_float_arg("before"), max_bytes=c.settings.max_answer_bytes)
+        # Answers are bounded in rows and in bytes; older ones: ?before=<next>, until an empty page.
+        return json_response({"invocations": rows, "next": rows[-1]["started_at"] if rows else None})
 
     @app.get("/v1/functions/<name>/logs")
     def logs(name: str):
@@ -279,7 +282,7 @@ def create_control_app(c: Components) -> Flask:
         c.records_view.flush(2.0)
         cursor = decode_cursor(request.args.get("after"))
         rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
-                                    limit=_int_arg("limit", 100), after=cursor)
+                                    limit=_int_arg("limit", 100), after=cursor, max_bytes=c.settings.max_answer_bytes)
         if cursor is None:
             rows.reverse()  # oldest first reads naturally
         lines = []
@@ -342,6 +345,9 @@ def create_control_app(c: Components) -> Flask:
     @app.after_request
     def add_request_id(resp):
         resp.headers.setdefault("X-Request-Id", request_id())
+        corr = correlation_id_of(request.environ)
+        if corr:
+            resp.headers.setdefault("X-Correlation-Id", corr)
         return resp
 
     return app

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import json
 
-from flask import Response
+from flask import Response, request
 
-from appliance.core.errors import ValidationError, to_response_body
-from appliance.web import json_response, request_id
+from appliance.core.errors import PayloadTooLarge, ValidationError, to_response_body
+from appliance.web import correlation_id_of, json_response, request_id
 from appliance.wiring import Components
+
+
+def read_event(max_bytes: int) -> bytes:
+    """The event of a direct invoke, refused (413) past ``max_bytes`` (APPLIANCE_MAX_EVENT_BYTES,
+    the same limit as an HTTP trigger's body): at once from Content-Length, else while reading,
+    so an oversized event is never held whole."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"the event is {length} bytes; the limit is {max_bytes}", field="body")
+    data = request.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the event is over the limit of {max_bytes} bytes", field="body")
+    return data
 
 
 def invoke_response(c: Components, function: str, body: bytes) -> Response:
@@ -21,7 +34,8 @@ def invoke_response(c: Components, function: str, body: bytes) -> Response:
             raise ValidationError(f"the request body must be the event as JSON: {exc}", field="body") from None
     else:
         body = b"{}"
-    outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None)
+    outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None,
+                               correlation_id=correlation_id_of(request.environ))
     headers = {"X-Request-Id": rid, "Server-Timing": outcome.server_timing(),
                "X-Faas-Cold-Start": "1" if outcome.record.cold else "0"}
     if outcome.error is not None:

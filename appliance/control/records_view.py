@@ -80,18 +80,24 @@ class RecordsView:
             return source, []
 
     def query(self, function: str | None = None, *, since: float | None = None, status: str | None = None,
-              limit: int = 100, after: dict[str, int] | None = None, request_id: str | None = None) -> list[dict]:
+              limit: int = 100, after: dict[str, int] | None = None, request_id: str | None = None,
+              before: float | None = None, max_bytes: int | None = None) -> list[dict]:
         """Rows newest first (oldest first when following with ``after``), each with ``edge`` (its
-        source) and ``seq`` (its position in that source)."""
+        source) and ``seq`` (its position in that source). ``max_bytes`` bounds the answer: each
+        source gets its share of it."""
         rows: list[dict] = []
+        sources = self._sources()
+        share = max(1, max_bytes // max(1, len(sources))) if max_bytes is not None else None
         if self.local is not None:
             for r in self.local.query(function, since=since, status=status, limit=limit, request_id=request_id,
-                                      after_seq=(after or {}).get("local", 0) if after is not None else None):
+                                      after_seq=(after or {}).get("local", 0) if after is not None else None,
+                                      before=before, max_bytes=share):
                 rows.append({**r, "edge": "local"})
-        remote = [s for s in self._sources() if s != "local"]
+        remote = [s for s in sources if s != "local"]
         jobs = [self._pool.submit(self._ask, edge, "/_/invocations", {
             "function": function, "since": since, "status": status, "limit": limit, "request_id": request_id,
-            "after": (after or {}).get(edge, 0) if after is not None else None}) for edge in remote]
+            "after": (after or {}).get(edge, 0) if after is not None else None, "before": before,
+            "max_bytes": share}) for edge in remote]
         for job in jobs:
             edge, found = job.result()
             rows.extend({**r, "edge": edge} for r in found)

@@ -101,13 +101,14 @@ class Invoker:
         self.clock = clock
         self._specs: dict[str, tuple[object, InstanceSpec]] = {}
 
-    def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None) -> Outcome:
+    def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None,
+               correlation_id: str | None = None) -> Outcome:
         """Run one invocation to its end on this thread (waiting for a slot or a cold start)."""
-        call = self._begin(function, body, request_id, trigger)
+        call = self._begin(function, body, request_id, trigger, correlation_id=correlation_id)
         return self._complete(call, self._call)
 
     async def invoke_async(self, function: str, body: bytes, *, request_id: str, trigger: str | None,
-                           client, offload, fn=None) -> Outcome:
+                           client, offload, fn=None, correlation_id: str | None = None) -> Outcome:
         """The same invocation from an event loop: waiting for a slot or a cold start is a future
         (:meth:`Activator.acquire_async`) and the round trip uses ``client``
         (:class:`.instance_aio.AsyncInstanceClient`), so no thread is held. What may block or
@@ -117,7 +118,7 @@ class Invoker:
         fn = fn or self.store.peek(function)
         if fn is None:  # a remote metadata read (Consul in cluster mode) may block: not on the loop
             fn = await offload(self.store.get, function)
-        call = self._begin(function, body, request_id, trigger, fn)
+        call = self._begin(function, body, request_id, trigger, fn, correlation_id)
         try:
             lease = await self.activator.acquire_async(call.spec, max_instances=call.max_instances,
                                                        deadline=call.t0 + self.queue_timeout_s, policy=call.policy)
@@ -138,13 +139,15 @@ class Invoker:
             return self._complete(call, self._settled, lease, reply)
         return await offload(self._complete, call, self._call, (lease, reply))
 
-    def _begin(self, function: str, body: bytes, request_id: str, trigger: str | None, fn=None) -> _Call:
+    def _begin(self, function: str, body: bytes, request_id: str, trigger: str | None, fn=None,
+               correlation_id: str | None = None) -> _Call:
         fn = fn or self.store.get(function)
         if fn.version == 0:
             raise NoCode(f"function {function!r} has no code yet; upload it with PUT /v1/functions/{function}/code "
                          "or `faas deploy`")
         rec = InvocationRecord(request_id=request_id, function=function, version=fn.version, started_at=time.time(),
-                               memory_mb=fn.config.memory_mb, trigger=trigger or "api")
+                               memory_mb=fn.config.memory_mb, trigger=trigger or "api",
+                               correlation_id=correlation_id)
         hit = self._specs.get(function)
         if hit is None or hit[0] is not fn:
             # The store hands out the same record until the function changes: build its spec once.

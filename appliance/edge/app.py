@@ -74,9 +74,12 @@ def create_edge_app(c: Components) -> Flask:
             rows = c.records.query(a.get("function") or None, since=float(a["since"]) if a.get("since") else None,
                                    status=a.get("status") or None, limit=int(a.get("limit") or 100),
                                    after_seq=int(after) if after not in (None, "") else None,
-                                   request_id=a.get("request_id") or None)
+                                   request_id=a.get("request_id") or None,
+                                   before=float(a["before"]) if a.get("before") else None,
+                                   max_bytes=min(int(a.get("max_bytes") or c.settings.max_answer_bytes),
+                                                 c.settings.max_answer_bytes))
         except ValueError:
-            raise ValidationError("since, limit and after must be numbers", field="query") from None
+            raise ValidationError("since, before, limit, max_bytes and after must be numbers", field="query") from None
         return json_response({"invocations": rows})
 
     @app.get("/_/usage")

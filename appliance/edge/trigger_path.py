@@ -34,7 +34,7 @@ from appliance.core.errors import ApplianceError, MethodNotAllowed, PayloadTooLa
 from appliance.core.invoker import encode_event
 from appliance.edge.events import build_event, to_http_response
 from appliance.edge.request import RawRequest, client_ip
-from appliance.web import REQUEST_ID_RE
+from appliance.web import correlation_id
 
 log = logging.getLogger("appliance.http")
 
@@ -46,9 +46,9 @@ _JSON_HEADERS = (("content-type", "application/json"),)
 
 
 def request_id(headers) -> str:
-    """The caller's ``X-Request-Id`` when it is a sane token, else a new one."""
-    given = headers.get("x-request-id")
-    return given if given and REQUEST_ID_RE.match(given) else new_request_id()
+    """A new id of the platform's, the key of the request's record. (A caller's own
+    ``X-Request-Id`` is its correlation id: kept, echoed, never a key; see web.correlation_id.)"""
+    return new_request_id()
 
 
 async def read_body(headers, proto, max_bytes: int) -> bytes:
@@ -174,6 +174,7 @@ class EdgeApp:
             return await self._to_flask(scope, proto)
         headers = scope.headers
         rid = request_id(headers)
+        corr = correlation_id(headers.get("x-request-id"))
         method = scope.method.upper()
         try:
             if method not in METHODS:
@@ -185,10 +186,13 @@ class EdgeApp:
             req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes))
             event = trigger_event(req, match, rid)
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
-                                                      client=self.client, offload=self._offload, fn=fn)
+                                                      client=self.client, offload=self._offload, fn=fn,
+                                                      correlation_id=corr)
             answer = trigger_answer(method, rid, outcome)
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
+        if corr:
+            answer[1].append(("x-correlation-id", corr))
         proto.response_bytes(*answer)
 
     async def _to_flask(self, scope, proto):
