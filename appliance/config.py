@@ -42,6 +42,9 @@ class Settings:
     #: Largest result a function may return (Lambda's synchronous limit); over it the request gets
     #: 502 Function.ResponseTooLarge. The instance's reply may carry its logs besides (1 MiB more).
     max_reply_bytes: int = 6 << 20
+    #: Bytes of an instance's own output (stdout, stderr) kept per log file; past it the file is
+    #: rotated once (<id>.log.1), so an instance keeps at most twice this on disk.
+    instance_log_bytes: int = 10 << 20
     #: Seconds between keep-alive sweeps (idle instance reclaiming, min_instances upkeep).
     reap_interval_s: float = 1.0
     #: Autoscaling (docs/autoscaling.md): seconds of history averaged in stable mode and to detect
@@ -164,7 +167,8 @@ class Settings:
                 raise bad(name, "use a positive number of seconds")
         for name in ("max_queue", "max_code_bytes", "max_unpacked_bytes", "max_files", "max_event_bytes",
                      "records_retention", "max_reply_bytes", "records_max_bytes",
-                     "records_max_function_bytes", "max_answer_bytes", "records_max_age_s"):
+                     "records_max_function_bytes", "max_answer_bytes", "records_max_age_s",
+                     "instance_log_bytes"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
         for name in ("nomad_retry_s", "consul_stale_limit_s", "code_url_ttl_s"):

@@ -210,7 +210,7 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
     runtimes = Path(settings.runtimes_dir)
     if settings.sandbox == "off":
         notes.append("sandbox off (APPLIANCE_SANDBOX=off): instances run as plain processes with rlimits only")
-        return ProcessLauncher(runtimes, log_dir)
+        return ProcessLauncher(runtimes, log_dir, log_bytes=settings.instance_log_bytes)
     reason = sandbox_unavailable()
     launcher = None
     if reason is None:
@@ -218,7 +218,7 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
         from appliance.instances.zygote_launcher import ZygoteLauncher
         cg, cg_reason = cgroups.detect()
         try:
-            launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg)
+            launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg, log_bytes=settings.instance_log_bytes)
             launcher.check()
         except Exception as exc:  # noqa: BLE001 - any failure of the probe means no sandbox
             reason = f"the instance sandbox does not work on this host: {exc}"
@@ -242,7 +242,7 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
                               field="sandbox")
     notes.append(f"sandbox unavailable, instances run as plain processes: {reason}")
     log.warning("event=sandbox_unavailable fallback=process reason=%r", reason)
-    return ProcessLauncher(runtimes, log_dir)
+    return ProcessLauncher(runtimes, log_dir, log_bytes=settings.instance_log_bytes)
 
 
 def _build_local(settings: Settings) -> Components:
