@@ -182,6 +182,20 @@ def _build_cluster(settings: Settings) -> Components:
     return comps
 
 
+def collect_unreferenced(store: FunctionStore, blobs, code_cache) -> None:
+    """At start (no upload under way): delete packages and unpacked code no version refers to, and
+    what a killed upload left half-written (temporary files and directories)."""
+    in_use = store.digests_in_use()
+    orphans = blobs.digests() - in_use
+    for digest in orphans:
+        blobs.delete(digest)
+    partial = blobs.remove_partial()
+    removed = code_cache.collect(in_use, partial=True)
+    if orphans or partial or removed:
+        log.info("event=code_collected_at_start packages=%d partial=%d unpacked=%d", len(orphans), partial,
+                 len(removed))
+
+
 def retention(settings: Settings) -> Retention:
     """How much of the invocation records is kept (APPLIANCE_RECORDS_*)."""
     return Retention(max_records=settings.records_retention, max_age_s=settings.records_max_age_s,
@@ -262,6 +276,7 @@ def _build_local(settings: Settings) -> Components:
     client = InstanceClient(settings.max_reply_bytes)
     launcher = _launcher(settings, data / "logs" / "instances", notes)
     code_cache = CodeCache(data / "code", blobs, lim)
+    collect_unreferenced(store, blobs, code_cache)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
                                client=client, host="127.0.0.1")
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s)

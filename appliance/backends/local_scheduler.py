@@ -29,6 +29,9 @@ from appliance.instances.process_launcher import Launcher, LaunchRequest
 log = logging.getLogger("appliance.scheduler")
 
 READY_POLL_S = 0.002
+#: Seconds past its function's timeout a stopped instance has to finish in-flight work after
+#: SIGTERM; then SIGKILL (its cgroup's processes too). The platform, not the instance, decides.
+STOP_GRACE_S = 2.0
 #: Longest one ``/_/ready?waitMs=`` call holds while the handler loads (the runtime answers as soon as it is loaded).
 READY_WAIT_S = 1.0
 
@@ -54,6 +57,36 @@ class CodeCache:
 
     def path(self, digest: str) -> Path:
         return self.root / digest
+
+    def collect(self, keep: set[str], *, partial: bool = False) -> list[str]:
+        """Remove the unpacked directories of digests not in ``keep``; with ``partial`` also the
+        temporary directories of unpacks a killed process left (only safe while none is under
+        way: at start). Returns what was removed."""
+        removed = []
+        if not self.root.exists():
+            return removed
+        for p in self.root.iterdir():
+            if p.name.startswith("."):
+                if partial:
+                    codepkg.remove_tree(p)
+                    removed.append(p.name)
+                continue
+            if p.name not in keep:
+                with self._guard:
+                    lock = self._locks.setdefault(p.name, threading.Lock())
+                with lock:
+                    codepkg.remove_tree(p)
+                with self._guard:
+                    self._locks.pop(p.name, None)
+                removed.append(p.name)
+        return removed
+
+    def collect_one(self, digest: str) -> None:
+        with self._guard:
+            lock = self._locks.setdefault(digest, threading.Lock())
+        with lock:
+            codepkg.remove_tree(self.path(digest))
+        log.info("event=code_collected digests=%s", digest[:12])
 
     def ensure(self, digest: str) -> tuple[Path, bool]:
         """(directory, fetched now?)"""
@@ -83,15 +116,30 @@ class LocalScheduler:
         self._lock = threading.Lock()   # guards _procs and _exit_causes
         self._procs: dict[str, _Proc] = {}
         self._exit_causes: dict[str, str] = {}
+        #: Unpacked code no version needs, kept while an instance still ran it.
+        self._collect_after: set[str] = set()
         self._closed = False
 
     # -- Scheduler port -----------------------------------------------------------------
 
     def prepare(self, spec: InstanceSpec) -> float:
         """Unpack and byte-compile the code ahead of the first start (deploy-time pre-warm)."""
+        return self.prepare_digest(spec.digest)
+
+    def prepare_digest(self, digest: str) -> float:
         t0 = time.monotonic()
-        self.code.ensure(spec.digest)
+        self.code.ensure(digest)
         return (time.monotonic() - t0) * 1000
+
+    def collect_code(self, in_use: set[str]) -> list[str]:
+        """Remove unpacked code no version (``in_use``) and no running instance needs."""
+        with self._lock:
+            running = {p.spec.digest for p in self._procs.values()}
+            self._collect_after = running - in_use
+        removed = self.code.collect(in_use | running)
+        if removed:
+            log.info("event=code_collected digests=%s", ",".join(d[:12] for d in removed))
+        return removed
 
     def start(self, spec: InstanceSpec, deadline: float) -> Instance:
         if self._closed:
@@ -159,8 +207,17 @@ class LocalScheduler:
         if graceful:
             proc.stopping = proc.stopping or "stopped"
             proc.handle.signal(signal.SIGTERM)
+            timer = threading.Timer(proc.spec.timeout_s + STOP_GRACE_S, self._escalate, args=(proc,))
+            timer.daemon = True
+            timer.start()
         else:
             self._kill(proc, "killed")
+
+    def _escalate(self, proc: _Proc) -> None:
+        """SIGKILL an instance still alive a grace period after SIGTERM (it ignored it)."""
+        if proc.handle.returncode is None and proc.handle.wait(0) is None:
+            log.warning("event=instance_killed instance=%s reason=ignored-sigterm", proc.instance.id)
+            proc.handle.signal(signal.SIGKILL)
 
     def instances(self, function: str | None = None) -> list[Instance]:
         with self._lock:
@@ -227,6 +284,13 @@ class LocalScheduler:
                     del self._exit_causes[k]
         self.registry.forget(proc.instance.id)
         self.client.close(proc.instance.address)
+        digest = proc.spec.digest
+        with self._lock:
+            last = digest in self._collect_after and not any(p.spec.digest == digest for p in self._procs.values())
+            if last:
+                self._collect_after.discard(digest)
+        if last:
+            self.code.collect_one(digest)
         level = logging.INFO if cause in ("drained", "stopped", "shutdown", "exited", "timeout", "init-failed") else logging.WARNING
         log.log(level, "event=instance_exit instance=%s function=%s returncode=%s cause=%s",
                 proc.instance.id, proc.instance.function, rc, cause)

@@ -186,6 +186,9 @@ def create_control_app(c: Components) -> Flask:
     def delete_function(name: str):
         record = store.delete(ensure_name(name))
         c.scaler.remove_function(name)
+        collect = getattr(c.scheduler, "collect_code", None)
+        if collect is not None:   # unpacked code of its versions, once no instance runs it
+            collect(store.digests_in_use())
         return json_response({"deleted": record.name})
 
     # -- code ----------------------------------------------------------------------------
@@ -217,7 +220,8 @@ def create_control_app(c: Components) -> Flask:
             if filename is None and ctype not in ZIP_TYPES and ctype and not data[:4] == b"PK\x03\x04":
                 raise ValidationError(f"Content-Type {ctype!r} is not a zip: send application/zip, multipart "
                                       "form data, or a source file with ?filename=index.py", field="code")
-        record, version, warnings = store.upload_code(name, data, filename=filename, before_publish=_prewarm)
+        record, version, warnings = store.upload_code(name, data, filename=filename, before_publish=_prewarm,
+                                                      prepare=getattr(c.scheduler, "prepare_digest", None))
         _after_code_change(name)
         return json_response({"function": record.to_api(), "version": version.to_dict(), "warnings": warnings}, 201)
 

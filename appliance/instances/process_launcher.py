@@ -80,6 +80,7 @@ class ProcessHandle:
     def __init__(self, popen: subprocess.Popen):
         self.popen = popen
         self.pid = popen.pid
+        self._group_killed = False
 
     @property
     def returncode(self) -> int | None:
@@ -87,9 +88,14 @@ class ProcessHandle:
 
     def wait(self, timeout: float | None) -> int | None:
         try:
-            return self.popen.wait(timeout)
+            rc = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        if not self._group_killed:
+            # What it started (in its session, the group it leads) dies with it.
+            self._group_killed = True
+            self.signal(signal.SIGKILL)
+        return rc
 
     def signal(self, sig: int) -> None:
         try:
