@@ -9,7 +9,7 @@ from pathlib import Path
 
 from appliance.core.errors import CodeNotFound, ValidationError
 
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 
 class LocalBlobStore:

@@ -34,19 +34,65 @@ ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/oct
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 #: Files the online editor shows: text, at most this size each.
 EDITABLE_MAX_BYTES = 256 << 10
+#: Deepest nesting of a JSON body the API reads.
+MAX_JSON_DEPTH = 64
 
 
 def _json_body() -> dict:
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise ValidationError("the request body must be a JSON object", field="body")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ValidationError(f"the request body is not valid JSON: {exc}", field="body") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ValidationError("the request body must be a JSON object", field="body")
     return data
+
+
+def parse_json(raw: bytes):
+    """A JSON body, or 400 with why: not JSON, not UTF-8, nested past MAX_JSON_DEPTH (the
+    decoder recurses and gave a 500 at 100,000 levels), or text with lone surrogates."""
+    depth = _max_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(f"the request body nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}",
+                              field="body")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError(f"the request body is not valid JSON: {str(exc)[:200]}", field="body") from None
+    if b"\\u" in raw and not _text_only(data):
+        raise ValidationError("the request body holds a lone surrogate (\\ud800-\\udfff); send valid Unicode text",
+                              field="body")
+    return data
+
+
+def _max_depth(raw: bytes) -> int:
+    """How deep brackets nest (an upper bound: brackets inside strings count too), in linear time."""
+    depth = deepest = 0
+    for b in raw.translate(None, _NOT_BRACKETS):
+        if b in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _text_only(value, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            return False
+    if isinstance(value, dict):
+        return all(_text_only(k) and _text_only(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_text_only(v, depth + 1) for v in value)
+    return True
 
 
 def _float_arg(name: str) -> float | None:
@@ -335,7 +381,7 @@ def create_control_app(c: Components) -> Flask:
     @app.post("/v1/functions/<name>/triggers")
     def add_function_trigger(name: str):
         data = _json_body()
-        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path", ""))
+        t = store.add_trigger(ensure_name(name), data.get("method", "GET"), data.get("path"))
         return json_response(t.to_dict(), 201)
 
     @app.delete("/v1/triggers")

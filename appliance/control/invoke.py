@@ -30,8 +30,9 @@ def invoke_response(c: Components, function: str, body: bytes) -> Response:
     if body.strip():
         try:
             json.loads(body)
-        except ValueError as exc:
-            raise ValidationError(f"the request body must be the event as JSON: {exc}", field="body") from None
+        except (ValueError, RecursionError) as exc:
+            raise ValidationError(f"the request body must be the event as JSON: {str(exc)[:200]}",
+                                  field="body") from None
     else:
         body = b"{}"
     outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None,

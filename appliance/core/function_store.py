@@ -222,6 +222,9 @@ class FunctionStore:
     # -- triggers ------------------------------------------------------------------------
 
     def add_trigger(self, function: str, method: str, path: str) -> Trigger:
+        for fname, value in (("method", method), ("path", path)):
+            if not isinstance(value, str):
+                raise ValidationError(f"{fname} must be a string, got {value!r}", field=fname)
         validate_name(function)
         method = normalise_method(method)
         parse_path(path)

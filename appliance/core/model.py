@@ -17,9 +17,11 @@ from appliance.core.errors import ValidationError
 RUNTIMES = ("python3.11", "nodejs20")
 #: Functions become Consul/Nomad service names ("fn-<name>"): RFC 1123 labels of at most 63
 #: characters, so names are 1-60 characters and do not end with '-'.
-NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$")
-HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Anchored with ``\Z``, never ``$``: ``$`` also matches before a final newline, and "abc\n" was
+#: created as a function name that broke ``faas ls``.
+NAME_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?\Z")
+HANDLER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*\Z")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RESERVED_ENV_PREFIXES = ("FAAS_", "NOMAD_", "AWS_LAMBDA_")
 NETWORK_MODES = ("default", "none")
 
@@ -30,6 +32,15 @@ MAX_INSTANCES = (1, 1000)
 KEEP_ALIVE_S = (0, 86400)
 ENV_MAX_BYTES = 4096
 DESCRIPTION_MAX = 256
+
+
+def _text(s: str) -> bool:
+    """Whether ``s`` is valid Unicode text (JSON's ``\\ud800`` escapes decode to lone surrogates)."""
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _int_field(data: dict, name: str, default: int | None, bounds: tuple[int, int]) -> int:
@@ -101,7 +112,7 @@ class FunctionConfig:
     def _validated(cls, d: dict) -> FunctionConfig:
         name = validate_name(d.get("name"))
         runtime = d.get("runtime", "python3.11")
-        if runtime not in RUNTIMES:
+        if not isinstance(runtime, str) or runtime not in RUNTIMES:
             raise ValidationError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}", field="runtime")
         handler = d.get("handler", "index.handler")
         if not isinstance(handler, str) or not HANDLER_RE.match(handler) or ".." in handler:
@@ -139,7 +150,11 @@ class FunctionConfig:
                 # A process environment cannot hold NUL: every start of the function would fail.
                 raise ValidationError(f"environment variable {key!r} contains a NUL character; remove it",
                                       field="environment")
-            size += len(key) + len(value)
+            try:
+                size += len(key) + len(value.encode("utf-8"))   # bytes, as Lambda counts them
+            except UnicodeEncodeError:
+                raise ValidationError(f"environment variable {key!r} is not valid text (a lone surrogate)",
+                                      field="environment") from None
         if size > ENV_MAX_BYTES:
             raise ValidationError(
                 f"environment is {size} bytes; the limit is {ENV_MAX_BYTES}: store large values in the code package",
@@ -147,11 +162,12 @@ class FunctionConfig:
         # Only a missing value (or null) takes the default: 0, false or [] are mistakes to report.
         description = d.get("description")
         description = "" if description is None else description
-        if not isinstance(description, str) or len(description) > DESCRIPTION_MAX:
-            raise ValidationError(f"description must be a string of at most {DESCRIPTION_MAX} characters", field="description")
+        if not isinstance(description, str) or len(description) > DESCRIPTION_MAX or not _text(description):
+            raise ValidationError(f"description must be a string (valid text) of at most {DESCRIPTION_MAX} characters",
+                                  field="description")
         network = d.get("network")
         network = "default" if network is None else network
-        if network not in NETWORK_MODES:
+        if not isinstance(network, str) or network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,

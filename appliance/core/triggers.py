@@ -18,8 +18,8 @@ from appliance.core.model import Trigger
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY")
 RESERVED_PREFIXES = ("/_/", "/v1/")
-LITERAL_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*,;=:@-]+$")
-PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
+LITERAL_RE = re.compile(r"[A-Za-z0-9._~!$&'()*,;=:@-]+\Z")
+PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}\Z")
 MAX_PATH = 512
 
 

@@ -26,11 +26,19 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance.core.codec import dumps_compact, new_request_id
-from appliance.core.errors import ApplianceError, MethodNotAllowed, PayloadTooLarge, ValidationError, to_response_body
+from appliance.core.errors import (
+    ApplianceError,
+    FunctionError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ValidationError,
+    to_response_body,
+)
 from appliance.core.invoker import encode_event
 from appliance.edge.events import build_event, to_http_response
 from appliance.edge.request import RawRequest, client_ip
@@ -43,6 +51,8 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-authorization", "proxy-authenticate", "content-length"})
 _JSON_HEADERS = (("content-type", "application/json"),)
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+HEADER_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 
 
 def request_id(headers) -> str:
@@ -133,8 +143,21 @@ def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | Non
     return status, headers, dumps_compact(payload)
 
 
+def _invalid_reply(message: str) -> FunctionError:
+    return FunctionError({"errorType": "Function.InvalidResponse", "errorMessage": message})
+
+
+def _header_ok(k, v) -> bool:
+    """A header a function may send: a token name and a value without control characters (no
+    CR/LF: a function cannot add headers or split the response)."""
+    return (isinstance(k, str) and isinstance(v, str) and HEADER_NAME_RE.match(k) is not None
+            and HEADER_VALUE_RE.match(v) is not None)
+
+
 def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
-    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules."""
+    """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules. A result
+    that cannot be mapped (headers that are not an object, lone surrogates, a header with a line
+    break) is the function's error: 502 Function.InvalidResponse, never a 500."""
     timing = outcome.server_timing()
     if outcome.error is not None:
         return error_answer(outcome.error, rid, timing=timing)
@@ -142,8 +165,15 @@ def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
         mapped = to_http_response(outcome.result)
     except ApplianceError as exc:
         return error_answer(exc, rid, timing=timing)
+    except (TypeError, ValueError, AttributeError, UnicodeError) as exc:
+        return error_answer(_invalid_reply(f"the function's result cannot be an HTTP response: {exc}; see the "
+                                           "Lambda proxy response rules"), rid, timing=timing)
     headers = [("x-request-id", rid), ("server-timing", timing)]
     for k, v in mapped.headers:
+        if not _header_ok(k, v):
+            return error_answer(_invalid_reply(f"the function's response header {str(k)[:100]!r} is not a valid "
+                                               "HTTP header (a token name; a value without control characters)"),
+                                rid, timing=timing)
         if k.lower() not in HOP_BY_HOP:
             headers.append((k, v))
     return mapped.status, headers, mapped.body if method != "HEAD" else b""
