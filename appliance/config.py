@@ -39,6 +39,15 @@ class Settings:
     max_files: int = 5000
     #: Largest request body an HTTP trigger or invoke accepts (Lambda's synchronous limit).
     max_event_bytes: int = 6 << 20
+    #: Connections, on both ports: a request's headers must arrive within header_timeout_s of its
+    #: first byte (an idle keep-alive connection is closed after as long) and its body within
+    #: body_timeout_s more (408 Request.Timeout on the edge). The control API also takes at most
+    #: max_connections at once and max_connections_per_client from one address (0: no bound; for
+    #: deployments behind a proxy or load balancer, where every client has its address).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
     #: Largest result a function may return (Lambda's synchronous limit); over it the request gets
     #: 502 Function.ResponseTooLarge. The instance's reply may carry its logs besides (1 MiB more).
     max_reply_bytes: int = 6 << 20
@@ -168,13 +177,13 @@ class Settings:
         for name in ("max_queue", "max_code_bytes", "max_unpacked_bytes", "max_files", "max_event_bytes",
                      "records_retention", "max_reply_bytes", "records_max_bytes",
                      "records_max_function_bytes", "max_answer_bytes", "records_max_age_s",
-                     "instance_log_bytes"):
+                     "instance_log_bytes", "header_timeout_s", "body_timeout_s", "max_connections"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
         for name in ("nomad_retry_s", "consul_stale_limit_s", "code_url_ttl_s"):
             if getattr(self, name) <= 0:
                 raise bad(name, "use a positive number")
-        for name in ("pool_target_free", "pool_refill_s"):
+        for name in ("pool_target_free", "pool_refill_s", "max_connections_per_client"):
             if getattr(self, name) < 0:
                 raise bad(name, "use zero or a positive number")
         if not 10 <= self.leader_ttl_s <= 86400:

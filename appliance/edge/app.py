@@ -20,7 +20,7 @@ def create_edge(c: Components, *, threads: int) -> EdgeApp:
     """The edge router as Granian serves it: every trigger request on the event loop of
     :mod:`.trigger_path`, the platform paths on the Flask app below."""
     return EdgeApp(create_edge_app(c), c.store, c.invoker, c.settings.max_event_bytes, threads=threads,
-                   client=c.event_loop_client())
+                   client=c.event_loop_client(), body_timeout_s=c.settings.body_timeout_s)
 
 
 def create_edge_app(c: Components) -> Flask:

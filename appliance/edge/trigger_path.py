@@ -36,6 +36,7 @@ from appliance.core.errors import (
     FunctionError,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     ValidationError,
     to_response_body,
 )
@@ -61,9 +62,24 @@ def request_id(headers) -> str:
     return new_request_id()
 
 
-async def read_body(headers, proto, max_bytes: int) -> bytes:
+async def read_body(headers, proto, max_bytes: int, timeout_s: float | None = None) -> bytes:
     """The request body, refused past ``max_bytes``: at once from Content-Length, or while a
-    chunked body streams in, so an oversized body is never held whole."""
+    chunked body streams in, so an oversized body is never held whole; and past ``timeout_s``
+    (408), so a client that sends its body slowly cannot hold the request forever. A request
+    without a body sets no timer: the warm path of a GET pays nothing for the deadline."""
+    raw = headers.get("content-length")
+    if (not raw or raw == "0") and "chunked" not in (headers.get("transfer-encoding") or "").lower():
+        return b""
+    if timeout_s is None:
+        return await _read_body(headers, proto, max_bytes)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(headers, proto, max_bytes)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_body(headers, proto, max_bytes: int) -> bytes:
     raw = headers.get("content-length")
     if raw:
         try:
@@ -182,8 +198,10 @@ def trigger_answer(method: str, rid: str, outcome) -> tuple[int, list, bytes]:
 class EdgeApp:
     """The RSGI application Granian calls for each request (see the module docstring)."""
 
-    def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None):
+    def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None,
+                 body_timeout_s: float | None = None):
         self.flask_app = flask_app
+        self.body_timeout_s = body_timeout_s
         self.store = store
         self.invoker = invoker
         self.max_event_bytes = max_event_bytes
@@ -213,7 +231,8 @@ class EdgeApp:
             match = table.match(method, path)
             name = match.trigger.function
             fn = self.store.peek(name) or await self._offload(self.store.get, name)
-            req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes))
+            req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes,
+                                                               self.body_timeout_s))
             event = trigger_event(req, match, rid)
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
                                                       client=self.client, offload=self._offload, fn=fn,
@@ -228,7 +247,7 @@ class EdgeApp:
     async def _to_flask(self, scope, proto):
         """A platform path (``/_/``) to the edge's Flask app, on a thread, from a WSGI environ."""
         try:
-            body = await read_body(scope.headers, proto, self.max_event_bytes)
+            body = await read_body(scope.headers, proto, self.max_event_bytes, self.body_timeout_s)
         except ApplianceError as exc:
             proto.response_bytes(*error_answer(exc, request_id(scope.headers), scope.path))
             return
