@@ -75,7 +75,7 @@ def test_usage_never_shrinks_when_records_are_pruned(store_of):
     assert s.flush()
     s.prune(NOW)
     assert s.stats()["records"] <= 5
-    assert s.stats()["journal_segments"] == 1   # written rows leave the journal
+    assert s.stats()["journal_segments"] == 1   # one segment in use, the written ones gone
     (u,) = s.usage("f")
     assert u["invocations"] == 40 and u["errors"] == 10 and u["cold_starts"] == 1
     assert u["gb_seconds"] == pytest.approx(0.04) and u["avg_duration_ms"] == pytest.approx(2.0)
@@ -138,7 +138,7 @@ def test_records_added_before_a_kill_9_are_there_after_a_restart(tmp_path, flush
         assert len(s.query("f", limit=1000)) == 60
         (u,) = s.usage("f")
         assert u["invocations"] == 60            # the rows written before the kill are not counted twice
-        assert s.stats()["journal_segments"] == 1  # the replayed segments are gone; one new, empty
+        assert s.stats()["journal_segments"] <= 1  # the replayed segments are gone
     finally:
         s.close()
     again = RecordStore(db)
