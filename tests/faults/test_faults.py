@@ -216,3 +216,13 @@ def test_slow_client_flood_while_a_normal_client_is_served(make_appliance, repor
            edge_flood_closed=cut_edge)
     assert failed == 0 and served > 0
     assert cut_api == 300 and cut_edge == 300   # over the per-client bound at once, the rest at the deadline
+
+
+def test_a_steady_load_keeps_memory_flat_and_loses_nothing(tmp_path, report):
+    from bench.soak import soak
+
+    out = soak(30.0, 200.0, 4, 5.0, tmp_path / "soak")
+    report(requests=out["requests"], errors=out["errors"], lost=out["lost"], duplicated=out["duplicated"],
+           usage_short=out["usage_short"], rss_mb_start=out["rss_mb_start"], rss_mb_end=out["rss_mb_end"])
+    assert out["errors"] == 0 and out["lost"] == 0 and out["duplicated"] == 0 and out["usage_short"] == 0
+    assert out["rss_mb_end"] - out["rss_mb_start"] <= 25   # flat: no growth with the requests served
