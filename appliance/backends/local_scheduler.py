@@ -132,10 +132,11 @@ class LocalScheduler:
         return (time.monotonic() - t0) * 1000
 
     def collect_code(self, in_use: set[str]) -> list[str]:
-        """Remove unpacked code no version (``in_use``) and no running instance needs."""
+        """Remove unpacked code that neither ``in_use`` (the digests functions point at) nor a
+        running instance needs; what a running instance needs goes when its last one ends."""
         with self._lock:
             running = {p.spec.digest for p in self._procs.values()}
-            self._collect_after = running - in_use
+            self._collect_after = (self._collect_after | (running - in_use)) - in_use
         removed = self.code.collect(in_use | running)
         if removed:
             log.info("event=code_collected digests=%s", ",".join(d[:12] for d in removed))

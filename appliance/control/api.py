@@ -140,6 +140,13 @@ def create_control_app(c: Components) -> Flask:
             prepare(InstanceSpec.of(record))
         c.scaler.prewarm(record)
 
+    def _collect_code() -> None:
+        """Remove unpacked code no function points at (old versions, deleted functions) once no
+        instance runs it; a version's package stays (it can be downloaded, and unpacked again)."""
+        collect = getattr(c.scheduler, "collect_code", None)
+        if collect is not None:
+            collect({r.digest for r in store.list() if r.digest})
+
     def _wait_ready(name: str, version: int, want: int, timeout_s: float) -> int:
         """Ready instances of ``version``, once ``want`` are or no start is under way (or at the timeout)."""
         pool = c.activator.pool(name)
@@ -232,9 +239,7 @@ def create_control_app(c: Components) -> Flask:
     def delete_function(name: str):
         record = store.delete(ensure_name(name))
         c.scaler.remove_function(name)
-        collect = getattr(c.scheduler, "collect_code", None)
-        if collect is not None:   # unpacked code of its versions, once no instance runs it
-            collect(store.digests_in_use())
+        _collect_code()
         return json_response({"deleted": record.name})
 
     # -- code ----------------------------------------------------------------------------
@@ -269,6 +274,7 @@ def create_control_app(c: Components) -> Flask:
         record, version, warnings = store.upload_code(name, data, filename=filename, before_publish=_prewarm,
                                                       prepare=getattr(c.scheduler, "prepare_digest", None))
         _after_code_change(name)
+        _collect_code()
         return json_response({"function": record.to_api(), "version": version.to_dict(), "warnings": warnings}, 201)
 
     @app.get("/v1/functions/<name>/code")

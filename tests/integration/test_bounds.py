@@ -142,3 +142,20 @@ def test_invocation_answers_are_bounded_and_page_on(make_appliance):
     assert len(seen) == len(set(seen)) == 8
     usage = {u["function"]: u for u in r.api.usage()}
     assert usage[name]["invocations"] == 8
+
+
+def test_unpacked_code_of_old_versions_is_collected_once_no_instance_runs_it(appliance):
+    name = appliance.deploy({"index.py": "def handler(e, c):\n    return 'v1'\n"})
+    assert appliance.api.invoke(name) == "v1"
+    old = appliance.api.get_function(name)["code_sha256"]
+    for i in range(2, 5):
+        appliance.api.upload_code(name, make_zip({"index.py": f"def handler(e, c):\n    return 'v{i}'\n"}))
+    assert appliance.api.invoke(name) == "v4"
+    new = appliance.api.get_function(name)["code_sha256"]
+    code = appliance.data_dir / "code"
+    # the old version's instance is drained by the keep-alive loop; then its code goes
+    wait_for(lambda: not (code / old).exists(), 30, message="the old version's unpacked code to go")
+    assert (code / new).exists()
+    versions = requests.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+    assert len(versions) == 4   # versions and their packages stay: downloadable
+    assert requests.get(f"{appliance.api_url}/v1/functions/{name}/code?version=1", timeout=10).status_code == 200
