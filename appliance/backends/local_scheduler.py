@@ -32,6 +32,9 @@ READY_POLL_S = 0.002
 #: Seconds past its function's timeout a stopped instance has to finish in-flight work after
 #: SIGTERM; then SIGKILL (its cgroup's processes too). The platform, not the instance, decides.
 STOP_GRACE_S = 2.0
+#: Seconds an instance that accepted a drain has to exit (the runtime contract's DRAIN_GRACE is 2 s);
+#: then SIGKILL: an instance that says it drained but keeps running is not left behind.
+DRAIN_EXIT_S = 5.0
 #: Longest one ``/_/ready?waitMs=`` call holds while the handler loads (the runtime answers as soon as it is loaded).
 READY_WAIT_S = 1.0
 
@@ -214,10 +217,10 @@ class LocalScheduler:
         else:
             self._kill(proc, "killed")
 
-    def _escalate(self, proc: _Proc) -> None:
-        """SIGKILL an instance still alive a grace period after SIGTERM (it ignored it)."""
+    def _escalate(self, proc: _Proc, reason: str = "ignored-sigterm") -> None:
+        """SIGKILL an instance still alive a grace period after SIGTERM or an accepted drain."""
         if proc.handle.returncode is None and proc.handle.wait(0) is None:
-            log.warning("event=instance_killed instance=%s reason=ignored-sigterm", proc.instance.id)
+            log.warning("event=instance_killed instance=%s reason=%s", proc.instance.id, reason)
             proc.handle.signal(signal.SIGKILL)
 
     def instances(self, function: str | None = None) -> list[Instance]:
@@ -241,6 +244,10 @@ class LocalScheduler:
             proc = self._procs.get(instance_id)
             if proc is not None:
                 proc.stopping = proc.stopping or why
+        if proc is not None and why == "drained":
+            timer = threading.Timer(DRAIN_EXIT_S, self._escalate, args=(proc, "drained-but-running"))
+            timer.daemon = True
+            timer.start()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop every instance: SIGTERM, then SIGKILL what is left after ``timeout_s``."""
