@@ -16,7 +16,7 @@ from flask import Flask, Response, redirect, request, send_from_directory
 
 from appliance.control.invoke import invoke_response, read_event
 from appliance.control.peercred import from_instance
-from appliance.control.records_view import decode_cursor, encode_cursor
+from appliance.control.records_view import decode_cursor, encode_cursor, next_page
 from appliance.core.codepkg import check_entry_name
 from appliance.core.errors import NotFound, Unauthorized, ValidationError
 from appliance.core.function_store import ensure_name
@@ -328,9 +328,11 @@ def create_control_app(c: Components) -> Flask:
         limit = _int_arg("limit", 50)
         rows = c.records_view.query(name, since=_since(), status=request.args.get("status") or None,
                                     limit=limit, request_id=request.args.get("request_id") or None,
-                                    before=_float_arg("before"), max_bytes=c.settings.max_answer_bytes)
+                                    before=decode_cursor(request.args.get("before"), "before"),
+                                    max_bytes=c.settings.max_answer_bytes)
         # Answers are bounded in rows and in bytes; older ones: ?before=<next>, until an empty page.
-        return json_response({"invocations": rows, "next": rows[-1]["started_at"] if rows else None})
+        nxt = encode_cursor(next_page(rows, decode_cursor(request.args.get("before"), "before"))) if rows else None
+        return json_response({"invocations": rows, "next": nxt})
 
     @app.get("/v1/functions/<name>/logs")
     def logs(name: str):

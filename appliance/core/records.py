@@ -440,7 +440,7 @@ class RecordStore:
 
     def query(self, function: str | None = None, *, since: float | None = None, status: str | None = None,
               limit: int = 100, after_seq: int | None = None, request_id: str | None = None,
-              before: float | None = None, max_bytes: int | None = None) -> list[dict]:
+              before_seq: int | None = None, max_bytes: int | None = None) -> list[dict]:
         """Rows newest first (oldest first when following with ``after_seq``), at most ``limit``
         and, past the first row, at most ``max_bytes`` of stored rows: read one at a time, so an
         answer is never built larger than that in memory."""
@@ -449,7 +449,7 @@ class RecordStore:
         if not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be from 1 to 1000, got {limit}", field="limit")
         sql, args = _filtered(f"SELECT seq, {', '.join(_STORED)} FROM invocations", function=function, since=since,
-                              status=status, after_seq=after_seq, request_id=request_id, before=before)
+                              status=status, after_seq=after_seq, request_id=request_id, before_seq=before_seq)
         sql += " ORDER BY seq " + ("ASC" if after_seq is not None else "DESC") + " LIMIT ?"
         args.append(limit)
         out = []
@@ -506,7 +506,7 @@ class RecordStore:
 def _filtered(select: str, **filters) -> tuple[str, list]:
     """``select`` with a WHERE clause for the filters given (None = not filtered), and its arguments."""
     conditions = {"function": "function = ?", "since": "started_at >= ?", "status": "status = ?",
-                  "after_seq": "seq > ?", "request_id": "request_id = ?", "before": "started_at < ?",
+                  "after_seq": "seq > ?", "request_id": "request_id = ?", "before_seq": "seq < ?",
                   "day": "day >= ?"}
     where, args = [], []
     for name, value in filters.items():

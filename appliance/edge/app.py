@@ -75,7 +75,7 @@ def create_edge_app(c: Components) -> Flask:
                                    status=a.get("status") or None, limit=int(a.get("limit") or 100),
                                    after_seq=int(after) if after not in (None, "") else None,
                                    request_id=a.get("request_id") or None,
-                                   before=float(a["before"]) if a.get("before") else None,
+                                   before_seq=int(a["before"]) if a.get("before") else None,
                                    max_bytes=min(int(a.get("max_bytes") or c.settings.max_answer_bytes),
                                                  c.settings.max_answer_bytes))
         except ValueError:

@@ -88,7 +88,7 @@ def test_a_query_answer_is_bounded_in_bytes_and_pages_on(store_of):
     assert s.flush()
     page = s.query("f", limit=1000, max_bytes=100_000)
     assert 1 <= len(page) <= 5
-    rest = s.query("f", limit=1000, max_bytes=100_000, before=page[-1]["started_at"])
+    rest = s.query("f", limit=1000, max_bytes=100_000, before_seq=page[-1]["seq"])
     assert rest and rest[0]["request_id"] == f"f-{49 - len(page)}"
     # one row is always given, even when it alone is over the bound
     assert len(s.query("f", limit=1000, max_bytes=10)) == 1
@@ -144,3 +144,23 @@ def test_records_added_before_a_kill_9_are_there_after_a_restart(tmp_path, flush
     again = RecordStore(db)
     assert again.recovered == 0
     again.close()
+
+
+def test_paging_sees_every_record_once_even_when_they_end_out_of_start_order(store_of):
+    from appliance.control.records_view import RecordsView, next_page
+
+    s = store_of()
+    # recorded as they end: long invocations that started first are written after short ones
+    for i in range(60):
+        s.add(rec(i, t=NOW - 100 + (i % 7) * 3 - i * 0.01, logs=["p" * 3000]))
+    assert s.flush()
+    view = RecordsView(s)
+    seen, cursor = [], None
+    while True:
+        page = view.query("f", limit=7, before=cursor, max_bytes=10_000)
+        if not page:
+            break
+        seen += [r["request_id"] for r in page]
+        cursor = next_page(page, cursor)
+    view.close()
+    assert sorted(seen) == sorted(f"f-{i}" for i in range(60))
