@@ -159,3 +159,28 @@ def test_unpacked_code_of_old_versions_is_collected_once_no_instance_runs_it(app
     versions = requests.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
     assert len(versions) == 4   # versions and their packages stay: downloadable
     assert requests.get(f"{appliance.api_url}/v1/functions/{name}/code?version=1", timeout=10).status_code == 200
+
+
+def test_a_body_sent_too_slowly_is_cut_on_both_ports(make_appliance):
+    import socket
+
+    r = make_appliance({"APPLIANCE_BODY_TIMEOUT_S": "1", "APPLIANCE_HEADER_TIMEOUT_S": "1"})
+    name = r.deploy(trigger=("POST", "/slow-body"))
+    answers = {}
+    for port_name, url, path in (("edge", r.edge, "/slow-body"), ("api", r.api_url, f"/v1/functions/{name}/invocations")):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=30)
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: 100\r\n\r\n{{".encode())   # 1 of 100 bytes, then nothing
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data and port_name == "edge":
+                break
+        s.close()
+        answers[port_name] = data
+    assert answers["edge"].startswith(b"HTTP/1.1 408") and b"Request.Timeout" in answers["edge"]
+    assert answers["api"] == b""   # the control API closes the connection
