@@ -36,6 +36,7 @@ class Journal:
         self._next = (existing[-1] + 1) if existing else 1
         self.current = 0
         self._mm: mmap.mmap | None = None
+        self._released = 0
         self._pos = 0
         self._size = 0
 
@@ -87,10 +88,14 @@ class Journal:
             yield from (line for line in lines[:-1] if line)   # the last piece has no newline
 
     def release_before(self, position: tuple[int, int]) -> None:
-        """Delete the segments wholly before ``position`` (their lines are stored elsewhere)."""
+        """Delete the segments wholly before ``position`` (their lines are stored elsewhere).
+        Called after every batch: it lists the directory only when ``position`` reached a new segment."""
+        if position[0] <= self._released:
+            return
         for n in self.segments():
             if n < position[0] and n != self.current:
                 self._path(n).unlink(missing_ok=True)
+        self._released = position[0]
 
     def release_all(self) -> None:
         """Delete every segment (all of it is stored elsewhere); appends go to a new one."""
