@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 CONSOLE_SRC := appliance/control/console/src
 CONSOLE_DIST := appliance/control/console/dist
 
-.PHONY: console examples runtime-deps venv dev up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops bench doctor clean system-deps
+.PHONY: console examples runtime-deps venv dev up test test-unit test-integration test-runtimes test-cluster test-cluster-real test-ops test-faults bench soak doctor clean system-deps
 
 venv: $(VENV)/.installed
 
@@ -101,6 +101,17 @@ test-cluster-real:
 
 test-ops: dev system-deps
 	$(PY) -m pytest -c tests/pytest.ini tests/ops $(PYTEST_ARGS)
+
+# Faults on loopback (kill -9 under load, instances killed, interrupted uploads, slow-client floods):
+# each test prints what it counted, kept in tests/faults/last-run.json.
+test-faults: venv system-deps
+	$(PY) -m pytest -c tests/pytest.ini tests/faults -s $(PYTEST_ARGS)
+
+# Five minutes of steady load: requests, errors, lost and duplicated records, memory at start and end
+# (bench/results/soak.md). SOAK_ARGS="--duration 60 --rate 500" for another shape.
+SOAK_ARGS ?=
+soak: venv runtime-deps
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 # Installs the peers under ~/.cache/faas-appliance/bench and writes bench/results/latest.{json,md}.
 #   make bench BENCH_ARGS=--quick

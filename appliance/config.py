@@ -63,6 +63,21 @@ class Settings:
     max_files: int = 5000
     #: Largest request body an HTTP trigger or invoke accepts (Lambda's synchronous limit).
     max_event_bytes: int = 6 << 20
+    #: Connections, on both ports: a request's headers must arrive within header_timeout_s of its
+    #: first byte (an idle keep-alive connection is closed after as long) and its body within
+    #: body_timeout_s more (408 Request.Timeout on the edge). The control API also takes at most
+    #: max_connections at once and max_connections_per_client from one address (0: no bound; for
+    #: deployments behind a proxy or load balancer, where every client has its address).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
+    #: Largest result a function may return (Lambda's synchronous limit); over it the request gets
+    #: 502 Function.ResponseTooLarge. The instance's reply may carry its logs besides (1 MiB more).
+    max_reply_bytes: int = 6 << 20
+    #: Bytes of an instance's own output (stdout, stderr) kept per log file; past it the file is
+    #: rotated once (<id>.log.1), so an instance keeps at most twice this on disk.
+    instance_log_bytes: int = 10 << 20
     #: Seconds between keep-alive sweeps (idle instance reclaiming, min_instances upkeep).
     reap_interval_s: float = 1.0
     #: Autoscaling (docs/autoscaling.md): seconds of history averaged in stable mode and to detect
@@ -74,7 +89,8 @@ class Settings:
     max_scale_up_rate: float = 10.0
     #: Seconds function settings and routes may be served from cache (other control planes' writes).
     metadata_cache_s: float = 1.0
-    #: Invocation records kept per edge.
+    #: Invocation records kept per edge: at most this many, this old, and this many bytes in all
+    #: and per function (the oldest go first). Usage is metered apart and is not pruned with them.
     records_retention: int = 100_000
     #: Asynchronous invocation (appliance/core/async_runner.py): events run at once by this process,
     #: the share of a function's capacity (max_instances x concurrency) its events may take, the
@@ -96,6 +112,12 @@ class Settings:
     #: a received event: longer than any attempt (a process that dies mid-attempt leaves it to reappear).
     sqs_async_queue: str = ""
     sqs_async_visibility_s: int = 960
+    records_max_age_s: float = 7 * 86400
+    records_max_bytes: int = 1 << 30
+    records_max_function_bytes: int = 256 << 20
+    #: Largest answer of a records query (invocations, logs): past it the answer stops and says
+    #: where to go on (``next``).
+    max_answer_bytes: int = 4 << 20
     #: auto (sandbox when bubblewrap is present), on (required), off.
     sandbox: str = "auto"
     #: auto (install the packet filter that keeps network-default instances off this host's own
@@ -205,13 +227,15 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise bad(name, "use a positive number of seconds")
         for name in ("max_queue", "max_code_bytes", "max_unpacked_bytes", "max_files", "max_event_bytes",
-                     "records_retention"):
+                     "records_retention", "max_reply_bytes", "records_max_bytes",
+                     "records_max_function_bytes", "max_answer_bytes", "records_max_age_s",
+                     "instance_log_bytes", "header_timeout_s", "body_timeout_s", "max_connections"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
         for name in ("nomad_retry_s", "consul_stale_limit_s", "code_url_ttl_s"):
             if getattr(self, name) <= 0:
                 raise bad(name, "use a positive number")
-        for name in ("pool_target_free", "pool_refill_s"):
+        for name in ("pool_target_free", "pool_refill_s", "max_connections_per_client"):
             if getattr(self, name) < 0:
                 raise bad(name, "use zero or a positive number")
         if not 10 <= self.leader_ttl_s <= 86400:

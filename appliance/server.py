@@ -50,23 +50,29 @@ class Appliance:
     def start(self) -> None:
         raise_open_files_limit()
         from appliance.control.api import create_control_app
+        from appliance.control.connections import ConnectionGuard, guard_server
         from appliance.edge.app import create_edge
 
         c = self.components
         s = self.settings
         # poll() rather than select(): select() cannot watch descriptors above 1023, and past that
         # many connections waitress's IO thread would die and the server stop answering.
-        common = dict(host=s.api_listen, ident="faas-appliance", connection_limit=2000, backlog=1024, asyncore_use_poll=True,
-                      channel_timeout=max(120, 900 + 30), cleanup_interval=30, clear_untrusted_proxy_headers=True)
+        # channel_timeout closes connections silent for that long; requests being served are never
+        # cut, and control/connections.py adds per-request receive deadlines and per-client bounds.
+        common = dict(host=s.api_listen, ident="faas-appliance", connection_limit=s.max_connections, backlog=1024,
+                      asyncore_use_poll=True, channel_timeout=max(1.0, s.header_timeout_s), cleanup_interval=1,
+                      clear_untrusted_proxy_headers=True)
         edge = None
         if "edge" in self.roles:
             self._edge_app = create_edge(c, threads=EDGE_THREADS)
-            edge = GranianServer(self._edge_app, s.edge_listen, s.edge_port)
+            edge = GranianServer(self._edge_app, s.edge_listen, s.edge_port, header_timeout_s=s.header_timeout_s)
             self.ports["edge"] = edge.effective_port
             self._servers.append(edge)
         if "control" in self.roles:
             server = waitress.create_server(create_control_app(c), port=s.api_port, threads=CONTROL_THREADS,
                                             max_request_body_size=s.max_code_bytes + (1 << 20), **common)
+            guard_server(server, ConnectionGuard(per_client=s.max_connections_per_client,
+                                                 header_timeout_s=s.header_timeout_s, body_timeout_s=s.body_timeout_s))
             self.ports["control"] = server.effective_port
             self._servers.append(server)
         c.ports.update(self.ports)

@@ -12,7 +12,7 @@ from appliance.core.codec import dumps_compact, new_request_id
 from appliance.core.errors import ApplianceError, to_response_body
 
 log = logging.getLogger("appliance.http")
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 
 
 def request_id() -> str:
@@ -21,14 +21,23 @@ def request_id() -> str:
 
 
 def request_id_of(environ: dict) -> str:
-    """The request's id: the caller's ``X-Request-Id`` when it is a sane token, else a new one.
+    """The request's id: always a new one of the platform's (the key of its invocation record).
     Kept in the WSGI environ, so every part of one request reports the same id."""
     rid = environ.get("faas.request_id")
     if rid is None:
-        given = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = given if given and REQUEST_ID_RE.match(given) else new_request_id()
-        environ["faas.request_id"] = rid
+        rid = environ["faas.request_id"] = new_request_id()
     return rid
+
+
+def correlation_id(given: str | None) -> str | None:
+    """A client's own ``X-Request-Id``, kept as the request's correlation id when it is a sane
+    token (else dropped). It is stored and echoed as ``X-Correlation-Id``, never used as a key:
+    a client that reuses another request's id cannot reach that request's record."""
+    return given if given and REQUEST_ID_RE.match(given) else None
+
+
+def correlation_id_of(environ: dict) -> str | None:
+    return correlation_id(environ.get("HTTP_X_REQUEST_ID"))
 
 
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
@@ -53,6 +62,9 @@ def error_response(exc: BaseException) -> Response:
             log.error("event=internal_error request_id=%s path=%s", rid, request.path, exc_info=exc)
         resp = json_response(body, status, headers)
     resp.headers["X-Request-Id"] = rid
+    corr = correlation_id_of(request.environ)
+    if corr:
+        resp.headers["X-Correlation-Id"] = corr
     return resp
 
 

@@ -26,7 +26,7 @@ from appliance.core.function_store import FunctionStore
 from appliance.core.invoker import Invoker
 from appliance.core.layers import LayerStore
 from appliance.core.leadership import SoleLeader
-from appliance.core.records import RecordStore
+from appliance.core.records import RecordStore, Retention
 from appliance.core.scaler import PolicyCache, Scaler
 from appliance.core.tokens import TokenStore
 from appliance.instances.aio_client import AsyncInstanceClient
@@ -117,10 +117,9 @@ class Components:
         """Close ``close`` with the rest, before everything added earlier."""
         self._closers.append(close)
 
-    @staticmethod
-    def event_loop_client() -> AsyncInstanceClient:
+    def event_loop_client(self) -> AsyncInstanceClient:
         """A client to instances for the edge's event loop (one per loop)."""
-        return AsyncInstanceClient()
+        return AsyncInstanceClient(self.settings.max_reply_bytes)
 
     def close(self) -> None:
         if self.queue_poller is not None:
@@ -369,7 +368,7 @@ def _build_cluster(settings: Settings) -> Components:
     internal = settings.internal_token or shared_internal_token(meta)
     registry = ConsulRegistry(settings.consul_addr, token=settings.consul_token,
                               stale_limit_s=settings.consul_stale_limit_s)
-    client = InstanceClient()
+    client = InstanceClient(settings.max_reply_bytes)
     edges = EdgeDirectory(settings.consul_addr, token=settings.consul_token)
     me = edge_id(settings)
     scheduler = NomadScheduler(
@@ -382,7 +381,7 @@ def _build_cluster(settings: Settings) -> Components:
     metrics = Metrics()
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s,
                           observer=metrics)
-    records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    records = RecordStore(data / "invocations.sqlite3", retention=retention(settings))
     private_db(data / "invocations.sqlite3")
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,
@@ -403,6 +402,26 @@ def _build_cluster(settings: Settings) -> Components:
     comps._closers = [records.close, client.close_all, scheduler.close, registry.close, edges.deregister, peers.close,
                       leadership.close]
     return comps
+
+
+def collect_unreferenced(store: FunctionStore, blobs, code_cache) -> None:
+    """At start (no upload under way): delete packages and unpacked code no version refers to, and
+    what a killed upload left half-written (temporary files and directories)."""
+    in_use = store.digests_in_use()
+    orphans = blobs.digests() - in_use
+    for digest in orphans:
+        blobs.delete(digest)
+    partial = blobs.remove_partial()
+    removed = code_cache.collect(in_use, partial=True)
+    if orphans or partial or removed:
+        log.info("event=code_collected_at_start packages=%d partial=%d unpacked=%d", len(orphans), partial,
+                 len(removed))
+
+
+def retention(settings: Settings) -> Retention:
+    """How much of the invocation records is kept (APPLIANCE_RECORDS_*)."""
+    return Retention(max_records=settings.records_retention, max_age_s=settings.records_max_age_s,
+                     max_bytes=settings.records_max_bytes, max_function_bytes=settings.records_max_function_bytes)
 
 
 def sandbox_unavailable() -> str | None:
@@ -427,7 +446,7 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
     runtimes = Path(settings.runtimes_dir)
     if settings.sandbox == "off":
         notes.append("sandbox off (APPLIANCE_SANDBOX=off): instances run as plain processes with rlimits only")
-        return ProcessLauncher(runtimes, log_dir)
+        return ProcessLauncher(runtimes, log_dir, log_bytes=settings.instance_log_bytes)
     reason = sandbox_unavailable()
     launcher = None
     if reason is None:
@@ -437,7 +456,8 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
         cg, cg_reason = cgroups.detect()
         block = claim_uid_block(UID_BASE, UID_COUNT)
         try:
-            launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg, uids=block.uids)
+            launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg, uids=block.uids,
+                                      log_bytes=settings.instance_log_bytes)
             launcher.uid_block = block
             launcher.check()
         except Exception as exc:  # noqa: BLE001 - any failure of the probe means no sandbox
@@ -463,7 +483,7 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
                               field="sandbox")
     notes.append(f"sandbox unavailable, instances run as plain processes: {reason}")
     log.warning("event=sandbox_unavailable fallback=process reason=%r", reason)
-    return ProcessLauncher(runtimes, log_dir)
+    return ProcessLauncher(runtimes, log_dir, log_bytes=settings.instance_log_bytes)
 
 
 def _build_local(settings: Settings) -> Components:
@@ -484,16 +504,17 @@ def _build_local(settings: Settings) -> Components:
     store = FunctionStore(meta, blobs, lim, cache_ttl_s=settings.metadata_cache_s, secrets=FernetSecretBox(key))
     internal = settings.internal_token or private_file(data / INTERNAL_TOKEN_FILE, new_internal_token)
     registry = LocalRegistry()
-    client = InstanceClient()
+    client = InstanceClient(settings.max_reply_bytes)
     launcher = _launcher(settings, data / "logs" / "instances", notes)
     code_cache = CodeCache(data / "code", blobs, lim)
+    collect_unreferenced(store, blobs, code_cache)
     scheduler = LocalScheduler(registry=registry, blobs=blobs, code_cache=code_cache, launcher=launcher,
                                client=client, host="127.0.0.1", platform_env=instance_platform_env(settings),
                                layer_digest=layer_resolver(LayerStore(meta, blobs, lim)))
     metrics = Metrics()
     activator = Activator(scheduler, registry, max_queue=settings.max_queue, start_timeout_s=settings.start_timeout_s,
                           observer=metrics)
-    records = RecordStore(data / "invocations.sqlite3", retention=settings.records_retention)
+    records = RecordStore(data / "invocations.sqlite3", retention=retention(settings))
     private_db(data / "invocations.sqlite3")
     policies = policy_cache(settings)
     invoker = Invoker(store, activator, client, scheduler, registry, records, policies,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from appliance.core.errors import CodeNotFound, ValidationError
 
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 
 class LocalBlobStore:
@@ -53,6 +53,18 @@ class LocalBlobStore:
 
     def exists(self, digest: str) -> bool:
         return self._path(digest).exists()
+
+    def digests(self) -> set[str]:
+        """Every package stored."""
+        return {p.name for p in self.root.glob("??/*") if DIGEST_RE.match(p.name)}
+
+    def remove_partial(self) -> int:
+        """Delete the temporary files of writes a killed process left; returns how many."""
+        n = 0
+        for p in self.root.glob("??/.tmp-*"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
 
     def delete(self, digest: str) -> None:
         try:

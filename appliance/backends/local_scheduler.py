@@ -29,6 +29,12 @@ from appliance.instances.process_launcher import Launcher, LaunchRequest
 log = logging.getLogger("appliance.scheduler")
 
 READY_POLL_S = 0.002
+#: Seconds past its function's timeout a stopped instance has to finish in-flight work after
+#: SIGTERM; then SIGKILL (its cgroup's processes too). The platform, not the instance, decides.
+STOP_GRACE_S = 2.0
+#: Seconds an instance that accepted a drain has to exit (the runtime contract's DRAIN_GRACE is 2 s);
+#: then SIGKILL: an instance that says it drained but keeps running is not left behind.
+DRAIN_EXIT_S = 5.0
 #: Longest one ``/_/ready?waitMs=`` call holds while the handler loads (the runtime answers as soon as it is loaded).
 READY_WAIT_S = 1.0
 
@@ -68,6 +74,38 @@ class CodeCache:
         with lock:
             return codepkg.merge_layers(dirs, self.root)
 
+    def collect(self, keep: set[str], *, partial: bool = False) -> list[str]:
+        """Remove the unpacked directories of digests not in ``keep``; with ``partial`` also the
+        temporary directories of unpacks a killed process left (only safe while none is under
+        way: at start). Returns what was removed."""
+        removed = []
+        if not self.root.exists():
+            return removed
+        for p in self.root.iterdir():
+            if p.name.startswith("."):
+                if partial:
+                    codepkg.remove_tree(p)
+                    removed.append(p.name)
+                continue
+            if p.name.startswith("layers-"):
+                continue  # merged layer lists: one per distinct list of published layers, kept
+            if p.name not in keep:
+                with self._guard:
+                    lock = self._locks.setdefault(p.name, threading.Lock())
+                with lock:
+                    codepkg.remove_tree(p)
+                with self._guard:
+                    self._locks.pop(p.name, None)
+                removed.append(p.name)
+        return removed
+
+    def collect_one(self, digest: str) -> None:
+        with self._guard:
+            lock = self._locks.setdefault(digest, threading.Lock())
+        with lock:
+            codepkg.remove_tree(self.path(digest))
+        log.info("event=code_collected digests=%s", digest[:12])
+
     def ensure(self, digest: str) -> tuple[Path, bool]:
         """(directory, fetched now?)"""
         dest = self.path(digest)
@@ -101,15 +139,31 @@ class LocalScheduler:
         self._lock = threading.Lock()   # guards _procs and _exit_causes
         self._procs: dict[str, _Proc] = {}
         self._exit_causes: dict[str, str] = {}
+        #: Unpacked code no version needs, kept while an instance still ran it.
+        self._collect_after: set[str] = set()
         self._closed = False
 
     # -- Scheduler port -----------------------------------------------------------------
 
     def prepare(self, spec: InstanceSpec) -> float:
         """Unpack and byte-compile the code ahead of the first start (deploy-time pre-warm)."""
+        return self.prepare_digest(spec.digest)
+
+    def prepare_digest(self, digest: str) -> float:
         t0 = time.monotonic()
-        self.code.ensure(spec.digest)
+        self.code.ensure(digest)
         return (time.monotonic() - t0) * 1000
+
+    def collect_code(self, in_use: set[str]) -> list[str]:
+        """Remove unpacked code that neither ``in_use`` (the digests functions point at) nor a
+        running instance needs; what a running instance needs goes when its last one ends."""
+        with self._lock:
+            running = {p.spec.digest for p in self._procs.values()}
+            self._collect_after = (self._collect_after | (running - in_use)) - in_use
+        removed = self.code.collect(in_use | running)
+        if removed:
+            log.info("event=code_collected digests=%s", ",".join(d[:12] for d in removed))
+        return removed
 
     def start(self, spec: InstanceSpec, deadline: float) -> Instance:
         if self._closed:
@@ -184,8 +238,17 @@ class LocalScheduler:
         if graceful:
             proc.stopping = proc.stopping or "stopped"
             proc.handle.signal(signal.SIGTERM)
+            timer = threading.Timer(proc.spec.timeout_s + STOP_GRACE_S, self._escalate, args=(proc,))
+            timer.daemon = True
+            timer.start()
         else:
             self._kill(proc, "killed")
+
+    def _escalate(self, proc: _Proc, reason: str = "ignored-sigterm") -> None:
+        """SIGKILL an instance still alive a grace period after SIGTERM or an accepted drain."""
+        if proc.handle.returncode is None and proc.handle.wait(0) is None:
+            log.warning("event=instance_killed instance=%s reason=%s", proc.instance.id, reason)
+            proc.handle.signal(signal.SIGKILL)
 
     def instances(self, function: str | None = None) -> list[Instance]:
         with self._lock:
@@ -208,6 +271,10 @@ class LocalScheduler:
             proc = self._procs.get(instance_id)
             if proc is not None:
                 proc.stopping = proc.stopping or why
+        if proc is not None and why == "drained":
+            timer = threading.Timer(DRAIN_EXIT_S, self._escalate, args=(proc, "drained-but-running"))
+            timer.daemon = True
+            timer.start()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop every instance: SIGTERM, then SIGKILL what is left after ``timeout_s``."""
@@ -252,6 +319,13 @@ class LocalScheduler:
                     del self._exit_causes[k]
         self.registry.forget(proc.instance.id)
         self.client.close(proc.instance.address)
+        digest = proc.spec.digest
+        with self._lock:
+            last = digest in self._collect_after and not any(p.spec.digest == digest for p in self._procs.values())
+            if last:
+                self._collect_after.discard(digest)
+        if last:
+            self.code.collect_one(digest)
         level = logging.INFO if cause in ("drained", "stopped", "shutdown", "exited", "timeout", "init-failed") else logging.WARNING
         log.log(level, "event=instance_exit instance=%s function=%s returncode=%s cause=%s",
                 proc.instance.id, proc.instance.function, rc, cause)

@@ -18,8 +18,8 @@ from flask import Flask, Response, g, redirect, request, send_from_directory
 from appliance.control import layers_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
 from appliance.control import openapi
-from appliance.control.invoke import invocation_type, invoke_response
-from appliance.control.records_view import RecordsView, decode_cursor, encode_cursor
+from appliance.control.invoke import invocation_type, invoke_response, read_event
+from appliance.control.records_view import RecordsView, decode_cursor, encode_cursor, next_page
 from appliance.control.scaling_view import ScalingView
 from appliance.core import tokens as tokens_mod
 from appliance.core.async_invoke import STATES as ASYNC_STATES
@@ -28,7 +28,7 @@ from appliance.core.scheduled_min import effective_min
 from appliance.core.errors import ConsoleNotBuilt, NotFound, PayloadTooLarge, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
-from appliance.web import install_error_handlers, json_response, request_id
+from appliance.web import correlation_id_of, install_error_handlers, json_response, request_id
 from appliance.wiring import Components
 
 log = logging.getLogger("appliance.control.audit")
@@ -41,6 +41,8 @@ CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 CONSOLE_DIST = CONSOLE_DIR / "dist"
 #: Files the online editor shows: text, at most this size each.
 EDITABLE_MAX_BYTES = 256 << 10
+#: Deepest nesting of a JSON body the API reads.
+MAX_JSON_DEPTH = 64
 
 
 def check_console_built(filename: str, dist: Path) -> None:
@@ -57,13 +59,57 @@ def _json_body() -> dict:
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise ValidationError("the request body must be a JSON object", field="body")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ValidationError(f"the request body is not valid JSON: {exc}", field="body") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ValidationError("the request body must be a JSON object", field="body")
     return data
+
+
+def parse_json(raw: bytes):
+    """A JSON body, or 400 with why: not JSON, not UTF-8, nested past MAX_JSON_DEPTH (the
+    decoder recurses and gave a 500 at 100,000 levels), or text with lone surrogates."""
+    depth = _max_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(f"the request body nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}",
+                              field="body")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError(f"the request body is not valid JSON: {str(exc)[:200]}", field="body") from None
+    if b"\\u" in raw and not _text_only(data):
+        raise ValidationError("the request body holds a lone surrogate (\\ud800-\\udfff); send valid Unicode text",
+                              field="body")
+    return data
+
+
+def _max_depth(raw: bytes) -> int:
+    """How deep brackets nest (an upper bound: brackets inside strings count too), in linear time."""
+    depth = deepest = 0
+    for b in raw.translate(None, _NOT_BRACKETS):
+        if b in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _text_only(value, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            return False
+    if isinstance(value, dict):
+        return all(_text_only(k) and _text_only(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_text_only(v, depth + 1) for v in value)
+    return True
 
 
 def _float_arg(name: str) -> float | None:
@@ -128,6 +174,15 @@ def create_control_app(c: Components) -> Flask:
         if prepare:
             prepare(InstanceSpec.of(record))
         c.scaler.prewarm(record)
+
+    def _collect_code() -> None:
+        """Remove unpacked code no function points at (old versions, deleted functions) once no
+        instance runs it; a version's package stays (it can be downloaded, and unpacked again)."""
+        collect = getattr(c.scheduler, "collect_code", None)
+        if collect is not None:
+            # Layer packages stay unpacked while published (functions list them by version).
+            layer_digests = {doc.get("digest") for _, doc, _ in store.meta.list("layers/")}
+            collect({r.digest for r in store.list() if r.digest} | layer_digests)
 
     def _wait_ready(name: str, version: int, want: int, timeout_s: float) -> int:
         """Ready instances of ``version``, once ``want`` are or no start is under way (or at the timeout)."""
@@ -275,6 +330,7 @@ def create_control_app(c: Components) -> Flask:
         c.event_triggers.remove_function(name)
         c.scaler.remove_function(name)
         c.records.forget(name)  # this edge's; other edges' older records are hidden by created_at below
+        _collect_code()
         return json_response({"deleted": record.name})
 
     # -- code ----------------------------------------------------------------------------
@@ -311,8 +367,10 @@ def create_control_app(c: Components) -> Flask:
             if filename is None and ctype not in ZIP_TYPES and ctype and not data[:4] == b"PK\x03\x04":
                 raise ValidationError(f"Content-Type {ctype!r} is not a zip: send application/zip, multipart "
                                       "form data, or a source file with ?filename=index.py", field="code")
-        record, version, warnings = store.upload_code(name, data, filename=filename, before_publish=_prewarm)
+        record, version, warnings = store.upload_code(name, data, filename=filename, before_publish=_prewarm,
+                                                      prepare=getattr(c.scheduler, "prepare_digest", None))
         _after_code_change(name)
+        _collect_code()
         return json_response({"function": record.to_api(), "version": version.to_dict(), "warnings": warnings}, 201)
 
     @app.get("/v1/functions/<name>/code")
@@ -363,7 +421,7 @@ def create_control_app(c: Components) -> Flask:
         need("invoke", name)
         require_content_type(JSON)
         kind = invocation_type(request.headers.get("X-Amz-Invocation-Type"), request.args.get("type"))
-        return invoke_response(c, ensure_name(name), request.get_data(cache=False), kind)
+        return invoke_response(c, ensure_name(name), read_event(c.settings.max_event_bytes), kind)
 
     @app.get("/v1/functions/<name>/events")
     def events(name: str):
@@ -418,9 +476,14 @@ def create_control_app(c: Components) -> Flask:
         need("records", name)
         since = _since_created(name)
         c.records_view.flush(2.0)
+        limit = _int_arg("limit", 50)
         rows = c.records_view.query(name, since=since, status=request.args.get("status") or None,
-                                    limit=_int_arg("limit", 50), request_id=request.args.get("request_id") or None)
-        return json_response({"invocations": rows})
+                                    limit=limit, request_id=request.args.get("request_id") or None,
+                                    before=decode_cursor(request.args.get("before"), "before"),
+                                    max_bytes=c.settings.max_answer_bytes)
+        # Answers are bounded in rows and in bytes; older ones: ?before=<next>, until an empty page.
+        nxt = encode_cursor(next_page(rows, decode_cursor(request.args.get("before"), "before"))) if rows else None
+        return json_response({"invocations": rows, "next": nxt})
 
     @app.get("/v1/functions/<name>/logs")
     def logs(name: str):
@@ -429,7 +492,7 @@ def create_control_app(c: Components) -> Flask:
         c.records_view.flush(2.0)
         cursor = decode_cursor(request.args.get("after"))
         rows = c.records_view.query(name, since=since, status=request.args.get("status") or None,
-                                    limit=_int_arg("limit", 100), after=cursor)
+                                    limit=_int_arg("limit", 100), after=cursor, max_bytes=c.settings.max_answer_bytes)
         if cursor is None:
             rows.reverse()  # oldest first reads naturally
         lines = []
@@ -570,6 +633,9 @@ def create_control_app(c: Components) -> Flask:
     @app.after_request
     def add_request_id(resp):
         resp.headers.setdefault("X-Request-Id", request_id())
+        corr = correlation_id_of(request.environ)
+        if corr:
+            resp.headers.setdefault("X-Correlation-Id", corr)
         return resp
 
     return app

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import json
 
-from flask import Response
+from flask import Response, request
 
-from appliance.core.errors import ValidationError, to_response_body
-from appliance.web import json_response, request_id
+from appliance.core.errors import PayloadTooLarge, ValidationError, to_response_body
+from appliance.web import correlation_id_of, json_response, request_id
 from appliance.wiring import Components
+
+
+def read_event(max_bytes: int) -> bytes:
+    """The event of a direct invoke, refused (413) past ``max_bytes`` (APPLIANCE_MAX_EVENT_BYTES,
+    the same limit as an HTTP trigger's body): at once from Content-Length, else while reading,
+    so an oversized event is never held whole."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"the event is {length} bytes; the limit is {max_bytes}", field="body")
+    data = request.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the event is over the limit of {max_bytes} bytes", field="body")
+    return data
 
 
 def invocation_type(header: str | None, arg: str | None) -> str:
@@ -32,15 +45,17 @@ def invoke_response(c: Components, function: str, body: bytes, kind: str = "Requ
     if body.strip():
         try:
             json.loads(body)
-        except ValueError as exc:
-            raise ValidationError(f"the request body must be the event as JSON: {exc}", field="body") from None
+        except (ValueError, RecursionError) as exc:
+            raise ValidationError(f"the request body must be the event as JSON: {str(exc)[:200]}",
+                                  field="body") from None
     else:
         body = b"{}"
     if kind == "Event":
         added = c.async_runner.accept(function, body, event_id=rid, source="api")
         return json_response({"requestId": rid, "status": "queued" if added else "already-accepted"}, 202,
                              {"X-Request-Id": rid})
-    outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None)
+    outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None,
+                               correlation_id=correlation_id_of(request.environ))
     headers = {"X-Request-Id": rid, "Server-Timing": outcome.server_timing(),
                "X-Faas-Cold-Start": "1" if outcome.record.cold else "0"}
     if outcome.error is not None:

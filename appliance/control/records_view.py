@@ -35,7 +35,7 @@ def encode_cursor(cursor: dict[str, int]) -> str:
     return base64.urlsafe_b64encode(json.dumps(cursor, sort_keys=True).encode()).decode().rstrip("=")
 
 
-def decode_cursor(raw: str | None) -> dict[str, int] | None:
+def decode_cursor(raw: str | None, field: str = "after") -> dict[str, int] | None:
     """The per-source cursor of ``after``; a bare integer is this process's own sequence number."""
     if raw is None or raw == "":
         return None
@@ -47,7 +47,17 @@ def decode_cursor(raw: str | None) -> dict[str, int] | None:
             return data
     except (binascii.Error, ValueError, UnicodeDecodeError):
         pass
-    raise ValidationError("after must be the `next` value of a previous answer", field="after")
+    raise ValidationError(f"{field} must be the `next` value of a previous answer", field=field)
+
+
+def next_page(rows: list[dict], before: dict[str, int] | None) -> dict[str, int]:
+    """The cursor of the page after ``rows`` (newest first): per source, the oldest ``seq`` given.
+    Sequence numbers rather than start times: records are written as invocations end, so a later
+    page by start time would skip a long invocation recorded after shorter ones."""
+    cur = dict(before or {})
+    for r in rows:
+        cur[r["edge"]] = min(cur.get(r["edge"], r["seq"]), r["seq"])
+    return cur
 
 
 class RecordsView:
@@ -84,18 +94,25 @@ class RecordsView:
             return source, []
 
     def query(self, function: str | None = None, *, since: float | None = None, status: str | None = None,
-              limit: int = 100, after: dict[str, int] | None = None, request_id: str | None = None) -> list[dict]:
+              limit: int = 100, after: dict[str, int] | None = None, request_id: str | None = None,
+              before: dict[str, int] | None = None, max_bytes: int | None = None) -> list[dict]:
         """Rows newest first (oldest first when following with ``after``), each with ``edge`` (its
-        source) and ``seq`` (its position in that source)."""
+        source) and ``seq`` (its position in that source). ``max_bytes`` bounds the answer: each
+        source gets its share of it. ``before`` is a cursor (:func:`next_page`) of the rows already
+        seen, per source: only older ones (by ``seq``, the order they were recorded in) come."""
         rows: list[dict] = []
+        sources = self._sources()
+        share = max(1, max_bytes // max(1, len(sources))) if max_bytes is not None else None
         if self.local is not None:
             for r in self.local.query(function, since=since, status=status, limit=limit, request_id=request_id,
-                                      after_seq=(after or {}).get("local", 0) if after is not None else None):
+                                      after_seq=(after or {}).get("local", 0) if after is not None else None,
+                                      before_seq=(before or {}).get("local"), max_bytes=share):
                 rows.append({**r, "edge": "local"})
-        remote = [s for s in self._sources() if s != "local"]
+        remote = [s for s in sources if s != "local"]
         jobs = [self._pool.submit(self._ask, edge, "/_/invocations", {
             "function": function, "since": since, "status": status, "limit": limit, "request_id": request_id,
-            "after": (after or {}).get(edge, 0) if after is not None else None}) for edge in remote]
+            "after": (after or {}).get(edge, 0) if after is not None else None, "before": (before or {}).get(edge),
+            "max_bytes": share}) for edge in remote]
         for job in jobs:
             edge, found = job.result()
             rows.extend({**r, "edge": edge} for r in found)
@@ -105,8 +122,20 @@ class RecordsView:
             if r["request_id"] not in seen:  # an edge listed twice in Consul answers twice
                 seen.add(r["request_id"])
                 unique.append(r)
+        in_source_order = list(unique)
         unique.sort(key=lambda r: r["started_at"], reverse=after is None)
-        return unique[:limit]
+        kept = unique[:limit]
+        if after is None and len(kept) < len(unique):
+            # Paging (next_page) goes on from each source's oldest seq given: what a source gave
+            # must reach the answer as a prefix, else a row cut here would never be seen.
+            kept_ids, cut, broken = {id(r) for r in kept}, set(), set()
+            for r in in_source_order:
+                if id(r) not in kept_ids:
+                    broken.add(r["edge"])
+                elif r["edge"] in broken:
+                    cut.add(id(r))
+            kept = [r for r in kept if id(r) not in cut]
+        return kept
 
     def usage(self, function: str | None = None, *, since: float | None = None) -> list[dict]:
         parts: list[list[dict]] = []

@@ -60,6 +60,8 @@ class Slot:
     #: The instance refused for capacity at this time; skip it briefly.
     refused_at: float = -1.0
     reserved: bool = False
+    #: Drain requests it refused in a row although this edge saw it idle (see Scaler._drain).
+    drain_refusals: int = 0
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 A zip is untrusted input. We refuse, with a message that says what to fix: anything that is not a
 zip, entries with absolute paths or ``..`` components, symlinks and device files, encrypted
-entries, duplicate names, more than ``max_files`` entries, and more than ``max_unpacked_bytes``
-once inflated (counted while inflating, since the sizes a zip declares can lie). Unpacking writes
+entries, duplicate names (also once normalised: ``./index.py`` and ``index.py``; a file ``a`` and
+an entry ``a/b``), more than ``max_files`` entries, and more than ``max_unpacked_bytes``
+once inflated (counted while inflating, since the sizes a zip declares can lie), and packages that
+inflate more than ``BOMB_RATIO`` times their own size, as a whole and per entry. Unpacking writes
 to a temporary directory and renames it into place, so a half-written tree is never seen.
 """
 
@@ -22,7 +24,10 @@ from pathlib import Path, PurePosixPath
 
 from appliance.core.errors import PayloadTooLarge, UnsafeCode, ValidationError
 
-#: Above this inflated/compressed ratio an entry larger than BOMB_MIN_BYTES is treated as a bomb.
+#: Above this inflated/compressed ratio an entry larger than BOMB_MIN_BYTES is treated as a bomb,
+#: and so is a whole package that inflates to more than BOMB_MIN_BYTES at this ratio to the zip's
+#: own size: many small entries of zeros each pass a per-entry check (each 1 MiB entry of zeros
+#: compresses to 1 KiB) while the package as a whole inflates a thousandfold.
 BOMB_RATIO = 200
 BOMB_MIN_BYTES = 1 << 20
 SOURCE_SUFFIXES = (".py", ".js", ".mjs", ".cjs", ".json")
@@ -61,6 +66,12 @@ def check_entry_name(name: str) -> str:
     return name
 
 
+def normalised(name: str) -> str:
+    """An entry's path as the file system will see it: ``./a//b/`` is ``a/b``. Two entries with
+    the same normalised path would unpack onto each other, so the package is refused."""
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
 def inspect_zip(data: bytes, limits: Limits) -> PackageInfo:
     """Validate a zip without unpacking it; raises UnsafeCode / PayloadTooLarge with the fix."""
     if len(data) > limits.max_zip_bytes:
@@ -77,15 +88,23 @@ def inspect_zip(data: bytes, limits: Limits) -> PackageInfo:
                          "source file with ?filename=index.py", field="code") from None
     if len(infos) > limits.max_files:
         raise UnsafeCode(f"the zip has {len(infos)} entries; the limit is {limits.max_files}", field="code")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
+    files: set[str] = set()
     total = 0
     names = []
     for info in infos:
         name = check_entry_name(info.filename)
-        key = name.rstrip("/")
+        key = normalised(name)
+        if not key:
+            if info.is_dir():
+                continue   # "./": the root itself
+            raise UnsafeCode(f"zip entry {name!r} names no file; rebuild the zip", field="code")
         if key in seen:
-            raise UnsafeCode(f"zip entry {name!r} appears twice; rebuild the zip", field="code")
-        seen.add(key)
+            what = "twice" if seen[key] == name else f"twice, also as {seen[key]!r}"
+            raise UnsafeCode(f"zip entry {name!r} appears {what}; rebuild the zip", field="code")
+        seen[key] = name
+        if not info.is_dir():
+            files.add(key)
         # Unix zips keep st_mode in the high bits; a file type other than regular or directory
         # (symlink, device, fifo) is refused. Permission-only modes (no type bits) are fine.
         mode = info.external_attr >> 16
@@ -107,7 +126,15 @@ def inspect_zip(data: bytes, limits: Limits) -> PackageInfo:
             raise UnsafeCode(f"zip entry {name!r} inflates {info.file_size // max(info.compress_size, 1)}x; "
                              "refused as a zip bomb", field="code")
         if not info.is_dir():
-            names.append(name)
+            names.append(key)
+    # A file cannot also be a directory: "a" and "a/b" would unpack onto each other.
+    for key in seen:
+        parent = key.rpartition("/")[0]
+        while parent:
+            if parent in files:
+                raise UnsafeCode(f"zip entry {seen[parent]!r} is a file, and {seen[key]!r} puts it as a directory; "
+                                 "rebuild the zip", field="code")
+            parent = parent.rpartition("/")[0]
     # Read every entry once: catches CRC errors and sizes that lie about themselves.
     actual = 0
     for info in infos:
@@ -122,6 +149,10 @@ def inspect_zip(data: bytes, limits: Limits) -> PackageInfo:
                                          "refused as a zip bomb", field="code")
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise UnsafeCode(f"zip entry {info.filename!r} is corrupt ({exc}); rebuild the zip", field="code") from None
+    if actual > BOMB_MIN_BYTES and actual > BOMB_RATIO * len(data):
+        raise UnsafeCode(f"the package inflates {actual // len(data)}x ({len(data)} bytes to {actual}); "
+                         f"refused as a zip bomb (the limit is {BOMB_RATIO}x for packages over "
+                         f"{BOMB_MIN_BYTES} bytes unpacked)", field="code")
     return PackageInfo(digest=sha256(data), size=len(data), files=len(names), unpacked_size=actual,
                        names=tuple(sorted(names)))
 
@@ -184,7 +215,10 @@ def unpack(data: bytes, dest: Path, limits: Limits, *, compile_python: bool = Tr
         executable = set()
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             for info in zf.infolist():
-                target = tmp / check_entry_name(info.filename)
+                key = normalised(check_entry_name(info.filename))
+                if not key:
+                    continue
+                target = tmp / key
                 if not target.resolve().is_relative_to(tmp.resolve()):
                     raise UnsafeCode(f"zip entry {info.filename!r} escapes the package", field="code")
                 if info.is_dir():

@@ -59,6 +59,13 @@ class PayloadTooLarge(ValidationError):
     status = 413
 
 
+class RequestTimeout(ApplianceError):
+    """The client did not send its request (its body) within the receive deadline."""
+
+    code = "Request.Timeout"
+    status = 408
+
+
 class NotFound(ApplianceError):
     code = "Resource.NotFound"
     status = 404

@@ -162,16 +162,26 @@ class FunctionStore:
         """Delete packages no remaining version refers to (packages are shared by digest)."""
         if not digests:
             return
-        in_use = {doc.get("digest") for _, doc, _ in self.meta.list("versions/")}
-        in_use |= {doc.get("digest") for _, doc, _ in self.meta.list("layers/")}  # layers share packages
+        in_use = self.digests_in_use()
         for digest in digests - in_use:
             self.blobs.delete(digest)
+
+    def digests_in_use(self) -> set[str]:
+        """The packages some version or some layer version refers to (layers share the blob store)."""
+        in_use = {doc.get("digest") for _, doc, _ in self.meta.list("versions/")}
+        return in_use | {doc.get("digest") for _, doc, _ in self.meta.list("layers/")}
 
     # -- code ----------------------------------------------------------------------------
 
     def upload_code(self, name: str, data: bytes, *, filename: str | None = None,
-                    before_publish=None) -> tuple[FunctionRecord, CodeVersion, list[str]]:
+                    before_publish=None, prepare=None) -> tuple[FunctionRecord, CodeVersion, list[str]]:
         """Store a package and make it the function's newest version. Returns warnings too.
+
+        A version exists only once its package is stored, checked and (with ``prepare(digest)``,
+        the scheduler's unpack) unpacked: a failure before that leaves no version, and no package
+        that no version refers to. (A process killed meanwhile leaves at most an unreferenced
+        package or a temporary directory; the embedded mode's start removes them, see
+        ``wiring.collect_unreferenced``.)
 
         ``before_publish(record)``, if given, is called with the record as it will be once published,
         after the code and the version are stored and before the function points at them: the
@@ -198,6 +208,12 @@ class FunctionStore:
             warnings = handler_check.check_package(data, record.config.handler, record.config.runtime)
         # 1. the code, durably
         self.blobs.put(info.digest, data)
+        try:
+            if prepare is not None:
+                prepare(info.digest)
+        except BaseException:
+            self._collect_garbage({info.digest})
+            raise
         # 2. the version: claim the next number atomically
         for _ in range(CAS_ATTEMPTS):
             record = self.get(name, fresh=True)
@@ -250,6 +266,9 @@ class FunctionStore:
 
     def add_trigger(self, function: str, method: str, path: str, invocation: str | None = None, *, auth=None,
                     cors=None) -> Trigger:
+        for fname, value in (("method", method), ("path", path)):
+            if not isinstance(value, str):
+                raise ValidationError(f"{fname} must be a string, got {value!r}", field=fname)
         validate_name(function)
         invocation = invocation or "sync"
         if invocation not in ("sync", "async"):

@@ -35,6 +35,7 @@ from appliance.core.ports import (
     InstanceUnreachable,
     InvokeReply,
     Registry,
+    ReplyTooLarge,
     Scheduler,
 )
 from appliance.core.records import InvocationRecord, RecordStore, billed_gb_seconds
@@ -63,6 +64,9 @@ class _Call:
     policy: object
     #: Asynchronous events: the attempt number, sent to the instance (context.attempt).
     attempt: int | None = None
+    #: When the last attempt's request went to its instance (the platform's clock): what is billed
+    #: is measured from here to the reply, never the duration the instance reports about itself.
+    sent: float = 0.0
 
 
 @dataclass
@@ -103,14 +107,14 @@ class Invoker:
         self._specs: dict[str, tuple[object, InstanceSpec]] = {}
 
     def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None,
-               attempt: int | None = None) -> Outcome:
+               attempt: int | None = None, correlation_id: str | None = None) -> Outcome:
         """Run one invocation to its end on this thread (waiting for a slot or a cold start)."""
-        call = self._begin(function, body, request_id, trigger)
+        call = self._begin(function, body, request_id, trigger, correlation_id=correlation_id)
         call.attempt = attempt
         return self._complete(call, self._call)
 
     async def invoke_async(self, function: str, body: bytes, *, request_id: str, trigger: str | None,
-                           client, offload, fn=None) -> Outcome:
+                           client, offload, fn=None, correlation_id: str | None = None) -> Outcome:
         """The same invocation from an event loop: waiting for a slot or a cold start is a future
         (:meth:`Activator.acquire_async`) and the round trip uses ``client``
         (:class:`.instance_aio.AsyncInstanceClient`), so no thread is held. What may block or
@@ -120,13 +124,14 @@ class Invoker:
         fn = fn or self.store.peek(function)
         if fn is None:  # a remote metadata read (Consul in cluster mode) may block: not on the loop
             fn = await offload(self.store.get, function)
-        call = self._begin(function, body, request_id, trigger, fn)
+        call = self._begin(function, body, request_id, trigger, fn, correlation_id)
         try:
             lease = await self.activator.acquire_async(call.spec, max_instances=call.max_instances,
                                                        deadline=call.t0 + self.queue_timeout_s, policy=call.policy)
         except ApplianceError as exc:
             return self._complete(call, _raise, exc)
         self._leased(call, lease)
+        call.sent = self.clock()
         try:
             reply = await client.invoke(lease.instance, body, request_id=request_id,
                                         deadline_ms=int((time.time() + call.timeout_s) * 1000),
@@ -140,13 +145,15 @@ class Invoker:
             return self._complete(call, self._settled, lease, reply)
         return await offload(self._complete, call, self._call, (lease, reply))
 
-    def _begin(self, function: str, body: bytes, request_id: str, trigger: str | None, fn=None) -> _Call:
+    def _begin(self, function: str, body: bytes, request_id: str, trigger: str | None, fn=None,
+               correlation_id: str | None = None) -> _Call:
         fn = fn or self.store.get(function)
         if fn.version == 0:
             raise NoCode(f"function {function!r} has no code yet; upload it with PUT /v1/functions/{function}/code "
                          "or `faas deploy`")
         rec = InvocationRecord(request_id=request_id, function=function, version=fn.version, started_at=time.time(),
-                               memory_mb=fn.config.memory_mb, trigger=trigger or "api")
+                               memory_mb=fn.config.memory_mb, trigger=trigger or "api",
+                               correlation_id=correlation_id)
         hit = self._specs.get(function)
         if hit is None or hit[0] is not fn:
             # The store hands out the same record until the function changes: build its spec once.
@@ -198,6 +205,7 @@ class Invoker:
                                                policy=call.policy)
                 self._leased(call, lease)
                 extra = {"attempt": call.attempt} if call.attempt else {}
+                call.sent = self.clock()
                 try:
                     reply = self.client.invoke(lease.instance, call.body, request_id=call.request_id,
                                                deadline_ms=int((time.time() + call.timeout_s) * 1000),
@@ -244,6 +252,13 @@ class Invoker:
             raise FunctionTimeout({"errorType": "Function.Timeout", "requestId": request_id,
                                    "errorMessage": f"the function did not answer within {call.timeout_s} s; "
                                                    "its instance was stopped"})
+        if isinstance(reply, ReplyTooLarge):
+            # It ran and answered; the answer was not read past the limit (its connection is closed).
+            call.rec.run_ms = (self.clock() - call.sent) * 1000.0
+            self.activator.release(lease, outcome="ok")
+            raise function_error({"errorType": "Function.ResponseTooLarge", "requestId": request_id,
+                                  "errorMessage": f"the function's reply is over the limit: {reply}; "
+                                                  "return less (Lambda's limit is 6 MiB)"})
         if isinstance(reply, InstanceLost):
             cause = self.scheduler.exit_cause(inst.id)
             if cause == "drained":
@@ -266,14 +281,21 @@ class Invoker:
                 self.activator.release(lease, outcome="gone")
             return False, None
         self.activator.release(lease, outcome="gone" if reply.exiting else "ok")
-        env = reply.body
+        env = reply.body if isinstance(reply.body, dict) else {}
         rec = call.rec
-        rec.logs = list(env.get("logs") or [])
-        rec.run_ms = float(env.get("durationMs") or 0.0)
+        logs_ = env.get("logs")
+        rec.logs = [line if isinstance(line, str) else str(line) for line in logs_] if isinstance(logs_, list) else []
+        # Billed: the round trip on the platform's own clock. The instance's ``durationMs`` is its
+        # own say and a handler can rewrite it (it was billed 0.01 GB-s for 20 that way).
+        rec.run_ms = (self.clock() - call.sent) * 1000.0 if call.sent else 0.0
         if reply.status == 200 and env.get("ok"):
             return True, env.get("result")
-        error = env.get("error") or {"errorType": "Runtime.Unknown",
-                                     "errorMessage": f"the instance answered {reply.status} without an error"}
+        error = env.get("error")
+        if not isinstance(error, dict) or not isinstance(error.get("errorType", ""), str):
+            error = {"errorType": "Runtime.Unknown",
+                     "errorMessage": f"the instance answered {reply.status} without a well-formed error"}
+        if not isinstance(error.get("errorMessage", ""), str):
+            error["errorMessage"] = str(error["errorMessage"])
         error.setdefault("requestId", request_id)
         raise function_error(error)
 

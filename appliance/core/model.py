@@ -22,11 +22,13 @@ PROVIDED_RUNTIMES = ("provided", "provided.al2023")
 RUNTIMES = ("python3.11", "nodejs20", *PROVIDED_RUNTIMES)
 #: Functions become Consul/Nomad service names ("fn-<name>"): RFC 1123 labels of at most 63
 #: characters, so names are 1-60 characters and do not end with '-'.
-NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$")
-HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
+#: Anchored with ``\Z``, never ``$``: ``$`` also matches before a final newline, and "abc\n" was
+#: created as a function name that broke ``faas ls``.
+NAME_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?\Z")
+HANDLER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_.-]*)*\.[A-Za-z_$][A-Za-z0-9_$]*\Z")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 #: A custom runtime's handler is the bootstrap's to read (``_HANDLER``), as on Lambda: any short name.
-PROVIDED_HANDLER_RE = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_.$/:-]{0,127}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PROVIDED_HANDLER_RE = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_.$/:-]{0,127}\Z")
 RESERVED_ENV_PREFIXES = ("FAAS_", "NOMAD_", "AWS_LAMBDA_")
 #: Names the runtime sets as Lambda does (runtimes/README.md, "The Lambda environment").
 RESERVED_ENV_NAMES = frozenset({"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_EXECUTION_ENV", "LAMBDA_TASK_ROOT",
@@ -56,6 +58,15 @@ MASK = "****"
 MAX_LAYERS = 5
 LAYER_REF_RE = re.compile(r"^([a-z](?:[a-z0-9-]{0,58}[a-z0-9])?):([1-9][0-9]{0,8})\Z")
 DESCRIPTION_MAX = 256
+
+
+def _text(s: str) -> bool:
+    """Whether ``s`` is valid Unicode text (JSON's ``\\ud800`` escapes decode to lone surrogates)."""
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _int_field(data: dict, name: str, default: int | None, bounds: tuple[int, int]) -> int:
@@ -148,7 +159,7 @@ class FunctionConfig:
     def _validated(cls, d: dict) -> FunctionConfig:
         name = validate_name(d.get("name"))
         runtime = d.get("runtime", "python3.11")
-        if runtime not in RUNTIMES:
+        if not isinstance(runtime, str) or runtime not in RUNTIMES:
             raise ValidationError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}", field="runtime")
         handler = d.get("handler", "index.handler")
         if runtime in PROVIDED_RUNTIMES:
@@ -188,11 +199,12 @@ class FunctionConfig:
         # Only a missing value (or null) takes the default: 0, false or [] are mistakes to report.
         description = d.get("description")
         description = "" if description is None else description
-        if not isinstance(description, str) or len(description) > DESCRIPTION_MAX:
-            raise ValidationError(f"description must be a string of at most {DESCRIPTION_MAX} characters", field="description")
+        if not isinstance(description, str) or len(description) > DESCRIPTION_MAX or not _text(description):
+            raise ValidationError(f"description must be a string (valid text) of at most {DESCRIPTION_MAX} characters",
+                                  field="description")
         network = d.get("network")
         network = "default" if network is None else network
-        if network not in NETWORK_MODES:
+        if not isinstance(network, str) or network not in NETWORK_MODES:
             raise ValidationError(f"network must be one of {', '.join(NETWORK_MODES)}; got {network!r}", field="network")
         layers = validate_layer_refs(d.get("layers"))
         async_config = validate_config(d.get("async"))
@@ -245,7 +257,10 @@ def _variables(value: Any, field_name: str, max_bytes: int) -> dict[str, str]:
         if "\x00" in v:
             # A process environment cannot hold NUL: every start of the function would fail.
             raise ValidationError(f"{what} {key!r} contains a NUL character; remove it", field=field_name)
-        size += len(key) + len(v)
+        try:
+            size += len(key) + len(v.encode("utf-8"))   # bytes, as Lambda counts them
+        except UnicodeEncodeError:
+            raise ValidationError(f"{what} {key!r} is not valid text (a lone surrogate)", field=field_name) from None
     if size > max_bytes:
         raise ValidationError(
             f"{field_name} is {size} bytes; the limit is {max_bytes}: store large values in the code package",

@@ -109,6 +109,10 @@ class InstanceLost(Exception):
     """The connection broke after the request was sent: it may have run."""
 
 
+class ReplyTooLarge(InstanceLost):
+    """The instance's reply was over the reply limit; it was not read to its end (the request ran)."""
+
+
 class InstanceTimeout(Exception):
     """No reply before the read deadline."""
 

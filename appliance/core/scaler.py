@@ -98,6 +98,12 @@ class ScalingRecord:
                 "panic_concurrency": round(d.panic_concurrency, 3), "decided_at": self.at}
 
 
+#: Drain requests an instance may refuse in a row, each after this edge saw it idle for its
+#: keep-alive, before it is stopped all the same (in cluster mode other edges' traffic can make
+#: a refusal honest, so more than one).
+MAX_DRAIN_REFUSALS = 3
+
+
 class Scaler:
     def __init__(self, activator: Activator, store: FunctionStore, scheduler: Scheduler, registry: Registry,
                  client: InstanceClient, policies: PolicyCache, *, interval_s: float = 1.0, clock=time.monotonic,
@@ -300,11 +306,24 @@ class Scaler:
                          inst.id, pool.name, inst.version, reason, self.clock() - slot.last_used)
             else:
                 with pool.lock:
+                    slot.drain_refusals += 1
+                    refusals = slot.drain_refusals
                     slot.draining = False
                     # It refused because it is busy or was just used (by another edge, or it
                     # would have been busy here): treat it as used now, so the next pass picks
                     # another idle instance instead of asking this one again.
                     slot.last_used = max(slot.last_used, self.clock())
+                    forced = refusals >= MAX_DRAIN_REFUSALS or reason == "deleted"
+                    if forced:
+                        pool.slots.pop(inst.id, None)
+                if forced:
+                    # The platform decides an instance's life: one that keeps refusing to drain
+                    # (or whose function is gone) is stopped: SIGTERM, then SIGKILL after a grace.
+                    self.registry.forget(inst.id)
+                    self.client.close(inst.address)
+                    self.scheduler.stop(inst, graceful=True)
+                    log.warning("event=instance_reclaimed instance=%s function=%s refusals=%d reason=%s",
+                                inst.id, pool.name, refusals, reason)
         return drained
 
     def prewarm(self, record: FunctionRecord) -> None:

@@ -20,8 +20,8 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY")
 #: The edge's own paths. The control API's /v1/ lives on another port (or host), so a function may
 #: serve /v1/... on the edge like any API would.
 RESERVED_PREFIXES = ("/_/",)
-LITERAL_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*,;=:@-]+$")
-PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
+LITERAL_RE = re.compile(r"[A-Za-z0-9._~!$&'()*,;=:@-]+\Z")
+PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}\Z")
 MAX_PATH = 512
 #: API Gateway's catch-all route: serves every request no other route matches (method ``ANY`` only).
 DEFAULT_ROUTE = "$default"

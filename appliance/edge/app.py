@@ -31,7 +31,7 @@ def create_edge(c: Components, *, threads: int) -> EdgeApp:
     :mod:`.trigger_path`, the platform paths on the Flask app below."""
     return EdgeApp(create_edge_app(c), c.store, c.invoker, c.settings.max_event_bytes, threads=threads,
                    client=c.event_loop_client(), account_id=c.settings.account_id,
-                   async_runner=c.async_runner)
+                   async_runner=c.async_runner, body_timeout_s=c.settings.body_timeout_s)
 
 
 def create_edge_app(c: Components) -> Flask:
@@ -107,9 +107,12 @@ def create_edge_app(c: Components) -> Flask:
             rows = c.records.query(a.get("function") or None, since=float(a["since"]) if a.get("since") else None,
                                    status=a.get("status") or None, limit=int(a.get("limit") or 100),
                                    after_seq=int(after) if after not in (None, "") else None,
-                                   request_id=a.get("request_id") or None)
+                                   request_id=a.get("request_id") or None,
+                                   before_seq=int(a["before"]) if a.get("before") else None,
+                                   max_bytes=min(int(a.get("max_bytes") or c.settings.max_answer_bytes),
+                                                 c.settings.max_answer_bytes))
         except ValueError:
-            raise ValidationError("since, limit and after must be numbers", field="query") from None
+            raise ValidationError("since, before, limit, max_bytes and after must be numbers", field="query") from None
         return json_response({"invocations": rows})
 
     @app.get("/_/usage")

@@ -41,9 +41,10 @@ class GranianServer:
     threads; ``backpressure`` keeps further requests queued in Rust, not refused."""
 
     def __init__(self, app, host: str, port: int, *, backlog: int = 1024, backpressure: int = 1024,
-                 runtime_threads: int = 1):
+                 runtime_threads: int = 1, header_timeout_s: float = 10.0):
         from granian._futures import _future_watcher_wrapper, _new_cbscheduler
         from granian._granian import RSGIWorker, SocketHolder, WorkerSignal
+        from granian.http import HTTP1Settings
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -63,7 +64,10 @@ class GranianServer:
         self._worker = RSGIWorker(
             1, (None, SocketHolder(self._sock.fileno(), False, backlog)), None,
             runtime_threads, 512, 1, 30, backpressure,
-            "1", None, None, False, None, *no_tls, (None, None))
+            # Headers must arrive within header_timeout_s (Granian's default was 30 s); the body's
+            # deadline is the trigger path's (read_body).
+            "1", HTTP1Settings(header_read_timeout=int(header_timeout_s * 1000)), None, False, None, *no_tls,
+            (None, None))
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 

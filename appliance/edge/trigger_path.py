@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,9 +40,11 @@ from appliance.core import trigger_policy
 from appliance.core.codec import dumps_compact, new_request_id
 from appliance.core.errors import (
     ApplianceError,
+    FunctionError,
     MethodNotAllowed,
     OriginForbidden,
     PayloadTooLarge,
+    RequestTimeout,
     ValidationError,
     to_response_body,
 )
@@ -49,7 +52,7 @@ from appliance.core.invoker import encode_event
 from appliance.edge.events import DEFAULT_ACCOUNT, build_event, public_error, to_http_response
 from appliance.edge.request import RawRequest, client_ip
 from appliance.edge.trigger_auth import TriggerGuard
-from appliance.web import REQUEST_ID_RE
+from appliance.web import correlation_id
 
 log = logging.getLogger("appliance.http")
 
@@ -59,17 +62,34 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "
                         "proxy-authorization", "proxy-authenticate", "content-length"})
 PREFLIGHT_FALLBACK = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _JSON_HEADERS = (("content-type", "application/json"),)
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+HEADER_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 
 
 def request_id(headers) -> str:
-    """The caller's ``X-Request-Id`` when it is a sane token, else a new one."""
-    given = headers.get("x-request-id")
-    return given if given and REQUEST_ID_RE.match(given) else new_request_id()
+    """A new id of the platform's, the key of the request's record. (A caller's own
+    ``X-Request-Id`` is its correlation id: kept, echoed, never a key; see web.correlation_id.)"""
+    return new_request_id()
 
 
-async def read_body(headers, proto, max_bytes: int) -> bytes:
+async def read_body(headers, proto, max_bytes: int, timeout_s: float | None = None) -> bytes:
     """The request body, refused past ``max_bytes``: at once from Content-Length, or while a
-    chunked body streams in, so an oversized body is never held whole."""
+    chunked body streams in, so an oversized body is never held whole; and past ``timeout_s``
+    (408), so a client that sends its body slowly cannot hold the request forever. A request
+    without a body sets no timer: the warm path of a GET pays nothing for the deadline."""
+    raw = headers.get("content-length")
+    if (not raw or raw == "0") and "chunked" not in (headers.get("transfer-encoding") or "").lower():
+        return b""
+    if timeout_s is None:
+        return await _read_body(headers, proto, max_bytes)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(headers, proto, max_bytes)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_body(headers, proto, max_bytes: int) -> bytes:
     raw = headers.get("content-length")
     if raw:
         try:
@@ -150,13 +170,26 @@ def error_answer(exc: BaseException, rid: str, path: str = "", timing: str | Non
     return status, headers, dumps_compact(payload)
 
 
+def _invalid_reply(message: str) -> FunctionError:
+    return FunctionError({"errorType": "Function.InvalidResponse", "errorMessage": message})
+
+
+def _header_ok(k, v) -> bool:
+    """A header a function may send: a token name and a value without control characters (no
+    CR/LF: a function cannot add headers or split the response)."""
+    return (isinstance(k, str) and isinstance(v, str) and HEADER_NAME_RE.match(k) is not None
+            and HEADER_VALUE_RE.match(v) is not None)
+
+
 def trigger_answer(method: str, rid: str, outcome, *, cors: bool = False,
                    expose_errors: bool = False) -> tuple[int, list, bytes]:
     """(status, headers, body) of an invocation's outcome, by the Lambda proxy rules. With ``cors``
     the function's own Access-Control-* headers are dropped: the trigger's CORS settings answer
     for it, as API Gateway ignores an integration's CORS headers when CORS is configured. A
     function's failure shows its message and stack trace only when the function sets
-    ``expose_errors``."""
+    ``expose_errors``. A result that cannot be mapped (headers that are not an object, lone
+    surrogates, a header with a line break) is the function's error: 502 Function.InvalidResponse,
+    never a 500."""
     timing = outcome.server_timing()
     if outcome.error is not None:
         return error_answer(public_error(outcome.error, expose=expose_errors), rid, timing=timing)
@@ -164,8 +197,15 @@ def trigger_answer(method: str, rid: str, outcome, *, cors: bool = False,
         mapped = to_http_response(outcome.result)
     except ApplianceError as exc:
         return error_answer(public_error(exc, expose=expose_errors), rid, timing=timing)
+    except (TypeError, ValueError, AttributeError, UnicodeError) as exc:
+        return error_answer(_invalid_reply(f"the function's result cannot be an HTTP response: {exc}; see the "
+                                           "Lambda proxy response rules"), rid, timing=timing)
     headers = [("x-request-id", rid), ("server-timing", timing)]
     for k, v in mapped.headers:
+        if not _header_ok(k, v):
+            return error_answer(_invalid_reply(f"the function's response header {str(k)[:100]!r} is not a valid "
+                                               "HTTP header (a token name; a value without control characters)"),
+                                rid, timing=timing)
         lower = k.lower()
         if lower not in HOP_BY_HOP and not (cors and lower.startswith("access-control-")):
             headers.append((k, v))
@@ -186,10 +226,11 @@ class EdgeApp:
     """The RSGI application Granian calls for each request (see the module docstring)."""
 
     def __init__(self, flask_app, store, invoker, max_event_bytes: int, *, threads: int, client=None,
-                 account_id: str = DEFAULT_ACCOUNT, async_runner=None):
+                 account_id: str = DEFAULT_ACCOUNT, async_runner=None, body_timeout_s: float | None = None):
         #: ``requestContext.accountId`` of every event (APPLIANCE_ACCOUNT_ID).
         self.account_id = account_id
         self.flask_app = flask_app
+        self.body_timeout_s = body_timeout_s
         self.store = store
         self.invoker = invoker
         self.max_event_bytes = max_event_bytes
@@ -214,6 +255,7 @@ class EdgeApp:
             return await self._to_flask(scope, proto)
         headers = scope.headers
         rid = request_id(headers)
+        corr = correlation_id(headers.get("x-request-id"))
         method = scope.method.upper()
         cors = None
         try:
@@ -234,7 +276,8 @@ class EdgeApp:
             authorizer = None
             if verifier is not None and not verifier.needs_body:
                 authorizer = await self._authorize(verifier, headers, b"")
-            req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes))
+            req = RawRequest.from_scope(scope, await read_body(headers, proto, self.max_event_bytes,
+                                                               self.body_timeout_s))
             if verifier is not None and verifier.needs_body:
                 authorizer = await self._authorize(verifier, headers, req.body)
             event = trigger_event(req, match, rid, authorizer, self.account_id)
@@ -246,13 +289,16 @@ class EdgeApp:
                                                     "already-accepted"}))
                 return
             outcome = await self.invoker.invoke_async(name, event, request_id=rid, trigger=match.route_key,
-                                                      client=self.client, offload=self._offload, fn=fn)
+                                                      client=self.client, offload=self._offload, fn=fn,
+                                                      correlation_id=corr)
             answer = trigger_answer(method, rid, outcome, cors=cors is not None,
                                     expose_errors=fn.config.expose_errors)
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
         if cors is not None:
             answer[1].extend(trigger_policy.response_headers(cors, headers.get("origin")))
+        if corr:
+            answer[1].append(("x-correlation-id", corr))
         proto.response_bytes(*answer)
 
     def _preflight(self, table, path: str, headers, rid: str):
@@ -283,7 +329,7 @@ class EdgeApp:
     async def _to_flask(self, scope, proto):
         """A platform path (``/_/``) to the edge's Flask app, on a thread, from a WSGI environ."""
         try:
-            body = await read_body(scope.headers, proto, self.max_event_bytes)
+            body = await read_body(scope.headers, proto, self.max_event_bytes, self.body_timeout_s)
         except ApplianceError as exc:
             proto.response_bytes(*error_answer(exc, request_id(scope.headers), scope.path))
             return

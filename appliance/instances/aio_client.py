@@ -15,12 +15,16 @@ from appliance.core.model import Instance
 from appliance.instances.client import (
     CONNECT_TIMEOUT_S,
     EXTRA_IDLE,
+    LOGS_ALLOWANCE,
+    MAX_REPLY_BYTES,
+    BodyTooLarge,
     InstanceLost,
     InstanceTimeout,
     InstanceUnreachable,
     InvokeReply,
     ProtocolError,
     ReplyParser,
+    ReplyTooLarge,
     encode_invoke,
     invoke_reply,
 )
@@ -36,9 +40,9 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = ("transport", "parser", "waiter", "lost")
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int = MAX_REPLY_BYTES + LOGS_ALLOWANCE) -> None:
         self.transport: asyncio.Transport | None = None
-        self.parser = ReplyParser()
+        self.parser = ReplyParser(max_body)
         self.waiter: asyncio.Future | None = None
         self.lost = False
 
@@ -58,7 +62,8 @@ class _Conn(asyncio.Protocol):
         except ProtocolError as exc:
             self.lost = True
             self.transport.close()
-            w.set_exception(InstanceLost(f"bad reply: {exc}"))
+            w.set_exception(ReplyTooLarge(str(exc)) if isinstance(exc, BodyTooLarge)
+                            else InstanceLost(f"bad reply: {exc}"))
             return
         if out is not None:
             self.waiter = None
@@ -77,21 +82,25 @@ class _Conn(asyncio.Protocol):
 
 
 class AsyncInstanceClient:
-    def __init__(self) -> None:
+    def __init__(self, max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
+        self.max_body = max_reply_bytes + LOGS_ALLOWANCE
         self._idle: dict[str, list[_Conn]] = {}
         self._calls = 0
         self._deadlines: dict[asyncio.Future, tuple[float, str, float]] = {}
         self._ticking = False
+
+    def _protocol(self) -> _Conn:
+        return _Conn(self.max_body)
 
     async def _connect(self, address: str) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             if address.startswith("unix:"):
                 # A Unix socket connects or fails at once: no timeout task needed.
-                _, conn = await loop.create_unix_connection(_Conn, address[5:])
+                _, conn = await loop.create_unix_connection(self._protocol, address[5:])
             else:
                 host, _, port = address.rpartition(":")
-                _, conn = await asyncio.wait_for(loop.create_connection(_Conn, host.strip("[]"), int(port)),
+                _, conn = await asyncio.wait_for(loop.create_connection(self._protocol, host.strip("[]"), int(port)),
                                                  CONNECT_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError) as exc:
             raise InstanceUnreachable(f"cannot connect to {address}: {exc or 'timed out'}") from None

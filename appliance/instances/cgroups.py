@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -118,10 +119,37 @@ class InstanceCgroup:
         except (OSError, ValueError):
             return False
 
+    def kill_tasks(self) -> int:
+        """SIGKILL every task still in the cgroup: whatever an instance started dies with it
+        (``cgroup.kill`` where the kernel has it, else each pid of ``cgroup.procs``)."""
+        killed = 0
+        for d in self.dirs:
+            kill = d / "cgroup.kill"
+            if self.version == 2 and kill.exists():
+                try:
+                    _write(kill, "1")
+                    killed += 1
+                    continue
+                except OSError:
+                    pass
+            try:
+                pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except OSError:
+                    pass
+        return killed
+
     def remove(self, wait_s: float = 2.0) -> bool:
-        """Remove the directories once their last task is gone; False if some are still busy."""
+        """Remove the directories once their last task is gone (tasks left behind by the instance
+        are killed); False if some are still busy."""
         end = time.monotonic() + wait_s
         pending = list(self.dirs)
+        killed = False
         while pending:
             d = pending[0]
             try:
@@ -132,6 +160,9 @@ class InstanceCgroup:
             except OSError as exc:
                 if exc.errno != errno.EBUSY or time.monotonic() > end:
                     return False
+                if not killed:
+                    killed = True
+                    self.kill_tasks()
                 time.sleep(0.01)  # the pid namespace's last tasks are still being torn down
         return True
 

@@ -19,11 +19,23 @@ import threading
 
 from appliance.core.codec import loads
 from appliance.core.model import Instance
-from appliance.core.ports import InstanceLost, InstanceTimeout, InstanceUnreachable, InvokeReply  # noqa: F401
+from appliance.core.ports import (  # noqa: F401
+    InstanceLost,
+    InstanceTimeout,
+    InstanceUnreachable,
+    InvokeReply,
+    ReplyTooLarge,
+)
 
 CONNECT_TIMEOUT_S = 2.0
 #: Bound on a reply's status line and headers.
 MAX_HEADER_BYTES = 64 * 1024
+#: Largest reply body read from an instance by default (Lambda's synchronous response limit);
+#: the wiring passes ``APPLIANCE_MAX_REPLY_BYTES`` plus :data:`LOGS_ALLOWANCE`.
+MAX_REPLY_BYTES = 6 << 20
+#: Room in a reply for the invocation's captured logs beside the result (the runtimes cap the logs
+#: at 256 KiB per invocation; JSON escaping can grow them).
+LOGS_ALLOWANCE = 1 << 20
 #: Idle connections kept per instance beyond its concurrency.
 EXTRA_IDLE = 1
 
@@ -70,16 +82,26 @@ class ProtocolError(Exception):
     """The instance's reply was not the HTTP/1.1 the runtime contract promises."""
 
 
+class BodyTooLarge(ProtocolError):
+    """The reply's body is over the parser's limit (refused as soon as that is known)."""
+
+
 class ReplyParser:
     """Incremental parser of the replies on one connection, without IO, so the blocking client
     and the event-loop client (:mod:`.instance_aio`) read replies the same way. Feed it bytes as
     they arrive; :meth:`reply` returns ``(status, lower-cased headers, body, will_close)`` once a
-    whole reply (Content-Length or chunked) is in, else None."""
+    whole reply (Content-Length or chunked) is in, else None.
 
-    __slots__ = ("_buf", "_status", "_headers", "_close", "_need", "_chunked", "_parts")
+    Linear in the reply's size: bytes go into one ``bytearray`` (appending and dropping from its
+    front are amortised O(1)); a ``bytes`` buffer grown with ``+=`` copied everything received so
+    far on each read, which took 12 s for a 50 MB reply. A body over ``max_body`` raises
+    :class:`BodyTooLarge` as soon as its Content-Length (or the chunks so far) says so."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    __slots__ = ("_buf", "_status", "_headers", "_close", "_need", "_chunked", "_parts", "_got", "max_body")
+
+    def __init__(self, max_body: int = MAX_REPLY_BYTES + LOGS_ALLOWANCE) -> None:
+        self._buf = bytearray()
+        self.max_body = max_body
         self._start()
 
     def _start(self) -> None:
@@ -89,6 +111,7 @@ class ReplyParser:
         self._need: int | None = None   # body bytes, or the current chunk's size
         self._chunked = False
         self._parts: list[bytes] = []
+        self._got = 0
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -104,7 +127,8 @@ class ReplyParser:
             n = self._need
             if len(self._buf) < n:
                 return None
-            body, self._buf = self._buf[:n], self._buf[n:]
+            body = bytes(self._buf[:n])
+            del self._buf[:n]
         out = (self._status, self._headers, body, self._close)
         self._start()
         return out
@@ -116,8 +140,8 @@ class ReplyParser:
             if len(buf) > MAX_HEADER_BYTES:
                 raise ProtocolError("the reply's headers are too large")
             return False
-        head = buf[:end].decode("latin-1").split("\r\n")
-        self._buf = buf[end + 4:]
+        head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+        del buf[:end + 4]
         parts = head[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise ProtocolError(f"not an HTTP/1.1 status line: {head[0][:80]!r}")
@@ -136,6 +160,8 @@ class ReplyParser:
                 raise ProtocolError("bad Content-Length in the reply") from None
             if self._need < 0:
                 raise ProtocolError("bad Content-Length in the reply")
+            if self._need > self.max_body:
+                raise BodyTooLarge(f"the reply is {self._need} bytes; the limit is {self.max_body}")
         self._headers = headers
         self._close = headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0"
         self._status = int(parts[1])
@@ -150,19 +176,24 @@ class ReplyParser:
                         raise ProtocolError("bad chunk size in the reply")
                     return None
                 try:
-                    self._need = int(self._buf[:i].split(b";", 1)[0], 16)
+                    self._need = int(bytes(self._buf[:i]).split(b";", 1)[0], 16)
                 except ValueError:
                     raise ProtocolError("bad chunk size in the reply") from None
-                self._buf = self._buf[i + 2:]
+                if self._need < 0:
+                    raise ProtocolError("bad chunk size in the reply")
+                self._got += self._need
+                if self._got > self.max_body:
+                    raise BodyTooLarge(f"the reply is over the limit of {self.max_body} bytes")
+                del self._buf[:i + 2]
             size = self._need
             if len(self._buf) < size + 2:
                 return None
             if size == 0:
                 # no trailers expected from a runtime: the terminating CRLF follows at once
-                self._buf = self._buf[2:]
+                del self._buf[:2]
                 return b"".join(self._parts)
-            self._parts.append(self._buf[:size])
-            self._buf = self._buf[size + 2:]
+            self._parts.append(bytes(self._buf[:size]))
+            del self._buf[:size + 2]
             self._need = None
 
 
@@ -172,17 +203,18 @@ class _Connection:
     into one buffer. ``http.client`` parsed every reply's headers with the ``email`` package; on
     the edge's hot path that was about a tenth of its Python time per warm request."""
 
-    __slots__ = ("address", "timeout", "sock", "_parser")
+    __slots__ = ("address", "timeout", "sock", "_parser", "max_body")
 
-    def __init__(self, address: str, timeout: float):
+    def __init__(self, address: str, timeout: float, max_body: int = MAX_REPLY_BYTES + LOGS_ALLOWANCE):
         self.address = address
         self.timeout = timeout
+        self.max_body = max_body
         self.sock: socket.socket | None = None
-        self._parser = ReplyParser()
+        self._parser = ReplyParser(max_body)
 
     def connect(self) -> None:
         self.sock = connect_socket(self.address, self.timeout)
-        self._parser = ReplyParser()
+        self._parser = ReplyParser(self.max_body)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -232,15 +264,16 @@ def connect_socket(address: str, timeout: float | None) -> socket.socket:
 class _Pool:
     """Idle connections to one address, most recently used first."""
 
-    def __init__(self, address: str, max_idle: int):
+    def __init__(self, address: str, max_idle: int, max_body: int):
         self.address = address
         self.max_idle = max_idle
+        self.max_body = max_body
         self.idle: list[_Connection] = []
         self.lock = threading.Lock()
         self.closed = False
 
     def new(self) -> _Connection:
-        return _Connection(self.address, CONNECT_TIMEOUT_S)
+        return _Connection(self.address, CONNECT_TIMEOUT_S, self.max_body)
 
     def get(self) -> tuple[_Connection, bool]:
         """(connection, reused?)"""
@@ -265,7 +298,9 @@ class _Pool:
 
 
 class InstanceClient:
-    def __init__(self) -> None:
+    def __init__(self, max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
+        #: The largest reply body read: the result's limit plus room for its logs.
+        self.max_body = max_reply_bytes + LOGS_ALLOWANCE
         self._lock = threading.Lock()
         self._pools: dict[str, _Pool] = {}
 
@@ -275,7 +310,8 @@ class InstanceClient:
             with self._lock:
                 pool = self._pools.get(instance.address)
                 if pool is None:
-                    pool = self._pools[instance.address] = _Pool(instance.address, instance.concurrency + EXTRA_IDLE)
+                    pool = self._pools[instance.address] = _Pool(instance.address, instance.concurrency + EXTRA_IDLE,
+                                                                    self.max_body)
         return pool
 
     def close(self, address: str) -> None:
@@ -318,6 +354,9 @@ class InstanceClient:
                 except (TimeoutError, socket.timeout):
                     conn.close()
                     raise InstanceTimeout(f"no answer from {instance.address} within {timeout} s") from None
+                except BodyTooLarge as exc:
+                    conn.close()
+                    raise ReplyTooLarge(str(exc)) from None
                 except (OSError, ProtocolError) as exc:
                     # Once the request is out, a broken connection cannot tell "closed before
                     # reading it" from "died while running it", so it is never retried here.

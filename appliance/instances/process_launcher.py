@@ -22,6 +22,7 @@ from typing import Protocol
 
 from appliance.core.errors import PlacementFailed
 from appliance.core.model import InstanceSpec
+from appliance.instances.output import OutputPump
 
 #: Address space allowed beyond the function's memory_mb: the interpreter, its libraries and
 #: thread stacks, which Lambda does not count against the function either.
@@ -87,6 +88,7 @@ class ProcessHandle:
     def __init__(self, popen: subprocess.Popen):
         self.popen = popen
         self.pid = popen.pid
+        self._group_killed = False
 
     @property
     def returncode(self) -> int | None:
@@ -94,9 +96,14 @@ class ProcessHandle:
 
     def wait(self, timeout: float | None) -> int | None:
         try:
-            return self.popen.wait(timeout)
+            rc = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        if not self._group_killed:
+            # What it started (in its session, the group it leads) dies with it.
+            self._group_killed = True
+            self.signal(signal.SIGKILL)
+        return rc
 
     def signal(self, sig: int) -> None:
         try:
@@ -147,10 +154,12 @@ class ProcessLauncher:
     """Plain child processes with resource limits: no namespaces. Used where the sandbox is
     unavailable and as the measured baseline for it."""
 
-    def __init__(self, runtimes_dir: Path, log_dir: Path):
+    def __init__(self, runtimes_dir: Path, log_dir: Path, *, log_bytes: int = 10 << 20):
         self.runtimes_dir = Path(runtimes_dir)
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        #: Instances' stdout and stderr, into log files of bounded size (see output.py).
+        self.output = OutputPump(self.log_dir, max_bytes=log_bytes)
 
     def command(self, spec: InstanceSpec) -> list[str]:
         cmd = bootstrap_path(self.runtimes_dir, spec.runtime)
@@ -173,16 +182,17 @@ class ProcessLauncher:
                 resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
         t0 = time.monotonic()
-        with open(self.log_dir / f"{req.instance_id}.log", "ab") as out:
-            try:
-                popen = subprocess.Popen(self.command(spec), env=env, cwd=str(req.code_dir), stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, pass_fds=(w,),
-                                         start_new_session=True, preexec_fn=limits)
-            except BaseException:
-                os.close(r)
-                os.close(w)
-                raise
-        os.close(w)
+        out = self.output.open(req.instance_id)
+        try:
+            popen = subprocess.Popen(self.command(spec), env=env, cwd=str(req.code_dir), stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=subprocess.STDOUT, pass_fds=(w,),
+                                     start_new_session=True, preexec_fn=limits)
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+            os.close(out)
         handle = ProcessHandle(popen)
         ready = read_ready_line(r, deadline, handle)
         phases = {"sandbox": 0.0, "runtime_init": round((time.monotonic() - t0) * 1000, 3)}
@@ -192,7 +202,7 @@ class ProcessLauncher:
         return None  # no memory cgroup here: the scheduler reads an unexplained SIGKILL as OOM
 
     def close(self) -> None:
-        pass
+        self.output.close()
 
 
 def bootstrap_path(runtimes_dir: Path, runtime: str) -> list[str]:

@@ -102,6 +102,7 @@ from pathlib import Path
 from appliance.core.errors import PlacementFailed
 from appliance.instances import sandbox
 from appliance.instances.cgroups import CgroupManager, InstanceCgroup
+from appliance.instances.output import OutputPump
 from appliance.instances.process_launcher import AS_HEADROOM_MB, PASS_ENV, LaunchRequest, runtime_env, wait_readable
 
 log = logging.getLogger("appliance.instances.sandbox")
@@ -424,10 +425,12 @@ class ZygoteLauncher:
     """Launcher of sandboxed instances (see the module docstring)."""
 
     def __init__(self, runtimes_dir: Path, log_dir: Path, *, cgroups: CgroupManager | None = None,
-                 python: str | None = None, uids: range | None = None):
+                 python: str | None = None, uids: range | None = None, log_bytes: int = 10 << 20):
         self.runtimes_dir = Path(runtimes_dir).resolve()
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        #: Instances' stdout and stderr, into log files of bounded size (see output.py).
+        self.output = OutputPump(self.log_dir, max_bytes=log_bytes)
         self.cgroups = cgroups
         #: What :meth:`check` found of the seccomp filter in a confined instance ("active: ..." or "inactive: why").
         self.seccomp: str | None = None
@@ -554,6 +557,7 @@ class ZygoteLauncher:
             self._cg_stock.clear()
         if self.cgroups is not None:
             self.cgroups.close()
+        self.output.close()
         _remove_workdir(self.work)
 
     # -- Node.js spares ----------------------------------------------------------------------------
@@ -603,10 +607,7 @@ class ZygoteLauncher:
             self._node_quick_deaths[network] = 0
         init_ms = out.get("initDurationMs")
         init_ms = float(init_ms) if isinstance(init_ms, (int, float)) else 0.0
-        try:  # its log is the instance's from now on
-            os.replace(sp.log_path, self.log_dir / f"{req.instance_id}.log")
-        except OSError:
-            pass
+        self.output.rename(sp.spare_id, req.instance_id)   # its log is the instance's from now on
         sp.handle.from_spare = True
         self.node_spares_used += 1
         log.info("event=node_spare_used instance=%s pid=%s memory_mb=%s", req.instance_id, sp.handle.pid,
@@ -617,13 +618,9 @@ class ZygoteLauncher:
                   "runtime_init": round(max(0.0, (now - t_attached) * 1000 - init_ms), 3)}
         return sp.handle, f"unix:{sp.handle.socket_dir}/instance.sock", phases
 
-    @staticmethod
-    def _drop_node_spare(sp: _NodeSpare) -> None:
+    def _drop_node_spare(self, sp: _NodeSpare) -> None:
         sp.handle.signal(signal.SIGKILL)
-        try:
-            sp.log_path.unlink()
-        except OSError:
-            pass
+        self.output.remove(sp.spare_id)
 
     def _want_node_spare(self, network: bool, memory_mb: int) -> None:
         """Keep a spare of this size for this network profile, started in the background."""
@@ -705,10 +702,7 @@ class ZygoteLauncher:
                 return   # used, replaced or closed
             del self._node_spares[network]
         log.warning("event=node_spare_exit pid=%s returncode=%s", sp.handle.pid, rc)
-        try:
-            sp.log_path.unlink()
-        except OSError:
-            pass
+        self.output.remove(sp.spare_id)
         with self._node_lock:
             quick = time.monotonic() - sp.started < NODE_SPARE_MIN_LIFE_S
             self._node_quick_deaths[network] = self._node_quick_deaths.get(network, 0) + 1 if quick else 0
@@ -752,21 +746,22 @@ class ZygoteLauncher:
         next_cg = self._next_cgroup(network)
         r, w = os.pipe()
         log_path = self.log_dir / f"{instance_id}.log"
-        env_fd = -1
+        env_fd = out_fd = -1
         try:
             env_fd = _env_fd(own_env or {})
-            with open(log_path, "ab") as out:
-                conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv, "serve": serve,
-                                                   "next_cgroup": next_cg.procs_files if next_cg else []},
-                                                  [w, out.fileno(), env_fd])
+            out_fd = self.output.open(instance_id)
+            conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv, "serve": serve,
+                                               "next_cgroup": next_cg.procs_files if next_cg else []},
+                                              [w, out_fd, env_fd])
         except BaseException:
             os.close(r)
             self._release(uid, sock_dir, cg)
             raise
         finally:
             os.close(w)
-            if env_fd >= 0:
-                os.close(env_fd)
+            for fd in (env_fd, out_fd):
+                if fd >= 0:
+                    os.close(fd)
         if "pid" not in reply:
             os.close(r)
             conn.close()

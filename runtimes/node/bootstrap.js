@@ -30,6 +30,7 @@ const { AsyncLocalStorage } = require('async_hooks');
 
 const RUNTIME = 'nodejs20';
 const LOG_CAP = 256 * 1024;
+const LOG_HEAD = LOG_CAP / 2;  // of which the first lines; the rest are the last lines
 const MAX_BODY = 32 * 1024 * 1024;
 const DRAIN_GRACE_MS = 2000; // see DRAIN_GRACE_S in the Python bootstrap
 const WATCHDOG_GRACE_MS = 250;
@@ -153,28 +154,55 @@ function describe(err) {
 
 const isOutOfMemory = (err) => err instanceof RangeError && /allocation failed|out of memory/i.test(err.message);
 
-/** One invocation's log: complete lines, capped at LOG_CAP bytes, echoed to stdout with a prefix. */
+/** One invocation's log: complete lines, capped at LOG_CAP bytes, echoed to stdout with a prefix.
+ *  Past the cap it keeps the first LOG_HEAD bytes and the last LOG_CAP - LOG_HEAD, with a line between
+ *  them that says how much was dropped (the end of a noisy invocation matters as much as its start). */
 class Capture {
-  constructor(prefix, echo, rid) { this.prefix = prefix; this.echo = echo; this.rid = rid; this.lines = []; this.partial = ''; this.size = 0; this.cut = 0; }
+  constructor(prefix, echo, rid) {
+    this.prefix = prefix; this.echo = echo; this.rid = rid; this.lines = []; this.partial = ''; this.size = 0; this.cut = 0;
+    this.cutLines = 0; this.tail = []; this.tailHead = 0; this.tailSize = 0;
+  }
   write(s) {
-    if (!s.includes('\n')) { this.partial += s; return; }
+    if (!s.includes('\n')) {
+      this.partial += s;
+      if (this.partial.length > LOG_CAP) { const p = this.partial; this.partial = ''; this.line(p); }
+      return;
+    }
     const parts = (this.partial + s).split('\n');
     this.partial = parts.pop();
     for (const line of parts) this.line(line);
   }
   line(line) {
     const n = Buffer.byteLength(line) + 1;
-    if (this.cut || this.size + n > LOG_CAP) { this.cut += n; return; }
-    this.size += n;
-    this.lines.push(line);
-    this.echo(this.prefix + line + '\n');
+    if (this.size + n <= LOG_HEAD && !this.cut && this.tail.length === this.tailHead) {
+      this.size += n;
+      this.lines.push(line);
+      this.echo(this.prefix + line + '\n');
+      return;
+    }
+    if (this.size > LOG_CAP) return;  // finished: nothing more is kept
+    const room = LOG_CAP - LOG_HEAD;
+    if (n > room) { this.cut += n; this.cutLines += 1; return; }
+    this.tail.push([line, n]); this.tailSize += n;
+    while (this.tailSize > room) {
+      const m = this.tail[this.tailHead][1]; this.tail[this.tailHead++] = null;
+      this.tailSize -= m; this.cut += m; this.cutLines += 1;
+    }
+    if (this.tailHead > 4096 && this.tailHead * 2 > this.tail.length) { this.tail = this.tail.slice(this.tailHead); this.tailHead = 0; }
   }
   log(msg) { msg = String(msg); this.write(msg.endsWith('\n') ? msg : msg + '\n'); }
   finish() {
     if (this.partial) { const p = this.partial; this.partial = ''; this.line(p); }
-    if (this.cut) {
-      const note = `[faas] log truncated: ${this.cut} more bytes were not kept (limit ${LOG_CAP} bytes per invocation)`;
-      this.lines.push(note); this.echo(this.prefix + note + '\n'); this.cut = 0; this.size = LOG_CAP + 1;
+    if (this.cut || this.tail.length > this.tailHead) {
+      if (this.cut) {
+        const note = `[faas] log truncated: ${this.cut} bytes in ${this.cutLines} lines were not kept between the first ` +
+          `${LOG_HEAD} and the last ${LOG_CAP - LOG_HEAD} bytes (limit ${LOG_CAP} bytes per invocation)`;
+        this.lines.push(note); this.echo(this.prefix + note + '\n');
+      }
+      for (let i = this.tailHead; i < this.tail.length; i++) {
+        const line = this.tail[i][0]; this.lines.push(line); this.echo(this.prefix + line + '\n');
+      }
+      this.tail = []; this.tailHead = 0; this.cut = 0; this.cutLines = 0; this.tailSize = 0; this.size = LOG_CAP + 1;
     }
     return this.lines;
   }

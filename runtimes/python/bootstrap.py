@@ -56,6 +56,7 @@ Why the shape it has:
 
 import _socket
 import _thread
+import collections
 import json
 import os
 import sys
@@ -64,11 +65,12 @@ import time
 
 RUNTIME = "python3.11"
 LOG_CAP = 256 * 1024          # bytes of log lines kept per invocation
+LOG_HEAD = LOG_CAP // 2       # of which the first lines; the rest are the last lines
 MAX_HEAD = 64 * 1024          # request line + headers
 MAX_BODY = 32 * 1024 * 1024   # event size
 STACK_SIZE = 1024 * 1024
 DRAIN_GRACE_S = 2.0           # after draining: wait this long at most for clients to close their connections (a client descheduled under load may still send on one; it gets a 503, not a reset)
-HANDLER_RE_SRC = r"^([A-Za-z_][A-Za-z0-9_]*(?:/[A-Za-z_][A-Za-z0-9_.-]*)*)\.([A-Za-z_$][A-Za-z0-9_$]*)$"
+HANDLER_RE_SRC = r"([A-Za-z_][A-Za-z0-9_]*(?:/[A-Za-z_][A-Za-z0-9_.-]*)*)\.([A-Za-z_$][A-Za-z0-9_$]*)\Z"
 STARTING, POOL, READY, FAILED, DRAINING = "starting", "pool", "ready", "failed", "draining"
 _THIS_FILE = os.path.abspath(__file__)
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
@@ -275,17 +277,25 @@ def _refuse(sock, status, message):
 
 
 class _Capture:
-    """One invocation's log: complete lines, capped at LOG_CAP bytes, echoed to fd 1 with a prefix."""
+    """One invocation's log: complete lines, capped at LOG_CAP bytes, echoed to fd 1 with a prefix.
 
-    __slots__ = ("prefix", "lines", "partial", "size", "cut", "rid")
+    Past the cap it keeps the first LOG_HEAD bytes and the last LOG_CAP - LOG_HEAD, with a line
+    between them that says how much was dropped: the end of a noisy invocation (the error it died
+    with) matters as much as its start. A line longer than the whole cap is cut at it."""
+
+    __slots__ = ("prefix", "lines", "partial", "size", "cut", "cut_lines", "tail", "tail_size", "rid")
 
     def __init__(self, prefix, rid=""):
         self.prefix, self.lines, self.partial, self.size, self.cut = prefix, [], "", 0, 0
         self.rid = rid
+        self.cut_lines, self.tail, self.tail_size = 0, collections.deque(), 0
 
     def write(self, s):
         if "\n" not in s:
             self.partial += s
+            if len(self.partial) > LOG_CAP:   # no newline in sight: bounded all the same
+                p, self.partial = self.partial, ""
+                self._line(p)
             return
         parts = (self.partial + s).split("\n")
         self.partial = parts.pop()
@@ -294,11 +304,28 @@ class _Capture:
 
     def _line(self, line):
         n = (len(line) if line.isascii() else len(line.encode("utf-8", "replace"))) + 1
-        if self.cut or self.size + n > LOG_CAP:
-            self.cut += n
+        if self.size + n <= LOG_HEAD and not self.cut and not self.tail:
+            self.size += n
+            self.lines.append(line)
+            self._echo(line)
             return
-        self.size += n
-        self.lines.append(line)
+        if self.size > LOG_CAP:   # finished: nothing more is kept
+            return
+        room = LOG_CAP - LOG_HEAD
+        if n > room:
+            self.cut += n
+            self.cut_lines += 1
+            return
+        tail = self.tail
+        tail.append((line, n))
+        self.tail_size += n
+        while self.tail_size > room:
+            _, m = tail.popleft()
+            self.tail_size -= m
+            self.cut += m
+            self.cut_lines += 1
+
+    def _echo(self, line):
         try:
             os.write(1, (self.prefix + line + "\n").encode("utf-8", "replace"))
         except OSError:
@@ -309,18 +336,22 @@ class _Capture:
         self.write(msg if msg.endswith("\n") else msg + "\n")
 
     def finish(self):
-        """Flush a last unterminated line and return the lines, with a note when some were cut."""
+        """Flush a last unterminated line and return the lines, with a note where some were cut."""
         if self.partial:
             self.partial, p = "", self.partial
             self._line(p)
-        if self.cut:
-            note = f"[faas] log truncated: {self.cut} more bytes were not kept (limit {LOG_CAP} bytes per invocation)"
-            self.lines.append(note)
-            try:
-                os.write(1, (self.prefix + note + "\n").encode())
-            except OSError:
-                pass
-            self.cut = 0
+        if self.cut or self.tail:
+            if self.cut:
+                note = (f"[faas] log truncated: {self.cut} bytes in {self.cut_lines} lines were not kept between "
+                        f"the first {LOG_HEAD} and the last {LOG_CAP - LOG_HEAD} bytes "
+                        f"(limit {LOG_CAP} bytes per invocation)")
+                self.lines.append(note)
+                self._echo(note)
+            for line, _ in self.tail:
+                self.lines.append(line)
+                self._echo(line)
+            self.tail.clear()
+            self.cut = self.cut_lines = self.tail_size = 0
             self.size = LOG_CAP + 1  # nothing more is kept
         return self.lines
 

@@ -51,9 +51,21 @@ def test_the_handler_sees_an_http_api_v2_event(routes):
     assert e["requestContext"]["requestId"] == resp.headers["X-Request-Id"] == body["rid"]
 
 
-def test_a_client_request_id_is_kept(routes):
-    resp = requests.post(routes.edge + "/users/1/items", json={}, headers={"X-Request-Id": "my-id-123"}, timeout=10)
-    assert resp.headers["X-Request-Id"] == "my-id-123" and resp.json()["rid"] == "my-id-123"
+def test_a_client_request_id_is_kept_as_the_correlation_id(routes):
+    """The platform's id is always new (the record's key); the client's comes back as
+    X-Correlation-Id and is stored with the record, so reusing another request's id reaches
+    nothing of that request."""
+    first = requests.post(routes.edge + "/users/1/items", json={}, headers={"X-Request-Id": "my-id-123"}, timeout=10)
+    again = requests.post(routes.edge + "/users/1/items", json={}, headers={"X-Request-Id": first.headers["X-Request-Id"]},
+                          timeout=10)
+    for resp in (first, again):
+        assert resp.status_code == 200 and resp.json()["rid"] == resp.headers["X-Request-Id"]
+    assert first.headers["X-Correlation-Id"] == "my-id-123"
+    assert again.headers["X-Correlation-Id"] == first.headers["X-Request-Id"] != again.headers["X-Request-Id"]
+    recs = requests.get(routes.api_url + "/v1/functions/echo/invocations?limit=100", timeout=10).json()["invocations"]
+    by_id = {r["request_id"]: r for r in recs}
+    assert by_id[first.headers["X-Request-Id"]]["correlation_id"] == "my-id-123"   # untouched by the reuse
+    assert by_id[again.headers["X-Request-Id"]]["correlation_id"] == first.headers["X-Request-Id"]
 
 
 def test_greedy_paths_and_any_method(routes):

@@ -60,9 +60,8 @@ def unserializable(event, context):
     return {"x": object()}
 
 def big_logs(event, context):
-    line = "x" * 1023
-    for _ in range(300):
-        print(line)
+    for i in range(300):
+        print(f"{i:04d}" + "x" * 1019)
     return "done"
 
 def spin(event, context):
@@ -137,8 +136,7 @@ exports.boom = async () => { throw new TypeError('bad thing'); };
 exports.unserializable = async () => ({ x: 10n });
 
 exports.big_logs = async () => {
-  const line = 'x'.repeat(1023);
-  for (let i = 0; i < 300; i++) console.log(line);
+  for (let i = 0; i < 300; i++) console.log(String(i).padStart(4, '0') + 'x'.repeat(1019));
   return 'done';
 };
 

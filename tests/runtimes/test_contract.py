@@ -186,10 +186,16 @@ def test_logs_are_capped(runtime, start_runtime):
     inst = start_runtime(runtime, code(runtime), handler="index.big_logs")
     body = inst.invoke({}).body
     assert body["result"] == "done"
-    kept = msgs(body["logs"][:-1])
-    assert kept and all(line == "x" * 1023 for line in kept)
+    notes = [i for i, line in enumerate(body["logs"]) if "truncated" in line]
+    assert len(notes) == 1
+    head, tail = msgs(body["logs"][:notes[0]]), msgs(body["logs"][notes[0] + 1:])
+    kept = head + tail
+    assert kept and all(len(line) == 1023 and line.endswith("x" * 1019) for line in kept)
     assert sum(len(line) + 1 for line in kept) <= 256 * 1024
-    assert len(kept) < 300 and "truncated" in body["logs"][-1]
+    # the first lines and the last ones, in order, with what was cut between them
+    assert [int(line[:4]) for line in head] == list(range(len(head)))
+    assert [int(line[:4]) for line in tail] == list(range(300 - len(tail), 300))
+    assert len(kept) < 300 and f"{300 - len(kept)} lines" in body["logs"][notes[0]]
 
 
 # --- errors -------------------------------------------------------------------------------------------

@@ -128,3 +128,42 @@ def test_entries_with_permission_bits_only_are_regular_files():
 def test_device_files_and_fifos_are_refused(ftype):
     with pytest.raises(UnsafeCode, match="special file"):
         codepkg.inspect_zip(make_zip([("dev", b"", ftype | 0o644)]), LIMITS)
+
+
+@pytest.mark.parametrize("entries", [
+    ["./index.py", "index.py"],
+    ["a//b.py", "a/b.py"],
+    ["a", "a/b"],
+    ["lib/x", "lib/x/y/z.py"],
+])
+def test_entries_that_collide_once_normalised_are_refused(entries, tmp_path):
+    data = make_zip([regular(n) for n in entries])
+    with pytest.raises(UnsafeCode, match="twice|directory") as err:
+        codepkg.inspect_zip(data, LIMITS)
+    assert err.value.status == 400
+    with pytest.raises(UnsafeCode):
+        codepkg.unpack(data, tmp_path / "out", LIMITS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dot_slash_entries_unpack_to_their_normalised_path(tmp_path):
+    data = make_zip([regular("./index.py", b"x = 1\n"), ("./", b"", stat.S_IFDIR | 0o755)])
+    info = codepkg.inspect_zip(data, LIMITS)
+    assert info.names == ("index.py",)
+    out = codepkg.unpack(data, tmp_path / "out", LIMITS, compile_python=False)
+    assert (out / "index.py").read_bytes() == b"x = 1\n"
+
+
+def test_a_package_of_many_small_bomb_entries_is_refused_as_a_whole():
+    # Each 512 KiB entry of zeros is under the per-entry bomb threshold; the whole inflates ~1000x.
+    limits = codepkg.Limits(max_zip_bytes=1 << 20, max_unpacked_bytes=64 << 20, max_files=100)
+    data = make_zip([regular(f"z{i}.bin", b"\0" * (512 << 10)) for i in range(16)])
+    with pytest.raises(UnsafeCode, match="inflates .*x"):
+        codepkg.inspect_zip(data, limits)
+
+
+def test_ordinary_compressible_source_passes_the_package_ratio():
+    source = b"".join(b"def f%d(event, context):\n    return {'n': %d}\n" % (i, i) for i in range(20000))
+    data = make_zip([regular("index.py", source)])
+    limits = codepkg.Limits(max_zip_bytes=1 << 20, max_unpacked_bytes=64 << 20, max_files=100)
+    assert codepkg.inspect_zip(data, limits).unpacked_size == len(source)

@@ -1,5 +1,7 @@
 """Chart series: a fixed number of aligned buckets, counts and percentiles per bucket, edges merged."""
 
+import time
+
 import pytest
 
 from appliance.core import series
@@ -25,7 +27,8 @@ def records(tmp_path):
 
 
 def test_buckets_count_calls_errors_cold_starts_and_take_percentiles(records):
-    since, step = series.plan("15m", now=100_000.0)
+    # Recent times: records past the store's age limit (7 days) are pruned as they are written.
+    since, step = series.plan("15m", now=time.time())
     for i in range(100):  # bucket 0: durations 1..100 ms, two errors, one cold start
         records.add(InvocationRecord(request_id=f"a{i}", function="f", version=1, started_at=since + 1,
                                      duration_ms=float(i + 1), billed_gb_s=0.001, cold=i == 0,

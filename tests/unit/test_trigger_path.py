@@ -86,7 +86,8 @@ class Invoker:
         self.result, self.error = result, error
         self.calls = []
 
-    async def invoke_async(self, function, body, *, request_id, trigger, client, offload, fn=None):
+    async def invoke_async(self, function, body, *, request_id, trigger, client, offload, fn=None,
+                           correlation_id=None):
         self.calls.append((function, json.loads(body), request_id, trigger))
         rec = InvocationRecord(request_id=request_id, function=function, version=1, started_at=0.0,
                                duration_ms=1.5, phases={"queue": 0.1})
@@ -159,12 +160,14 @@ def test_a_trigger_builds_the_event_and_maps_the_result():
     status, headers, body = serve(inv, Scope("GET", "/users/42", "q=1",
                                              [("x-request-id", "abc-1"), ("cookie", "a=1; b=2")]))
     assert (status, body) == (201, b"made")
-    assert headers["x-request-id"] == "abc-1"
+    assert headers["x-correlation-id"] == "abc-1"     # the client's id comes back as its correlation id
+    assert len(headers["x-request-id"]) == 32         # the platform's own id is always new
     assert "Content-Length" not in headers          # the function cannot set framing
     assert headers["X-A"] == "1"
     assert "queue;dur=0.100" in headers["server-timing"]
     function, event, rid, trigger = inv.calls[0]
-    assert (function, rid, trigger) == ("users", "abc-1", "GET /users/{id}")
+    assert (function, rid, trigger) == ("users", headers["x-request-id"], "GET /users/{id}")
+    assert event["requestContext"]["requestId"] == rid
     assert event["pathParameters"] == {"id": "42"}
     assert event["queryStringParameters"] == {"q": "1"}
     assert event["cookies"] == ["a=1", "b=2"]
@@ -172,9 +175,20 @@ def test_a_trigger_builds_the_event_and_maps_the_result():
     assert event["requestContext"]["http"]["sourceIp"] == "127.0.0.1"
 
 
-def test_an_unsafe_request_id_is_replaced():
-    status, headers, _ = serve(Invoker(result="x"), Scope("GET", "/users/1", headers=[("x-request-id", "a b\n")]))
-    assert status == 200 and len(headers["x-request-id"]) == 32
+@pytest.mark.parametrize("given", ["a b\n", "abc\n", "x" * 129])
+def test_an_unsafe_request_id_is_not_kept(given):
+    status, headers, _ = serve(Invoker(result="x"), Scope("GET", "/users/1", headers=[("x-request-id", given)]))
+    assert status == 200 and len(headers["x-request-id"]) == 32 and "x-correlation-id" not in headers
+
+
+def test_a_client_request_id_never_becomes_the_platforms():
+    inv = Invoker(result="x")
+    ids = set()
+    for _ in range(3):
+        _, headers, _ = serve(inv, Scope("GET", "/users/1", headers=[("x-request-id", "same-id")]))
+        ids.add(headers["x-request-id"])
+        assert headers["x-correlation-id"] == "same-id"
+    assert len(ids) == 3 and "same-id" not in ids
 
 
 def test_head_answers_without_a_body():
