@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
+from werkzeug.routing import BaseConverter
 
 from appliance.control import layers_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
@@ -95,8 +96,16 @@ def attach_views(c: Components) -> None:
         c.add_closer(c.scaling_view.close)
 
 
+class TriggerIdConverter(BaseConverter):
+    """A schedule or queue trigger's id (``schedule-1a2b3c4d5e``): never a word of its own, so
+    ``/v1/triggers/keys`` is only the keys' route (and its Allow header lists only their methods)."""
+
+    regex = r"[a-z]+-[0-9a-z]+"
+
+
 def create_control_app(c: Components) -> Flask:
     app = Flask("appliance.control")
+    app.url_map.converters["trigger_id"] = TriggerIdConverter
     app.config["MAX_CONTENT_LENGTH"] = c.settings.max_code_bytes + (1 << 20)
     install_error_handlers(app)
     store = c.store
@@ -521,7 +530,7 @@ def create_control_app(c: Components) -> Flask:
         name = request.args.get("name") or ""
         return json_response({"revoked": store.revoke_trigger_key(method, path, name)})
 
-    @app.patch("/v1/triggers/<trigger_id>")
+    @app.patch("/v1/triggers/<trigger_id:trigger_id>")
     def update_trigger(trigger_id: str):
         """A schedule trigger's schedule, event, timezone or enabled."""
         need("deploy")  # before the lookup: whether an id exists is not for a token that may not change it

@@ -26,6 +26,7 @@ from appliance.core.async_invoke import STATES as EVENT_STATES
 from appliance.core.model import (
     CONCURRENCY,
     DESCRIPTION_MAX,
+    HANDLER_RE,
     KEEP_ALIVE_S,
     MAX_INSTANCES,
     MAX_LAYERS,
@@ -164,7 +165,8 @@ def _schemas() -> dict:
     config_props = {
         "name": {"type": "string", "pattern": NAME_PATTERN},
         "runtime": {"type": "string", "enum": list(RUNTIMES)},
-        "handler": {"type": "string", "description": "module.function, e.g. index.handler"},
+        "handler": {"type": "string", "pattern": HANDLER_RE.pattern,
+                    "description": "module.function, e.g. index.handler (no '..')"},
         "memory_mb": {"type": "integer", "minimum": MEMORY_MB[0], "maximum": MEMORY_MB[1]},
         "timeout_s": {"type": "integer", "minimum": TIMEOUT_S[0], "maximum": TIMEOUT_S[1]},
         "concurrency": {"type": "integer", "minimum": CONCURRENCY[0], "maximum": CONCURRENCY[1]},

@@ -16,7 +16,7 @@ IGNORED_METHODS = {"HEAD", "OPTIONS"}
 def flask_routes(app) -> set[tuple[str, str]]:
     out = set()
     for rule in app.url_map.iter_rules():
-        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        path = re.sub(r"<(?:[a-z_]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         if path in NOT_API:
             continue
         for method in rule.methods - IGNORED_METHODS:
