@@ -175,3 +175,15 @@ def test_integral_numbers_are_integers(control_app):
     assert resp.get_json()["memory_mb"] == 256
     bad = control_app.test_client().post("/v1/functions", json={"name": "floaty2", "memory_mb": 256.5})
     assert bad.status_code == 400
+
+
+def test_the_invocation_type_header_is_checked_even_when_the_query_decides():
+    from appliance.control.invoke import invocation_type
+    from appliance.core.errors import ValidationError
+
+    assert invocation_type("Event", None) == "Event"
+    assert invocation_type("RequestResponse", "aSync") == "Event"  # ?type= wins
+    assert invocation_type(None, None) == "RequestResponse"
+    with pytest.raises(ValidationError) as exc:
+        invocation_type("HGY", "async")
+    assert exc.value.field == "X-Amz-Invocation-Type"
