@@ -84,7 +84,7 @@ def _edge_url(ctx) -> str | None:
 
 
 def _with_url(t: dict, edge: str | None) -> dict:
-    return {**t, "url": f"{edge}{t['path']}" if edge else None}
+    return {**t, "url": f"{edge}{t['path']}" if edge and "path" in t else None}
 
 
 def _read_data(data: str | None):
@@ -871,6 +871,7 @@ def _when(ts) -> str:
 def describe_text(fn: dict) -> str:
     """``faas describe`` for people: settings, code, triggers with URLs, instances, scaling."""
     env = fn.get("environment") or {}
+    secrets = fn.get("secrets") or {}
     rows = [
         ("Name", fn["name"]),
         ("Description", fn.get("description") or "-"),
@@ -881,12 +882,16 @@ def describe_text(fn: dict) -> str:
         ("Scaling", f"{fn['concurrency']} request(s) per instance, {fn['min_instances']}..{fn['max_instances']} "
                     f"instances, keep-alive {fn['keep_alive_s']} s"),
         ("Environment", ", ".join(sorted(env)) + " (values: --output json)" if env else "-"),
+        ("Secrets", ", ".join(f"{k}={v}" for k, v in sorted(secrets.items())) if secrets else "-"),  # masked: ****
         ("Created", f"{_when(fn.get('created_at'))}, updated {_when(fn.get('updated_at'))}"),
     ]
     lines = [f"{k + ':':13} {v}" for k, v in rows]
     triggers = fn.get("triggers") or []
     lines.append(f"{'Triggers:':13} {len(triggers) or '-'}")
     for t in triggers:
+        if "method" not in t:  # a schedule or queue trigger
+            lines.append(f"  {t.get('kind', '-'):7} {t.get('schedule') or t.get('queue') or '-'}  id {t.get('id')}")
+            continue
         lines.append(f"  {t['method']:7} {t['path']}" + (f"  {t['url']}" if t.get("url") else ""))
     instances = fn.get("instances") or []
     lines.append(f"{'Instances:':13} {len(instances) or '-'}")

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
+from werkzeug.routing import BaseConverter
 
 from appliance.control import layers_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
@@ -152,8 +153,16 @@ def attach_views(c: Components) -> None:
         c.add_closer(c.scaling_view.close)
 
 
+class TriggerIdConverter(BaseConverter):
+    """A schedule or queue trigger's id (``schedule-1a2b3c4d5e``): never a word of its own, so
+    ``/v1/triggers/keys`` is only the keys' route (and its Allow header lists only their methods)."""
+
+    regex = r"[a-z]+-[0-9a-z]+"
+
+
 def create_control_app(c: Components) -> Flask:
     app = Flask("appliance.control")
+    app.url_map.converters["trigger_id"] = TriggerIdConverter
     app.config["MAX_CONTENT_LENGTH"] = c.settings.max_code_bytes + (1 << 20)
     install_error_handlers(app)
     store = c.store
@@ -546,6 +555,7 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/triggers")
     def add_trigger():
+        need("deploy")  # refused before the body is read: a token that may never do this learns nothing more
         data = _json_body()
         if data.get("kind", "http") != "http":
             fn = data.get("function")
@@ -588,6 +598,7 @@ def create_control_app(c: Components) -> Flask:
     @app.post("/v1/triggers/keys")
     def create_trigger_key():
         """A new bearer key or HMAC secret of a trigger; the only answer that ever contains it."""
+        need("deploy")
         data = _json_body()
         method, path = _trigger_args(data)
         _need_for_trigger("deploy", method, path)
@@ -596,32 +607,35 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/triggers/keys")
     def list_trigger_keys():
+        need("read")
         method, path = _trigger_args(request.args)
         _need_for_trigger("read", method, path)
         return json_response({"keys": store.trigger_keys(method, path)})
 
     @app.delete("/v1/triggers/keys")
     def revoke_trigger_key():
+        need("deploy")
         method, path = _trigger_args(request.args)
         _need_for_trigger("deploy", method, path)
         name = request.args.get("name") or ""
         return json_response({"revoked": store.revoke_trigger_key(method, path, name)})
 
-    @app.patch("/v1/triggers/<trigger_id>")
+    @app.patch("/v1/triggers/<trigger_id:trigger_id>")
     def update_trigger(trigger_id: str):
         """A schedule trigger's schedule, event, timezone or enabled."""
+        need("deploy")  # before the lookup: whether an id exists is not for a token that may not change it
         need("deploy", c.event_triggers.get(trigger_id)[0]["function"])
         return json_response(c.event_triggers.update(trigger_id, _json_body()))
 
     @app.delete("/v1/triggers")
     def remove_trigger():
+        need("deploy")
         if request.args.get("id"):
             need("deploy", c.event_triggers.get(request.args["id"])[0]["function"])
             return json_response({"deleted": c.event_triggers.remove(request.args["id"])})
         method, path = request.args.get("method", ""), request.args.get("path", "")
         if not method or not path:
             raise ValidationError("give the trigger as ?method=GET&path=/hello, or a schedule as ?id=ID", field="path")
-        need("deploy")
         bound = store.find_trigger(method, path)
         if bound is not None:
             need("deploy", bound.function)

@@ -25,16 +25,17 @@ def read_event(max_bytes: int) -> bytes:
 
 
 def invocation_type(header: str | None, arg: str | None) -> str:
-    """``RequestResponse`` (default) or ``Event``, from Lambda's ``X-Amz-Invocation-Type`` header or ``?type=``."""
+    """``RequestResponse`` (default) or ``Event``, from Lambda's ``X-Amz-Invocation-Type`` header or ``?type=``
+    (which wins). Both are checked when both are given: a typo is an error, never silently ignored."""
+    if header and header not in ("Event", "RequestResponse"):
+        raise ValidationError(f"X-Amz-Invocation-Type must be Event or RequestResponse; got {header!r}",
+                              field="X-Amz-Invocation-Type")
     if arg:
         value = {"event": "Event", "async": "Event", "requestresponse": "RequestResponse",
                  "sync": "RequestResponse"}.get(arg.lower())
         if value is None:
             raise ValidationError(f"type must be event or sync; got {arg!r}", field="type")
         return value
-    if header and header not in ("Event", "RequestResponse"):
-        raise ValidationError(f"X-Amz-Invocation-Type must be Event or RequestResponse; got {header!r}",
-                              field="X-Amz-Invocation-Type")
     return header or "RequestResponse"
 
 
