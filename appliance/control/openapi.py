@@ -433,6 +433,12 @@ def _paths() -> dict:
         "/v1/functions/{name}/instances": {"get": _op(
             "Running instances", _ok("200", "instances", _listing("instances", _ref("Instance"))), "400", "404",
             scope="read", params=name, op_id="listInstances")},
+        "/v1/functions/{name}/series": {"get": _op(
+            "Chart points of the function over a window: always 60 buckets, whatever the traffic", _ok(
+                "200", "points", {"type": "object"}), "400", "404",
+            scope="records", params=name + [_query("window", {"enum": ["15m", "1h", "6h", "24h", "7d"]},
+                                                   "the window the 60 buckets cover (default 1h)")],
+            op_id="functionSeries")},
         "/v1/functions/{name}/triggers": {"post": _op(
             "Bind an HTTP trigger to this function", _ok("201", "bound", _ref("Trigger")), "400", "404", "409",
             scope="deploy", params=name, op_id="addFunctionTrigger", body=_body({
