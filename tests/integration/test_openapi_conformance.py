@@ -31,7 +31,8 @@ def test_the_control_api_conforms_to_its_openapi_document(make_appliance, tmp_pa
     cmd = [str(st), "--config-file", str(HERE / "schemathesis.toml"), "run", f"{app.api_url}/v1/openapi.json",
            "--checks", CHECKS, "--max-examples", "8", "--seed", "17", "--workers", "1", "--no-shrink",
            "--request-timeout", "20", "--report", "ndjson", "--report-dir", str(tmp_path / "report"),
-           "--output-truncate", "false", "--suppress-health-check", "all"]
+           "--output-truncate", "false", "--suppress-health-check", "all",
+           "--header", f"Authorization: Bearer {app.token}"]
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     # It tested every documented operation, and the function's invocations ran.
@@ -40,6 +41,6 @@ def test_the_control_api_conforms_to_its_openapi_document(make_appliance, tmp_pa
     assert selected and tested and selected[1] == selected[2] == tested[1], run.stdout[-3000:]
     assert int(tested[1]) >= 20
     # (Counted by the metrics: the run may delete and re-create `conform`, which hides older records.)
-    metrics = requests.get(f"{app.api_url}/metrics", timeout=10).text
+    metrics = app.http.get(f"{app.api_url}/metrics", timeout=10).text
     assert re.search(r'^faas_invocations_total\{function="conform",status="\w+"\} [1-9]', metrics, re.M), \
         "no invocation of the prepared function was made"
