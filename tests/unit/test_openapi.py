@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
 from appliance.control import openapi
@@ -37,8 +38,22 @@ def control_app(tmp_path_factory):
     data = tmp_path_factory.mktemp("openapi")
     settings = Settings.from_env({"APPLIANCE_DATA_DIR": str(data), "APPLIANCE_SANDBOX": "off"})
     c = build(settings)
-    yield create_control_app(c)
+    _, secret = c.tokens.create("openapi-test", "admin", created_by="test")
+    app = create_control_app(c)
+    app.test_client_class = _TokenClient
+    _TokenClient.token = secret
+    yield app
     c.close()
+
+
+class _TokenClient(FlaskClient):
+    """A test client that sends an admin token, as every /v1/ call but the health check needs one."""
+
+    token = ""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {self.token}"
 
 
 def test_the_document_is_valid_openapi_3_1():
