@@ -40,9 +40,7 @@ def test_async_on_sqs_and_a_schedule_fire_once_per_tick_across_two_edges(consul_
     env = {**cluster_env(consul_double, nomad_double, moto_s3, tmp_path),
            "APPLIANCE_SQS_ENDPOINT": moto_s3.url, "APPLIANCE_SQS_REGION": "us-east-1",
            "APPLIANCE_SQS_ACCESS_KEY": "testing", "APPLIANCE_SQS_SECRET_KEY": "testing",
-           "APPLIANCE_SQS_ASYNC_QUEUE": "events", "APPLIANCE_SQS_ASYNC_VISIBILITY_S": "60",
-           # The function reports to a counter on this host's loopback, which a sandboxed instance cannot reach.
-           "APPLIANCE_SANDBOX": "off"}
+           "APPLIANCE_SQS_ASYNC_QUEUE": "events", "APPLIANCE_SQS_ASYNC_VISIBILITY_S": "60"}
     Runs.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Runs)
     threading.Thread(target=server.serve_forever, daemon=True).start()
