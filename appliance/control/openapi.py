@@ -207,7 +207,7 @@ def document(server_url: str | None = None, *, auth_required: bool = True) -> di
               _ok("200", "the function", _ref("Function")))
     paths = {
         "/v1/health": {"get": _op("Health of the control plane", _ok("200", "healthy", {
-            "type": "object", "required": ["status", "role", "mode"],
+            "type": "object", "required": ["status", "role"],  # the rest only with a token
             "properties": {"status": {"type": "string"}, "role": {"type": "string"}, "mode": {"type": "string"},
                            "notes": {"type": "array", "items": {"type": "string"}},
                            "edge_port": {"type": ["integer", "null"]}, "seccomp": {"type": ["string", "null"]}}}),
