@@ -883,6 +883,7 @@ def describe_text(fn: dict) -> str:
         ("Scaling", f"{fn['concurrency']} request(s) per instance, {fn['min_instances']}..{fn['max_instances']} "
                     f"instances, keep-alive {fn['keep_alive_s']} s"),
         ("Environment", ", ".join(sorted(env)) + " (values: --output json)" if env else "-"),
+        ("Secrets", ", ".join(f"{k}={v}" for k, v in sorted((fn.get("secrets") or {}).items())) or "-"),  # masked
         ("Created", f"{_when(fn.get('created_at'))}, updated {_when(fn.get('updated_at'))}"),
     ]
     lines = [f"{k + ':':13} {v}" for k, v in rows]
