@@ -59,9 +59,11 @@ def _echo_json(data) -> None:
 def _complete_functions(ctx, param, incomplete):
     """Shell completion of function names, from the API the command line names (silent when it is down)."""
     root = ctx.find_root()
-    api = root.params.get("api") or DEFAULT_API
-    try:
-        names = [f["name"] for f in ApplianceClient(api, timeout_s=2.0).list_functions()]
+    try:  # click runs no group callback while completing: find the API and token as `main` does
+        data_dir = _data_dir()
+        api = root.params.get("api") or local_api(data_dir) or read_config().get("api") or DEFAULT_API
+        token, _ = find_token(api, data_dir, root.params.get("token"))
+        names = [f["name"] for f in ApplianceClient(api, token=token, timeout_s=2.0).list_functions()]
     except Exception:  # noqa: BLE001 - completion must never print an error into the shell
         return []
     return [n for n in names if n.startswith(incomplete)]
@@ -966,8 +968,8 @@ def doctor(ctx, output):
     from appliance.instances.sandbox import LANGUAGES
     have = [lang for lang, spec in LANGUAGES.items() if shutil.which(spec["command"])]
     missing = [lang for lang in LANGUAGES if lang not in have]
-    click.echo(f"[{'warn' if missing else 'ok'}] provided runtime languages: {', '.join(have) or 'none'} available"
-               + (f"; {', '.join(missing)} not found (make system-deps installs them)" if missing else ""))
+    say("warn" if missing else "ok", "provided runtime languages", f"{', '.join(have) or 'none'} available"
+        + (f"; {', '.join(missing)} not found (make system-deps installs them)" if missing else ""))
     from appliance.wiring import sandbox_unavailable
     reason = sandbox_unavailable()
     check("instance sandbox (namespaces, read-only root, own uid per instance)", reason is None,
@@ -981,9 +983,9 @@ def doctor(ctx, output):
             mgr.close()
     if reason is None:
         nft = shutil.which("nft")
-        click.echo(f"[{'ok' if nft else 'warn'}] nftables: "
-                   + (f"{nft} (the packet filter that keeps instances off this host's services)" if nft else
-                      "not found: apt-get install nftables, or instances can reach this host's services"))
+        say("ok" if nft else "warn", "nftables",
+            f"{nft} (the packet filter that keeps instances off this host's services)" if nft else
+            "not found: apt-get install nftables, or instances can reach this host's services")
     bwrap = shutil.which("bwrap")
     say("info", "bubblewrap", f"{bwrap or 'not found'} (not needed by the sandbox, which makes the same "
         "namespaces itself; bench/coldstart.py compares against it)")

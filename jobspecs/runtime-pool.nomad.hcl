@@ -289,7 +289,7 @@ job "runtime-pool" {
     }
 
     task "runtime" {
-      driver = var.driver
+      driver = "raw_exec"
 
       config {
         command = var.instance_command

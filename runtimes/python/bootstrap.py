@@ -69,6 +69,10 @@ LOG_HEAD = LOG_CAP // 2       # of which the first lines; the rest are the last 
 MAX_HEAD = 64 * 1024          # request line + headers
 MAX_BODY = 32 * 1024 * 1024   # event size
 STACK_SIZE = 1024 * 1024
+#: The main thread's idle wait wakes this often to run a Python signal handler whose signal came just before
+#: the wait began: such a signal interrupts nothing (CPython runs handlers between bytecodes, and a lock's
+#: wait returns early only on a signal that arrives during it), so SIGTERM would otherwise wait forever.
+SIGNAL_POLL_S = 0.5
 DRAIN_GRACE_S = 2.0           # after draining: wait this long at most for clients to close their connections (a client descheduled under load may still send on one; it gets a 503, not a reset)
 HANDLER_RE_SRC = r"([A-Za-z_][A-Za-z0-9_]*(?:/[A-Za-z_][A-Za-z0-9_.-]*)*)\.([A-Za-z_$][A-Za-z0-9_$]*)\Z"
 STARTING, POOL, READY, FAILED, DRAINING = "starting", "pool", "ready", "failed", "draining"
@@ -675,7 +679,8 @@ class _Instance:
             self._load()
         try:
             while True:  # the main thread runs jobs: code loading, handlers, SIGTERM, the final exit
-                self.wake.acquire()
+                while not self.wake.acquire(timeout=SIGNAL_POLL_S):
+                    pass  # back in Python for a moment: a pending signal's handler runs (see SIGNAL_POLL_S)
                 while self.jobs:
                     if self.jobs.pop(0)():
                         return 0

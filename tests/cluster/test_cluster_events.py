@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 
 import boto3
 from helpers import moto_s3, package, wait_until  # noqa: F401 - moto_s3 is a fixture
-from test_end_to_end import cluster_env
+from test_end_to_end import ADMIN_TOKEN, cluster_env
 from test_records_merge import control_and_two_edges, stop
 
 from appliance.client import ApplianceClient
@@ -48,7 +48,7 @@ def test_async_on_sqs_and_a_schedule_fire_once_per_tick_across_two_edges(consul_
     procs = []
     try:
         control, edge1, edge2 = control_and_two_edges(tmp_path, env, procs, consul_double)
-        api = ApplianceClient(control["api_url"])
+        api = ApplianceClient(control["api_url"], token=ADMIN_TOKEN)
         api.create_function(name="ticks", max_instances=4, timeout_s=10)
         api.upload_code("ticks", package(REPORTS))
         # Accepted by the control plane, run by whichever process takes them from SQS.

@@ -4,6 +4,7 @@ with the attempt number in the context, event age, destinations (function, URL, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -35,14 +36,14 @@ def appliance(tmp_path_factory):
 
 def faas(r, *args, check=True):
     proc = subprocess.run([sys.executable, "-m", "appliance", "--api", r.api_url, *args], cwd=str(REPO),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "FAAS_TOKEN": r.token})
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
 
 
 def event_of(r, name, rid):
-    out = requests.get(f"{r.api_url}/v1/functions/{name}/events", params={"limit": 1000}, timeout=5).json()
+    out = r.http.get(f"{r.api_url}/v1/functions/{name}/events", params={"limit": 1000}, timeout=5).json()
     return next((e for e in out["events"] if e["id"] == rid), None)
 
 
@@ -52,14 +53,14 @@ def settled(r, name, rid):
 
 
 def messages(r, queue):
-    out = requests.get(f"{r.api_url}/v1/queues/{queue}/messages", params={"limit": 100}, timeout=5).json()
+    out = r.http.get(f"{r.api_url}/v1/queues/{queue}/messages", params={"limit": 100}, timeout=5).json()
     return [{**m, "body": json.loads(m["body"])} for m in out["messages"]]
 
 
 def test_event_header_answers_202_and_runs_once(appliance):
     name = appliance.deploy({"index.py": FLAKY})
     appliance.api.update_function(name, **{"async": {"on_success": {"queue": f"ok-{name}"}}})
-    resp = requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"n": 1},
+    resp = appliance.http.post(f"{appliance.api_url}/v1/functions/{name}/invocations", json={"n": 1},
                          headers={"X-Amz-Invocation-Type": "Event"}, timeout=10)
     assert resp.status_code == 202, resp.text
     rid = resp.json()["requestId"]
@@ -80,12 +81,12 @@ def test_event_header_answers_202_and_runs_once(appliance):
 def test_query_type_event_and_idempotent_request_id(appliance):
     name = appliance.deploy({"index.py": FLAKY})
     url = f"{appliance.api_url}/v1/functions/{name}/invocations?type=event"
-    first = requests.post(url, json={}, headers={"X-Request-Id": "my-event-1"}, timeout=10)
-    again = requests.post(url, json={}, headers={"X-Request-Id": "my-event-1"}, timeout=10)
+    first = appliance.http.post(url, json={}, headers={"X-Request-Id": "my-event-1"}, timeout=10)
+    again = appliance.http.post(url, json={}, headers={"X-Request-Id": "my-event-1"}, timeout=10)
     assert (first.status_code, first.json()) == (202, {"requestId": "my-event-1", "status": "queued"})
     assert (again.status_code, again.json()["status"]) == (202, "already-accepted")
     wait_for(lambda: settled(appliance, name, "my-event-1"), 30, message="the event to run")
-    out = requests.get(f"{appliance.api_url}/v1/functions/{name}/events", timeout=5).json()
+    out = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/events", timeout=5).json()
     assert out["counts"] == {"succeeded": 1}
 
 
@@ -114,7 +115,7 @@ def test_retries_exhausted_go_to_the_failure_destinations(appliance):
     assert (e["state"], e["attempts"]) == ("dead", 2)
     assert e["last_error"].startswith("RetriesExhausted: Function.Error")
     # The destination function gets Lambda's record as an asynchronous event of its own.
-    out = wait_for(lambda: [x for x in requests.get(f"{appliance.api_url}/v1/functions/{sink}/events",
+    out = wait_for(lambda: [x for x in appliance.http.get(f"{appliance.api_url}/v1/functions/{sink}/events",
                                                     timeout=5).json()["events"] if x["state"] == "succeeded"], 30)
     assert out[0]["source"] == f"destination:{rid}"
     recs = wait_for(lambda: appliance.api.invocations(sink, request_id=out[0]["id"]), 10)
@@ -185,18 +186,19 @@ def test_invalid_input_gets_clear_errors(appliance):
              ({"async": {"on_failure": {"function": "a", "url": "http://x"}}}, "async.on_failure"),
              ({"async": {"retries": 1}}, "async.retries")]
     for body, field in cases:
-        resp = requests.patch(base, json=body, timeout=5)
+        resp = appliance.http.patch(base, json=body, timeout=5)
         assert resp.status_code == 400, body
         assert (resp.json()["error"]["code"], resp.json()["error"]["field"]) == ("Request.Invalid", field)
-    resp = requests.post(base + "/invocations", json={}, headers={"X-Amz-Invocation-Type": "Later"}, timeout=5)
+    resp = appliance.http.post(base + "/invocations", json={}, headers={"X-Amz-Invocation-Type": "Later"}, timeout=5)
     assert (resp.status_code, resp.json()["error"]["code"]) == (400, "Request.Invalid")
-    resp = requests.post(base + "/invocations?type=event", data=b'{"x": "' + b"a" * (256 << 10) + b'"}', timeout=5)
+    resp = appliance.http.post(base + "/invocations?type=event", data=b'{"x": "' + b"a" * (256 << 10) + b'"}',
+                               headers={"Content-Type": "application/json"}, timeout=5)
     assert (resp.status_code, resp.json()["error"]["code"]) == (413, "Request.TooLarge")
-    resp = requests.post(f"{appliance.api_url}/v1/functions/nope/invocations?type=event", json={}, timeout=5)
+    resp = appliance.http.post(f"{appliance.api_url}/v1/functions/nope/invocations?type=event", json={}, timeout=5)
     assert (resp.status_code, resp.json()["error"]["code"]) == (404, "Function.NotFound")
-    resp = requests.get(base + "/events?status=lost", timeout=5)
+    resp = appliance.http.get(base + "/events?status=lost", timeout=5)
     assert (resp.status_code, resp.json()["error"]["field"]) == (400, "status")
-    resp = requests.post(f"{appliance.api_url}/v1/triggers", json={"function": name, "method": "POST",
+    resp = appliance.http.post(f"{appliance.api_url}/v1/triggers", json={"function": name, "method": "POST",
                                                                     "path": f"/x/{name}", "invocation": "later"})
     assert (resp.status_code, resp.json()["error"]["field"]) == (400, "invocation")
     # A PATCH keeps the fields it does not name; null clears a destination.
@@ -223,7 +225,8 @@ def test_cli_async_invoke_events_settings_and_trigger(appliance):
     assert dead in faas(appliance, "events", name, "--status", "dead").stdout
     assert ok not in faas(appliance, "events", name, "--status", "dead").stdout
     faas(appliance, "trigger", "add", name, "POST", f"/cli/{name}", "--async")
-    assert "(async)" in faas(appliance, "trigger", "ls", name).stdout
+    (line,) = [x for x in faas(appliance, "trigger", "ls", name).stdout.splitlines() if f"/cli/{name}" in x]
+    assert "async" in line.split()[3:], line  # the column after the function: auth type, cors, invocation
     assert requests.post(f"{appliance.edge}/cli/{name}", timeout=10).status_code == 202
 
 

@@ -9,12 +9,11 @@ from collections import Counter
 
 import boto3
 import pytest
-import requests
 
 from tests.cluster.helpers import MotoServer
 
 from .conftest import start_appliance, stop_appliance, wait_for
-from .test_async_durability import REPORTING, Counting, accept, counter, kill9  # noqa: F401 - counter: fixture
+from .test_async_durability import REACH_HOST, REPORTING, Counting, accept, counter, kill9  # noqa: F401 - counter: fixture
 
 # The accepting process's version of the function: it hangs, so its attempts never end.
 HANGING = """
@@ -41,7 +40,7 @@ def test_events_on_sqs_survive_the_accepting_process(moto, tmp_path, counter):
     env = {"APPLIANCE_SQS_ENDPOINT": moto.url, "APPLIANCE_SQS_REGION": "us-east-1",
            "APPLIANCE_SQS_ACCESS_KEY": "testing", "APPLIANCE_SQS_SECRET_KEY": "testing",
            "APPLIANCE_SQS_ASYNC_QUEUE": "async-events", "APPLIANCE_SQS_ASYNC_VISIBILITY_S": "3",
-           "APPLIANCE_ASYNC_BACKOFF_S": "1"}
+           "APPLIANCE_ASYNC_BACKOFF_S": "1", **REACH_HOST}
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
     a = start_appliance(tmp_path / "a", env)
@@ -62,7 +61,7 @@ def test_events_on_sqs_survive_the_accepting_process(moto, tmp_path, counter):
         first = [(what, a) for what, i, a in Counting.runs if i == ids[0] and what != "hang"]
         assert ("start", 2) in first and ("end", 2) in first
         assert hung in ids
-        out = requests.get(f"{b.api_url}/v1/functions/shared/events", params={"limit": 100}, timeout=5).json()
+        out = b.http.get(f"{b.api_url}/v1/functions/shared/events", params={"limit": 100}, timeout=5).json()
         assert out["counts"] == {"succeeded": 4}
     finally:
         stop_appliance(b)

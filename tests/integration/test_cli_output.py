@@ -15,7 +15,7 @@ from .conftest import REPO, wait_for
 
 def faas(r, *args, input=None, env=None, check=True):
     proc = subprocess.run([sys.executable, "-m", "appliance", "--api", r.api_url, *args], cwd=str(REPO),
-                          capture_output=True, text=True, timeout=60, input=input, env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, timeout=60, input=input, env={**os.environ, "FAAS_TOKEN": r.token, **(env or {})})
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -89,7 +89,7 @@ def test_shell_completion_offers_function_names(appliance, tmp_path):
     faas(appliance, "deploy", str(src), "--name", "completable")
     proc = subprocess.run([sys.executable, "-m", "appliance", "--api", appliance.api_url, "describe", "compl"],
                           cwd=str(REPO), capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "_FAAS_COMPLETE": "bash_complete",
+                          env={**os.environ, "FAAS_TOKEN": appliance.token, "_FAAS_COMPLETE": "bash_complete",
                                "COMP_WORDS": f"faas --api {appliance.api_url} describe compl", "COMP_CWORD": "4"})
     assert proc.returncode == 0
     assert "plain,completable" in proc.stdout.splitlines()
@@ -104,7 +104,8 @@ def test_logs_follow_starts_at_since(appliance, tmp_path):
     with open(out, "w") as sink:
         # The old invocation is older than 1 ms by the time the command starts.
         proc = subprocess.Popen([sys.executable, "-m", "appliance", "--api", appliance.api_url, "logs", "sincefollow",
-                                 "--follow", "--since", "0.001"], cwd=str(REPO), stdout=sink, stderr=subprocess.STDOUT)
+                                 "--follow", "--since", "0.001"], cwd=str(REPO), stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, "FAAS_TOKEN": appliance.token})
     try:
         def invoked_and_followed():
             # Invoke until one is printed: the follow's first answer (empty) has no visible mark.

@@ -14,7 +14,7 @@ from .conftest import REPO, start_appliance, stop_appliance, wait_for
 
 def faas(r, *args, check=True, cwd=None):
     proc = subprocess.run([sys.executable, "-m", "appliance", "--api", r.api_url, *args], cwd=str(cwd or REPO),
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO), "FAAS_TOKEN": r.token})
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -50,16 +50,16 @@ def test_a_missing_handler_is_reported_at_deploy(appliance, tmp_path):
     f.write_text("def handle(event, context):\n    return 1\n")
     line = error_line(faas(appliance, "deploy", str(f), "--name", "nohandler", check=False))
     assert line.startswith("error: Code.HandlerNotFound: index.py defines no 'handler'")
-    resp = requests.put(f"{appliance.api_url}/v1/functions/nohandler/code", params={"filename": "index.py"},
+    resp = appliance.http.put(f"{appliance.api_url}/v1/functions/nohandler/code", params={"filename": "index.py"},
                         data=b"x = 1\n", timeout=10)
     assert resp.status_code == 404  # the failed deploy removed the function it had created
     appliance.api.create_function(name="nohandler", handler="main.handler")
-    resp = requests.put(f"{appliance.api_url}/v1/functions/nohandler/code", params={"filename": "index.py"},
+    resp = appliance.http.put(f"{appliance.api_url}/v1/functions/nohandler/code", params={"filename": "index.py"},
                         data=f.read_bytes(), timeout=10)
     assert resp.status_code == 400
     err = resp.json()["error"]
     assert err["code"] == "Code.HandlerNotFound" and err["file"] == "main.py" and err["field"] == "handler"
-    resp = requests.put(f"{appliance.api_url}/v1/functions/nohandler/code", params={"filename": "main.py"},
+    resp = appliance.http.put(f"{appliance.api_url}/v1/functions/nohandler/code", params={"filename": "main.py"},
                         data=b"def handler(e, c):\n  return [\n", timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "Code.SyntaxError"
     assert (resp.json()["error"]["file"], resp.json()["error"]["line"]) == ("main.py", 2)
@@ -137,7 +137,7 @@ def test_an_identical_deploy_adds_no_version(appliance, tmp_path):
     again = faas(appliance, "deploy", str(f))
     assert json.loads(again.stdout)["version"] == 1
     assert "identical to version 1" in again.stderr
-    assert len(requests.get(f"{appliance.api_url}/v1/functions/same/versions", timeout=10).json()["versions"]) == 1
+    assert len(appliance.http.get(f"{appliance.api_url}/v1/functions/same/versions", timeout=10).json()["versions"]) == 1
 
 
 def test_a_trigger_under_v1_is_served_by_the_edge(appliance, tmp_path):

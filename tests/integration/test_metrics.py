@@ -7,8 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 FAILING = "def handler(event, context):\n    raise KeyError('boom-req')\n"
 
 
-def scrape(url: str) -> dict[str, list]:
-    r = requests.get(url, timeout=10)
+def scrape(url: str, token: str) -> dict[str, list]:
+    r = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return {f.name: f.samples for f in text_string_to_metric_families(r.text)}
@@ -30,10 +30,12 @@ def test_metrics_after_real_traffic(appliance):
             assert r.status_code == 502
             rids.append(r.headers["X-Request-Id"])
 
-        edge = scrape(appliance.edge + "/_/metrics")
+        # The edge's /_/ paths answer the appliance's internal credential; the control API a read token.
+        internal = (appliance.data_dir / "internal.token").read_text().strip()
+        edge = scrape(appliance.edge + "/_/metrics", internal)
         assert value(edge, "faas_edge_connections", "faas_edge_connections") >= 1
 
-    control = scrape(appliance.api_url + "/metrics")
+    control = scrape(appliance.api_url + "/metrics", appliance.token)
     for fams in (edge, control):  # embedded mode: one process, the same numbers on both
         assert value(fams, "faas_invocations", "faas_invocations_total", function=ok, status="ok") == 5
         assert value(fams, "faas_invocations", "faas_invocations_total", function=bad, status="error") == 2

@@ -9,7 +9,6 @@ import os
 
 import boto3
 import pytest
-import requests
 
 from tests.cluster.helpers import MotoServer
 
@@ -29,7 +28,7 @@ def handler(event, context):
 
 
 def peek(r, queue):
-    out = requests.get(f"{r.api_url}/v1/queues/{queue}/messages", params={"limit": 100}, timeout=5).json()
+    out = r.http.get(f"{r.api_url}/v1/queues/{queue}/messages", params={"limit": 100}, timeout=5).json()
     return sorted(m["body"] for m in out["messages"])
 
 
@@ -75,9 +74,9 @@ def test_queue_trigger_input_errors(appliance):
                          ({"max_concurrency": 0}, "max_concurrency"), ({"queue": "a b"}, "queue"),
                          ({"queue": "https://sqs.example.com/1/q"}, "queue"), ({"delay": 1}, "delay")):
         body = {"function": name, "kind": "queue", "queue": "q", **extra}
-        resp = requests.post(url, json=body, timeout=5)
+        resp = appliance.http.post(url, json=body, timeout=5)
         assert (resp.status_code, resp.json()["error"]["field"]) == (400, field), body
-    resp = requests.post(f"{appliance.api_url}/v1/queues/a%20b/messages", data=b"x", timeout=5)
+    resp = appliance.http.post(f"{appliance.api_url}/v1/queues/a%20b/messages", data=b"x", timeout=5)
     assert resp.status_code == 400
 
 

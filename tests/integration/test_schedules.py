@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import requests
 
 from .conftest import wait_for
 from .test_async_events import FLAKY, faas, messages
 
 
 def schedule_events(r, name):
-    out = requests.get(f"{r.api_url}/v1/functions/{name}/events", params={"limit": 1000}, timeout=5).json()
+    out = r.http.get(f"{r.api_url}/v1/functions/{name}/events", params={"limit": 1000}, timeout=5).json()
     return [e for e in out["events"] if (e["source"] or "").startswith("schedule:")]
 
 
@@ -42,7 +41,7 @@ def test_schedule_fires_its_event_and_shows_its_next_run(appliance):
 def test_default_event_is_eventbridges_scheduled_event_and_triggers_go_with_the_function(appliance):
     name = appliance.deploy({"index.py": FLAKY})
     appliance.api.update_function(name, **{"async": {"on_success": {"queue": f"eb-{name}"}}})
-    t = requests.post(f"{appliance.api_url}/v1/triggers", json={"function": name, "kind": "schedule",
+    t = appliance.http.post(f"{appliance.api_url}/v1/triggers", json={"function": name, "kind": "schedule",
                                                                "schedule": "rate(1 second)"}, timeout=5).json()
     body = wait_for(lambda: messages(appliance, f"eb-{name}"), 30, message="a scheduled run")[0]["body"]
     event = body["requestPayload"]
@@ -63,12 +62,12 @@ def test_schedule_input_errors(appliance):
                         ({"function": name, "kind": "timer", "schedule": "rate(1 minute)"}, "kind"),
                         ({"function": name, "kind": "schedule", "schedule": "rate(1 minute)", "enabled": "no"},
                          "enabled")):
-        resp = requests.post(url, json=body, timeout=5)
+        resp = appliance.http.post(url, json=body, timeout=5)
         assert (resp.status_code, resp.json()["error"]["code"], resp.json()["error"]["field"]) == \
             (400, "Request.Invalid", field), body
-    resp = requests.post(url, json={"function": "missing", "kind": "schedule", "schedule": "rate(1 minute)"})
+    resp = appliance.http.post(url, json={"function": "missing", "kind": "schedule", "schedule": "rate(1 minute)"})
     assert (resp.status_code, resp.json()["error"]["code"]) == (404, "Function.NotFound")
-    resp = requests.patch(f"{url}/schedule-nope", json={"enabled": False}, timeout=5)
+    resp = appliance.http.patch(f"{url}/schedule-nope", json={"enabled": False}, timeout=5)
     assert resp.status_code == 404
     bad = faas(appliance, "trigger", "add", name, "--schedule", "rate(1 minute)", "--event", "{", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: Request.Invalid")
