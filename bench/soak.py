@@ -50,6 +50,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+#: The control API's session: it sends the admin token the appliance writes at its first start.
+API = requests.Session()
+
+
 def start(work: Path, env: dict) -> tuple[subprocess.Popen, dict]:
     data = work / "data"
     shutil.rmtree(work, ignore_errors=True)
@@ -63,14 +67,18 @@ def start(work: Path, env: dict) -> tuple[subprocess.Popen, dict]:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the appliance did not start; see {work / 'appliance.log'}")
         time.sleep(0.05)
+    token = data / "admin.token"
+    while not token.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    API.headers["Authorization"] = f"Bearer {token.read_text().strip()}"
     return proc, json.loads(info.read_text())
 
 
 def deploy(api: str, name: str, source: str, path: str) -> None:
-    requests.post(f"{api}/v1/functions", json={"name": name, "max_instances": 4, "concurrency": 2},
+    API.post(f"{api}/v1/functions", json={"name": name, "max_instances": 4, "concurrency": 2},
                   timeout=30).raise_for_status()
-    requests.put(f"{api}/v1/functions/{name}/code", json={"files": {"index.py": source}}, timeout=60).raise_for_status()
-    requests.post(f"{api}/v1/triggers", json={"function": name, "method": "GET", "path": path},
+    API.put(f"{api}/v1/functions/{name}/code", json={"files": {"index.py": source}}, timeout=60).raise_for_status()
+    API.post(f"{api}/v1/triggers", json={"function": name, "method": "GET", "path": path},
                   timeout=30).raise_for_status()
 
 
@@ -133,7 +141,7 @@ def recorded(api: str, name: str) -> list[str]:
     ids, before = [], None
     while True:
         params = {"limit": 1000, **({"before": before} if before else {})}
-        page = requests.get(f"{api}/v1/functions/{name}/invocations", params=params, timeout=60).json()
+        page = API.get(f"{api}/v1/functions/{name}/invocations", params=params, timeout=60).json()
         if not page["invocations"]:
             return ids
         ids += [r["request_id"] for r in page["invocations"]]
@@ -158,9 +166,9 @@ def soak(duration_s: float, rate: float, clients: int, warmup_s: float, work: Pa
             samples.append(rss_mb(proc.pid))
         load.finish()
         mem_end = rss_mb(proc.pid)
-        requests.get(f"{api}/v1/functions/soak-hello/invocations?limit=1", timeout=30)   # flushes the records
+        API.get(f"{api}/v1/functions/soak-hello/invocations?limit=1", timeout=30)   # flushes the records
         lost = duplicated = 0
-        usage = {u["function"]: u for u in requests.get(f"{api}/v1/usage", timeout=30).json()["usage"]}
+        usage = {u["function"]: u for u in API.get(f"{api}/v1/usage", timeout=30).json()["usage"]}
         usage_short = 0
         answered_total = 0
         for name, path in functions.items():

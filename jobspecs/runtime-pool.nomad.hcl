@@ -277,6 +277,11 @@ job "runtime-pool" {
       pool_service_suffix = "provided"
     }
 
+    # No deployments: see the python3.11 group.
+    update {
+      max_parallel = 0
+    }
+
     network {
       port "http" {}
     }

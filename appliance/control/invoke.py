@@ -6,6 +6,7 @@ import json
 
 from flask import Response, request
 
+from appliance.core.async_invoke import event_id_for
 from appliance.core.errors import PayloadTooLarge, ValidationError, to_response_body
 from appliance.web import correlation_id_of, json_response, request_id
 from appliance.wiring import Components
@@ -52,9 +53,10 @@ def invoke_response(c: Components, function: str, body: bytes, kind: str = "Requ
     else:
         body = b"{}"
     if kind == "Event":
-        added = c.async_runner.accept(function, body, event_id=rid, source="api")
-        return json_response({"requestId": rid, "status": "queued" if added else "already-accepted"}, 202,
-                             {"X-Request-Id": rid})
+        event_id = event_id_for(function, rid, correlation_id_of(request.environ))
+        added = c.async_runner.accept(function, body, event_id=event_id, source="api")
+        return json_response({"requestId": event_id, "status": "queued" if added else "already-accepted"}, 202,
+                             {"X-Request-Id": event_id})
     outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None,
                                correlation_id=correlation_id_of(request.environ))
     headers = {"X-Request-Id": rid, "Server-Timing": outcome.server_timing(),

@@ -182,3 +182,15 @@ def in_flight_cap(max_instances: int, concurrency: int, share: float) -> int:
     """How many of a function's events may run at once: ``share`` of its capacity, at least one,
     so asynchronous load leaves the rest of the function's instances to synchronous traffic."""
     return max(1, int(max_instances * concurrency * share))
+
+
+def event_id_for(function: str, request_id: str, client_key: str | None) -> str:
+    """The id an accepted asynchronous event gets: the platform's new request id, or, when the
+    client sent its own ``X-Request-Id``, an id derived from the function and that key, so the same
+    event sent twice is accepted once (an idempotency key) while a client's id can never name, or
+    touch, another function's event or any other record."""
+    if not client_key:
+        return request_id
+    import hashlib
+
+    return "e" + hashlib.sha256(f"{function}\0{client_key}".encode()).hexdigest()[:31]

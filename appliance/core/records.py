@@ -472,12 +472,15 @@ class RecordStore:
         return out
 
     def forget(self, function: str) -> int:
-        """Drop a deleted function's records, so a function made again under its name starts empty.
+        """Drop a deleted function's records and usage, so a function made again under its name starts empty.
         Returns how many were dropped."""
         self.flush(5.0)
         with self._db_lock:
             cur = self._db.execute("DELETE FROM invocations WHERE function = ?", (function,))
+            # Its usage goes with it: usage outlives records' retention, not the function.
+            self._db.execute("DELETE FROM usage_daily WHERE function = ?", (function,))
             self._db.commit()
+            self._fn_bytes.pop(function, None)
             return cur.rowcount
 
     def usage(self, function: str | None = None, *, since: float | None = None) -> list[dict]:

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from appliance.core import trigger_policy
 from appliance.core.codec import dumps_compact, new_request_id
+from appliance.core.async_invoke import event_id_for
 from appliance.core.errors import (
     ApplianceError,
     FunctionError,
@@ -283,6 +284,7 @@ class EdgeApp:
             event = trigger_event(req, match, rid, authorizer, self.account_id)
             if match.trigger.invocation == "async" and self.async_runner is not None:
                 # A durable write (fsync): on a thread, not on the loop.
+                rid = event_id_for(name, rid, corr)
                 added = await self._offload(self._accept, name, event, rid, match.route_key)
                 proto.response_bytes(202, [*_JSON_HEADERS, ("x-request-id", rid)],
                                      dumps_compact({"requestId": rid, "status": "queued" if added else

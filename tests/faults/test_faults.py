@@ -53,11 +53,11 @@ def load(edge: str, path: str, stop: threading.Event, answered: list, errors: li
     return ts
 
 
-def all_record_ids(api_url: str, name: str) -> set[str]:
+def all_record_ids(r, name: str) -> set[str]:
     ids, before = set(), None
     while True:
         params = {"limit": 1000, **({"before": before} if before else {})}
-        page = requests.get(f"{api_url}/v1/functions/{name}/invocations", params=params, timeout=30).json()
+        page = r.http.get(f"{r.api_url}/v1/functions/{name}/invocations", params=params, timeout=30).json()
         if not page["invocations"]:
             return ids
         ids.update(r["request_id"] for r in page["invocations"])
@@ -84,7 +84,7 @@ def test_kill_9_under_load_loses_no_answered_record(tmp_path, report):
     (r.data_dir / "appliance.json").unlink(missing_ok=True)
     r2 = start_appliance(tmp_path)
     try:
-        recorded = all_record_ids(r2.api_url, name)
+        recorded = all_record_ids(r2, name)
         missing = [rid for rid in answered if rid not in recorded]
         report(answered=elapsed_answered, recorded=len(recorded), missing=len(missing),
                errors_at_kill=len(errors))
@@ -118,7 +118,7 @@ def test_an_instance_killed_mid_request(make_appliance, report):
 def test_sigterm_during_an_upload_leaves_nothing(tmp_path, report):
     r = start_appliance(tmp_path)
     name = r.deploy()
-    versions_before = requests.get(f"{r.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+    versions_before = r.http.get(f"{r.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
     code_before = {p.name for p in (r.data_dir / "code").iterdir()}
     packages_before = {p.name for p in (r.data_dir / "packages").glob("*/*")}
     # Many small modules: byte-compiling them at upload takes long enough to be interrupted.
@@ -129,7 +129,7 @@ def test_sigterm_during_an_upload_leaves_nothing(tmp_path, report):
 
     def upload():
         try:
-            done["resp"] = requests.put(f"{r.api_url}/v1/functions/{name}/code", data=data,
+            done["resp"] = r.http.put(f"{r.api_url}/v1/functions/{name}/code", data=data,
                                         headers={"Content-Type": "application/zip"}, timeout=120)
         except requests.RequestException as exc:
             done["error"] = exc
@@ -145,7 +145,7 @@ def test_sigterm_during_an_upload_leaves_nothing(tmp_path, report):
     (r.data_dir / "appliance.json").unlink(missing_ok=True)
     r2 = start_appliance(tmp_path)
     try:
-        versions = requests.get(f"{r2.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+        versions = r2.http.get(f"{r2.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
         code_after = {p.name for p in (r2.data_dir / "code").iterdir()}
         packages_after = {p.name for p in (r2.data_dir / "packages").glob("*/*")}
         report(upload_answered=getattr(done.get("resp"), "status_code", None), versions_before=len(versions_before),
@@ -187,7 +187,7 @@ def test_slow_client_flood_while_a_normal_client_is_served(make_appliance, repor
     t0 = time.monotonic()
     while time.monotonic() - t0 < 6:   # longer than the header timeout: the flood is cut meanwhile
         try:
-            ok_api = requests.get(f"{r.api_url}/v1/functions/{name}", timeout=5).status_code == 200
+            ok_api = r.http.get(f"{r.api_url}/v1/functions/{name}", timeout=5).status_code == 200
             ok_edge = requests.get(f"{r.edge}/normal", timeout=5).status_code == 200
             served += ok_api + ok_edge
             failed += (not ok_api) + (not ok_edge)

@@ -83,9 +83,11 @@ def test_query_type_event_and_idempotent_request_id(appliance):
     url = f"{appliance.api_url}/v1/functions/{name}/invocations?type=event"
     first = appliance.http.post(url, json={}, headers={"X-Request-Id": "my-event-1"}, timeout=10)
     again = appliance.http.post(url, json={}, headers={"X-Request-Id": "my-event-1"}, timeout=10)
-    assert (first.status_code, first.json()) == (202, {"requestId": "my-event-1", "status": "queued"})
-    assert (again.status_code, again.json()["status"]) == (202, "already-accepted")
-    wait_for(lambda: settled(appliance, name, "my-event-1"), 30, message="the event to run")
+    assert (first.status_code, first.json()["status"]) == (202, "queued")
+    rid = first.json()["requestId"]
+    # The client's id is an idempotency key, never the platform's id itself.
+    assert rid != "my-event-1" and again.json() == {"requestId": rid, "status": "already-accepted"}
+    wait_for(lambda: settled(appliance, name, rid), 30, message="the event to run")
     out = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/events", timeout=5).json()
     assert out["counts"] == {"succeeded": 1}
 
@@ -164,7 +166,8 @@ def test_async_http_trigger_answers_202_and_the_function_gets_the_http_event(app
     appliance.api.update_function(name, **{"async": {"on_success": {"queue": f"ok-{name}"}}})
     t = appliance.api.add_trigger(name, "POST", f"/hooks/{name}", "async")
     assert t["invocation"] == "async"
-    resp = requests.post(f"{appliance.edge}/hooks/{name}?a=1", data="payload", timeout=10)
+    resp = requests.post(f"{appliance.edge}/hooks/{name}?a=1", data="payload", headers={"X-Request-Id": "hook-1"},
+                         timeout=10)
     assert resp.status_code == 202, resp.text
     rid = resp.json()["requestId"]
     assert resp.headers["x-request-id"] == rid
@@ -173,8 +176,10 @@ def test_async_http_trigger_answers_202_and_the_function_gets_the_http_event(app
     assert event["routeKey"] == f"POST /hooks/{name}" and event["body"] == "payload"
     assert event["queryStringParameters"] == {"a": "1"}
     assert settled(appliance, name, rid)["source"] == f"POST /hooks/{name}"
-    again = requests.post(f"{appliance.edge}/hooks/{name}", data="payload", headers={"X-Request-Id": rid}, timeout=10)
-    assert (again.status_code, again.json()["status"]) == (202, "already-accepted")
+    # The client's X-Request-Id is the event's idempotency key: sent again, the event is not queued twice.
+    again = requests.post(f"{appliance.edge}/hooks/{name}", data="payload", headers={"X-Request-Id": "hook-1"},
+                          timeout=10)
+    assert again.status_code == 202 and again.json() == {"requestId": rid, "status": "already-accepted"}
 
 
 def test_invalid_input_gets_clear_errors(appliance):

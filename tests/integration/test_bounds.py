@@ -7,7 +7,6 @@ import json
 import uuid
 from pathlib import Path
 
-import requests
 
 from tests.integration.conftest import make_zip, wait_for
 
@@ -106,21 +105,22 @@ def test_a_reply_over_6_mib_is_502_response_too_large(appliance):
 def test_the_direct_invoke_refuses_an_event_over_the_limit(appliance):
     name = appliance.deploy()
     body = json.dumps({"pad": "p" * (7 << 20)})
-    resp = requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations", data=body, timeout=30)
+    url, json_type = f"{appliance.api_url}/v1/functions/{name}/invocations", {"Content-Type": "application/json"}
+    resp = appliance.http.post(url, data=body, headers=json_type, timeout=30)
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "Request.TooLarge"
-    chunked = requests.post(f"{appliance.api_url}/v1/functions/{name}/invocations",
-                            data=iter([body[i:i + 65536].encode() for i in range(0, len(body), 65536)]), timeout=30)
+    chunked = appliance.http.post(url, data=iter([body[i:i + 65536].encode() for i in range(0, len(body), 65536)]),
+                                  headers=json_type, timeout=30)
     assert chunked.status_code == 413
 
 
 def test_colliding_zip_entries_are_refused_and_add_no_version(appliance):
     name = appliance.deploy()
-    before = requests.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+    before = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
     for files in ({"./index.py": "x = 1", "index.py": "x = 2"}, {"a": "file", "a/b.py": "x = 3"}):
-        resp = requests.put(f"{appliance.api_url}/v1/functions/{name}/code", data=make_zip(files),
+        resp = appliance.http.put(f"{appliance.api_url}/v1/functions/{name}/code", data=make_zip(files),
                             headers={"Content-Type": "application/zip"}, timeout=30)
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "Code.Unsafe"
-    after = requests.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+    after = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
     assert after == before
 
 
@@ -132,7 +132,7 @@ def test_invocation_answers_are_bounded_and_page_on(make_appliance):
     seen, before = [], None
     while True:
         params = {"limit": 1000, **({"before": before} if before else {})}
-        page = requests.get(f"{r.api_url}/v1/functions/{name}/invocations", params=params, timeout=10).json()
+        page = r.http.get(f"{r.api_url}/v1/functions/{name}/invocations", params=params, timeout=10).json()
         if not page["invocations"]:
             break
         assert len(page["invocations"]) <= 3
@@ -155,9 +155,9 @@ def test_unpacked_code_of_old_versions_is_collected_once_no_instance_runs_it(app
     # the old version's instance is drained by the keep-alive loop; then its code goes
     wait_for(lambda: not (code / old).exists(), 30, message="the old version's unpacked code to go")
     assert (code / new).exists()
-    versions = requests.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+    versions = appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
     assert len(versions) == 4   # versions and their packages stay: downloadable
-    assert requests.get(f"{appliance.api_url}/v1/functions/{name}/code?version=1", timeout=10).status_code == 200
+    assert appliance.http.get(f"{appliance.api_url}/v1/functions/{name}/code?version=1", timeout=10).status_code == 200
 
 
 def test_a_body_sent_too_slowly_is_cut_on_both_ports(make_appliance):

@@ -267,7 +267,7 @@ def test_cli_trigger_auth_and_keys(appliance):
     appliance.api.upload_code(name, make_zip({"index.py": ECHO}))
     out = faas(appliance, "trigger", "add", name, "GET", "/cli-auth", "--auth", "bearer",
                "--cors-origin", "https://app.example")
-    assert out.stdout.strip() == f"GET /cli-auth -> {name} (auth: bearer, cors)"
+    assert out.stdout.strip() == f"GET /cli-auth -> {name} (auth: bearer, cors)  {appliance.edge}/cli-auth"
     created = faas(appliance, "trigger", "key", "create", "GET", "/cli-auth", "--name", "laptop")
     key = created.stdout.strip()
     assert key.startswith("fk_") and "shown only now" in created.stderr

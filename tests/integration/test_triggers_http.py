@@ -62,7 +62,7 @@ def test_a_client_request_id_is_kept_as_the_correlation_id(routes):
         assert resp.status_code == 200 and resp.json()["rid"] == resp.headers["X-Request-Id"]
     assert first.headers["X-Correlation-Id"] == "my-id-123"
     assert again.headers["X-Correlation-Id"] == first.headers["X-Request-Id"] != again.headers["X-Request-Id"]
-    recs = requests.get(routes.api_url + "/v1/functions/echo/invocations?limit=100", timeout=10).json()["invocations"]
+    recs = routes.http.get(routes.api_url + "/v1/functions/echo/invocations?limit=100", timeout=10).json()["invocations"]
     by_id = {r["request_id"]: r for r in recs}
     assert by_id[first.headers["X-Request-Id"]]["correlation_id"] == "my-id-123"   # untouched by the reuse
     assert by_id[again.headers["X-Request-Id"]]["correlation_id"] == first.headers["X-Request-Id"]
