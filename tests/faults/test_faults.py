@@ -117,46 +117,51 @@ def test_an_instance_killed_mid_request(make_appliance, report):
 
 def test_sigterm_during_an_upload_leaves_nothing(tmp_path, report):
     r = start_appliance(tmp_path)
-    name = r.deploy()
-    versions_before = r.http.get(f"{r.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
-    code_before = {p.name for p in (r.data_dir / "code").iterdir()}
-    packages_before = {p.name for p in (r.data_dir / "packages").glob("*/*")}
-    # Many small modules: byte-compiling them at upload takes long enough to be interrupted.
-    files = {f"m{i}.py": "".join(f"def f{j}(x):\n    return x + {j}\n" for j in range(200)) for i in range(1500)}
-    files["index.py"] = HELLO
-    data = make_zip(files)
-    done = {}
-
-    def upload():
-        try:
-            done["resp"] = r.http.put(f"{r.api_url}/v1/functions/{name}/code", data=data,
-                                        headers={"Content-Type": "application/zip"}, timeout=120)
-        except requests.RequestException as exc:
-            done["error"] = exc
-
-    t = threading.Thread(target=upload)
-    t.start()
-    # SIGTERM once the package is being unpacked (its temporary directory exists)
-    wait_for(lambda: any(p.name.startswith(".") for p in (r.data_dir / "code").iterdir()), 60,
-             interval_s=0.002, message="the unpack to begin")
-    r.proc.send_signal(signal.SIGTERM)
-    r.proc.wait(60)
-    t.join(130)
-    (r.data_dir / "appliance.json").unlink(missing_ok=True)
-    r2 = start_appliance(tmp_path)
     try:
-        versions = r2.http.get(f"{r2.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
-        code_after = {p.name for p in (r2.data_dir / "code").iterdir()}
-        packages_after = {p.name for p in (r2.data_dir / "packages").glob("*/*")}
-        report(upload_answered=getattr(done.get("resp"), "status_code", None), versions_before=len(versions_before),
-               versions_after=len(versions), leftover_dirs=len(code_after - code_before),
-               leftover_packages=len(packages_after - packages_before))
-        if "resp" in done and done["resp"].status_code == 201:
-            return   # it finished before the signal took: then it must be whole (the next test's business)
-        assert versions == versions_before
-        assert code_after == code_before and packages_after == packages_before
-    finally:
-        stop_appliance(r2)
+        name = r.deploy()
+        versions_before = r.http.get(f"{r.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+        code_before = {p.name for p in (r.data_dir / "code").iterdir()}
+        packages_before = {p.name for p in (r.data_dir / "packages").glob("*/*")}
+        # Many small modules: byte-compiling them at upload takes long enough to be interrupted.
+        files = {f"m{i}.py": "".join(f"def f{j}(x):\n    return x + {j}\n" for j in range(200)) for i in range(1500)}
+        files["index.py"] = HELLO
+        data = make_zip(files)
+        done = {}
+
+        def upload():
+            try:
+                done["resp"] = r.http.put(f"{r.api_url}/v1/functions/{name}/code", data=data,
+                                            headers={"Content-Type": "application/zip"}, timeout=120)
+            except requests.RequestException as exc:
+                done["error"] = exc
+
+        t = threading.Thread(target=upload)
+        t.start()
+        # SIGTERM once the package is being unpacked (its temporary directory exists)
+        wait_for(lambda: any(p.name.startswith(".") for p in (r.data_dir / "code").iterdir()), 60,
+                 interval_s=0.002, message="the unpack to begin")
+        r.proc.send_signal(signal.SIGTERM)
+        r.proc.wait(60)
+        t.join(130)
+        (r.data_dir / "appliance.json").unlink(missing_ok=True)
+        r2 = start_appliance(tmp_path)
+        try:
+            versions = r2.http.get(f"{r2.api_url}/v1/functions/{name}/versions", timeout=10).json()["versions"]
+            code_after = {p.name for p in (r2.data_dir / "code").iterdir()}
+            packages_after = {p.name for p in (r2.data_dir / "packages").glob("*/*")}
+            report(upload_answered=getattr(done.get("resp"), "status_code", None), versions_before=len(versions_before),
+                   versions_after=len(versions), leftover_dirs=len(code_after - code_before),
+                   leftover_packages=len(packages_after - packages_before))
+            if "resp" in done and done["resp"].status_code == 201:
+                return   # it finished before the signal took: then it must be whole (the next test's business)
+            assert versions == versions_before
+            assert code_after == code_before and packages_after == packages_before
+        finally:
+            stop_appliance(r2)
+    finally:  # whatever failed above, the first appliance does not outlive the test
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait(10)
 
 
 def open_slow(addr: tuple[str, int], source: str, n: int) -> tuple[list[socket.socket], int]:
