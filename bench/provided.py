@@ -104,7 +104,7 @@ def through_edge(examples: list[Path], runs: int, work: Path) -> dict[str, dict]
 
     proc, info = start_appliance(work / "appliance", {"APPLIANCE_SANDBOX": "on"})
     try:
-        api = ApplianceClient(info["api_url"])
+        api = ApplianceClient(info["api_url"], token=info["token"])
         res = {ex.name: {"cold": [], "warm": [], "phases": []} for ex in examples}
         for i in range(runs):
             for ex in examples:   # interleaved, so both see the same machine
