@@ -78,6 +78,11 @@ class Settings:
     #: Bytes of an instance's own output (stdout, stderr) kept per log file; past it the file is
     #: rotated once (<id>.log.1), so an instance keeps at most twice this on disk.
     instance_log_bytes: int = 10 << 20
+    #: Snapshot templates (appliance/instances/templates.py): their memory across the host, least
+    #: recently used dropped first, and how long an idle one is kept (longer than instances, whose
+    #: cold starts it serves).
+    snapshot_budget_mb: int = 1024
+    snapshot_keep_s: float = 600.0
     #: Seconds between keep-alive sweeps (idle instance reclaiming, min_instances upkeep).
     reap_interval_s: float = 1.0
     #: Autoscaling (docs/autoscaling.md): seconds of history averaged in stable mode and to detect
@@ -229,7 +234,8 @@ class Settings:
         for name in ("max_queue", "max_code_bytes", "max_unpacked_bytes", "max_files", "max_event_bytes",
                      "records_retention", "max_reply_bytes", "records_max_bytes",
                      "records_max_function_bytes", "max_answer_bytes", "records_max_age_s",
-                     "instance_log_bytes", "header_timeout_s", "body_timeout_s", "max_connections"):
+                     "instance_log_bytes", "header_timeout_s", "body_timeout_s", "max_connections",
+                     "snapshot_budget_mb", "snapshot_keep_s"):
             if getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
         for name in ("nomad_retry_s", "consul_stale_limit_s", "code_url_ttl_s"):

@@ -457,7 +457,9 @@ def _launcher(settings: Settings, log_dir: Path, notes: list[str]):
         block = claim_uid_block(UID_BASE, UID_COUNT)
         try:
             launcher = ZygoteLauncher(runtimes, log_dir, cgroups=cg, uids=block.uids,
-                                      log_bytes=settings.instance_log_bytes)
+                                      log_bytes=settings.instance_log_bytes,
+                                      snapshot_budget_mb=settings.snapshot_budget_mb,
+                                      snapshot_keep_s=settings.snapshot_keep_s)
             launcher.uid_block = block
             launcher.check()
         except Exception as exc:  # noqa: BLE001 - any failure of the probe means no sandbox

@@ -223,8 +223,9 @@ class LocalScheduler:
             time.sleep(READY_POLL_S)
         # The runtime's own measure of loading the handler when it reports one; else what we waited.
         init_ms = body.get("initDurationMs")
-        phases["user_init"] = round(float(init_ms) if isinstance(init_ms, (int, float)) else
-                                    (time.monotonic() - t2) * 1000, 3)
+        if "restore" not in phases:  # restored from a snapshot: nothing was initialised here
+            phases["user_init"] = round(float(init_ms) if isinstance(init_ms, (int, float)) else
+                                        (time.monotonic() - t2) * 1000, 3)
         self.registry.add(instance)
         log.info("event=instance_ready instance=%s function=%s version=%s address=%s phases=%s",
                  instance_id, spec.function, spec.version, address, json.dumps(phases, separators=(",", ":")))

@@ -45,7 +45,7 @@ PLATFORM_CODE_PREFIXES = ("Function.", "Runtime.", "Instance.", "Activation.", "
 DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 QUEUE_BUCKETS = (.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 PHASE_BUCKETS = (.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
-COLD_PHASES = ("placement", "code_fetch", "sandbox", "runtime_init", "user_init")
+COLD_PHASES = ("placement", "code_fetch", "sandbox", "restore", "runtime_init", "user_init")
 
 
 def error_label(code: str | None) -> str:

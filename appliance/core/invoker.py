@@ -44,7 +44,7 @@ log = logging.getLogger("appliance.invoke")
 
 #: Extra seconds the edge waits past a function's timeout for the runtime's own timeout reply.
 TIMEOUT_GRACE_S = 2.0
-COLD_PHASES = ("code_fetch", "sandbox", "runtime_init", "user_init")
+COLD_PHASES = ("code_fetch", "sandbox", "restore", "runtime_init", "user_init")
 
 
 class NoCode(Conflict):
@@ -83,7 +83,9 @@ class Outcome:
         parts = [f"{k};dur={v:.3f}" for k, v in self.record.phases.items()]
         parts.append(f"total;dur={self.record.duration_ms:.3f}")
         if self.record.cold:
-            parts.append(f'cold;desc="{self.record.cold_cause or "cold"}"')
+            # a start forked from a snapshot template says so; the record keeps why it was cold
+            desc = "snapshot" if "restore" in self.record.phases else (self.record.cold_cause or "cold")
+            parts.append(f'cold;desc="{desc}"')
         return ", ".join(parts)
 
 
@@ -304,7 +306,8 @@ class Invoker:
         phases = rec.phases
         phases.clear()
         if lease.cold:
-            cold = {k: float(lease.phases.get(k, 0.0)) for k in COLD_PHASES}
+            # restore: only a start forked from a snapshot template has one (and no user_init)
+            cold = {k: float(lease.phases.get(k, 0.0)) for k in COLD_PHASES if k != "restore" or k in lease.phases}
             start_total = float(lease.phases.get("placement", sum(cold.values())))
             measured = sum(cold.values())
             if measured > start_total > 0:
@@ -317,7 +320,8 @@ class Invoker:
             scale = waited / start_total if start_total > 0 else 0.0
             phases["queue"] = round(max(0.0, lease.queue_ms - waited), 3)
             for k in ("placement",) + COLD_PHASES:
-                phases[k] = round(cold[k] * scale, 3)
+                if k in cold:
+                    phases[k] = round(cold[k] * scale, 3)
             rec.init_ms = round(waited, 3)
         else:
             phases["queue"] = round(lease.queue_ms, 3)

@@ -44,6 +44,8 @@ def is_reserved_env(name: str) -> bool:
         return False
     return upper.startswith(RESERVED_ENV_PREFIXES) or upper in RESERVED_ENV_NAMES
 NETWORK_MODES = ("default", "none")
+#: The ``snapshot`` setting: ``auto`` (fork cold starts from an initialised template) or ``off``.
+SNAPSHOT_MODES = ("off", "auto")
 
 MEMORY_MB = (128, 10240)
 TIMEOUT_S = (1, 900)
@@ -125,11 +127,14 @@ class FunctionConfig:
     #: Scheduled min_instances: [{"schedule": "cron(...)", "min_instances": N, "timezone": ...}]
     #: (appliance/core/scheduled_min.py).
     min_instances_schedule: list = field(default_factory=list)
+    #: Cold starts forked from an initialised template of the version (``auto``, Python only) or not
+    #: (``off``, the default: see appliance/instances/templates.py for why).
+    snapshot: str = "off"
 
     FIELDS = (
         "name", "runtime", "handler", "memory_mb", "timeout_s", "concurrency", "max_instances",
         "min_instances", "keep_alive_s", "environment", "description", "network", "secrets", "expose_errors", "layers",
-        "async", "min_instances_schedule",
+        "async", "min_instances_schedule", "snapshot",
     )
 
     @classmethod
@@ -209,11 +214,16 @@ class FunctionConfig:
         layers = validate_layer_refs(d.get("layers"))
         async_config = validate_config(d.get("async"))
         min_schedule = scheduled_min.validate(d.get("min_instances_schedule"), max_instances)
+        snapshot = d.get("snapshot")
+        snapshot = "off" if snapshot is None else snapshot
+        if snapshot not in SNAPSHOT_MODES:
+            raise ValidationError(f"snapshot must be one of {', '.join(SNAPSHOT_MODES)}; got {snapshot!r}",
+                                  field="snapshot")
         return cls(name=name, runtime=runtime, handler=handler, memory_mb=memory_mb, timeout_s=timeout_s,
                    concurrency=concurrency, max_instances=max_instances, min_instances=min_instances,
                    keep_alive_s=keep_alive_s, environment=dict(env), description=description, network=network,
                    secrets=dict(secrets), expose_errors=expose_errors, layers=layers,
-                   async_config=async_config, min_instances_schedule=min_schedule)
+                   async_config=async_config, min_instances_schedule=min_schedule, snapshot=snapshot)
 
     def to_dict(self) -> dict:
         """Every field but the secrets' values (see :meth:`masked_secrets`); the store seals them apart."""
@@ -376,6 +386,8 @@ class InstanceSpec:
     reserved: bool = False
     #: Layer versions ``NAME:VERSION`` in order (the scheduler resolves them to packages).
     layers: tuple[str, ...] = ()
+    #: ``auto``: cold starts fork from a snapshot template where the launcher can (FunctionConfig.snapshot).
+    snapshot: str = "off"
 
     @classmethod
     def of(cls, record: FunctionRecord, *, reserved: bool = False) -> InstanceSpec:
@@ -383,7 +395,7 @@ class InstanceSpec:
         return cls(function=c.name, version=record.version, digest=record.digest or "", runtime=c.runtime,
                    handler=c.handler, memory_mb=c.memory_mb, timeout_s=c.timeout_s, concurrency=c.concurrency,
                    environment={**c.environment, **c.secrets}, network=c.network, reserved=reserved,
-                   layers=tuple(c.layers))
+                   layers=tuple(c.layers), snapshot=c.snapshot)
 
 
 @dataclass

@@ -352,10 +352,14 @@ def prepare(base: dict, mounts=None) -> None:
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def confine(prof: dict, mount_fds: list[int]) -> None:
+def confine(prof: dict, mount_fds: list[int], *, template: bool = False) -> None:
     """In a prepared child: attach the instance's own directories (``mount_fds`` from
     :func:`clone_mounts`, in ``prof["mounts"]`` order; closed here), set its limits, and drop to its
-    unprivileged uid in a user namespace of its own."""
+    unprivileged uid in a user namespace of its own.
+
+    ``template``: a snapshot template keeps the capabilities its user namespace granted (they reach
+    only namespaces that user namespace owns, none of the host's) and gets the template filter, so it
+    can give each child it forks namespaces of its own (:func:`isolate_child`)."""
     # without the mount API (no descriptors) :func:`prepare` bound them already
     _move_mounts(prof["mounts"], mount_fds)
     _limits(prof["rlimits"])
@@ -370,10 +374,64 @@ def confine(prof: dict, mount_fds: list[int]) -> None:
                        ("gid_map", f"{INNER_UID} {uid} 1")):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
-    _drop_capabilities()            # the new user namespace granted a full set; it is not needed
+    if not template:
+        _drop_capabilities()        # the new user namespace granted a full set; it is not needed
     os.chdir(prof["cwd"])
     if SECCOMP_UNAVAILABLE is None:
-        install_seccomp()           # last: the steps above need mount, unshare and capset
+        install_seccomp(template=template)  # last: the steps above need mount, unshare and capset
+
+
+def fork_into_pid_namespace(report_fd: int) -> None:
+    """In a child just forked from a snapshot template: fork once more into a pid namespace of its
+    own (owned by the template's user namespace), so the instance sees neither the template nor its
+    siblings. The middle process writes the new child's pid (as the template sees it) to
+    ``report_fd`` and exits at once, so no code of the function ever runs in it; the template, pid 1
+    of its own namespace, inherits the child. Only the new child returns.
+
+    A template cannot make the pid namespace itself: once a process has unshared one for its
+    children, the kernel refuses another (``EINVAL``) until it is back in its own, and getting back
+    would take a capability over the host's user namespace. The fork is libc's, not ``os.fork``:
+    Python's at-fork hooks (the function's among them) must not run in the middle process."""
+    try:
+        unshare(CLONE_NEWPID)
+        pid = _libc.fork()
+        if pid < 0:
+            raise SandboxError(f"fork: {os.strerror(ctypes.get_errno())}")
+    except BaseException as exc:  # noqa: B902 - reported to the template, then this process ends
+        os.write(report_fd, b"E" + f"{type(exc).__name__}: {exc}".encode(errors="replace")[:4000])
+        os._exit(70)
+    if pid:
+        os.write(report_fd, b"P" + struct.pack("i", pid))
+        os._exit(0)
+    os.close(report_fd)
+
+
+def isolate_child(tmp_mb: int, network: bool) -> None:
+    """In a child forked from a snapshot template, pid 1 of its own pid namespace
+    (:func:`fork_into_pid_namespace`): the rest of an instance's isolation, then the instance's own
+    confinement.
+
+    New mount, ipc and uts namespaces (and net without ``network``), all owned by the template's user
+    namespace; a fresh private /tmp, a /proc of its own pid namespace, an empty /run/faas (the
+    template's socket directory is not its business: its listening socket comes as a descriptor);
+    then every capability dropped, the OOM score the template gave up restored, and the full instance
+    filter stacked on the template's. Runs before any at-fork hook of the function's code."""
+    flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (0 if network else CLONE_NEWNET)
+    unshare(flags)
+    if not network:
+        _loopback_up()
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(tmp_mb)}m,mode=1777")
+    mount("tmpfs", SOCKET_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,nr_inodes=2")
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("0")            # the template is never the OOM killer's choice; its children are
+    except OSError:
+        pass
+    _drop_capabilities()
+    if SECCOMP_UNAVAILABLE is None:
+        install_seccomp()
 
 
 def _move_mounts(mounts, mount_fds: list[int]) -> None:
@@ -562,8 +620,24 @@ def _seccomp_unavailable() -> str | None:
 SECCOMP_UNAVAILABLE = _seccomp_unavailable()
 
 
-def seccomp_program(machine: str | None = None) -> list[tuple[int, int, int, int]]:
+#: What a snapshot template's filter lets through that an instance's refuses: the calls its forked
+#: children need to enter namespaces of their own (``unshare`` without ``CLONE_NEWUSER`` or
+#: ``CLONE_NEWCGROUP``, ``mount`` and ``umount2`` in those namespaces). Every child adds the full
+#: instance filter on top before any of its own code runs. See appliance/instances/templates.py for
+#: the trade-off.
+TEMPLATE_ALLOW = ("mount", "umount2", "unshare")
+#: ``unshare`` flags a template may use (for its children): never a new user or cgroup namespace.
+TEMPLATE_UNSHARE_DENY = CLONE_NEWUSER | CLONE_NEWCGROUP
+AF_NETLINK, NETLINK_NETFILTER = 16, 12
+_SOCKET_NR = {"x86_64": 41, "aarch64": 198}
+
+
+def seccomp_program(machine: str | None = None, *, template: bool = False) -> list[tuple[int, int, int, int]]:
     """The filter as classic BPF instructions ``(code, jt, jf, k)`` for ``machine`` (this one).
+
+    ``template``: the filter of a snapshot template (:data:`TEMPLATE_ALLOW`), which also refuses
+    netfilter netlink sockets (``socket(AF_NETLINK, *, NETLINK_NETFILTER)``), the usual way to reach
+    kernel bugs from capabilities held inside a user namespace.
 
     1. a call made through another ABI than the native one (the i386 ``int 0x80`` entry or x32 on
        x86_64, AArch32 on arm64) gets ``ENOSYS``, as on a kernel built without it: its numbers are not
@@ -577,7 +651,8 @@ def seccomp_program(machine: str | None = None) -> list[tuple[int, int, int, int
     """
     machine = machine or platform.machine()
     table = _SYSCALLS[machine]
-    deny = sorted({table[n] for n in SECCOMP_DENY if n in table})
+    names = [n for n in SECCOMP_DENY if not (template and n in TEMPLATE_ALLOW)]
+    deny = sorted({table[n] for n in names if n in table})
     # instructions with symbolic jump targets ("allow", "eperm", "enosys", or an int offset of 0)
     prog: list[tuple[int, object, object, int]] = [
         (_LD_W_ABS, 0, 0, _ARCH),
@@ -588,6 +663,20 @@ def seccomp_program(machine: str | None = None) -> list[tuple[int, int, int, int
         prog.append((_JGE_K, "enosys", 0, _X32_SYSCALL_BIT))
     prog += [(_JEQ_K, "eperm", 0, nr) for nr in deny]
     prog.append((_JEQ_K, "enosys", 0, table["clone3"]))
+    if template:
+        prog += [
+            (_JEQ_K, 0, "not_unshare", table["unshare"]),
+            (_LD_W_ABS, 0, 0, _ARG0_LO),
+            (_JSET_K, "eperm", "allow", TEMPLATE_UNSHARE_DENY),
+            ("not_unshare", None, None, None),
+            (_JEQ_K, 0, "not_socket", _SOCKET_NR[machine]),
+            (_LD_W_ABS, 0, 0, _ARG0_LO),
+            (_JEQ_K, 0, "allow", AF_NETLINK),
+            (_LD_W_ABS, 0, 0, _ARG0_LO + 16),     # args[2], the protocol
+            (_JEQ_K, "eperm", "allow", NETLINK_NETFILTER),
+            ("not_socket", None, None, None),
+            (_LD_W_ABS, 0, 0, _NR),
+        ]
     prog += [
         (_JEQ_K, 0, "not_clone", table["clone"]),
         (_LD_W_ABS, 0, 0, _ARG0_LO),
@@ -617,7 +706,7 @@ def seccomp_program(machine: str | None = None) -> list[tuple[int, int, int, int
     return [(code, rel(jt, i), rel(jf, i), k) for i, (code, jt, jf, k) in enumerate(out)]
 
 
-def install_seccomp() -> None:
+def install_seccomp(*, template: bool = False) -> None:
     """Install :func:`seccomp_program` on this process (and every process it starts; filters are
     inherited and cannot be removed). Needs no_new_privs (or ``CAP_SYS_ADMIN``).
 
@@ -625,15 +714,15 @@ def install_seccomp() -> None:
     the child was forked from the single-threaded zygote (a fork copies only the calling thread) and
     starts no thread before it serves or execs, so ``SECCOMP_FILTER_FLAG_TSYNC`` is not needed.
     """
-    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_seccomp_fprog()))  # the kernel copies it
+    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_seccomp_fprog(template)))  # the kernel copies it
 
 
-@functools.lru_cache(maxsize=1)
-def _seccomp_fprog() -> _SockFprog:
+@functools.lru_cache(maxsize=2)
+def _seccomp_fprog(template: bool = False) -> _SockFprog:
     """:func:`seccomp_program` as a ``struct sock_fprog``, built once in the zygote (at load, see
     below) and inherited by every child, which then only makes the one ``prctl`` (building it in the
     child took about 0.1 ms and dirtied copy-on-write pages)."""
-    code = seccomp_program()
+    code = seccomp_program(template=template)
     insns = (_SockFilter * len(code))(*(_SockFilter(c, jt, jf, k) for c, jt, jf, k in code))
     prog = _SockFprog(len(code), insns)
     prog._insns = insns     # keep the array alive with the header pointing at it
@@ -642,3 +731,4 @@ def _seccomp_fprog() -> _SockFprog:
 
 if SECCOMP_UNAVAILABLE is None:
     _seccomp_fprog()
+    _seccomp_fprog(True)

@@ -53,6 +53,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 READY_FD = 3
+#: A snapshot template's control socket (launches in, forked pids and exits out).
+CONTROL_FD = 4
 REPORT_TIMEOUT_S = 10.0
 
 
@@ -214,10 +216,12 @@ class Zygote:
             finally:
                 conn.close()
             return
-        if len(fds) != 3:
+        want = 4 if req.get("template") else 3
+        if len(fds) != want:
             for fd in fds:
                 os.close(fd)
-            raise ValueError(f"expected 3 file descriptors (ready pipe, log, environment), got {len(fds)}")
+            raise ValueError(f"expected {want} file descriptors (ready pipe, log, environment"
+                             f"{', control socket' if want == 4 else ''}), got {len(fds)}")
         prof = req["profile"]
         network = bool(prof["network"])
         try:
@@ -387,13 +391,16 @@ class Zygote:
 
     def _instance(self, req, fds, failed):
         """Confine this prepared process as the request says, then serve or exec; never returns."""
-        ready_fd, log_fd, env_fd, mount_fds = fds[0], fds[1], fds[2], fds[3:]
+        template = bool(req.get("template"))
+        ready_fd, log_fd, env_fd = fds[0], fds[1], fds[2]
+        control_fd = fds[3] if template else None
+        mount_fds = fds[4:] if template else fds[3:]
         out = ready_fd
         try:
             own_env = _read_env(env_fd)  # the function's own variables: never read by the zygote
             if failed is not None:
                 raise failed
-            self.sandbox.confine(req["profile"], mount_fds)
+            self.sandbox.confine(req["profile"], mount_fds, template=template)
             # -- now confined: pid 1 of a new pid namespace, unprivileged, in the assembled root --
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
@@ -402,11 +409,18 @@ class Zygote:
             if ready_fd != READY_FD:
                 os.dup2(ready_fd, READY_FD)
             out = READY_FD
-            os.closerange(READY_FD + 1, 1 << 16)
+            if control_fd is not None:
+                if control_fd != CONTROL_FD:
+                    os.dup2(control_fd, CONTROL_FD)
+                os.closerange(CONTROL_FD + 1, 1 << 16)
+            else:
+                os.closerange(READY_FD + 1, 1 << 16)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             os.write(READY_FD, (json.dumps({"sandboxAt": time.monotonic()}) + "\n").encode())
             env = {**req["env"], **own_env, "FAAS_READY_FD": str(READY_FD)}
+            if template:
+                self._template(env, req["profile"])
             if req.get("exec"):
                 argv = req["exec"]
                 os.execve(argv[0], argv, env)
@@ -422,6 +436,26 @@ class Zygote:
             except Exception:  # noqa: BLE001
                 pass
         os._exit(70)
+
+    def _template(self, env, prof):
+        """Serve as a snapshot template (see appliance/instances/templates.py); never returns. The
+        bootstrap initialises the function once, then forks one confined child per launch; the
+        sandbox's two steps are handed to it as callables, since it must not import this module."""
+        sandbox = self.sandbox
+        tmp_mb, network = int(prof["base"]["tmp_mb"]), bool(prof["network"])
+        os.environ.clear()
+        os.environ.update(env)
+        sys.dont_write_bytecode = True
+        bootstrap = self.bootstrap
+        sys.argv = [bootstrap.__file__]
+        for name in ("_faas_sandbox", "_faas_bootstrap", "_faas_provided"):
+            sys.modules.pop(name, None)
+        def isolate(report_fd):
+            sandbox.fork_into_pid_namespace(report_fd)  # returns in the new namespace's pid 1 only
+            sandbox.isolate_child(tmp_mb, network)
+
+        code = bootstrap.template(bootstrap.config_from_env(env), CONTROL_FD, isolate)
+        os._exit(code)
 
     def _serve(self, env, bootstrap):
         os.environ.clear()

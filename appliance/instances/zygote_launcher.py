@@ -104,6 +104,7 @@ from appliance.instances import sandbox
 from appliance.instances.cgroups import CgroupManager, InstanceCgroup
 from appliance.instances.output import OutputPump
 from appliance.instances.process_launcher import AS_HEADROOM_MB, PASS_ENV, LaunchRequest, runtime_env, wait_readable
+from appliance.instances.templates import Templates
 
 log = logging.getLogger("appliance.instances.sandbox")
 
@@ -425,7 +426,8 @@ class ZygoteLauncher:
     """Launcher of sandboxed instances (see the module docstring)."""
 
     def __init__(self, runtimes_dir: Path, log_dir: Path, *, cgroups: CgroupManager | None = None,
-                 python: str | None = None, uids: range | None = None, log_bytes: int = 10 << 20):
+                 python: str | None = None, uids: range | None = None, log_bytes: int = 10 << 20,
+                 snapshot_budget_mb: int = 1024, snapshot_keep_s: float = 600.0):
         self.runtimes_dir = Path(runtimes_dir).resolve()
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -469,6 +471,10 @@ class ZygoteLauncher:
         self._empty_code.mkdir(mode=0o755)
         self.zygote = Zygote(self.python, self.runtimes_dir / "python" / "bootstrap.py", self.work / "zygote.sock",
                              self.log_dir / "zygote-python.log")
+        self.pids_max = PIDS_MAX
+        #: Snapshot templates of Python function versions (see appliance/instances/templates.py).
+        self.templates = Templates(self, budget_bytes=snapshot_budget_mb << 20, keep_s=snapshot_keep_s,
+                                   enabled=self.cgroups is not None)
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -520,6 +526,10 @@ class ZygoteLauncher:
         # The function's own variables (often secrets) do not travel in the launch message: see _env_fd.
         own = {k: v for k, v in spec.environment.items() if env.get(k) == v}
         env = {k: v for k, v in env.items() if k not in own}
+        if lang == "python" and getattr(spec, "snapshot", "off") == "auto":
+            got = self.templates.launch(req, env, own, deadline)  # None: no template ready (one is made)
+            if got is not None:
+                return got
         # provided: runtimes/provided/bootstrap.py served by the zygote's preloaded interpreter, which
         # runs the package's own bootstrap (no address-space limit: Go and the JVM reserve large ranges).
         handle, lines = self._start(req.instance_id, req.code_dir, lang, network=spec.network != "none",
@@ -538,6 +548,7 @@ class ZygoteLauncher:
 
     def close(self) -> None:
         self._closing = True
+        self.templates.close()
         with self._node_lock:
             spares = list(self._node_spares.values())
             self._node_spares.clear()
@@ -714,7 +725,8 @@ class ZygoteLauncher:
 
     def _start(self, instance_id: str, code_dir: Path, lang: str | None, *, network: bool, memory_mb: int,
                python: bool, env: dict, argv: list[str] | None, deadline: float, want_listen: bool,
-               own_env: dict | None = None, layers_dir: Path | None = None, serve: str | None = None):
+               own_env: dict | None = None, layers_dir: Path | None = None, serve: str | None = None,
+               template_fd: int | None = None):
         key = uuid.uuid4().hex[:12]
         uid = self._uids.acquire()
         sock_dir = self.run_dir / key
@@ -732,7 +744,9 @@ class ZygoteLauncher:
                 if cg is None:
                     cg = self.cgroups.create(key)
                 cg.set_limits(memory_mb << 20, PIDS_MAX)
-            limits = {"CORE": 0, "NOFILE": OPEN_FILES, "NPROC": PIDS_MAX}
+            # A snapshot template's instances share its uid, and RLIMIT_NPROC counts per uid: their own
+            # pids cgroups bound each of them (see templates.py).
+            limits = {"CORE": 0, "NOFILE": OPEN_FILES, "NPROC": PIDS_MAX * (64 if template_fd is not None else 1)}
             if python:  # Node bounds its heap with --max-old-space-size; V8 reserves address space freely
                 limits["AS"] = (memory_mb + AS_HEADROOM_MB) << 20
             prof = sandbox.profile(root=str(self.root_dir), code_dir=str(code_dir),
@@ -750,9 +764,13 @@ class ZygoteLauncher:
         try:
             env_fd = _env_fd(own_env or {})
             out_fd = self.output.open(instance_id)
-            conn, reply = self.zygote.request({"profile": prof, "env": env, "exec": argv, "serve": serve,
-                                               "next_cgroup": next_cg.procs_files if next_cg else []},
-                                              [w, out_fd, env_fd])
+            msg = {"profile": prof, "env": env, "exec": argv, "serve": serve,
+                   "next_cgroup": next_cg.procs_files if next_cg else []}
+            fds = [w, out_fd, env_fd]
+            if template_fd is not None:
+                msg["template"] = True
+                fds.append(template_fd)
+            conn, reply = self.zygote.request(msg, fds)
         except BaseException:
             os.close(r)
             self._release(uid, sock_dir, cg)
@@ -776,6 +794,7 @@ class ZygoteLauncher:
             self._release(uid, sock_dir, cg)
 
         handle = ZygoteHandle(reply["pid"], conn, on_exit)
+        handle.uid = uid
         handle.socket_dir = sock_dir
         handle.cgroup = cg
         handle.from_spare = False
@@ -822,6 +841,12 @@ class ZygoteLauncher:
             return
         with self._cg_lock:
             self._cg_stock.append(cg)
+
+    def _release_forked(self, sock_dir: Path, cg: InstanceCgroup | None) -> None:
+        """What an instance forked from a snapshot template held: its cgroup and socket directory."""
+        if cg is not None and not cg.remove():
+            log.warning("event=cgroup_busy dirs=%s", cg.dirs)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
     def _release(self, uid: int, sock_dir: Path, cg: InstanceCgroup | None) -> None:
         if cg is not None and not cg.remove():

@@ -169,6 +169,250 @@ def serve(config):
     return _Instance(config).run()
 
 
+# --- snapshots --------------------------------------------------------------------------------------
+
+#: Descriptors a template may hold when its snapshot is taken: the standard streams, the ready pipe and
+#: its control socket. Anything else the function's initialisation left open would be shared by every
+#: instance forked from it (one socket, one file offset), so the snapshot is refused with the reason.
+_TEMPLATE_FDS = (0, 1, 2, 3, 4)
+
+
+def _hooks(kind):
+    """The callables ``snapshot_restore_py`` (ours in this directory, or a copy the function vendors:
+    whichever it imported) registered, as (function, args, kwargs)."""
+    mod = sys.modules.get("snapshot_restore_py")
+    if mod is None:
+        return []
+    getter = getattr(mod, "get_before_snapshot" if kind == "before" else "get_after_restore", None)
+    return list(getter()) if getter else []
+
+
+def run_before_snapshot():
+    """Lambda's order: the last registered runs first."""
+    for fn, args, kwargs in reversed(_hooks("before")):
+        fn(*args, **kwargs)
+
+
+def run_after_restore():
+    """Lambda's order: in the order of registration."""
+    for fn, args, kwargs in _hooks("after"):
+        fn(*args, **kwargs)
+
+
+def snapshot_refusal(allowed_fds=_TEMPLATE_FDS):
+    """Why this initialised process must not be forked into instances, or None.
+
+    Threads (a fork copies only the calling one: the others' locks and work would be lost), other
+    processes (they would outlive or serve no instance), and descriptors opened during initialisation
+    (sockets, pipes and files would be shared by every instance: one connection, one offset)."""
+    tasks = os.listdir("/proc/self/task")
+    if len(tasks) > 1:
+        names = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+        return (f"{len(tasks) - 1} thread(s) alive after initialisation"
+                + (f" ({', '.join(names[:5])})" if names else "") + "; a fork keeps only one")
+    me = str(os.getpid())
+    others = [p for p in os.listdir("/proc") if p.isdigit() and p != me]
+    if others:
+        return f"{len(others)} other process(es) alive after initialisation"
+    extra = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in allowed_fds:
+            continue
+        try:
+            what = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the directory listing's own descriptor, closed already
+        extra.append(f"fd {fd} -> {what}")
+    if extra:
+        return ("descriptors opened during initialisation would be shared by every instance: "
+                + ", ".join(extra[:5]) + ("" if len(extra) <= 5 else f" and {len(extra) - 5} more"))
+    return None
+
+
+def template(config, control_fd, isolate):
+    """Initialise the function once, then fork a confined instance per launch (snapshot mode).
+
+    Called by the runtime zygote in a sandboxed process (appliance/instances/templates.py has the
+    design): ``isolate(report_fd)`` runs first in each child (before any at-fork hook of the function's
+    code); it forks once more into a pid namespace of its own (the middle process writes ``b"P"`` and
+    the pid, or ``b"E"`` and an error, to ``report_fd`` and exits) and confines the new child like an
+    instance; only that child returns.
+    Reports ``{"template": true, "initDurationMs": N}`` or ``{"refused": reason}`` on the ready pipe.
+    The control socket then carries ``{"fork": {"env": {...}, "instance_id": ...}}`` with three
+    descriptors (ready pipe, log, listening socket), answered ``{"pid": N}`` (in the template's pid
+    namespace) or ``{"error": ...}``, and ``{"exit": N, "status": S}`` when a child ends.
+    """
+    import gc
+    import signal
+    preload()
+    _limit_malloc_arenas()
+    threading.stack_size(STACK_SIZE)
+    config = dict(config, snapshot=True)
+    inst = _Instance(config)
+    ready_fd = inst.cfg["ready_fd"]
+    launching = []
+    isolate_error = []
+
+    def after_in_child():  # registered before the function's code runs, so it runs before its hooks
+        if launching:
+            report_w = launching[0]
+            try:
+                isolate(report_w)
+            except BaseException as exc:  # noqa: B902 - reported by the child
+                isolate_error.append(exc)
+    os.register_at_fork(after_in_child=after_in_child)
+
+    def report(obj):
+        os.write(ready_fd, (json.dumps(obj) + "\n").encode())
+        os.close(ready_fd)
+
+    inst._route_streams()
+    inst._load()
+    if inst.init_error:
+        report({"refused": f"initialisation failed: {inst.init_error.get('errorType')}: "
+                           f"{inst.init_error.get('errorMessage')}"})
+        return 0
+    reason = snapshot_refusal()
+    if reason is None:
+        try:
+            run_before_snapshot()
+        except BaseException as exc:  # noqa: B902
+            reason = f"a before-snapshot hook failed: {type(exc).__name__}: {exc}"
+        else:
+            reason = snapshot_refusal()
+    if reason:
+        report({"refused": reason})
+        return 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    gc.collect()
+    gc.freeze()  # the collector must not walk (and so copy) the template's objects in every instance
+    ctl = _socket.socket(fileno=control_fd)
+    children = set()
+
+    def send(obj):
+        try:
+            ctl.send(json.dumps(obj).encode())
+        except OSError:
+            pass
+
+    def reap(*_):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in children:  # not the middle processes of a fork (see ``isolate``)
+                children.discard(pid)
+                send({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+
+    signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    report({"template": True, "initDurationMs": inst.init_ms})
+    fd_room = _socket.CMSG_SPACE(8 * 4)
+    while True:
+        try:
+            msg, anc, _, _ = ctl.recvmsg(1 << 20, fd_room)
+        except InterruptedError:
+            continue
+        fds = []
+        for level, kind, data in anc:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds += list(memoryview(data).cast("i")[: len(data) // 4])
+        if not msg:
+            return 0  # the launcher is gone: so is every instance (they live in this pid namespace)
+        try:
+            req = json.loads(msg)["fork"]
+            if len(fds) != 3:
+                raise ValueError(f"a fork needs 3 descriptors, got {len(fds)}")
+            report_r, report_w = os.pipe()
+            launching.append(report_w)
+            try:
+                middle = os.fork()
+            finally:
+                launching.clear()
+            if middle == 0:  # only the instance comes back here (see ``isolate``)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(report_r)
+                ctl.detach()  # its descriptor number is about to be the listener's
+                _forked(inst, req, fds, isolate_error)  # never returns
+            os.close(report_w)
+            try:
+                got = b""
+                while True:
+                    chunk = os.read(report_r, 4096)
+                    if not chunk:
+                        break
+                    got += chunk
+            finally:
+                os.close(report_r)
+            try:
+                os.waitpid(middle, 0)
+            except ChildProcessError:
+                pass  # reaped by the SIGCHLD handler already
+            if got[:1] != b"P" or len(got) < 5:
+                raise OSError(got[1:].decode(errors="replace") or "the fork's middle process ended without a word")
+            pid = int.from_bytes(got[1:5], sys.byteorder, signed=True)
+        except Exception as exc:  # noqa: BLE001 - one bad launch must not end the template
+            for fd in fds:
+                os.close(fd)
+            send({"error": f"{type(exc).__name__}: {exc}"})
+            continue
+        children.add(pid)
+        for fd in fds:
+            os.close(fd)
+        send({"pid": pid})
+
+
+def _forked(inst, req, fds, isolate_error):
+    """An instance forked from a template: its own descriptors and variables, the after-restore hooks,
+    then serve. Never returns."""
+    import fcntl
+    code = 70
+    try:
+        # above every number they go to first, since a received descriptor may sit on one of them
+        ready_w, log_fd, listen_fd = (fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds)
+        os.dup2(ready_w, 3)
+        os.dup2(listen_fd, 4)  # in place of the template's control socket, not the instance's business
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.closerange(5, 1 << 16)
+        if isolate_error:
+            raise isolate_error[0]
+        t0 = time.perf_counter()
+        os.write(3, (json.dumps({"sandboxAt": time.monotonic()}) + "\n").encode())
+        os.environ.update(req.get("env") or {})
+        cfg = inst.cfg
+        cfg.update(instance_id=req.get("instance_id") or cfg["instance_id"], ready_fd=3,
+                   socket=req.get("socket") or cfg["socket"])
+        os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = _log_stream(cfg)
+        inst.ctx_static = _context_static(cfg)
+        inst.idle_since = time.monotonic()
+        inst.listener = _socket.socket(fileno=4)
+        run_after_restore()
+        restore_ms = round((time.perf_counter() - t0) * 1000, 3)
+        inst.init_ms = None  # nothing was initialised here; the record shows the restore instead
+        code = inst._serve(load=False, ready_extra={"restoreMs": restore_ms})
+    except BaseException as exc:  # noqa: B902 - report whatever stopped the start, then go
+        try:
+            os.write(3, (json.dumps({"error": f"restoring from the snapshot failed: {type(exc).__name__}: {exc}"})
+                         + "\n").encode())
+        except OSError:
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _new_request_id():
     h = os.urandom(16).hex()  # uuid4-shaped, without importing uuid
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
@@ -445,10 +689,10 @@ def lambda_environ(cfg, environ):
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(int(cfg["memory_mb"])),
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": _log_stream(cfg),
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start" if cfg.get("snapshot") else "on-demand",
         "AWS_EXECUTION_ENV": "AWS_Lambda_" + RUNTIME,
         "LAMBDA_TASK_ROOT": os.path.abspath(cfg["code_dir"]) if cfg.get("code_dir") else "",
-        "LAMBDA_RUNTIME_DIR": os.path.dirname(_THIS_FILE),
+        "LAMBDA_RUNTIME_DIR": runtime_dir(),
         "_HANDLER": cfg.get("handler") or "",
         "TZ": ":UTC",
         "AWS_REGION": environ.get("AWS_REGION") or region,
@@ -526,6 +770,15 @@ def install_logging(inst, environ):
 LAYERS_DIR = "/opt"
 
 
+def runtime_dir():
+    """Where this runtime's files are as the function sees them: /var/runtime in a sandbox (a zygote
+    loaded this file by its host path, which the sandbox does not have), else this file's directory."""
+    here = os.path.dirname(_THIS_FILE)
+    if not os.path.isdir(here) and os.path.isfile("/var/runtime/bootstrap.py"):
+        return "/var/runtime"
+    return here
+
+
 def import_path(code_dir, current, pythonpath=""):
     """The function's ``sys.path``, Lambda's order: its code, its layers (``/opt/python/lib/pythonX.Y/
     site-packages``, ``/opt/python``), the function's own ``PYTHONPATH``, the runtime, the standard library.
@@ -542,7 +795,7 @@ def import_path(code_dir, current, pythonpath=""):
     stdlib = [p for p in current if p.startswith(stdlib_roots) and "site-packages" not in p
               and "dist-packages" not in p]
     out = []
-    for p in [code_dir, *layers, *own, os.path.dirname(_THIS_FILE), *stdlib]:
+    for p in [code_dir, *layers, *own, runtime_dir(), *stdlib]:
         if p not in out:
             out.append(p)
     return out
@@ -648,10 +901,14 @@ class _Instance:
 
     def run(self):
         preload()
-        import signal
         _limit_malloc_arenas()
         threading.stack_size(STACK_SIZE)
         self.listener = self._listen()
+        return self._serve(load=not self.cfg["pool"])
+
+    def _serve(self, load, ready_extra=None):
+        """Announce the listener, start the platform's threads, and run the main thread's jobs loop."""
+        import signal
         if threading.current_thread() is threading.main_thread():
             # SIGTERM interrupts the main thread's wait (Linux gives a process-directed signal to the
             # main thread unless it blocks it; the platform's threads block it, see _quiet_thread).
@@ -661,13 +918,13 @@ class _Instance:
         fd = self.cfg["ready_fd"]
         if fd is not None:
             where = {"socket": self.cfg["socket"]} if self.cfg["socket"] else {"port": self.listener.getsockname()[1]}
+            where.update(ready_extra or {})
             try:
                 os.write(fd, (json.dumps(where) + "\n").encode())
                 os.close(fd)
             except OSError:
                 pass
-        sys.stdout = _StreamRouter(sys.stdout, self.routes)
-        sys.stderr = _StreamRouter(sys.stderr, self.routes)
+        self._route_streams()
         # Plain threads, not threading.Thread: start() waits until the new thread has run, a context
         # switch each that cost 0.5-1.2 ms of a cold start on a busy 2-core machine. No user code runs
         # on these two (connection threads, which run handlers, are threading.Thread).
@@ -675,7 +932,7 @@ class _Instance:
         _thread.start_new_thread(self._accept_loop, ())
         if threading.current_thread() is threading.main_thread():
             self.main_ident = threading.get_ident()
-        if not self.cfg["pool"]:
+        if load:
             self._load()
         try:
             while True:  # the main thread runs jobs: code loading, handlers, SIGTERM, the final exit
@@ -686,6 +943,11 @@ class _Instance:
                         return 0
         finally:
             self._close()
+
+    def _route_streams(self):
+        if not isinstance(sys.stdout, _StreamRouter):
+            sys.stdout = _StreamRouter(sys.stdout, self.routes)
+            sys.stderr = _StreamRouter(sys.stderr, self.routes)
 
     def _post(self, job):
         """Run ``job`` on the main thread; never blocks, so a signal handler may call it."""
