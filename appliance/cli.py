@@ -300,6 +300,8 @@ def _parse_env(pairs, option: str = "--env") -> dict:
 @click.option("--expose-errors/--no-expose-errors", default=None, help="Show HTTP trigger callers the function's "
               "error message and stack trace (development) [off].")
 @click.option("--layer", "layers", multiple=True, help="NAME:VERSION of a layer (repeatable, at most 5, in order).")
+@click.option("--snapshot", type=click.Choice(["auto", "off"]), help="auto: Python cold starts fork from an "
+              "initialised template of the version (imports done once) [off].")
 @click.option("--description")
 @output_option
 @click.pass_context
@@ -870,6 +872,23 @@ def _when(ts) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
 
 
+def _snapshot_text(fn: dict) -> str:
+    """The ``snapshot`` setting and what became of each version's template (a refusal's reason)."""
+    mode = fn.get("snapshot", "off")
+    states = fn.get("snapshots") or []
+    if not states:
+        return mode + (" (a template is made at the next cold start)" if mode == "auto" else "")
+    parts = []
+    for t in states:
+        text = f"version {t['version']} {t['state']}"
+        if t["state"] == "ready":
+            text += f" ({t.get('memory_bytes', 0) / 1048576:.1f} MB, {t.get('forks', 0)} cold starts forked)"
+        elif t.get("reason"):
+            text += f": {t['reason']}"
+        parts.append(text)
+    return f"{mode}; " + "; ".join(parts)
+
+
 def describe_text(fn: dict) -> str:
     """``faas describe`` for people: settings, code, triggers with URLs, instances, scaling."""
     env = fn.get("environment") or {}
@@ -885,6 +904,7 @@ def describe_text(fn: dict) -> str:
                     f"instances, keep-alive {fn['keep_alive_s']} s"),
         ("Environment", ", ".join(sorted(env)) + " (values: --output json)" if env else "-"),
         ("Secrets", ", ".join(f"{k}={v}" for k, v in sorted(secrets.items())) if secrets else "-"),  # masked: ****
+        ("Snapshot", _snapshot_text(fn)),
         ("Created", f"{_when(fn.get('created_at'))}, updated {_when(fn.get('updated_at'))}"),
     ]
     lines = [f"{k + ':':13} {v}" for k, v in rows]

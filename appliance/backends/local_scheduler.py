@@ -251,6 +251,11 @@ class LocalScheduler:
             log.warning("event=instance_killed instance=%s reason=%s", proc.instance.id, reason)
             proc.handle.signal(signal.SIGKILL)
 
+    def snapshots(self, function: str) -> list[dict]:
+        """The snapshot templates of ``function``'s versions on this host, and refusals with their reason."""
+        templates = getattr(self.launcher, "templates", None)
+        return templates.describe(function) if templates is not None else []
+
     def instances(self, function: str | None = None) -> list[Instance]:
         with self._lock:
             return [p.instance for p in self._procs.values() if function in (None, p.instance.function)]

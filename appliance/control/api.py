@@ -310,6 +310,8 @@ def create_control_app(c: Components) -> Flask:
         out = record.to_api()
         out["triggers"] = [t.to_dict() for t in store.triggers(function=name)] + c.event_triggers.list(name)
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
+        snapshots = getattr(c.scheduler, "snapshots", None)  # this host's templates (embedded mode)
+        out["snapshots"] = snapshots(name) if snapshots else []
         pool = c.activator.pool(name)
         with pool.lock:  # what this process sees; the decision below is the deciding edge's
             here = {"ready": len(pool.slots), "starting": pool.starting, "waiting": len(pool.waiters),

@@ -32,6 +32,7 @@ from appliance.core.model import (
     MAX_LAYERS,
     MEMORY_MB,
     NETWORK_MODES,
+    SNAPSHOT_MODES,
     RUNTIMES,
     TIMEOUT_S,
 )
@@ -183,6 +184,8 @@ def _schemas() -> dict:
                           "description": "show the function's stack trace to HTTP callers (default false)"},
         "description": {"type": ["string", "null"], "maxLength": DESCRIPTION_MAX},
         "network": {"enum": [*NETWORK_MODES, None]},
+        "snapshot": {"enum": [*SNAPSHOT_MODES, None],
+                     "description": "auto: Python cold starts fork from an initialised template of the version"},
         "layers": {"type": ["array", "null"], "maxItems": MAX_LAYERS,
                    "items": {"type": "string", "pattern": LAYER_REF_PATTERN}, "description": "NAME:VERSION, each once"},
         "async": {"type": ["object", "null"], "additionalProperties": False,
@@ -245,6 +248,12 @@ def _schemas() -> dict:
         "FunctionDetail": {"allOf": [function, {"type": "object", "properties": {
             "triggers": {"type": "array", "items": {"anyOf": [_ref("Trigger"), _ref("EventTrigger")]}},
             "instances": {"type": "array", "items": _ref("Instance")},
+            "snapshots": {"type": "array", "description": "this host's snapshot templates, one per version tried",
+                          "items": {"type": "object", "properties": {
+                              "version": INTEGER, "state": {"enum": ["building", "ready", "refused", "failed",
+                                                                      "dropping", "dropped"]},
+                              "reason": {"type": ["string", "null"]}, "forks": INTEGER, "memory_bytes": INTEGER,
+                              "init_ms": {"type": ["number", "null"]}, "instances": INTEGER}}},
             "scaling": {"type": "object", "description": "this process's pool and the deciding edge's decision"},
             "queue_sources": {"description": "this process's pollers of each queue trigger"},
             "min_instances_in_force": {"type": "object"}}}]},

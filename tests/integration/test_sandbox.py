@@ -161,10 +161,24 @@ def appliance(request, tmp_path_factory):
     stop_appliance(r)
 
 
-@pytest.fixture(scope="module")
-def probe(appliance):
-    """A function that tries things from inside its sandbox; network default."""
-    return appliance.deploy({"index.py": PROBE})
+@pytest.fixture(scope="module", params=["fresh", "snapshot"])
+def probe(request, appliance):
+    """A function that tries things from inside its sandbox; network default. Every escape is tried
+    from an ordinary instance and from instances forked from a snapshot template (``snapshot: auto``:
+    once the template is ready and the first, ordinary instance is gone, every cold start forks)."""
+    if request.param == "fresh":
+        return appliance.deploy({"index.py": PROBE})
+    name = appliance.deploy({"index.py": PROBE}, snapshot="auto", keep_alive_s=1)
+    invoke(appliance, name, {"op": "whoami"})
+    wait_for(lambda: any(t["state"] == "ready" for t in _snapshots(appliance, name)), 60, message="template")
+    wait_for(lambda: not appliance.instances(name), 30, message="the ordinary instance to go")
+    resp = invoke(appliance, name, {"op": "whoami"})
+    assert 'cold;desc="snapshot"' in resp.headers["Server-Timing"], resp.headers["Server-Timing"]
+    return name
+
+
+def _snapshots(r, name):
+    return r.http.get(f"{r.api_url}/v1/functions/{name}", timeout=5).json()["snapshots"]
 
 
 def _health(r):
