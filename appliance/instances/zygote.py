@@ -450,11 +450,8 @@ class Zygote:
         sys.argv = [bootstrap.__file__]
         for name in ("_faas_sandbox", "_faas_bootstrap", "_faas_provided"):
             sys.modules.pop(name, None)
-        def isolate(report_fd):
-            sandbox.fork_into_pid_namespace(report_fd)  # returns in the new namespace's pid 1 only
-            sandbox.isolate_child(tmp_mb, network)
-
-        code = bootstrap.template(bootstrap.config_from_env(env), CONTROL_FD, isolate)
+        code = bootstrap.template(bootstrap.config_from_env(env), CONTROL_FD, fork=sandbox.fork_into_pid_namespace,
+                                  isolate=lambda: sandbox.isolate_child(tmp_mb, network))
         os._exit(code)
 
     def _serve(self, env, bootstrap):

@@ -230,14 +230,13 @@ def snapshot_refusal(allowed_fds=_TEMPLATE_FDS):
     return None
 
 
-def template(config, control_fd, isolate):
+def template(config, control_fd, fork, isolate):
     """Initialise the function once, then fork a confined instance per launch (snapshot mode).
 
     Called by the runtime zygote in a sandboxed process (appliance/instances/templates.py has the
-    design): ``isolate(report_fd)`` runs first in each child (before any at-fork hook of the function's
-    code); it forks once more into a pid namespace of its own (the middle process writes ``b"P"`` and
-    the pid, or ``b"E"`` and an error, to ``report_fd`` and exits) and confines the new child like an
-    instance; only that child returns.
+    design): ``fork()`` forks like ``os.fork`` with the child in a pid namespace of its own, and
+    ``isolate()`` runs first in each child (before any at-fork hook of the function's code) and
+    confines it like an instance.
     Reports ``{"template": true, "initDurationMs": N}`` or ``{"refused": reason}`` on the ready pipe.
     The control socket then carries ``{"fork": {"env": {...}, "instance_id": ...}}`` with three
     descriptors (ready pipe, log, listening socket), answered ``{"pid": N}`` (in the template's pid
@@ -256,9 +255,8 @@ def template(config, control_fd, isolate):
 
     def after_in_child():  # registered before the function's code runs, so it runs before its hooks
         if launching:
-            report_w = launching[0]
             try:
-                isolate(report_w)
+                isolate()
             except BaseException as exc:  # noqa: B902 - reported by the child
                 isolate_error.append(exc)
     os.register_at_fork(after_in_child=after_in_child)
@@ -308,9 +306,8 @@ def template(config, control_fd, isolate):
                 return
             if pid == 0:
                 return
-            if pid in children:  # not the middle processes of a fork (see ``isolate``)
-                children.discard(pid)
-                send({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+            children.discard(pid)
+            send({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -331,34 +328,15 @@ def template(config, control_fd, isolate):
             req = json.loads(msg)["fork"]
             if len(fds) != 3:
                 raise ValueError(f"a fork needs 3 descriptors, got {len(fds)}")
-            report_r, report_w = os.pipe()
-            launching.append(report_w)
+            launching.append(True)
             try:
-                middle = os.fork()
+                pid = fork()
             finally:
                 launching.clear()
-            if middle == 0:  # only the instance comes back here (see ``isolate``)
+            if pid == 0:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.close(report_r)
                 ctl.detach()  # its descriptor number is about to be the listener's
                 _forked(inst, req, fds, isolate_error)  # never returns
-            os.close(report_w)
-            try:
-                got = b""
-                while True:
-                    chunk = os.read(report_r, 4096)
-                    if not chunk:
-                        break
-                    got += chunk
-            finally:
-                os.close(report_r)
-            try:
-                os.waitpid(middle, 0)
-            except ChildProcessError:
-                pass  # reaped by the SIGCHLD handler already
-            if got[:1] != b"P" or len(got) < 5:
-                raise OSError(got[1:].decode(errors="replace") or "the fork's middle process ended without a word")
-            pid = int.from_bytes(got[1:5], sys.byteorder, signed=True)
         except Exception as exc:  # noqa: BLE001 - one bad launch must not end the template
             for fd in fds:
                 os.close(fd)

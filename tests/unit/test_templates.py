@@ -66,3 +66,4 @@ def test_the_template_filter_allows_namespaces_for_its_children_and_nothing_wide
         if name in table and name not in sandbox.TEMPLATE_ALLOW:
             assert run(prog, table[name], arch) == EPERM, name
     assert run(prog, table["clone"], arch, (newuser | 17,)) == EPERM
+    assert run(prog, table["clone"], arch, (newpid | 17,)) == ALLOW and run(inst, table["clone"], arch, (newpid | 17,)) == EPERM
