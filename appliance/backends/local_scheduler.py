@@ -146,8 +146,21 @@ class LocalScheduler:
     # -- Scheduler port -----------------------------------------------------------------
 
     def prepare(self, spec: InstanceSpec) -> float:
-        """Unpack and byte-compile the code ahead of the first start (deploy-time pre-warm)."""
-        return self.prepare_digest(spec.digest)
+        """Unpack and byte-compile the code ahead of the first start (deploy-time pre-warm), and start
+        the version's snapshot template when it has ``snapshot: auto`` (in the background)."""
+        ms = self.prepare_digest(spec.digest)
+        prepare = getattr(self.launcher, "prepare", None)
+        if prepare is not None and spec.snapshot == "auto" and not self._closed:
+            try:
+                code_dir, _ = self.code.ensure(spec.digest)
+                layers_dir = (self.code.ensure_layers([self.layer_digest(ref) for ref in spec.layers])
+                              if spec.layers else None)
+                prepare(LaunchRequest(spec=spec, code_dir=code_dir, instance_id=f"{spec.function}-{spec.version}-"
+                                      f"{uuid.uuid4().hex[:8]}", host=self.host, platform_env=self.platform_env,
+                                      layers_dir=layers_dir))
+            except (CodeNotFound, NotFound, OSError) as exc:
+                log.warning("event=snapshot_prepare_failed function=%s error=%r", spec.function, str(exc))
+        return ms
 
     def prepare_digest(self, digest: str) -> float:
         t0 = time.monotonic()

@@ -219,14 +219,16 @@ class Templates:
 
     # -- launching ---------------------------------------------------------------------------------
 
-    def launch(self, req, env: dict, own: dict, deadline: float):
-        """Fork an instance from this version's template: ``(handle, address, phases)``, or None when
-        there is no ready template (one is then started in the background)."""
+    def ensure(self, req, env: dict, own: dict) -> _Template | None:
+        """This version's template: the one there is, or one started now in the background."""
         if not self.enabled:
             return None
         key = template_key(req.spec)
         with self._lock:
             t = self._by_key.get(key)
+            if t is not None and t.state in ("refused", "failed") and time.monotonic() - t.created > REFUSAL_TTL_S:
+                del self._by_key[key]   # tried again
+                t = None
             if t is None:
                 t = _Template(key=key, function=req.spec.function, version=req.spec.version,
                               created=time.monotonic(), last_used=time.monotonic())
@@ -234,10 +236,15 @@ class Templates:
                 threading.Thread(target=self._build, args=(t, req, env, own), daemon=True,
                                  name=f"template-{req.spec.function}").start()
                 self._ensure_keeper()
-                return None
-            if t.state in ("refused", "failed") and time.monotonic() - t.created > REFUSAL_TTL_S:
-                del self._by_key[key]   # tried again at the next cold start
-                return None
+            return t
+
+    def launch(self, req, env: dict, own: dict, deadline: float):
+        """Fork an instance from this version's template: ``(handle, address, phases)``, or None when
+        there is no ready template (one is then started in the background)."""
+        t = self.ensure(req, env, own)
+        if t is None:
+            return None
+        with self._lock:
             if t.state != "ready":
                 return None
             t.last_used = time.monotonic()

@@ -505,6 +505,19 @@ class ZygoteLauncher:
 
     # -- Launcher ----------------------------------------------------------------------------------
 
+    def prepare(self, req: LaunchRequest) -> None:
+        """At deploy: start the version's snapshot template now, so even its first cold start after the
+        deploy can fork (``snapshot: auto``, Python); returns at once."""
+        spec = req.spec
+        if not spec.runtime.startswith("python") or getattr(spec, "snapshot", "off") != "auto":
+            return
+        env = runtime_env(req, socket_path=f"{sandbox.SOCKET_DIR}/instance.sock")
+        env.update(FAAS_CODE_DIR=sandbox.TASK_DIR, PATH=SANDBOX_PATH, HOME="/tmp", TMPDIR="/tmp")
+        if req.layers_dir is not None:
+            env["FAAS_LAYERS_DIR"] = sandbox.LAYERS_DIR
+        own = {k: v for k, v in spec.environment.items() if env.get(k) == v}
+        self.templates.ensure(req, {k: v for k, v in env.items() if k not in own}, own)
+
     def launch(self, req: LaunchRequest, deadline: float):
         spec = req.spec
         t0 = time.monotonic()

@@ -1,8 +1,8 @@
 """Snapshots: a template per Python function version, forked into confined instances for cold starts.
 
-Each test runs a real appliance and real sandboxed instances. A version's first cold start is an
-ordinary one and makes its template in the background; once the template is ready and the ordinary
-instance has gone (keep-alive 1 s), every cold start of that version forks from it.
+Each test runs a real appliance and real sandboxed instances. A deploy starts the version's template
+in the background (so does a cold start that finds none, which then starts the ordinary way); once the
+template is ready, every cold start of that version forks from it.
 """
 
 from __future__ import annotations
@@ -89,10 +89,7 @@ def forked(resp) -> bool:
 def test_cold_starts_fork_from_the_template_with_the_hooks_in_lambdas_order(appliance):
     r = appliance
     name = r.deploy({"index.py": HOOKED}, snapshot="auto", keep_alive_s=1)
-    first = invoke(r, name)
-    assert not forked(first)                       # the first cold start makes the template meanwhile
-    assert first.json()["order"] == [] and first.json()["init_type"] == "on-demand"
-    ready_and_idle(r, name)
+    ready_and_idle(r, name)                        # made at deploy: even the first cold start forks
     resp = invoke(r, name)
     assert forked(resp), resp.headers["Server-Timing"]
     out = resp.json()
@@ -182,11 +179,20 @@ def test_a_new_version_gets_a_template_of_its_own(appliance):
     ready_and_idle(r, name, 1)
     r.api.upload_code(name, make_zip({"index.py": "def handler(event, context):\n    return 'two'\n"}))
     wait_for(lambda: not r.instances(name), 30)
-    resp = invoke(r, name)
-    assert resp.json() == "two" and not forked(resp)   # never the old version's template
+    assert invoke(r, name).json() == "two"         # never the old version's template
     ready_and_idle(r, name, 2)
     resp = invoke(r, name)
     assert resp.json() == "two" and forked(resp)
+
+
+def test_a_cold_start_that_finds_no_template_starts_the_ordinary_way_and_makes_one(appliance):
+    r = appliance
+    name = r.deploy({"index.py": HOOKED}, snapshot="off", keep_alive_s=1)
+    r.http.patch(f"{r.api_url}/v1/functions/{name}", json={"snapshot": "auto"}, timeout=5).raise_for_status()
+    first = invoke(r, name)                        # settings changed, no new code: no deploy-time template
+    assert not forked(first) and first.json()["init_type"] == "on-demand" and first.json()["order"] == []
+    ready_and_idle(r, name)
+    assert forked(invoke(r, name))
 
 
 def test_snapshot_off_never_makes_a_template(appliance):
@@ -211,13 +217,11 @@ def test_templates_over_the_memory_budget_are_dropped(tmp_path):
     r = start_appliance(tmp_path, {"APPLIANCE_SNAPSHOT_BUDGET_MB": "1"})
     try:
         name = r.deploy({"index.py": HOOKED}, snapshot="auto", keep_alive_s=1)
-        invoke(r, name)
-        # a template costs more than 1 MB: once its instances are gone, the keeper drops it
-        wait_for(lambda: (template_state(r, name) or {}).get("state") in ("dropping", "dropped", None)
-                 and not r.instances(name), 60, message="drop")
+        # the deploy makes a template; it costs more than 1 MB and has no instance: the keeper drops it
+        wait_for(lambda: "event=snapshot_dropped" in r.log(), 60, message="drop")
         wait_for(lambda: template_state(r, name) is None, 30, message="template gone")
         resp = invoke(r, name)                     # the ordinary way again, and a new template is made
         assert not forked(resp)
-        assert "snapshot_dropped" in r.log()
+        wait_for(lambda: template_state(r, name) is not None, 30, message="a new template")
     finally:
         stop_appliance(r)
