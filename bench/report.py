@@ -111,11 +111,12 @@ def _render_peers(doc: dict, names: list[str]) -> list[str]:
     return out
 
 
-def _ms_or(r: dict, value, digits: int = 1) -> str:
-    if not r.get("available"):
-        return "not available"
-    if r.get("error"):
-        return "failed"
+def _ms_or(r: dict, value, digits: int = 1, first: bool = False) -> str:
+    """A figure of one (app, mode) row; the first column says why a row has none."""
+    if not r.get("available") or r.get("error"):
+        if not first:
+            return "-"
+        return "failed" if r.get("error") else "not available"
     return fmt_num(value, digits)
 
 
@@ -150,7 +151,7 @@ def render_realapps(ra: dict) -> list[str]:
             tpl = r.get("template")
             tpl_s = ("n/a" if not tpl else f"{fmt_num(tpl.get('uss_mb'))} / {fmt_num(tpl.get('pss_mb'))}") \
                 if m != "serverless-offline" and r.get("available") and not r.get("error") else "-"
-            rows.append([a["label"], MODE_LABELS[m], _ms_or(r, c.get("p50")), _ms_or(r, c.get("p99")),
+            rows.append([a["label"], MODE_LABELS[m], _ms_or(r, c.get("p50"), first=True), _ms_or(r, c.get("p99")),
                          _ms_or(r, w.get("p50"), 2), _ms_or(r, mem.get("uss_mb")), _ms_or(r, mem.get("pss_mb")),
                          tpl_s])
     out += ["", "### Figures", "", _table(["app", "mode", "cold p50 ms", "cold p99 ms", "warm p50 ms",

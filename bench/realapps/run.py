@@ -118,7 +118,7 @@ class ApplianceSide:
         except ApiError as exc:
             if not (exc.status == 400 and exc.field == "snapshot"):
                 raise
-            why = f"the appliance refused the snapshot setting ({exc.status} {exc.code}: {exc.message[:120]})"
+            why = f"this appliance does not know the `snapshot` setting ({exc.status} {exc.code}, unknown field)"
             if mode == "snapshot":
                 self.available[mode] = why
                 return
