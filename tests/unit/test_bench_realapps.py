@@ -9,7 +9,15 @@ import pytest
 from bench import report
 from bench.realapps import APPS, ORDER, App, build, check_answer
 from bench.realapps.evaluate import (
-    COLD_P50_LIMIT_MS, METRICS, MODES, cold_kinds, compute, find_template, mode_ratios, row, targets,
+    COLD_P50_LIMIT_MS,
+    METRICS,
+    MODES,
+    cold_kinds,
+    compute,
+    find_template,
+    mode_ratios,
+    row,
+    targets,
 )
 from bench.realapps.run import Plan, serverless_yml
 
