@@ -60,6 +60,12 @@ class ModeFailed(RuntimeError):
     pass
 
 
+def refused_snapshot(status: int, field: str | None, message: str) -> bool:
+    """Whether an API error is an appliance refusing the ``snapshot`` setting it does not know
+    (400 with that field, or naming it in the message), as opposed to any other failure."""
+    return status == 400 and (field == "snapshot" or "'snapshot'" in (message or ""))
+
+
 def _target(port: int, path: str) -> httpc.Target:
     return httpc.Target("127.0.0.1", port, path, "POST", ORDER_BODY, HEADERS)
 
@@ -116,7 +122,7 @@ class ApplianceSide:
         try:
             self.peer.api.deploy(name, bundle_zip, triggers=trig, snapshot=self.MODE_SETTING[mode], **settings)
         except ApiError as exc:
-            if not (exc.status == 400 and exc.field == "snapshot"):
+            if not refused_snapshot(exc.status, exc.field, exc.message):
                 raise
             why = f"this appliance does not know the `snapshot` setting ({exc.status} {exc.code}, unknown field)"
             if mode == "snapshot":
@@ -331,10 +337,14 @@ def run(ctx, plan: Plan, cache: Path) -> dict:
         if sls:
             sls.start()
         try:
+            t = time.monotonic()
             appl.start()
+            log(f"[realapps] appliance up in {time.monotonic() - t:.1f} s")
             for n in names:
+                t = time.monotonic()
                 for m in ("snapshot", "no-snapshot"):
                     appl.deploy(APPS[n], m, built[n]["zip"])
+                log(f"[realapps] {n} deployed in {time.monotonic() - t:.1f} s")
         except Exception as exc:  # noqa: BLE001 - serverless-offline's figures are still worth having
             for n in names:
                 for m in ("snapshot", "no-snapshot"):
@@ -348,7 +358,9 @@ def run(ctx, plan: Plan, cache: Path) -> dict:
         if sls:
             for n in names:
                 try:
+                    t = time.monotonic()
                     sls.wait_up(APPS[n])
+                    log(f"[realapps] {n} answers on serverless-offline ({time.monotonic() - t:.1f} s)")
                 except Exception as exc:  # noqa: BLE001
                     fail(n, "serverless-offline", exc)
         else:

@@ -19,7 +19,7 @@ from bench.realapps.evaluate import (
     row,
     targets,
 )
-from bench.realapps.run import Plan, serverless_yml
+from bench.realapps.run import Plan, refused_snapshot, serverless_yml
 
 REQS = "flask==3.1.3\nwerkzeug==3.1.9\n"
 
@@ -193,3 +193,11 @@ def test_app_paths_are_distinct():
     assert len({a.path() for a in APPS.values()}) == len(APPS)
     assert App("x", "X", "/x").path("/snap/x") == "/snap/x/orders"
     assert set(MODES) == {"snapshot", "no-snapshot", "serverless-offline"}
+
+
+def test_refused_snapshot_is_only_the_unknown_setting():
+    assert refused_snapshot(400, "snapshot", "unknown field 'snapshot'; known fields are: ...")
+    assert refused_snapshot(400, None, "unknown field 'snapshot'; known fields are: ...")
+    assert not refused_snapshot(400, "memory_mb", "memory_mb must be within 128..10240")
+    assert not refused_snapshot(500, "snapshot", "boom")
+    assert not refused_snapshot(409, None, "trigger POST /off/flask/orders is bound to function 'x'")
