@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import yaml  # PyYAML, with yamllint (requirements-dev.txt)
 
 from bench import report
 from bench.realapps import APPS, ORDER, App, build, check_answer
@@ -149,7 +150,6 @@ def test_plan_sizes():
 def test_serverless_yml_imports_each_app_from_its_bundle(tmp_path):
     bundles = {n: tmp_path / f"bundle-{n}" for n in APPS}
     text = serverless_yml(bundles, list(APPS))
-    yaml = pytest.importorskip("yaml")
     doc = yaml.safe_load(text)
     assert doc["provider"]["runtime"] == "python3.11"
     assert doc["plugins"] == ["serverless-offline"]
