@@ -414,6 +414,9 @@ def run(ctx, plan: Plan, cache: Path) -> dict:
                         timings = appl.timings.get((n, m), [])[plan.cold_discard:]
                         out["cold_phases_p50_ms"] = _phase_medians(timings)
                         out["cold_causes"] = cold_kinds(timings)
+                        if m == "snapshot" and timings and not out["cold_causes"].get("snapshot"):
+                            doc["notes"].append(f"{n}: snapshot auto was accepted, but no cold sample started from "
+                                                f"a template (causes: {out['cold_causes']})")
                         appl.to_warm(app, m)
                         t = appl.target(app, m)
                     httpc.once(t)                              # a warm instance, then the measured run
