@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "serverless-offline, functions-framework and a fresh-python-per-request baseline, all on "
                     "127.0.0.1 in one run. Prints a table and writes bench/results/latest.{json,md}.")
     ap.add_argument("--quick", action="store_true",
-                    help="short run (~1-2 minutes once installed): 10 cold samples, 2 x 2 s load rounds")
+                    help="short run (~2.5 minutes once installed): 10 cold samples, 2 x 2 s load rounds; 6 per real app and mode")
     ap.add_argument("--peers", default=",".join(ORDER),
                     help=f"comma-separated subset of: {', '.join(ORDER)} (default: all), or none (only the "
                          "real applications)")
@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--realapps", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the real-applications cold-start benchmark (Flask, FastAPI, Powertools, "
                          "pydantic+requests through the appliance with snapshot auto/off and serverless-offline; "
-                         "~3 minutes, --quick ~1; default: on)")
+                         "~1.5 minutes, --quick ~1; default: on)")
     ap.add_argument("--realapps-cold-runs", type=int, help="cold samples per app and mode (default 20, --quick 6)")
     return ap.parse_args(argv)
 
