@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="where latest.json and latest.md go (default bench/results)")
     ap.add_argument("--work-dir", type=Path, default=HERE / ".work",
                     help="run directory: data dirs, peer logs (default bench/.work)")
-    ap.add_argument("--install-only", action="store_true", help="install the peers and exit")
+    ap.add_argument("--install-only", action="store_true",
+                    help="install the peers (and vendor the real applications' dependencies) and exit")
     ap.add_argument("--realapps", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the real-applications cold-start benchmark (Flask, FastAPI, Powertools, "
                          "pydantic+requests through the appliance with snapshot auto/off and serverless-offline; "
@@ -81,6 +82,13 @@ def main(argv=None) -> int:
         print(f"installing the peers failed: {exc}", file=sys.stderr)
         return 1
     if args.install_only:
+        if args.realapps:
+            from .realapps import build
+            try:
+                build.build_all(cache, log)
+            except build.BuildError as exc:
+                print(f"vendoring the real applications failed: {exc}", file=sys.stderr)
+                return 1
         log(f"installed under {cache}")
         return 0
     run_dir = args.work_dir / started.strftime("run-%Y%m%dT%H%M%SZ")
