@@ -41,6 +41,28 @@ def peer_env(ctx) -> dict:
     return env
 
 
+def sls_env(ctx, home: Path) -> dict:
+    """serverless-offline's environment: never reach AWS or the framework's services (fake
+    credentials, no telemetry, no notifications, no update checks, no interactive onboarding)."""
+    env = peer_env(ctx)
+    env.update({
+        "AWS_ACCESS_KEY_ID": "AKIABENCHLOCALONLY00", "AWS_SECRET_ACCESS_KEY": "bench-local-only",
+        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+        "SLS_TELEMETRY_DISABLED": "1", "SLS_TRACKING_DISABLED": "1", "SLS_NOTIFICATIONS_MODE": "off",
+        "SLS_DEPRECATION_DISABLE": "*", "SLS_INTERACTIVE_SETUP_DISABLE": "1", "SLS_AWS_MONITORING_FREQUENCY": "0",
+        "SERVERLESS_PLATFORM_STAGE": "bench-local", "CI": "1", "NO_UPDATE_NOTIFIER": "1",
+        "HOME": str(home),
+    })
+    return env
+
+
+def sls_command(npm_dir: Path, port: int, lambda_port: int, *extra: str) -> list[str]:
+    """``serverless offline start`` on 127.0.0.1 (run it in the service directory)."""
+    return ["node", str(npm_dir / "node_modules" / "serverless" / "bin" / "serverless.js"),
+            "offline", "start", "--host", "127.0.0.1", "--httpPort", str(port),
+            "--lambdaPort", str(lambda_port), "--noPrependStageInUrl", *extra]
+
+
 def _copy_hello(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ASSETS / "hello" / "index.py", dest / "index.py")
@@ -230,23 +252,10 @@ class ServerlessOffline(Peer):
         self.target = httpc.Target("127.0.0.1", self.port, HELLO_PATH)
 
     def _env(self) -> dict:
-        env = peer_env(self.ctx)
-        env.update({
-            # Never reach AWS or the framework's services: fake credentials, no telemetry, no
-            # notifications, no update checks, no interactive onboarding.
-            "AWS_ACCESS_KEY_ID": "AKIABENCHLOCALONLY00", "AWS_SECRET_ACCESS_KEY": "bench-local-only",
-            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-            "SLS_TELEMETRY_DISABLED": "1", "SLS_TRACKING_DISABLED": "1", "SLS_NOTIFICATIONS_MODE": "off",
-            "SLS_DEPRECATION_DISABLE": "*", "SLS_INTERACTIVE_SETUP_DISABLE": "1", "SLS_AWS_MONITORING_FREQUENCY": "0",
-            "SERVERLESS_PLATFORM_STAGE": "bench-local", "CI": "1", "NO_UPDATE_NOTIFIER": "1",
-            "HOME": str(self.workdir),
-        })
-        return env
+        return sls_env(self.ctx, self.workdir)
 
     def start(self, *, cold_phase: bool = False) -> None:
-        cmd = ["node", str(self.npm_dir / "node_modules" / "serverless" / "bin" / "serverless.js"),
-               "offline", "start", "--host", "127.0.0.1", "--httpPort", str(self.port),
-               "--lambdaPort", str(self.lambda_port), "--noPrependStageInUrl"]
+        cmd = sls_command(self.npm_dir, self.port, self.lambda_port)
         if cold_phase:
             cmd += ["--terminateIdleLambdaTime", "1"]
         self.proc = procs.spawn(cmd, log=self.log, env=self._env(), cwd=self.service)
@@ -296,6 +305,14 @@ class Appliance(Peer):
                          "(python3.11, 128 MB, concurrency 1, max_instances 10), HTTP trigger GET /hello/serverless")
 
     def start(self, *, cold_phase: bool = False) -> None:
+        self.boot()
+        fn = json.loads((ASSETS.parent.parent / "examples" / "hello" / "function.json").read_text())
+        settings = {k: fn[k] for k in ("runtime", "handler", "memory_mb", "timeout_s", "concurrency") if k in fn}
+        self.api.deploy("hello", ASSETS / "hello", keep_alive_s=0, **settings)
+        self.api.add_trigger("hello", "GET", HELLO_PATH)
+
+    def boot(self) -> None:
+        """Start an appliance with an empty data directory; sets ``proc``, ``target``'s address and ``api``."""
         from appliance.client import ApplianceClient
 
         if self.data_dir.exists():
@@ -320,10 +337,6 @@ class Appliance(Peer):
         self.api = ApplianceClient(info["api_url"], token=(self.data_dir / "admin.token").read_text().strip(),
                                    timeout_s=60)
         self.extra["health"] = self._health()
-        fn = json.loads((ASSETS.parent.parent / "examples" / "hello" / "function.json").read_text())
-        settings = {k: fn[k] for k in ("runtime", "handler", "memory_mb", "timeout_s", "concurrency") if k in fn}
-        self.api.deploy("hello", ASSETS / "hello", keep_alive_s=0, **settings)
-        self.api.add_trigger("hello", "GET", HELLO_PATH)
 
     def _health(self) -> dict:
         try:

@@ -23,7 +23,6 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def render(doc: dict) -> str:
     res = doc["results"]
-    comp = doc["computed"]
     names = [n for n in ORDER if n in res]
     out = [f"# Benchmark: {doc['mode']} run, {doc['started_at']}", ""]
     env = doc["environment"]
@@ -33,7 +32,19 @@ def render(doc: dict) -> str:
                f"{doc['plan']['round_s']:.0f} s per peer and concurrency. Load average before/after the run: "
                f"{env.get('loadavg_before', ['?'])[0]} / {env.get('loadavg_after', ['?'])[0]} (other work on the "
                f"machine shows up as noise; ratios are measured side by side to limit it).")
-    out += ["", "## Figures", ""]
+    if names:
+        out += _render_peers(doc, names)
+    else:
+        out += ["", "Peers: none selected (`--peers none`)."]
+    if doc.get("realapps"):
+        out += [""] + render_realapps(doc["realapps"])
+    return "\n".join(out) + "\n"
+
+
+def _render_peers(doc: dict, names: list[str]) -> list[str]:
+    res = doc["results"]
+    comp = doc["computed"]
+    out = ["", "## Figures", ""]
     rows = []
     for n in names:
         m = comp["metrics"][n]
@@ -41,8 +52,8 @@ def render(doc: dict) -> str:
     out.append(_table(["peer"] + [HEADERS[k] for k in METRICS], rows))
     base_line = ", ".join(f"{HEADERS[k]} / {BASELINES[k]}" for k in ("cold_p50_ms", "warm_p50_ms", "rps_c16",
                                                                        "idle_uss_mb"))
-    out += ["", f"## Ratios to the baseline of each column (same run): cold / fresh-python; warm latency, "
-                f"throughput and memory / gunicorn", ""]
+    out += ["", "## Ratios to the baseline of each column (same run): cold / fresh-python; warm latency, "
+                "throughput and memory / gunicorn", ""]
     rows = []
     for n in names:
         r = comp["ratios"][n]
@@ -97,7 +108,102 @@ def render(doc: dict) -> str:
             out.append(f"  - note: {note}")
         if r.get("error"):
             out.append(f"  - FAILED: {r['error']}")
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _ms_or(r: dict, value, digits: int = 1, first: bool = False) -> str:
+    """A figure of one (app, mode) row; the first column says why a row has none."""
+    if not r.get("available") or r.get("error"):
+        if not first:
+            return "-"
+        return "failed" if r.get("error") else "not available"
+    return fmt_num(value, digits)
+
+
+def _target_value(t: dict) -> str:
+    v = t["measured"]
+    if v is None:
+        return "-"
+    return f"{v:.1f} ms" if t["unit"] == "ms" else f"x{v:.3f}" if v < 0.1 else f"x{v:.2f}"
+
+
+def render_realapps(ra: dict) -> list[str]:
+    """The real-applications section: figures per app and mode, ratios between modes, targets."""
+    from .realapps.evaluate import MODE_LABELS, MODES
+
+    plan = ra.get("plan", {})
+    out = ["## Real applications: cold starts with and without snapshots, and serverless-offline", ""]
+    if ra.get("error"):
+        return out + [f"FAILED: {ra['error']}"]
+    out.append(f"Each app is deployed with {plan.get('memory_mb', 256)} MB and an HTTP trigger; every sample is "
+               f"`POST <prefix>/orders` with a small JSON order. Cold samples per app and mode: "
+               f"{plan.get('cold_runs')} (after {plan.get('cold_discarded')} discarded), interleaved app by app and "
+               f"mode by mode; warm p50 over {plan.get('warm_requests')} back-to-back requests on one keep-alive "
+               f"connection; memory of the idle instance after one request "
+               f"({ra.get('seconds', 0):.0f} s in all, cold phase {ra.get('cold_phase_s', 0):.0f} s).")
+    comp = ra.get("computed") or {}
+    apps = ra.get("apps") or {}
+    rows = []
+    for n, a in apps.items():
+        for m in MODES:
+            r = a["modes"].get(m) or {}
+            c, w, mem = r.get("cold_ms") or {}, r.get("warm_ms") or {}, r.get("memory") or {}
+            tpl = r.get("template")
+            tpl_s = ("n/a" if not tpl else f"{fmt_num(tpl.get('uss_mb'))} / {fmt_num(tpl.get('pss_mb'))}") \
+                if m != "serverless-offline" and r.get("available") and not r.get("error") else "-"
+            rows.append([a["label"], MODE_LABELS[m], _ms_or(r, c.get("p50"), first=True), _ms_or(r, c.get("p99")),
+                         _ms_or(r, w.get("p50"), 2), _ms_or(r, mem.get("uss_mb")), _ms_or(r, mem.get("pss_mb")),
+                         tpl_s])
+    out += ["", "### Figures", "", _table(["app", "mode", "cold p50 ms", "cold p99 ms", "warm p50 ms",
+                                          "instance USS MB", "instance PSS MB", "template USS / PSS MB"], rows)]
+    keys = ("cold_p50_ms", "cold_p99_ms", "warm_p50_ms", "uss_mb")
+    rows = []
+    for n, a in apps.items():
+        r = comp.get(n, {}).get("ratios", {})
+        rows.append([a["label"]] + [fmt_ratio(r.get(pair, {}).get(k)) for pair in
+                                    ("snapshot/no-snapshot", "snapshot/serverless-offline") for k in keys]
+                    + [fmt_ratio(r.get("no-snapshot/serverless-offline", {}).get("cold_p50_ms"))])
+    head = ["app"] + [f"{pair}: {lbl}" for pair in ("snap/no-snap", "snap/sls")
+                      for lbl in ("cold p50", "cold p99", "warm p50", "USS")] + ["no-snap/sls: cold p50"]
+    out += ["", "### Ratios between modes (same run; below x1: the first is faster / smaller)", "",
+            _table(head, rows)]
+    rows = []
+    for n, a in apps.items():
+        for t in comp.get(n, {}).get("targets", []):
+            met = {True: "met", False: "not met", None: "not measured"}[t["met"]]
+            limit = f"<= {t['limit']:.0f} ms" if t["unit"] == "ms" else f"<= x{t['limit']:.2f}"
+            rows.append([a["label"], t["goal"], limit, _target_value(t), met])
+    out += ["", "### Targets (snapshots)", "", _table(["app", "goal", "target", "measured", ""], rows)]
+    out += ["", "### Detail", ""]
+    for n, a in apps.items():
+        for m in MODES:
+            r = a["modes"].get(m) or {}
+            if not r.get("available"):
+                out.append(f"- {a['label']}, {MODE_LABELS[m]}: not available ({r.get('reason', '?')}).")
+            elif r.get("error"):
+                out.append(f"- {a['label']}, {MODE_LABELS[m]}: FAILED: {r['error']}")
+            elif r.get("cold_phases_p50_ms"):
+                causes = ", ".join(f"{k} x{v}" for k, v in (r.get("cold_causes") or {}).items())
+                out.append(f"- {a['label']}, {MODE_LABELS[m]}: cold Server-Timing p50 (ms): " +
+                           ", ".join(f"{k} {v:.1f}" for k, v in r["cold_phases_p50_ms"].items()) +
+                           f"; cold causes: {causes or '-'}.")
+    builds = ra.get("builds") or {}
+    if builds:
+        out.append("- Packages (vendored with `pip install --target`, byte-compiled): " + ", ".join(
+            f"{apps.get(n, {}).get('label', n)} {b['zip_bytes'] / 2**20:.1f} MB zip, {b['files']} files"
+            for n, b in builds.items()) + ".")
+    out.append("- Cold means: appliance: `keep_alive_s=0`, wait until the function has no instance and its "
+               "process is gone, then one request on a new connection through the edge; `Server-Timing` must say "
+               "`cold` (`cold;desc=\"snapshot\"` is a start from the template). serverless-offline: a server with "
+               "`--reloadHandler` (a new Python child per request) and `--terminateIdleLambdaTime 1`; wait until "
+               "no child of that app is left, one request, and a new child must exist afterwards. Warm figures "
+               "and memory come from a second serverless-offline server with default options.")
+    for note in ra.get("notes", []):
+        out.append(f"- note: {note}")
+    if ra.get("orphans_ended_after_stop"):
+        out.append(f"- Processes still running after their server exited (ended by the bench): "
+                   f"{ra['orphans_ended_after_stop']}.")
+    return out
 
 
 def write(doc: dict, results_dir: Path) -> tuple[Path, Path]:
