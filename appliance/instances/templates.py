@@ -132,7 +132,8 @@ class _Template:
 
     def describe(self) -> dict:
         return {"version": self.version, "state": self.state, "reason": self.reason, "forks": self.forks,
-                "memory_bytes": self.memory_bytes, "init_ms": self.init_ms, "instances": len(self.children)}
+                "memory_bytes": self.memory_bytes, "init_ms": self.init_ms, "instances": len(self.children),
+                "pid": getattr(self.handle, "pid", None) if self.state == "ready" else None}
 
 
 class _ForkedHandle:

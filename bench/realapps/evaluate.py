@@ -78,7 +78,7 @@ def cold_kinds(timings: list[dict]) -> dict[str, int]:
 
 
 TEMPLATE_KEYS = ("snapshot", "template", "snapshots", "templates")
-MEMORY_KEYS = ("uss_mb", "pss_mb", "rss_mb", "memory_mb", "uss_bytes", "pss_bytes", "rss_bytes")
+MEMORY_KEYS = ("uss_mb", "pss_mb", "rss_mb", "memory_mb", "uss_bytes", "pss_bytes", "rss_bytes", "memory_bytes")
 
 
 def find_template(doc) -> dict | None:
