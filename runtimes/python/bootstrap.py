@@ -199,12 +199,96 @@ def run_after_restore():
         fn(*args, **kwargs)
 
 
-def snapshot_refusal(allowed_fds=_TEMPLATE_FDS):
+def _idle_loop_fds():
+    """The descriptors of an idle asyncio event loop made during initialisation (Mangum makes one at
+    import: its epoll instance and its self-pipe), when that is all it holds: no other reader or
+    writer registered, not running, not closed. ``(loop, {fds})`` or ``(None, set())``."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None, set()
+    try:
+        loop = asyncio.get_event_loop_policy()._local._loop
+    except AttributeError:
+        return None, set()
+    sel, ssock, csock = (getattr(loop, n, None) for n in ("_selector", "_ssock", "_csock"))
+    if loop is None or sel is None or ssock is None or csock is None or loop.is_running() or loop.is_closed():
+        return None, set()
+    try:
+        registered = set(sel.get_map())
+        fds = {sel.fileno(), ssock.fileno(), csock.fileno()}
+    except (AttributeError, OSError, ValueError):
+        return None, set()
+    if registered != {ssock.fileno()} or getattr(loop, "_ready", None) or getattr(loop, "_scheduled", None):
+        return None, set()
+    return loop, fds
+
+
+def _renew_loop(loop):
+    """In a forked instance: a selector and a self-pipe of its own for the loop made during
+    initialisation. The old descriptors are closed here only (never unregistered: the epoll instance
+    is the template's, and every sibling's)."""
+    import selectors
+    old, ssock, csock = loop._selector, loop._ssock, loop._csock
+    loop._selector = selectors.DefaultSelector()
+    ssock.close()
+    csock.close()
+    inner = getattr(old, "_selector", None)
+    if inner is not None:
+        inner.close()
+    loop._ssock = loop._csock = None
+    loop._internal_fds -= 1
+    loop._make_self_pipe()
+
+
+def _udp_socket(fd):
+    """(family, type, proto, peer) of a datagram socket that can be made anew in each instance (not
+    bound to a port of its own: a sender, like the X-Ray SDK's emitter), else None."""
+    try:
+        s = _socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    try:
+        if s.type != _socket.SOCK_DGRAM or s.family not in (_socket.AF_INET, _socket.AF_INET6):
+            return None
+        if s.getsockname()[1] != 0:
+            return None
+        try:
+            peer = s.getpeername()
+        except OSError:
+            peer = None
+        return s.family, s.type, s.proto, peer
+    finally:
+        s.close()
+
+
+def _renew_udp(fd, family, kind, proto, peer):
+    """In a forked instance: a datagram socket of its own at the same descriptor number."""
+    s = _socket.socket(family, kind, proto)
+    try:
+        if peer is not None:
+            s.connect(peer)
+        os.dup2(s.fileno(), fd)
+    finally:
+        s.close()
+
+
+def _fixup_fds(fix, args):
+    """The descriptors a fix-up works on, which a forked instance keeps until it has run."""
+    if fix is _renew_udp:
+        return {args[0]}
+    loop = args[0]
+    return {loop._selector.fileno(), loop._ssock.fileno(), loop._csock.fileno()}
+
+
+def snapshot_refusal(allowed_fds=_TEMPLATE_FDS, fixups=None):
     """Why this initialised process must not be forked into instances, or None.
 
     Threads (a fork copies only the calling one: the others' locks and work would be lost), other
     processes (they would outlive or serve no instance), and descriptors opened during initialisation
-    (sockets, pipes and files would be shared by every instance: one connection, one offset)."""
+    (sockets, pipes and files would be shared by every instance: one connection, one offset). Two
+    kinds of descriptor are made anew in each instance instead (appended to ``fixups``): an idle
+    asyncio event loop's (Mangum makes one at import) and a datagram socket with no port of its own
+    (the X-Ray SDK's emitter)."""
     tasks = os.listdir("/proc/self/task")
     if len(tasks) > 1:
         names = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
@@ -214,19 +298,29 @@ def snapshot_refusal(allowed_fds=_TEMPLATE_FDS):
     others = [p for p in os.listdir("/proc") if p.isdigit() and p != me]
     if others:
         return f"{len(others)} other process(es) alive after initialisation"
-    extra = []
+    loop, loop_fds = _idle_loop_fds()
+    extra, renew = [], []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd in allowed_fds:
+        if fd in allowed_fds or fd in loop_fds:
             continue
         try:
             what = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue  # the directory listing's own descriptor, closed already
+        udp = _udp_socket(fd) if what.startswith("socket:") else None
+        if udp is not None:
+            renew.append((_renew_udp, (fd, *udp)))
+            continue
         extra.append(f"fd {fd} -> {what}")
     if extra:
         return ("descriptors opened during initialisation would be shared by every instance: "
-                + ", ".join(extra[:5]) + ("" if len(extra) <= 5 else f" and {len(extra) - 5} more"))
+                + ", ".join(extra[:5]) + ("" if len(extra) <= 5 else f" and {len(extra) - 5} more")
+                + "; close them in a before-snapshot hook and open them again after restore")
+    if fixups is not None:
+        if loop is not None:
+            fixups.append((_renew_loop, (loop,)))
+        fixups.extend(renew)
     return None
 
 
@@ -271,6 +365,7 @@ def template(config, control_fd, fork, isolate):
         report({"refused": f"initialisation failed: {inst.init_error.get('errorType')}: "
                            f"{inst.init_error.get('errorMessage')}"})
         return 0
+    fixups = []
     reason = snapshot_refusal()
     if reason is None:
         try:
@@ -278,7 +373,7 @@ def template(config, control_fd, fork, isolate):
         except BaseException as exc:  # noqa: B902
             reason = f"a before-snapshot hook failed: {type(exc).__name__}: {exc}"
         else:
-            reason = snapshot_refusal()
+            reason = snapshot_refusal(fixups=fixups)
     if reason:
         report({"refused": reason})
         return 0
@@ -336,7 +431,7 @@ def template(config, control_fd, fork, isolate):
             if pid == 0:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 ctl.detach()  # its descriptor number is about to be the listener's
-                _forked(inst, req, fds, isolate_error)  # never returns
+                _forked(inst, req, fds, isolate_error, fixups)  # never returns
         except Exception as exc:  # noqa: BLE001 - one bad launch must not end the template
             for fd in fds:
                 os.close(fd)
@@ -348,7 +443,7 @@ def template(config, control_fd, fork, isolate):
         send({"pid": pid})
 
 
-def _forked(inst, req, fds, isolate_error):
+def _forked(inst, req, fds, isolate_error, fixups=()):
     """An instance forked from a template: its own descriptors and variables, the after-restore hooks,
     then serve. Never returns."""
     import fcntl
@@ -360,7 +455,13 @@ def _forked(inst, req, fds, isolate_error):
         os.dup2(listen_fd, 4)  # in place of the template's control socket, not the instance's business
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        os.closerange(5, 1 << 16)
+        keep = {fd for fix, args in fixups for fd in _fixup_fds(fix, args)}
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) >= 5 and int(name) not in keep:
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass  # the listing's own descriptor
         if isolate_error:
             raise isolate_error[0]
         t0 = time.perf_counter()
@@ -373,6 +474,8 @@ def _forked(inst, req, fds, isolate_error):
         inst.ctx_static = _context_static(cfg)
         inst.idle_since = time.monotonic()
         inst.listener = _socket.socket(fileno=4)
+        for fix, args in fixups:  # descriptors of the initialisation, made anew for this instance
+            fix(*args)
         run_after_restore()
         restore_ms = round((time.perf_counter() - t0) * 1000, 3)
         inst.init_ms = None  # nothing was initialised here; the record shows the restore instead
