@@ -366,14 +366,12 @@ def template(config, control_fd, fork, isolate):
                            f"{inst.init_error.get('errorMessage')}"})
         return 0
     fixups = []
-    reason = snapshot_refusal()
-    if reason is None:
-        try:
-            run_before_snapshot()
-        except BaseException as exc:  # noqa: B902
-            reason = f"a before-snapshot hook failed: {type(exc).__name__}: {exc}"
-        else:
-            reason = snapshot_refusal(fixups=fixups)
+    try:
+        run_before_snapshot()       # first: closing what must not be shared is what they are for
+    except BaseException as exc:  # noqa: B902
+        reason = f"a before-snapshot hook failed: {type(exc).__name__}: {exc}"
+    else:
+        reason = snapshot_refusal(fixups=fixups)
     if reason:
         report({"refused": reason})
         return 0

@@ -159,6 +159,51 @@ def test_a_socket_opened_at_import_refuses_the_snapshot_and_says_why(appliance):
     assert "refused" in text.stdout and "socket" in text.stdout, text.stdout + text.stderr
 
 
+RENEWED = r'''
+import asyncio, os, socket
+from snapshot_restore_py import register_after_restore, register_before_snapshot
+
+LOOP = asyncio.new_event_loop()          # as Mangum does at import
+asyncio.set_event_loop(LOOP)
+EMITTER = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # as the X-Ray SDK's emitter does
+DB = socket.socket()                     # a connection: closed before the snapshot, made again after
+
+@register_before_snapshot
+def close_db():
+    DB.close()
+
+@register_after_restore
+def reopen_db():
+    global DB
+    DB = socket.socket()
+
+async def answer():
+    await asyncio.sleep(0)
+    return "from the loop"
+
+def handler(event, context):
+    import time
+    time.sleep(event.get("sleep", 0))
+    EMITTER.connect(("127.0.0.1", 9))    # takes a port of its own, sends nothing
+    return {"loop": LOOP.run_until_complete(answer()), "emitter_fd": EMITTER.fileno(),
+            "emitter_port": EMITTER.getsockname()[1], "db_open": DB.fileno() >= 0, "stream": context.log_stream_name}
+'''
+
+
+def test_an_idle_event_loop_and_a_sender_socket_are_made_anew_in_each_instance(appliance):
+    r = appliance
+    name = r.deploy({"index.py": RENEWED}, snapshot="auto", keep_alive_s=1, max_instances=2)
+    ready_and_idle(r, name)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        resps = list(pool.map(lambda _: invoke(r, name, {"sleep": 1.0}), range(2)))
+    assert all(forked(x) for x in resps), [x.headers["Server-Timing"] for x in resps]
+    outs = [x.json() for x in resps]
+    assert all(o["loop"] == "from the loop" and o["db_open"] for o in outs)
+    assert outs[0]["stream"] != outs[1]["stream"]  # two instances: two sockets, at the same number
+    assert outs[0]["emitter_fd"] == outs[1]["emitter_fd"]
+    assert outs[0]["emitter_port"] != outs[1]["emitter_port"]
+
+
 def test_a_thread_alive_after_import_falls_back_to_ordinary_cold_starts(appliance):
     r = appliance
     code = ("import threading, time\n"
