@@ -4,7 +4,7 @@ split bar shows it), roll back by moving it to 1; a trigger bound to NAME:live s
 which cannot be deleted while it is there. Screenshots at 1280x800 and 390 px wide are kept in the
 test's tmp dir (the path is printed).
 
-Written against the published-versions and aliases API (README "Versions and aliases"): on a tree
+Written against the published-versions and aliases API (/v1/functions/NAME/publish, published, aliases): on a tree
 without it the module is skipped, saying so."""
 
 import re
@@ -121,11 +121,15 @@ def test_publish_alias_weighted_move_and_rollback(appliance, page, fn, browser, 
 
 
 def test_a_trigger_on_the_alias_shows_and_keeps_it_until_removed(appliance, page, fn):
-    resp = appliance.http.post(f"{appliance.api_url}/v1/triggers", timeout=10,
-                               json={"function": f"{fn}:live", "method": "GET", "path": "/rel-live"})
-    assert resp.status_code == 201, resp.text
     page.goto(appliance.api_url + f"/console/#/functions/{fn}")
     live = page.locator("#aliases li[data-alias=live]")
+    expect(live).to_be_visible()
+    page.fill("#trigger-add input[name=path]", "/rel-live")
+    page.select_option("#trigger-add select[name=target]", "live")
+    page.click("#trigger-add button[type=submit]")
+    page.wait_for_selector(f"#status:has-text('Trigger GET /rel-live added for {fn}:live')")
+    got = appliance.http.get(f"{appliance.api_url}/v1/triggers", timeout=10).json()["triggers"]
+    assert [t["function"] for t in got if t.get("path") == "/rel-live"] == [f"{fn}:live"]
     expect(live.locator(".bound")).to_contain_text("GET /rel-live")
     expect(page.locator("#triggers li[data-path='/rel-live'] .badge.alias")).to_have_text(f"→ {fn}:live")
     live.locator("button:has-text('Delete')").click()

@@ -386,6 +386,15 @@ async function setupCharts(name) {
 async function setupTriggers(name, triggers, reloadTriggers) {
   const ul = view.querySelector("#triggers");
   const form = view.querySelector("#trigger-add");
+  // The targets a new trigger may have: the latest code, an alias or a published version.
+  view.addEventListener("releases-changed", (ev) => {
+    const select = form.elements.target;
+    const keep = select.value;
+    select.replaceChildren(el("option", {value: ""}, "$LATEST"),
+      ...ev.detail.aliases.map(a => el("option", {value: a.name}, `alias ${a.name}`)),
+      ...ev.detail.versions.map(v => el("option", {value: String(v.version)}, `version ${v.version}`)));
+    if ([...select.options].some(o => o.value === keep)) select.value = keep;
+  });
   const base = await edgeBase();
   const render = (triggers) => {
     ul.replaceChildren(...triggers.map(t => triggerItem(t, base, async () => {
@@ -405,11 +414,14 @@ async function setupTriggers(name, triggers, reloadTriggers) {
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     submitting(form, async () => {
-      const t = formValues(form, []);
+      const {target, ...t} = formValues(form, []);
       if (!t.path) throw new FieldError("path", "give a path, for example /hello or /hello/{name}");
       if (!t.path.startsWith("/")) throw new FieldError("path", "a path starts with /");
-      await api("POST", `/v1/functions/${name}/triggers`, t);
-      say(`Trigger ${t.method} ${t.path} added`);
+      if (target) {  // bound to an alias or a published version: NAME:live, NAME:3
+        try { await api("POST", "/v1/triggers", {...t, function: `${name}:${target}`}); }
+        catch (e) { if (e.field === "function") e.field = "target"; throw e; }
+      } else await api("POST", `/v1/functions/${name}/triggers`, t);
+      say(`Trigger ${t.method} ${t.path} added` + (target ? ` for ${name}:${target}` : ""));
       form.elements.path.value = "";
       await reload();
     });

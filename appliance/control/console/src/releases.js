@@ -1,4 +1,4 @@
-// A function's published versions and aliases (README "Versions and aliases"): publish freezes the
+// A function's published versions and aliases (POST .../publish, .../published, .../aliases): publish freezes the
 // current code and settings as version N; an alias names a version, optionally with a second one
 // taking a weighted share of the calls. Moving an alias back to an older version is the rollback,
 // so the form that creates an alias also moves one, and each alias has a button that fills it in.
@@ -115,6 +115,7 @@ export async function setupReleases(name, triggers) {
       setState(state, null);
       view.querySelector("#releases-body").hidden = false;
       render();
+      view.dispatchEvent(new CustomEvent("releases-changed", {detail: {versions, aliases}}));
     } catch (e) {
       if (e instanceof AuthNeeded) throw e;
       view.querySelector("#releases-body").hidden = true;
