@@ -134,9 +134,16 @@ function queueItem(t, stats, onChange) {
 export function setupEventTriggers(name, fn, triggers, reload, onCleanup) {
   const ul = view.querySelector("#event-triggers");
   const err = view.querySelector("#event-triggers-error");
+  let drawn = null;
   const render = () => {
     const list = triggers().filter(t => t.kind === "schedule" || t.kind === "queue");
     const stats = Object.fromEntries(((fn() || {}).queue_sources || []).map(s => [s.id, s]));
+    // Redrawn only when something shown changed (the function is re-read every few seconds), so a
+    // button is never replaced under the pointer for nothing.
+    const now = Date.now();
+    const shown = JSON.stringify([list, stats, list.map(t => [t.next_run && relative(t.next_run, now), t.last_run && relative(t.last_run, now)])]);
+    if (shown === drawn) return;
+    drawn = shown;
     ul.replaceChildren(...list.map(t => {
       const change = async (button, method, body) => {
         if (method === "DELETE" && !confirm(`Remove the ${t.kind} trigger ${t.id}?`)) return;

@@ -104,12 +104,15 @@ export async function setupFunctionLayers(name, fn, refreshFn) {
     select.replaceChildren(el("option", {value: ""}, Object.keys(known).length ? "add a layer version…" : "no layer published yet"),
       ...Object.keys(known).filter(r => !wanted.includes(r)).sort().map(r => el("option", {value: r}, r)));
   };
+  const state = view.querySelector("#fn-layers-state");
+  state.textContent = "Loading the layers…";
   try {
     const {data} = await api("GET", "/v1/layers");
     known = Object.fromEntries(data.layers.map(l => [l.ref, l]));
+    state.textContent = "";
   } catch (e) {
     if (e instanceof AuthNeeded) throw e;
-    view.querySelector("#fn-layers-state").textContent = `Could not read the layer list: ${e.message}`;
+    state.textContent = `Could not read the layer list: ${e.message}`;
   }
   select.addEventListener("change", () => {
     if (!select.value) return;
@@ -124,14 +127,19 @@ export async function setupFunctionLayers(name, fn, refreshFn) {
       say(wanted.length ? `Layers saved: ${wanted.join(", ")}` : "Layers removed");
       await refreshFn();
       wanted = [...(fn().layers || [])];
+      saved = JSON.stringify(wanted);
       render();
     });
   });
+  // The header re-reads the function every few seconds: redraw only when its layers changed
+  // (elsewhere), and keep edits not saved yet.
+  let saved = JSON.stringify(fn().layers || []);
   view.addEventListener("function-changed", () => {
-    if (JSON.stringify(wanted) === JSON.stringify(fn().layers || []) || !form.querySelector(".pending")) {
-      wanted = [...(fn().layers || [])];
-      render();
-    }
+    const now = JSON.stringify(fn().layers || []);
+    if (now === saved) return;
+    if (JSON.stringify(wanted) === saved) wanted = [...(fn().layers || [])];
+    saved = now;
+    render();
   });
   render();
 }
