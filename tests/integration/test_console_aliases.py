@@ -120,6 +120,20 @@ def test_publish_alias_weighted_move_and_rollback(appliance, page, fn, browser, 
     assert got["version"] == 1 and not got["weights"]
 
 
+def test_the_alias_is_invoked_from_the_page_and_its_calls_say_so(appliance, page, fn):
+    page.goto(appliance.api_url + f"/console/#/functions/{fn}")
+    expect(page.locator("#invoke-qualifier option[value=live]")).to_have_count(1)
+    page.select_option("#invoke-qualifier", "live")  # live is back on version 1
+    page.click("#invoke")
+    expect(page.locator("#result")).to_contain_text("HTTP 200")
+    expect(page.locator("#result")).to_contain_text("version 1")
+    expect(page.locator("#result")).to_contain_text('"one"')
+    page.select_option("#invoke-qualifier", "")
+    page.click("#invoke")
+    expect(page.locator("#result")).to_contain_text('"two"')  # $LATEST runs the newest code
+    expect(page.locator("#invocations tbody td[data-label=Version]:has-text('1 (live)')")).to_have_count(1)
+
+
 def test_a_trigger_on_the_alias_shows_and_keeps_it_until_removed(appliance, page, fn):
     page.goto(appliance.api_url + f"/console/#/functions/{fn}")
     live = page.locator("#aliases li[data-alias=live]")

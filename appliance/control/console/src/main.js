@@ -383,18 +383,21 @@ async function setupCharts(name) {
   await run();
 }
 
-async function setupTriggers(name, triggers, reloadTriggers) {
-  const ul = view.querySelector("#triggers");
-  const form = view.querySelector("#trigger-add");
-  // The targets a new trigger may have: the latest code, an alias or a published version.
+/** Keep ``select`` listing what a call may target: the latest code, an alias or a published version. */
+function qualifiers(select) {
   view.addEventListener("releases-changed", (ev) => {
-    const select = form.elements.target;
     const keep = select.value;
     select.replaceChildren(el("option", {value: ""}, "$LATEST"),
       ...ev.detail.aliases.map(a => el("option", {value: a.name}, `alias ${a.name}`)),
       ...ev.detail.versions.map(v => el("option", {value: String(v.version)}, `version ${v.version}`)));
     if ([...select.options].some(o => o.value === keep)) select.value = keep;
   });
+}
+
+async function setupTriggers(name, triggers, reloadTriggers) {
+  const ul = view.querySelector("#triggers");
+  const form = view.querySelector("#trigger-add");
+  qualifiers(form.elements.target);
   const base = await edgeBase();
   const render = (triggers) => {
     ul.replaceChildren(...triggers.map(t => triggerItem(t, base, async () => {
@@ -430,6 +433,7 @@ async function setupTriggers(name, triggers, reloadTriggers) {
 
 function setupInvoke(name) {
   const form = view.querySelector("#invoke-form");
+  qualifiers(form.elements.qualifier);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     submitting(form, async () => {
@@ -441,7 +445,8 @@ function setupInvoke(name) {
       out.className = "";
       out.textContent = "Invoking…";
       const later = form.elements.async.checked;  // Lambda's Event invocation type: 202 once queued
-      const resp = await fetch(`/v1/functions/${name}/invocations`, {method: "POST", body: JSON.stringify(event),
+      const q = form.elements.qualifier.value;
+      const resp = await fetch(`/v1/functions/${name}${q ? `:${encodeURIComponent(q)}` : ""}/invocations`, {method: "POST", body: JSON.stringify(event),
         headers: authHeaders({"Content-Type": "application/json", ...(later ? {"X-Amz-Invocation-Type": "Event"} : {})}),
         credentials: "omit"});
       const text = await resp.text();
@@ -495,6 +500,8 @@ function setupLogs(name) {
       el("td", {"data-label": "Time"}, new Date(r.started_at * 1000).toLocaleTimeString()),
       el("td", {"data-label": "Request"}, el("code", {}, r.request_id.slice(0, 12))),
       el("td", {"data-label": "Status", class: r.status === "ok" ? "" : "bad"}, r.status + (r.error_type ? ` (${r.error_type})` : "")),
+      el("td", {"data-label": "Version", title: `code version ${r.version}`},
+        (r.executed_version || "$LATEST") + (r.alias ? ` (${r.alias})` : "")),
       el("td", {"data-label": "Start", class: r.cold ? "cold" : ""}, r.cold ? `cold: ${r.cold_cause}` : "warm"),
       el("td", {"data-label": "Duration"}, r.duration_ms.toFixed(2)), el("td", {"data-label": "GB-s"}, r.billed_gb_s.toFixed(6)),
       el("td", {"data-label": "Phases"}, phaseBar(r.phases)))));
