@@ -60,6 +60,7 @@ def at_both_widths(browser, appliance, shots, hash_, ready, name, detail=None):
         pg.wait_for_selector(ready)
         no_overflow(pg, f"{name} at {label}")
         pg.screenshot(path=str(shots / f"{name}-{label}.png"), full_page=True)
-        if detail:
+        if detail:  # the sticky header would cover the top of a card taller than the window
+            pg.add_style_tag(content="header.top { position: static; }")
             pg.locator(detail).screenshot(path=str(shots / f"{name}-{label}-detail.png"))
         pg.close()
