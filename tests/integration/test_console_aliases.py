@@ -96,6 +96,8 @@ def test_publish_alias_weighted_move_and_rollback(appliance, page, fn, browser, 
     save_alias(page, 2, extra=1, weight=150)
     expect(page.locator("#alias-form .field-error[data-for=weight]")).to_contain_text("below 100")
     assert page.get_attribute("#alias-form input[name=weight]", "aria-invalid") == "true"
+    page.fill("#alias-form input[name=weight]", "10")  # the form draws the split it would make
+    expect(page.locator("#alias-preview .share[data-version='1']")).to_have_text("v1 10%")
     save_alias(page, 2, extra=1, weight=10)
     page.wait_for_selector(f"#status:has-text('Moved {fn}:live → version 2 (10% to version 1)')")
     expect(live.locator(".split .share[data-version='2']")).to_have_text("v2 90%")

@@ -25,6 +25,13 @@ export function split(alias) {
 
 const pct = (share) => `${Number((share * 100).toFixed(1))}%`;
 
+/** The frozen settings of a published version in a few words (the full set: GET .../published/N). */
+function settings(c) {
+  if (!c) return "–";
+  const layers = (c.layers || []).length;
+  return `${c.memory_mb} MB · ${c.timeout_s} s` + (layers ? ` · ${layers} layer${layers === 1 ? "" : "s"}` : "");
+}
+
 /** The split as a bar with each version's share written on it (and in words beside it, for screen readers). */
 function splitBar(alias) {
   const parts = split(alias);
@@ -72,6 +79,7 @@ export async function setupReleases(name, triggers) {
       el("td", {"data-label": "Version"}, el("strong", {}, v.version)),
       el("td", {"data-label": "Code version"}, v.code_version, v.code_sha256 ? el("code", {class: "muted"}, ` ${v.code_sha256.slice(0, 12)}`) : null),
       el("td", {"data-label": "Description"}, v.description || el("span", {class: "muted"}, "–")),
+      el("td", {"data-label": "Settings", class: "muted"}, settings(v.config)),
       el("td", {"data-label": "Published"}, when(v.created_at)),
       el("td", {"data-label": "Aliases"}, ...(byVersion[v.version] || []).map(([a, s]) =>
         el("span", {class: "badge"}, s < 1 ? `${a} ${pct(s)}` : a)), (byVersion[v.version] || []).length ? null : "–"),
@@ -102,6 +110,7 @@ export async function setupReleases(name, triggers) {
     options(form.elements.version, versions.length ? null : "publish a version first");
     options(form.elements.extra_version, "none");
     form.querySelector("fieldset").disabled = !versions.length;
+    form.elements.version.dispatchEvent(new Event("input"));
     view.querySelector("#alias-names").replaceChildren(...aliases.map(a => el("option", {value: a.name})));
   };
 
@@ -131,6 +140,7 @@ export async function setupReleases(name, triggers) {
     form.elements.extra_version.value = extra ? extra[0] : "";
     form.elements.weight.value = extra ? String(Number((extra[1] * 100).toFixed(2))) : "";
     form.elements.weight.disabled = !extra;
+    form.elements.version.dispatchEvent(new Event("input"));
     form.elements.description.value = a.description || "";
     form.scrollIntoView({behavior: "smooth", block: "center"});
     form.elements.version.focus();
@@ -208,9 +218,21 @@ export async function setupReleases(name, triggers) {
       await load();
     });
   });
+  // What the form would do, drawn as the alias's bar would be (nothing while it is incomplete).
+  const preview = () => {
+    const f = form.elements;
+    const w = Number(f.weight.value);
+    const extra = f.extra_version.value && f.extra_version.value !== f.version.value && w > 0 && w < 100;
+    const box = view.querySelector("#alias-preview");
+    box.replaceChildren(...(f.version.value ? [splitBar({version: Number(f.version.value),
+      weights: extra ? {[f.extra_version.value]: w / 100} : {}})] : []));
+  };
+  for (const k of ["version", "extra_version", "weight"]) form.elements[k].addEventListener("input", preview);
+  form.addEventListener("reset", () => setTimeout(preview));
   form.elements.extra_version.addEventListener("change", () => {
     form.elements.weight.disabled = !form.elements.extra_version.value;
     if (!form.elements.extra_version.value) form.elements.weight.value = "";
+    preview();
   });
   form.addEventListener("reset", () => setTimeout(() => { form.elements.weight.disabled = true; }));
   form.elements.weight.disabled = true;
