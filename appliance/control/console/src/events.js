@@ -67,7 +67,8 @@ export async function setupEvents(name, fn, onCleanup) {
         el("td", {"data-label": "Source"}, e.source || "invoke"),
         el("td", {"data-label": "Status"}, el("span", {class: `badge st-${e.state}`}, e.state)),
         el("td", {"data-label": "Attempts"}, e.attempts),
-        el("td", {"data-label": "Next try"}, PENDING.has(e.state) && e.state !== "running" ? relative(e.available_at, now) || "–" : "–"),
+        el("td", {"data-label": "Next try"}, PENDING.has(e.state) && e.state !== "running" ?
+          (e.available_at * 1000 <= now ? "due now" : relative(e.available_at, now)) : "–"),
         el("td", {"data-label": "Last error", class: e.last_error ? "bad wrap" : ""}, e.last_error || "–"),
         el("td", {"data-label": "Updated"}, relative(e.updated_at, now)))));
       pending = STATES.some(s => PENDING.has(s) && data.counts[s] > 0);
