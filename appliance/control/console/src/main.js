@@ -4,9 +4,12 @@
 // Built by esbuild into ../dist (make console); CodeMirror and uPlot come from package-lock.json.
 import {CodeEditor} from "./editor.js";
 import {Charts} from "./charts.js";
+import {AuthNeeded, TOKEN_KEY, token, view, say, statusIsError, setAuthHandler, authHeaders, api, el, setState,
+  clearErrors, fieldError, submitting, FieldError, formValues} from "./ui.js";
+import {setupReleases, triggerLabel} from "./releases.js";
+import {setupEvents, setupEventTriggers} from "./events.js";
+import {showLayers, setupFunctionLayers} from "./layers.js";
 
-const TOKEN_KEY = "faas.token";
-const token = () => sessionStorage.getItem(TOKEN_KEY);
 /** How often the open function page asks for new log lines; the least time between two chart queries. */
 const TAIL_MS = 1000;
 const CHART_MS = 5000;
@@ -14,13 +17,6 @@ const CHART_MS = 5000;
 const MAX_LOG_LINES = 2000;
 const NAME_RE = /^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$/;
 
-class AuthNeeded extends Error {}
-class ApiError extends Error {
-  constructor(err, status) { super(err.message); this.code = err.code; this.field = err.field; this.status = status; }
-}
-
-const view = document.getElementById("view");
-const statusEl = document.getElementById("status");
 const PHASE_COLOURS = {queue: "#b0bec5", placement: "#90caf9", code_fetch: "#80cbc4", sandbox: "#ce93d8",
   runtime_init: "#ffcc80", user_init: "#ffab91", run: "#a5d6a7", overhead: "#e0e0e0"};
 let cleanup = [];
@@ -28,111 +24,10 @@ let pageFn = null;  // the function the page shows, as last read
 let unsaved = () => false;  // whether leaving the page would lose edits
 let shownHash = location.hash;   // what the current page started (timers, editors, charts), stopped on leaving it
 
-let statusTimer = null;
-function say(text, isError) {
-  statusEl.textContent = text || "";
-  statusEl.className = isError ? "error" : "ok";
-  clearTimeout(statusTimer);
-  if (text && !isError) statusTimer = setTimeout(() => { statusEl.textContent = ""; }, 6000);
-}
-
-function authHeaders(headers) {
-  const out = Object.assign({}, headers || {});
-  if (token()) out["Authorization"] = `Bearer ${token()}`;
-  return out;
-}
-
-async function api(method, path, body, headers) {
-  const opts = {method, headers: authHeaders(headers), credentials: "omit"};
-  if (body !== undefined) {
-    if (body instanceof Blob || body instanceof ArrayBuffer) {
-      opts.body = body;
-    } else {
-      opts.body = JSON.stringify(body);
-      opts.headers["Content-Type"] = "application/json";
-    }
-  }
-  let resp;
-  try { resp = await fetch(path, opts); }
-  catch (e) { throw new ApiError({code: "Network.Unreachable", message: "the appliance did not answer; is it running?"}, 0); }
-  const text = await resp.text();
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch (e) { data = text; }
-  if (resp.status === 401) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    throw new AuthNeeded((data && data.error && data.error.message) || "log in with a token");
-  }
-  if (!resp.ok) throw new ApiError((data && data.error) || {code: `HTTP.${resp.status}`, message: String(text).slice(0, 200)}, resp.status);
-  return {data, resp};
-}
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") node.className = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
-
 function mount(templateId) {
   for (const stop of cleanup) stop();
   cleanup = [];
   view.replaceChildren(document.getElementById(templateId).content.cloneNode(true));
-}
-
-function setState(node, kind, message, retry) {
-  node.hidden = !kind;
-  node.className = `state ${kind || ""}`;
-  node.replaceChildren(message || "");
-  if (retry) node.append(" ", el("button", {type: "button", onclick: retry}, "Retry"));
-}
-
-// -- validation next to the field --------------------------------------------------------
-
-function clearErrors(form) {
-  for (const p of form.querySelectorAll(".field-error, .form-error")) p.textContent = "";
-  for (const i of form.querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
-}
-
-function fieldError(form, field, message) {
-  const slot = field && form.querySelector(`.field-error[data-for="${field}"]`);
-  if (slot) {
-    slot.textContent = message;
-    const input = form.elements[field];
-    if (input && input.setAttribute) { input.setAttribute("aria-invalid", "true"); input.focus(); }
-    return;
-  }
-  const box = form.querySelector(".form-error");
-  if (box) box.textContent = message; else say(message, true);
-}
-
-/** Run ``action`` for ``form``: errors with a field go next to it, others under the form. */
-async function submitting(form, action) {
-  clearErrors(form);
-  const buttons = form.querySelectorAll("button");
-  buttons.forEach(b => { b.disabled = true; });
-  try { await action(); }
-  catch (e) {
-    if (e instanceof AuthNeeded) { showLogin(e.message); return; }
-    fieldError(form, e.field, e.code ? `${e.message} (${e.code})` : e.message);
-  } finally { buttons.forEach(b => { b.disabled = false; }); }
-}
-
-class FieldError extends Error { constructor(field, message) { super(message); this.field = field; } }
-
-function formValues(form, numeric) {
-  const out = {};
-  for (const [k, v] of new FormData(form).entries()) {
-    if (v === "" || typeof v !== "string") continue;
-    if (numeric.includes(k)) {
-      if (!/^-?\d+(\.\d+)?$/.test(v.trim())) throw new FieldError(k, "must be a number");
-      out[k] = Number(v);
-    } else out[k] = v;
-  }
-  return out;
 }
 
 const NUMERIC = ["memory_mb", "timeout_s", "concurrency", "max_instances", "min_instances", "keep_alive_s"];
@@ -156,7 +51,8 @@ async function showFunctions() {
       const hourly = (f, k) => recent === null ? "–" : (lastHour[f.name] ? lastHour[f.name][k] : 0);
       const tbody = table.querySelector("tbody");
       tbody.replaceChildren(...data.functions.map(f => {
-        const routes = trig.triggers.filter(t => t.function === f.name).map(t => `${t.method} ${t.path}`).join(", ");
+        const routes = trig.triggers.filter(t => t.function === f.name || t.function.startsWith(`${f.name}:`))
+          .map(t => triggerLabel(t) + (t.function === f.name ? "" : ` (${t.function.slice(f.name.length + 1)})`)).join(", ");
         return el("tr", {}, el("td", {"data-label": "Name"}, el("a", {href: `#/functions/${f.name}`}, f.name)),
           el("td", {"data-label": "Runtime"}, f.runtime), el("td", {"data-label": "Version"}, f.version || "no code"),
           el("td", {"data-label": "Memory"}, `${f.memory_mb} MB`), el("td", {"data-label": "Calls (1 h)"}, hourly(f, "invocations")),
@@ -277,7 +173,8 @@ function triggerItem(t, base, onRemove) {
   const auth = t.auth && t.auth.type && t.auth.type !== "none" ? el("span", {class: "badge warn"}, `auth: ${t.auth.type}`) : null;
   const canOpen = t.method === "GET" || t.method === "ANY";
   return el("li", {"data-method": t.method, "data-path": t.path},
-    el("div", {class: "trigger-head"}, el("span", {class: "badge"}, t.method), el("code", {}, t.path), auth),
+    el("div", {class: "trigger-head"}, el("span", {class: "badge"}, t.method), el("code", {}, t.path), auth,
+      t.function.includes(":") ? el("span", {class: "badge alias", title: "calls go to this alias or version"}, `→ ${t.function}`) : null),
     el("div", {class: "trigger-url"}, urlText),
     inputs.length ? el("div", {class: "params"}, ...inputs) : null,
     el("div", {class: "actions"}, copyBtn, canOpen ? open : el("span", {class: "muted"}, `call it with ${t.method}`),
@@ -312,13 +209,29 @@ async function showFunction(name) {
       (s.reason ? `: ${s.reason}` : "") : "";
   };
   renderHeader();
-  const refreshFn = async () => { fn = (await api("GET", `/v1/functions/${name}`)).data; renderHeader(); };
+  const refreshFn = async () => {
+    fn = (await api("GET", `/v1/functions/${name}`)).data;
+    renderHeader();
+    view.dispatchEvent(new CustomEvent("function-changed"));
+  };
+  // Every trigger of the function: HTTP routes, schedules and queues, also those bound to one of
+  // its aliases or versions ("NAME:live"), which the API's ?function= filter would leave out.
+  let triggers = [];
+  const ofThis = (t) => t.function === name || t.function.startsWith(`${name}:`);
+  const reloadTriggers = async () => {
+    triggers = (await api("GET", "/v1/triggers")).data.triggers.filter(ofThis);
+    view.dispatchEvent(new CustomEvent("triggers-changed"));
+  };
+  try { await reloadTriggers(); } catch (e) { if (e instanceof AuthNeeded) throw e; triggers = fn.triggers || []; }
+  const onCleanup = (stop) => cleanup.push(stop);
   // The instance counts and the autoscaler's decision change by themselves: keep them current.
   const headerTimer = setInterval(() => { if (!document.hidden) refreshFn().catch(() => {}); }, CHART_MS);
   cleanup.push(() => clearInterval(headerTimer));
 
-  await Promise.all([setupCode(name, fn, refreshFn), setupCharts(name), setupTriggers(name, fn),
-    setupLogs(name), setupVersions(name, fn, refreshFn)]);
+  setupEventTriggers(name, () => fn, () => triggers, reloadTriggers, onCleanup);
+  await Promise.all([setupCode(name, fn, refreshFn), setupCharts(name), setupTriggers(name, () => triggers, reloadTriggers),
+    setupLogs(name), setupVersions(name, fn, refreshFn), setupReleases(name, () => triggers),
+    setupFunctionLayers(name, () => fn, refreshFn), setupEvents(name, () => fn, onCleanup)]);
   setupInvoke(name);
   setupSettings(name, fn, refreshFn);
 }
@@ -470,9 +383,21 @@ async function setupCharts(name) {
   await run();
 }
 
-async function setupTriggers(name, fn) {
+/** Keep ``select`` listing what a call may target: the latest code, an alias or a published version. */
+function qualifiers(select) {
+  view.addEventListener("releases-changed", (ev) => {
+    const keep = select.value;
+    select.replaceChildren(el("option", {value: ""}, "$LATEST"),
+      ...ev.detail.aliases.map(a => el("option", {value: a.name}, `alias ${a.name}`)),
+      ...ev.detail.versions.map(v => el("option", {value: String(v.version)}, `version ${v.version}`)));
+    if ([...select.options].some(o => o.value === keep)) select.value = keep;
+  });
+}
+
+async function setupTriggers(name, triggers, reloadTriggers) {
   const ul = view.querySelector("#triggers");
   const form = view.querySelector("#trigger-add");
+  qualifiers(form.elements.target);
   const base = await edgeBase();
   const render = (triggers) => {
     ul.replaceChildren(...triggers.map(t => triggerItem(t, base, async () => {
@@ -485,16 +410,21 @@ async function setupTriggers(name, fn) {
     })));
     view.querySelector("#triggers-empty").hidden = triggers.length > 0;
   };
-  const reload = async () => render((await api("GET", `/v1/triggers?function=${encodeURIComponent(name)}`)).data.triggers);
-  render(fn.triggers || []);
+  const reload = reloadTriggers;
+  const http = () => triggers().filter(t => !t.kind || t.kind === "http");
+  view.addEventListener("triggers-changed", () => render(http()));
+  render(http());
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     submitting(form, async () => {
-      const t = formValues(form, []);
+      const {target, ...t} = formValues(form, []);
       if (!t.path) throw new FieldError("path", "give a path, for example /hello or /hello/{name}");
       if (!t.path.startsWith("/")) throw new FieldError("path", "a path starts with /");
-      await api("POST", `/v1/functions/${name}/triggers`, t);
-      say(`Trigger ${t.method} ${t.path} added`);
+      if (target) {  // bound to an alias or a published version: NAME:live, NAME:3
+        try { await api("POST", "/v1/triggers", {...t, function: `${name}:${target}`}); }
+        catch (e) { if (e.field === "function") e.field = "target"; throw e; }
+      } else await api("POST", `/v1/functions/${name}/triggers`, t);
+      say(`Trigger ${t.method} ${t.path} added` + (target ? ` for ${name}:${target}` : ""));
       form.elements.path.value = "";
       await reload();
     });
@@ -503,6 +433,7 @@ async function setupTriggers(name, fn) {
 
 function setupInvoke(name) {
   const form = view.querySelector("#invoke-form");
+  qualifiers(form.elements.qualifier);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     submitting(form, async () => {
@@ -513,13 +444,18 @@ function setupInvoke(name) {
       out.hidden = false;
       out.className = "";
       out.textContent = "Invoking…";
-      const resp = await fetch(`/v1/functions/${name}/invocations`, {method: "POST", body: JSON.stringify(event),
-        headers: authHeaders({"Content-Type": "application/json"}), credentials: "omit"});
+      const later = form.elements.async.checked;  // Lambda's Event invocation type: 202 once queued
+      const q = form.elements.qualifier.value;
+      const resp = await fetch(`/v1/functions/${name}${q ? `:${encodeURIComponent(q)}` : ""}/invocations`, {method: "POST", body: JSON.stringify(event),
+        headers: authHeaders({"Content-Type": "application/json", ...(later ? {"X-Amz-Invocation-Type": "Event"} : {})}),
+        credentials: "omit"});
       const text = await resp.text();
       const timing = parseServerTiming(resp.headers.get("Server-Timing"));
       out.className = resp.ok ? "ok" : "error";
+      const executed = resp.headers.get("X-Amz-Executed-Version");
       out.textContent = `HTTP ${resp.status} · request ${resp.headers.get("X-Request-Id")} · ` +
-        (timing.cold ? `cold start (${timing.cold})` : "warm") + "\n" + text;
+        (later ? (resp.status === 202 ? "queued: see Async events below" : "not queued") :
+          (timing.cold ? `cold start (${timing.cold})` : "warm") + (executed ? ` · version ${executed}` : "")) + "\n" + text;
       view.querySelector("#phases").replaceChildren(phaseBar(timing.phases));
       view.dispatchEvent(new CustomEvent("activity"));
     });
@@ -564,6 +500,8 @@ function setupLogs(name) {
       el("td", {"data-label": "Time"}, new Date(r.started_at * 1000).toLocaleTimeString()),
       el("td", {"data-label": "Request"}, el("code", {}, r.request_id.slice(0, 12))),
       el("td", {"data-label": "Status", class: r.status === "ok" ? "" : "bad"}, r.status + (r.error_type ? ` (${r.error_type})` : "")),
+      el("td", {"data-label": "Version", title: `code version ${r.version}`},
+        (r.executed_version || "$LATEST") + (r.alias ? ` (${r.alias})` : "")),
       el("td", {"data-label": "Start", class: r.cold ? "cold" : ""}, r.cold ? `cold: ${r.cold_cause}` : "warm"),
       el("td", {"data-label": "Duration"}, r.duration_ms.toFixed(2)), el("td", {"data-label": "GB-s"}, r.billed_gb_s.toFixed(6)),
       el("td", {"data-label": "Phases"}, phaseBar(r.phases)))));
@@ -689,7 +627,7 @@ function showLogin(message) {
 }
 
 async function route() {
-  if (statusEl.className === "error") say("");  // an error belongs to the page it happened on
+  if (statusIsError()) say("");  // an error belongs to the page it happened on
   if (!token()) { showLogin(); return; }
   document.getElementById("nav-logout").hidden = false;
   const hash = location.hash || "#/";
@@ -698,6 +636,7 @@ async function route() {
   try {
     if (hash.startsWith("#/functions/")) await showFunction(decodeURIComponent(hash.slice(12)));
     else if (hash === "#/usage") await showUsage();
+    else if (hash === "#/layers") await showLayers(mount);
     else await showFunctions();
   } catch (e) {
     if (e instanceof AuthNeeded) showLogin(e.message); else say(e.message, true);
@@ -730,4 +669,5 @@ window.addEventListener("hashchange", () => {
   shownHash = location.hash;
   route();
 });
+setAuthHandler(showLogin);
 route();
