@@ -106,6 +106,15 @@ def to_drop(kept: list[Kept], *, budget_bytes: int, keep_s: float, now: float) -
 
 
 @dataclass
+class _Spare:
+    """A child the template forked and confined ahead of a launch (pid in the template's namespace)."""
+    pid: int
+    cgroup: object
+    host_pid: int
+    moving: threading.Thread | None
+
+
+@dataclass
 class _Template:
     key: str
     function: str
@@ -118,6 +127,7 @@ class _Template:
     env: dict = field(default_factory=dict)
     cgroup: object = None            # where its own pages are charged
     next_cgroup: object = None       # where it waits: its next instance's
+    spare: _Spare | None = None
     moving: threading.Thread | None = None
     created: float = 0.0
     last_used: float = 0.0
@@ -292,6 +302,7 @@ class Templates:
             t.moving.join()
         t.state = "ready"
         log.info("event=snapshot_ready function=%s version=%s init_ms=%s", t.function, t.version, t.init_ms)
+        self._refill(t, req.spec.memory_mb)
 
     def _read(self, t: _Template) -> None:
         """The template's messages: fork replies, and its children's exits."""
@@ -330,6 +341,10 @@ class Templates:
                 del self._by_key[t.key]
         if t.cgroup is not None:
             t.cgroup.remove()
+        spare, t.spare = t.spare, None
+        for cg in (spare.cgroup if spare else None, t.next_cgroup):
+            if cg is not None:
+                cg.remove()
 
     def _move_to_next(self, t: _Template, memory_mb: int) -> None:
         """In the background: a fresh cgroup limited for the next instance, and the template into it."""
@@ -350,16 +365,56 @@ class Templates:
         t.moving = threading.Thread(target=move, daemon=True, name=f"template-cg-{t.function}")
         t.moving.start()
 
+    def _ask(self, t: _Template, msg: dict, fds: list[int]) -> dict:
+        """One request to the template and its answer (callers hold ``t.lock``: one at a time)."""
+        with t.reply_ready:
+            t.replies.clear()
+        socket.send_fds(t.ctl, [json.dumps(msg).encode()], fds)
+        with t.reply_ready:
+            t.reply_ready.wait_for(lambda: t.replies or t.state not in ("ready", "dropping"), FORK_REPLY_TIMEOUT_S)
+            return t.replies.pop(0) if t.replies else {"error": "the template did not answer"}
+
+    def _refill(self, t: _Template, memory_mb: int) -> None:
+        """In the background: a child forked and confined ahead of the next cold start (a *spare*), in
+        the cgroup the template waits in, which then moves on to a fresh one. A cold start that finds
+        the spare only hands it its descriptors: no fork, no namespaces, no mounts on its path."""
+        def refill():
+            with t.lock:
+                if t.spare is not None or t.state != "ready" or t.ctl is None:
+                    return
+                if t.moving is not None:
+                    t.moving.join()
+                cg, t.next_cgroup = t.next_cgroup, None
+                if cg is None:
+                    return
+                try:
+                    reply = self._ask(t, {"spare": True}, [])
+                    if "spare" not in reply:
+                        raise PlacementFailed(str(reply.get("error")))
+                    host_pid = self._host_pid(t, cg)
+                except (OSError, PlacementFailed) as exc:
+                    log.warning("event=snapshot_spare_failed function=%s error=%r", t.function, str(exc))
+                    cg.remove()
+                    self._move_to_next(t, memory_mb)
+                    return
+                self._move_to_next(t, memory_mb)
+                t.spare = _Spare(reply["spare"], cg, host_pid, t.moving)
+        threading.Thread(target=refill, daemon=True, name=f"template-spare-{t.function}").start()
+
     def _fork(self, t: _Template, req, env: dict, deadline: float):
         la = self.launcher
         t0 = time.monotonic()
         instance_id = req.instance_id
         with t.lock:
-            if t.moving is not None:
-                t.moving.join()
-            cg, t.next_cgroup = t.next_cgroup, None
-            if la.cgroups is not None and cg is None:
-                raise PlacementFailed("the template has no cgroup for its next instance")
+            spare, t.spare = t.spare, None
+            if spare is not None:
+                cg, moving = spare.cgroup, spare.moving
+            else:
+                if t.moving is not None:
+                    t.moving.join()
+                cg, t.next_cgroup = t.next_cgroup, None
+                if la.cgroups is not None and cg is None:
+                    raise PlacementFailed("the template has no cgroup for its next instance")
             key = uuid.uuid4().hex[:12]
             sock_dir = la.run_dir / key
             sock_dir.mkdir(mode=0o700)
@@ -373,19 +428,14 @@ class Templates:
                 extra = {k: v for k, v in env.items() if t.env.get(k) != v}
                 msg = {"fork": {"env": extra, "instance_id": instance_id,
                                 "socket": f"{sandbox.SOCKET_DIR}/instance.sock"}}
-                with t.reply_ready:
-                    t.replies.clear()
-                socket.send_fds(t.ctl, [json.dumps(msg).encode()], [w, out_fd, listener.fileno()])
-                with t.reply_ready:
-                    t.reply_ready.wait_for(lambda: t.replies or t.state != "ready", FORK_REPLY_TIMEOUT_S)
-                    reply = t.replies.pop(0) if t.replies else {"error": "the template did not answer"}
+                reply = self._ask(t, msg, [w, out_fd, listener.fileno()])
                 if "pid" not in reply:
                     raise PlacementFailed(f"the template could not fork: {reply.get('error')}")
-                host_pid = self._host_pid(t, cg)
+                host_pid = spare.host_pid if spare is not None else self._host_pid(t, cg)
             except BaseException:
                 os.close(r)
                 la._release_forked(sock_dir, cg)
-                if cg is not None:
+                if spare is None and cg is not None:
                     self._move_to_next(t, req.spec.memory_mb)
                 raise
             finally:
@@ -394,17 +444,21 @@ class Templates:
                     os.close(out_fd)
                 listener.close()
             t.forks += 1
-            self._move_to_next(t, req.spec.memory_mb)
-            moving = t.moving
+            if spare is None:
+                self._move_to_next(t, req.spec.memory_mb)
+                moving = t.moving
+        self._refill(t, req.spec.memory_mb)
 
         def on_exit(h: _ForkedHandle) -> None:
-            moving.join()   # the template must have left this cgroup before it is emptied
+            if moving is not None:
+                moving.join()   # the template must have left this cgroup before it is emptied
             h.oom = cg.oom_killed() if cg is not None else False
             la._release_forked(sock_dir, cg)
 
         handle = _ForkedHandle(host_pid, on_exit)
         handle.socket_dir = sock_dir
         handle.cgroup = cg
+        handle.from_spare = spare is not None
         tpid = reply["pid"]
         t.children[tpid] = handle
         if tpid in t.early_exits:

@@ -399,13 +399,23 @@ def template(config, control_fd, fork, isolate):
                 return
             if pid == 0:
                 return
-            children.discard(pid)
-            send({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+            if pid in children:  # not a spare that ended before its launch
+                children.discard(pid)
+                send({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     report({"template": True, "initDurationMs": inst.init_ms})
     fd_room = _socket.CMSG_SPACE(8 * 4)
+    spare = None  # (pid, our end of its socket pair): a child forked ahead, waiting for its launch
+
+    def fork_child():
+        launching.append(True)
+        try:
+            return fork()
+        finally:
+            launching.clear()
+
     while True:
         try:
             msg, anc, _, _ = ctl.recvmsg(1 << 20, fd_room)
@@ -417,20 +427,47 @@ def template(config, control_fd, fork, isolate):
                 fds += list(memoryview(data).cast("i")[: len(data) // 4])
         if not msg:
             return 0  # the launcher is gone: so is every instance (they live in this pid namespace)
+        # an instance that ends at once is reported only once it is counted (handler after the add)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
-            req = json.loads(msg)["fork"]
+            doc = json.loads(msg)
+            if "spare" in doc:
+                if spare is not None:
+                    raise ValueError("there is a spare already")
+                ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+                pid = fork_child()
+                if pid == 0:
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                    ours.close()
+                    ctl.detach()
+                    os.close(control_fd)  # the template's: never a child's
+                    _spare_child(inst, theirs, isolate_error, fixups)  # never returns
+                theirs.close()
+                spare = (pid, ours)
+                send({"spare": pid})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                continue
+            req = doc["fork"]
             if len(fds) != 3:
                 raise ValueError(f"a fork needs 3 descriptors, got {len(fds)}")
-            launching.append(True)
-            try:
-                pid = fork()
-            finally:
-                launching.clear()
-            if pid == 0:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                ctl.detach()  # its descriptor number is about to be the listener's
-                _forked(inst, req, fds, isolate_error, fixups)  # never returns
+            if spare is not None:
+                pid, ours = spare
+                spare = None
+                import array
+                try:
+                    ours.sendmsg([msg], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))])
+                finally:
+                    ours.close()
+            else:
+                pid = fork_child()
+                if pid == 0:
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                    ctl.detach()  # its descriptor number is about to be the listener's
+                    _forked(inst, req, fds, isolate_error, fixups)  # never returns
         except Exception as exc:  # noqa: BLE001 - one bad launch must not end the template
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             for fd in fds:
                 os.close(fd)
             send({"error": f"{type(exc).__name__}: {exc}"})
@@ -439,6 +476,30 @@ def template(config, control_fd, fork, isolate):
         for fd in fds:
             os.close(fd)
         send({"pid": pid})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
+def _spare_child(inst, sock, isolate_error, fixups):
+    """A child forked from the template ahead of its launch, confined already (``isolate`` ran at the
+    fork): it waits for the launch's message and descriptors, then starts like any forked instance.
+    Ends when the template does (its socket pair closes)."""
+    fd_room = _socket.CMSG_SPACE(8 * 4)
+    while True:
+        try:
+            msg, anc, _, _ = sock.recvmsg(1 << 20, fd_room)
+            break
+        except InterruptedError:
+            continue
+        except OSError:
+            os._exit(0)
+    if not msg:
+        os._exit(0)
+    fds = []
+    for level, kind, data in anc:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += list(memoryview(data).cast("i")[: len(data) // 4])
+    sock.close()
+    _forked(inst, json.loads(msg)["fork"], fds, isolate_error, fixups)
 
 
 def _forked(inst, req, fds, isolate_error, fixups=()):
