@@ -16,7 +16,7 @@ from pathlib import Path
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.routing import BaseConverter
 
-from appliance.control import layers_view
+from appliance.control import layers_view, versions_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
 from appliance.control import openapi
 from appliance.control.invoke import invocation_type, invoke_response, read_event
@@ -29,6 +29,7 @@ from appliance.core.scheduled_min import effective_min
 from appliance.core.errors import ConsoleNotBuilt, NotFound, PayloadTooLarge, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
+from appliance.core.routing import split_target, validate_qualifier
 from appliance.web import correlation_id_of, install_error_handlers, json_response, request_id
 from appliance.wiring import Components
 
@@ -427,10 +428,21 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/functions/<name>/invocations")
     def invoke(name: str):
-        need("invoke", name)
+        # NAME:QUALIFIER in the path, or ?qualifier= (a version number, an alias or $LATEST).
+        name, qualifier = split_target(name)
+        if request.args.get("qualifier") not in (None, ""):
+            if qualifier is not None:
+                raise ValidationError("give the qualifier once: in the path (NAME:QUALIFIER) or as ?qualifier=",
+                                      field="qualifier")
+            qualifier = request.args["qualifier"]
+        need("invoke", name)  # the token's function pattern applies to the bare name
+        qualifier = validate_qualifier(qualifier)
         require_content_type(JSON)
         kind = invocation_type(request.headers.get("X-Amz-Invocation-Type"), request.args.get("type"))
-        return invoke_response(c, ensure_name(name), read_event(c.settings.max_event_bytes), kind)
+        target = f"{ensure_name(name)}:{qualifier}" if qualifier else ensure_name(name)
+        if qualifier and kind == "Event":
+            store.published.check_target(target)  # 404 now, not at the event's first attempt
+        return invoke_response(c, target, read_event(c.settings.max_event_bytes), kind)
 
     @app.get("/v1/functions/<name>/events")
     def events(name: str):
@@ -643,6 +655,7 @@ def create_control_app(c: Components) -> Flask:
         return json_response({"deleted": t.to_dict()})
 
     layers_view.register(app, store, need)
+    versions_view.register(app, c, need, _json_body)
 
     @app.after_request
     def add_request_id(resp):
