@@ -272,7 +272,8 @@ class EdgeApp:
             trigger = match.trigger
             cors = trigger.cors
             name = trigger.function   # NAME, or NAME:VERSION / NAME:ALIAS (README "Versions and aliases")
-            base = name.partition(":")[0]
+            qualified = ":" in name
+            base = name.partition(":")[0] if qualified else name
             fn = self.store.peek(base) or await self._offload(self.store.get, base)
             verifier = self.guard.verifier(trigger) if trigger.auth is not None else None
             authorizer = None
@@ -296,7 +297,7 @@ class EdgeApp:
                                                       correlation_id=corr)
             answer = trigger_answer(method, rid, outcome, cors=cors is not None,
                                     expose_errors=fn.config.expose_errors)
-            if base is not name:
+            if qualified:
                 answer[1].append(("x-amz-executed-version", outcome.record.executed_version))
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
