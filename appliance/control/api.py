@@ -192,6 +192,8 @@ def create_control_app(c: Components) -> Flask:
         if collect is not None:
             # Layer packages stay unpacked while published (functions list them by version).
             layer_digests = {doc.get("digest") for _, doc, _ in store.meta.list("layers/")}
+            # Published versions stay unpacked too: their cold starts must not unpack again.
+            layer_digests |= {doc.get("digest") for _, doc, _ in store.meta.list("published/")}
             collect({r.digest for r in store.list() if r.digest} | layer_digests)
 
     def _wait_ready(name: str, version: int, want: int, timeout_s: float) -> int:
@@ -446,9 +448,12 @@ def create_control_app(c: Components) -> Flask:
 
     @app.get("/v1/functions/<name>/events")
     def events(name: str):
-        """Asynchronous events of a function, newest first, and counts per state."""
-        need("records", name)
-        store.get(ensure_name(name))
+        """Asynchronous events of a function, newest first, and counts per state. Events sent to a
+        version or an alias are listed under that target (``NAME:live``), as they were sent."""
+        base, qualifier = split_target(name)
+        need("records", base)
+        store.get(ensure_name(base))
+        name = f"{base}:{validate_qualifier(qualifier)}" if validate_qualifier(qualifier) else base
         state = request.args.get("status") or request.args.get("state") or None
         if state is not None and state not in ASYNC_STATES:
             raise ValidationError(f"status must be one of {', '.join(ASYNC_STATES)}; got {state!r}", field="status")

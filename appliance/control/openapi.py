@@ -443,7 +443,9 @@ def _paths() -> dict:
             "Asynchronous events, newest first, and how many are in each state", _ok("200", "events", _obj(
                 ["events", "counts"], events={"type": "array", "items": {"type": "object"}},
                 counts={"type": "object", "additionalProperties": INTEGER})),
-            "400", "404", scope="records", op_id="listEvents", params=name + [
+            "400", "404", scope="records", op_id="listEvents", params=[
+                _path("name", {"type": "string", "pattern": TARGET_PATTERN},
+                      "the function's name, or NAME:QUALIFIER for the events sent to a version or an alias"),
                 _query("status", {"enum": [*EVENT_STATES, ""]}, "only events in this state (empty: any)"),
                 _query("state", {"enum": [*EVENT_STATES, ""]}, "the same as status (status wins)"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 50)")])},

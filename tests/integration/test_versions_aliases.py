@@ -163,6 +163,24 @@ def test_tokens_scope_publish_aliases_and_qualified_invokes(appliance):
     # The function pattern applies to the bare name.
     resp = requests.post(f"{api}/{name}:1/invocations", headers=invoker, json={}, timeout=30)
     assert resp.status_code == 200 and resp.headers["X-Amz-Executed-Version"] == "1"
+    # An asynchronous event to a version runs that version; it is listed under its target.
+    queued = requests.post(f"{api}/{name}:1/invocations", headers=invoker, json={}, params={"type": "event"},
+                           timeout=10)
+    assert queued.status_code == 202, queued.text
+
+    def done():
+        got = r.http.get(f"{api}/{name}:1/events", timeout=10).json()
+        return got if got["counts"].get("succeeded") == 1 else None
+    wait_for(done, 20, message="the event to version 1 to succeed")
+    rows = r.http.get(f"{api}/{name}/invocations", timeout=10).json()["invocations"]
+    assert [x["executed_version"] for x in rows if x["trigger"] == "async"] == ["1"]
+    # A schedule that targets a version keeps it from being deleted.
+    sched = r.http.post(f"{r.api_url}/v1/triggers", json={"kind": "schedule", "function": f"{name}:1",
+                                                           "schedule": "rate(1 day)"}, timeout=10)
+    assert sched.status_code == 201 and sched.json()["function"] == f"{name}:1"
+    resp = r.http.delete(f"{api}/{name}/published/1", timeout=10)
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "Version.InUse"
+    assert "schedule" in resp.json()["error"]["message"]
     other = r.deploy(name="ver-other")
     r.http.post(f"{api}/{other}/publish", json={}, timeout=10)
     assert requests.post(f"{api}/{other}:1/invocations", headers=invoker, json={}, timeout=30).status_code == 403
