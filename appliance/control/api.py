@@ -590,13 +590,15 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/functions/<name>/triggers")
     def add_function_trigger(name: str):
-        need("deploy", name)
+        need("deploy", name)   # NAME, or NAME:VERSION / NAME:ALIAS (the store checks the target)
         data = _json_body()
         method, path = data.get("method", "GET"), data.get("path")
         if not isinstance(method, str) or not isinstance(path, str):
             raise ValidationError('give the trigger as {"method": "GET", "path": "/hello"} (strings)',
                                   field="method" if not isinstance(method, str) else "path")
-        t = store.add_trigger(ensure_name(name), method, path, data.get("invocation"), auth=data.get("auth"),
+        base, qualifier = split_target(name)
+        target = f"{ensure_name(base)}:{qualifier}" if qualifier else ensure_name(base)
+        t = store.add_trigger(target, method, path, data.get("invocation"), auth=data.get("auth"),
                               cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
 

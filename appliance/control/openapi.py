@@ -469,7 +469,9 @@ def _paths() -> dict:
             op_id="functionSeries")},
         "/v1/functions/{name}/triggers": {"post": _op(
             "Bind an HTTP trigger to this function", _ok("201", "bound", _ref("Trigger")), "400", "404", "409",
-            scope="deploy", params=name, op_id="addFunctionTrigger", body=_body({
+            scope="deploy", op_id="addFunctionTrigger", params=[
+                _path("name", {"type": "string", "pattern": TARGET_PATTERN},
+                      "the function's name, or NAME:VERSION / NAME:ALIAS")], body=_body({
                 "type": "object", "required": ["path"], "properties": {
                     "method": {**METHOD_SCHEMA, "default": "GET"}, "path": {"type": "string", "pattern": "^/"},
                     "invocation": {"enum": ["sync", "async", "", None]},

@@ -163,6 +163,14 @@ def test_tokens_scope_publish_aliases_and_qualified_invokes(appliance):
     # The function pattern applies to the bare name.
     resp = requests.post(f"{api}/{name}:1/invocations", headers=invoker, json={}, timeout=30)
     assert resp.status_code == 200 and resp.headers["X-Amz-Executed-Version"] == "1"
+    # A deploy token for the function may bind a trigger to one of its versions, and sees it listed.
+    deployer = {"Authorization": f"Bearer {token('deploy', 'ver-tok')}"}
+    bound = requests.post(f"{api}/{name}:1/triggers", headers=deployer, json={"method": "GET", "path": "/ver-tok"},
+                          timeout=10)
+    assert bound.status_code == 201 and bound.json()["function"] == f"{name}:1", bound.text
+    listed = requests.get(f"{r.api_url}/v1/triggers", headers=deployer, timeout=10).json()["triggers"]
+    assert [t["function"] for t in listed if t.get("path") == "/ver-tok"] == [f"{name}:1"]
+    assert requests.get(r.edge + "/ver-tok", timeout=30).headers["x-amz-executed-version"] == "1"
     # An asynchronous event to a version runs that version; it is listed under its target.
     queued = requests.post(f"{api}/{name}:1/invocations", headers=invoker, json={}, params={"type": "event"},
                            timeout=10)
