@@ -167,26 +167,27 @@ class Invoker:
 
     def _begin(self, function: str, body: bytes, request_id: str, trigger: str | None, fn=None,
                correlation_id: str | None = None) -> _Call:
-        name, qualifier = routing.split_target(function)
+        name, qualifier = routing.split_target(function) if ":" in function else (function, None)
         fn = fn or self.store.get(name)
         if fn.version == 0:
             raise NoCode(f"function {name!r} has no code yet; upload it with PUT /v1/functions/{name}/code "
                          "or `faas deploy`")
-        number, alias = routing.executed(qualifier, fn.routing, self.draw() if qualifier else 0.0)
-        if number is not None:
-            if not getattr(self.scheduler, "supports_published", False):
-                raise VersionUnsupported("this appliance's scheduler cannot run published versions apart from "
-                                         "$LATEST yet (cluster mode); invoke the function without a qualifier")
-            fn = self.store.published.executable(fn, number)
-        key = f"{name}:{number}" if number else name
+        key, executed, alias, published = name, routing.LATEST, None, 0
+        if qualifier is not None:  # $LATEST (the warm path's common case) skips all of this
+            number, alias = routing.executed(qualifier, fn.routing, self.draw())
+            if number is not None:
+                if not getattr(self.scheduler, "supports_published", False):
+                    raise VersionUnsupported("this appliance's scheduler cannot run published versions apart from "
+                                             "$LATEST yet (cluster mode); invoke the function without a qualifier")
+                fn = self.store.published.executable(fn, number)
+                key, executed, published = f"{name}:{number}", str(number), number
         rec = InvocationRecord(request_id=request_id, function=name, version=fn.version, started_at=time.time(),
                                memory_mb=fn.config.memory_mb, trigger=trigger or "api",
-                               correlation_id=correlation_id, executed_version=str(number) if number else routing.LATEST,
-                               alias=alias)
+                               correlation_id=correlation_id, executed_version=executed, alias=alias)
         hit = self._specs.get(key)
         if hit is None or hit[0] is not fn:
             # The store hands out the same record until the function changes: build its spec once.
-            hit = self._specs[key] = (fn, InstanceSpec.of(fn, published=number or 0))
+            hit = self._specs[key] = (fn, InstanceSpec.of(fn, published=published))
         return _Call(spec=hit[1], body=body, request_id=request_id, rec=rec, t0=self.clock(),
                      timeout_s=fn.config.timeout_s, max_instances=fn.config.max_instances,
                      policy=self.policies.get(fn, key))
