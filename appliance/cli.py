@@ -1042,12 +1042,20 @@ def describe_text(fn: dict) -> str:
         if "method" not in t:  # a schedule or queue trigger
             lines.append(f"  {t.get('kind', '-'):7} {t.get('schedule') or t.get('queue') or '-'}  id {t.get('id')}")
             continue
-        lines.append(f"  {t['method']:7} {t['path']}" + (f"  {t['url']}" if t.get("url") else ""))
+        lines.append(f"  {t['method']:7} {t['path']}" + (f"  {t['url']}" if t.get("url") else "")
+                     + (f"  -> {t['function']}" if t.get("function", fn["name"]) != fn["name"] else ""))
+    if fn.get("published") or fn.get("aliases"):
+        lines.append(f"{'Published:':13} " + (", ".join(str(v) for v in fn.get("published") or []) or "-"))
+        for a in fn.get("aliases") or []:
+            shares = "".join(f", {w:g} to {v}" for v, w in a["weights"].items())
+            lines.append(f"  alias {a['name']} -> {a['version']}{shares}")
     instances = fn.get("instances") or []
     lines.append(f"{'Instances:':13} {len(instances) or '-'}")
     for i in instances:
-        lines.append(f"  {i['id']}  version {i['version']}  on {i.get('node', '-')}  "
-                     f"since {_when(i.get('started_at'))}")
+        executed = i.get("executed_version")
+        lines.append(f"  {i['id']}  version {i['version']}"
+                     + (f" (published {executed})" if executed and executed != "$LATEST" else "")
+                     + f"  on {i.get('node', '-')}  since {_when(i.get('started_at'))}")
     sc = fn.get("scaling") or {}
     if sc:
         lines.append(f"{'Now:':13} " + ", ".join(f"{k} {sc[k]}" for k in ("ready", "starting", "inflight", "waiting")

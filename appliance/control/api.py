@@ -312,6 +312,8 @@ def create_control_app(c: Components) -> Flask:
         record = store.get(ensure_name(name), fresh=True)
         out = record.to_api()
         out["triggers"] = [t.to_dict() for t in store.triggers(function=name)] + c.event_triggers.list(name)
+        out["published"] = list(record.routing.published)
+        out["aliases"] = [a.to_api(name) for a in sorted(record.routing.aliases.values(), key=lambda a: a.name)]
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         pool = c.activator.pool(name)
         with pool.lock:  # what this process sees; the decision below is the deciding edge's

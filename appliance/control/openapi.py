@@ -214,7 +214,8 @@ def _schemas() -> dict:
                     "created_at": NUMBER, "updated_at": NUMBER}}
     instance = _obj(["id", "function", "version", "address"], id=STRING, function=STRING, version=INTEGER,
                     address=STRING, concurrency=INTEGER, node=STRING, started_at=NUMBER,
-                    pid={"type": ["integer", "null"]})
+                    pid={"type": ["integer", "null"]},
+                    executed_version={"type": "string", "description": "$LATEST or the published version it runs"})
     trigger = _obj(["method", "path", "function"], method=STRING, path=STRING, function=STRING,
                    created_at=NUMBER, invocation={"enum": ["sync", "async"]}, auth={"type": "object"},
                    cors={"type": ["object", "null"]})
@@ -252,7 +253,9 @@ def _schemas() -> dict:
             "instances": {"type": "array", "items": _ref("Instance")},
             "scaling": {"type": "object", "description": "this process's pool and the deciding edge's decision"},
             "queue_sources": {"description": "this process's pollers of each queue trigger"},
-            "min_instances_in_force": {"type": "object"}}}]},
+            "min_instances_in_force": {"type": "object"},
+            "published": {"type": "array", "items": INTEGER, "description": "published version numbers"},
+            "aliases": {"type": "array", "items": _ref("Alias")}}}]},
         "CodeVersion": _obj(["version", "digest", "size"], version=INTEGER, digest=STRING, size=INTEGER,
                             files=INTEGER, unpacked_size=INTEGER, created_at=NUMBER),
         "Instance": instance,

@@ -86,6 +86,10 @@ def test_publish_alias_weights_qualified_targets_records_and_errors(appliance):
     sigma = math.sqrt(n * 0.25 * 0.75)
     assert abs(counts["1"] - n * 0.25) <= 5 * sigma, counts
 
+    described = faas(r, "describe", name).stdout
+    assert "alias live -> 2, 0.25 to 1" in described and "(published 1)" in described, described
+    assert "GET     /ver-app" in described and f"-> {name}:live" in described
+
     # Records carry the executed version and the alias.
     def records():
         rows = r.http.get(f"{api}/{name}/invocations", params={"limit": 1000}, timeout=10).json()["invocations"]
