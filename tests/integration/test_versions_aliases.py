@@ -203,7 +203,7 @@ def test_tokens_scope_publish_aliases_and_qualified_invokes(appliance):
 def test_moving_an_alias_prewarms_the_new_versions_min_instances(appliance):
     r = appliance
     api = f"{r.api_url}/v1/functions"
-    name = r.deploy({"index.py": CODE % "one"}, name="ver-warm", min_instances=1)
+    name = r.deploy({"index.py": CODE % "one"}, name="ver-warm", min_instances=1, keep_alive_s=1)
     r.http.post(f"{api}/{name}/publish", json={}, timeout=10)
     # Before an alias routes to version 1, it keeps no instance of its own.
     assert all(i["executed_version"] == "$LATEST" for i in r.instances(name))
@@ -213,4 +213,14 @@ def test_moving_an_alias_prewarms_the_new_versions_min_instances(appliance):
     assert "1" in {i["executed_version"] for i in r.instances(name)}
     resp = r.http.post(f"{api}/{name}:live/invocations", json={}, timeout=30)
     assert resp.status_code == 200 and resp.headers["X-Faas-Cold-Start"] == "0"
+    # Version 2; the alias moves to it (pre-warmed), and version 1's instance goes by its keep-alive
+    # (1 s: a version's keep-alive is its own, as published).
+    r.api.update_function(name, environment={"COLOUR": "green"})
+    r.http.post(f"{api}/{name}/publish", json={}, timeout=10)
+    resp = r.http.put(f"{api}/{name}/aliases/live", json={"version": 2}, timeout=60)
+    assert resp.status_code == 200 and "warnings" not in resp.json(), resp.text
+    assert "2" in {i["executed_version"] for i in r.instances(name)}
+    wait_for(lambda: "1" not in {i["executed_version"] for i in r.instances(name)}, 15,
+             message="version 1's instance to go after its keep-alive")
+    assert "2" in {i["executed_version"] for i in r.instances(name)}  # kept: the alias routes to it
     r.api.delete_function(name)
