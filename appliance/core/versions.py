@@ -37,6 +37,8 @@ from appliance.core.model import FunctionConfig, FunctionRecord
 from appliance.core.routing import Alias
 
 CAS_ATTEMPTS = 20
+#: Published snapshots one process keeps read (a few per function in use; cleared when full).
+SNAPSHOT_CACHE_MAX = 10_000
 #: Settings a published version keeps but that describe the function, not one version (never compared).
 _UNVERSIONED = ("min_instances_schedule",)
 
@@ -101,8 +103,9 @@ class VersionStore:
         #: target ``NAME:QUALIFIER`` (given by the wiring; HTTP triggers are the FunctionStore's).
         self.trigger_users = trigger_users
         self._lock = threading.Lock()
-        #: (name, number) -> PublishedVersion: immutable once written, read once per process.
-        self._snapshots: dict[tuple[str, int], PublishedVersion] = {}
+        #: (name, the function's created_at, number) -> PublishedVersion: immutable once written, read once
+        #: per process (created_at: a function deleted and made again under its name numbers from 1 again).
+        self._snapshots: dict[tuple[str, float, int], PublishedVersion] = {}
         #: (name, number) -> (the function record it was built from, the executable record).
         self._exec: dict[tuple[str, int], tuple[FunctionRecord, FunctionRecord]] = {}
 
@@ -146,15 +149,22 @@ class VersionStore:
     # -- published versions ----------------------------------------------------------------
 
     def get(self, name: str, number: int) -> PublishedVersion:
-        key = (name, number)
-        hit = self._snapshots.get(key)
-        if hit is not None:
-            return hit
+        """A published version, read from the store (the control plane's reads)."""
         got = self.meta.get(_pkey(name, number))
         if not got:
             raise VersionNotFound(f"function {name!r} has no published version {number}; see `faas published {name}`")
-        pv = self._from_doc(got[0])
+        return self._from_doc(got[0])
+
+    def _snapshot(self, base: FunctionRecord, number: int) -> PublishedVersion:
+        """A published version of the function ``base`` is the record of, read once per process."""
+        key = (base.name, base.created_at, number)
+        hit = self._snapshots.get(key)
+        if hit is not None:
+            return hit
+        pv = self.get(base.name, number)
         with self._lock:
+            if len(self._snapshots) >= SNAPSHOT_CACHE_MAX:
+                self._snapshots.clear()  # bounded; what is in use is read again once
             self._snapshots[key] = pv
         return pv
 
@@ -172,7 +182,7 @@ class VersionStore:
             if not record.version:
                 raise NoCode(f"function {name!r} has no code yet; upload it before publishing")
             if record.routing.published:
-                newest = self.get(name, max(record.routing.published))
+                newest = self._snapshot(record, max(record.routing.published))
                 if newest.digest == record.digest and _same_settings(newest.config, record.config):
                     return newest, False
             if len(record.routing.published) >= routing.MAX_PUBLISHED:
@@ -196,8 +206,6 @@ class VersionStore:
                 self.meta.put(f"functions/{name}", self.functions._doc(new_record), expected_revision=record.revision)
             except RevisionConflict:
                 continue  # the record changed meanwhile (code, settings): publish what it is now
-            with self._lock:
-                self._snapshots[(name, number)] = pv
             self.functions._changed(name)
             return pv, True
         raise Conflict(f"function {name!r} is being changed concurrently; try again")
@@ -218,7 +226,8 @@ class VersionStore:
         self._write_routing(name, change)
         self.meta.delete(_pkey(name, number))
         with self._lock:
-            self._snapshots.pop((name, number), None)
+            for key in [k for k in self._snapshots if k[0] == name and k[2] == number]:
+                self._snapshots.pop(key, None)
             self._exec.pop((name, number), None)
         self.functions._collect_garbage({pv.digest})
         return pv
@@ -311,8 +320,10 @@ class VersionStore:
             return hit[1]
         if number not in base.routing.published:
             raise VersionNotFound(f"function {base.name!r} has no published version {number}")
-        record = self.get(base.name, number).record(base, keep_min=number in base.routing.routed())
+        record = self._snapshot(base, number).record(base, keep_min=number in base.routing.routed())
         with self._lock:
+            if len(self._exec) >= SNAPSHOT_CACHE_MAX:
+                self._exec.clear()
             self._exec[key] = (base, record)
         return record
 
@@ -320,14 +331,14 @@ class VersionStore:
         """:meth:`executable` without its cache (the scaler's tick, on records it has just listed)."""
         if number not in base.routing.published:
             raise VersionNotFound(f"function {base.name!r} has no published version {number}")
-        return self.get(base.name, number).record(base, keep_min=number in base.routing.routed())
+        return self._snapshot(base, number).record(base, keep_min=number in base.routing.routed())
 
     def peek_executable(self, base: FunctionRecord, number: int) -> FunctionRecord | None:
         """:meth:`executable` when it needs no read of a remote store (for an event loop), else None."""
         hit = self._exec.get((base.name, number))
         if hit is not None and hit[0] is base:
             return hit[1]
-        if (base.name, number) in self._snapshots or not getattr(self.meta, "remote", True):
+        if (base.name, base.created_at, number) in self._snapshots or not getattr(self.meta, "remote", True):
             return self.executable(base, number)
         return None
 

@@ -169,3 +169,15 @@ def test_deleting_the_function_deletes_its_versions_and_their_code_when_unused(s
     store.delete("f")
     assert store.meta.list("published/") == []
     assert not store.blobs.exists(cv1.digest)
+
+
+def test_a_function_made_again_under_its_name_never_runs_the_old_ones_snapshot(store):
+    store.create(FunctionConfig.from_request({"name": "f", "environment": {"COLOUR": "old"}}))
+    store.upload_code("f", SRC, filename="index.py")
+    store.published.publish("f")
+    assert store.published.executable(store.get("f"), 1).config.environment == {"COLOUR": "old"}
+    store.delete("f")
+    store.create(FunctionConfig.from_request({"name": "f", "environment": {"COLOUR": "new"}}))
+    store.upload_code("f", SRC, filename="index.py")
+    assert store.published.publish("f")[0].version == 1
+    assert store.published.executable(store.get("f"), 1).config.environment == {"COLOUR": "new"}
