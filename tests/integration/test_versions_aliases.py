@@ -66,9 +66,8 @@ def test_publish_alias_weights_qualified_targets_records_and_errors(appliance):
     # The alias, through an HTTP trigger on NAME:live
     out = faas(r, "alias", "set", name, "live", "1", "--description", "prod")
     assert f"{name}:live -> version 1" in out.stdout
-    trig = r.http.post(f"{r.api_url}/v1/triggers", json={"function": f"{name}:live", "method": "GET",
-                                                          "path": "/ver-app"}, timeout=10)
-    assert trig.status_code == 201 and trig.json()["function"] == f"{name}:live"
+    out = faas(r, "trigger", "add", f"{name}:live", "GET", "/ver-app")
+    assert out.stdout.strip() == f"GET /ver-app -> {name}:live  {r.edge}/ver-app"
     got = requests.get(r.edge + "/ver-app", timeout=30)
     assert got.json()["code"] == "one" and got.headers["x-amz-executed-version"] == "1"
 
