@@ -125,6 +125,8 @@ class InvocationRecord:
 _COLUMNS = ("request_id", "function", "version", "started_at", "duration_ms", "run_ms", "billed_gb_s", "memory_mb",
             "cold", "cold_cause", "init_ms", "status", "http_status", "error_type", "error_message", "instance_id",
             "trigger", "phases", "logs", "correlation_id", "executed_version", "alias")
+#: The last columns' values for rows journaled before they existed (executed_version, alias).
+_ADDED_DEFAULTS = ("$LATEST", None)
 #: The row as stored: the columns above, then ``size`` (the bytes of the row's JSON, what
 #: retention by bytes counts).
 _STORED = _COLUMNS + ("size",)
@@ -266,6 +268,8 @@ class RecordStore:
                 parsed = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(parsed, list) and len(parsed) == len(_COLUMNS) - len(_ADDED_DEFAULTS):
+                parsed = parsed + list(_ADDED_DEFAULTS)  # a row journaled before the last columns existed
             if isinstance(parsed, list) and len(parsed) == len(_COLUMNS):
                 rows.append((parsed, len(line)))
         new = []

@@ -181,3 +181,24 @@ def test_a_function_made_again_under_its_name_never_runs_the_old_ones_snapshot(s
     store.upload_code("f", SRC, filename="index.py")
     assert store.published.publish("f")[0].version == 1
     assert store.published.executable(store.get("f"), 1).config.environment == {"COLOUR": "new"}
+
+
+def test_a_record_journaled_before_the_version_columns_is_replayed_as_latest(tmp_path):
+    import json
+
+    from appliance.core.journal import Journal
+    from appliance.core.records import InvocationRecord, RecordStore, _row
+
+    db = tmp_path / "records.db"
+    RecordStore(db).close()
+    old = list(_row(InvocationRecord(request_id="r-old", function="f", version=1, started_at=1.0)))[:-2]
+    journal = Journal(db.with_name(db.name + ".journal"))
+    journal.append(json.dumps(old).encode())
+    journal.close()
+    s = RecordStore(db)
+    try:
+        assert s.recovered == 1
+        (row,) = s.query("f", limit=10)
+        assert (row["request_id"], row["executed_version"], row["alias"]) == ("r-old", "$LATEST", None)
+    finally:
+        s.close()
