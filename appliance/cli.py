@@ -663,6 +663,7 @@ def invoke(ctx, name, data, verbose, asynchronous, output):
         return
     if verbose:
         click.echo(f"request id: {resp.headers.get('X-Request-Id')}  cold: {resp.headers.get('X-Faas-Cold-Start')}  "
+                   f"version: {resp.headers.get('X-Amz-Executed-Version')}  "
                    f"timing: {resp.headers.get('Server-Timing')}", err=True)
     try:
         body = resp.json()
@@ -805,6 +806,153 @@ def async_config(ctx, name, max_retry_attempts, max_event_age, on_success, on_fa
     click.echo(json.dumps(out.get("async", {}), indent=2))
 
 
+def _weights(pairs) -> dict:
+    """``--weight M=0.1`` (at most one; the API says why when there are more) -> {"M": 0.1}."""
+    out = {}
+    for pair in pairs:
+        version, sep, share = pair.partition("=")
+        if not sep:
+            _fail(f"--weight must be VERSION=SHARE, for example 2=0.1; got {pair!r}")
+        try:
+            out[version.strip()] = float(share)
+        except ValueError:
+            _fail(f"--weight {pair!r}: the share must be a number between 0 and 1")
+    return out
+
+
+def _alias_line(a: dict) -> str:
+    weights = ", ".join(f"{v}={w:g}" for v, w in a.get("weights", {}).items())
+    return f"{a['name']:20} {a['version']:>7} {weights or '-':14} {a.get('description') or ''}".rstrip()
+
+
+def _complete_aliases(ctx, param, incomplete):
+    """Shell completion of the alias names of the function given before (silent when the API is down)."""
+    name = ctx.params.get("name")
+    if not name:
+        return []
+    root = ctx.find_root()
+    try:
+        data_dir = _data_dir()
+        api = root.params.get("api") or local_api(data_dir) or read_config().get("api") or DEFAULT_API
+        token, _ = find_token(api, data_dir, root.params.get("token"))
+        names = [a["name"] for a in ApplianceClient(api, token=token, timeout_s=2.0).aliases(name)]
+    except Exception:  # noqa: BLE001 - completion must never print an error into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+@main.command()
+@click.argument("name", shell_complete=_complete_functions)
+@click.option("--description", default=None, help="What this version is (at most 256 characters).")
+@output_option
+@click.pass_context
+def publish(ctx, name, description, output):
+    """Publish NAME's current code and settings as its next immutable version (1, 2, 3...).
+
+    Nothing changed since the newest published version: that version is printed again."""
+    v = _client(ctx).publish(name, description)
+    if _json_out(ctx, output):
+        return _echo_json(v)
+    click.echo(f"Published {name}:{v['version']} (code version {v['code_version']}, sha256 {v['code_sha256'][:12]})",
+               err=True)
+    click.echo(v["version"])
+
+
+@main.command()
+@click.argument("name", shell_complete=_complete_functions)
+@output_option
+@click.pass_context
+def published(ctx, name, output):
+    """List NAME's published versions, newest first."""
+    versions = _client(ctx).published(name)
+    if _json_out(ctx, output):
+        return _echo_json(versions)
+    click.echo(f"{'VERSION':7} {'CODE':>5} {'SHA256':12} {'MEMORY':6} {'CREATED':20} DESCRIPTION")
+    for v in versions:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v["created_at"]))
+        click.echo(f"{v['version']:>7} {v['code_version']:>5} {v['code_sha256'][:12]} {v['config']['memory_mb']:>6} "
+                   f"{created:20} {v['description']}".rstrip())
+
+
+@main.command()
+@click.argument("name", shell_complete=_complete_functions)
+@click.argument("version", type=int)
+@output_option
+@click.pass_context
+def unpublish(ctx, name, version, output):
+    """Delete published version VERSION of NAME (refused while an alias or a trigger uses it)."""
+    out = _client(ctx).delete_published(name, version)
+    if _json_out(ctx, output):
+        return _echo_json(out)
+    click.echo(f"Deleted {name}:{version}", err=True)
+
+
+@main.group()
+def alias():
+    """Aliases: names for published versions, with weighted routing (set, ls, get, rm)."""
+
+
+@alias.command("set")
+@click.argument("name", shell_complete=_complete_functions)
+@click.argument("alias_name", metavar="ALIAS", shell_complete=_complete_aliases)
+@click.argument("version", type=int)
+@click.option("--weight", "weights", multiple=True, help="M=SHARE: send SHARE (0..1) of the alias's requests to "
+              "version M (at most one).")
+@click.option("--description", default=None)
+@output_option
+@click.pass_context
+def alias_set(ctx, name, alias_name, version, weights, description, output):
+    """Create or move ALIAS of NAME to published VERSION (rollback: set it back)."""
+    a = _client(ctx).set_alias(name, alias_name, version, weights=_weights(weights), description=description)
+    if _json_out(ctx, output):
+        return _echo_json(a)
+    for w in a.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    shares = "".join(f", {w:g} to version {v}" for v, w in a["weights"].items())
+    click.echo(f"{name}:{a['name']} -> version {a['version']}{shares}")
+
+
+@alias.command("ls")
+@click.argument("name", shell_complete=_complete_functions)
+@output_option
+@click.pass_context
+def alias_ls(ctx, name, output):
+    """List NAME's aliases."""
+    aliases = _client(ctx).aliases(name)
+    if _json_out(ctx, output):
+        return _echo_json(aliases)
+    click.echo(f"{'ALIAS':20} {'VERSION':>7} {'WEIGHTS':14} DESCRIPTION")
+    for a in aliases:
+        click.echo(_alias_line(a))
+
+
+@alias.command("get")
+@click.argument("name", shell_complete=_complete_functions)
+@click.argument("alias_name", metavar="ALIAS", shell_complete=_complete_aliases)
+@output_option
+@click.pass_context
+def alias_get(ctx, name, alias_name, output):
+    """Show one alias."""
+    a = _client(ctx).alias(name, alias_name)
+    if _json_out(ctx, output):
+        return _echo_json(a)
+    click.echo(f"{'ALIAS':20} {'VERSION':>7} {'WEIGHTS':14} DESCRIPTION")
+    click.echo(_alias_line(a))
+
+
+@alias.command("rm")
+@click.argument("name", shell_complete=_complete_functions)
+@click.argument("alias_name", metavar="ALIAS", shell_complete=_complete_aliases)
+@output_option
+@click.pass_context
+def alias_rm(ctx, name, alias_name, output):
+    """Delete an alias (refused while a trigger targets it)."""
+    out = _client(ctx).delete_alias(name, alias_name)
+    if _json_out(ctx, output):
+        return _echo_json(out)
+    click.echo(f"Deleted alias {name}:{alias_name}", err=True)
+
+
 @main.group()
 def layer():
     """Layers: shared packages functions find under /opt (publish, ls, rm)."""
@@ -914,12 +1062,20 @@ def describe_text(fn: dict) -> str:
         if "method" not in t:  # a schedule or queue trigger
             lines.append(f"  {t.get('kind', '-'):7} {t.get('schedule') or t.get('queue') or '-'}  id {t.get('id')}")
             continue
-        lines.append(f"  {t['method']:7} {t['path']}" + (f"  {t['url']}" if t.get("url") else ""))
+        lines.append(f"  {t['method']:7} {t['path']}" + (f"  {t['url']}" if t.get("url") else "")
+                     + (f"  -> {t['function']}" if t.get("function", fn["name"]) != fn["name"] else ""))
+    if fn.get("published") or fn.get("aliases"):
+        lines.append(f"{'Published:':13} " + (", ".join(str(v) for v in fn.get("published") or []) or "-"))
+        for a in fn.get("aliases") or []:
+            shares = "".join(f", {w:g} to {v}" for v, w in a["weights"].items())
+            lines.append(f"  alias {a['name']} -> {a['version']}{shares}")
     instances = fn.get("instances") or []
     lines.append(f"{'Instances:':13} {len(instances) or '-'}")
     for i in instances:
-        lines.append(f"  {i['id']}  version {i['version']}  on {i.get('node', '-')}  "
-                     f"since {_when(i.get('started_at'))}")
+        executed = i.get("executed_version")
+        lines.append(f"  {i['id']}  version {i['version']}"
+                     + (f" (published {executed})" if executed and executed != "$LATEST" else "")
+                     + f"  on {i.get('node', '-')}  since {_when(i.get('started_at'))}")
     sc = fn.get("scaling") or {}
     if sc:
         lines.append(f"{'Now:':13} " + ", ".join(f"{k} {sc[k]}" for k in ("ready", "starting", "inflight", "waiting")

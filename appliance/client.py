@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 
@@ -211,6 +212,33 @@ class ApplianceClient:
 
     def remove_trigger(self, method: str, path: str) -> dict:
         return self._req("DELETE", "/v1/triggers", params={"method": method, "path": path}).json()
+
+    # published versions and aliases
+    def publish(self, name: str, description: str | None = None) -> dict:
+        body = {"description": description} if description is not None else {}
+        return self._req("POST", f"/v1/functions/{name}/publish", json=body).json()
+
+    def published(self, name: str) -> list[dict]:
+        return self._req("GET", f"/v1/functions/{name}/published").json()["versions"]
+
+    def delete_published(self, name: str, version: int) -> dict:
+        return self._req("DELETE", f"/v1/functions/{name}/published/{int(version)}").json()
+
+    def aliases(self, name: str) -> list[dict]:
+        return self._req("GET", f"/v1/functions/{name}/aliases").json()["aliases"]
+
+    def alias(self, name: str, alias: str) -> dict:
+        return self._req("GET", f"/v1/functions/{name}/aliases/{quote(alias, safe='')}").json()
+
+    def set_alias(self, name: str, alias: str, version, *, weights: dict | None = None,
+                  description: str | None = None) -> dict:
+        body = {"version": version, "weights": weights or {}}
+        if description is not None:
+            body["description"] = description
+        return self._req("PUT", f"/v1/functions/{name}/aliases/{quote(alias, safe='')}", json=body).json()
+
+    def delete_alias(self, name: str, alias: str) -> dict:
+        return self._req("DELETE", f"/v1/functions/{name}/aliases/{quote(alias, safe='')}").json()
 
     # invocations
     def invoke_raw(self, name: str, event=None, *, asynchronous: bool = False) -> requests.Response:

@@ -304,6 +304,8 @@ def _add_async(c: Components) -> None:
                                  backoff_s=s.async_backoff_s)
     c._closers.insert(0, queue.close)
     c.event_triggers = EventTriggerStore(c.store.meta, c.store)
+    # A published version or alias a schedule or a queue trigger targets is in use (not deletable).
+    c.store.published.trigger_users = c.event_triggers.users_of
     c.schedules = ScheduleLoop(c.event_triggers, c.async_runner, c.leadership)
     c.queues = QueueRouter(queue, sqs if (s.sqs_region or s.sqs_endpoint) else None)
     c.async_runner.queues = c.queues

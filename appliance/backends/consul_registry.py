@@ -56,10 +56,13 @@ def instance_from_entry(entry: dict) -> Instance | None:
     try:
         version = int(meta.get("version") or 0)
         concurrency = max(1, int(meta.get("concurrency") or 1))
+        # The published version it runs (README "Versions and aliases"), once registrations carry it.
+        published = int(meta.get("published") or 0)
     except ValueError:
         return None
     return Instance(id=meta.get("instance_id") or svc.get("ID"), function=function, version=version,
-                    address=f"{address}:{svc['Port']}", concurrency=concurrency, node=node.get("Node") or "")
+                    address=f"{address}:{svc['Port']}", concurrency=concurrency, node=node.get("Node") or "",
+                    published=published)
 
 
 class _Watch:

@@ -123,6 +123,10 @@ class CodeCache:
 
 
 class LocalScheduler:
+    #: Instances carry the published version they run (``InstanceSpec.published``), so the activator
+    #: keeps a pool per version (README "Versions and aliases").
+    supports_published = True
+
     def __init__(self, *, registry: LocalRegistry, blobs: BlobStore, code_cache: CodeCache, launcher: Launcher,
                  client: InstanceClient, host: str = "127.0.0.1", platform_env: dict[str, str] | None = None,
                  layer_digest=None):
@@ -208,7 +212,7 @@ class LocalScheduler:
         phases.setdefault("runtime_init", round((time.monotonic() - t1) * 1000, 3))
         instance = Instance(id=instance_id, function=spec.function, version=spec.version, address=address,
                             concurrency=spec.concurrency, node="local", phases=phases,
-                            pid=getattr(handle, "pid", None))
+                            pid=getattr(handle, "pid", None), published=spec.published)
         proc = _Proc(instance=instance, handle=handle, spec=spec)
         with self._lock:
             self._procs[instance_id] = proc

@@ -257,7 +257,7 @@ class _ScrapeCollector:
                     else:
                         idle += 1
                 starting, nwait = p.starting, len(p.waiters)
-            label = self.m._fn(p.name).name
+            label = self.m._fn(p.function).name  # a function's versions' pools add up under its name
             t = totals.setdefault(label, [0, 0, 0, 0])
             t[0] += idle
             t[1] += busy

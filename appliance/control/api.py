@@ -16,7 +16,7 @@ from pathlib import Path
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.routing import BaseConverter
 
-from appliance.control import layers_view
+from appliance.control import layers_view, versions_view
 from appliance.control.auth import Guard, UnsupportedMediaType, allowed_hosts, require_content_type
 from appliance.control import openapi
 from appliance.control.invoke import invocation_type, invoke_response, read_event
@@ -29,6 +29,7 @@ from appliance.core.scheduled_min import effective_min
 from appliance.core.errors import ConsoleNotBuilt, NotFound, PayloadTooLarge, ValidationError
 from appliance.core.function_store import ensure_name
 from appliance.core.model import FunctionConfig, InstanceSpec
+from appliance.core.routing import split_target, validate_qualifier
 from appliance.web import correlation_id_of, install_error_handlers, json_response, request_id
 from appliance.wiring import Components
 
@@ -191,6 +192,8 @@ def create_control_app(c: Components) -> Flask:
         if collect is not None:
             # Layer packages stay unpacked while published (functions list them by version).
             layer_digests = {doc.get("digest") for _, doc, _ in store.meta.list("layers/")}
+            # Published versions stay unpacked too: their cold starts must not unpack again.
+            layer_digests |= {doc.get("digest") for _, doc, _ in store.meta.list("published/")}
             collect({r.digest for r in store.list() if r.digest} | layer_digests)
 
     def _wait_ready(name: str, version: int, want: int, timeout_s: float) -> int:
@@ -309,6 +312,8 @@ def create_control_app(c: Components) -> Flask:
         record = store.get(ensure_name(name), fresh=True)
         out = record.to_api()
         out["triggers"] = [t.to_dict() for t in store.triggers(function=name)] + c.event_triggers.list(name)
+        out["published"] = list(record.routing.published)
+        out["aliases"] = [a.to_api(name) for a in sorted(record.routing.aliases.values(), key=lambda a: a.name)]
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         snapshots = getattr(c.scheduler, "snapshots", None)  # this host's templates (embedded mode)
         out["snapshots"] = snapshots(name) if snapshots else []
@@ -429,16 +434,30 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/functions/<name>/invocations")
     def invoke(name: str):
-        need("invoke", name)
+        # NAME:QUALIFIER in the path, or ?qualifier= (a version number, an alias or $LATEST).
+        name, qualifier = split_target(name)
+        if request.args.get("qualifier") not in (None, ""):
+            if qualifier is not None:
+                raise ValidationError("give the qualifier once: in the path (NAME:QUALIFIER) or as ?qualifier=",
+                                      field="qualifier")
+            qualifier = request.args["qualifier"]
+        need("invoke", name)  # the token's function pattern applies to the bare name
+        qualifier = validate_qualifier(qualifier)
         require_content_type(JSON)
         kind = invocation_type(request.headers.get("X-Amz-Invocation-Type"), request.args.get("type"))
-        return invoke_response(c, ensure_name(name), read_event(c.settings.max_event_bytes), kind)
+        target = f"{ensure_name(name)}:{qualifier}" if qualifier else ensure_name(name)
+        if qualifier and kind == "Event":
+            store.published.check_target(target)  # 404 now, not at the event's first attempt
+        return invoke_response(c, target, read_event(c.settings.max_event_bytes), kind)
 
     @app.get("/v1/functions/<name>/events")
     def events(name: str):
-        """Asynchronous events of a function, newest first, and counts per state."""
-        need("records", name)
-        store.get(ensure_name(name))
+        """Asynchronous events of a function, newest first, and counts per state. Events sent to a
+        version or an alias are listed under that target (``NAME:live``), as they were sent."""
+        base, qualifier = split_target(name)
+        need("records", base)
+        store.get(ensure_name(base))
+        name = f"{base}:{validate_qualifier(qualifier)}" if validate_qualifier(qualifier) else base
         state = request.args.get("status") or request.args.get("state") or None
         if state is not None and state not in ASYNC_STATES:
             raise ValidationError(f"status must be one of {', '.join(ASYNC_STATES)}; got {state!r}", field="status")
@@ -575,13 +594,15 @@ def create_control_app(c: Components) -> Flask:
 
     @app.post("/v1/functions/<name>/triggers")
     def add_function_trigger(name: str):
-        need("deploy", name)
+        need("deploy", name)   # NAME, or NAME:VERSION / NAME:ALIAS (the store checks the target)
         data = _json_body()
         method, path = data.get("method", "GET"), data.get("path")
         if not isinstance(method, str) or not isinstance(path, str):
             raise ValidationError('give the trigger as {"method": "GET", "path": "/hello"} (strings)',
                                   field="method" if not isinstance(method, str) else "path")
-        t = store.add_trigger(ensure_name(name), method, path, data.get("invocation"), auth=data.get("auth"),
+        base, qualifier = split_target(name)
+        target = f"{ensure_name(base)}:{qualifier}" if qualifier else ensure_name(base)
+        t = store.add_trigger(target, method, path, data.get("invocation"), auth=data.get("auth"),
                               cors=data.get("cors"))
         return json_response(t.to_dict(), 201)
 
@@ -645,6 +666,7 @@ def create_control_app(c: Components) -> Flask:
         return json_response({"deleted": t.to_dict()})
 
     layers_view.register(app, store, need)
+    versions_view.register(app, c, need, _json_body)
 
     @app.after_request
     def add_request_id(resp):

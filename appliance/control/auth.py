@@ -180,8 +180,11 @@ class Guard:
         return token
 
     def require(self, action: str, function: str | None = None) -> Token:
-        """The caller's token, when its scope allows ``action`` (on ``function``); else 403."""
+        """The caller's token, when its scope allows ``action`` (on ``function``); else 403. A target
+        ``NAME:VERSION`` or ``NAME:ALIAS`` is checked as its function: patterns name bare functions."""
         token = self.token()
+        if function:
+            function = function.partition(":")[0]
         if not allows(token, action, function, self.clock()):
             what = f"{action} on function {function!r}" if function else action
             raise Forbidden(f"the token {token.name!r} (scope {token.scope}"
@@ -192,7 +195,7 @@ class Guard:
     def visible(self, function: str) -> bool:
         """Whether a listing shows ``function`` to the caller (its pattern, if any, matches)."""
         token = g.get("token")
-        return token is not None and matches(token.functions, function)
+        return token is not None and matches(token.functions, function.partition(":")[0])
 
 
 def require_content_type(*allowed: str) -> None:

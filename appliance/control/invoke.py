@@ -60,7 +60,8 @@ def invoke_response(c: Components, function: str, body: bytes, kind: str = "Requ
     outcome = c.invoker.invoke(function, body, request_id=rid, trigger=None,
                                correlation_id=correlation_id_of(request.environ))
     headers = {"X-Request-Id": rid, "Server-Timing": outcome.server_timing(),
-               "X-Faas-Cold-Start": "1" if outcome.record.cold else "0"}
+               "X-Faas-Cold-Start": "1" if outcome.record.cold else "0",
+               "X-Amz-Executed-Version": outcome.record.executed_version}
     if outcome.error is not None:
         status, extra, payload = to_response_body(outcome.error, rid)
         headers.update(extra)

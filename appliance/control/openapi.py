@@ -41,6 +41,9 @@ from appliance.core.records import STATUSES
 from appliance.core.tokens import ACTIONS, SCOPES
 
 NAME_PATTERN = r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?$"
+#: A target: NAME, NAME:$LATEST, NAME:VERSION or NAME:ALIAS (README "Versions and aliases").
+TARGET_PATTERN = r"^[a-z](?:[a-z0-9-]{0,58}[a-z0-9])?(:(\$LATEST|[A-Za-z0-9_-]{1,128}))?$"
+ALIAS_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 TOKEN_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 TOKEN_FUNCTIONS_PATTERN = r"^[a-z0-9*?\[\]!-]{1,64}$"
 KEY_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
@@ -76,14 +79,16 @@ ERRORS = {
     "401": "Auth.Required (no token), Auth.InvalidToken (unknown, revoked or expired); WWW-Authenticate: Bearer",
     "403": "Auth.Forbidden (the token's scope or function pattern does not allow it), Auth.ForeignOrigin "
            "(a request from another web origin)",
-    "404": "Function.NotFound, Trigger.NotFound, Code.NotFound, Resource.NotFound, Route.NotFound",
-    "409": "Resource.Conflict, Resource.RevisionConflict, Function.NoCode",
+    "404": "Function.NotFound, Trigger.NotFound, Code.NotFound, Resource.NotFound, Route.NotFound, "
+           "Version.NotFound, Alias.NotFound",
+    "409": "Resource.Conflict, Resource.RevisionConflict, Function.NoCode, Version.InUse, Alias.InUse",
     "413": "Request.TooLarge: the body is over the limit",
     "415": "Request.UnsupportedMediaType: the body's Content-Type is not one the operation reads",
     "421": "Request.BadHost: the Host header names no host this appliance serves (APPLIANCE_ALLOWED_HOSTS)",
     "429": "Activation.QueueFull, Async.QueueFull, Queue.Full: too much waits already (Retry-After)",
     "502": "Runtime.*, Function.Error, Function.OutOfMemory, Function.InvalidResponse, Instance.Crashed: the "
            "function failed; error.function holds its errorType, errorMessage and stackTrace",
+    "501": "Version.Unsupported: this appliance's scheduler cannot run published versions apart from $LATEST",
     "503": "Activation.Timeout, Instance.PlacementFailed, Scheduler.Unavailable, Registry.Unavailable (Retry-After)",
     "504": "Function.Timeout: the function ran past timeout_s",
 }
@@ -212,7 +217,8 @@ def _schemas() -> dict:
                     "created_at": NUMBER, "updated_at": NUMBER}}
     instance = _obj(["id", "function", "version", "address"], id=STRING, function=STRING, version=INTEGER,
                     address=STRING, concurrency=INTEGER, node=STRING, started_at=NUMBER,
-                    pid={"type": ["integer", "null"]})
+                    pid={"type": ["integer", "null"]},
+                    executed_version={"type": "string", "description": "$LATEST or the published version it runs"})
     trigger = _obj(["method", "path", "function"], method=STRING, path=STRING, function=STRING,
                    created_at=NUMBER, invocation={"enum": ["sync", "async"]}, auth={"type": "object"},
                    cors={"type": ["object", "null"]})
@@ -257,7 +263,9 @@ def _schemas() -> dict:
                               "pid": {"type": ["integer", "null"]}}}},
             "scaling": {"type": "object", "description": "this process's pool and the deciding edge's decision"},
             "queue_sources": {"description": "this process's pollers of each queue trigger"},
-            "min_instances_in_force": {"type": "object"}}}]},
+            "min_instances_in_force": {"type": "object"},
+            "published": {"type": "array", "items": INTEGER, "description": "published version numbers"},
+            "aliases": {"type": "array", "items": _ref("Alias")}}}]},
         "CodeVersion": _obj(["version", "digest", "size"], version=INTEGER, digest=STRING, size=INTEGER,
                             files=INTEGER, unpacked_size=INTEGER, created_at=NUMBER),
         "Instance": instance,
@@ -265,7 +273,7 @@ def _schemas() -> dict:
         "EventTrigger": event_trigger,
         "HttpTriggerCreate": {
             "type": "object", "required": ["function", "method", "path"], "properties": {
-                "kind": {"const": "http"}, "function": {"type": "string", "pattern": NAME_PATTERN},
+                "kind": {"const": "http"}, "function": {"type": "string", "pattern": TARGET_PATTERN},
                 "method": METHOD_SCHEMA,
                 "path": {"type": "string", "pattern": "^/", "description": "/users/{id}, /files/{path+}"},
                 "invocation": {"enum": ["sync", "async", "", None], "description": "async: answer 202 at once"},
@@ -275,11 +283,11 @@ def _schemas() -> dict:
                                                                      "expose_headers, max_age, allow_credentials"}}},
         "ScheduleTriggerCreate": {
             "type": "object", "required": ["kind", "function", "schedule"], "additionalProperties": False,
-            "properties": {"kind": {"const": "schedule"}, "function": {"type": "string", "pattern": NAME_PATTERN},
+            "properties": {"kind": {"const": "schedule"}, "function": {"type": "string", "pattern": TARGET_PATTERN},
                            **schedule_settings}},
         "QueueTriggerCreate": {
             "type": "object", "required": ["kind", "function", "queue"], "additionalProperties": False,
-            "properties": {"kind": {"const": "queue"}, "function": {"type": "string", "pattern": NAME_PATTERN},
+            "properties": {"kind": {"const": "queue"}, "function": {"type": "string", "pattern": TARGET_PATTERN},
                            "queue": {"type": "string", "maxLength": 2048,
                                      "description": "an embedded queue's name, or an SQS queue URL"},
                            **queue_settings}},
@@ -301,7 +309,23 @@ def _schemas() -> dict:
             "error_type": NULLABLE_STRING, "error_message": NULLABLE_STRING,
             "instance_id": NULLABLE_STRING, "trigger": NULLABLE_STRING,
             "phases": {"type": "object", "additionalProperties": NUMBER},
-            "logs": {"type": "array", "items": STRING}}},
+            "logs": {"type": "array", "items": STRING},
+            "executed_version": {"type": "string", "description": "$LATEST or the published version that ran"},
+            "alias": {"type": ["string", "null"], "description": "the alias it was called through"}}},
+        "PublishedVersion": _obj(["function", "version", "code_version", "code_sha256", "config"], function=STRING,
+                                 version=INTEGER, code_version=INTEGER, code_sha256=STRING, description=STRING,
+                                 created_at=NUMBER, config={"type": "object",
+                                                            "description": "the settings, secrets masked"}),
+        "Alias": _obj(["name", "function", "version", "weights"], name=STRING, function=STRING, version=INTEGER,
+                      weights={"type": "object", "additionalProperties": NUMBER,
+                               "description": '{"M": share}: at most one other version and its share in (0, 1)'},
+                      description=STRING, updated_at=NUMBER),
+        "AliasPut": {"type": "object", "required": ["version"], "properties": {
+            "version": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^[1-9][0-9]*$"}]},
+            "weights": {"type": ["object", "null"], "maxProperties": 1,
+                        "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
+            "description": {"type": ["string", "null"], "maxLength": 256},
+            "name": STRING, "function": STRING}},
         "Usage": _obj(["function", "invocations"], function=STRING, invocations=INTEGER, gb_seconds=NUMBER,
                       cold_starts=INTEGER, errors=INTEGER, avg_duration_ms=NUMBER),
     }
@@ -408,9 +432,14 @@ def _paths() -> dict:
             scope="read", params=name, op_id="listVersions")},
         "/v1/functions/{name}/invocations": {
             "post": _op("Invoke; the body is the event. Event invocations (X-Amz-Invocation-Type: Event or "
-                        "?type=event) answer 202 once the event is queued", invoke_ok,
-                        "400", "404", "409", "413", "429", "502", "503", "504", scope="invoke",
-                        body={"required": False, "content": _json({})}, op_id="invoke", params=name + [
+                        "?type=event) answer 202 once the event is queued. The name may carry a qualifier "
+                        "(NAME:VERSION, NAME:ALIAS); X-Amz-Executed-Version says which version ran", invoke_ok,
+                        "400", "404", "409", "413", "429", "501", "502", "503", "504", scope="invoke",
+                        body={"required": False, "content": _json({})}, op_id="invoke", params=[
+                            _path("name", {"type": "string", "pattern": TARGET_PATTERN},
+                                  "the function's name, optionally :VERSION, :ALIAS or :$LATEST"),
+                            _query("qualifier", {"type": "string", "pattern": r"^(\$LATEST|[A-Za-z0-9_-]{1,128})?$"},
+                                   "a published version, an alias or $LATEST (not with a qualified name)"),
                             _query("type", {"type": "string", "pattern": INVOKE_TYPE_PATTERN},
                                    "event (or async) queues the event; sync (or requestresponse) waits (any case)"),
                             {"name": "X-Amz-Invocation-Type", "in": "header", "required": False,
@@ -427,7 +456,9 @@ def _paths() -> dict:
             "Asynchronous events, newest first, and how many are in each state", _ok("200", "events", _obj(
                 ["events", "counts"], events={"type": "array", "items": {"type": "object"}},
                 counts={"type": "object", "additionalProperties": INTEGER})),
-            "400", "404", scope="records", op_id="listEvents", params=name + [
+            "400", "404", scope="records", op_id="listEvents", params=[
+                _path("name", {"type": "string", "pattern": TARGET_PATTERN},
+                      "the function's name, or NAME:QUALIFIER for the events sent to a version or an alias"),
                 _query("status", {"enum": [*EVENT_STATES, ""]}, "only events in this state (empty: any)"),
                 _query("state", {"enum": [*EVENT_STATES, ""]}, "the same as status (status wins)"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 50)")])},
@@ -451,11 +482,48 @@ def _paths() -> dict:
             op_id="functionSeries")},
         "/v1/functions/{name}/triggers": {"post": _op(
             "Bind an HTTP trigger to this function", _ok("201", "bound", _ref("Trigger")), "400", "404", "409",
-            scope="deploy", params=name, op_id="addFunctionTrigger", body=_body({
+            scope="deploy", op_id="addFunctionTrigger", params=[
+                _path("name", {"type": "string", "pattern": TARGET_PATTERN},
+                      "the function's name, or NAME:VERSION / NAME:ALIAS")], body=_body({
                 "type": "object", "required": ["path"], "properties": {
                     "method": {**METHOD_SCHEMA, "default": "GET"}, "path": {"type": "string", "pattern": "^/"},
                     "invocation": {"enum": ["sync", "async", "", None]},
                     "auth": {"type": ["object", "string", "null"]}, "cors": {"type": ["object", "null"]}}}))},
+        "/v1/functions/{name}/publish": {"post": _op(
+            "Publish a version: an immutable snapshot of the current code and settings (201), or the newest "
+            "version when nothing changed since it (200)", {
+                **_ok("201", "the new published version", _ref("PublishedVersion")),
+                **_ok("200", "nothing changed: the newest published version", _ref("PublishedVersion"))},
+            "400", "404", "409", "413", scope="deploy", params=name, op_id="publishVersion",
+            body={"required": False, "content": _json({"type": "object", "additionalProperties": False,
+                                                       "properties": {"description": {
+                                                           "type": ["string", "null"], "maxLength": 256}}})})},
+        "/v1/functions/{name}/published": {"get": _op(
+            "Published versions, newest first", _ok("200", "versions", _listing("versions", _ref("PublishedVersion"))),
+            "400", "404", scope="read", params=name, op_id="listPublished")},
+        "/v1/functions/{name}/published/{version}": {
+            "get": _op("One published version", _ok("200", "the version", _ref("PublishedVersion")), "400", "404",
+                       scope="read", op_id="getPublished", params=name + [
+                           _path("version", {"type": "integer", "minimum": 0}, "the published version")]),
+            "delete": _op("Delete a published version no alias or trigger points at", _ok(
+                "200", "deleted", _obj(["deleted"], deleted=_ref("PublishedVersion"))), "400", "404", "409",
+                scope="deploy", op_id="deletePublished", params=name + [
+                    _path("version", {"type": "integer", "minimum": 0}, "the published version")]),
+        },
+        "/v1/functions/{name}/aliases": {"get": _op(
+            "Aliases", _ok("200", "aliases", _listing("aliases", _ref("Alias"))), "400", "404", scope="read",
+            params=name, op_id="listAliases")},
+        "/v1/functions/{name}/aliases/{alias}": {
+            "get": _op("One alias", _ok("200", "the alias", _ref("Alias")), "400", "404", scope="read",
+                       op_id="getAlias", params=name + [_path("alias", STRING, "the alias's name")]),
+            "put": _op("Create or move an alias (pre-warms the target's min_instances first)", _ok(
+                "200", "the alias", _ref("Alias")), "400", "404", "409", "413", scope="deploy", op_id="putAlias",
+                body=_body(_ref("AliasPut")), params=name + [
+                    _path("alias", {"type": "string", "pattern": ALIAS_PATTERN}, "the alias's name")]),
+            "delete": _op("Delete an alias no trigger targets", _ok("200", "deleted", _obj(
+                ["deleted"], deleted=_ref("Alias"))), "400", "404", "409", scope="deploy", op_id="deleteAlias",
+                params=name + [_path("alias", STRING, "the alias's name")]),
+        },
         "/v1/queues/{queue}/messages": {
             "post": _op("Send a message (the body, UTF-8 text of at most 256 KB) to a queue", _ok(
                 "201", "sent", _obj(["messageId"], messageId=STRING)), "400", "404", "413", "429", "503",

@@ -113,10 +113,15 @@ def _resolve(fut) -> None:
 
 
 class FunctionPool:
-    """Slots, starts and waiters of one function at this edge. ``lock`` guards all of them."""
+    """Slots, starts and waiters of one function at this edge. ``lock`` guards all of them.
+
+    ``name`` is the pool's key (:func:`~appliance.core.model.pool_key`): the function's name for its
+    ``$LATEST`` instances, ``NAME:N`` for the instances of published version N, which have their own
+    settings and code and so never serve another version's requests. ``function`` is the bare name."""
 
     def __init__(self, name: str, activator: Activator):
         self.name = name
+        self.function = name.partition(":")[0]
         self.a = activator
         self.lock = threading.Lock()
         self.slots: dict[str, Slot] = {}
@@ -300,8 +305,10 @@ class Activator:
         self.clock = clock
         #: Told of failed instance starts (metrics; see appliance/core/observe.py).
         self.observer = observer
-        self._lock = threading.Lock()  # guards _pools
+        self._lock = threading.Lock()  # guards _pools and _by_function
         self._pools: dict[str, FunctionPool] = {}
+        #: function -> its pools ($LATEST and published versions), for the registry's per-function news.
+        self._by_function: dict[str, dict[str, FunctionPool]] = {}
         registry.subscribe(self._registry_changed)
 
     def pool(self, name: str) -> FunctionPool:
@@ -312,7 +319,13 @@ class Activator:
             p = self._pools.get(name)
             if p is None:
                 p = self._pools[name] = FunctionPool(name, self)
+                self._by_function.setdefault(p.function, {})[name] = p
             return p
+
+    def pools_of(self, function: str) -> list[FunctionPool]:
+        """The pools of ``function``: its ``$LATEST`` pool and those of its published versions."""
+        with self._lock:
+            return list(self._by_function.get(function, {}).values())
 
     def pools(self) -> list[FunctionPool]:
         with self._lock:
@@ -321,7 +334,7 @@ class Activator:
     def acquire(self, spec: InstanceSpec, *, max_instances: int, deadline: float,
                 policy: ScalingPolicy | None = None) -> Lease:
         """A lease on a slot of ``spec.version``, waiting up to ``deadline`` (monotonic)."""
-        p = self.pool(spec.function)
+        p = self.pool(spec.pool)
         now = self.clock()
         with p.lock:
             got = self._take_or_queue(p, spec, max_instances, policy, now, None)
@@ -334,7 +347,7 @@ class Activator:
                             policy: ScalingPolicy | None = None) -> Lease:
         """:meth:`acquire` for an event loop: the wait is a future, not a blocked thread, so the
         edge's loop keeps serving while requests queue for a slot or a cold start."""
-        p = self.pool(spec.function)
+        p = self.pool(spec.pool)
         now = self.clock()
         with p.lock:
             got = self._take_or_queue(p, spec, max_instances, policy, now, asyncio.get_running_loop())
@@ -409,7 +422,7 @@ class Activator:
     def release(self, lease: Lease, *, outcome: str = "ok") -> None:
         """Return a lease. ``outcome``: ok | refused-capacity | gone | crashed."""
         slot = lease.slot
-        p = self.pool(slot.instance.function)
+        p = self.pool(slot.instance.pool)
         now = self.clock()
         with p.lock:
             slot.inflight = max(0, slot.inflight - 1)
@@ -429,20 +442,28 @@ class Activator:
 
     def forget(self, instance_id: str, function: str) -> None:
         """Drop a slot (its instance went away) and start replacements for waiters."""
-        p = self.pool(function)
-        with p.lock:
-            slot = p.slots.pop(instance_id, None)
-            if slot is not None:
-                slot.draining = True
-            p._scale_for_waiters()
+        for p in self.pools_of(function) or [self.pool(function)]:
+            with p.lock:
+                slot = p.slots.pop(instance_id, None)
+                if slot is not None:
+                    slot.draining = True
+                p._scale_for_waiters()
 
     def _registry_changed(self, function: str) -> None:
-        """Sync slots with the registry: adopt instances other edges started, drop gone ones."""
-        p = self.pool(function)
+        """Sync slots with the registry: adopt instances other edges started, drop gone ones.
+        Each of the function's pools takes the instances of its own version."""
+        keys = {i.pool for i in self.registry.ready(function)} | {function}
+        pools = {p.name: p for p in self.pools_of(function)}
+        for key in keys - set(pools):
+            pools[key] = self.pool(key)
+        for p in pools.values():
+            self._sync_pool(p, function)
+
+    def _sync_pool(self, p: FunctionPool, function: str) -> None:
         with p.lock:
             # Read the registry under the pool lock: a snapshot taken before it could predate an
             # instance a start has just added, and would drop that fresh slot.
-            ready = {i.id: i for i in self.registry.ready(function)}
+            ready = {i.id: i for i in self.registry.ready(function) if i.pool == p.name}
             for iid in list(p.slots):
                 if iid not in ready:
                     p.slots.pop(iid).draining = True
@@ -459,7 +480,7 @@ class Activator:
 
     def ensure_min(self, spec: InstanceSpec, *, min_instances: int, max_instances: int) -> int:
         """Start instances of ``spec.version`` until ``min_instances`` are running or starting."""
-        p = self.pool(spec.function)
+        p = self.pool(spec.pool)
         with p.lock:
             # ``spec`` may be a version that does not take traffic yet (pre-warming a deploy): the spec
             # requests wait for, which decides what their starts launch, stays the one they asked for.

@@ -65,8 +65,9 @@ class AsyncRunner:
     # -- accepting ----------------------------------------------------------------------
 
     def accept(self, function: str, payload: bytes, *, event_id: str, source: str = "api") -> bool:
-        """Queue one event durably; False when ``event_id`` was already accepted (idempotent retry)."""
-        self.store.get(function)
+        """Queue one event durably; False when ``event_id`` was already accepted (idempotent retry).
+        ``function`` may name a published version or an alias (``NAME:live``): it is resolved at each attempt."""
+        self.store.get(_base(function))
         if len(payload) > rules.MAX_EVENT_BYTES:
             raise PayloadTooLarge(f"an asynchronous event is at most {rules.MAX_EVENT_BYTES} bytes; "
                                   f"this one is {len(payload)}")
@@ -106,7 +107,7 @@ class AsyncRunner:
                 self._idle.wait_for(lambda: self._running == 0, STOP_GRACE_S)
 
     def _cap(self, function: str) -> int:
-        fn = self.store.find(function)
+        fn = self.store.find(_base(function))
         if fn is None:
             return 1  # it runs once and ends dead (Function.NotFound)
         return rules.in_flight_cap(fn.config.max_instances, fn.config.concurrency, self.share)
@@ -154,7 +155,7 @@ class AsyncRunner:
 
     def _run(self, e: QueuedEvent) -> None:
         now = self.clock()
-        fn = self.store.find(e.function, fresh=True)
+        fn = self.store.find(_base(e.function), fresh=True)
         if fn is None:
             self.queue.finish(e.id, rules.DEAD, now=now, failures=e.failures,
                               error=f"Function.NotFound: function {e.function!r} no longer exists")
@@ -269,3 +270,8 @@ def _http_post(url: str, body: bytes, timeout_s: float) -> int:
     r = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout_s,
                       allow_redirects=False)
     return r.status_code
+
+
+def _base(target: str) -> str:
+    """The function of a target ``NAME[:QUALIFIER]``."""
+    return target.partition(":")[0]

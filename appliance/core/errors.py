@@ -111,6 +111,37 @@ class CodeNotFound(NotFound):
     code = "Code.NotFound"
 
 
+class VersionNotFound(NotFound):
+    """A published version (``NAME:N``) that does not exist."""
+    code = "Version.NotFound"
+
+
+class AliasNotFound(NotFound):
+    """An alias (``NAME:ALIAS``) that does not exist."""
+    code = "Alias.NotFound"
+
+
+class VersionInUse(Conflict):
+    """A published version an alias or a trigger still points at cannot be deleted."""
+    code = "Version.InUse"
+
+
+class AliasInUse(Conflict):
+    """An alias a trigger still targets cannot be deleted."""
+    code = "Alias.InUse"
+
+
+class VersionUnsupported(ApplianceError):
+    """The scheduler cannot run a published version apart from $LATEST (cluster mode, for now)."""
+    code = "Version.Unsupported"
+    status = 501
+
+
+class NoCode(Conflict):
+    """The function has no code uploaded yet (nothing to run, nothing to publish)."""
+    code = "Function.NoCode"
+
+
 class QueueFull(ApplianceError):
     """Too many requests are already waiting for an instance of this function."""
 

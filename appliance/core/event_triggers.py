@@ -26,7 +26,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from appliance.core import queue_source
+from appliance.core import queue_source, routing
 from appliance.core import schedule as sched
 from appliance.core.async_invoke import MAX_EVENT_BYTES
 from appliance.core.errors import ApplianceError, NotFound, RevisionConflict, ValidationError
@@ -69,10 +69,16 @@ class EventTriggerStore:
         if unknown:
             raise ValidationError(f"unknown field {unknown[0]!r} for a {kind} trigger; known fields are: "
                                   f"{', '.join(sorted(known))}", field=unknown[0])
-        function = validate_name(data.get("function"))
+        function = data.get("function")
+        if not isinstance(function, str):
+            validate_name(function)
+        base, qualifier = routing.split_target(function)
+        validate_name(base)
+        qualifier = routing.validate_qualifier(qualifier, "function")
+        function = f"{base}:{qualifier}" if qualifier else base   # NAME, NAME:VERSION or NAME:ALIAS
         doc = {"kind": kind, "function": function, "created_at": self.clock()}
         doc.update(self._validated(data) if kind == "schedule" else queue_source.validate(data))
-        self.functions.get(function, fresh=True)
+        self.functions.published.check_target(function)
         if kind == "queue" and self.queue_check is not None:
             self.queue_check(doc["queue"])
         if len(self.meta.list("event-triggers/")) >= MAX_TRIGGERS:
@@ -139,7 +145,13 @@ class EventTriggerStore:
         return [doc for _, doc, _ in self.meta.list("event-triggers/")]
 
     def list(self, function: str | None = None) -> list[dict]:
-        return [self.describe(d) for d in self.docs() if function is None or d["function"] == function]
+        # A function's triggers include those of its versions and aliases (``NAME:QUALIFIER``).
+        return [self.describe(d) for d in self.docs()
+                if function is None or routing.split_target(d["function"])[0] == function]
+
+    def users_of(self, target: str) -> list[str]:
+        """The schedule and queue triggers that target ``NAME:QUALIFIER`` exactly (Version.InUse, Alias.InUse)."""
+        return [f"trigger {d['id']}" for d in self.docs() if d["function"] == target]
 
     def state(self, trigger_id: str) -> tuple[dict, int]:
         got = self.meta.get(_state_key(trigger_id))

@@ -15,11 +15,12 @@ import threading
 import time
 from urllib.parse import quote
 
-from appliance.core import codepkg, handler_check, trigger_policy
+from appliance.core import codepkg, handler_check, routing, trigger_policy
 from appliance.core.errors import Conflict, FunctionNotFound, NotFound, RevisionConflict, ValidationError
 from appliance.core.model import CodeVersion, FunctionConfig, FunctionRecord, Trigger, validate_name
 from appliance.core.ports import BlobStore, MetadataStore, SecretBox
 from appliance.core.triggers import RouteTable, normalise_method, parse_path, route_key
+from appliance.core.versions import VersionStore
 
 CAS_ATTEMPTS = 20
 
@@ -57,6 +58,8 @@ class FunctionStore:
         self._records: dict[str, tuple[float, FunctionRecord | None]] = {}
         self._routes: tuple[float, RouteTable] | None = None
         self._listeners = []
+        #: Published versions and aliases (appliance/core/versions.py), kept in this store's metadata.
+        self.published = VersionStore(self)
 
     # -- change notification -------------------------------------------------------------
 
@@ -137,7 +140,7 @@ class FunctionStore:
             if config.layers != current.config.layers:
                 self._check_layers(config)
             new = FunctionRecord(config=config, version=current.version, digest=current.digest,
-                                 created_at=current.created_at, updated_at=time.time())
+                                 created_at=current.created_at, updated_at=time.time(), routing=current.routing)
             try:
                 self.meta.put(_fkey(name), self._doc(new), expected_revision=current.revision)
             except RevisionConflict:
@@ -153,9 +156,10 @@ class FunctionStore:
         versions = self.versions(name)
         for v in versions:
             self.meta.delete(_vkey(name, v.version))
+        published = self.published.delete_all(name)
         self.meta.delete(_fkey(name))
         self._changed(name)
-        self._collect_garbage({v.digest for v in versions})
+        self._collect_garbage({v.digest for v in versions} | published)
         return record
 
     def _collect_garbage(self, digests: set[str]) -> None:
@@ -167,8 +171,10 @@ class FunctionStore:
             self.blobs.delete(digest)
 
     def digests_in_use(self) -> set[str]:
-        """The packages some version or some layer version refers to (layers share the blob store)."""
+        """The packages some code version, published version or layer version refers to (layers share
+        the blob store)."""
         in_use = {doc.get("digest") for _, doc, _ in self.meta.list("versions/")}
+        in_use |= {doc.get("digest") for _, doc, _ in self.meta.list("published/")}
         return in_use | {doc.get("digest") for _, doc, _ in self.meta.list("layers/")}
 
     # -- code ----------------------------------------------------------------------------
@@ -231,7 +237,7 @@ class FunctionStore:
         # 3. warm it up while the previous version still serves
         if before_publish is not None:
             pending = FunctionRecord(config=record.config, version=number, digest=info.digest,
-                                     created_at=record.created_at, updated_at=time.time())
+                                     created_at=record.created_at, updated_at=time.time(), routing=record.routing)
             note = before_publish(pending)
             if note:
                 warnings.append(note)
@@ -241,7 +247,7 @@ class FunctionStore:
             if record.version >= number:
                 break
             new = FunctionRecord(config=record.config, version=number, digest=info.digest,
-                                 created_at=record.created_at, updated_at=time.time())
+                                 created_at=record.created_at, updated_at=time.time(), routing=record.routing)
             try:
                 self.meta.put(_fkey(name), self._doc(new), expected_revision=record.revision)
                 break
@@ -269,7 +275,12 @@ class FunctionStore:
         for fname, value in (("method", method), ("path", path)):
             if not isinstance(value, str):
                 raise ValidationError(f"{fname} must be a string, got {value!r}", field=fname)
-        validate_name(function)
+        if not isinstance(function, str):
+            raise ValidationError("function must be a string: NAME, NAME:VERSION or NAME:ALIAS", field="function")
+        base, qualifier = routing.split_target(function)
+        validate_name(base)
+        qualifier = routing.validate_qualifier(qualifier, "function")
+        function = f"{base}:{qualifier}" if qualifier else base
         invocation = invocation or "sync"
         if invocation not in ("sync", "async"):
             raise ValidationError(f"invocation must be sync or async; got {invocation!r}", field="invocation")
@@ -277,7 +288,7 @@ class FunctionStore:
         parse_path(path)
         auth = trigger_policy.validate_auth(auth)
         cors = trigger_policy.validate_cors(cors)
-        self.get(function, fresh=True)
+        self.published.check_target(function)
         key = route_key(method, path)
         trigger = Trigger(method=method, path=path, function=function, created_at=time.time(), auth=auth, cors=cors,
                           invocation=invocation)
@@ -290,13 +301,13 @@ class FunctionStore:
                            f"of function {other.get('function')!r}; remove that one first or pick another path",
                            field="path") from None
         # A function deleted meanwhile must not keep a trigger.
-        if self.find(function, fresh=True) is None:
+        if self.find(base, fresh=True) is None:
             self._delete_trigger_records(key)
-            raise FunctionNotFound(f"function {function!r} does not exist")
+            raise FunctionNotFound(f"function {base!r} does not exist")
         # Keys left by an earlier trigger of the same route must not open this one.
         for k, _, _ in self.meta.list(_kprefix(key)):
             self.meta.delete(k)
-        self._changed(function)
+        self._changed(base)
         return trigger
 
     def _delete_trigger_records(self, key: str) -> None:
@@ -315,7 +326,7 @@ class FunctionStore:
             raise NotFound(f"no trigger {method.upper()} {path}")
         self._delete_trigger_records(key)
         trigger = Trigger.from_doc(got[0])
-        self._changed(trigger.function)
+        self._changed(routing.split_target(trigger.function)[0])
         return trigger
 
     def trigger(self, method: str, path: str) -> Trigger:
@@ -330,7 +341,8 @@ class FunctionStore:
             keys.setdefault(k.split("/")[1], []).append(doc.get("sha256") or doc.get("secret") or "")
         out = []
         for k, doc, _ in self.meta.list("triggers/"):
-            if function is None or doc.get("function") == function:
+            # A function's triggers include those of its versions and aliases (``NAME:QUALIFIER``).
+            if function is None or routing.split_target(doc.get("function") or "")[0] == function:
                 out.append(Trigger.from_doc(doc, tuple(keys.get(k.split("/", 1)[1], ()))))
         return out
 
@@ -359,7 +371,7 @@ class FunctionStore:
         except RevisionConflict:
             raise Conflict(f"the trigger already has a key named {name!r}; revoke it or pick another name",
                            field="name") from None
-        self._changed(trigger.function)
+        self._changed(routing.split_target(trigger.function)[0])
         return _public_key(doc, trigger), value
 
     def trigger_keys(self, method: str, path: str) -> list[dict]:
@@ -373,7 +385,7 @@ class FunctionStore:
         if not got:
             raise NotFound(f"the trigger {trigger.method} {trigger.path} has no key named {name!r}")
         self.meta.delete(k)
-        self._changed(trigger.function)
+        self._changed(routing.split_target(trigger.function)[0])
         return _public_key(got[0], trigger)
 
     def peek_routes(self) -> RouteTable | None:

@@ -9,20 +9,22 @@ or no reply before the deadline) is never sent again; it ends as ``Instance.Cras
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 
-from appliance.core import logs
+from appliance.core import logs, routing
 from appliance.core.activator import Activator, Lease
 from appliance.core.codec import dumps_compact
 from appliance.core.errors import (
     ApplianceError,
     ColdStartTimeout,
-    Conflict,
     FunctionError,
     FunctionTimeout,
     InstanceCrashed,
+    NoCode,
     QueueFull,
+    VersionUnsupported,
     function_error,
 )
 from appliance.core.function_store import FunctionStore
@@ -45,10 +47,6 @@ log = logging.getLogger("appliance.invoke")
 #: Extra seconds the edge waits past a function's timeout for the runtime's own timeout reply.
 TIMEOUT_GRACE_S = 2.0
 COLD_PHASES = ("code_fetch", "sandbox", "restore", "runtime_init", "user_init")
-
-
-class NoCode(Conflict):
-    code = "Function.NoCode"
 
 
 @dataclass
@@ -107,10 +105,13 @@ class Invoker:
         #: Told of every finished invocation (metrics; see appliance/core/observe.py).
         self.observer = observer
         self._specs: dict[str, tuple[object, InstanceSpec]] = {}
+        #: The draw that picks an alias's version per request (a test may fix it).
+        self.draw = random.random
 
     def invoke(self, function: str, body: bytes, *, request_id: str, trigger: str | None = None,
                attempt: int | None = None, correlation_id: str | None = None) -> Outcome:
-        """Run one invocation to its end on this thread (waiting for a slot or a cold start)."""
+        """Run one invocation to its end on this thread (waiting for a slot or a cold start).
+        ``function`` is a target: ``NAME``, ``NAME:N`` (a published version) or ``NAME:ALIAS``."""
         call = self._begin(function, body, request_id, trigger, correlation_id=correlation_id)
         call.attempt = attempt
         return self._complete(call, self._call)
@@ -123,10 +124,29 @@ class Invoker:
         needs another attempt (a refusal, a lost or unreachable instance, a timeout) goes to
         ``offload(fn, *args)``, a thread pool, through the same code as :meth:`invoke`: both
         paths follow one set of rules."""
-        fn = fn or self.store.peek(function)
+        name, qualifier = routing.split_target(function)
+        fn = fn or self.store.peek(name)
         if fn is None:  # a remote metadata read (Consul in cluster mode) may block: not on the loop
-            fn = await offload(self.store.get, function)
-        call = self._begin(function, body, request_id, trigger, fn, correlation_id)
+            fn = await offload(self.store.get, name)
+        if qualifier is not None and not self._local(fn, qualifier):
+            # A published snapshot this process has not read yet (a remote read): on a thread.
+            call = await offload(self._begin, function, body, request_id, trigger, fn, correlation_id)
+        else:
+            call = self._begin(function, body, request_id, trigger, fn, correlation_id)
+        return await self._run_async(call, client, offload)
+
+    def _local(self, fn, qualifier: str) -> bool:
+        """Whether the versions ``qualifier`` may run are resolvable without a remote read."""
+        if qualifier.isdigit():
+            numbers = (int(qualifier),)
+        else:
+            alias = fn.routing.aliases.get(qualifier)
+            numbers = alias.versions() if alias is not None else ()
+        peek = self.store.published.peek_executable
+        return all(n not in fn.routing.published or peek(fn, n) is not None for n in numbers)
+
+    async def _run_async(self, call: _Call, client, offload) -> Outcome:
+        request_id = call.request_id
         try:
             lease = await self.activator.acquire_async(call.spec, max_instances=call.max_instances,
                                                        deadline=call.t0 + self.queue_timeout_s, policy=call.policy)
@@ -135,7 +155,7 @@ class Invoker:
         self._leased(call, lease)
         call.sent = self.clock()
         try:
-            reply = await client.invoke(lease.instance, body, request_id=request_id,
+            reply = await client.invoke(lease.instance, call.body, request_id=request_id,
                                         deadline_ms=int((time.time() + call.timeout_s) * 1000),
                                         read_timeout_s=call.timeout_s + TIMEOUT_GRACE_S)
         except (InstanceUnreachable, InstanceTimeout, InstanceLost) as exc:
@@ -149,20 +169,30 @@ class Invoker:
 
     def _begin(self, function: str, body: bytes, request_id: str, trigger: str | None, fn=None,
                correlation_id: str | None = None) -> _Call:
-        fn = fn or self.store.get(function)
+        name, qualifier = routing.split_target(function) if ":" in function else (function, None)
+        fn = fn or self.store.get(name)
         if fn.version == 0:
-            raise NoCode(f"function {function!r} has no code yet; upload it with PUT /v1/functions/{function}/code "
+            raise NoCode(f"function {name!r} has no code yet; upload it with PUT /v1/functions/{name}/code "
                          "or `faas deploy`")
-        rec = InvocationRecord(request_id=request_id, function=function, version=fn.version, started_at=time.time(),
+        key, executed, alias, published = name, routing.LATEST, None, 0
+        if qualifier is not None:  # $LATEST (the warm path's common case) skips all of this
+            number, alias = routing.executed(qualifier, fn.routing, self.draw())
+            if number is not None:
+                if not getattr(self.scheduler, "supports_published", False):
+                    raise VersionUnsupported("this appliance's scheduler cannot run published versions apart from "
+                                             "$LATEST yet (cluster mode); invoke the function without a qualifier")
+                fn = self.store.published.executable(fn, number)
+                key, executed, published = f"{name}:{number}", str(number), number
+        rec = InvocationRecord(request_id=request_id, function=name, version=fn.version, started_at=time.time(),
                                memory_mb=fn.config.memory_mb, trigger=trigger or "api",
-                               correlation_id=correlation_id)
-        hit = self._specs.get(function)
+                               correlation_id=correlation_id, executed_version=executed, alias=alias)
+        hit = self._specs.get(key)
         if hit is None or hit[0] is not fn:
             # The store hands out the same record until the function changes: build its spec once.
-            hit = self._specs[function] = (fn, InstanceSpec.of(fn))
+            hit = self._specs[key] = (fn, InstanceSpec.of(fn, published=published))
         return _Call(spec=hit[1], body=body, request_id=request_id, rec=rec, t0=self.clock(),
                      timeout_s=fn.config.timeout_s, max_instances=fn.config.max_instances,
-                     policy=self.policies.get(fn))
+                     policy=self.policies.get(fn, key))
 
     def _complete(self, call: _Call, run, *args) -> Outcome:
         """Run ``run(call, *args) -> (result, lease)``, then record and log the invocation."""

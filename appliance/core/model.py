@@ -15,6 +15,8 @@ from typing import Any
 from appliance.core import scheduled_min
 from appliance.core.async_invoke import merge_config, validate_config
 from appliance.core.errors import ValidationError
+from appliance.core.routing import EMPTY as NO_ROUTING
+from appliance.core.routing import Routing
 
 #: ``provided`` (alias ``provided.al2023``) runs the package's own executable ``bootstrap`` through the
 #: Lambda Runtime API (runtimes/provided/bootstrap.py), which is how any language runs here.
@@ -343,6 +345,9 @@ class FunctionRecord:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     revision: int = 0                # metadata store revision, for check-and-set
+    #: Published version numbers and aliases (appliance/core/routing.py): carried with the record so
+    #: an alias resolves from the record an edge already holds.
+    routing: Routing = NO_ROUTING
 
     @property
     def name(self) -> str:
@@ -350,14 +355,18 @@ class FunctionRecord:
 
     def to_doc(self) -> dict:
         """The stored document, without the secrets (the store adds them sealed)."""
-        return {"config": self.config.to_dict(), "version": self.version, "digest": self.digest,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+        doc = {"config": self.config.to_dict(), "version": self.version, "digest": self.digest,
+               "created_at": self.created_at, "updated_at": self.updated_at}
+        if self.routing:
+            doc["routing"] = self.routing.to_doc()
+        return doc
 
     @classmethod
     def from_doc(cls, doc: dict, revision: int, secrets: dict[str, str] | None = None) -> FunctionRecord:
         return cls(config=FunctionConfig.from_dict(doc["config"], secrets), version=doc.get("version", 0),
                    digest=doc.get("digest"), created_at=doc.get("created_at", 0.0),
-                   updated_at=doc.get("updated_at", 0.0), revision=revision)
+                   updated_at=doc.get("updated_at", 0.0), revision=revision,
+                   routing=Routing.from_doc(doc.get("routing")))
 
     def to_api(self) -> dict:
         d = self.config.to_dict()
@@ -388,14 +397,26 @@ class InstanceSpec:
     layers: tuple[str, ...] = ()
     #: ``auto``: cold starts fork from a snapshot template where the launcher can (FunctionConfig.snapshot).
     snapshot: str = "off"
+    #: The published version these instances run (0: ``$LATEST``); see :attr:`pool`.
+    published: int = 0
+
+    @property
+    def pool(self) -> str:
+        return pool_key(self.function, self.published)
 
     @classmethod
-    def of(cls, record: FunctionRecord, *, reserved: bool = False) -> InstanceSpec:
+    def of(cls, record: FunctionRecord, *, reserved: bool = False, published: int = 0) -> InstanceSpec:
         c = record.config
         return cls(function=c.name, version=record.version, digest=record.digest or "", runtime=c.runtime,
                    handler=c.handler, memory_mb=c.memory_mb, timeout_s=c.timeout_s, concurrency=c.concurrency,
                    environment={**c.environment, **c.secrets}, network=c.network, reserved=reserved,
-                   layers=tuple(c.layers), snapshot=c.snapshot)
+                   layers=tuple(c.layers), snapshot=c.snapshot, published=published)
+
+
+def pool_key(function: str, published: int = 0) -> str:
+    """The activator's pool of a function's instances: ``NAME`` for ``$LATEST``, ``NAME:N`` for
+    published version N (instances of different versions, with different settings, never mix)."""
+    return f"{function}:{published}" if published else function
 
 
 @dataclass
@@ -413,10 +434,17 @@ class Instance:
     phases: dict[str, float] = field(default_factory=dict)
     #: Process id on its node, when the scheduler knows it (operators' tools, memory accounting).
     pid: int | None = None
+    #: The published version it runs (0: ``$LATEST``).
+    published: int = 0
+
+    @property
+    def pool(self) -> str:
+        return pool_key(self.function, self.published)
 
     def to_api(self) -> dict:
         return {"id": self.id, "function": self.function, "version": self.version, "address": self.address,
-                "concurrency": self.concurrency, "node": self.node, "started_at": self.started_at, "pid": self.pid}
+                "concurrency": self.concurrency, "node": self.node, "started_at": self.started_at, "pid": self.pid,
+                "executed_version": str(self.published) if self.published else "$LATEST"}
 
 
 @dataclass(frozen=True)

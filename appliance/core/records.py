@@ -115,6 +115,8 @@ class InvocationRecord:
     phases: dict[str, float] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
     correlation_id: str | None = None  # the client's own X-Request-Id, kept as it was given
+    executed_version: str = "$LATEST"  # the published version that ran ("3"), or $LATEST
+    alias: str | None = None          # the alias it was called through, if any
 
     def to_api(self) -> dict:
         return asdict(self)
@@ -122,7 +124,9 @@ class InvocationRecord:
 
 _COLUMNS = ("request_id", "function", "version", "started_at", "duration_ms", "run_ms", "billed_gb_s", "memory_mb",
             "cold", "cold_cause", "init_ms", "status", "http_status", "error_type", "error_message", "instance_id",
-            "trigger", "phases", "logs", "correlation_id")
+            "trigger", "phases", "logs", "correlation_id", "executed_version", "alias")
+#: The last columns' values for rows journaled before they existed (executed_version, alias).
+_ADDED_DEFAULTS = ("$LATEST", None)
 #: The row as stored: the columns above, then ``size`` (the bytes of the row's JSON, what
 #: retention by bytes counts).
 _STORED = _COLUMNS + ("size",)
@@ -159,7 +163,7 @@ def _row(r: InvocationRecord) -> tuple:
     return (r.request_id, r.function, r.version, r.started_at, r.duration_ms, r.run_ms, r.billed_gb_s, r.memory_mb,
             int(r.cold), r.cold_cause, r.init_ms, r.status, r.http_status, r.error_type, r.error_message,
             r.instance_id, r.trigger, dumps_compact(r.phases).decode(), dumps_compact(r.logs).decode(),
-            r.correlation_id)
+            r.correlation_id, r.executed_version, r.alias)
 
 
 def _day(ts: float) -> str:
@@ -264,6 +268,8 @@ class RecordStore:
                 parsed = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(parsed, list) and len(parsed) == len(_COLUMNS) - len(_ADDED_DEFAULTS):
+                parsed = parsed + list(_ADDED_DEFAULTS)  # a row journaled before the last columns existed
             if isinstance(parsed, list) and len(parsed) == len(_COLUMNS):
                 rows.append((parsed, len(line)))
         new = []

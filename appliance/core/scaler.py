@@ -59,19 +59,21 @@ class PolicyCache:
         self._cache: dict[str, tuple[object, ScalingPolicy]] = {}
         self._wall = wall
 
-    def get(self, record: FunctionRecord) -> ScalingPolicy:
+    def get(self, record: FunctionRecord, pool: str | None = None) -> ScalingPolicy:
+        """``pool``: the pool's key (``NAME:N`` for a published version, whose settings are its own)."""
         config = record.config
+        pool = pool or record.name
         schedule = getattr(config, "min_instances_schedule", None)
         # A scheduled min_instances changes at most once a minute (cron's resolution).
         key = (config, int(self._wall() // 60)) if schedule else config
-        hit = self._cache.get(record.name)
+        hit = self._cache.get(pool)
         if hit is not None and (hit[0] is key if not schedule else hit[0] == key and hit[0][0] is config):
             return hit[1]
         policy = ScalingPolicy.for_function(config, **self._overrides)
         if schedule:
             n, _ = scheduled_min.effective_min(schedule, config.min_instances, self._wall())
             policy = dataclasses.replace(policy, min_instances=min(n, config.max_instances))
-        self._cache[record.name] = (key, policy)
+        self._cache[pool] = (key, policy)
         return policy
 
 
@@ -161,15 +163,40 @@ class Scaler:
         names = {p.name for p in self.activator.pools()}
         names |= {n for n, r in records.items() if (r.config.min_instances or r.config.min_instances_schedule)
                   and r.version}
+        names |= self._aliased_with_min(records)
         summed = own = None
         if self.peers is not None:
             summed, own = self._sum_loads()
             names |= set(summed.functions)
         out = {}
         for name in sorted(names):
-            d = self.tick_function(name, records.get(name), summed, own)
+            d = self.tick_function(name, self._record_of(name, records), summed, own)
             if d is not None:
                 out[name] = d
+        return out
+
+    def _record_of(self, name: str, records: dict[str, FunctionRecord]) -> FunctionRecord | None:
+        """What the pool ``name`` runs: the function's record, or for ``NAME:N`` its published version N
+        (None when either is gone)."""
+        base, _, number = name.partition(":")
+        record = records.get(base)
+        if not number or record is None:
+            return record
+        try:
+            return self.store.published.build(record, int(number))
+        except (ApplianceError, ValueError):
+            return None
+
+    def _aliased_with_min(self, records: dict[str, FunctionRecord]) -> set[str]:
+        """Pools of published versions an alias routes to whose settings keep min_instances."""
+        if not getattr(self.scheduler, "supports_published", False):
+            return set()
+        out = set()
+        for r in records.values():
+            for number in r.routing.routed():
+                got = self._record_of(f"{r.name}:{number}", records)
+                if got is not None and (got.config.min_instances or got.config.min_instances_schedule):
+                    out.add(f"{r.name}:{number}")
         return out
 
     def report(self) -> EdgeReport:
@@ -213,8 +240,8 @@ class Scaler:
                 return None
             self._drain(pool, self._all_idle(pool), reason="deleted")
             return None
-        policy = self.policies.get(record)
-        spec = InstanceSpec.of(record)
+        policy = self.policies.get(record, name)
+        spec = InstanceSpec.of(record, published=_published_of(name))
         now = self.clock()
         with pool.lock:
             if pool.spec is None or pool.spec.version != spec.version or pool.spec != spec:
@@ -273,11 +300,14 @@ class Scaler:
         answer, and that view lacks functions deployed after it was taken: draining their warm
         instances would turn an outage the edge rides out into failed requests. When the store
         cannot say, the function is kept; the next tick asks again."""
+        base, _, number = name.partition(":")
         try:
-            record = self.store.find(name, fresh=True)
+            record = self.store.find(base, fresh=True)
         except ApplianceError as exc:
             log.info("event=delete_check_deferred function=%s error=%s", name, exc.code)
             return False
+        if number and record is not None and int(number) not in record.routing.published:
+            return True  # the published version was deleted
         return record is None or not record.version
 
     @staticmethod
@@ -334,15 +364,22 @@ class Scaler:
                                       max_instances=record.config.max_instances)
 
     def remove_function(self, name: str) -> None:
-        """Stop every instance of a deleted function, whatever it is doing."""
-        pool = self.activator.pool(name)
-        with pool.lock:
-            slots = list(pool.slots.values())
-            pool.slots.clear()
-            for s in slots:
-                s.draining = True
+        """Stop every instance of a deleted function (of every version), whatever it is doing."""
+        slots = []
+        for pool in self.activator.pools_of(name) or [self.activator.pool(name)]:
+            with pool.lock:
+                slots += list(pool.slots.values())
+                pool.slots.clear()
+                for s in slots:
+                    s.draining = True
         instances = {s.instance.id: s.instance for s in slots}
         instances.update({i.id: i for i in self.scheduler.instances(name)})
         for inst in instances.values():
             self.registry.forget(inst.id)
             self.scheduler.stop(inst, graceful=True)
+
+
+def _published_of(pool: str) -> int:
+    """The published version a pool key names (``NAME:N``), 0 for ``$LATEST``."""
+    _, _, number = pool.partition(":")
+    return int(number) if number else 0

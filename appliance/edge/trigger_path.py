@@ -271,8 +271,10 @@ class EdgeApp:
             match = table.match(method, path)
             trigger = match.trigger
             cors = trigger.cors
-            name = trigger.function
-            fn = self.store.peek(name) or await self._offload(self.store.get, name)
+            name = trigger.function   # NAME, or NAME:VERSION / NAME:ALIAS (README "Versions and aliases")
+            qualified = ":" in name
+            base = name.partition(":")[0] if qualified else name
+            fn = self.store.peek(base) or await self._offload(self.store.get, base)
             verifier = self.guard.verifier(trigger) if trigger.auth is not None else None
             authorizer = None
             if verifier is not None and not verifier.needs_body:
@@ -295,6 +297,8 @@ class EdgeApp:
                                                       correlation_id=corr)
             answer = trigger_answer(method, rid, outcome, cors=cors is not None,
                                     expose_errors=fn.config.expose_errors)
+            if qualified:
+                answer[1].append(("x-amz-executed-version", outcome.record.executed_version))
         except Exception as exc:  # every failure answers in the one error shape
             answer = error_answer(exc, rid, path)
         if cors is not None:

@@ -27,7 +27,8 @@ class FakeScheduler:
         with self._lock:
             inst = Instance(id=f"{spec.function}-{len(self.started)}", function=spec.function, version=spec.version,
                             address=f"127.0.0.1:{10000 + len(self.started)}", concurrency=spec.concurrency,
-                            phases={"code_fetch": 1.0, "runtime_init": 2.0, "user_init": 3.0})
+                            phases={"code_fetch": 1.0, "runtime_init": 2.0, "user_init": 3.0},
+                            published=spec.published)
             self.started.append(inst)
         self.registry.add(inst)
         return inst

@@ -260,3 +260,31 @@ def test_a_cancelled_async_waiter_leaves_the_queue_and_keeps_no_slot(parts):
     again = a.acquire(spec(), max_instances=1, deadline=time.monotonic() + 1)
     assert not again.cold
     a.release(again)
+
+
+def test_published_versions_get_pools_of_their_own_beside_latest(parts):
+    """Instances of $LATEST and of published version 1 (same code version, other settings) never serve
+    each other's requests, and a registry update keeps each in its own pool."""
+    import dataclasses
+
+    scheduler, a = parts
+    latest = spec(version=3)
+    published = dataclasses.replace(spec(version=3), published=1, memory_mb=256)
+    l1 = a.acquire(latest, max_instances=5, deadline=far())
+    p1 = a.acquire(published, max_instances=5, deadline=far())
+    assert l1.cold and p1.cold and l1.instance.id != p1.instance.id
+    assert (l1.instance.pool, p1.instance.pool) == ("f", "f:1")
+    a.release(l1)
+    a.release(p1)
+    scheduler.registry._notify("f")  # what another edge's start, or a gone instance, sets off
+    assert {p.name: list(p.slots) for p in a.pools_of("f")} == {"f": [l1.instance.id], "f:1": [p1.instance.id]}
+    # Warm requests find their own version's instance; neither pool starts another.
+    again_l = a.acquire(latest, max_instances=5, deadline=far())
+    again_p = a.acquire(published, max_instances=5, deadline=far())
+    assert (again_l.instance.id, again_p.instance.id) == (l1.instance.id, p1.instance.id)
+    assert not again_l.cold and not again_p.cold and len(scheduler.started) == 2
+    a.release(again_l)
+    a.release(again_p)
+    # An instance that goes away leaves only its own pool.
+    a.forget(p1.instance.id, "f")
+    assert {p.name: list(p.slots) for p in a.pools_of("f")} == {"f": [l1.instance.id], "f:1": []}

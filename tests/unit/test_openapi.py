@@ -105,7 +105,7 @@ def test_token_scopes_follow_the_actions():
     assert openapi.token_scopes("admin") == ["admin"]
 
 
-PATH_VALUES = {"name": "nobody", "queue": "q1", "trigger_id": "schedule-0", "version": "1"}
+PATH_VALUES = {"name": "nobody", "queue": "q1", "trigger_id": "schedule-0", "version": "1", "alias": "live"}
 
 
 def test_every_operation_checks_the_scope_the_document_states(control_app):
