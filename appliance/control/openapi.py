@@ -256,7 +256,8 @@ def _schemas() -> dict:
             "instances": {"type": "array", "items": _ref("Instance")},
             "snapshots": {"type": "array", "description": "this host's snapshot templates, one per version tried",
                           "items": {"type": "object", "properties": {
-                              "version": INTEGER, "state": {"enum": ["building", "ready", "refused", "failed",
+                              "version": INTEGER, "published": {"type": ["integer", "null"]},
+                              "state": {"enum": ["building", "ready", "refused", "failed",
                                                                       "dropping", "dropped"]},
                               "reason": {"type": ["string", "null"]}, "forks": INTEGER, "memory_bytes": INTEGER,
                               "init_ms": {"type": ["number", "null"]}, "instances": INTEGER,

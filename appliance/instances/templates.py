@@ -76,7 +76,7 @@ def template_key(spec) -> str:
     """What a template's initialisation depends on: the code, its settings, its variables."""
     doc = {"f": spec.function, "v": spec.version, "d": spec.digest, "r": spec.runtime, "h": spec.handler,
            "m": spec.memory_mb, "t": spec.timeout_s, "c": spec.concurrency, "e": sorted(spec.environment.items()),
-           "n": spec.network, "l": list(spec.layers)}
+           "n": spec.network, "l": list(spec.layers), "p": getattr(spec, "published", 0)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -119,6 +119,7 @@ class _Template:
     key: str
     function: str
     version: int
+    published: int = 0               # the published version it runs (0: $LATEST)
     state: str = "building"          # building, ready, refused, failed, dropping
     reason: str | None = None
     handle: object = None            # the template process (a ZygoteHandle)
@@ -141,7 +142,7 @@ class _Template:
     memory_bytes: int = 0
 
     def describe(self) -> dict:
-        return {"version": self.version, "state": self.state, "reason": self.reason, "forks": self.forks,
+        return {"version": self.version, "published": self.published or None, "state": self.state, "reason": self.reason, "forks": self.forks,
                 "memory_bytes": self.memory_bytes, "init_ms": self.init_ms, "instances": len(self.children),
                 "pid": getattr(self.handle, "pid", None) if self.state == "ready" else None}
 
@@ -242,6 +243,7 @@ class Templates:
                 t = None
             if t is None:
                 t = _Template(key=key, function=req.spec.function, version=req.spec.version,
+                              published=getattr(req.spec, "published", 0),
                               created=time.monotonic(), last_used=time.monotonic())
                 self._by_key[key] = t
                 threading.Thread(target=self._build, args=(t, req, env, own), daemon=True,

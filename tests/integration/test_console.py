@@ -10,6 +10,7 @@ import requests
 from playwright.sync_api import expect, sync_playwright
 
 from appliance.control.api import CONSOLE_DIST
+from tests.waiting import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -197,12 +198,20 @@ def test_settings_are_saved_and_a_bad_one_is_marked_at_its_field(appliance, page
     page.fill("#settings input[name=min_instances]", "0")
     page.fill("#settings input[name=description]", "says hello from the console")
     page.select_option("#settings select[name=network]", "none")
+    page.select_option("#settings select[name=snapshot]", "auto")
     page.click("#settings button[type=submit]")
     page.wait_for_selector("#status:has-text('Settings saved')")
     expect(page.locator("#fn-description")).to_have_text("says hello from the console")
     expect(page.locator("#settings .field-error[data-for=min_instances]")).to_be_hidden()
     fn = appliance.http.get(f"{appliance.api_url}/v1/functions/webfn", timeout=10).json()
     assert fn["description"] == "says hello from the console" and fn["network"] == "none"
+    assert fn["snapshot"] == "auto"
+    # the next cold start makes the version's template; the settings card says what became of it
+    appliance.http.post(f"{appliance.api_url}/v1/functions/webfn/invocations", json={}, timeout=30)
+    wait_for(lambda: any(t["state"] == "ready" for t in appliance.http.get(
+        f"{appliance.api_url}/v1/functions/webfn", timeout=10).json()["snapshots"]), 60, message="template")
+    page.reload()
+    expect(page.locator("#s-snapshot-state")).to_contain_text("ready")
     # the list shows the last hour's calls
     page.goto(appliance.api_url + "/console/#/")
     expect(page.locator("#functions tbody tr:has-text('webfn') td[data-label='Calls (1 h)']")).not_to_have_text("0")

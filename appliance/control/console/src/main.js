@@ -564,10 +564,22 @@ async function setupVersions(name, fn, refreshFn) {
   await render();
 }
 
+// What became of each version's snapshot template on this host: ready (with its memory), or why not.
+function snapshotText(templates) {
+  return templates.map((t) => {
+    const v = t.published ? `version ${t.published}` : `code version ${t.version}`;
+    if (t.state === "ready") return `${v}: ready, ${(t.memory_bytes / 1048576).toFixed(1)} MB, ${t.forks} cold starts forked`;
+    return `${v}: ${t.state}${t.reason ? ` (${t.reason})` : ""}`;
+  }).join("; ");
+}
+
 function setupSettings(name, fn, refreshFn) {
   const form = view.querySelector("#settings");
   const fill = () => {
     for (const k of [...NUMERIC, "handler", "network", "description"]) form.elements[k].value = fn[k] ?? "";
+    form.elements.snapshot.value = fn.snapshot || "off";
+    const state = view.querySelector("#s-snapshot-state");
+    if (state) state.textContent = snapshotText(fn.snapshots || []);
     form.elements.environment.value = JSON.stringify(fn.environment || {});
     // Secrets are write-only: the API shows "****", and "****" sent back keeps the stored value.
     form.elements.secrets.value = JSON.stringify(fn.secrets || {});
