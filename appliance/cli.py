@@ -1024,6 +1024,8 @@ def _snapshot_text(fn: dict) -> str:
     """The ``snapshot`` setting and what became of each version's template (a refusal's reason)."""
     mode = fn.get("snapshot", "off")
     states = fn.get("snapshots") or []
+    if fn.get("snapshot_unavailable"):
+        return f"{mode}, but unavailable: {fn['snapshot_unavailable']}"
     if not states:
         return mode + (" (a template is made at the next cold start)" if mode == "auto" else "")
     parts = []

@@ -268,6 +268,15 @@ class LocalScheduler:
             log.warning("event=instance_killed instance=%s reason=%s", proc.instance.id, reason)
             proc.handle.signal(signal.SIGKILL)
 
+    def snapshots_unavailable(self) -> str | None:
+        """Why cold starts cannot fork from snapshot templates here, or None when they can."""
+        templates = getattr(self.launcher, "templates", None)
+        if templates is None:
+            return "snapshots need the instance sandbox (APPLIANCE_SANDBOX); instances here are plain processes"
+        if not templates.enabled:
+            return "snapshots need memory cgroups and the seccomp filter on this host (faas doctor)"
+        return None
+
     def snapshots(self, function: str) -> list[dict]:
         """The snapshot templates of ``function``'s versions on this host, and refusals with their reason."""
         templates = getattr(self.launcher, "templates", None)

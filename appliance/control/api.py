@@ -317,6 +317,11 @@ def create_control_app(c: Components) -> Flask:
         out["instances"] = [i.to_api() for i in c.scheduler.instances(name)]
         snapshots = getattr(c.scheduler, "snapshots", None)  # this host's templates (embedded mode)
         out["snapshots"] = snapshots(name) if snapshots else []
+        if record.config.snapshot == "auto":
+            why = getattr(c.scheduler, "snapshots_unavailable", None)
+            why = why() if why else "cluster mode does not fork cold starts from snapshots (docs/cluster.md)"
+            if why:
+                out["snapshot_unavailable"] = why
         pool = c.activator.pool(name)
         with pool.lock:  # what this process sees; the decision below is the deciding edge's
             here = {"ready": len(pool.slots), "starting": pool.starting, "waiting": len(pool.waiters),

@@ -254,6 +254,8 @@ def _schemas() -> dict:
         "FunctionDetail": {"allOf": [function, {"type": "object", "properties": {
             "triggers": {"type": "array", "items": {"anyOf": [_ref("Trigger"), _ref("EventTrigger")]}},
             "instances": {"type": "array", "items": _ref("Instance")},
+            "snapshot_unavailable": {"type": "string",
+                                     "description": "with snapshot auto: why cold starts here cannot fork from one"},
             "snapshots": {"type": "array", "description": "this host's snapshot templates, one per version tried",
                           "items": {"type": "object", "properties": {
                               "version": INTEGER, "published": {"type": ["integer", "null"]},
