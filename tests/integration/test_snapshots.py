@@ -270,3 +270,14 @@ def test_templates_over_the_memory_budget_are_dropped(tmp_path):
         wait_for(lambda: template_state(r, name) is not None, 30, message="a new template")
     finally:
         stop_appliance(r)
+
+
+def test_without_the_sandbox_snapshot_auto_says_why_it_is_not_used(tmp_path):
+    r = start_appliance(tmp_path, {"APPLIANCE_SANDBOX": "off"})
+    try:
+        name = r.deploy({"index.py": HOOKED}, snapshot="auto")
+        assert invoke(r, name).json()["init_type"] == "on-demand"
+        fn = r.api.get_function(name)
+        assert fn["snapshots"] == [] and "sandbox" in fn["snapshot_unavailable"]
+    finally:
+        stop_appliance(r)
