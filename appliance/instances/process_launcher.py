@@ -63,7 +63,8 @@ def runtime_env(req: LaunchRequest, *, port: int | None = 0, socket_path: str | 
         "FAAS_CODE_DIR": str(req.code_dir),
         "FAAS_HOST": req.host,
         "FAAS_FUNCTION_NAME": spec.function,
-        "FAAS_FUNCTION_VERSION": str(spec.version),
+        # a published version's instances say its number, as Lambda's do; $LATEST says its code version
+        "FAAS_FUNCTION_VERSION": str(getattr(spec, "published", 0) or spec.version),
         "FAAS_MEMORY_MB": str(spec.memory_mb),
         "FAAS_TIMEOUT_S": str(spec.timeout_s),
         "FAAS_MAX_INFLIGHT": str(spec.concurrency),

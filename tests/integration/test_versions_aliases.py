@@ -15,7 +15,8 @@ from .conftest import REPO, make_zip, wait_for
 
 CODE = ("import os\n"
         "def handler(event, context):\n"
-        "    return {'code': %r, 'colour': os.environ.get('COLOUR'), 'memory': context.memory_limit_in_mb}\n")
+        "    return {'code': %r, 'colour': os.environ.get('COLOUR'), 'memory': context.memory_limit_in_mb,\n"
+        "            'version': context.function_version, 'env_version': os.environ['AWS_LAMBDA_FUNCTION_VERSION']}\n")
 
 
 def faas(r, *args, check=True):
@@ -59,6 +60,8 @@ def test_publish_alias_weights_qualified_targets_records_and_errors(appliance):
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert (resp.headers["X-Amz-Executed-Version"], body["code"], body["colour"], body["memory"]) == want
+        if want[0] != "$LATEST":  # an instance of a published version knows its number, as on Lambda
+            assert body["version"] == body["env_version"] == want[0]
     # The three versions run side by side, in pools of their own.
     executed = {i["executed_version"] for i in r.instances(name)}
     assert executed == {"$LATEST", "1", "2"}
