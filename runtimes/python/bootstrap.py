@@ -24,10 +24,12 @@ Why the shape it has:
   the interpreter (parsing ~2 us, the rest of the path ~5 us) and the kernel's wake-ups; a selector loop
   would add system calls rather than remove them.
 * With ``FAAS_MAX_INFLIGHT`` 1 (Lambda's model) the handler runs on the main thread, the one that
-  imported the code: the connection's thread hands the invocation over and waits for its result, so
-  ``asyncio.get_event_loop()`` (Mangum), ``signal.signal()`` (signal-based timeouts) and thread-local
-  state set at import behave as on Lambda. The hand-off is a lock released each way (no system call of
-  its own, but two thread wake-ups): 12.6 -> 18.1 us of CPU per warm invoke (bench/runtime_cpu.py, quiet).
+  imported the code: the connection's thread hands the invocation over and goes back to reading its
+  connection, the main thread runs the handler and sends the reply, so ``asyncio.get_event_loop()``
+  (Mangum), ``signal.signal()`` (signal-based timeouts) and thread-local state set at import behave as
+  on Lambda. The hand-off is a lock released (no system call of its own, one thread wake-up): 12.6 ->
+  18.1 us of CPU per warm invoke (bench/runtime_cpu.py, quiet) when the connection's thread also waited
+  for the result, which cost a second wake-up (see :meth:`_Instance._invoke_on_main` for the figures).
   With more than one at once, each runs on its connection's thread, and every such thread gets an
   event loop of its own on first ``asyncio.get_event_loop()`` (see :class:`_ThreadLoopPolicy`).
   A watchdog thread sleeps until the
@@ -1611,11 +1613,13 @@ class _Instance:
         (:meth:`_main_done`) only once the next request (or the end of the connection) has arrived,
         before it acts on it, so requests on one connection are still answered one at a time and in
         order. Waiting here instead cost a third thread wake-up and GIL hand-over per invocation
-        (the connection's thread woken just to go back to ``recv``): ``bench.runtime_cpu`` (Unix
-        socket, 6 rounds of 10,000, alternating, same run) gave 72.7-77.3 us of instance CPU and
-        8,200-10,000 req/s per request before, 34.2-37.0 us and 17,900-20,300 req/s after; the direct
-        ``POST /_/invoke`` p50 of an appliance's instance went from 0.137 ms (0.131-0.151, 3 runs) to
-        0.116 ms (0.097-0.119)."""
+        (the connection's thread woken just to go back to ``recv``). Measured on a shared 2-core VM
+        (load 1.7-3.6), old and new alternating: ``bench.runtime_cpu`` (Unix socket, 6 runs of 6-8
+        rounds of 10,000) gave a median instance CPU per request of 66.5 us before (49.3-77.3 over the
+        runs) and 49.6 us after (34.2-61.4), lower in 5 runs of 6; the direct ``POST /_/invoke`` p50 to
+        an appliance's instance (10 appliances each) went from 0.178 ms (0.103-0.371) to 0.121 ms
+        (0.097-0.284), lower in 8 of 10 pairs. Through the edge the change is within that machine's
+        noise (see bench/results/findings.md, "Warm path, third round")."""
         done = _thread.allocate_lock()
         done.acquire()
         out = [None]
