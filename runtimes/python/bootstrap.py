@@ -1617,8 +1617,8 @@ class _Instance:
         (load 1.7-3.6), old and new alternating: ``bench.runtime_cpu`` (Unix socket, 6 runs of 6-8
         rounds of 10,000) gave a median instance CPU per request of 66.5 us before (49.3-77.3 over the
         runs) and 49.6 us after (34.2-61.4), lower in 5 runs of 6; the direct ``POST /_/invoke`` p50 to
-        an appliance's instance (10 appliances each) went from 0.178 ms (0.103-0.371) to 0.121 ms
-        (0.097-0.284), lower in 8 of 10 pairs. Through the edge the change is within that machine's
+        an appliance's instance (10 appliances each) went from 0.178 ms (0.103-0.371) to 0.119 ms
+        (0.097-0.194), lower in 9 of 10 pairs. Through the edge the change is within that machine's
         noise (see bench/results/findings.md, "Warm path, third round")."""
         done = _thread.allocate_lock()
         done.acquire()
