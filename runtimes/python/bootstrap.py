@@ -24,10 +24,12 @@ Why the shape it has:
   the interpreter (parsing ~2 us, the rest of the path ~5 us) and the kernel's wake-ups; a selector loop
   would add system calls rather than remove them.
 * With ``FAAS_MAX_INFLIGHT`` 1 (Lambda's model) the handler runs on the main thread, the one that
-  imported the code: the connection's thread hands the invocation over and waits for its result, so
-  ``asyncio.get_event_loop()`` (Mangum), ``signal.signal()`` (signal-based timeouts) and thread-local
-  state set at import behave as on Lambda. The hand-off is a lock released each way (no system call of
-  its own, but two thread wake-ups): 12.6 -> 18.1 us of CPU per warm invoke (bench/runtime_cpu.py, quiet).
+  imported the code: the connection's thread hands the invocation over and goes back to reading its
+  connection, the main thread runs the handler and sends the reply, so ``asyncio.get_event_loop()``
+  (Mangum), ``signal.signal()`` (signal-based timeouts) and thread-local state set at import behave as
+  on Lambda. The hand-off is a lock released (no system call of its own, one thread wake-up): 12.6 ->
+  18.1 us of CPU per warm invoke (bench/runtime_cpu.py, quiet) when the connection's thread also waited
+  for the result, which cost a second wake-up (see :meth:`_Instance._invoke_on_main` for the figures).
   With more than one at once, each runs on its connection's thread, and every such thread gets an
   event loop of its own on first ``asyncio.get_event_loop()`` (see :class:`_ThreadLoopPolicy`).
   A watchdog thread sleeps until the
@@ -625,6 +627,7 @@ def _json_response(status, obj, extra="", close=False):
 _OK_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 _END_KEEP, _END_CLOSE = "\r\n\r\n", "\r\nConnection: close\r\n\r\n"
 _SENT = object()  # an invoke whose reply the main thread has sent already
+_PENDING = object()  # an invoke handed to the main thread, which sends its reply (see _invoke_on_main)
 
 
 def _parse_event(body):
@@ -983,10 +986,11 @@ class _Invocation:
 
 
 class _Conn:
-    __slots__ = ("abandoned", "ident", "result_encoder")
+    __slots__ = ("abandoned", "ident", "result_encoder", "pending")
 
     def __init__(self):
         self.abandoned = False
+        self.pending = None  # (done lock, [outcome]) of an invoke the main thread is running
         self.ident = threading.get_ident()  # the connection's thread, which runs its invocations
         self.result_encoder = _ResultEncoder()
 
@@ -1277,12 +1281,16 @@ class _Instance:
                 end = buf.find(b"\r\n\r\n")
                 while end < 0:
                     if len(buf) > MAX_HEAD:
+                        if conn.pending is not None and self._main_done(conn) is None:
+                            return
                         return _refuse(sock, 431, "request head too large")
                     data = recv(65536)
                     if not data:
                         return
                     buf = buf + data if buf else data.lstrip(b"\r\n")  # RFC 9112: ignore CRLFs before a request
                     end = buf.find(b"\r\n\r\n")
+                if conn.pending is not None and self._main_done(conn) is None:
+                    return  # the main thread could not answer the previous invoke: the connection ends
                 if end > MAX_HEAD:
                     return _refuse(sock, 431, "request head too large")
                 lines = buf[:end].decode("latin-1").split("\r\n")
@@ -1338,6 +1346,10 @@ class _Instance:
                     out = self._invoke(headers, body, sock, conn, not keep)
                 else:
                     out = self._dispatch(method, target, headers, body, sock, conn, keep)
+                if out is _PENDING:
+                    if keep:
+                        continue  # straight back to recv: the main thread answers this one
+                    out = self._main_done(conn)
                 if out is None:  # the watchdog answered this invocation (timeout), or the client left
                     return
                 if out is not _SENT:  # the main thread sent it (a handler run there)
@@ -1347,9 +1359,20 @@ class _Instance:
         except OSError:
             pass
         finally:
+            if conn.pending is not None:  # its reply is still being made: not closed under it
+                self._main_done(conn)
             self._conn_closed(conn)
             if not conn.abandoned:
                 sock.close()
+
+    @staticmethod
+    def _main_done(conn):
+        """Wait for the invoke the main thread runs for ``conn``: _SENT, or None when the
+        connection must end (the watchdog answered it, or the client went away)."""
+        done, out = conn.pending
+        conn.pending = None
+        done.acquire()
+        return out[0]
 
     def _read_chunked(self, sock, buf):
         body = bytearray()
@@ -1585,9 +1608,18 @@ class _Instance:
 
     def _invoke_on_main(self, inv, event, deadline, close):
         """Run the handler on the main thread (Lambda's model). The main thread sends the reply too, so
-        the answer does not wait for the connection's thread to be scheduled again; that thread waits
-        here and then reads the connection's next request. Returns _SENT, or None when the connection
-        must end (the watchdog answered, or the client went away)."""
+        the answer does not wait for the connection's thread to be scheduled again. Returns _PENDING:
+        the connection's thread goes straight back to reading the connection and waits for this job
+        (:meth:`_main_done`) only once the next request (or the end of the connection) has arrived,
+        before it acts on it, so requests on one connection are still answered one at a time and in
+        order. Waiting here instead cost a third thread wake-up and GIL hand-over per invocation
+        (the connection's thread woken just to go back to ``recv``). Measured on a shared 2-core VM
+        (load 1.7-3.6), old and new alternating: ``bench.runtime_cpu`` (Unix socket, 6 runs of 6-8
+        rounds of 10,000) gave a median instance CPU per request of 66.5 us before (49.3-77.3 over the
+        runs) and 49.6 us after (34.2-61.4), lower in 5 runs of 6; the direct ``POST /_/invoke`` p50 to
+        an appliance's instance (10 appliances each) went from 0.178 ms (0.103-0.371) to 0.119 ms
+        (0.097-0.194), lower in 9 of 10 pairs. Through the edge the change is within that machine's
+        noise (see bench/results/findings.md, "Warm path, third round")."""
         done = _thread.allocate_lock()
         done.acquire()
         out = [None]
@@ -1609,9 +1641,9 @@ class _Instance:
                 done.release()
             return False
 
+        inv.conn.pending = (done, out)
         self._post(job)
-        done.acquire()
-        return out[0]
+        return _PENDING
 
     def _call(self, inv, event, deadline):
         """Run the handler; returns (result JSON text, None) or (None, structured error)."""

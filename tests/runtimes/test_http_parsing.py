@@ -247,3 +247,17 @@ def test_python_result_encoding_on_one_connection(start_runtime):
         assert result == {"int": 3, "frac": 2.5} and isinstance(result["int"], int)
     finally:
         conn.close()
+
+
+def test_a_client_that_half_closes_after_its_invoke_gets_the_reply(start_runtime):
+    """The connection's thread sees the end of the connection while the main thread still runs the
+    handler (it sleeps 20 ms): the reply is sent before the connection is closed, never cut off."""
+    inst = start_runtime(PY, code(PY), handler="index.remaining", unix_socket=True)
+    with raw_connect(inst) as s:
+        s.sendall(invoke_bytes({}))
+        s.shutdown(socket.SHUT_WR)
+        r = Reader(s)
+        status, _, body = r.response()
+        first, then = json.loads(body)["result"]
+        assert status == 200 and first >= then
+        assert r.closed()
