@@ -367,6 +367,9 @@ def template(config, control_fd, fork, isolate):
         report({"refused": f"initialisation failed: {inst.init_error.get('errorType')}: "
                            f"{inst.init_error.get('errorMessage')}"})
         return 0
+    # Walk the runtime's own request path once here (see rehearse): the pages it writes, Python's
+    # specialised byte code among them, are then the template's, not copied by every instance.
+    rehearse(dict(os.environ))
     fixups = []
     try:
         run_before_snapshot()       # first: closing what must not be shared is what they are for
