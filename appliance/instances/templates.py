@@ -59,6 +59,7 @@ from pathlib import Path
 
 from appliance.core.errors import PlacementFailed
 from appliance.instances import sandbox
+from appliance.instances.handles import ExitHandle
 
 log = logging.getLogger("appliance.instances.templates")
 
@@ -147,48 +148,13 @@ class _Template:
                 "pid": getattr(self.handle, "pid", None) if self.state == "ready" else None}
 
 
-class _ForkedHandle:
+class _ForkedHandle(ExitHandle):
     """An instance forked from a template. The template reaps it and reports its exit status."""
 
-    def __init__(self, pid: int, on_exit):
-        self.pid = pid
-        self.oom = False
-        self.from_spare = False
-        self._on_exit = on_exit
-        self._rc: int | None = None
-        self._done = threading.Event()
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except OSError:
-            self._pidfd = None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._rc if self._done.is_set() else None
-
-    def wait(self, timeout: float | None) -> int | None:
-        self._done.wait(timeout)
-        return self.returncode
-
-    def signal(self, sig: int) -> None:
-        if self._done.is_set() or self._pidfd is None:
-            return
-        try:
-            signal.pidfd_send_signal(self._pidfd, sig)
-        except OSError:
-            pass
+    from_spare = False
 
     def finish(self, rc: int) -> None:
-        if self._done.is_set():
-            return
-        try:
-            self._on_exit(self)
-        finally:
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
-            self._rc = rc
-            self._done.set()
+        self._finish(rc)
 
 
 class Templates:

@@ -102,6 +102,7 @@ from pathlib import Path
 from appliance.core.errors import PlacementFailed
 from appliance.instances import sandbox
 from appliance.instances.cgroups import CgroupManager, InstanceCgroup
+from appliance.instances.handles import ExitHandle
 from appliance.instances.output import OutputPump
 from appliance.instances.process_launcher import AS_HEADROOM_MB, PASS_ENV, LaunchRequest, runtime_env, wait_readable
 from appliance.instances.templates import Templates
@@ -246,40 +247,13 @@ def _specialize(sock_path: Path, body: dict, deadline: float) -> dict:
     return json.loads(text)
 
 
-class ZygoteHandle:
+class ZygoteHandle(ExitHandle):
     """An instance forked by the zygote. Its exit status arrives on the launch connection."""
 
     def __init__(self, pid: int, conn: socket.socket, on_exit):
-        self.pid = pid
-        self.oom = False
+        super().__init__(pid, on_exit)
         self._conn = conn
-        self._on_exit = on_exit
-        self._rc: int | None = None
-        self._done = threading.Event()
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except OSError:  # already gone; its status is on the connection
-            self._pidfd = None
         threading.Thread(target=self._wait_exit, daemon=True, name=f"zygote-wait-{pid}").start()
-
-    @property
-    def returncode(self) -> int | None:
-        return self._rc if self._done.is_set() else None
-
-    def wait(self, timeout: float | None) -> int | None:
-        self._done.wait(timeout)
-        return self.returncode
-
-    def signal(self, sig: int) -> None:
-        if self._done.is_set():
-            return
-        try:
-            if self._pidfd is not None:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            else:
-                os.kill(self.pid, sig)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
 
     def _wait_exit(self) -> None:
         rc = None
@@ -298,14 +272,7 @@ class ZygoteHandle:
                 wait_readable(self._pidfd, None)
             rc = LOST_STATUS
             log.warning("event=instance_status_lost pid=%s reason=zygote-gone", self.pid)
-        try:
-            self._on_exit(self)
-        finally:
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
-            self._rc = rc
-            self._done.set()
+        self._finish(rc)
 
 
 class Zygote:
