@@ -180,6 +180,9 @@ class LocalScheduler:
         removed = self.code.collect(in_use | running)
         if removed:
             log.info("event=code_collected digests=%s", ",".join(d[:12] for d in removed))
+        templates = getattr(self.launcher, "templates", None)
+        if templates is not None:  # a template of code no function uses any more serves nothing
+            templates.retire(in_use)
         return removed
 
     def start(self, spec: InstanceSpec, deadline: float) -> Instance:

@@ -121,6 +121,9 @@ class _Template:
     function: str
     version: int
     published: int = 0               # the published version it runs (0: $LATEST)
+    digest: str = ""
+    #: Its code is no function's any more: dropped once its last instance has ended.
+    retired: bool = False
     state: str = "building"          # building, ready, refused, failed, dropping
     reason: str | None = None
     handle: object = None            # the template process (a ZygoteHandle)
@@ -209,7 +212,7 @@ class Templates:
                 t = None
             if t is None:
                 t = _Template(key=key, function=req.spec.function, version=req.spec.version,
-                              published=getattr(req.spec, "published", 0),
+                              published=getattr(req.spec, "published", 0), digest=req.spec.digest,
                               created=time.monotonic(), last_used=time.monotonic())
                 self._by_key[key] = t
                 threading.Thread(target=self._build, args=(t, req, env, own), daemon=True,
@@ -224,7 +227,7 @@ class Templates:
         if t is None:
             return None
         with self._lock:
-            if t.state != "ready":
+            if t.state != "ready" or t.retired:
                 return None
             t.last_used = time.monotonic()
         try:
@@ -473,10 +476,30 @@ class Templates:
         while not self._stop.wait(KEEP_INTERVAL_S):
             self.tidy(time.monotonic())
 
+    def retire(self, digests_in_use: set[str]) -> None:
+        """Templates of code no function (or published version) points at any more: dropped now, or
+        once their last instance has ended (a deleted function's template must not wait for the
+        keep time)."""
+        with self._lock:
+            found = [t for t in self._by_key.values() if t.digest and t.digest not in digests_in_use]
+        for t in found:
+            t.retired = True
+            if t.state == "ready":
+                self.drop(t, "its code is no longer used")
+            elif t.state in ("refused", "failed"):
+                with self._lock:
+                    if self._by_key.get(t.key) is t:
+                        del self._by_key[t.key]
+
     def tidy(self, now: float) -> list[str]:
-        """Drop what :func:`to_drop` says; returns the keys dropped."""
+        """Drop what :func:`to_drop` says, and retired templates whose instances have ended; returns
+        the keys dropped."""
         with self._lock:
             ready = [t for t in self._by_key.values() if t.state == "ready"]
+        for t in ready:
+            if t.retired and not t.children:
+                self.drop(t, "its code is no longer used")
+        ready = [t for t in ready if not t.retired]
         kept = [Kept(t.key, self._memory(t), t.last_used, len(t.children)) for t in ready]
         keys = to_drop(kept, budget_bytes=self.budget_bytes, keep_s=self.keep_s, now=now)
         for key in keys:

@@ -281,3 +281,13 @@ def test_without_the_sandbox_snapshot_auto_says_why_it_is_not_used(tmp_path):
         assert fn["snapshots"] == [] and "sandbox" in fn["snapshot_unavailable"]
     finally:
         stop_appliance(r)
+
+
+def test_deleting_a_function_drops_its_template_at_once(appliance):
+    r = appliance
+    name = r.deploy({"index.py": HOOKED}, snapshot="auto", keep_alive_s=1)
+    pid = wait_for(lambda: (template_state(r, name) or {}).get("pid"), 60, message="template ready")
+    assert Path(f"/proc/{pid}").exists()
+    r.http.delete(f"{r.api_url}/v1/functions/{name}", timeout=10).raise_for_status()
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, message="the template process to end")
+    assert "its code is no longer used" in r.log()
