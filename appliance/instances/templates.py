@@ -1,13 +1,16 @@
 """Snapshot templates: one initialised process per function version, forked for each cold start.
 
 A Python function's cold start is mostly its own imports (Flask, FastAPI, pydantic, Powertools: 0.3 to
-1.2 s measured), not the platform's phases. So the first cold start of a version with the ``snapshot``
-setting ``auto`` also starts a *template*: an instance sandboxed like any other (its own root, pid, ipc,
+1.2 s measured), not the platform's phases. So a deploy of a version with the ``snapshot`` setting
+``auto`` (or its first cold start, when there is none) starts a *template*: an instance sandboxed like
+any other (its own root, pid, ipc,
 uts and mount namespaces, its own uid, cgroup and rlimits, a seccomp filter) that imports the handler,
 runs the module-level code and the ``snapshot_restore_py`` before-snapshot hooks, checks that it is fit
 to be forked (:func:`bootstrap.snapshot_refusal`: no threads, no other processes, no descriptors opened
-by the initialisation) and then waits on its control socket. Each later cold start of that version asks
-the template to fork (:meth:`Templates.launch`): the child takes a pid namespace of its own, then new
+by the initialisation) and then waits on its control socket. The template keeps one child forked
+ahead (a *spare*, :meth:`Templates._refill`), and each cold start of that version hands it its socket
+and log (:meth:`Templates.launch`; without a spare the template forks one there and then). The child
+is born in a pid namespace of its own (``sandbox.fork_into_pid_namespace``), then takes new
 mount, ipc and uts namespaces (and a network namespace without ``network``), a fresh /tmp and /proc,
 drops every capability, stacks the full instance filter on the template's, runs the after-restore hooks
 and serves. Its memory is the template's pages, shared copy-on-write; the template's own pages stay
