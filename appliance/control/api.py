@@ -196,18 +196,6 @@ def create_control_app(c: Components) -> Flask:
             layer_digests |= {doc.get("digest") for _, doc, _ in store.meta.list("published/")}
             collect({r.digest for r in store.list() if r.digest} | layer_digests)
 
-    def _wait_ready(name: str, version: int, want: int, timeout_s: float) -> int:
-        """Ready instances of ``version``, once ``want`` are or no start is under way (or at the timeout)."""
-        pool = c.activator.pool(name)
-        end = time.monotonic() + timeout_s
-        while True:
-            with pool.lock:
-                ready = sum(1 for s in pool.slots.values() if s.instance.version == version and not s.draining)
-                starting = pool.starting
-            if ready >= want or not starting or time.monotonic() > end:
-                return ready
-            time.sleep(0.005)  # a deploy, not a request: a short poll of the pool is cheap enough
-
     def _prewarm(pending) -> str | None:
         """Before a new version takes traffic: unpack and byte-compile it, and start its min_instances
         (bounded by the start timeout; the version is published either way)."""
@@ -219,7 +207,7 @@ def create_control_app(c: Components) -> Flask:
             return None
         c.activator.ensure_min(InstanceSpec.of(pending, reserved=True), min_instances=want,
                                max_instances=pending.config.max_instances)
-        ready = _wait_ready(pending.name, pending.version, want, c.settings.start_timeout_s)
+        ready = c.activator.pool(pending.name).wait_ready(pending.version, want, c.settings.start_timeout_s)
         if ready < want:
             return (f"only {ready} of {want} min_instances of version {pending.version} were ready before it "
                     "started taking traffic; see the function's logs")

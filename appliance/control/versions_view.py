@@ -32,18 +32,6 @@ def register(app: Flask, c, need, json_body) -> None:
         raw = request.get_data(cache=True)
         return json_body() if raw.strip() else None
 
-    def _wait_ready(pool: str, version: int, want: int, timeout_s: float) -> int:
-        """Ready instances in ``pool``, once ``want`` are or no start is under way (or at the timeout)."""
-        p = c.activator.pool(pool)
-        end = time.monotonic() + timeout_s
-        while True:
-            with p.lock:
-                ready = sum(1 for s in p.slots.values() if s.instance.version == version and not s.draining)
-                starting = p.starting
-            if ready >= want or not starting or time.monotonic() > end:
-                return ready
-            time.sleep(0.005)  # an alias move, not a request: a short poll of the pool is cheap enough
-
     def _prewarm(name: str, alias: routing.Alias) -> list[str]:
         """Start and await min_instances of the versions ``alias`` will route to that no alias routes to yet."""
         if not getattr(c.scheduler, "supports_published", False):
@@ -63,7 +51,8 @@ def register(app: Flask, c, need, json_body) -> None:
             if not want:
                 continue
             c.activator.ensure_min(spec, min_instances=want, max_instances=record.config.max_instances)
-            ready = _wait_ready(pool_key(name, number), record.version, want, c.settings.start_timeout_s)
+            ready = c.activator.pool(pool_key(name, number)).wait_ready(record.version, want,
+                                                                         c.settings.start_timeout_s)
             if ready < want:
                 warnings.append(f"only {ready} of {want} min_instances of version {number} were ready before the "
                                 "alias moved; see the function's logs")

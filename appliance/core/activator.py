@@ -198,6 +198,19 @@ class FunctionPool:
 
     # -- starting ---------------------------------------------------------------------
 
+    def wait_ready(self, version: int, want: int, timeout_s: float) -> int:
+        """Ready instances of ``version``, once ``want`` are or no start is under way (or at the timeout).
+        For a deploy or an alias move waiting on its pre-warm, not for requests: a short poll of the
+        pool is cheap enough there."""
+        end = time.monotonic() + timeout_s
+        while True:
+            with self.lock:
+                ready = sum(1 for s in self.slots.values() if s.instance.version == version and not s.draining)
+                starting = self.starting
+            if ready >= want or not starting or time.monotonic() > end:
+                return ready
+            time.sleep(0.005)
+
     def _live_count(self) -> int:
         """Instances of the current version ready or starting (starts are always current)."""
         version = self.spec.version if self.spec is not None else None

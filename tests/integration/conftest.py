@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from appliance.client import ApplianceClient
+from tests.integration.console_browser import browser, shots  # noqa: F401 - the console tests' fixtures
 from tests.waiting import wait_for  # noqa: F401 - re-exported for the tests here
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,50 +3,13 @@ trigger and open its URL, invoke, watch the log line arrive live, see a chart ch
 old version; screenshots at 1280x800 and 390 px wide are kept in the test's tmp dir."""
 
 import re
-import shutil
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from appliance.control.api import CONSOLE_DIST
+from tests.integration.console_browser import PHONE, WIDE, log_in
 from tests.waiting import wait_for
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WIDE = {"width": 1280, "height": 800}
-# The page polls (logs every second, charts every 5 s): a busy shared host may take longer than expect's 5 s.
-expect.set_options(timeout=20_000)
-PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    """Where the screenshots go (printed, so a CI log says where to find them)."""
-    d = tmp_path_factory.mktemp("console-screenshots")
-    print(f"console screenshots: {d}")
-    return d
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (CONSOLE_DIST / "console.js").is_file():
-        pytest.fail("the console's bundle is not built: run `make console` (make test does)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-def log_in(browser, appliance, viewport=WIDE):
-    pg = browser.new_page(viewport=viewport)
-    pg.set_default_timeout(30_000)
-    pg.goto(appliance.api_url + "/console/")
-    pg.fill("#login input[name=token]", appliance.token)  # kept in the tab's sessionStorage
-    pg.click("#login button[type=submit]")
-    pg.wait_for_selector("#create")
-    return pg
 
 
 @pytest.fixture(scope="module")
